@@ -1,0 +1,89 @@
+"""The one exception hierarchy of askbuild.
+
+Every failure a user can act on is an :class:`AskbuildError`.  The CLI layer prints
+``str(error)`` (a message plus, where known, the fix) and exits with ``error.exit_code``:
+
+* :class:`UserError` (exit 1): bad input, a missing tool, an unlocked source, an
+  unreachable URL... the user fixes something and runs again.
+* :class:`StepFailed` (exit 2): a build or patch step ran and failed.
+
+A traceback is never the message; ``--debug`` shows it in addition.
+"""
+
+from __future__ import annotations
+
+
+class AskbuildError(Exception):
+    """Base class. ``message`` says what is wrong, ``fix`` what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        if self.fix:
+            return f"{self.message}\n  fix: {self.fix}"
+        return self.message
+
+
+class UserError(AskbuildError):
+    """Something the user can fix: input, environment, configuration (exit 1)."""
+
+    exit_code = 1
+
+
+class ConfigError(UserError):
+    """A recipes/sources/config file or an option is invalid (names the file and key)."""
+
+
+class MissingToolError(UserError):
+    """A host tool or package is missing."""
+
+
+class UnsafeInputError(UserError):
+    """Refused for safety: a URL scheme, a ref, an archive member..."""
+
+
+class SourceError(UserError):
+    """A source cannot be resolved, fetched or verified (names the source and URL)."""
+
+
+class UnlockedSourceError(SourceError):
+    """A source has no lock entry and resolving was not allowed (``--locked``)."""
+
+
+class VerificationError(SourceError):
+    """Fetched content does not match the lock (checksum, size, commit)."""
+
+
+class NetworkError(SourceError):
+    """An upstream could not be reached."""
+
+
+class OfflineError(SourceError):
+    """``--offline`` and the cache does not hold what is needed."""
+
+
+class DirtyTreeError(UserError):
+    """A work tree holds local edits that an operation would throw away."""
+
+
+class StepFailed(AskbuildError):
+    """A build or patch step ran and failed (exit 2)."""
+
+    exit_code = 2
+
+
+class PatchFailed(StepFailed):
+    """A patch did not apply (names the series, patch, files and hunks)."""
+
+
+class BuildFailed(StepFailed):
+    """A build step failed or did not produce a declared artifact."""
+
+
+class ImageError(StepFailed):
+    """Assembling, loading or testing the image failed."""

@@ -1,0 +1,134 @@
+"""Running git safely.
+
+All git invocations of askbuild go through :func:`git` (or :class:`GitRepo`), which:
+
+* passes arguments as a list (never a shell), with ``--`` before user paths/URLs at call sites;
+* disables hooks (``core.hooksPath=/dev/null``) and credential/terminal prompts;
+* allows only the transport protocols of :mod:`askbuild.urls` (``protocol.allow=never`` plus
+  explicit ``always`` for https/http/git/ssh/file), so ``ext::``/``fd::`` die in git too;
+* turns a failure into :class:`GitError` carrying the command's stderr.
+
+Commits made by askbuild use a fixed identity and dates (:data:`FIXED_IDENTITY`), so the same
+inputs always give the same commit ids.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import UnsafeInputError
+
+SAFE_CONFIG = [
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "protocol.allow=never",
+    "-c", "protocol.https.allow=always",
+    "-c", "protocol.http.allow=always",
+    "-c", "protocol.git.allow=always",
+    "-c", "protocol.ssh.allow=always",
+    "-c", "protocol.file.allow=always",
+    "-c", "core.askPass=",
+    "-c", "credential.interactive=never",
+    "-c", "advice.detachedHead=false",
+    "-c", "init.defaultBranch=main",
+    "-c", "gc.auto=0",
+    "-c", "maintenance.auto=false",
+    "-c", "core.autocrlf=false",
+    "-c", "core.safecrlf=false",
+]
+
+FIXED_IDENTITY = {
+    "GIT_AUTHOR_NAME": "askbuild",
+    "GIT_AUTHOR_EMAIL": "askbuild@localhost",
+    "GIT_COMMITTER_NAME": "askbuild",
+    "GIT_COMMITTER_EMAIL": "askbuild@localhost",
+    "GIT_AUTHOR_DATE": "1970-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "1970-01-01T00:00:00Z",
+}
+
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_REF_BAD = re.compile(r"(^-)|(\.\.)|([\x00-\x20~^:?*\[\\])|(@\{)|(^/)|(/$)|(\.lock$)|(^@$)")
+
+
+class GitError(Exception):
+    """A git command failed; ``stderr`` holds git's own words."""
+
+    def __init__(self, args: Sequence[str], returncode: int, stdout: str, stderr: str):
+        self.args_ = list(args)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(f"git {' '.join(args)} failed ({returncode}): {stderr.strip()}")
+
+
+def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    for k in list(env):
+        # A caller's GIT_DIR / GIT_WORK_TREE etc. must not redirect our commands.
+        if k in {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+                 "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CEILING_DIRECTORIES",
+                 "GIT_NAMESPACE", "GIT_EXEC_PATH", "GIT_CONFIG_PARAMETERS",
+                 "GIT_CONFIG_COUNT"}:
+            del env[k]
+    env.update({
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "",
+        "SSH_ASKPASS": "",
+        "GIT_SSH_COMMAND": env.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+        "GIT_PROTOCOL_FROM_USER": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "LC_ALL": "C",
+        "LANG": "C",
+    })
+    if extra:
+        env.update(extra)
+    return env
+
+
+def git(
+    args: Sequence[str],
+    *,
+    cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    input: str | bytes | None = None,
+    check: bool = True,
+    text: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run ``git <SAFE_CONFIG> args`` and return the completed process.
+
+    Raises :class:`GitError` when ``check`` and git fails.
+    """
+    cmd = ["git", *SAFE_CONFIG, *args]
+    if input is not None and text and isinstance(input, bytes):
+        text = False
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=base_env(env), input=input, capture_output=True, text=text,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode("utf-8", "replace")
+        out = proc.stdout if isinstance(proc.stdout, str) else proc.stdout.decode("utf-8", "replace")
+        raise GitError(args, proc.returncode, out, err)
+    return proc
+
+
+def out(args: Sequence[str], **kw) -> str:
+    """stdout of a git command, stripped."""
+    return git(args, **kw).stdout.strip()
+
+
+def is_sha(value: str) -> bool:
+    return bool(_SHA_RE.match(value or ""))
+
+
+def check_ref(ref: str, *, what: str) -> str:
+    """Validate a user-supplied ref (tag/branch/sha) so it can never act as a git option."""
+    if not isinstance(ref, str) or not ref or _REF_BAD.search(ref) or ref.endswith("."):
+        raise UnsafeInputError(
+            f"{what}: {ref!r} is not a valid git ref",
+            fix="use a tag, branch name or full commit SHA (no leading '-', no spaces, no '..')",
+        )
+    return ref
