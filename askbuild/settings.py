@@ -14,7 +14,8 @@ Config files (TOML), later ones win: ``~/.config/askbuild/config.toml`` (platfor
 
 Environment: ``ASKBUILD_CACHE_DIR``, ``ASKBUILD_WORK_DIR``, ``ASKBUILD_PROFILE``,
 ``ASKBUILD_MIRRORS`` (space-separated ``PREFIX=REPLACEMENT`` pairs, these win over files),
-``ASKBUILD_CONFIG``.
+``ASKBUILD_CONFIG``, ``ASKBUILD_PROJECT_ROOT`` (where ``recipes/`` and ``patches/`` are read
+from; default: this checkout; tests point it at fixture projects).
 """
 
 from __future__ import annotations
@@ -148,7 +149,12 @@ class Settings:
         jobs: int | None = None,
         debug: bool = False,
     ) -> Settings:
-        root = Path(project_root) if project_root else PROJECT_ROOT
+        if project_root:
+            root = Path(project_root)
+        elif os.environ.get("ASKBUILD_PROJECT_ROOT"):
+            root = Path(os.environ["ASKBUILD_PROJECT_ROOT"])
+        else:
+            root = PROJECT_ROOT
         merged: dict = {"mirrors": {}}
         for f in config_files(root):
             data = _read_config(f)
