@@ -1,0 +1,281 @@
+"""Host prerequisites: ``inv doctor`` (report) and ``inv setup`` (install with apt-get).
+
+Every prerequisite is one :class:`Check` (data): what it is, how to test it, which Debian
+packages provide it and the fix to print.  ``setup`` installs the packages of every failing
+check in one apt-get run (adding the arm64 architecture first), then enables qemu's binfmt
+handler.  Without root and without sudo it prints the exact commands instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from . import console
+from .errors import MissingToolError
+from .settings import Settings
+
+ARM64_DEV = ["libxml2-dev:arm64", "libcli-dev:arm64", "libpcap-dev:arm64", "libmnl-dev:arm64"]
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+
+
+@dataclass
+class Check:
+    name: str
+    purpose: str
+    test: Callable[[], tuple[bool, str]]
+    packages: list[str] = field(default_factory=list)
+    fix: str = ""
+    required: bool = True       # False: reported, but its absence is not an error
+
+
+@dataclass
+class Result:
+    check: Check
+    ok: bool
+    detail: str
+
+
+def _installed(packages: list[str]) -> dict[str, bool]:
+    if not packages or not shutil.which("dpkg-query"):
+        return {p: False for p in packages}
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${binary:Package} ${db:Status-Abbrev}\n", "--", *packages],
+        capture_output=True, text=True,
+    )
+    seen: dict[str, bool] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            seen[parts[0]] = parts[1].startswith("ii")
+    native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
+                            text=True).stdout.strip()
+    out = {}
+    for p in packages:
+        # Multi-arch packages are printed with their architecture ("libfoo:amd64").
+        out[p] = seen.get(p, False) or (":" not in p and seen.get(f"{p}:{native}", False))
+    return out
+
+
+def _packages_check(packages: list[str]) -> Callable[[], tuple[bool, str]]:
+    def test() -> tuple[bool, str]:
+        state = _installed(packages)
+        missing = [p for p, ok in state.items() if not ok]
+        if missing:
+            return False, "missing: " + " ".join(missing)
+        return True, "installed"
+    return test
+
+
+def _python() -> tuple[bool, str]:
+    v = sys.version_info
+    return (v >= (3, 11)), f"{v.major}.{v.minor}.{v.micro}"
+
+
+def _tool_version(cmd: list[str]) -> Callable[[], tuple[bool, str]]:
+    def test() -> tuple[bool, str]:
+        exe = shutil.which(cmd[0])
+        if not exe:
+            return False, f"{cmd[0]} not found on PATH"
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        first = (proc.stdout or proc.stderr).strip().splitlines()[:1]
+        return proc.returncode == 0, first[0] if first else exe
+    return test
+
+
+def _binfmt() -> tuple[bool, str]:
+    entry = BINFMT_DIR / "qemu-aarch64"
+    if not (BINFMT_DIR / "register").exists():
+        return False, "binfmt_misc not mounted"
+    if not entry.exists():
+        return False, "qemu-aarch64 handler not registered"
+    text = entry.read_text()
+    if not text.startswith("enabled"):
+        return False, "qemu-aarch64 handler disabled"
+    flags = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                  if ln.startswith("flags:")), "")
+    return True, f"enabled (flags {flags or '-'})"
+
+
+def _docker() -> tuple[bool, str]:
+    try:
+        import docker
+        client = docker.from_env(timeout=5)
+        info = client.version()
+        client.close()
+        return True, f"engine {info.get('Version', '?')} API {info.get('ApiVersion', '?')}"
+    except Exception as e:  # noqa: BLE001 - any failure means "not reachable"
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        return False, f"no engine at {host} ({type(e).__name__})"
+
+
+def checks() -> list[Check]:
+    return [
+        Check("python", "runs askbuild", _python, fix="install Python 3.11 or newer"),
+        Check("git", "fetch and patch sources", _tool_version(["git", "--version"]),
+              ["git"]),
+        Check("cross compiler", "aarch64 userspace and kernel builds",
+              _tool_version(["aarch64-linux-gnu-gcc", "--version"]),
+              ["crossbuild-essential-arm64"]),
+        Check("arm64 dev packages", "cmm, dpa_app, fmc link these",
+              _packages_check(ARM64_DEV), ARM64_DEV),
+        Check("build tools", "autotools, pkg-config, tclap (fmc), make",
+              _packages_check(["make", "pkg-config", "libtclap-dev", "file"]),
+              ["make", "pkg-config", "libtclap-dev", "file"]),
+        Check("kernel build deps", "flex, bison, bc, libelf, libssl for the kernel",
+              _packages_check(["flex", "bison", "bc", "libelf-dev", "libssl-dev"]),
+              ["flex", "bison", "bc", "libelf-dev", "libssl-dev"]),
+        Check("image tools", "mmdebstrap unpacks the arm64 base layer",
+              _packages_check(["mmdebstrap"]), ["mmdebstrap"]),
+        Check("qemu-user", "runs aarch64 binaries (tests, image.test)",
+              _packages_check(["qemu-user-static", "binfmt-support"]),
+              ["qemu-user-static", "binfmt-support"]),
+        Check("qemu binfmt", "aarch64 binaries run directly", _binfmt,
+              fix="mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; "
+                  "update-binfmts --enable qemu-aarch64   (inv setup does this)"),
+        Check("docker package", "the engine the tests start (dockerd, containerd, ctr)",
+              _packages_check(["docker.io"]), ["docker.io"]),
+        Check("docker engine", "loads and tests the image (optional: without it the "
+              "image archive is the result)", _docker,
+              fix="dockerd --iptables=false --bridge=none --storage-driver=vfs &   "
+                  "(or set DOCKER_HOST to a Docker/Podman socket)", required=False),
+        Check("kernel source (tests)", "Debian linux-source-6.1 for the real kernel test",
+              _packages_check(["linux-source-6.1"]), ["linux-source-6.1"], required=False),
+    ]
+
+
+def run_checks() -> list[Result]:
+    results = []
+    for c in checks():
+        try:
+            ok, detail = c.test()
+        except Exception as e:  # noqa: BLE001 - a broken probe is a failed check
+            ok, detail = False, f"check failed: {e}"
+        results.append(Result(c, ok, detail))
+    return results
+
+
+def _fix_text(r: Result) -> str:
+    if r.ok:
+        return ""
+    if r.check.fix:
+        return r.check.fix
+    return "inv setup   (apt-get install " + " ".join(r.check.packages) + ")"
+
+
+def doctor(settings: Settings | None = None) -> bool:
+    """Print the prerequisite table; return True when every required check passes."""
+    results = run_checks()
+    con = console.get_console()
+    if console.is_interactive():
+        table = Table(title="askbuild host prerequisites")
+        for col in ("prerequisite", "status", "detail", "needed for", "fix"):
+            table.add_column(col)
+        for r in results:
+            status = "[green]ok[/]" if r.ok else ("[red]MISSING[/]" if r.check.required
+                                                 else "[yellow]absent[/]")
+            table.add_row(r.check.name, status, r.detail, r.check.purpose, _fix_text(r))
+        con.print(table)
+    else:
+        for r in results:
+            status = "ok" if r.ok else ("MISSING" if r.check.required else "absent")
+            line = f"{r.check.name:<24} {status:<8} {r.detail}"
+            if not r.ok:
+                line += f"\n{'':<24} fix: {_fix_text(r)}"
+            console.info(line)
+    ok = all(r.ok for r in results if r.check.required)
+    if not ok:
+        missing = [r.check.name for r in results if r.check.required and not r.ok]
+        raise MissingToolError("missing host prerequisites: " + ", ".join(missing),
+                               fix="run `inv setup` (or the fix column above)")
+    console.info("all required prerequisites present")
+    return ok
+
+
+def missing_packages(results: list[Result] | None = None) -> list[str]:
+    results = results if results is not None else run_checks()
+    pkgs: list[str] = []
+    for r in results:
+        if r.ok or not r.check.packages:
+            continue
+        if r.check.name == "docker engine":
+            continue
+        state = _installed(r.check.packages)
+        pkgs += [p for p in r.check.packages if not state.get(p) and p not in pkgs]
+    return pkgs
+
+
+def _privilege_prefix() -> list[str] | None:
+    if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo"):
+        probe = subprocess.run(["sudo", "-n", "true"], capture_output=True)
+        if probe.returncode == 0:
+            return ["sudo", "-n"]
+    return None
+
+
+def setup_commands(packages: list[str], binfmt: bool) -> list[list[str]]:
+    cmds: list[list[str]] = []
+    if packages:
+        if any(p.endswith(":arm64") for p in packages):
+            cmds.append(["dpkg", "--add-architecture", "arm64"])
+        cmds.append(["apt-get", "update"])
+        cmds.append(["apt-get", "install", "-y", "--no-install-recommends", *packages])
+    if binfmt:
+        if not (BINFMT_DIR / "register").exists():
+            cmds.append(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_DIR)])
+        cmds.append(["update-binfmts", "--enable", "qemu-aarch64"])
+    return cmds
+
+
+def setup(settings: Settings | None = None, *, check_only: bool = False) -> bool:
+    """Install whatever required host prerequisite is missing.  Returns True if nothing was
+    missing or everything was installed."""
+    results = run_checks()
+    packages = missing_packages(results)
+    binfmt_missing = not next(r.ok for r in results if r.check.name == "qemu binfmt")
+    cmds = setup_commands(packages, binfmt_missing)
+    if not cmds:
+        console.info("host prerequisites: all present")
+        return True
+    shown = "\n".join("  " + " ".join(c) for c in cmds)
+    if check_only:
+        console.info("would run:\n" + shown)
+        return False
+    prefix = _privilege_prefix()
+    if prefix is None:
+        raise MissingToolError(
+            "host packages are missing and askbuild is neither root nor allowed to sudo",
+            fix="run these commands as root, then try again:\n" + shown,
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in cmds:
+        console.step(" ".join(cmd))
+        proc = subprocess.run([*prefix, *cmd], env=env, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0 and cmd[0] != "mount":
+            raise MissingToolError(f"`{' '.join(cmd)}` failed (exit {proc.returncode})",
+                                   fix="see apt-get's output above; run `inv doctor`")
+    still = [r for r in run_checks() if r.check.required and not r.ok]
+    if still:
+        raise MissingToolError(
+            "after setup these prerequisites are still missing: "
+            + ", ".join(f"{r.check.name} ({r.detail})" for r in still),
+            fix="run `inv doctor` and follow the fix column",
+        )
+    console.info("host prerequisites: installed")
+    return True
+
+
+def ensure(settings: Settings | None = None) -> None:
+    """Run setup only when a required prerequisite is missing (used by the main job)."""
+    if all(r.ok for r in run_checks() if r.check.required):
+        return
+    setup(settings)

@@ -1,0 +1,35 @@
+"""The main job (``inv all``): host setup when needed, fetch, patch, build, image, image test.
+
+Each phase is the same engine function its own verb runs; this module only sequences them and
+prints where the result is.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import console, hostdeps
+from .settings import Settings
+
+
+def run_all(settings: Settings, *, tag: str = "dev", load: bool = True) -> None:
+    from . import building, fetching, imaging, imagetest, patchqueue
+
+    t0 = time.monotonic()
+    console.step(f"host prerequisites (profile {settings.profile})")
+    hostdeps.ensure(settings)
+    console.step("fetch")
+    fetching.fetch(settings, [])
+    console.step("patch")
+    patchqueue.patch(settings, [])
+    console.step("build")
+    building.build(settings, [], keep_going=False, ccache=False)
+    console.step("image")
+    result = imaging.image(settings, tag=tag, output=None, load=load)
+    loaded = bool(getattr(result, "loaded", False)) if result is not None else False
+    if loaded:
+        console.step("image test")
+        imagetest.test(settings, tag=tag)
+    else:
+        console.info("no Docker engine loaded the image: skipping `inv image.test`")
+    console.info(f"done in {time.monotonic() - t0:.0f} s")
