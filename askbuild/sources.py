@@ -124,7 +124,23 @@ def load_sources(settings: Settings) -> dict[str, Source]:
         raise ConfigError(f"{path}: sources file not found") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    profile = data.pop("profile", None)
+    if profile is not None:
+        _prepare_profile(profile, path, settings)
     return {name: _parse(name, table, path, settings) for name, table in data.items()}
+
+
+PROFILE_KEYS = {"description", "publish_examples"}
+
+
+def _prepare_profile(profile: object, path: Path, settings: Settings) -> None:
+    """The optional ``[profile]`` table of a sources file.  ``publish_examples = true`` makes
+    the example vendor tree available as local upstreams first (see askbuild.examples)."""
+    if not isinstance(profile, dict) or set(profile) - PROFILE_KEYS:
+        raise ConfigError(f"{path}: [profile] allows only {', '.join(sorted(PROFILE_KEYS))}")
+    if profile.get("publish_examples"):
+        from . import examples
+        examples.publish(settings)
 
 
 def select(sources: dict[str, Source], names: list[str] | tuple[str, ...] | None,
