@@ -1,0 +1,871 @@
+"""The patch step: layered patch series applied as one git commit per patch.
+
+Layers per source are data in ``recipes/patches.toml``::
+
+    [linux]
+    vendor = [{ from = "ask", dir = "patches/kernel" }]   # a directory of another source's tree
+    local = ["kernel/patches"]                            # series directories of this project
+
+Vendor layers apply first (in file order), then local layers.  A vendor directory is read from
+the *base* commit of its provider's work tree (the vendor release as locked); ``{ref}`` in its
+path is replaced by the patched source's ``ref`` (ASK keeps netfilter patches per version).  A
+vendor directory without a ``series`` file applies its ``*.patch`` files in sorted order; a
+missing vendor directory is an error unless the entry says ``optional = true``.
+
+Application (``settings.src_dir/<name>``, a git work tree whose base is tagged ``askbuild/base``):
+branch ``askbuild/patched`` starts at the base and gets one commit per patch: ``git am --3way``
+for ``git format-patch`` mails, ``git apply`` (then ``--3way``) plus a commit named after the
+file for plain diffs.  Identities and dates are fixed (taken from the mail, else
+:data:`askbuild.gitutil.FIXED_IDENTITY`), so identical inputs give identical commit ids.  CR
+bytes are kept (``--keep-cr``, no autocrlf).
+
+``state/patch-<name>.json`` records the base, every patch (layer, file, -pN, sha256, commits)
+and the head; written atomically and only after success.  Same base and same patch bytes: no-op.
+Anything else: rebuilt from the base, but never over user work (uncommitted edits, a git
+operation in progress, or commits on ``askbuild/patched`` that askbuild did not make raise
+:class:`DirtyTreeError` saying how to save or discard them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from . import console, gitutil
+from . import series as series_mod
+from .errors import (
+    ConfigError,
+    DirtyTreeError,
+    PatchFailed,
+    SourceError,
+    UserError,
+)
+from .gitutil import FIXED_IDENTITY
+from .report import Report
+from .settings import Settings
+from .sources import Source, load_sources, select
+
+LAYERS_FILE = "patches.toml"
+BASE_TAG = "askbuild/base"
+PATCHED = "askbuild/patched"
+EDIT_PREFIX = "askbuild/edit/"
+STATE_SCHEMA = 1
+ASKBUILD_COMMITTER = (f"{FIXED_IDENTITY['GIT_COMMITTER_NAME']} "
+                      f"<{FIXED_IDENTITY['GIT_COMMITTER_EMAIL']}>")
+PATCH_COLUMNS = ["source", "layer", "patch", "status", "commit", "detail"]
+
+
+# ---------------------------------------------------------------------------------------------
+# layers (recipes/patches.toml)
+
+@dataclass(frozen=True)
+class Layer:
+    source: str                 # the source the patches apply to
+    kind: str                   # "vendor" | "local"
+    dir: str                    # vendor: inside the provider's tree; local: inside the project
+    provider: str | None = None
+    optional: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.provider}:{self.dir}" if self.kind == "vendor" else self.dir
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.id).strip("-.") or "layer"
+
+
+def layers_file(settings: Settings) -> Path:
+    return settings.recipes_dir / LAYERS_FILE
+
+
+def load_layers(settings: Settings, sources: dict[str, Source] | None = None
+                ) -> dict[str, list[Layer]]:
+    """``{source name: [vendor layers..., local layers...]}`` from ``recipes/patches.toml``."""
+    path = layers_file(settings)
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    if sources is None:
+        sources = load_sources(settings)
+    out: dict[str, list[Layer]] = {}
+    for name, table in data.items():
+        where = f"{path}: [{name}]"
+        if name not in sources:
+            raise ConfigError(f"{where}: no source named {name!r} in {settings.sources_file}",
+                              fix=f"known sources: {', '.join(sources)}")
+        if not isinstance(table, dict) or set(table) - {"vendor", "local"}:
+            raise ConfigError(f"{where}: only 'vendor' and 'local' keys are allowed")
+        layers: list[Layer] = []
+        for i, v in enumerate(table.get("vendor", [])):
+            if not isinstance(v, dict) or set(v) - {"from", "dir", "optional"} \
+                    or not isinstance(v.get("from"), str) or not isinstance(v.get("dir"), str):
+                raise ConfigError(f"{where}: vendor[{i}] must be {{ from = \"SOURCE\", "
+                                  f"dir = \"PATH\" [, optional = true] }}")
+            if v["from"] not in sources:
+                raise ConfigError(f"{where}: vendor[{i}]: no source named {v['from']!r}")
+            d = _check_rel(v["dir"].replace("{ref}", sources[name].ref), f"{where} vendor[{i}]")
+            layers.append(Layer(name, "vendor", d, v["from"], bool(v.get("optional", False))))
+        for i, d in enumerate(table.get("local", [])):
+            if not isinstance(d, str):
+                raise ConfigError(f"{where}: local[{i}] must be a directory path string")
+            layers.append(Layer(name, "local", _check_rel(d, f"{where} local[{i}]")))
+        out[name] = layers
+    return out
+
+
+def _check_rel(d: str, where: str) -> str:
+    p = PurePosixPath(d)
+    if not d or p.is_absolute() or ".." in p.parts or d.startswith("-"):
+        raise ConfigError(f"{where}: {d!r} must be a relative path without '..'")
+    return str(p)
+
+
+def resolve_layer(settings: Settings, what: str) -> Layer:
+    """A local layer named by its series directory (``patches/ask/cmm``) or by a source name
+    that has exactly one local layer."""
+    layers = load_layers(settings)
+    local = [ly for lys in layers.values() for ly in lys if ly.kind == "local"]
+    cand = what.rstrip("/")
+    p = Path(cand)
+    if p.is_absolute():
+        try:
+            cand = str(p.resolve().relative_to(settings.project_root.resolve()))
+        except ValueError:
+            pass
+    for ly in local:
+        if ly.dir == cand:
+            return ly
+    if what in layers:
+        mine = [ly for ly in layers[what] if ly.kind == "local"]
+        if len(mine) == 1:
+            return mine[0]
+        if mine:
+            raise UserError(f"source {what!r} has {len(mine)} local series",
+                            fix=f"name one: {', '.join(ly.dir for ly in mine)}")
+    vendor = [ly for lys in layers.values() for ly in lys if ly.kind == "vendor"]
+    if any(ly.dir == cand or ly.id == cand for ly in vendor):
+        raise UserError(f"{what!r} is a vendor series: askbuild does not rewrite vendor patches",
+                        fix="carry the change as a local patch of the source instead")
+    raise UserError(f"no local series {what!r} in {layers_file(settings)}",
+                    fix=f"one of: {', '.join(ly.dir for ly in local) or '(none)'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# patch inputs
+
+@dataclass(frozen=True)
+class PatchInput:
+    layer: Layer
+    name: str
+    strip: int
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def label(self) -> str:
+        """How messages name the patch file."""
+        return f"{self.layer.id}/{self.name}"
+
+    def key(self) -> list:
+        return [self.layer.id, self.name, self.strip, self.sha256]
+
+
+def _has_base(tree: Path) -> bool:
+    if not (tree / ".git").exists():
+        return False
+    proc = gitutil.git(["rev-parse", "-q", "--verify", f"refs/tags/{BASE_TAG}^{{commit}}"],
+                       cwd=tree, check=False)
+    return proc.returncode == 0
+
+
+def base_commit(tree: Path) -> str:
+    return gitutil.out(["rev-parse", "--verify", f"refs/tags/{BASE_TAG}^{{commit}}"], cwd=tree)
+
+
+def source_tree(settings: Settings, source: Source) -> Path:
+    """The work tree of ``source`` at its locked base (via ``fetching.ensure_source`` unless a
+    git tree already sits on its locked commit)."""
+    tree = settings.src_dir / source.name
+    if (source.kind == "git" and source.commit and _has_base(tree)
+            and base_commit(tree) == source.commit):
+        return tree
+    try:
+        from . import fetching
+        ensure = fetching.ensure_source
+    except (ImportError, AttributeError):
+        ensure = None
+    if ensure is None:
+        if _has_base(tree):
+            return tree
+        raise SourceError(f"source {source.name!r}: no work tree at {tree}",
+                          fix=f"run `inv fetch --source {source.name}` first")
+    return Path(ensure(settings, source))
+
+
+def _vendor_files(tree: Path, d: str) -> dict[str, bytes] | None:
+    """Files of directory ``d`` in the provider's base commit (None when absent)."""
+    listing = gitutil.git(["ls-tree", "-r", "-z", f"refs/tags/{BASE_TAG}", "--", d + "/"],
+                          cwd=tree, text=False).stdout
+    files: dict[str, bytes] = {}
+    for item in listing.split(b"\0"):
+        if not item:
+            continue
+        meta, _, path = item.partition(b"\t")
+        mode, kind, sha = meta.decode().split()
+        if kind != "blob":
+            continue
+        rel = path.decode("utf-8", "surrogateescape")[len(d) + 1:]
+        files[rel] = gitutil.git(["cat-file", "blob", sha], cwd=tree, text=False).stdout
+    return files or None
+
+
+def collect_inputs(settings: Settings, layers: list[Layer], sources: dict[str, Source],
+                   *, trees: dict[str, Path] | None = None) -> list[PatchInput]:
+    """Every patch of ``layers`` in application order, with its bytes."""
+    trees = {} if trees is None else trees
+    out: list[PatchInput] = []
+    for ly in layers:
+        if ly.kind == "local":
+            d = settings.project_root / ly.dir
+            if not d.is_dir():
+                raise ConfigError(f"{layers_file(settings)}: local series {ly.dir!r} of "
+                                  f"[{ly.source}] does not exist ({d})",
+                                  fix="create the directory with an empty 'series' file")
+            for e in series_mod.load(d):
+                out.append(PatchInput(ly, e.name, e.strip, (d / e.name).read_bytes()))
+        else:
+            assert ly.provider
+            if ly.provider not in trees:
+                trees[ly.provider] = source_tree(settings, sources[ly.provider])
+            files = _vendor_files(trees[ly.provider], ly.dir)
+            if files is None:
+                if ly.optional:
+                    continue
+                raise ConfigError(
+                    f"{layers_file(settings)}: vendor series {ly.dir!r} (for [{ly.source}]) "
+                    f"does not exist in {ly.provider}'s tree at its locked base",
+                    fix="correct the path, or mark the entry optional = true")
+            for e in series_mod.from_listing(ly.id, files):
+                out.append(PatchInput(ly, e.name, e.strip, files[e.name]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# state record
+
+def state_path(settings: Settings, name: str) -> Path:
+    return settings.state_dir / f"patch-{name}.json"
+
+
+def tree_state(settings: Settings, name: str) -> dict | None:
+    """The record of the last successful patch step of ``name`` (None when there is none):
+    ``{"schema", "source", "base", "head", "layers": [{id, kind, dir, provider, start, end}],
+    "patches": [{layer, kind, file, strip, sha256, commits}]}``."""
+    try:
+        return json.loads(state_path(settings, name).read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _record_matches(record: dict | None, base: str, inputs: list[PatchInput]) -> bool:
+    if not record or record.get("schema") != STATE_SCHEMA or record.get("base") != base:
+        return False
+    old = [[p["layer"], p["file"], p["strip"], p["sha256"]] for p in record.get("patches", [])]
+    return old == [p.key() for p in inputs]
+
+
+# ---------------------------------------------------------------------------------------------
+# tree hygiene
+
+def _git_dir(tree: Path) -> Path:
+    return Path(gitutil.out(["rev-parse", "--absolute-git-dir"], cwd=tree))
+
+
+def _rev(tree: Path, ref: str) -> str | None:
+    proc = gitutil.git(["rev-parse", "-q", "--verify", f"{ref}^{{commit}}"], cwd=tree,
+                       check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _operation_in_progress(tree: Path) -> str | None:
+    gd = _git_dir(tree)
+    for marker, what in (("rebase-apply", "a git am/rebase"), ("rebase-merge", "a git rebase"),
+                         ("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick"),
+                         ("REVERT_HEAD", "a revert")):
+        if (gd / marker).exists():
+            return what
+    return None
+
+
+def changed_files(tree: Path) -> list[str]:
+    """Tracked files with uncommitted changes (staged or not)."""
+    raw = gitutil.git(["status", "--porcelain=v1", "-z", "--untracked-files=no"], cwd=tree).stdout
+    return [e[3:] for e in raw.split("\0") if len(e) > 3]
+
+
+def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
+                base: str | None = None) -> None:
+    """Refuse (DirtyTreeError) when rebuilding ``tree`` would lose user work."""
+    t = str(tree)
+    rebase_state = settings.state_dir / f"rebase-{name}.json"
+    if rebase_state.exists():
+        raise DirtyTreeError(f"{tree}: a rebase of {name} is in progress",
+                             fix=f"finish it with `inv rebase {name} --continue` (or --skip), "
+                                 f"or undo it with `inv rebase {name} --abort`")
+    op = _operation_in_progress(tree)
+    if op:
+        raise DirtyTreeError(f"{tree}: {op} is in progress in the work tree",
+                             fix=f"finish or abort it first (e.g. `git -C {t} am --abort`, "
+                                 f"`git -C {t} cherry-pick --abort`, `git -C {t} rebase --abort`)")
+    files = changed_files(tree)
+    if files:
+        shown = ", ".join(files[:8]) + (f" (+{len(files) - 8} more)" if len(files) > 8 else "")
+        raise DirtyTreeError(
+            f"{tree} has uncommitted changes that the patch step would throw away: {shown}",
+            fix=f"save them: `git -C {t} stash` (or commit them on an edit branch: "
+                f"`inv patches.edit SERIES`, commit, `inv patches.export SERIES`); "
+                f"or discard them: `git -C {t} reset --hard`")
+    patched = _rev(tree, f"refs/heads/{PATCHED}")
+    if not patched or (record and patched == record.get("head")):
+        return
+    exclude = [f"^{c}" for c in {base, (record or {}).get("base"), (record or {}).get("head")}
+               if c and _rev(tree, c)]
+    lines = gitutil.out(["log", "--format=%H %cn <%ce>%x09%s", patched, *exclude, "--"],
+                        cwd=tree).splitlines()
+    foreign = []
+    for ln in lines:
+        sha_ident, _, subject = ln.partition("\t")
+        sha, _, ident = sha_ident.partition(" ")
+        if ident != ASKBUILD_COMMITTER:
+            foreign.append(f"{sha[:12]} {subject}")
+    if foreign:
+        back = (record or {}).get("head") or base or BASE_TAG
+        raise DirtyTreeError(
+            f"{tree}: branch {PATCHED} has commits the patch series did not make: "
+            + "; ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""),
+            fix=f"save them on a branch and hand the branch back: `git -C {t} switch -c my-work "
+                f"{PATCHED} && git -C {t} branch -f {PATCHED} {back[:12]}` (then carry them "
+                f"into a series with `inv patches.edit SERIES` + cherry-pick + "
+                f"`inv patches.export SERIES`); or discard them: "
+                f"`git -C {t} branch -f {PATCHED} {back[:12]}`")
+
+
+# ---------------------------------------------------------------------------------------------
+# applying one patch
+
+_HEADER_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9-]*:")
+
+
+def is_mail(data: bytes) -> bool:
+    """A ``git format-patch`` mail (mbox ``From `` line or From:/Subject: headers first)."""
+    lines = data[:16384].split(b"\n")
+    if lines and re.match(rb"^From [^ ]+ ", lines[0]):
+        return True
+    keys = set()
+    for ln in lines:
+        ln = ln.rstrip(b"\r")
+        if not ln:
+            break
+        if ln[:1] in (b" ", b"\t"):
+            continue
+        if not _HEADER_RE.match(ln):
+            return False
+        keys.add(ln.split(b":", 1)[0].lower())
+    return b"from" in keys and b"subject" in keys
+
+
+def _ensure_mail_headers(data: bytes) -> bytes:
+    """Add a fixed ``Date:`` when the mail has none (git would use the current time)."""
+    head, sep, rest = data.partition(b"\n\n")
+    if re.search(rb"(^|\n)Date:", head, re.IGNORECASE):
+        return data
+    date = b"Date: Thu, 1 Jan 1970 00:00:00 +0000"
+    lines = head.split(b"\n")
+    at = 1 if lines and lines[0].startswith(b"From ") else 0
+    lines.insert(at, date)
+    return b"\n".join(lines) + sep + rest
+
+
+def _txt(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _ident_env() -> dict[str, str]:
+    return dict(FIXED_IDENTITY)
+
+
+@dataclass
+class Applied:
+    commits: list[str]
+    method: str             # "applied" | "3way"
+
+
+def _hunk_failures(tree: Path, p: PatchInput) -> list[str]:
+    """Which files / hunks of ``p`` do not apply to the tree's HEAD (for messages)."""
+    try:
+        from unidiff import PatchSet
+        text = p.data.decode("latin-1")
+        pset = PatchSet(io.StringIO(text, newline=""))
+    except Exception:   # noqa: BLE001 - only used to enrich a message
+        return []
+    out: list[str] = []
+    for pf in pset:
+        if pf.is_added_file:
+            target = pf.path
+            if (tree / target).exists():
+                out.append(f"{target}: new file already exists")
+            continue
+        if pf.is_removed_file or pf.is_rename or pf.is_binary_file:
+            continue
+        for i, h in enumerate(pf, start=1):
+            mini = f"--- {pf.source_file}\n+++ {pf.target_file}\n{h}"
+            proc = gitutil.git(["apply", "--check", f"-p{p.strip}", "--whitespace=nowarn", "-"],
+                               cwd=tree, input=mini.encode("latin-1"), check=False)
+            if proc.returncode != 0:
+                hdr = f"@@ -{h.source_start},{h.source_length} +{h.target_start}," \
+                      f"{h.target_length} @@"
+                what = "file missing" if not (tree / pf.path).exists() else "does not match"
+                out.append(f"{pf.path}: hunk #{i} {hdr} {what}")
+    return out
+
+
+def _git_errors(stderr: str) -> list[str]:
+    keep = []
+    for ln in stderr.splitlines():
+        ln = ln.strip()
+        if ln.startswith(("error:", "CONFLICT", "fatal:")) and "Did you hand edit" not in ln:
+            keep.append(ln)
+    return keep[:12]
+
+
+def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: str) -> Applied:
+    """Apply one patch as commit(s) on the current branch, or raise PatchFailed with the tree
+    back at the commit it started from."""
+    before = gitutil.out(["rev-parse", "HEAD"], cwd=tree)
+    if is_mail(p.data):
+        data = _ensure_mail_headers(p.data)
+        proc = gitutil.git(["am", "--3way", "--keep-cr", "--keep-non-patch",
+                            "--committer-date-is-author-date", "--no-message-id",
+                            "--whitespace=nowarn", "--quoted-cr=nowarn", f"-p{p.strip}"],
+                           cwd=tree, env=_ident_env(), input=data, check=False)
+        if proc.returncode == 0:
+            commits = gitutil.out(["rev-list", "--reverse", f"{before}..HEAD"],
+                                  cwd=tree).split()
+            method = "3way" if "3-way merge" in _txt(proc.stdout) + _txt(proc.stderr) \
+                else "applied"
+            return Applied(commits, method)
+        err = _txt(proc.stdout) + _txt(proc.stderr)
+        gitutil.git(["am", "--abort"], cwd=tree, check=False)
+        gitutil.git(["reset", "-q", "--hard", before], cwd=tree, check=False)
+    else:
+        proc = gitutil.git(["apply", "--index", f"-p{p.strip}", "--whitespace=nowarn", "-"],
+                           cwd=tree, input=p.data, check=False)
+        method = "applied"
+        err = _txt(proc.stderr)
+        if proc.returncode != 0:
+            proc = gitutil.git(["apply", "--3way", f"-p{p.strip}", "--whitespace=nowarn", "-"],
+                               cwd=tree, input=p.data, check=False)
+            method = "3way"
+            err += _txt(proc.stderr)
+        if proc.returncode == 0:
+            gitutil.git(["commit", "-q", "--no-verify", "--allow-empty", "-m", p.name],
+                        cwd=tree, env=_ident_env())
+            return Applied([gitutil.out(["rev-parse", "HEAD"], cwd=tree)], method)
+        gitutil.git(["reset", "-q", "--hard", before], cwd=tree, check=False)
+    hunks = _hunk_failures(tree, p)
+    lines = [f"patch {index} of {total} of {source} did not apply: {p.name}",
+             f"  series: {p.layer.id} ({p.layer.kind} layer)",
+             f"  patch file: {p.label}"]
+    lines += [f"  failed: {h}" for h in hunks]
+    lines += [f"  git: {e}" for e in _git_errors(err)]
+    lines.append(f"  the tree {tree} is left at the last good commit {before[:12]}; nothing of "
+                 f"this patch was applied")
+    fix = ("refresh the patch for the current base: `inv patches.edit "
+           f"{p.layer.dir}` and resolve it with git, then `inv patches.export {p.layer.dir}`"
+           if p.layer.kind == "local" else
+           f"the vendor series of {p.layer.provider} does not fit {source}'s base: pin "
+           f"matching releases in the sources file")
+    raise PatchFailed("\n".join(lines), fix=fix)
+
+
+# ---------------------------------------------------------------------------------------------
+# the queue of one source
+
+def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
+                report: Report | None = None) -> dict:
+    """Rebuild branch ``askbuild/patched`` from ``base`` with ``inputs`` and return the state
+    record (not written).  Raises PatchFailed at the first failing patch."""
+    gitutil.git(["checkout", "-q", "-B", PATCHED, base], cwd=tree)
+    patches: list[dict] = []
+    layers: list[dict] = []
+    total = len(inputs)
+    cur_layer = None
+    for i, p in enumerate(inputs, start=1):
+        if cur_layer != p.layer.id:
+            head = gitutil.out(["rev-parse", "HEAD"], cwd=tree)
+            if layers:
+                layers[-1]["end"] = head
+            layers.append({"id": p.layer.id, "kind": p.layer.kind, "dir": p.layer.dir,
+                           "provider": p.layer.provider, "start": head, "end": head})
+            cur_layer = p.layer.id
+        try:
+            res = apply_patch(tree, p, index=i, total=total, source=source)
+        except PatchFailed:
+            if report is not None:
+                report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
+                           status="failed", commit=None, detail="did not apply")
+                for q in inputs[i:]:
+                    report.add(source=source, layer=q.layer.id, kind=q.layer.kind,
+                               patch=q.name, status="pending", commit=None, detail="")
+            raise
+        patches.append({"layer": p.layer.id, "kind": p.layer.kind, "file": p.name,
+                        "strip": p.strip, "sha256": p.sha256, "commits": res.commits})
+        if report is not None:
+            report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
+                       status=res.method, commit=res.commits[-1] if res.commits else None,
+                       detail="3-way merge" if res.method == "3way" else "")
+    head = gitutil.out(["rev-parse", "HEAD"], cwd=tree)
+    if layers:
+        layers[-1]["end"] = head
+    return {"schema": STATE_SCHEMA, "source": source, "base": base, "head": head,
+            "layers": layers, "patches": patches}
+
+
+def _layers_with_empty(record: dict, layers: list[Layer]) -> dict:
+    """Add layers without patches to the record (start == end), in layer order."""
+    have = {ly["id"]: ly for ly in record["layers"]}
+    out = []
+    pos = record["base"]
+    for ly in layers:
+        if ly.id in have:
+            out.append(have[ly.id])
+            pos = have[ly.id]["end"]
+        else:
+            out.append({"id": ly.id, "kind": ly.kind, "dir": ly.dir, "provider": ly.provider,
+                        "start": pos, "end": pos})
+    record["layers"] = out
+    return record
+
+
+def patch_source(settings: Settings, source: Source, *, sources: dict[str, Source],
+                 layers: list[Layer], report: Report, tree: Path | None = None) -> dict:
+    """Bring one source's work tree to base + its series (no-op when already there)."""
+    tree = tree or source_tree(settings, source)
+    trees = {source.name: tree}
+    inputs = collect_inputs(settings, layers, sources, trees=trees)
+    base = base_commit(tree)
+    record = tree_state(settings, source.name)
+    check_clean(settings, source.name, tree, record, base)
+    patched = _rev(tree, f"refs/heads/{PATCHED}")
+    if _record_matches(record, base, inputs) and patched == record["head"]:
+        head = gitutil.out(["rev-parse", "HEAD"], cwd=tree)
+        if head != patched or gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree,
+                                          check=False).stdout.strip() != f"refs/heads/{PATCHED}":
+            gitutil.git(["checkout", "-q", PATCHED], cwd=tree)
+        commits = {(p["layer"], p["file"]): p["commits"] for p in record["patches"]}
+        for p in inputs:
+            c = commits.get((p.layer.id, p.name)) or [None]
+            report.add(source=source.name, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
+                       status="unchanged", commit=c[-1], detail="")
+        return record
+    state_path(settings, source.name).unlink(missing_ok=True)
+    console.step(f"patch {source.name}: {len(inputs)} patch(es) onto {base[:12]}")
+    record = apply_queue(tree, base, inputs, source=source.name, report=report)
+    record = _layers_with_empty(record, layers)
+    write_json_atomic(state_path(settings, source.name), record)
+    return record
+
+
+def _scratch_clone(tree: Path, base: str, parent: Path) -> Path:
+    scratch = Path(tempfile.mkdtemp(prefix="patch-check-", dir=parent))
+    gitutil.git(["clone", "-q", "--shared", "--no-checkout", "--", str(tree), str(scratch)])
+    gitutil.git(["checkout", "-q", "--detach", base], cwd=scratch)
+    return scratch
+
+
+def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bool = False,
+          as_json: bool = False) -> Report:
+    """The ``inv patch`` verb.  ``check``: apply every series to its locked base in a scratch
+    clone and report, touching no build tree (the CI gate)."""
+    sources = load_sources(settings)
+    chosen = select(sources, list(names), settings)
+    all_layers = load_layers(settings, sources)
+    report = Report("patch-check" if check else "patch",
+                    "patch check (scratch clones)" if check else "patch", PATCH_COLUMNS,
+                    subject={"sources": [s.name for s in chosen]})
+    failures: list[PatchFailed] = []
+    try:
+        for src in chosen:
+            layers = all_layers.get(src.name, [])
+            if not check:
+                patch_source(settings, src, sources=sources, layers=layers, report=report)
+                continue
+            tree = source_tree(settings, src)
+            inputs = collect_inputs(settings, layers, sources, trees={src.name: tree})
+            settings.work_dir.mkdir(parents=True, exist_ok=True)
+            scratch = _scratch_clone(tree, base_commit(tree), settings.work_dir)
+            try:
+                apply_queue(scratch, base_commit(tree), inputs, source=src.name,
+                            report=report)
+            except PatchFailed as e:
+                failures.append(e)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except PatchFailed:
+        report.ok = False
+        report.emit(as_json=as_json)
+        raise
+    report.ok = not failures
+    report.emit(as_json=as_json)
+    if failures:
+        if len(failures) == 1:
+            raise failures[0]
+        raise PatchFailed("\n".join(e.message for e in failures),
+                          fix="refresh the failing patches (inv patches.edit SERIES)")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# edit / export
+
+def edit_branch(layer: Layer) -> str:
+    return EDIT_PREFIX + layer.slug
+
+
+def _record_layer(record: dict, layer: Layer) -> dict:
+    for ly in record.get("layers", []):
+        if ly["id"] == layer.id:
+            return ly
+    raise UserError(f"series {layer.id} is not in the patch record of {layer.source}",
+                    fix=f"run `inv patch --source {layer.source}` first")
+
+
+def edit(settings: Settings, what: str) -> str:
+    """Put the series as commits on branch ``askbuild/edit/<layer>`` in the source's work tree
+    (checked out) and return the branch name."""
+    layer = resolve_layer(settings, what)
+    sources = load_sources(settings)
+    src = sources[layer.source]
+    tree = source_tree(settings, src)
+    layers = load_layers(settings, sources).get(layer.source, [])
+    scratch = Report("patch", "patch", PATCH_COLUMNS)
+    record = patch_source(settings, src, sources=sources, layers=layers, report=scratch,
+                          tree=tree)
+    rl = _record_layer(record, layer)
+    branch = edit_branch(layer)
+    existing = _rev(tree, f"refs/heads/{branch}")
+    t = str(tree)
+    if existing and existing != rl["end"]:
+        ok = gitutil.git(["merge-base", "--is-ancestor", rl["start"], existing], cwd=tree,
+                         check=False).returncode == 0
+        if not ok:
+            raise DirtyTreeError(
+                f"{tree}: branch {branch} exists but does not start at the series' base "
+                f"{rl['start'][:12]} (the layers below it changed)",
+                fix=f"export or save it (`git -C {t} branch -m {branch} my-old-edit`), or "
+                    f"delete it: `git -C {t} branch -D {branch}`")
+        gitutil.git(["checkout", "-q", branch], cwd=tree)
+        console.info(f"resuming the existing edit branch {branch} "
+                     f"(delete it with `git -C {t} branch -D {branch}` to start over)")
+    else:
+        gitutil.git(["checkout", "-q", "-B", branch, rl["end"]], cwd=tree)
+    n = len(gitutil.out(["rev-list", f"{rl['start']}..{branch}"], cwd=tree).split())
+    console.info(
+        f"{layer.dir}: {tree} is on branch {branch}: {n} commit(s) on top of "
+        f"{rl['start'][:12]}.\n"
+        f"  change them with git (commit --amend, `git rebase -i {rl['start'][:12]}`, new "
+        f"commits), then run `inv patches.export {layer.dir}`")
+    return branch
+
+
+_SLUG_RE = re.compile(r"[^A-Za-z0-9._]+")
+
+
+def _slug(subject: str) -> str:
+    s = _SLUG_RE.sub("-", subject).strip("-.")
+    return (s[:52].rstrip("-.")) or "patch"
+
+
+def format_patch(tree: Path, commit: str) -> bytes:
+    """Stable ``git format-patch`` text of one commit: zero From line, no signature, no stat,
+    full index lines, ``[PATCH]`` without numbers; the user's git config is ignored."""
+    env = {"GIT_CONFIG_GLOBAL": "/dev/null"}
+    return gitutil.git(
+        ["-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false", "-c",
+         "diff.renames=true", "-c", "diff.algorithm=myers", "-c", "format.signature=",
+         "format-patch", "-1", "--stdout", "--no-signature", "--zero-commit", "--no-stat",
+         "--full-index", "--no-numbered", "--no-cover-letter", "--no-thread", "--unified=3",
+         "-M", "--encoding=UTF-8", commit, "--"],
+        cwd=tree, env=env, text=False).stdout
+
+
+def _patch_id(tree: Path, commit: str) -> str:
+    diff = gitutil.git(["diff-tree", "-p", "-M", "--full-index", f"{commit}^", commit, "--"],
+                       cwd=tree, text=False).stdout
+    out = gitutil.git(["patch-id", "--stable"], cwd=tree, input=diff, text=False).stdout
+    return out.split()[0].decode() if out.split() else ""
+
+
+def _meta(tree: Path, commit: str) -> str:
+    return gitutil.out(["show", "-s", "--format=%an%x00%ae%x00%ad%x00%B", "--date=raw",
+                        commit], cwd=tree)
+
+
+def _subject(tree: Path, commit: str) -> str:
+    return gitutil.out(["show", "-s", "--format=%s", commit], cwd=tree)
+
+
+def write_series(directory: Path, tree: Path, commits: list[str],
+                 old: list[tuple[str, int, list[str]]],
+                 *, prefer: dict[str, str] | None = None) -> list[dict]:
+    """Write ``commits`` (oldest first) as the series of ``directory``.
+
+    ``old``: the current entries as ``(file, strip, commits that file produced)``.  A commit
+    equal to what an old file produced (same commit, or same patch-id, message and author) keeps
+    that file byte for byte; ``prefer`` maps a commit to the file name it replaces (rebase).
+    Otherwise an old file with the same subject gives its name, else a new numbered name.
+    Files of the old series that are no longer used are removed; ``series`` is rewritten only
+    when the list changed.  Returns one row per patch (file, status)."""
+    prefer = prefer or {}
+    old_by_commit = {cs[-1]: f for f, _, cs in old if cs}
+    old_info: dict[str, tuple[str, str, str]] = {}
+    for f, _, cs in old:
+        if len(cs) == 1:
+            old_info[f] = (_patch_id(tree, cs[0]), _meta(tree, cs[0]), _subject(tree, cs[0]))
+    strips = {f: s for f, s, _ in old}
+    used: set[str] = set()
+    plan: list[tuple[str, str, bytes | None]] = []   # (file, status, new bytes or None=keep)
+    pending: list[tuple[int, str]] = []
+    for i, c in enumerate(commits):
+        f = old_by_commit.get(c)
+        if f and f not in used:
+            used.add(f)
+            plan.append((f, "unchanged", None))
+            continue
+        pid, meta = _patch_id(tree, c), _meta(tree, c)
+        match = next((f for f, (opid, ometa, _) in old_info.items()
+                      if f not in used and opid == pid and ometa == meta), None)
+        if match:
+            used.add(match)
+            plan.append((match, "unchanged", None))
+            continue
+        plan.append(("", "", None))
+        pending.append((i, c))
+    for i, c in pending:
+        name = prefer.get(c)
+        if name in used:
+            name = None
+        if not name:
+            subj = _subject(tree, c)
+            name = next((f for f, (_, _, osub) in old_info.items()
+                         if f not in used and osub == subj), None)
+        status = "updated" if name else "new"
+        if not name:
+            n = i + 1
+            while True:
+                name = f"{n:04d}-{_slug(_subject(tree, c))}.patch"
+                if name not in used and name not in strips and not (directory / name).exists():
+                    break
+                n += 1
+        used.add(name)
+        plan[i] = (name, status, format_patch(tree, c))
+    rows = []
+    for f, status, data in plan:
+        if data is not None:
+            target = directory / f
+            if target.exists() and target.read_bytes() == data:
+                status = "unchanged"
+            else:
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+        rows.append({"patch": f, "status": status})
+    for f, _, _ in old:
+        if f not in used:
+            (directory / f).unlink(missing_ok=True)
+            rows.append({"patch": f, "status": "removed"})
+    new_entries = [series_mod.SeriesEntry(f, strips.get(f, 1) if d is None else 1)
+                   for f, _, d in plan]
+    old_entries = [series_mod.SeriesEntry(f, s) for f, s, _ in old]
+    sfile = directory / series_mod.SERIES_FILE
+    if [(e.name, e.strip) for e in new_entries] != [(e.name, e.strip) for e in old_entries] \
+            or not sfile.exists():
+        head = series_mod.header(sfile.read_text()) if sfile.exists() else ""
+        tmp = sfile.with_name("series.tmp")
+        tmp.write_text(series_mod.render(new_entries, head=head))
+        os.replace(tmp, sfile)
+    return rows
+
+
+def export(settings: Settings, what: str) -> Report:
+    """Write the commits of the series' edit branch (or of ``askbuild/patched``) back as the
+    series directory."""
+    layer = resolve_layer(settings, what)
+    tree = settings.src_dir / layer.source
+    record = tree_state(settings, layer.source)
+    if record is None or not _has_base(tree):
+        raise UserError(f"{layer.dir}: {layer.source} has not been patched yet",
+                        fix=f"run `inv patches.edit {layer.dir}` first")
+    rl = _record_layer(record, layer)
+    directory = settings.project_root / layer.dir
+    entries = series_mod.load(directory)
+    rec_patches = [p for p in record["patches"] if p["layer"] == layer.id]
+    now = [[e.name, e.strip, hashlib.sha256((directory / e.name).read_bytes()).hexdigest()]
+           for e in entries]
+    if now != [[p["file"], p["strip"], p["sha256"]] for p in rec_patches]:
+        raise UserError(f"{layer.dir}: the series files changed since {layer.source} was "
+                        f"patched; exporting would overwrite them",
+                        fix=f"run `inv patch --source {layer.source}` (or `inv patches.edit "
+                            f"{layer.dir}`) so the tree matches the files, then edit and export")
+    branch = edit_branch(layer)
+    head = _rev(tree, f"refs/heads/{branch}") or rl["end"]
+    cur = gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree, check=False).stdout.strip()
+    if cur == f"refs/heads/{branch}":
+        files = changed_files(tree)
+        if files or _operation_in_progress(tree):
+            raise DirtyTreeError(
+                f"{tree}: uncommitted changes on {branch} would not be exported: "
+                f"{', '.join(files[:8]) or 'a git operation is in progress'}",
+                fix=f"commit them (`git -C {tree} commit -a`) or stash them, then export")
+    if gitutil.git(["merge-base", "--is-ancestor", rl["start"], head], cwd=tree,
+                   check=False).returncode != 0:
+        raise UserError(f"{branch} does not contain the series base {rl['start'][:12]}",
+                        fix="rebase the branch onto it, or delete it and run patches.edit again")
+    merges = gitutil.out(["rev-list", "--merges", f"{rl['start']}..{head}"], cwd=tree)
+    if merges:
+        raise UserError(f"{branch} contains merge commits ({merges.split()[0][:12]}); a series "
+                        "is a straight line of commits", fix="linearize it with git rebase")
+    commits = gitutil.out(["rev-list", "--reverse", f"{rl['start']}..{head}"], cwd=tree).split()
+    old = [(p["file"], p["strip"], p["commits"]) for p in rec_patches]
+    rows = write_series(directory, tree, commits, old)
+    report = Report("export", f"export {layer.dir} from {branch if head != rl['end'] else PATCHED}",
+                    ["patch", "status"], rows=rows,
+                    subject={"series": layer.dir, "source": layer.source})
+    report.emit()
+    return report

@@ -1,0 +1,157 @@
+"""Quilt-style ``series`` files: which patches of a directory apply, in which order.
+
+Format (one entry per line)::
+
+    # comment lines and blank lines are ignored
+    0001-cmm-run-in-foreground.patch
+    fix-build.diff -p0          # optional -pN (strip N leading path components; default 1)
+
+A patch name is a path relative to the series directory (no absolute paths, no ``..``, no
+leading ``-``).  Every error names the file and the line.
+
+Vendor patch directories may have no ``series`` file: then every ``*.patch`` file of the
+directory applies, in sorted order (see :func:`load_dir`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .errors import ConfigError
+
+SERIES_FILE = "series"
+_STRIP_RE = re.compile(r"^-p([0-9]+)$")
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    """One patch of a series: its file name (relative to the directory) and -pN."""
+
+    name: str
+    strip: int = 1
+    line: int = 0      # 1-based line in the series file; 0 when not from a file
+
+    def format(self) -> str:
+        return self.name if self.strip == 1 else f"{self.name} -p{self.strip}"
+
+
+class SeriesError(ConfigError):
+    """A series file (or a patch it names) is invalid: names the file and line."""
+
+
+def _check_name(name: str, where: str) -> str:
+    p = PurePosixPath(name)
+    if (not name or name.startswith("-") or p.is_absolute() or ".." in p.parts
+            or "\\" in name or any(ord(c) < 0x20 for c in name)):
+        raise SeriesError(
+            f"{where}: invalid patch name {name!r}",
+            fix="name a file inside the series directory (relative path, no '..', "
+                "no leading '-')",
+        )
+    if name == SERIES_FILE:
+        raise SeriesError(f"{where}: the series file cannot list itself")
+    return name
+
+
+def parse(text: str, *, path: str | Path = "series") -> list[SeriesEntry]:
+    """Parse series text.  ``path`` is only used in error messages."""
+    entries: list[SeriesEntry] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        line = raw
+        # '#' starts a comment at the start of a line or after white space
+        m = re.search(r"(^|\s)#", line)
+        if m:
+            line = line[:m.start()]
+        words = line.split()
+        if not words:
+            continue
+        name = _check_name(words[0], where)
+        strip = 1
+        for opt in words[1:]:
+            sm = _STRIP_RE.match(opt)
+            if sm:
+                strip = int(sm.group(1))
+                if strip > 16:
+                    raise SeriesError(f"{where}: -p{strip} is out of range (0..16)")
+            else:
+                raise SeriesError(
+                    f"{where}: unsupported option {opt!r} for patch {name!r}",
+                    fix="only -pN is supported (e.g. 'fix.patch -p0'); '#' starts a comment",
+                )
+        if name in seen:
+            raise SeriesError(
+                f"{where}: patch {name!r} is listed twice (first on line {seen[name]})",
+                fix="remove one of the lines",
+            )
+        seen[name] = lineno
+        entries.append(SeriesEntry(name, strip, lineno))
+    return entries
+
+
+def header(text: str) -> str:
+    """The leading comment / blank lines of a series file (kept when it is rewritten)."""
+    out = []
+    for raw in text.splitlines(keepends=True):
+        if raw.strip() == "" or raw.lstrip().startswith("#"):
+            out.append(raw)
+        else:
+            break
+    return "".join(out)
+
+
+def render(entries: list[SeriesEntry], *, head: str = "") -> str:
+    """Series text for ``entries`` (after the optional comment ``head``)."""
+    if head and not head.endswith("\n"):
+        head += "\n"
+    return head + "".join(e.format() + "\n" for e in entries)
+
+
+def load(directory: Path) -> list[SeriesEntry]:
+    """The entries of ``directory/series``; each named patch must exist as a file."""
+    path = directory / SERIES_FILE
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as e:
+        raise SeriesError(f"{path}: series file not found",
+                          fix="create it (an empty file means: no patches)") from e
+    except UnicodeDecodeError as e:
+        raise SeriesError(f"{path}: not UTF-8 text ({e})") from e
+    entries = parse(text, path=path)
+    for e in entries:
+        f = directory / e.name
+        if not f.is_file():
+            raise SeriesError(f"{path}:{e.line}: patch file {e.name!r} does not exist in "
+                              f"{directory}",
+                              fix="add the file or remove the line from the series")
+    return entries
+
+
+def load_dir(directory: Path) -> list[SeriesEntry]:
+    """Entries of a directory: its ``series`` file, or else every ``*.patch`` sorted."""
+    if (directory / SERIES_FILE).exists():
+        return load(directory)
+    return [SeriesEntry(p.name, 1, 0) for p in sorted(directory.glob("*.patch")) if p.is_file()]
+
+
+def from_listing(directory_label: str, files: dict[str, bytes]) -> list[SeriesEntry]:
+    """Entries of a directory given as ``{relative name: bytes}`` (read from a git tree).
+
+    Same rules as :func:`load_dir`: the ``series`` file if present, else ``*.patch`` sorted.
+    """
+    if SERIES_FILE in files:
+        path = f"{directory_label}/{SERIES_FILE}"
+        try:
+            text = files[SERIES_FILE].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SeriesError(f"{path}: not UTF-8 text ({e})") from e
+        entries = parse(text, path=path)
+        for e in entries:
+            if e.name not in files:
+                raise SeriesError(f"{path}:{e.line}: patch file {e.name!r} does not exist in "
+                                  f"{directory_label}")
+        return entries
+    return [SeriesEntry(n, 1, 0) for n in sorted(files) if n.endswith(".patch") and "/" not in n]
