@@ -103,6 +103,8 @@ def load_layers(settings: Settings, sources: dict[str, Source] | None = None
     for name, table in data.items():
         where = f"{path}: [{name}]"
         if name not in sources:
+            if settings.profile != "default":
+                continue        # a profile may leave out sources (it has its own file)
             raise ConfigError(f"{where}: no source named {name!r} in {settings.sources_file}",
                               fix=f"known sources: {', '.join(sources)}")
         if not isinstance(table, dict) or set(table) - {"vendor", "local"}:
@@ -328,11 +330,11 @@ def changed_files(tree: Path) -> list[str]:
 
 
 def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
-                base: str | None = None) -> None:
+                base: str | None = None, *, ignore_rebase: bool = False) -> None:
     """Refuse (DirtyTreeError) when rebuilding ``tree`` would lose user work."""
     t = str(tree)
     rebase_state = settings.state_dir / f"rebase-{name}.json"
-    if rebase_state.exists():
+    if rebase_state.exists() and not ignore_rebase:
         raise DirtyTreeError(f"{tree}: a rebase of {name} is in progress",
                              fix=f"finish it with `inv rebase {name} --continue` (or --skip), "
                                  f"or undo it with `inv rebase {name} --abort`")
@@ -574,14 +576,15 @@ def _layers_with_empty(record: dict, layers: list[Layer]) -> dict:
 
 
 def patch_source(settings: Settings, source: Source, *, sources: dict[str, Source],
-                 layers: list[Layer], report: Report, tree: Path | None = None) -> dict:
+                 layers: list[Layer], report: Report, tree: Path | None = None,
+                 ignore_rebase: bool = False) -> dict:
     """Bring one source's work tree to base + its series (no-op when already there)."""
     tree = tree or source_tree(settings, source)
     trees = {source.name: tree}
     inputs = collect_inputs(settings, layers, sources, trees=trees)
     base = base_commit(tree)
     record = tree_state(settings, source.name)
-    check_clean(settings, source.name, tree, record, base)
+    check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase)
     patched = _rev(tree, f"refs/heads/{PATCHED}")
     if _record_matches(record, base, inputs) and patched == record["head"]:
         head = gitutil.out(["rev-parse", "HEAD"], cwd=tree)

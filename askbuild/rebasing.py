@@ -1,0 +1,495 @@
+"""``inv rebase SOURCE --onto REF``: carry a source's local series to a new upstream release.
+
+The old series is applied to the locked base (``askbuild/patched``), REF is fetched, and every
+local patch commit is replayed onto REF (after the vendor layers) with ``git cherry-pick
+--no-commit`` (merge-ort: full 3-way merge with rename detection, so patches follow files
+that upstream moved).  Each patch is reported as
+
+* ``clean``: the patch applies as it is (``git apply --check`` on the new tree);
+* ``3way``: it needed the merge (context changed, or its files moved);
+* ``upstream``: the merge left no change (upstream already has it): dropped;
+* ``conflict``: the merge conflicts.  Later ``resolved`` or ``skipped``.
+
+``--dry-run`` does all of that in a scratch clone, never stops (a conflicting patch is reported
+and skipped) and touches neither the series, the pin nor the work tree.
+
+Otherwise the work of the rebase happens on branch ``askbuild/rebase`` of the source's work tree.
+Before anything changes a recovery point is written (``state/rebase-<name>.json`` plus copies of
+every local series directory and of the sources file under ``state/rebase-<name>/``).  At the
+first conflict the tree is left in conflict state and the message says what to do next
+(``--continue`` after ``git add``, ``--skip``, ``--abort``).  ``--abort`` puts the series
+files and the sources file back byte for byte and the work tree back on ``askbuild/patched``.
+When every patch is through, the series directories are rewritten (unchanged patches keep
+their bytes, see :func:`askbuild.patchqueue.write_series`), the pin moves to REF
+(``sources.write_lock``: commit and ref) and the work tree is re-patched from the new series.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from . import console, gitutil
+from . import patchqueue as pq
+from .errors import (
+    DirtyTreeError,
+    OfflineError,
+    PatchFailed,
+    SourceError,
+    UserError,
+)
+from .gitutil import FIXED_IDENTITY
+from .report import Report
+from .settings import Settings
+from .sources import Source, load_sources, write_lock
+from .urls import apply_mirrors, check_url
+
+REBASE_BRANCH = "askbuild/rebase"
+COLUMNS = ["layer", "patch", "status", "commit", "detail"]
+STATE_SCHEMA = 1
+
+
+def state_file(settings: Settings, name: str) -> Path:
+    return settings.state_dir / f"rebase-{name}.json"
+
+
+def backup_dir(settings: Settings, name: str) -> Path:
+    return settings.state_dir / f"rebase-{name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# fetching the new base
+
+def _has_commit(tree: Path, sha: str) -> bool:
+    return gitutil.git(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=tree,
+                       check=False).returncode == 0
+
+
+def fetch_onto(settings: Settings, src: Source, tree: Path, onto: str) -> str:
+    """Bring ``onto`` into ``tree``'s object store and return its commit SHA.
+
+    Uses ``fetching.fetch_ref`` (cache repo, mirrors, offline) when available; otherwise fetches
+    straight from the source URL."""
+    gitutil.check_ref(onto, what=f"rebase {src.name} --onto")
+    try:
+        from . import fetching
+        fetch_ref, cache_repo = fetching.fetch_ref, fetching.cache_repo
+    except (ImportError, AttributeError):
+        fetch_ref = cache_repo = None
+    if fetch_ref is not None:
+        sha = fetch_ref(settings, src, onto)
+        if not _has_commit(tree, sha):
+            gitutil.git(["fetch", "-q", "--no-tags", "--", str(cache_repo(settings, src)), sha],
+                        cwd=tree)
+        return sha
+    if gitutil.is_sha(onto) and _has_commit(tree, onto):
+        return onto
+    if settings.offline:
+        raise OfflineError(f"rebase {src.name}: {onto!r} is not in the work tree and --offline "
+                           "forbids fetching", fix="run once without --offline")
+    url = apply_mirrors(src.url, settings.mirrors)
+    check_url(url, kind="git", what=f"source {src.name}")
+    proc = gitutil.git(["fetch", "-q", "--no-tags", "--", url, onto], cwd=tree, check=False)
+    if proc.returncode != 0:
+        raise SourceError(f"rebase {src.name}: could not fetch {onto!r} from {url}: "
+                          f"{proc.stderr.strip()}", fix="check the ref name and the URL")
+    return gitutil.out(["rev-parse", "FETCH_HEAD^{commit}"], cwd=tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# state
+
+def _load_state(settings: Settings, name: str) -> dict:
+    try:
+        return json.loads(state_file(settings, name).read_text())
+    except FileNotFoundError:
+        raise UserError(f"no rebase of {name} is in progress",
+                        fix=f"start one with `inv rebase {name} --onto REF`") from None
+
+
+def _save_state(settings: Settings, st: dict) -> None:
+    pq.write_json_atomic(state_file(settings, st["source"]), st)
+
+
+def _record_recovery(settings: Settings, name: str, layers: list[pq.Layer]) -> dict:
+    """Copy every local series directory and the sources file into the backup directory."""
+    bdir = backup_dir(settings, name)
+    if bdir.exists():
+        shutil.rmtree(bdir)
+    (bdir / "series").mkdir(parents=True)
+    saved = {}
+    for i, ly in enumerate(ly for ly in layers if ly.kind == "local"):
+        src_dir = settings.project_root / ly.dir
+        dst = bdir / "series" / str(i)
+        shutil.copytree(src_dir, dst, symlinks=True)
+        saved[ly.dir] = str(i)
+    shutil.copy2(settings.sources_file, bdir / "sources.toml")
+    return {"series": saved, "sources_file": str(settings.sources_file)}
+
+
+def _restore_recovery(settings: Settings, st: dict) -> None:
+    bdir = backup_dir(settings, st["source"])
+    rec = st["recovery"]
+    for d, key in rec["series"].items():
+        target = settings.project_root / d
+        saved = bdir / "series" / key
+        want = {p.relative_to(saved) for p in saved.rglob("*") if p.is_file() or p.is_symlink()}
+        if target.exists():
+            for p in sorted(target.rglob("*"), reverse=True):
+                rel = p.relative_to(target)
+                if (p.is_file() or p.is_symlink()) and rel not in want:
+                    p.unlink()
+                elif p.is_dir() and not (saved / rel).is_dir():
+                    shutil.rmtree(p)
+        for rel in sorted(want):
+            dst = target / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            data = (saved / rel).read_bytes()
+            if not dst.exists() or dst.read_bytes() != data:
+                dst.write_bytes(data)
+            shutil.copystat(saved / rel, dst)
+    sources_file = Path(rec["sources_file"])
+    data = (bdir / "sources.toml").read_bytes()
+    if sources_file.read_bytes() != data:
+        tmp = sources_file.with_name(sources_file.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, sources_file)
+
+
+def _finish_state(settings: Settings, name: str) -> None:
+    state_file(settings, name).unlink(missing_ok=True)
+    shutil.rmtree(backup_dir(settings, name), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# replaying one patch
+
+def _head(tree: Path) -> str:
+    return gitutil.out(["rev-parse", "HEAD"], cwd=tree)
+
+
+def _unmerged(tree: Path) -> list[str]:
+    raw = gitutil.git(["diff", "--name-only", "--diff-filter=U", "-z"], cwd=tree).stdout
+    return sorted({x for x in raw.split("\0") if x})
+
+
+def _commit_like(tree: Path, old: str) -> str:
+    """Commit the index with ``old``'s message and author; committer fixed, dated like the
+    author (reproducible)."""
+    date = gitutil.out(["show", "-s", "--format=%ad", "--date=raw", old], cwd=tree)
+    env = {**FIXED_IDENTITY, "GIT_COMMITTER_DATE": date}
+    env.pop("GIT_AUTHOR_NAME")
+    env.pop("GIT_AUTHOR_EMAIL")
+    env.pop("GIT_AUTHOR_DATE")
+    gitutil.git(["commit", "-q", "--no-verify", "--allow-empty", "-C", old], cwd=tree, env=env)
+    return _head(tree)
+
+
+def _paths(tree: Path, commit: str) -> list[str]:
+    return gitutil.out(["diff-tree", "--no-commit-id", "--name-only", "-r", "--no-renames",
+                        commit, "--"], cwd=tree).splitlines()
+
+
+def _moved_detail(tree: Path, old: str, new: str) -> str:
+    before, after = _paths(tree, old), _paths(tree, new)
+    gone = [p for p in before if p not in after]
+    came = [p for p in after if p not in before]
+    if gone and came:
+        return "followed a rename: " + ", ".join(
+            f"{a} -> {b}" for a, b in zip(gone, came, strict=False))
+    return ""
+
+
+def _replay(tree: Path, item: dict) -> tuple[str, str | None, str, list[str]]:
+    """Replay ``item["old"]`` onto HEAD: (status, new commit, detail, conflicting files).
+
+    On ``conflict`` the tree is left in conflict state."""
+    old = item["old"]
+    diff = gitutil.git(["diff-tree", "-p", "--binary", "--full-index", "-M", f"{old}^", old,
+                        "--"], cwd=tree, text=False).stdout
+    clean = bool(diff) and gitutil.git(["apply", "--check", "--whitespace=nowarn", "-"],
+                                       cwd=tree, input=diff, check=False).returncode == 0
+    proc = gitutil.git(["cherry-pick", "--no-commit", "--strategy=ort", old], cwd=tree,
+                       env=dict(FIXED_IDENTITY), check=False)
+    if proc.returncode != 0:
+        files = _unmerged(tree)
+        if not files:
+            raise PatchFailed(f"replaying {item['layer']}/{item['file']} failed: "
+                              f"{proc.stderr.strip()}",
+                              fix="check the work tree for untracked files in the way")
+        return "conflict", None, "conflict in " + ", ".join(files), files
+    if gitutil.git(["diff", "--cached", "--quiet", "HEAD", "--"], cwd=tree,
+                   check=False).returncode == 0:
+        gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
+        return "upstream", None, "already upstream (became empty): dropped", []
+    new = _commit_like(tree, old)
+    if clean:
+        return "clean", new, "", []
+    return "3way", new, _moved_detail(tree, old, new) or "3-way merge", []
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+def _report(st: dict, *, dry_run: bool) -> Report:
+    title = (f"rebase {st['source']} onto {st['onto']} ({st['new_base'][:12]})"
+             + (" [dry run]" if dry_run else ""))
+    rep = Report("rebase", title, COLUMNS,
+                 subject={"source": st["source"], "onto": st["onto"],
+                          "old_base": st["old_base"], "new_base": st["new_base"],
+                          "dry_run": dry_run})
+    for v in st.get("vendor", []):
+        rep.add(layer=v["layer"], kind="vendor", patch=v["file"], status=v["status"],
+                commit=v.get("commit"), detail=v.get("detail", ""), files=[])
+    for it in st["queue"]:
+        rep.add(layer=it["layer"], kind="local", patch=it["file"],
+                status=it.get("status") or "pending", commit=it.get("new"),
+                detail=it.get("detail", ""), files=it.get("files", []))
+    rep.ok = not any(r["status"] in ("conflict", "failed") for r in rep.rows)
+    return rep
+
+
+def _run(settings: Settings, st: dict, tree: Path, *, dry_run: bool) -> bool:
+    """Replay from ``st["pos"]``.  Returns True when done, False when stopped at a conflict."""
+    queue = st["queue"]
+    while st["pos"] < len(queue):
+        item = queue[st["pos"]]
+        status, new, detail, files = _replay(tree, item)
+        item.update(status=status, new=new, detail=detail, files=files)
+        if status == "conflict":
+            if not dry_run:
+                st["head_at_stop"] = _head(tree)
+                _save_state(settings, st)
+                return False
+            gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
+        st["pos"] += 1
+        if not dry_run:
+            _save_state(settings, st)
+    return True
+
+
+def _stop_message(settings: Settings, st: dict, tree: Path) -> PatchFailed:
+    item = st["queue"][st["pos"]]
+    name = st["source"]
+    t = str(tree)
+    files = item.get("files") or []
+    return PatchFailed(
+        f"rebase of {name} onto {st['onto']} stopped at patch {st['pos'] + 1} of "
+        f"{len(st['queue'])}: {item['layer']}/{item['file']} conflicts in "
+        f"{', '.join(files)}\n"
+        f"  the work tree {t} is in conflict state on branch {REBASE_BRANCH}; the series files "
+        f"and the pin are unchanged until the rebase completes",
+        fix=f"edit the conflicting files, `git -C {t} add -- {' '.join(files)}`, then "
+            f"`inv rebase {name} --continue`; or drop this patch: `inv rebase {name} --skip`; "
+            f"or undo the whole rebase: `inv rebase {name} --abort`")
+
+
+def _vendor_onto(settings: Settings, tree: Path, vendor_inputs: list[pq.PatchInput],
+                 name: str) -> list[dict]:
+    rows = []
+    for i, p in enumerate(vendor_inputs, start=1):
+        res = pq.apply_patch(tree, p, index=i, total=len(vendor_inputs), source=name)
+        rows.append({"layer": p.layer.id, "file": p.name,
+                     "status": res.method, "commit": res.commits[-1] if res.commits else None,
+                     "detail": "vendor patch"})
+    return rows
+
+
+def _queue_from_record(record: dict) -> list[dict]:
+    queue = []
+    for p in record["patches"]:
+        if p["kind"] != "local":
+            continue
+        for c in p["commits"]:
+            queue.append({"layer": p["layer"], "file": p["file"], "strip": p["strip"],
+                          "old": c, "status": None, "new": None, "detail": "", "files": []})
+    return queue
+
+
+def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
+              sources: dict[str, Source]) -> Report:
+    """Export the new series, move the pin, re-patch the tree, drop the recovery point."""
+    name = st["source"]
+    rows_by_layer: dict[str, list[dict]] = {}
+    for ly in layers:
+        if ly.kind != "local":
+            continue
+        items = [it for it in st["queue"] if it["layer"] == ly.id]
+        commits = [it["new"] for it in items if it.get("new")]
+        old = []
+        for it in items:
+            if old and old[-1][0] == it["file"]:
+                old[-1][2].append(it["old"])
+            else:
+                old.append((it["file"], it["strip"], [it["old"]]))
+        prefer = {it["new"]: it["file"] for it in items if it.get("new")}
+        rows_by_layer[ly.id] = pq.write_series(settings.project_root / ly.dir, tree, commits,
+                                               old, prefer=prefer)
+    write_lock(settings, name, commit=st["new_base"], ref=st["onto"])
+    gitutil.git(["tag", "-f", pq.BASE_TAG, st["new_base"]], cwd=tree)
+    sources = load_sources(settings)
+    scratch = Report("patch", "patch", pq.PATCH_COLUMNS)
+    pq.patch_source(settings, sources[name], sources=sources, layers=layers, report=scratch,
+                    tree=tree, ignore_rebase=True)
+    gitutil.git(["branch", "-q", "-D", REBASE_BRANCH], cwd=tree, check=False)
+    _finish_state(settings, name)
+    rep = _report(st, dry_run=False)
+    changed = [f"{lid}/{r['patch']}: {r['status']}" for lid, rows in rows_by_layer.items()
+               for r in rows if r["status"] != "unchanged"]
+    rep.messages.append(f"series exported ({len(changed)} file(s) changed"
+                        + (": " + "; ".join(changed) if changed else "") + ")")
+    rep.messages.append(f"pin of {name} moved to {st['new_base']} (ref {st['onto']}) in "
+                        f"{settings.sources_file}")
+    rep.subject["exported"] = rows_by_layer
+    return rep
+
+
+def rebase(settings: Settings, source: str, onto: str = "", dry_run: bool = False,
+           cont: bool = False, skip: bool = False, abort: bool = False,
+           as_json: bool = False) -> Report | None:
+    """The ``inv rebase`` verb (see the module documentation)."""
+    modes = [m for m, on in (("--continue", cont), ("--skip", skip), ("--abort", abort)) if on]
+    if len(modes) > 1:
+        raise UserError(f"rebase: {' and '.join(modes)} cannot be combined")
+    if modes and (onto or dry_run):
+        raise UserError(f"rebase: {modes[0]} takes no --onto/--dry-run",
+                        fix=f"run `inv rebase {source} {modes[0]}`")
+    sources = load_sources(settings)
+    if source not in sources:
+        raise UserError(f"unknown source {source!r} in {settings.sources_file}",
+                        fix=f"known sources: {', '.join(sources)}")
+    src = sources[source]
+    layers = pq.load_layers(settings, sources).get(source, [])
+    if abort:
+        return _abort(settings, source)
+    if cont or skip:
+        return _resume(settings, source, layers, sources, skip=skip, as_json=as_json)
+    if not onto:
+        raise UserError("rebase: --onto REF is required",
+                        fix=f"e.g. `inv rebase {source} --onto <new release tag>`")
+    if src.kind != "git":
+        raise UserError(f"rebase: {source} is a {src.kind} source; only git sources can be "
+                        "rebased", fix="change its url/ref and run `inv lock --update` instead")
+    if state_file(settings, source).exists():
+        raise DirtyTreeError(f"a rebase of {source} is already in progress",
+                             fix=f"`inv rebase {source} --continue`, `--skip` or `--abort`")
+    if not any(ly.kind == "local" for ly in layers):
+        raise UserError(f"rebase: {source} has no local series in {pq.layers_file(settings)}")
+    tree = pq.source_tree(settings, src)
+    if dry_run:
+        return _dry_run(settings, src, tree, onto, layers, sources, as_json=as_json)
+    scratch = Report("patch", "patch", pq.PATCH_COLUMNS)
+    record = pq.patch_source(settings, src, sources=sources, layers=layers, report=scratch,
+                             tree=tree)
+    new_base = fetch_onto(settings, src, tree, onto)
+    vendor_inputs = [p for p in pq.collect_inputs(settings, layers, sources,
+                                                  trees={source: tree})
+                     if p.layer.kind == "vendor"]
+    st = {"schema": STATE_SCHEMA, "source": source, "onto": onto, "new_base": new_base,
+          "old_base": record["base"], "old_head": record["head"], "pos": 0,
+          "queue": _queue_from_record(record), "vendor": []}
+    st["recovery"] = _record_recovery(settings, source, layers)
+    _save_state(settings, st)
+    console.step(f"rebase {source}: {len(st['queue'])} local patch(es) from "
+                 f"{record['base'][:12]} onto {onto} ({new_base[:12]})")
+    gitutil.git(["checkout", "-q", "-B", REBASE_BRANCH, new_base], cwd=tree)
+    try:
+        st["vendor"] = _vendor_onto(settings, tree, vendor_inputs, source)
+    except PatchFailed:
+        _abort(settings, source, quiet=True)
+        raise
+    _save_state(settings, st)
+    return _proceed(settings, st, tree, layers, sources, as_json=as_json)
+
+
+def _proceed(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
+             sources: dict[str, Source], *, as_json: bool) -> Report:
+    if not _run(settings, st, tree, dry_run=False):
+        rep = _report(st, dry_run=False)
+        rep.emit(as_json=as_json)
+        raise _stop_message(settings, st, tree)
+    rep = _complete(settings, st, tree, layers, sources)
+    rep.emit(as_json=as_json)
+    return rep
+
+
+def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: list[pq.Layer],
+             sources: dict[str, Source], *, as_json: bool) -> Report:
+    inputs = pq.collect_inputs(settings, layers, sources, trees={src.name: tree})
+    old_base = pq.base_commit(tree)
+    new_base = fetch_onto(settings, src, tree, onto)
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    scratch = pq._scratch_clone(tree, old_base, settings.work_dir)
+    try:
+        record = pq.apply_queue(scratch, old_base, inputs, source=src.name)
+        st = {"source": src.name, "onto": onto, "new_base": new_base, "old_base": old_base,
+              "pos": 0, "queue": _queue_from_record(record), "vendor": []}
+        gitutil.git(["checkout", "-q", "-B", REBASE_BRANCH, new_base], cwd=scratch)
+        vendor = [p for p in inputs if p.layer.kind == "vendor"]
+        try:
+            st["vendor"] = _vendor_onto(settings, scratch, vendor, src.name)
+        except PatchFailed as e:
+            st["vendor"] = [{"layer": vendor[0].layer.id if vendor else "", "file": "",
+                             "status": "failed", "detail": e.message.splitlines()[0]}]
+        _run(settings, st, scratch, dry_run=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    rep = _report(st, dry_run=True)
+    rep.emit(as_json=as_json)
+    return rep
+
+
+def _resume(settings: Settings, name: str, layers: list[pq.Layer],
+            sources: dict[str, Source], *, skip: bool, as_json: bool) -> Report:
+    st = _load_state(settings, name)
+    tree = settings.src_dir / name
+    t = str(tree)
+    item = st["queue"][st["pos"]]
+    if skip:
+        gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
+        item.update(status="skipped", new=None,
+                    detail=f"skipped after a conflict in {', '.join(item.get('files', []))}")
+    else:
+        left = _unmerged(tree)
+        if left:
+            raise UserError(f"rebase {name}: still unresolved: {', '.join(left)}",
+                            fix=f"resolve them and `git -C {t} add -- <file>` each, then "
+                                f"`inv rebase {name} --continue` again")
+        unstaged = gitutil.out(["diff", "--name-only"], cwd=tree)
+        if unstaged:
+            raise UserError(f"rebase {name}: changes not added: {unstaged.replace(chr(10), ', ')}",
+                            fix=f"`git -C {t} add` them (or `git -C {t} checkout -- FILE` to "
+                                f"drop them), then `inv rebase {name} --continue`")
+        head = _head(tree)
+        if head != st.get("head_at_stop"):
+            new = head          # the user committed the resolution themselves
+        elif gitutil.git(["diff", "--cached", "--quiet", "HEAD", "--"], cwd=tree,
+                         check=False).returncode == 0:
+            new = None
+        else:
+            new = _commit_like(tree, item["old"])
+        item.update(status="resolved", new=new,
+                    detail=("conflict resolved" if new else
+                            "conflict resolved to no change: dropped"))
+    st["pos"] += 1
+    _save_state(settings, st)
+    return _proceed(settings, st, tree, layers, sources, as_json=as_json)
+
+
+def _abort(settings: Settings, name: str, *, quiet: bool = False) -> None:
+    st = _load_state(settings, name)
+    tree = settings.src_dir / name
+    _restore_recovery(settings, st)
+    if tree.exists():
+        gitutil.git(["cherry-pick", "--abort"], cwd=tree, check=False)
+        gitutil.git(["am", "--abort"], cwd=tree, check=False)
+        gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree, check=False)
+        gitutil.git(["tag", "-f", pq.BASE_TAG, st["old_base"]], cwd=tree, check=False)
+        gitutil.git(["checkout", "-q", pq.PATCHED], cwd=tree, check=False)
+        gitutil.git(["branch", "-q", "-D", REBASE_BRANCH], cwd=tree, check=False)
+    _finish_state(settings, name)
+    if not quiet:
+        console.info(f"rebase of {name} aborted: series files and {settings.sources_file.name} "
+                     f"restored; {tree} is back on {pq.PATCHED}")
