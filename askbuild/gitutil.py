@@ -109,9 +109,9 @@ def git(
         stdin=None if input is not None else subprocess.DEVNULL,
     )
     if check and proc.returncode != 0:
-        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode("utf-8", "replace")
-        out = proc.stdout if isinstance(proc.stdout, str) else proc.stdout.decode("utf-8", "replace")
-        raise GitError(args, proc.returncode, out, err)
+        err, out_ = (v if isinstance(v, str) else v.decode("utf-8", "replace")
+                     for v in (proc.stderr, proc.stdout))
+        raise GitError(args, proc.returncode, out_, err)
     return proc
 
 
@@ -132,3 +132,52 @@ def check_ref(ref: str, *, what: str) -> str:
             fix="use a tag, branch name or full commit SHA (no leading '-', no spaces, no '..')",
         )
     return ref
+
+
+_PROGRESS_RE = re.compile(r"^(?P<phase>[A-Za-z ]+):\s+"
+                          r"(?:(?P<pct>\d+)%\s+\((?P<done>\d+)/(?P<total>\d+)\)|(?P<count>\d+))")
+
+
+def git_progress(
+    args: Sequence[str],
+    *,
+    cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    on_progress=None,
+) -> subprocess.CompletedProcess:
+    """Like :func:`git` (same safety settings) for long commands run with ``--progress``:
+    git's stderr is read as it comes and each progress line (``Receiving objects:  45%
+    (450/1000)``) is passed to ``on_progress(phase, done, total)`` (``total`` is ``None`` when
+    git does not know it).  Raises :class:`GitError` on failure, with the full stderr."""
+    cmd = ["git", *SAFE_CONFIG, *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=base_env(env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None and proc.stdout is not None
+    err_lines: list[str] = []
+    buf = b""
+    while True:
+        chunk = proc.stderr.read1(4096) if hasattr(proc.stderr, "read1") else proc.stderr.read(1)
+        if not chunk:
+            break
+        buf += chunk
+        *parts, buf = re.split(rb"[\r\n]", buf)
+        for raw in parts:
+            line = raw.decode("utf-8", "replace")
+            if not line:
+                continue
+            m = _PROGRESS_RE.match(line.removeprefix("remote: "))
+            if m and on_progress is not None:
+                if m.group("total"):
+                    on_progress(m.group("phase"), int(m.group("done")), int(m.group("total")))
+                else:
+                    on_progress(m.group("phase"), int(m.group("count")), None)
+            if not m:
+                err_lines.append(line)
+    if buf:
+        err_lines.append(buf.decode("utf-8", "replace"))
+    stdout = proc.stdout.read().decode("utf-8", "replace")
+    code = proc.wait()
+    stderr = "\n".join(err_lines)
+    if code != 0:
+        raise GitError(args, code, stdout, stderr)
+    return subprocess.CompletedProcess(cmd, code, stdout, stderr)

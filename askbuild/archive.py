@@ -1,0 +1,157 @@
+"""Safe extraction of release tarballs.
+
+Two layers: our own member checks (:func:`check_members`) run over the whole archive before
+anything is written, then :mod:`tarfile`'s PEP 706 ``data`` filter runs during extraction.
+Refused: absolute names, ``..`` components, symbolic or hard links whose target leaves the
+tree (also through other links of the archive), devices, FIFOs and any other special member.
+Ownership is never restored (the ``data`` filter drops it), so a root-run extraction gives
+files owned by the running user.
+
+Extraction goes into a fresh temporary directory beside the destination, which is renamed
+into place only when everything was extracted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from .errors import SourceError, UnsafeInputError
+
+_MAX_LINK_HOPS = 40
+
+
+def _refuse(what: str, archive: Path, member: str, why: str) -> UnsafeInputError:
+    return UnsafeInputError(
+        f"source {what}: refusing to extract {archive.name}: member {member!r} {why}",
+        fix="the archive is hostile or corrupt; check where it came from (its sha256 is in the "
+            "lock) and do not use it",
+    )
+
+
+def _parts(name: str) -> list[str]:
+    return [p for p in name.split("/") if p not in ("", ".")]
+
+
+def _resolve(path: list[str], links: dict[str, str]) -> list[str] | None:
+    """Resolve ``path`` (components, relative to the root) through the archive's symlinks.
+    Returns the components of the real location, or ``None`` when it leaves the root."""
+    hops = 0
+    todo = list(path)
+    done: list[str] = []
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if not done:
+                return None
+            done.pop()
+            continue
+        candidate = "/".join([*done, part])
+        target = links.get(candidate)
+        if target is None:
+            done.append(part)
+            continue
+        hops += 1
+        if hops > _MAX_LINK_HOPS or target.startswith("/"):
+            return None
+        todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+    return done
+
+
+def check_members(tar: tarfile.TarFile, archive: Path, *, strip_components: int,
+                  what: str) -> list[tarfile.TarInfo]:
+    """Check every member; return copies renamed by ``strip_components`` to extract.
+
+    Raises :class:`UnsafeInputError` naming the first offending member.
+    """
+    out: list[tarfile.TarInfo] = []
+    links: dict[str, str] = {}   # stripped symlink name -> target
+    for m in tar.getmembers():
+        name = m.name
+        if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+            raise _refuse(what, archive, name, "has an absolute path")
+        if "\\" in name or "\0" in name:
+            raise _refuse(what, archive, name, "has a backslash or NUL in its name")
+        parts = _parts(name)
+        if ".." in parts:
+            raise _refuse(what, archive, name, "contains '..'")
+        if any(p.lower() == ".git" for p in parts):
+            raise _refuse(what, archive, name, "is inside a .git directory (it would take over "
+                          "the work tree's repository)")
+        if m.ischr() or m.isblk():
+            raise _refuse(what, archive, name, "is a device node")
+        if m.isfifo():
+            raise _refuse(what, archive, name, "is a FIFO")
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+            raise _refuse(what, archive, name, f"has an unsupported type {m.type!r}")
+        if len(parts) <= strip_components:
+            if m.isdir():
+                continue
+            raise SourceError(
+                f"source {what}: {archive.name}: member {name!r} is not inside the "
+                f"{strip_components} leading director{'y' if strip_components == 1 else 'ies'} "
+                f"that strip_components removes",
+                fix="set strip_components for this source in the sources file",
+            )
+        new_parts = parts[strip_components:]
+        new_name = "/".join(new_parts)
+        changes: dict = {"name": new_name}
+        if m.issym():
+            target = m.linkname
+            if not target or target.startswith("/"):
+                raise _refuse(what, archive, name, f"is a symlink to an absolute path {target!r}")
+            resolved = _resolve([*new_parts[:-1], *target.split("/")], links)
+            if resolved is None:
+                raise _refuse(what, archive, name,
+                              f"is a symlink to {target!r}, which points outside the tree")
+            links[new_name] = target
+        elif m.islnk():
+            target = m.linkname
+            tparts = _parts(target)
+            if target.startswith("/") or ".." in tparts:
+                raise _refuse(what, archive, name,
+                              f"is a hard link to {target!r}, which points outside the tree")
+            if len(tparts) <= strip_components:
+                raise _refuse(what, archive, name,
+                              f"is a hard link to {target!r}, outside the extracted tree")
+            stripped = tparts[strip_components:]
+            resolved = _resolve(stripped, links)
+            if resolved is None:
+                raise _refuse(what, archive, name,
+                              f"is a hard link to {target!r}, which points outside the tree")
+            changes["linkname"] = "/".join(stripped)
+        # A member written below a symlinked directory must still land inside the tree.
+        if len(new_parts) > 1 and _resolve(new_parts[:-1], links) is None:
+            raise _refuse(what, archive, name, "would be written through a link outside the tree")
+        out.append(m.replace(**changes, deep=False))
+    return out
+
+
+def safe_extract(archive: Path, dest: Path, *, strip_components: int = 1, what: str) -> Path:
+    """Extract ``archive`` (tar, optionally gz/bz2/xz) into the new directory ``dest``.
+
+    ``dest`` must not exist; it appears only when the whole archive was extracted.
+    """
+    if dest.exists():
+        raise SourceError(f"source {what}: {dest} already exists; refusing to extract over it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
+    try:
+        try:
+            with tarfile.open(archive, mode="r:*") as tar:
+                members = check_members(tar, archive, strip_components=strip_components,
+                                        what=what)
+                tar.extractall(tmp, members=members, filter="data")
+        except tarfile.FilterError as e:
+            raise _refuse(what, archive, getattr(e, "tarinfo", None) and e.tarinfo.name or "?",
+                          f"was refused by the tarfile data filter ({e})") from e
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise SourceError(f"source {what}: cannot extract {archive.name}: {e}",
+                              fix="the file is corrupt or not a tar archive") from e
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

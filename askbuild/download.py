@@ -1,0 +1,235 @@
+"""Downloading tarballs: streamed to a temporary file, hashed while writing, bounded retries.
+
+:func:`download` never leaves a partial file under a final name: the data goes to a
+``.part`` file in the destination directory and is only returned when every byte announced by
+the server arrived.  Callers verify the result (size + sha256) before they move it into place.
+
+Also home of :func:`progress`, the one progress display of the fetch code: a rich Progress bar
+on a terminal, a start and an end line otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from . import console
+from .errors import NetworkError, SourceError
+
+CHUNK = 1 << 16
+#: Attempts per download (connection errors, 5xx answers and bodies cut short all count).
+ATTEMPTS = 3
+#: Seconds between attempts after a body was cut short (doubles each time).
+BACKOFF = 0.2
+#: Seconds to wait for a connection / between two reads.
+TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A complete download: ``path`` is a temporary file the caller must move or delete."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """``(hex sha256, size)`` of a file."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+@contextlib.contextmanager
+def progress(label: str, total: int | None, *, unit: str = "bytes") -> Iterator[Callable]:
+    """Yield ``update(done, total=None)``; rich bar on a terminal, plain lines otherwise."""
+    if not console.is_interactive():
+        console.info(f"{label} ...")
+        last: dict[str, int | None] = {"done": 0, "total": total}
+
+        def plain_update(done: int, total: int | None = None) -> None:
+            last["done"] = done
+            if total is not None:
+                last["total"] = total
+
+        yield plain_update
+        done, tot = last["done"], last["total"]
+        suffix = f"{done} {unit}" if not tot else f"{done}/{tot} {unit}"
+        console.info(f"{label}: done ({suffix})")
+        return
+
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    if unit == "bytes":
+        columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+    else:
+        columns += [MofNCompleteColumn(), TextColumn(unit)]
+    with Progress(*columns, console=console.get_console(), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+
+        def rich_update(done: int, total: int | None = None) -> None:
+            if total is not None:
+                bar.update(task, completed=done, total=total)
+            else:
+                bar.update(task, completed=done)
+
+        yield rich_update
+    console.info(f"{label}: done")
+
+
+def _session() -> requests.Session:
+    retry = Retry(total=ATTEMPTS - 1, connect=ATTEMPTS - 1, read=ATTEMPTS - 1,
+                  status=ATTEMPTS - 1, backoff_factor=BACKOFF,
+                  status_forcelist=(429, 500, 502, 503, 504),
+                  allowed_methods=frozenset({"GET"}), raise_on_status=False)
+    s = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    s.headers["User-Agent"] = "askbuild"
+    s.trust_env = True
+    return s
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _fetch_http(session: requests.Session, url: str, fh, h, update) -> int:
+    with session.get(url, stream=True, timeout=TIMEOUT, allow_redirects=True) as r:
+        if r.status_code != 200:
+            raise SourceError(f"HTTP {r.status_code} {r.reason}")
+        length = r.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        size = 0
+        update(0, expected)
+        try:
+            for chunk in r.raw.stream(CHUNK, decode_content=False):
+                fh.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+                update(size)
+        except Exception as e:  # requests', urllib3's and socket errors alike
+            raise _Incomplete(f"connection lost after {size} bytes ({type(e).__name__})") from e
+        if expected is not None and size != expected:
+            raise _Incomplete(f"got {size} of {expected} bytes")
+        return size
+
+
+def _fetch_file(url: str, fh, h, update) -> int:
+    path = Path(unquote(urlsplit(url).path))
+    try:
+        total = path.stat().st_size
+        size = 0
+        update(0, total)
+        with path.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                fh.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+                update(size)
+    except OSError as e:
+        raise SourceError(f"cannot read {path}: {e.strerror}") from e
+    return size
+
+
+def download(url: str, directory: Path, *, what: str, filename: str = "download",
+             expected_size: int | None = None) -> Downloaded:
+    """Download ``url`` into a new temporary file in ``directory`` (created if needed).
+
+    Retries connection errors, 5xx answers and bodies cut short, ``ATTEMPTS`` times in all; the
+    result only exists once every byte the server announced has arrived.  ``what`` names the
+    source in messages.  Raises :class:`NetworkError` when it cannot be completed.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    scheme = urlsplit(url).scheme.lower()
+    session = _session() if scheme in ("http", "https") else None
+    last_error = ""
+    try:
+        for attempt in range(1, ATTEMPTS + 1):
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=directory)
+            tmp = Path(tmp_name)
+            h = hashlib.sha256()
+            try:
+                with os.fdopen(fd, "wb") as fh, \
+                        progress(f"download {what}: {url}", expected_size) as update:
+                    if session is not None:
+                        size = _fetch_http(session, url, fh, h, update)
+                    else:
+                        size = _fetch_file(url, fh, h, update)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                return Downloaded(tmp, h.hexdigest(), size)
+            except _Incomplete as e:
+                tmp.unlink(missing_ok=True)
+                last_error = f"download interrupted: {e}"
+                if attempt < ATTEMPTS:
+                    console.warn(f"{what}: {last_error}; retrying ({attempt}/{ATTEMPTS - 1})")
+                    time.sleep(BACKOFF * (2 ** (attempt - 1)))
+            except SourceError as e:
+                tmp.unlink(missing_ok=True)
+                raise _network_error(what, url, str(e)) from e
+            except requests.RequestException as e:
+                tmp.unlink(missing_ok=True)
+                raise _network_error(what, url, _describe(e)) from e
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+    finally:
+        if session is not None:
+            session.close()
+    raise _network_error(what, url, f"{last_error} ({ATTEMPTS} attempts)")
+
+
+def _describe(e: requests.RequestException) -> str:
+    text = str(e)
+    if isinstance(e, requests.ConnectionError):
+        return f"cannot connect ({text[:200]})"
+    if isinstance(e, requests.Timeout):
+        return "timed out"
+    return text[:300]
+
+
+def network_fix() -> str:
+    return ("check the network, or map the URL to a reachable mirror (ASKBUILD_MIRRORS="
+            "\"PREFIX=REPLACEMENT\" or a [mirrors] table in askbuild.toml), or use the cache "
+            "only with --offline, or try the self-contained sources with --profile example")
+
+
+def _network_error(what: str, url: str, detail: str) -> NetworkError:
+    return NetworkError(f"source {what}: cannot download {url}: {detail}", fix=network_fix())
+
+
+def move_into(src: Path, dest: Path) -> Path:
+    """Atomically move ``src`` to ``dest`` (same file system), creating parents."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dest)
+    except OSError:
+        shutil.move(str(src), str(dest))
+    return dest
