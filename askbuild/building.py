@@ -1,0 +1,801 @@
+"""``inv build``: cross-compile the selected components, incrementally and in parallel.
+
+How a build runs (details and the reasons in docs/build.md):
+
+1. Load and validate the recipes (:mod:`askbuild.recipes`); take the components asked for plus
+   their dependencies.
+2. Make sure every source work tree they read exists (``fetching``/``patchqueue`` when present,
+   otherwise a clear error saying to run ``inv fetch && inv patch``).
+3. Check the cross toolchain and the arm64 libraries up front (:mod:`askbuild.toolchain`).
+4. Compute each component's content key: the git tree ids of its declared input paths at HEAD
+   (so a patch touching ``cmm/`` changes only the keys of the components reading ``cmm/``), its
+   recipe, the shared variables it uses, the toolchain identity and its dependencies' keys.
+5. Write the early manifest, then run components as a DAG (``graphlib`` + a thread pool) within
+   the job budget.  An unchanged key with its artifacts in place is skipped instantly.  A
+   component's "done" record (``state/build-<name>.json``) is removed before it runs and written
+   atomically after its artifacts are verified and staged, so a kill at any point leaves no
+   record and the next run redoes the step from a clean build tree.
+6. Check every staged module's vermagic, write the final manifest atomically, and raise
+   :class:`BuildFailed` (exit 2) with the failing step's last lines and log path.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import graphlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from . import console, gitutil, kernel, manifest, recipes, toolchain
+from .errors import AskbuildError, BuildFailed, ConfigError, SourceError, UserError
+from .recipes import Recipe, RecipeSet
+from .settings import Settings
+
+KEY_SCHEMA = 1
+ARCH = "arm64"
+HOST = "aarch64-linux-gnu"
+TAIL_LINES = 25
+#: Inherited environment variables that would silently change a build: dropped, so that only
+#: the recipe's ``env`` (part of the key) sets them.
+SCRUBBED_ENV = {
+    "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS", "LDLIBS", "CC", "CXX", "CPP", "AR", "AS", "LD",
+    "NM", "OBJCOPY", "STRIP", "RANLIB", "ARCH", "CROSS_COMPILE", "PKG_CONFIG_PATH",
+    "PKG_CONFIG_LIBDIR", "PKG_CONFIG_SYSROOT_DIR", "KCFLAGS", "KCPPFLAGS", "KBUILD_OUTPUT",
+    "KBUILD_EXTRA_SYMBOLS", "INSTALL_MOD_PATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "O", "M",
+    "DESTDIR", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "LIBRARY_PATH", "LD_LIBRARY_PATH",
+}
+STATES = ("pending", "running", "built", "cached", "failed", "skipped", "cancelled")
+
+
+# --------------------------------------------------------------------------- sources --
+def _tree_ids(src: Path, paths: list[str], what: str) -> dict[str, str]:
+    """{path: git tree/blob id at HEAD} for the declared input paths of a source."""
+    revs = ["HEAD^{tree}" if p in (".", "") else f"HEAD:{p.rstrip('/')}" for p in paths]
+    proc = gitutil.git(["rev-parse", *revs], cwd=src, check=False)
+    if proc.returncode == 0:
+        return dict(zip(paths, proc.stdout.split(), strict=True))
+    for p, rev in zip(paths, revs, strict=True):
+        one = gitutil.git(["rev-parse", "--verify", "--quiet", rev], cwd=src, check=False)
+        if one.returncode != 0:
+            raise ConfigError(f"{what}: input path {p!r} does not exist at HEAD of {src}",
+                              fix="correct the recipe's inputs/uses, or check the patches")
+    raise SourceError(f"{src}: git rev-parse failed: {proc.stderr.strip()}")
+
+
+def source_tree(settings: Settings, name: str) -> Path:
+    return settings.src_dir / name
+
+
+def _is_tree(path: Path) -> bool:
+    return (path / ".git").exists()
+
+
+def _prepare_sources(settings: Settings, names: list[str], prepare: bool) -> None:
+    """Make the work trees exist: fetch + patch them when those modules are available."""
+    missing = [n for n in names if not _is_tree(source_tree(settings, n))]
+    if not missing:
+        return
+    fetching = patchqueue = None
+    if prepare and settings.sources_file.is_file():
+        try:
+            from . import fetching as _f
+            from . import patchqueue as _p
+            fetching, patchqueue = _f, _p
+        except ImportError:
+            pass
+    if fetching is None or not hasattr(fetching, "fetch") or not hasattr(patchqueue, "patch"):
+        raise UserError(
+            "source work tree(s) missing: "
+            + ", ".join(str(source_tree(settings, n)) for n in missing),
+            fix="run `inv fetch && inv patch` first",
+        )
+    console.step(f"prepare sources: {', '.join(missing)}")
+    fetching.fetch(settings, missing)
+    patchqueue.patch(settings, missing)
+    still = [n for n in missing if not _is_tree(source_tree(settings, n))]
+    if still:
+        raise UserError(f"source work tree(s) still missing after fetch/patch: "
+                        f"{', '.join(still)}", fix="run `inv fetch && inv patch`")
+
+
+def source_info(settings: Settings, name: str) -> dict:
+    """What the manifest says about one source: commits and the applied patches."""
+    src = source_tree(settings, name)
+    info: dict = {"path": str(src)}
+    info["head"] = gitutil.out(["rev-parse", "HEAD"], cwd=src)
+    info["tree"] = gitutil.out(["rev-parse", "HEAD^{tree}"], cwd=src)
+    base = gitutil.git(["rev-parse", "--verify", "--quiet", "refs/tags/askbuild/base^{commit}"],
+                       cwd=src, check=False)
+    info["base"] = base.stdout.strip() or None
+    state = None
+    try:
+        from . import patchqueue
+        if hasattr(patchqueue, "tree_state"):
+            state = patchqueue.tree_state(settings, name)
+    except ImportError:
+        state = None
+    except AskbuildError as e:
+        console.warn(f"patch state of {name} unreadable: {e.message}")
+    if state:
+        info["patch_state"] = state
+        info["patches"] = state.get("patches", [])
+    elif info["base"]:
+        log = gitutil.out(["log", "--reverse", "--format=%H %s", f"{info['base']}..HEAD", "--"],
+                          cwd=src)
+        info["patches"] = [{"commit": ln.split(" ", 1)[0], "subject": ln.partition(" ")[2]}
+                           for ln in log.splitlines() if ln]
+    else:
+        info["patches"] = []
+    return info
+
+
+# ------------------------------------------------------------------------------ keys --
+@dataclass
+class Plan:
+    settings: Settings
+    rs: RecipeSet
+    names: list[str]                       # topological order
+    toolchain: toolchain.Toolchain
+    keys: dict[str, str] = field(default_factory=dict)
+    key_inputs: dict[str, dict] = field(default_factory=dict)
+    ccache: bool = False
+
+
+def _project_inputs(settings: Settings, r: Recipe) -> dict[str, str]:
+    """Hashes of project files a recipe reads (kernel fragments)."""
+    if r.kind != "kernel":
+        return {}
+    files = kernel.fragment_files(settings.project_root, r.fragments, f"{r.file}")
+    return {str(f.relative_to(settings.project_root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in files}
+
+
+def compute_keys(plan: Plan) -> None:
+    s, rs = plan.settings, plan.rs
+    for name in plan.names:
+        r = rs.recipes[name]
+        inputs = {
+            "schema": KEY_SCHEMA,
+            "recipe": r.digest(rs.vars),
+            "source": {r.source: _tree_ids(source_tree(s, r.source), r.inputs, str(r.file))},
+            "uses": {src: _tree_ids(source_tree(s, src), paths, f"{r.file}: uses.{src}")
+                     for src, paths in sorted(r.uses.items())},
+            "project": _project_inputs(s, r),
+            "toolchain": plan.toolchain.identity(),
+            "depends": {d: plan.keys[d] for d in sorted(r.depends)},
+        }
+        blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+        plan.keys[name] = hashlib.sha256(blob.encode()).hexdigest()
+        plan.key_inputs[name] = inputs
+
+
+# ---------------------------------------------------------------------------- records --
+def record_path(settings: Settings, name: str) -> Path:
+    return settings.state_dir / f"build-{name}.json"
+
+
+def read_record(settings: Settings, name: str) -> dict | None:
+    try:
+        return json.loads(record_path(settings, name).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _up_to_date(settings: Settings, rec: dict | None, key: str) -> bool:
+    if not rec or rec.get("key") != key:
+        return False
+    for a in rec.get("artifacts", []):
+        p = Path(a["file"])
+        if not p.is_file() or p.stat().st_size != a["size"]:
+            return False
+    return True
+
+
+def _restage(settings: Settings, rec: dict) -> bool:
+    """Put back staged files that went missing (e.g. staging wiped).  True if any was."""
+    changed = False
+    for a in rec.get("artifacts", []):
+        if a.get("staged"):
+            dest = settings.staging_dir / a["staged"]
+            if not dest.is_file() or dest.stat().st_size != a["size"]:
+                _stage_file(Path(a["file"]), dest, a.get("mode"))
+                changed = True
+    tree = rec.get("staged_tree")
+    if tree and not (settings.staging_dir / tree["dest"]).is_dir():
+        _copy_tree(Path(tree["from"]), settings.staging_dir / tree["dest"])
+        changed = True
+    return changed
+
+
+def _stage_file(src: Path, dest: Path, mode: int | None) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.askbuild-tmp")
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, mode if mode is not None else (0o755 if os.access(src, os.X_OK) else 0o644))
+    tmp.replace(dest)
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dest, symlinks=True)
+
+
+# ---------------------------------------------------------------------------- running --
+class Cancelled(Exception):
+    """The build is stopping (fail-fast); a component was not started or was stopped."""
+
+
+class StepError(Exception):
+    def __init__(self, message: str, tail: str = "") -> None:
+        super().__init__(message)
+        self.tail = tail
+
+
+def _tail(log: Path, lines: int = TAIL_LINES, start: int = 0) -> str:
+    try:
+        with log.open("rb") as f:
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", "replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def base_env(settings: Settings, ccache_bin: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV
+           and not k.startswith("KBUILD_BUILD_")}
+    env["LC_ALL"] = "C"
+    env["LANG"] = "C"
+    if ccache_bin:
+        env["PATH"] = f"{ccache_bin}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("CCACHE_DIR", str(settings.cache_dir / "ccache"))
+        env.setdefault("CCACHE_BASEDIR", str(settings.work_dir))
+    return env
+
+
+class Runner:
+    """Runs the steps of one component, logging to its log file."""
+
+    def __init__(self, build: Build, name: str) -> None:
+        self.build = build
+        self.name = name
+        self.log_path = build.settings.logs_dir / f"{name}.log"
+        self.log = None
+        self.step_start = 0
+
+    def __enter__(self) -> Runner:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = self.log_path.open("wb")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.log:
+            self.log.close()
+
+    def note(self, text: str) -> None:
+        self.log.write(f"### {text}\n".encode())
+        self.log.flush()
+
+    def run(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+        if self.build.cancel.is_set():
+            raise Cancelled()
+        self.log.flush()
+        self.step_start = self.log.tell()
+        self.note(f"$ {' '.join(args)}   (in {cwd})")
+        try:
+            proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=self.log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        except OSError as e:
+            self.note(f"cannot run {args[0]}: {e}")
+            raise StepError(f"cannot run {args[0]!r}: {e.strerror}",
+                            _tail(self.log_path, start=self.step_start)) from e
+        with self.build.lock:
+            self.build.procs[self.name] = proc
+        try:
+            rc = proc.wait()
+        finally:
+            with self.build.lock:
+                self.build.procs.pop(self.name, None)
+        if rc != 0:
+            self.note(f"exit status {rc}")
+            self.log.flush()
+            if self.build.cancel.is_set() and rc < 0:
+                raise Cancelled()
+            raise StepError(f"`{' '.join(args)}` failed with exit status {rc}",
+                            _tail(self.log_path, start=self.step_start))
+
+
+class Reporter:
+    """Component states on screen: a rich Live table on a terminal, plain lines otherwise."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.state = {n: "pending" for n in names}
+        self.start: dict[str, float] = {}
+        self.end: dict[str, float] = {}
+        self.live = None
+        self.interactive = console.is_interactive()
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> Reporter:
+        if self.interactive:
+            from rich.live import Live
+            self.live = Live(self._table(), console=console.get_console(),
+                             refresh_per_second=4, transient=False,
+                             get_renderable=self._table)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def _elapsed(self, n: str) -> str:
+        if n not in self.start:
+            return ""
+        end = self.end.get(n, time.monotonic())
+        return f"{end - self.start[n]:.1f}s"
+
+    def _table(self):
+        from rich.table import Table
+        colours = {"running": "cyan", "built": "green", "cached": "dim green",
+                   "failed": "bold red", "skipped": "yellow", "cancelled": "yellow"}
+        t = Table(title="askbuild build", show_edge=False)
+        t.add_column("component")
+        t.add_column("state")
+        t.add_column("elapsed", justify="right")
+        with self.lock:
+            for n in self.names:
+                st = self.state[n]
+                c = colours.get(st)
+                t.add_row(n, f"[{c}]{st}[/]" if c else st, self._elapsed(n))
+        return t
+
+    def set(self, name: str, state: str, detail: str = "") -> None:
+        with self.lock:
+            self.state[name] = state
+            now = time.monotonic()
+            if state == "running":
+                self.start[name] = now
+            elif state in ("built", "failed", "cached"):
+                self.start.setdefault(name, now)
+                self.end[name] = now
+        if not self.interactive:
+            el = self._elapsed(name) if state in ("built", "failed") else ""
+            extra = " ".join(x for x in (el and f"({el})", detail) if x)
+            console.info(f"build {name}: {state}{(' ' + extra) if extra else ''}")
+
+
+class Build:
+    def __init__(self, settings: Settings, plan: Plan, *, keep_going: bool,
+                 ccache_bin: Path | None) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.rs = plan.rs
+        self.keep_going = keep_going
+        self.ccache_bin = ccache_bin
+        self.cancel = threading.Event()
+        self.lock = threading.Lock()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.results: dict[str, dict] = {n: {"status": "pending"} for n in plan.names}
+        self.running = 0
+
+    # -- placeholders --------------------------------------------------------------
+    def comp_dirs(self, name: str) -> dict[str, Path]:
+        r = self.rs.recipes[name]
+        out = self.settings.out_dir / name
+        if r.kind == "kernel":
+            return {"src": source_tree(self.settings, r.source), "out": out,
+                    "install": out / "install", "build": out / "build"}
+        return {"src": out / "src", "out": out, "install": out / "install",
+                "build": out / "src"}
+
+    def values(self, name: str, jobs: int) -> dict[str, str | list[str]]:
+        s, r = self.settings, self.rs.recipes[name]
+        dirs = self.comp_dirs(name)
+        v: dict[str, str | list[str]] = dict(self.rs.vars)
+        v.update({
+            "cross": self.plan.toolchain.prefix, "arch": ARCH, "host": HOST,
+            "jobs": str(jobs), "sysroot": str(s.work_dir / "sysroot"),
+            "src": str(dirs["src"]), "out": str(dirs["out"]), "install": str(dirs["install"]),
+            "project": str(s.project_root),
+        })
+        builtins = dict(v)
+        for var, val in self.rs.vars.items():  # shared variables may use built-ins
+            w = f"{self.rs.directory / '_shared.toml'}: vars.{var}"
+            v[var] = ([recipes.expand(x, builtins, where=w) for x in val]
+                      if isinstance(val, list) else recipes.expand(val, builtins, where=w))
+        for d in self.rs.closure([name]) - {name}:
+            dd = self.comp_dirs(d)
+            v[f"src:{d}"] = str(dd["src"])
+            v[f"out:{d}"] = str(dd["out"])
+            v[f"install:{d}"] = str(dd["install"])
+        for src in {r.source, *r.uses}:
+            v[f"tree:{src}"] = str(source_tree(s, src))
+        k = self.rs.kernel_of(name)
+        if k:
+            kd = self.comp_dirs(k)
+            v["kernel_dir"] = str(kd["build"])
+            v["kernel_src"] = str(kd["src"])
+            v["kernel_release"] = kernel.kernel_release(kd["build"])
+        if r.kind == "kernel":
+            v["kernel_src"] = str(dirs["src"])
+        return v
+
+    # -- one component ---------------------------------------------------------------
+    def export_tree(self, name: str, dest: Path) -> None:
+        r = self.rs.recipes[name]
+        src = source_tree(self.settings, r.source)
+        paths = [] if any(p in (".", "") for p in r.inputs) else r.inputs
+        proc = gitutil.git(["archive", "--format=tar", "HEAD", "--", *paths], cwd=src,
+                           text=False)
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tf:
+            tf.extractall(dest, filter="data")
+
+    def build_one(self, name: str, jobs: int) -> dict:
+        s, r = self.settings, self.rs.recipes[name]
+        key = self.plan.keys[name]
+        old = read_record(s, name)
+        # No "done" record while the step runs: a kill at any point means "redo".
+        record_path(s, name).unlink(missing_ok=True)
+        if old:
+            for a in old.get("artifacts", []):
+                if a.get("staged"):
+                    (s.staging_dir / a["staged"]).unlink(missing_ok=True)
+        dirs = self.comp_dirs(name)
+        t0 = time.monotonic()
+        with Runner(self, name) as run:
+            run.note(f"component {name} key {key}")
+            run.note(f"recipe {r.file}")
+            env = base_env(s, self.ccache_bin)
+            values = self.values(name, jobs)
+            for k, val in r.env.items():
+                env[k] = recipes.expand(val, values, where=f"{r.file}: env.{k}")
+            if dirs["install"].exists():
+                shutil.rmtree(dirs["install"])
+            dirs["install"].mkdir(parents=True)
+            (s.work_dir / "sysroot").mkdir(parents=True, exist_ok=True)
+            staged_tree = None
+            release = None
+            if r.kind == "kernel":
+                release, staged_tree = self._build_kernel(run, r, dirs, values, env, jobs)
+            else:
+                run.note(f"export {r.source}:{' '.join(r.inputs)} -> {dirs['src']}")
+                self.export_tree(name, dirs["src"])
+                for i, step in enumerate(r.steps):
+                    args = recipes.expand_args(step, values, where=f"{r.file}: steps[{i}]")
+                    run.run(args, cwd=dirs["src"], env=env)
+            arts = self._collect(run, r, dirs, values)
+            if staged_tree:
+                _copy_tree(Path(staged_tree["from"]), s.staging_dir / staged_tree["dest"])
+            for a in arts:
+                if a["staged"]:
+                    _stage_file(Path(a["file"]), s.staging_dir / a["staged"], a["mode"])
+            duration = round(time.monotonic() - t0, 3)
+            rec = {"component": name, "key": key, "artifacts": arts, "duration_s": duration,
+                   "finished": manifest.now(), "log": str(run.log_path)}
+            if staged_tree:
+                rec["staged_tree"] = staged_tree
+            if release:
+                rec["kernel_release"] = release
+            run.note(f"done in {duration}s")
+        write_json_atomic(record_path(s, name), rec)
+        return rec
+
+    def _collect(self, run: Runner, r: Recipe, dirs: dict[str, Path], values: dict) -> list:
+        arts, missing = [], []
+        for i, a in enumerate(r.artifacts):
+            where = f"{r.file}: artifacts[{i}]"
+            p = Path(recipes.expand(a.path, values, where=where))
+            if not p.is_absolute():
+                p = dirs["build"] / p
+            stage = recipes.expand(a.stage, values, where=where) if a.stage else None
+            if not p.is_file():
+                missing.append(str(p))
+                continue
+            arts.append({"path": a.path, "file": str(p), "staged": stage, "mode": a.mode,
+                         "sha256": sha256_file(p), "size": p.stat().st_size})
+        if missing:
+            run.note("declared artifact(s) missing: " + ", ".join(missing))
+            raise StepError("the build finished but declared artifact(s) are missing: "
+                            + ", ".join(missing), "")
+        return arts
+
+    def _build_kernel(self, run: Runner, r: Recipe, dirs: dict[str, Path], values: dict,
+                      env: dict[str, str], jobs: int) -> tuple[str, dict]:
+        s = self.settings
+        src, build = dirs["src"], dirs["build"]
+        env.update(kernel.kbuild_env(src))
+        cross = self.plan.toolchain.prefix
+
+        def call(args: list[str]) -> None:
+            run.run(args, cwd=src, env=env)
+
+        defconfig = Path(recipes.expand(r.defconfig or "", values, where=f"{r.file}: defconfig"))
+        if not defconfig.is_absolute():
+            defconfig = s.project_root / defconfig
+        fragments = kernel.fragment_files(s.project_root, r.fragments, str(r.file))
+        run.note(f"configure: {defconfig} + {', '.join(map(str, fragments)) or 'no fragments'}")
+        try:
+            kernel.configure(call, src=src, build=build, arch=ARCH, cross=cross,
+                             defconfig=defconfig, fragments=fragments,
+                             require=kernel.require_wants(r.require, f"{r.file}: require"),
+                             where=f"{r.file}")
+        except BuildFailed as e:
+            run.note(e.message)
+            raise StepError(e.message, e.message) from e
+        targets = [*r.targets, *r.dtbs]
+        call([*kernel.make_base(src, build, ARCH, cross), f"-j{jobs}", *targets])
+        release = kernel.kernel_release(build)
+        run.note(f"kernel release {release}")
+        dest = dirs["install"]
+        kernel.modules_install(call, src=src, build=build, arch=ARCH, cross=cross, dest=dest)
+        values["kernel_release"] = release
+        return release, {"from": str(dest / "lib/modules" / release),
+                         "dest": f"lib/modules/{release}"}
+
+    # -- scheduling -------------------------------------------------------------------
+    def stop(self) -> None:
+        """Fail fast: start nothing new and stop the steps that are running."""
+        self.cancel.set()
+        with self.lock:
+            procs = list(self.procs.values())
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, 15)
+            except ProcessLookupError:
+                pass
+
+    def _task(self, name: str, jobs: int, rep: Reporter) -> dict:
+        rep.set(name, "running", f"(-j{jobs})")
+        return self.build_one(name, jobs)
+
+    def run(self, rep: Reporter) -> None:
+        s = self.settings
+        wanted = set(self.plan.names)
+        ts = graphlib.TopologicalSorter({n: [d for d in self.rs.recipes[n].depends
+                                             if d in wanted] for n in self.plan.names})
+        ts.prepare()
+        budget = max(1, s.jobs)
+        ready: deque[str] = deque()
+        futures: dict[cf.Future, str] = {}
+        with cf.ThreadPoolExecutor(max_workers=budget) as pool:
+            idle_rounds = 0
+            while ts.is_active():
+                ready.extend(ts.get_ready())
+                progressed = bool(ready)
+                while ready:
+                    n = ready.popleft()
+                    res = self.results[n]
+                    bad = [d for d in self.rs.recipes[n].depends
+                           if self.results.get(d, {}).get("status") in
+                           ("failed", "skipped", "cancelled")]
+                    if bad:
+                        res.update(status="skipped",
+                                   reason=f"dependency {', '.join(bad)} did not build")
+                        rep.set(n, "skipped", res["reason"])
+                        ts.done(n)
+                        continue
+                    if self.cancel.is_set():
+                        res.update(status="cancelled", reason="an earlier failure stopped "
+                                   "the build (use --keep-going to build the rest)")
+                        rep.set(n, "cancelled")
+                        ts.done(n)
+                        continue
+                    rec = read_record(s, n)
+                    if _up_to_date(s, rec, self.plan.keys[n]):
+                        restaged = _restage(s, rec)
+                        res.update(status="cached", record=rec, restaged=restaged)
+                        rep.set(n, "cached")
+                        ts.done(n)
+                        continue
+                    if len(futures) >= budget:
+                        ready.appendleft(n)
+                        break
+                    r = self.rs.recipes[n]
+                    share = 1 if not r.parallel else max(
+                        1, budget // max(1, min(budget, len(futures) + 1 + len(ready))))
+                    res.update(status="running", jobs=share, started=manifest.now())
+                    futures[pool.submit(self._task, n, share, rep)] = n
+                if not futures:
+                    idle_rounds = 0 if progressed else idle_rounds + 1
+                    if idle_rounds > 2:  # nothing runs, nothing can start: cannot happen
+                        raise BuildFailed("build scheduler stalled (internal error)")
+                    continue
+                done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    n = futures.pop(fut)
+                    res = self.results[n]
+                    try:
+                        rec = fut.result()
+                    except Cancelled:
+                        res.update(status="cancelled", reason="stopped by an earlier failure")
+                        rep.set(n, "cancelled")
+                    except StepError as e:
+                        res.update(status="failed", error=str(e), tail=e.tail,
+                                   log=str(s.logs_dir / f"{n}.log"))
+                        rep.set(n, "failed", str(e))
+                        if not self.keep_going:
+                            self.stop()
+                    except AskbuildError as e:
+                        res.update(status="failed", error=e.message, tail="",
+                                   log=str(s.logs_dir / f"{n}.log"))
+                        rep.set(n, "failed", e.message)
+                        if not self.keep_going:
+                            self.stop()
+                    else:
+                        res.update(status="built", record=rec)
+                        rep.set(n, "built")
+                    ts.done(n)
+
+
+# ------------------------------------------------------------------------------ ccache --
+def _ccache_setup(settings: Settings, prefix: str) -> Path:
+    exe = shutil.which("ccache")
+    if not exe:
+        raise UserError("--ccache given but ccache is not installed",
+                        fix="apt-get install ccache   (or build without --ccache)")
+    d = settings.work_dir / "ccache-bin"
+    d.mkdir(parents=True, exist_ok=True)
+    for tool in ("gcc", "g++", "cc", "c++"):
+        link = d / f"{prefix}{tool}"
+        if link.is_symlink() and os.readlink(link) == exe:
+            continue
+        link.unlink(missing_ok=True)
+        link.symlink_to(exe)
+    return d
+
+
+def _ccache_stats(env: dict[str, str]) -> dict[str, int]:
+    proc = subprocess.run(["ccache", "--print-stats"], env=env, capture_output=True, text=True)
+    stats = {}
+    for line in proc.stdout.splitlines():
+        k, _, v = line.partition("\t")
+        if v.strip().isdigit():
+            stats[k] = int(v)
+    hits = stats.get("direct_cache_hit", 0) + stats.get("preprocessed_cache_hit", 0)
+    return {"hits": hits, "misses": stats.get("cache_miss", 0)}
+
+
+# ------------------------------------------------------------------------- entry point --
+def _post_checks(settings: Settings, b: Build) -> None:
+    """Vermagic of every staged module against the kernel release; depmod."""
+    krel = None
+    for n in b.plan.names:
+        rec = b.results[n].get("record") or {}
+        if rec.get("kernel_release"):
+            krel = rec["kernel_release"]
+    if not krel:
+        return
+    moddir = settings.staging_dir / "lib/modules" / krel
+    mods = sorted(moddir.rglob("*.ko")) if moddir.is_dir() else []
+    kernel.check_vermagic(mods, krel)
+    built = any(b.results[n]["status"] == "built" or b.results[n].get("restaged")
+                for n in b.plan.names)
+    depmod = shutil.which("depmod") or ("/sbin/depmod" if Path("/sbin/depmod").exists()
+                                        else None)
+    if mods and depmod and (built or not (moddir / "modules.dep").exists()):
+        subprocess.run([depmod, "-b", str(settings.staging_dir), "-a", krel],
+                       capture_output=True, check=False)
+
+
+def build(settings: Settings, components: list[str] | None = None, *, keep_going: bool = False,
+          ccache: bool = False, prepare: bool = True) -> dict:
+    """Build ``components`` (all when empty) and their dependencies.  Returns the manifest."""
+    rs = recipes.load(settings)
+    names = rs.order(components or None)
+    recipes_used = [rs.recipes[n] for n in names]
+    srcs = sorted({r.source for r in recipes_used} | {u for r in recipes_used for u in r.uses})
+    _prepare_sources(settings, srcs, prepare)
+    tc = toolchain.check(sorted({lib for r in recipes_used for lib in r.host_libs}))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(settings.state_dir / "build.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as e:
+        raise UserError(f"another build is running in {settings.work_dir}",
+                        fix="wait for it to finish (or use another --work-dir)") from e
+    try:
+        return _build_locked(settings, rs, names, srcs, tc, keep_going=keep_going,
+                             ccache=ccache)
+    finally:
+        lock.release()
+
+
+def _build_locked(settings: Settings, rs: RecipeSet, names: list[str], srcs: list[str],
+                  tc: toolchain.Toolchain, *, keep_going: bool, ccache: bool) -> dict:
+    plan = Plan(settings, rs, names, tc, ccache=ccache)
+    compute_keys(plan)
+    ccache_bin = _ccache_setup(settings, tc.prefix) if ccache else None
+    b = Build(settings, plan, keep_going=keep_going, ccache_bin=ccache_bin)
+    man = manifest.Manifest(settings)
+    man.start(plan=plan, sources={n: source_info(settings, n) for n in srcs},
+              options={"keep_going": keep_going, "ccache": ccache, "jobs": settings.jobs,
+                       "components": names})
+    stats_before = _ccache_stats(base_env(settings, ccache_bin)) if ccache else None
+    console.step(f"build {', '.join(names)} (jobs {settings.jobs})")
+    status = "failed"
+    try:
+        with Reporter(names) as rep:
+            b.run(rep)
+        failed = [n for n in names if b.results[n]["status"] == "failed"]
+        post_error = None
+        if not failed:
+            try:
+                _post_checks(settings, b)
+            except BuildFailed as e:
+                post_error = e
+        status = "failed" if failed or post_error else "success"
+    except BaseException:
+        status = "interrupted"
+        for proc in list(b.procs.values()):
+            try:
+                os.killpg(proc.pid, 15)
+            except ProcessLookupError:
+                pass
+        raise
+    finally:
+        ccache_stats = None
+        if stats_before is not None:
+            after = _ccache_stats(base_env(settings, ccache_bin))
+            ccache_stats = {k: after[k] - stats_before[k] for k in after}
+        man.finish(status=status, results=b.results, ccache=ccache_stats)
+    built = [n for n in names if b.results[n]["status"] == "built"]
+    cached = [n for n in names if b.results[n]["status"] == "cached"]
+    if status == "success":
+        console.info(f"built {len(built)}, up to date {len(cached)}; staging "
+                     f"{settings.staging_dir}; manifest {man.path}")
+        return man.data
+    if post_error:
+        raise post_error
+    parts = []
+    for n in failed:
+        res = b.results[n]
+        tail = res.get("tail") or ""
+        parts.append(f"{n}: {res.get('error')}\n--- last lines of the failing step "
+                     f"({res.get('log')}) ---\n{tail}")
+    skipped = [n for n in names if b.results[n]["status"] in ("skipped", "cancelled")]
+    msg = "build failed:\n" + "\n".join(parts)
+    if skipped:
+        msg += f"\nnot built because of the failure: {', '.join(skipped)}"
+    raise BuildFailed(msg, fix=f"read the log(s) in {settings.logs_dir}; fix the recipe or "
+                               "patch, then run `inv build` again (finished components are "
+                               "kept)")

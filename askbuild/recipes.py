@@ -1,0 +1,448 @@
+"""Component recipes: one TOML data file per component under ``recipes/components/``.
+
+A recipe says which source tree a component is built from, which paths of it (and of other
+sources) are its inputs, what it depends on, the build steps as argument lists with
+placeholders, the environment, and the artifacts it must produce with their place in the staging
+tree.  ``_shared.toml`` holds variables shared by several recipes (``[vars]``), e.g. the ASK
+feature-flag set, so cdx, dpa_app and cmm never disagree.  The format is documented in
+``docs/build.md``.
+
+Loading validates everything before anything is built and names the file and key at fault:
+unknown keys, wrong types, unknown dependencies, dependency cycles, unknown placeholders and
+recipes that declare no artifact.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .settings import Settings
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+VAR_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SYMBOL_RE = re.compile(r"^CONFIG_[A-Za-z0-9_]+(=(y|m|n|\"[^\"]*\"|[0-9A-Za-z_x-]+))?$")
+# {name}, {name:arg}; {{ and }} are literal braces.
+PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+KINDS = ("make", "kernel")
+COMMON_KEYS = {"description", "kind", "source", "inputs", "uses", "depends", "parallel", "env",
+               "steps", "host_libs", "artifacts"}
+KERNEL_KEYS = {"defconfig", "fragments", "require", "targets", "dtbs"}
+ARTIFACT_KEYS = {"path", "stage", "mode"}
+SHARED_KEYS = {"vars"}
+
+#: Placeholders every recipe may use (see docs/build.md for their meaning).
+BUILTINS = {
+    "cross": "CROSS_COMPILE prefix (aarch64-linux-gnu-)",
+    "arch": "kernel ARCH (arm64)",
+    "host": "GNU host triplet (aarch64-linux-gnu)",
+    "jobs": "this component's share of the job budget (make -j)",
+    "sysroot": "the pipeline's own sysroot for static libraries (<work>/sysroot)",
+    "src": "this component's build tree (a clean export of its inputs)",
+    "out": "this component's output directory (<work>/out/<component>)",
+    "install": "this component's install directory (<work>/out/<component>/install)",
+    "project": "the askbuild project root",
+}
+#: Placeholders available only to components that depend on a kind = "kernel" component.
+KERNEL_BUILTINS = {
+    "kernel_dir": "the kernel build directory (KERNELDIR / KDIR for out-of-tree modules)",
+    "kernel_src": "the kernel source tree",
+    "kernel_release": "the built kernel's release string (uname -r)",
+}
+#: {name:ARG} placeholders.
+PARAMETRIC = {
+    "src": "build tree of dependency ARG",
+    "install": "install directory of dependency ARG",
+    "out": "output directory of dependency ARG",
+    "tree": "work tree of source ARG (this recipe's source or one listed in [uses])",
+}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str              # relative to the build tree, or an absolute placeholder path
+    stage: str | None      # path inside the staging tree, or None (kept for dependents only)
+    mode: int | None
+
+
+@dataclass
+class Recipe:
+    name: str
+    file: Path
+    kind: str
+    source: str
+    description: str = ""
+    inputs: list[str] = field(default_factory=lambda: ["."])
+    uses: dict[str, list[str]] = field(default_factory=dict)
+    depends: list[str] = field(default_factory=list)
+    parallel: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+    steps: list[list[str]] = field(default_factory=list)
+    host_libs: list[str] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+    # kernel kind
+    defconfig: str | None = None
+    fragments: list[str] = field(default_factory=list)
+    require: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=lambda: ["Image", "modules"])
+    dtbs: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)   # the table as written, for the recipe hash
+
+    def digest(self, shared_vars: dict) -> str:
+        """Hash of the recipe as data (plus the shared variables it references)."""
+        used = sorted(v for v in shared_vars if _references(self.raw, v))
+        blob = json.dumps({"recipe": self.raw, "vars": {v: shared_vars[v] for v in used}},
+                          sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class RecipeSet:
+    recipes: dict[str, Recipe]
+    vars: dict[str, str | list[str]]
+    directory: Path
+
+    def order(self, names: Iterable[str] | None = None) -> list[str]:
+        """Names (and all their dependencies) in a dependency-respecting order."""
+        wanted = self.closure(names)
+        ts = graphlib.TopologicalSorter({n: [d for d in self.recipes[n].depends]
+                                         for n in wanted})
+        return list(ts.static_order())
+
+    def closure(self, names: Iterable[str] | None = None) -> set[str]:
+        names = list(names or [])
+        if not names:
+            return set(self.recipes)
+        unknown = [n for n in names if n not in self.recipes]
+        if unknown:
+            raise ConfigError(
+                f"unknown component(s) {', '.join(unknown)}",
+                fix=f"known components (in {self.directory}): {', '.join(sorted(self.recipes))}",
+            )
+        seen: set[str] = set()
+        todo = list(names)
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            todo.extend(self.recipes[n].depends)
+        return seen
+
+    def dependents(self, name: str) -> set[str]:
+        """Every component that (transitively) depends on ``name``."""
+        out: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for r in self.recipes.values():
+                if r.name not in out and (name in r.depends or out & set(r.depends)):
+                    out.add(r.name)
+                    changed = True
+        return out
+
+    def kernel_of(self, name: str) -> str | None:
+        """The kind = "kernel" component ``name`` depends on directly, if any."""
+        for d in self.recipes[name].depends:
+            if self.recipes[d].kind == "kernel":
+                return d
+        return None
+
+
+def _references(obj: object, var: str) -> bool:
+    if isinstance(obj, str):
+        return any(m.group(1) == var for m in PLACEHOLDER_RE.finditer(obj) if m.group(1))
+    if isinstance(obj, list):
+        return any(_references(o, var) for o in obj)
+    if isinstance(obj, dict):
+        return any(_references(o, var) for o in obj.values())
+    return False
+
+
+def recipes_dir(settings: Settings) -> Path:
+    """``recipes/components`` (a profile may override it with ``recipes/profiles/<profile>/
+    components``: see docs/build.md)."""
+    override = settings.recipes_dir / "profiles" / settings.profile / "components"
+    if settings.profile != "default" and override.is_dir():
+        return override
+    return settings.recipes_dir / "components"
+
+
+def _read(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}", fix="correct the file's syntax") from e
+
+
+def _str_list(where: str, key: str, value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: {key!r} must be a list of non-empty strings")
+    return list(value)
+
+
+def _check_rel(where: str, key: str, path: str) -> None:
+    p = Path(path)
+    if p.is_absolute() or ".." in p.parts:
+        raise ConfigError(f"{where}: {key} {path!r} must be a relative path inside the tree")
+
+
+def load_shared(path: Path) -> dict[str, str | list[str]]:
+    if not path.is_file():
+        return {}
+    data = _read(path)
+    unknown = set(data) - SHARED_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}",
+                          fix="a shared file holds only a [vars] table")
+    out: dict[str, str | list[str]] = {}
+    for k, v in data.get("vars", {}).items():
+        where = f"{path}: vars.{k}"
+        if not VAR_RE.match(k):
+            raise ConfigError(f"{where}: variable names are lower case letters, digits and _")
+        if k in BUILTINS or k in KERNEL_BUILTINS or k in PARAMETRIC:
+            raise ConfigError(f"{where}: {k!r} is a built-in placeholder; choose another name")
+        if isinstance(v, str):
+            out[k] = v
+        else:
+            out[k] = _str_list(f"{path}", f"vars.{k}", v)
+        for item in ([v] if isinstance(v, str) else v):
+            for m in PLACEHOLDER_RE.finditer(item):
+                if m.group(1) is not None and m.group(1) not in BUILTINS:
+                    raise ConfigError(f"{where}: unknown placeholder {{{m.group(1)}}}",
+                                      fix="shared variables may use only: "
+                                          + ", ".join(sorted(BUILTINS)))
+    return out
+
+
+def parse_recipe(name: str, path: Path, data: dict) -> Recipe:
+    where = f"{path}"
+    if not NAME_RE.match(name):
+        raise ConfigError(f"{where}: component name {name!r} is invalid "
+                          "(lower case letters, digits, -_.)")
+    kind = data.get("kind", "make")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    allowed = COMMON_KEYS | (KERNEL_KEYS if kind == "kernel" else set())
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}",
+                          fix=f"allowed for kind {kind!r}: {', '.join(sorted(allowed))}")
+    source = data.get("source")
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"{where}: 'source' (the source whose tree is built) is required")
+    r = Recipe(name=name, file=path, kind=kind, source=source, raw=data)
+    r.description = str(data.get("description", ""))
+    if "inputs" in data:
+        r.inputs = _str_list(where, "inputs", data["inputs"])
+        for p in r.inputs:
+            _check_rel(where, "inputs", p)
+    uses = data.get("uses", {})
+    if not isinstance(uses, dict):
+        raise ConfigError(f"{where}: 'uses' must be a table: source name -> list of paths")
+    for src, paths in uses.items():
+        r.uses[src] = _str_list(where, f"uses.{src}", paths)
+        for p in r.uses[src]:
+            _check_rel(where, f"uses.{src}", p)
+    r.depends = _str_list(where, "depends", data.get("depends", []))
+    if name in r.depends:
+        raise ConfigError(f"{where}: depends: a component cannot depend on itself")
+    parallel = data.get("parallel", True)
+    if not isinstance(parallel, bool):
+        raise ConfigError(f"{where}: 'parallel' must be true or false")
+    r.parallel = parallel
+    env = data.get("env", {})
+    if not isinstance(env, dict):
+        raise ConfigError(f"{where}: 'env' must be a table of strings")
+    for k, v in env.items():
+        if not ENV_RE.match(k) or not isinstance(v, str):
+            raise ConfigError(f"{where}: env.{k}: environment entries are NAME = \"string\"")
+    r.env = dict(env)
+    steps = data.get("steps", [])
+    if not isinstance(steps, list):
+        raise ConfigError(f"{where}: 'steps' must be a list of argument lists")
+    for i, step in enumerate(steps):
+        r.steps.append(_str_list(where, f"steps[{i}]", step))
+        if not r.steps[-1]:
+            raise ConfigError(f"{where}: steps[{i}] is empty")
+    if kind == "make" and not r.steps:
+        raise ConfigError(f"{where}: 'steps' is required (a list of argument lists)")
+    from .toolchain import KNOWN_LIBS  # local: toolchain imports nothing from here
+    r.host_libs = _str_list(where, "host_libs", data.get("host_libs", []))
+    for lib in r.host_libs:
+        if lib not in KNOWN_LIBS:
+            raise ConfigError(f"{where}: host_libs: unknown library {lib!r}",
+                              fix=f"known: {', '.join(sorted(KNOWN_LIBS))}")
+    arts = data.get("artifacts")
+    if not arts:
+        raise ConfigError(
+            f"{where}: no 'artifacts' declared",
+            fix="declare what the build must produce, e.g. [[artifacts]] path = \"cmm/src/cmm\" "
+                "stage = \"usr/bin/cmm\"",
+        )
+    if not isinstance(arts, list):
+        raise ConfigError(f"{where}: 'artifacts' must be an array of tables ([[artifacts]])")
+    for i, a in enumerate(arts):
+        aw = f"{where}: artifacts[{i}]"
+        if not isinstance(a, dict):
+            raise ConfigError(f"{aw}: must be a table with 'path' (and 'stage', 'mode')")
+        unknown = sorted(set(a) - ARTIFACT_KEYS)
+        if unknown:
+            raise ConfigError(f"{aw}: unknown key(s) {', '.join(unknown)}",
+                              fix=f"allowed: {', '.join(sorted(ARTIFACT_KEYS))}")
+        if not isinstance(a.get("path"), str) or not a["path"]:
+            raise ConfigError(f"{aw}: 'path' is required")
+        stage = a.get("stage")
+        if stage is not None:
+            if not isinstance(stage, str) or not stage:
+                raise ConfigError(f"{aw}: 'stage' must be a path inside the staging tree")
+            _check_rel(aw, "stage", stage.replace("{", "").replace("}", ""))
+        mode = a.get("mode")
+        if mode is not None:
+            if not (isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3,4}", mode)):
+                raise ConfigError(f"{aw}: 'mode' must be an octal string like \"0755\"")
+            mode = int(mode, 8)
+        r.artifacts.append(Artifact(a["path"], stage, mode))
+    if kind == "kernel":
+        defconfig = data.get("defconfig")
+        if not isinstance(defconfig, str) or not defconfig:
+            raise ConfigError(f"{where}: 'defconfig' (the base configuration) is required")
+        r.defconfig = defconfig
+        r.fragments = _str_list(where, "fragments", data.get("fragments", []))
+        r.require = _str_list(where, "require", data.get("require", []))
+        for s in r.require:
+            if not SYMBOL_RE.match(s):
+                raise ConfigError(f"{where}: require: {s!r} is not CONFIG_NAME or "
+                                  "CONFIG_NAME=value")
+        r.targets = _str_list(where, "targets", data.get("targets", ["Image", "modules"]))
+        r.dtbs = _str_list(where, "dtbs", data.get("dtbs", []))
+    return r
+
+
+def _placeholders(recipe: Recipe) -> list[tuple[str, str]]:
+    """(key path, placeholder text) for every placeholder of the recipe."""
+    found: list[tuple[str, str]] = []
+
+    def walk(obj: object, key: str) -> None:
+        if isinstance(obj, str):
+            for m in PLACEHOLDER_RE.finditer(obj):
+                if m.group(1) is not None:
+                    found.append((key, m.group(1)))
+        elif isinstance(obj, list):
+            for i, o in enumerate(obj):
+                walk(o, f"{key}[{i}]")
+        elif isinstance(obj, dict):
+            for k, o in obj.items():
+                walk(o, f"{key}.{k}" if key else k)
+
+    for k in ("env", "steps", "artifacts", "defconfig"):
+        if k in recipe.raw:
+            walk(recipe.raw[k], k)
+    return found
+
+
+def _check_placeholders(rs: RecipeSet, recipe: Recipe) -> None:
+    has_kernel = rs.kernel_of(recipe.name) is not None or recipe.kind == "kernel"
+    trees = {recipe.source, *recipe.uses}
+    for key, text in _placeholders(recipe):
+        where = f"{recipe.file}: {key}"
+        name, sep, arg = text.partition(":")
+        if sep:
+            if name not in PARAMETRIC:
+                raise ConfigError(f"{where}: unknown placeholder {{{text}}}",
+                                  fix=f"parametric placeholders: "
+                                      f"{', '.join('{' + p + ':NAME}' for p in PARAMETRIC)}")
+            if name == "tree":
+                if arg not in trees:
+                    raise ConfigError(
+                        f"{where}: {{{text}}}: source {arg!r} is neither this recipe's source "
+                        "nor listed in [uses]", fix=f"add [uses] {arg} = [\"<paths read>\"]")
+            elif arg not in rs.closure([recipe.name]) - {recipe.name}:
+                raise ConfigError(f"{where}: {{{text}}}: {arg!r} is not a dependency of "
+                                  f"{recipe.name}", fix=f"add {arg!r} to depends")
+            continue
+        if name in BUILTINS or name in rs.vars:
+            continue
+        if name in KERNEL_BUILTINS:
+            if recipe.kind == "kernel" and name != "kernel_src":
+                raise ConfigError(f"{where}: {{{name}}} cannot be used by the kernel itself")
+            if not has_kernel:
+                raise ConfigError(f"{where}: {{{name}}} needs a dependency on a kind = "
+                                  "\"kernel\" component", fix="add \"kernel\" to depends")
+            continue
+        known = sorted([*BUILTINS, *KERNEL_BUILTINS, *rs.vars])
+        raise ConfigError(f"{where}: unknown placeholder {{{text}}}",
+                          fix=f"known: {', '.join(known)} (shared variables live in "
+                              f"{rs.directory / '_shared.toml'})")
+
+
+def load(settings: Settings, directory: Path | None = None) -> RecipeSet:
+    """Load and validate every recipe of the active profile."""
+    directory = directory or recipes_dir(settings)
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: recipes directory not found")
+    shared = load_shared(directory / "_shared.toml")
+    recipes: dict[str, Recipe] = {}
+    for path in sorted(directory.glob("*.toml")):
+        if path.name.startswith("_"):
+            continue
+        recipes[path.stem] = parse_recipe(path.stem, path, _read(path))
+    rs = RecipeSet(recipes, shared, directory)
+    for r in recipes.values():
+        for d in r.depends:
+            if d not in recipes:
+                raise ConfigError(f"{r.file}: depends: unknown component {d!r}",
+                                  fix=f"known components: {', '.join(sorted(recipes))}")
+    ts = graphlib.TopologicalSorter({n: r.depends for n, r in recipes.items()})
+    try:
+        ts.prepare()
+    except graphlib.CycleError as e:
+        cycle = e.args[1]
+        files = ", ".join(str(recipes[n].file) for n in dict.fromkeys(cycle))
+        raise ConfigError(f"dependency cycle: {' -> '.join(reversed(cycle))} ({files}: depends)",
+                          fix="remove one of these dependencies") from e
+    kernels = [r.name for r in recipes.values() if r.kind == "kernel"]
+    if len(kernels) > 1:
+        raise ConfigError(f"{directory}: more than one kind = \"kernel\" recipe: "
+                          f"{', '.join(kernels)}")
+    for r in recipes.values():
+        _check_placeholders(rs, r)
+    return rs
+
+
+def expand(text: str, values: dict[str, str | list[str]], *, where: str) -> str:
+    """Replace placeholders in one string (list values are joined with spaces)."""
+    def sub(m: re.Match) -> str:
+        tok = m.group(0)
+        if tok == "{{":
+            return "{"
+        if tok == "}}":
+            return "}"
+        key = m.group(1)
+        if key not in values:
+            raise ConfigError(f"{where}: placeholder {{{key}}} has no value here")
+        v = values[key]
+        return " ".join(v) if isinstance(v, list) else v
+    return PLACEHOLDER_RE.sub(sub, text)
+
+
+def expand_args(args: list[str], values: dict[str, str | list[str]], *, where: str) -> list[str]:
+    """Expand each argument on its own (never through a shell).  An argument that is exactly one
+    list-valued placeholder becomes several arguments."""
+    out: list[str] = []
+    for a in args:
+        m = PLACEHOLDER_RE.fullmatch(a)
+        if m and m.group(1) and isinstance(values.get(m.group(1)), list):
+            out.extend(values[m.group(1)])  # type: ignore[arg-type]
+        else:
+            out.append(expand(a, values, where=where))
+    return out

@@ -1,0 +1,142 @@
+"""The cross toolchain and the arm64 libraries the recipes link against.
+
+Checked up front, before anything is built: the compiler named by the ``CROSS_COMPILE`` prefix
+(default ``aarch64-linux-gnu-``, from the environment) must exist and be recent enough, and every
+arm64 ``-dev`` package a selected recipe lists in ``host_libs`` must have its headers under
+``/usr/include`` and its library under ``/usr/lib/aarch64-linux-gnu``.  A miss is a
+:class:`MissingToolError` carrying the apt-get command that fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MissingToolError
+
+DEFAULT_PREFIX = "aarch64-linux-gnu-"
+MIN_GCC = (8, 0)
+MULTIARCH = "aarch64-linux-gnu"
+
+#: host_libs name -> (Debian package, headers relative to include dir, library base names)
+KNOWN_LIBS: dict[str, tuple[str, list[str], list[str]]] = {
+    "libxml2": ("libxml2-dev:arm64", ["libxml2/libxml/parser.h"], ["libxml2"]),
+    "libcli": ("libcli-dev:arm64", ["libcli.h"], ["libcli"]),
+    "libpcap": ("libpcap-dev:arm64", ["pcap/pcap.h"], ["libpcap"]),
+    "libmnl": ("libmnl-dev:arm64", ["libmnl/libmnl.h"], ["libmnl"]),
+    "tclap": ("libtclap-dev", ["tclap/CmdLine.h"], []),
+}
+
+
+@dataclass
+class Toolchain:
+    prefix: str
+    gcc: str                      # full path
+    gcc_version: str              # e.g. 12.2.0
+    versions: dict[str, str] = field(default_factory=dict)  # tool -> first --version line
+    packages: dict[str, str] = field(default_factory=dict)  # Debian package -> version
+
+    def identity(self) -> dict:
+        """What goes into every component's content key."""
+        return {"prefix": self.prefix, "gcc": self.gcc_version, "versions": self.versions,
+                "packages": self.packages}
+
+
+def cross_prefix() -> str:
+    return os.environ.get("CROSS_COMPILE") or DEFAULT_PREFIX
+
+
+def _install_fix(packages: list[str]) -> str:
+    pre = ""
+    if any(p.endswith(":arm64") for p in packages):
+        pre = "dpkg --add-architecture arm64 && apt-get update && "
+    return f"{pre}apt-get install {' '.join(packages)}   (or: inv setup)"
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _package_versions(packages: list[str]) -> dict[str, str]:
+    if not packages or not shutil.which("dpkg-query"):
+        return {}
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${binary:Package} ${Version}\n", "--",
+                           *packages], capture_output=True, text=True)
+    out = {}
+    for line in proc.stdout.splitlines():
+        name, _, version = line.partition(" ")
+        if version:
+            out[name] = version
+    return out
+
+
+def check_compiler(prefix: str | None = None) -> Toolchain:
+    prefix = prefix if prefix is not None else cross_prefix()
+    gcc = shutil.which(prefix + "gcc")
+    if not gcc:
+        raise MissingToolError(
+            f"cross compiler {prefix}gcc not found on PATH (CROSS_COMPILE={prefix!r})",
+            fix=_install_fix(["crossbuild-essential-arm64"])
+            + ("" if prefix == DEFAULT_PREFIX else "; or set CROSS_COMPILE to an installed "
+               "prefix"),
+        )
+    proc = subprocess.run([gcc, "-dumpfullversion", "-dumpversion"], capture_output=True,
+                          text=True)
+    version = proc.stdout.strip()
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if proc.returncode != 0 or not m:
+        raise MissingToolError(f"{gcc} does not report a version ({proc.stderr.strip()})",
+                               fix=_install_fix(["crossbuild-essential-arm64"]))
+    if (int(m.group(1)), int(m.group(2))) < MIN_GCC:
+        raise MissingToolError(
+            f"{gcc} is version {version}; askbuild needs GCC "
+            f"{MIN_GCC[0]}.{MIN_GCC[1]} or newer",
+            fix=_install_fix(["crossbuild-essential-arm64"]))
+    machine = subprocess.run([gcc, "-dumpmachine"], capture_output=True, text=True).stdout
+    if not machine.strip().startswith("aarch64"):
+        raise MissingToolError(f"{gcc} targets {machine.strip()!r}, not aarch64",
+                               fix="set CROSS_COMPILE to an aarch64 toolchain prefix")
+    tc = Toolchain(prefix=prefix, gcc=gcc, gcc_version=version)
+    for tool in ("gcc", "g++", "ld", "ar"):
+        tc.versions[prefix + tool] = _first_line([prefix + tool, "--version"])
+    tc.versions["make"] = _first_line(["make", "--version"])
+    return tc
+
+
+def check_libs(names: list[str], *, root: Path = Path("/")) -> None:
+    """Raise MissingToolError naming every missing arm64 library and the install command."""
+    missing: list[tuple[str, str, str]] = []
+    for name in sorted(set(names)):
+        package, headers, libs = KNOWN_LIBS[name]
+        for h in headers:
+            if not (root / "usr/include" / h).is_file():
+                missing.append((name, package, f"header /usr/include/{h}"))
+                break
+        else:
+            libdir = root / "usr/lib" / MULTIARCH
+            for lib in libs:
+                if not any((libdir / f"{lib}{ext}").exists() for ext in (".so", ".a")):
+                    missing.append((name, package, f"library {libdir}/{lib}.so"))
+                    break
+    if missing:
+        pkgs = list(dict.fromkeys(p for _, p, _ in missing))
+        detail = "; ".join(f"{n} ({what} missing)" for n, _, what in missing)
+        raise MissingToolError(f"arm64 development packages missing: {detail}",
+                               fix=_install_fix(pkgs))
+
+
+def check(host_libs: list[str], *, prefix: str | None = None) -> Toolchain:
+    """The up-front check: compiler, then the libraries the selected recipes need."""
+    tc = check_compiler(prefix)
+    check_libs(host_libs)
+    tc.packages = _package_versions([KNOWN_LIBS[n][0] for n in sorted(set(host_libs))])
+    return tc
