@@ -1,0 +1,400 @@
+"""The patch step with real git: one commit per patch, layers, idempotence, determinism, dirty
+trees, failures, --check, edit/export."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from patchfixtures import (
+    Project,
+    change_line,
+    commit_all,
+    g,
+    make_project,
+    make_tree,
+    put,
+    snapshot,
+    write_sources,
+)
+
+from askbuild import patchqueue as pq
+from askbuild.errors import DirtyTreeError, PatchFailed, UserError
+from askbuild.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_patch(project: Project, **kw):
+    return pq.patch(project.settings, ["up"], **kw)
+
+
+def log(tree: Path, rng: str = "askbuild/base..askbuild/patched") -> list[str]:
+    return g(tree, "log", "--reverse", "--format=%s|%an|%cn|%ad|%cd", "--date=iso", rng,
+             ).splitlines()
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return make_project(tmp_path)
+
+
+def test_one_commit_per_patch_with_identity_and_dates_from_the_patch(project):
+    report = run_patch(project)
+    assert [r["status"] for r in report.rows] == ["applied"] * 6
+    entries = log(project.tree)
+    assert len(entries) == 6
+    assert entries[0] == ("lib: make clean.c better|Dev|askbuild|2026-03-01 00:00:00 +0000|"
+                          "2026-03-01 00:00:00 +0000")
+    assert g(project.tree, "symbolic-ref", "HEAD") == "refs/heads/askbuild/patched"
+    rec = pq.tree_state(project.settings, "up")
+    assert rec["base"] == project.upstream.v1
+    assert rec["head"] == g(project.tree, "rev-parse", "HEAD")
+    assert [p["file"] for p in rec["patches"]] == sorted(p.name for p in
+                                                          project.series_dir.glob("*.patch"))
+    assert rec["layers"] == [{"id": "patches/up", "kind": "local", "dir": "patches/up",
+                              "provider": None, "start": project.upstream.v1,
+                              "end": rec["head"]}]
+
+
+def test_crlf_lines_keep_their_cr(project):
+    run_patch(project)
+    data = (project.tree / "fmc/model.cpp").read_bytes()
+    assert b"model line 5 OURS\r\n" in data
+    assert data.count(b"\r\n") == data.count(b"\n") == 20
+
+
+def test_same_inputs_give_the_same_commit_ids(tmp_path):
+    a = make_project(tmp_path / "a")
+    b = make_project(tmp_path / "b")
+    run_patch(a)
+    run_patch(b)
+    head_a = pq.tree_state(a.settings, "up")["head"]
+    assert head_a == pq.tree_state(b.settings, "up")["head"]
+    # and rebuilding from the base in the same tree gives it again
+    pq.state_path(a.settings, "up").unlink()
+    run_patch(a)
+    assert pq.tree_state(a.settings, "up")["head"] == head_a
+
+
+def test_second_run_is_a_no_op(project):
+    run_patch(project)
+    state = pq.state_path(project.settings, "up")
+    before = (state.stat().st_mtime_ns, g(project.tree, "rev-parse", "HEAD"))
+    report = run_patch(project)
+    assert [r["status"] for r in report.rows] == ["unchanged"] * 6
+    assert (state.stat().st_mtime_ns, g(project.tree, "rev-parse", "HEAD")) == before
+
+
+def test_changed_series_rebuilds_from_the_base(project):
+    run_patch(project)
+    old_head = pq.tree_state(project.settings, "up")["head"]
+    series = project.series_dir / "series"
+    series.write_text(series.read_text().replace("0002-near.patch\n", ""))
+    report = run_patch(project)
+    assert [r["patch"] for r in report.rows] == ["0001-clean.patch", "0003-conflict.patch",
+                                                 "0004-upstream.patch", "0005-rename.patch",
+                                                 "0006-crlf.patch"]
+    rec = pq.tree_state(project.settings, "up")
+    assert rec["head"] != old_head and len(log(project.tree)) == 5
+    assert "near line 10 OURS" not in (project.tree / "lib/near.c").read_text()
+
+
+def test_uncommitted_edits_are_never_thrown_away(project):
+    run_patch(project)
+    (project.tree / "lib/clean.c").write_text("my precious edit\n")
+    (project.series_dir / "series").write_text("0001-clean.patch\n")   # forces a rebuild
+    with pytest.raises(DirtyTreeError) as e:
+        run_patch(project)
+    msg = str(e.value)
+    assert "uncommitted changes" in msg and "lib/clean.c" in msg
+    assert "git -C" in msg and "stash" in msg and "reset --hard" in msg
+    assert (project.tree / "lib/clean.c").read_text() == "my precious edit\n"
+
+
+def test_foreign_commits_on_the_patched_branch_are_refused(project):
+    run_patch(project)
+    put(project.tree, "lib/mine.c", "mine\n")
+    mine = commit_all(project.tree, "my own work")
+    (project.series_dir / "series").write_text("0001-clean.patch\n")
+    with pytest.raises(DirtyTreeError) as e:
+        run_patch(project)
+    assert "commits the patch series did not make" in str(e.value)
+    assert "my own work" in str(e.value) and "switch -c my-work" in str(e.value)
+    assert g(project.tree, "rev-parse", "askbuild/patched") == mine
+
+
+def test_failure_names_series_patch_files_and_hunks_and_keeps_last_good_commit(project):
+    bad = project.series_dir / "0003-conflict.patch"
+    bad.write_bytes(bad.read_bytes().replace(b" conflict line 9\n", b" conflict line nine\n"))
+    with pytest.raises(PatchFailed) as e:
+        run_patch(project)
+    msg = str(e.value)
+    assert "patch 3 of 6 of up did not apply: 0003-conflict.patch" in msg
+    assert "series: patches/up (local layer)" in msg
+    assert "patch file: patches/up/0003-conflict.patch" in msg
+    assert "failed: lib/conflict.c: hunk #1 @@ -7,7 +7,7 @@ does not match" in msg
+    assert "inv patches.edit patches/up" in msg
+    assert e.value.exit_code == 2
+    # the tree: at the second patch's commit, clean, no am in progress, no record
+    assert g(project.tree, "log", "-1", "--format=%s") == "lib: tune near.c"
+    assert g(project.tree, "status", "--porcelain", "--untracked-files=no") == ""
+    assert not (project.tree / ".git" / "rebase-apply").exists()
+    assert pq.tree_state(project.settings, "up") is None
+    # fixing the patch and running again works (our own commits are not "foreign")
+    shutil.copy(bad, bad.with_suffix(".bad"))
+    bad.write_bytes(bad.read_bytes().replace(b" conflict line nine\n", b" conflict line 9\n"))
+    assert [r["status"] for r in run_patch(project).rows] == ["applied"] * 6
+
+
+def test_plain_diff_is_committed_under_its_file_name(project):
+    d = project.series_dir
+    (d / "series").write_text("0001-clean.patch\nlocal-fix.diff -p0\n")
+    (d / "local-fix.diff").write_text(
+        "Some quilt-style description.\n\n--- lib/near.c\n+++ lib/near.c\n@@ -1,3 +1,3 @@\n"
+        " near line 1\n-near line 2\n+near line 2 PLAIN\n near line 3\n")
+    report = run_patch(project)
+    assert [r["status"] for r in report.rows] == ["applied", "applied"]
+    last = g(project.tree, "log", "-1", "--format=%s|%an|%ad", "--date=iso")
+    assert last == "local-fix.diff|askbuild|1970-01-01 00:00:00 +0000"
+    assert "near line 2 PLAIN" in (project.tree / "lib/near.c").read_text()
+
+
+def test_plain_diff_failure_leaves_no_half_patch(project):
+    d = project.series_dir
+    (d / "series").write_text("0001-clean.patch\nhalf.diff\n")
+    (d / "half.diff").write_text(
+        "--- a/lib/near.c\n+++ b/lib/near.c\n@@ -1,3 +1,3 @@\n near line 1\n-near line 2\n"
+        "+near line 2 X\n near line 3\n--- a/lib/up.c\n+++ b/lib/up.c\n@@ -1,3 +1,3 @@\n"
+        " up line 1\n-up line TWO\n+up line 2 X\n up line 3\n")
+    with pytest.raises(PatchFailed) as e:
+        run_patch(project)
+    assert "failed: lib/up.c: hunk #1 @@ -1,3 +1,3 @@ does not match" in str(e.value)
+    assert "lib/near.c: hunk" not in str(e.value)
+    assert "near line 2 X" not in (project.tree / "lib/near.c").read_text()
+    assert g(project.tree, "status", "--porcelain") == ""
+
+
+# -- layers ---------------------------------------------------------------------------------
+
+def vendor_project(tmp_path: Path) -> tuple[Settings, Path, Path]:
+    """A 'vendor' tree shipping patches for 'lib' (no series file) + a local series that needs
+    the vendor patches applied first."""
+    lib_work = tmp_path / "lib-work"
+    lib_work.mkdir()
+    g(lib_work, "init", "-q")
+    put(lib_work, "src/lib.c", "".join(f"lib {i}\n" for i in range(1, 21)))
+    lib_v1 = commit_all(lib_work, "lib 1.0")
+    vendor_work = tmp_path / "vendor-work"
+    vendor_work.mkdir()
+    g(vendor_work, "init", "-q")
+    put(vendor_work, "README", "vendor\n")
+    # two vendor patches, written so that sorted order matters (b needs a)
+    g(lib_work, "checkout", "-q", "-b", "tmp")
+    change_line(lib_work, "src/lib.c", 5, "lib 5 VENDOR-A")
+    a = commit_all(lib_work, "vendor a", date="2026-01-02T00:00:00Z")
+    change_line(lib_work, "src/lib.c", 5, "lib 5 VENDOR-B")
+    b = commit_all(lib_work, "vendor b", date="2026-01-03T00:00:00Z")
+    change_line(lib_work, "src/lib.c", 6, "lib 6 LOCAL")
+    local = commit_all(lib_work, "local on top", date="2026-01-04T00:00:00Z")
+    put(vendor_work, "patches/lib/01-a.patch", pq.format_patch(lib_work, a))
+    put(vendor_work, "patches/lib/02-b.patch", pq.format_patch(lib_work, b))
+    vendor_v1 = commit_all(vendor_work, "vendor 1.0")
+    root = tmp_path / "project"
+    write_sources(root, {"vendor": (f"file://{vendor_work}", "main", vendor_v1),
+                         "lib": (f"file://{lib_work}", "main", lib_v1)})
+    (root / "recipes" / "patches.toml").write_text(
+        '[lib]\nvendor = [{ from = "vendor", dir = "patches/{ref}-missing", optional = true },'
+        ' { from = "vendor", dir = "patches/lib" }]\nlocal = ["patches/lib"]\n')
+    sdir = root / "patches" / "lib"
+    sdir.mkdir(parents=True)
+    (sdir / "0001-local.patch").write_bytes(pq.format_patch(lib_work, local))
+    (sdir / "series").write_text("0001-local.patch\n")
+    settings = Settings(project_root=root, work_dir=tmp_path / "work", cache_dir=tmp_path / "c")
+    make_tree(settings, "vendor", f"file://{vendor_work}", vendor_v1)
+    tree = make_tree(settings, "lib", f"file://{lib_work}", lib_v1)
+    return settings, tree, sdir
+
+
+def test_vendor_layer_applies_before_the_local_series(tmp_path):
+    settings, tree, _ = vendor_project(tmp_path)
+    report = pq.patch(settings, ["lib"])
+    assert [(r["layer"], r["kind"], r["patch"]) for r in report.rows] == [
+        ("vendor:patches/lib", "vendor", "01-a.patch"),
+        ("vendor:patches/lib", "vendor", "02-b.patch"),
+        ("patches/lib", "local", "0001-local.patch")]
+    assert log(tree) == [
+        "vendor a|Dev|askbuild|2026-01-02 00:00:00 +0000|2026-01-02 00:00:00 +0000",
+        "vendor b|Dev|askbuild|2026-01-03 00:00:00 +0000|2026-01-03 00:00:00 +0000",
+        "local on top|Dev|askbuild|2026-01-04 00:00:00 +0000|2026-01-04 00:00:00 +0000"]
+    rec = pq.tree_state(settings, "lib")
+    assert [ly["id"] for ly in rec["layers"]] == ["vendor:patches/main-missing",
+                                                  "vendor:patches/lib", "patches/lib"]
+    assert rec["layers"][1]["end"] == rec["layers"][2]["start"]
+    # the provider's own tree was only read
+    assert g(settings.src_dir / "vendor", "rev-parse", "HEAD") == \
+        g(settings.src_dir / "vendor", "rev-parse", "askbuild/base")
+
+
+def test_missing_vendor_directory_is_an_error_unless_optional(tmp_path):
+    settings, _, _ = vendor_project(tmp_path)
+    f = settings.recipes_dir / "patches.toml"
+    f.write_text(f.read_text().replace("optional = true", "optional = false"))
+    with pytest.raises(Exception, match="vendor series 'patches/main-missing'"):
+        pq.patch(settings, ["lib"])
+
+
+def test_resolve_layer(tmp_path):
+    settings, _, sdir = vendor_project(tmp_path)
+    assert pq.resolve_layer(settings, "patches/lib/").id == "patches/lib"
+    assert pq.resolve_layer(settings, "lib").id == "patches/lib"
+    assert pq.resolve_layer(settings, str(sdir)).id == "patches/lib"
+    with pytest.raises(UserError, match="vendor series"):
+        pq.resolve_layer(settings, "vendor:patches/lib")
+    with pytest.raises(UserError, match="no local series 'nope'"):
+        pq.resolve_layer(settings, "nope")
+
+
+# -- check ----------------------------------------------------------------------------------
+
+def test_check_applies_in_a_scratch_clone_and_leaves_build_trees_alone(project):
+    head = g(project.tree, "rev-parse", "HEAD")
+    report = run_patch(project, check=True)
+    assert report.kind == "patch-check" and report.ok
+    assert [r["status"] for r in report.rows] == ["applied"] * 6
+    assert g(project.tree, "rev-parse", "HEAD") == head
+    assert pq.tree_state(project.settings, "up") is None
+    assert g(project.tree, "branch", "--list", "askbuild/patched") == ""
+    assert not [p for p in project.settings.work_dir.iterdir() if p.name.startswith("patch-")]
+
+
+def test_check_reports_a_failing_patch(project, capsys):
+    bad = project.series_dir / "0002-near.patch"
+    bad.write_bytes(bad.read_bytes().replace(b" near line 9\n", b" near line IX\n"))
+    with pytest.raises(PatchFailed, match="0002-near.patch"):
+        run_patch(project, check=True, as_json=True)
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema"] == "askbuild.report/1" and data["kind"] == "patch-check"
+    assert data["ok"] is False
+    assert [r["status"] for r in data["rows"]] == ["applied", "failed"] + ["pending"] * 4
+
+
+# -- edit / export --------------------------------------------------------------------------
+
+def test_export_of_an_unchanged_queue_is_byte_identical(project):
+    before = snapshot(project.series_dir)
+    branch = pq.edit(project.settings, "patches/up")
+    assert branch == "askbuild/edit/patches-up"
+    assert g(project.tree, "symbolic-ref", "--short", "HEAD") == branch
+    report = pq.export(project.settings, "patches/up")
+    assert {r["status"] for r in report.rows} == {"unchanged"}
+    assert snapshot(project.series_dir) == before
+
+
+def test_export_of_hand_written_patches_keeps_their_bytes(project):
+    d = project.series_dir
+    (d / "series").write_text("# mine\n0001-clean.patch\nlocal-fix.diff -p0\n")
+    (d / "local-fix.diff").write_text(
+        "--- lib/near.c\n+++ lib/near.c\n@@ -1,3 +1,3 @@\n near line 1\n-near line 2\n"
+        "+near line 2 PLAIN\n near line 3\n")
+    for n in ("0002-near.patch", "0003-conflict.patch", "0004-upstream.patch",
+              "0005-rename.patch", "0006-crlf.patch"):
+        (d / n).unlink()
+    before = snapshot(d)
+    pq.edit(project.settings, "up")
+    pq.export(project.settings, "up")
+    assert snapshot(d) == before
+
+
+def test_export_after_editing_amend_add_drop_reorder(project):
+    d = project.series_dir
+    before = snapshot(d)
+    pq.edit(project.settings, "patches/up")
+    t = project.tree
+    start = pq.tree_state(project.settings, "up")["layers"][0]["start"]
+    commits = g(t, "rev-list", "--reverse", f"{start}..HEAD").split()
+    # rebuild the branch: drop "upstream" (4th), amend "near" (2nd), swap 5th/6th, add one
+    g(t, "reset", "-q", "--hard", start)
+    env = {"GIT_COMMITTER_NAME": "Me", "GIT_COMMITTER_EMAIL": "me@example.org"}
+    for c in (commits[0], commits[1], commits[2], commits[5], commits[4]):
+        g(t, "cherry-pick", c, env=env)
+        if c == commits[1]:
+            change_line(t, "lib/near.c", 12, "near line 12 AMENDED")
+            g(t, "commit", "-q", "-a", "--amend", "--no-edit", env=env)
+    put(t, "lib/new.c", "brand new\n")
+    commit_all(t, "lib: add new.c", date="2026-04-01T00:00:00Z")
+    report = pq.export(project.settings, "patches/up")
+    status = {r["patch"]: r["status"] for r in report.rows}
+    assert status == {"0001-clean.patch": "unchanged", "0002-near.patch": "updated",
+                      "0003-conflict.patch": "unchanged", "0006-crlf.patch": "unchanged",
+                      "0005-rename.patch": "unchanged", "0006-lib-add-new.c.patch": "new",
+                      "0004-upstream.patch": "removed"}
+    after = snapshot(d)
+    assert (d / "series").read_text() == (
+        "# our series\n0001-clean.patch\n0002-near.patch\n0003-conflict.patch\n"
+        "0006-crlf.patch\n0005-rename.patch\n0006-lib-add-new.c.patch\n")
+    for n in ("0001-clean.patch", "0003-conflict.patch", "0005-rename.patch",
+              "0006-crlf.patch"):
+        assert after[n] == before[n]
+    assert "0004-upstream.patch" not in after
+    near = after["0002-near.patch"].decode()
+    assert near.startswith("From 0000000000000000000000000000000000000000 Mon Sep 17")
+    assert "near line 12 AMENDED" in near and "\nindex " in near and "-- \n2." not in near
+    # the exported series applies, and a second export is byte-identical
+    assert [r["status"] for r in run_patch(project).rows] == ["applied"] * 6
+    again = snapshot(d)
+    pq.edit(project.settings, "patches/up")
+    pq.export(project.settings, "patches/up")
+    assert snapshot(d) == again
+
+
+def test_export_refuses_uncommitted_work_and_stale_series(project):
+    pq.edit(project.settings, "patches/up")
+    (project.tree / "lib/clean.c").write_text("not committed\n")
+    with pytest.raises(DirtyTreeError, match="would not be exported: lib/clean.c"):
+        pq.export(project.settings, "patches/up")
+    g(project.tree, "checkout", "--", "lib/clean.c")
+    (project.series_dir / "0001-clean.patch").write_text("changed by hand\n")
+    with pytest.raises(UserError, match="series files changed since up was patched"):
+        pq.export(project.settings, "patches/up")
+
+
+# -- through the CLI ------------------------------------------------------------------------
+
+def inv(project: Project, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CI="true", ASKBUILD_PROJECT_ROOT=str(project.root))
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args,
+         "--work-dir", str(project.settings.work_dir), "--cache-dir",
+         str(project.settings.cache_dir)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_failing_patch_exits_2_with_a_clear_message(project):
+    bad = project.series_dir / "0005-rename.patch"
+    bad.write_bytes(bad.read_bytes().replace(b" cmm line 11\n", b" cmm line eleven\n"))
+    proc = inv(project, "patch", "--source", "up")
+    assert proc.returncode == 2, proc.stderr
+    assert "error: patch 5 of 6 of up did not apply: 0005-rename.patch" in proc.stderr
+    assert "failed: cmm-17.03.1/src/cmm.c: hunk #1 @@ -9,7 +9,7 @@ does not match" in \
+        proc.stderr
+    assert "fix: refresh the patch" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # the report table was printed too (plain, CI)
+    assert re.search(r"0004-upstream\.patch +applied", proc.stderr)
+    assert re.search(r"0005-rename\.patch +failed", proc.stderr)
+
+
+def test_cli_patch_json(project):
+    proc = inv(project, "patch", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["kind"] == "patch" and data["ok"] is True
+    assert data["summary"] == {"applied": 6}
+    assert {r["source"] for r in data["rows"]} == {"up"}
