@@ -286,6 +286,14 @@ def upstream_log(settings: Settings, source: Source, old: str, new: str,
             return gitutil.git(["merge-base", "--is-ancestor", old, new], cwd=repo,
                                check=False).returncode == 0
 
+        if not has_commit(repo, old) and not settings.offline:
+            # The old pin is needed as the end of the log (one shallow commit is enough).
+            try:
+                _git_fetch(source, repo, remote_url(settings, source), ["--depth", "1"], [old],
+                           f"old pin {_short(old)}")
+                _keep(repo, old)
+            except GitError:
+                pass
         depth = 16
         while not ancestor() and (repo / "shallow").exists() and depth <= max_depth \
                 and not settings.offline and has_commit(repo, old):
