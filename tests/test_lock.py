@@ -90,6 +90,7 @@ def test_same_commit_under_a_new_tag_is_no_change(project, two, capsys):
     project.sources_file.write_text(
         text.replace('ref = "v1"\ncommit', 'ref = "v1-renamed"\ncommit', 1))
     before = project.sources_file.read_bytes()
+    assert load_sources(project.settings())["alpha"].ref == "v1-renamed"
     lock(project.settings(), ["alpha"], update=True)
     assert project.sources_file.read_bytes() == before
     assert "alpha: no change" in capsys.readouterr().err
