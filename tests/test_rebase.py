@@ -1,0 +1,227 @@
+"""``inv rebase``: the fixture series from v1 to v2 of a fixture upstream (real git)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from patchfixtures import Project, make_project, snapshot
+
+from askbuild import patchqueue as pq
+from askbuild import rebasing
+from askbuild.errors import DirtyTreeError, PatchFailed, UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED = {
+    "0001-clean.patch": "clean",
+    "0002-near.patch": "3way",
+    "0003-conflict.patch": "conflict",
+    "0004-upstream.patch": "upstream",
+    "0005-rename.patch": "3way",
+    "0006-crlf.patch": "3way",
+}
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return make_project(tmp_path)
+
+
+def statuses(report) -> dict[str, str]:
+    return {r["patch"]: r["status"] for r in report.rows}
+
+
+def resolve_conflict(tree: Path) -> None:
+    f = tree / "lib/conflict.c"
+    text = f.read_text()
+    assert "<<<<<<<" in text
+    text = re.sub(r"<<<<<<< [^\n]*\n.*?>>>>>>> [^\n]*\n", "conflict line 10 MERGED\n", text,
+                  flags=re.S)
+    f.write_text(text)
+
+
+def g(tree: Path, *args: str) -> str:
+    from askbuild import gitutil
+    return gitutil.out(list(args), cwd=tree)
+
+
+def test_dry_run_reports_every_status_and_changes_nothing(project):
+    series_before = snapshot(project.series_dir)
+    sources_before = project.settings.sources_file.read_bytes()
+    report = rebasing.rebase(project.settings, "up", onto="v2", dry_run=True)
+    assert statuses(report) == EXPECTED          # complete: it went on after the conflict
+    rows = {r["patch"]: r for r in report.rows}
+    assert rows["0003-conflict.patch"]["files"] == ["lib/conflict.c"]
+    assert "conflict in lib/conflict.c" in rows["0003-conflict.patch"]["detail"]
+    assert "dropped" in rows["0004-upstream.patch"]["detail"]
+    assert rows["0005-rename.patch"]["detail"] == \
+        "followed a rename: cmm-17.03.1/src/cmm.c -> cmm/src/cmm.c"
+    assert report.ok is False
+    assert report.subject["new_base"] == project.upstream.v2
+    # nothing touched: series, pin, work tree, no rebase state
+    assert snapshot(project.series_dir) == series_before
+    assert project.settings.sources_file.read_bytes() == sources_before
+    assert g(project.tree, "rev-parse", "HEAD") == project.upstream.v1
+    assert not rebasing.state_file(project.settings, "up").exists()
+    assert not [p for p in project.settings.work_dir.iterdir() if p.name.startswith("patch-")]
+
+
+def test_dry_run_json_follows_the_schema(project, capsys):
+    rebasing.rebase(project.settings, "up", onto="v2", dry_run=True, as_json=True)
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema"] == "askbuild.report/1"
+    assert data["kind"] == "rebase"
+    assert set(data) == {"schema", "kind", "title", "ok", "subject", "columns", "rows",
+                         "summary", "messages"}
+    assert data["subject"]["dry_run"] is True and data["subject"]["onto"] == "v2"
+    assert data["summary"] == {"3way": 3, "clean": 1, "conflict": 1, "upstream": 1}
+    for row in data["rows"]:
+        assert set(row) >= {"layer", "kind", "patch", "status", "commit", "detail", "files"}
+
+
+def test_rebase_stops_at_the_conflict_then_continue_finishes(project):
+    series_before = snapshot(project.series_dir)
+    sources_before = project.settings.sources_file.read_bytes()
+    with pytest.raises(PatchFailed) as e:
+        rebasing.rebase(project.settings, "up", onto="v2")
+    msg = str(e.value)
+    assert "stopped at patch 3 of 6: patches/up/0003-conflict.patch conflicts in " \
+           "lib/conflict.c" in msg
+    assert f"git -C {project.tree} add -- lib/conflict.c" in msg
+    assert "inv rebase up --continue" in msg and "inv rebase up --skip" in msg
+    assert "inv rebase up --abort" in msg
+    assert e.value.exit_code == 2
+    # stopped: conflict state in the tree, series and pin untouched
+    assert g(project.tree, "diff", "--name-only", "--diff-filter=U") == "lib/conflict.c"
+    assert snapshot(project.series_dir) == series_before
+    assert project.settings.sources_file.read_bytes() == sources_before
+    # the patch step refuses to run over it
+    with pytest.raises(DirtyTreeError, match="rebase of up is in progress"):
+        pq.patch(project.settings, ["up"])
+    # continuing without resolving says what is left
+    with pytest.raises(UserError, match="still unresolved: lib/conflict.c"):
+        rebasing.rebase(project.settings, "up", cont=True)
+    resolve_conflict(project.tree)
+    g(project.tree, "add", "--", "lib/conflict.c")
+    report = rebasing.rebase(project.settings, "up", cont=True)
+    assert statuses(report) == {**EXPECTED, "0003-conflict.patch": "resolved"}
+    # series exported: upstreamed patch gone, clean one byte-identical, others refreshed
+    after = snapshot(project.series_dir)
+    assert "0004-upstream.patch" not in after
+    assert after["0001-clean.patch"] == series_before["0001-clean.patch"]
+    assert (project.series_dir / "series").read_text() == (
+        "# our series\n0001-clean.patch\n0002-near.patch\n0003-conflict.patch\n"
+        "0005-rename.patch\n0006-crlf.patch\n")
+    assert b"conflict line 10 MERGED" in after["0003-conflict.patch"]
+    assert b"+++ b/cmm/src/cmm.c" in after["0005-rename.patch"]
+    assert b" model line 2 changed upstream\r\n" in after["0006-crlf.patch"]
+    # pin moved to v2
+    lock = tomllib.loads(project.settings.sources_file.read_text())["up"]
+    assert lock["commit"] == project.upstream.v2 and lock["ref"] == "v2"
+    assert "# fixture sources" in project.settings.sources_file.read_text()
+    # the tree is patched from the new series on the new base
+    rec = pq.tree_state(project.settings, "up")
+    assert rec["base"] == project.upstream.v2 and len(rec["patches"]) == 5
+    assert g(project.tree, "rev-parse", "askbuild/base") == project.upstream.v2
+    assert "cmm line 12 OURS" in (project.tree / "cmm/src/cmm.c").read_text()
+    crlf = (project.tree / "fmc/model.cpp").read_bytes()
+    assert b"model line 5 OURS\r\n" in crlf and crlf.count(b"\r\n") == 20
+    assert not rebasing.state_file(project.settings, "up").exists()
+    assert not rebasing.backup_dir(project.settings, "up").exists()
+    assert g(project.tree, "branch", "--list", "askbuild/rebase") == ""
+    # and the new series is stable: patching again is a no-op
+    assert {r["status"] for r in pq.patch(project.settings, ["up"]).rows} == {"unchanged"}
+
+
+def test_skip_drops_the_conflicting_patch(project):
+    with pytest.raises(PatchFailed):
+        rebasing.rebase(project.settings, "up", onto="v2")
+    report = rebasing.rebase(project.settings, "up", skip=True)
+    assert statuses(report) == {**EXPECTED, "0003-conflict.patch": "skipped"}
+    assert sorted(p.name for p in project.series_dir.glob("*.patch")) == [
+        "0001-clean.patch", "0002-near.patch", "0005-rename.patch", "0006-crlf.patch"]
+    assert "conflict line 10 THEIRS" in (project.tree / "lib/conflict.c").read_text()
+
+
+def test_abort_restores_series_and_pin_byte_for_byte(project):
+    # make the sources file and series unusual so a rewrite would show
+    sf = project.settings.sources_file
+    sf.write_bytes(sf.read_bytes() + b"\n# trailing comment, no newline at the end")
+    (project.series_dir / "notes.txt").write_bytes(b"keep me\r\n")
+    series_before = snapshot(project.series_dir)
+    sources_before = sf.read_bytes()
+    pq.patch(project.settings, ["up"])
+    head_before = g(project.tree, "rev-parse", "askbuild/patched")
+    with pytest.raises(PatchFailed):
+        rebasing.rebase(project.settings, "up", onto="v2")
+    # the maintainer fiddles with the series while stopped
+    (project.series_dir / "0001-clean.patch").write_text("oops\n")
+    (project.series_dir / "stray.patch").write_text("stray\n")
+    rebasing.rebase(project.settings, "up", abort=True)
+    assert snapshot(project.series_dir) == series_before
+    assert sf.read_bytes() == sources_before
+    assert g(project.tree, "symbolic-ref", "--short", "HEAD") == "askbuild/patched"
+    assert g(project.tree, "rev-parse", "HEAD") == head_before
+    assert g(project.tree, "rev-parse", "askbuild/base") == project.upstream.v1
+    assert g(project.tree, "status", "--porcelain", "--untracked-files=no") == ""
+    assert not rebasing.state_file(project.settings, "up").exists()
+    with pytest.raises(UserError, match="no rebase of up is in progress"):
+        rebasing.rebase(project.settings, "up", abort=True)
+
+
+def test_rebase_without_conflicts_is_one_command(tmp_path):
+    project = make_project(tmp_path, kinds=["clean", "near", "upstream", "rename", "crlf"])
+    report = rebasing.rebase(project.settings, "up", onto="v2")
+    assert statuses(report) == {"0001-clean.patch": "clean", "0002-near.patch": "3way",
+                                "0003-upstream.patch": "upstream",
+                                "0004-rename.patch": "3way", "0005-crlf.patch": "3way"}
+    assert any("pin of up moved to" in m for m in report.messages)
+    assert pq.tree_state(project.settings, "up")["base"] == project.upstream.v2
+
+
+def test_option_errors(project):
+    with pytest.raises(UserError, match="--onto REF is required"):
+        rebasing.rebase(project.settings, "up")
+    with pytest.raises(UserError, match="cannot be combined"):
+        rebasing.rebase(project.settings, "up", cont=True, abort=True)
+    with pytest.raises(UserError, match="no rebase of up is in progress"):
+        rebasing.rebase(project.settings, "up", cont=True)
+    with pytest.raises(UserError, match="unknown source 'nope'"):
+        rebasing.rebase(project.settings, "nope", onto="v2")
+    with pytest.raises(Exception, match="not a valid git ref"):
+        rebasing.rebase(project.settings, "up", onto="--upload-pack=evil")
+
+
+def test_dirty_tree_refuses_to_start(project):
+    pq.patch(project.settings, ["up"])
+    (project.tree / "README").write_text("edit\n")
+    with pytest.raises(DirtyTreeError, match="uncommitted changes"):
+        rebasing.rebase(project.settings, "up", onto="v2")
+    assert not rebasing.state_file(project.settings, "up").exists()
+
+
+def test_cli_rebase_dry_run_and_conflict_exit_codes(project):
+    env = dict(os.environ, CI="true", ASKBUILD_PROJECT_ROOT=str(project.root))
+    common = ["--work-dir", str(project.settings.work_dir), "--cache-dir",
+              str(project.settings.cache_dir)]
+    inv = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
+    proc = subprocess.run([*inv, "rebase", "up", "--onto", "v2", "--dry-run", *common],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"0003-conflict\.patch +conflict", proc.stderr)
+    assert re.search(r"0004-upstream\.patch +upstream", proc.stderr)
+    proc = subprocess.run([*inv, "rebase", "up", "--onto", "v2", *common],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "fix: edit the conflicting files" in proc.stderr
+    proc = subprocess.run([*inv, "rebase", "up", "--abort", *common],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "aborted" in proc.stderr
