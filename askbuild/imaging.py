@@ -1,0 +1,561 @@
+"""``inv image``: the reproducible arm64 ``localhost/monok8s/cmm`` image.
+
+askbuild writes the image itself (see :mod:`askbuild.oci`): a base layer of Debian arm64
+packages (:mod:`askbuild.baselayer`) and an application layer holding
+
+* the staging tree of the build (``usr/bin/{cmm,dpa_app,fmc}``,
+  ``lib/modules/<release>/extra/*.ko``, any ``etc/...``),
+* the vendor files named in ``images/cmm/image.toml`` ``[vendor]`` (the runtime
+  ``/etc/config/fastforward``, its unpatched original ``fastforward.vendor.orig``, dpa_app's
+  XML files; ``--board`` swaps in a board's files), also as
+  ``/etc/monok8s/dpa-configs/<profile>/`` for ``select-dpa-config.sh``,
+* the files of ``images/cmm/`` (entrypoint, ``init_dpa.sh``, ``select-dpa-config.sh``, an
+  optional runtime ``fastforward``) and ``/usr/share/monok8s/kernel-release``.
+
+All mtimes are clamped to ``SOURCE_DATE_EPOCH`` (environment, else the commit date of the ASK
+base commit), so the same inputs give a byte-identical archive and the same image id.  Every
+ELF file's libraries are checked to resolve inside the image before anything is written.
+
+With a Docker (or Podman) engine reachable the archive is loaded through the Docker SDK, tagged
+``localhost/monok8s/cmm:<tag>`` and checked to be arm64; otherwise the archive is the result and
+the command prints how to load it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import baselayer, console, elfcheck, oci
+from .errors import ConfigError, ImageError, UserError
+from .gitutil import GitError
+from .gitutil import git as run_git
+from .settings import Settings
+
+REQUIRED_BINARIES = ["usr/bin/cmm", "usr/bin/dpa_app", "usr/bin/fmc"]
+REQUIRED_MODULES = ["cdx", "fci", "auto_bridge"]
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+BOARD_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+VENDOR_RE = re.compile(r"^(?P<src>[a-z0-9][a-z0-9_.-]*)(?P<base>@base)?:(?P<path>[^\0]+)$")
+DPA_FILES = {"/etc/cdx_cfg.xml": "cdx_cfg.xml", "/etc/cdx_pcd.xml": "cdx_pcd.xml",
+             "/etc/cdx_sp.xml": "cdx_sp.xml", "/etc/fmc/config/hxs_pdl_v3.xml": "hxs_pdl_v3.xml"}
+DPA_CONFIG_ROOT = "etc/monok8s/dpa-configs"
+LABEL_PREFIX = "io.monok8s.askbuild"
+
+
+@dataclass
+class ImageResult:
+    """What ``inv image`` produced."""
+
+    archive: Path
+    archive_sha256: str
+    image_id: str               # sha256:<config digest>
+    ref: str                    # localhost/monok8s/cmm:<tag>
+    loaded: bool
+    layers: list[dict]
+    labels: dict[str, str]
+    packages: list[dict] = field(default_factory=list)
+    kernel_release: str = ""
+    epoch: int = 0
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+def image_dir(settings: Settings) -> Path:
+    return settings.project_root / "images" / "cmm"
+
+
+def load_image_toml(settings: Settings) -> dict:
+    path = image_dir(settings) / "image.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: missing", fix="restore images/cmm/image.toml") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    for key in ("base", "config", "files", "vendor"):
+        if not isinstance(data.get(key), dict):
+            raise ConfigError(f"{path}: missing table [{key}]")
+    pk = data["base"].get("packages", [])
+    if not isinstance(pk, list):
+        raise ConfigError(f"{path}: [base] packages must be a list of package names")
+    baselayer.validate_packages(pk, f"{path}: [base] packages")
+    data.setdefault("repository", "localhost/monok8s/cmm")
+    return data
+
+
+def read_manifest(settings: Settings) -> dict:
+    """``<work>/build-manifest.json`` or ``{}``; a malformed file is a warning, not a crash."""
+    path = settings.work_dir / "build-manifest.json"
+    if not path.is_file():
+        console.warn(f"{path} not found: labels fall back to what the trees show")
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        console.warn(f"{path}: unreadable ({e}); ignoring it")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _dig(data, *keys):
+    for k in keys:
+        if isinstance(data, dict) and k in data:
+            data = data[k]
+        else:
+            return None
+    return data
+
+
+def kernel_release(staging: Path, manifest: dict) -> str:
+    """From the manifest when it says, else the one ``lib/modules/<release>`` directory."""
+    for keys in (("kernel_release",), ("kernel", "release"), ("kernel", "kernel_release"),
+                 ("kernelrelease",), ("release",)):
+        v = _dig(manifest, *keys)
+        if isinstance(v, str) and v.strip():
+            rel = v.strip()
+            if (staging / "lib" / "modules" / rel).is_dir():
+                return rel
+    mods = staging / "lib" / "modules"
+    releases = sorted(d.name for d in mods.iterdir() if d.is_dir()) if mods.is_dir() else []
+    if len(releases) == 1:
+        return releases[0]
+    if not releases:
+        raise ImageError(f"{mods}: no kernel module directory in the staging tree",
+                         fix="run `inv build` (the kernel modules cdx, fci, auto_bridge)")
+    with_extra = [r for r in releases if (mods / r / "extra").is_dir()]
+    if len(with_extra) == 1:
+        return with_extra[0]
+    raise ImageError(f"{mods}: several kernel releases ({', '.join(releases)}) and the build "
+                     "manifest names none of them",
+                     fix="remove stale releases from the staging tree (inv build)")
+
+
+def check_staging(staging: Path, release: str) -> None:
+    missing = [p for p in REQUIRED_BINARIES if not (staging / p).is_file()]
+    extra = staging / "lib" / "modules" / release / "extra"
+    missing += [f"lib/modules/{release}/extra/{m}.ko" for m in REQUIRED_MODULES
+                if not (extra / f"{m}.ko").is_file()]
+    if missing:
+        raise ImageError(f"the staging tree {staging} lacks: {', '.join(missing)}",
+                         fix="run `inv build` first (it fills the staging tree)")
+
+
+def source_epoch(settings: Settings) -> int:
+    env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if env:
+        if not env.isdigit():
+            raise UserError(f"SOURCE_DATE_EPOCH={env!r} is not a number of seconds",
+                            fix="unset it or give an integer, e.g. $(git log -1 --format=%ct)")
+        return int(env)
+    ask = settings.src_dir / "ask"
+    for ref in ("askbuild/base", "HEAD"):
+        try:
+            out = run_git(["log", "-1", "--format=%ct", ref, "--"], cwd=ask).stdout.strip()
+            if out.isdigit():
+                return int(out)
+        except (GitError, OSError):
+            continue
+    console.warn("SOURCE_DATE_EPOCH: no ASK tree to take a date from; using 0")
+    return 0
+
+
+def _git_rev(tree: Path, ref: str) -> str:
+    try:
+        return run_git(["rev-parse", "--verify", "--quiet", ref + "^{commit}"],
+                       cwd=tree).stdout.strip()
+    except (GitError, OSError):
+        return ""
+
+
+def vendor_bytes(settings: Settings, spec: str, where: str) -> tuple[bytes, str]:
+    """Read ``SOURCE[@base]:PATH`` from the source work trees.  Returns (data, description)."""
+    m = VENDOR_RE.match(spec)
+    if not m or ".." in m.group("path").split("/") or m.group("path").startswith("/"):
+        raise ConfigError(f"{where}: {spec!r} is not SOURCE:PATH or SOURCE@base:PATH")
+    tree = settings.src_dir / m.group("src")
+    rel = m.group("path")
+    if not tree.is_dir():
+        raise ImageError(f"{where}: the source tree {tree} does not exist",
+                         fix="run `inv fetch` (and `inv patch`) first")
+    if m.group("base"):
+        if _git_rev(tree, "askbuild/base"):
+            proc = run_git(["cat-file", "blob", f"askbuild/base:{rel}"], cwd=tree, text=False,
+                           check=False)
+            if proc.returncode != 0:
+                raise ImageError(f"{where}: {rel} does not exist in {tree} at askbuild/base",
+                                 fix="check the path in images/cmm/image.toml [vendor]")
+            return proc.stdout, f"{m.group('src')}@askbuild/base:{rel}"
+        console.warn(f"{tree} has no askbuild/base tag: reading {rel} from the work tree")
+    f = tree / rel
+    if not f.is_file():
+        raise ImageError(f"{where}: {f} does not exist",
+                         fix="run `inv fetch`; check the path in images/cmm/image.toml")
+    return f.read_bytes(), f"{m.group('src')}:{rel}"
+
+
+def patch_series_hash(settings: Settings, manifest: dict) -> str:
+    """sha256 over the applied patches (source, layer, file, sha256), from the manifest, else
+    from ``state/patch-*.json``; ``none`` when nothing was applied."""
+    rows: list[str] = []
+    patches = manifest.get("patches")
+    if isinstance(patches, dict):
+        patches = [dict(p, source=src) if isinstance(p, dict) else {"source": src, "sha256": p}
+                   for src, lst in patches.items()
+                   for p in (lst if isinstance(lst, list) else [lst])]
+    if isinstance(patches, list):
+        for p in patches:
+            if isinstance(p, dict):
+                rows.append("\t".join(str(p.get(k, "")) for k in
+                                      ("source", "layer", "file", "name", "sha256")))
+            else:
+                rows.append(str(p))
+    if not rows and settings.state_dir.is_dir():
+        for f in sorted(settings.state_dir.glob("patch-*.json")):
+            try:
+                st = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            applied = st.get("applied") or st.get("patches") or []
+            for p in applied if isinstance(applied, list) else []:
+                if isinstance(p, dict):
+                    rows.append("\t".join([f.stem[len("patch-"):]] + [
+                        str(p.get(k, "")) for k in ("layer", "file", "name", "sha256")]))
+    if not rows:
+        return "none"
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def ask_commit(settings: Settings, manifest: dict) -> str:
+    c = _git_rev(settings.src_dir / "ask", "askbuild/base")
+    if c:
+        return c
+    for keys in (("sources", "ask", "commit"), ("sources", "ask", "base"),
+                 ("sources", "ask", "base_commit")):
+        v = _dig(manifest, *keys)
+        if isinstance(v, str) and v:
+            return v
+    srcs = manifest.get("sources")
+    if isinstance(srcs, list):
+        for s in srcs:
+            if isinstance(s, dict) and s.get("name") == "ask":
+                return str(s.get("base") or s.get("commit") or "")
+    return ""
+
+
+def ask_version(settings: Settings, manifest: dict) -> str:
+    for keys in (("sources", "ask", "ref"), ("sources", "ask", "version")):
+        v = _dig(manifest, *keys)
+        if isinstance(v, str) and v:
+            return v
+    try:
+        from .sources import load_sources
+        src = load_sources(settings).get("ask")
+        if src is not None:
+            return src.ref
+    except Exception:  # noqa: BLE001 - a label falls back, it never fails the image
+        pass
+    return "unknown"
+
+
+def project_source_url(settings: Settings, default: str) -> str:
+    try:
+        url = run_git(["config", "--get", "remote.origin.url"], cwd=settings.project_root,
+                      check=False).stdout.strip()
+    except OSError:
+        url = ""
+    # never publish credentials embedded in a remote URL
+    url = re.sub(r"//[^/@]+@", "//", url)
+    return url or default
+
+
+# -- the application layer --------------------------------------------------------------------
+
+def _mode(value, where: str) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3,4}", value):
+        return int(value, 8)
+    raise ConfigError(f"{where}: mode must be octal digits like \"0755\", got {value!r}")
+
+
+def _image_path(p: str, where: str) -> str:
+    if not isinstance(p, str) or not p.startswith("/"):
+        raise ConfigError(f"{where}: image path {p!r} must be absolute")
+    n = oci.norm_path(p)
+    if not n:
+        raise ConfigError(f"{where}: image path {p!r} is the root")
+    return n
+
+
+def app_entries(settings: Settings, conf: dict, *, release: str, board: str | None,
+                epoch: int) -> tuple[dict[str, oci.Entry], dict[str, str]]:
+    """Entries of the application layer (paths as the build / image.toml name them) and a
+    record of where every vendor file came from."""
+    entries: dict[str, oci.Entry] = {}
+    for e in oci.entries_from_tree(settings.staging_dir):
+        entries[e.path] = e
+    where = f"{image_dir(settings) / 'image.toml'}"
+    vendor: dict[str, bytes] = {}
+    origin: dict[str, str] = {}
+    for ipath, spec in conf["vendor"].items():
+        p = _image_path(ipath, f"{where} [vendor]")
+        vendor[p], origin[p] = vendor_bytes(settings, spec, f"{where} [vendor] {ipath}")
+    boards_conf = conf.get("boards", {}) or {}
+    if board is not None:
+        if not BOARD_RE.match(board) or board not in boards_conf:
+            raise UserError(f"unknown board {board!r}",
+                            fix="known boards (images/cmm/image.toml [boards]): "
+                                + (", ".join(sorted(boards_conf)) or "none"))
+    board_files: dict[str, dict[str, bytes]] = {}
+    for name, table in sorted(boards_conf.items()):
+        files: dict[str, bytes] = {}
+        try:
+            for ipath, spec in table.items():
+                p = _image_path(ipath, f"{where} [boards.{name}]")
+                files[p], origin[f"{name}:{p}"] = vendor_bytes(
+                    settings, spec, f"{where} [boards.{name}] {ipath}")
+        except ImageError:
+            if name == board:
+                raise
+            console.info(f"board {name}: its files are not in the source trees; not shipped")
+            continue
+        board_files[name] = files
+    chosen = dict(vendor)
+    if board is not None:
+        chosen.update(board_files[board])
+    for p, data in sorted(chosen.items()):
+        old = entries.get(p)
+        if old is not None and old.kind == oci.FILE and old.source is not None \
+                and old.source.read_bytes() != data:
+            console.warn(f"staging tree's /{p} differs from {origin.get(p)}; "
+                         "the image uses the latter")
+        entries[p] = oci.Entry(p, oci.FILE, 0o644, data=data, mtime=epoch)
+    # dpa-configs profiles for select-dpa-config.sh
+    profiles = {"default": vendor}
+    for name, files in board_files.items():
+        profiles[name] = {**vendor, **files}
+    for prof, files in profiles.items():
+        for ipath, fname in DPA_FILES.items():
+            p = oci.norm_path(ipath)
+            if p in files:
+                q = f"{DPA_CONFIG_ROOT}/{prof}/{fname}"
+                entries[q] = oci.Entry(q, oci.FILE, 0o644, data=files[p], mtime=epoch)
+    # files of images/cmm
+    for name, table in sorted(conf["files"].items()):
+        w = f"{where} [files.\"{name}\"]"
+        if not isinstance(table, dict) or "path" not in table:
+            raise ConfigError(f"{w}: needs path (and mode)")
+        if "/" in name or name.startswith("."):
+            raise ConfigError(f"{w}: must name a file directly in images/cmm/")
+        host = image_dir(settings) / name
+        if not host.is_file():
+            if table.get("optional"):
+                continue
+            raise ConfigError(f"{w}: {host} does not exist")
+        p = _image_path(table["path"], w)
+        entries[p] = oci.Entry(p, oci.FILE, _mode(table.get("mode", "0644"), w),
+                               data=host.read_bytes(), mtime=epoch)
+    q = "usr/share/monok8s/kernel-release"
+    entries[q] = oci.Entry(q, oci.FILE, 0o644, data=(release + "\n").encode(), mtime=epoch)
+    return entries, origin
+
+
+def remap(entries: dict[str, oci.Entry], rootfs: elfcheck.RootFs) -> dict[str, oci.Entry]:
+    """Place application entries under the base layer's real directories (``lib/...`` becomes
+    ``usr/lib/...`` when ``/lib`` is a symlink) so the layer never shadows a base symlink."""
+    out: dict[str, oci.Entry] = {}
+    for path in sorted(entries):
+        e = entries[path]
+        node = rootfs.nodes.get(path)
+        if e.kind == oci.DIR and node is not None and node.kind == "symlink":
+            continue            # the staging tree's lib/ when /lib -> usr/lib in the base
+        new = rootfs.canonical_parent(path)
+        if new != path:
+            e = oci.Entry(new, e.kind, e.mode, e.data, e.source, e.linkname, e.mtime)
+        out[new] = e
+    return out
+
+
+def needed_sonames(entries: dict[str, oci.Entry]) -> tuple[set[str], dict[str, dict]]:
+    sonames: set[str] = set()
+    facts: dict[str, dict] = {}
+    for path, e in entries.items():
+        if e.kind != oci.FILE:
+            continue
+        data = e.data if e.data is not None else None
+        if data is None and e.source is not None:
+            with open(e.source, "rb") as f:
+                if f.read(4) != b"\x7fELF":
+                    continue
+            data = e.source.read_bytes()
+        if data is None or data[:4] != b"\x7fELF":
+            continue
+        fx = baselayer.elf_facts(data)
+        if fx is not None:
+            facts[path] = fx
+            sonames.update(n for n in fx.get("needed", []) if "/" not in n)
+    return sonames, facts
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+def docker_client(timeout: int = 30):
+    """A connected Docker SDK client, or None when no engine answers."""
+    try:
+        import docker
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except Exception:  # noqa: BLE001 - any failure means "no engine"
+        return None
+
+
+def engine_host() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def load_archive(client, archive: Path, ref: str, image_id: str) -> None:
+    with open(archive, "rb") as f:
+        try:
+            client.images.load(f)
+        except Exception as e:  # noqa: BLE001 - the engine's words go into the message
+            raise ImageError(f"the engine at {engine_host()} refused {archive}: {e}",
+                             fix="check the engine's log; `docker load -i` the file to see "
+                                 "the same error") from e
+    img = client.images.get(ref)
+    arch = img.attrs.get("Architecture")
+    if arch != "arm64":
+        raise ImageError(f"{ref}: the engine reports Architecture {arch!r}, expected arm64")
+    if img.id != image_id:
+        raise ImageError(f"{ref}: the engine reports image id {img.id}, expected {image_id} "
+                         "(a stale tag?)")
+
+
+def load_instructions(archive: Path, ref: str) -> str:
+    a = str(archive)
+    return "\n".join([
+        f"no Docker engine reachable at {engine_host()}: the image archive is the result",
+        f"  archive: {a}",
+        "  load it with one of:",
+        f"    docker load -i {a}",
+        f"    podman load -i {a}",
+        f"    ctr -n k8s.io images import --platform linux/arm64 {a}",
+        "  side-load onto a node (then use imagePullPolicy: Never):",
+        f"    scp {a} NODE:/tmp/cmm.tar && ssh NODE ctr -n k8s.io images import "
+        "--platform linux/arm64 /tmp/cmm.tar",
+        f"  the image is {ref}",
+    ])
+
+
+# -- the verb ---------------------------------------------------------------------------------
+
+def image(settings: Settings, tag: str = "dev", output: str | Path | None = None,
+          load: bool = True, board: str | None = None) -> ImageResult:
+    """Assemble (and load) the image.  See the module docstring."""
+    if not TAG_RE.match(tag or ""):
+        raise UserError(f"--tag {tag!r} is not a valid image tag",
+                        fix="use letters, digits, '_', '.', '-' (at most 128, not starting "
+                            "with '.' or '-')")
+    conf = load_image_toml(settings)
+    repo = conf["repository"]
+    ref = f"{repo}:{tag}"
+    staging = settings.staging_dir
+    if not staging.is_dir():
+        raise ImageError(f"the staging tree {staging} does not exist",
+                         fix="run `inv build` first")
+    manifest = read_manifest(settings)
+    release = kernel_release(staging, manifest)
+    check_staging(staging, release)
+    epoch = source_epoch(settings)
+    console.step(f"image {ref} (kernel {release}, SOURCE_DATE_EPOCH {epoch})")
+
+    entries, origin = app_entries(settings, conf, release=release, board=board, epoch=epoch)
+    sonames, _ = needed_sonames(entries)
+    mapped, unmapped = baselayer.packages_for_sonames(sonames)
+    declared = list(conf["base"].get("packages", []))
+    packages = sorted(set(declared) | set(mapped.values()))
+    if unmapped:
+        console.warn("no host package ships " + ", ".join(unmapped)
+                     + ": the library check below will tell whether the image has them")
+    spec = baselayer.BaseSpec(packages=packages, suite=conf["base"].get("suite", "bookworm"),
+                              sources=list(conf["base"].get("sources", [])),
+                              snapshot=str(conf["base"].get("snapshot", "") or ""))
+    compression = str(conf.get("layers", {}).get("compression", "gzip"))
+    base = baselayer.ensure_base(settings, spec, epoch=epoch, compression=compression)
+
+    nodes = {p: elfcheck.Node(v[0], v[1]) for p, v in base.index.items()}
+    app = remap(entries, elfcheck.RootFs(nodes))
+    _, app_elf = needed_sonames(app)
+    merged = dict(nodes)
+    for p, e in app.items():
+        merged[p] = elfcheck.Node(e.kind, e.linkname)
+    elf_all = {p: f for p, f in base.elf.items() if p not in app}
+    elf_all.update(app_elf)
+    n = elfcheck.check(elfcheck.RootFs(merged), elf_all, set(app_elf))
+    console.info(f"libraries: {n} dynamically linked ELF files resolve inside the image")
+
+    out_dir = settings.work_dir / "image"
+    app_layer = oci.write_layer(
+        app.values(), out_dir / f"app-layer.tar{'.gz' if compression == 'gzip' else ''}",
+        epoch=epoch, compression=compression,
+        comment="app: askbuild staging tree, vendor configuration, images/cmm")
+    created = _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    commit = ask_commit(settings, manifest)
+    labels = {k: str(v) for k, v in (conf.get("labels") or {}).items()}
+    labels.update({
+        "org.opencontainers.image.source": project_source_url(
+            settings, labels.get("org.opencontainers.image.source", "askbuild")),
+        "org.opencontainers.image.revision": commit or "unknown",
+        "org.opencontainers.image.version": ask_version(settings, manifest),
+        "org.opencontainers.image.created": created,
+        f"{LABEL_PREFIX}.ask.commit": commit or "unknown",
+        f"{LABEL_PREFIX}.kernel.release": release,
+        f"{LABEL_PREFIX}.patches.sha256": patch_series_hash(settings, manifest),
+        f"{LABEL_PREFIX}.board": board or "default",
+        f"{LABEL_PREFIX}.base.packages": str(len(base.packages)),
+    })
+    cfg_conf = conf["config"]
+    config = oci.image_config(
+        [base.layer, app_layer], created=created,
+        entrypoint=list(cfg_conf.get("entrypoint", [])),
+        cmd=list(cfg_conf.get("cmd", [])) or None,
+        env=list(cfg_conf.get("env", [])), labels=labels)
+    dest = Path(output) if output else out_dir / "cmm.tar"
+    archive = oci.write_archive(dest, [base.layer, app_layer], config, ref=ref, epoch=epoch)
+    layers = [{"role": role, "digest": la.digest, "diff_id": la.diff_id, "size": la.size}
+              for role, la in (("base", base.layer), ("app", app_layer))]
+    record = {"ref": ref, "image_id": archive.image_id, "archive": str(dest),
+              "archive_sha256": archive.sha256, "layers": layers, "labels": labels,
+              "kernel_release": release, "source_date_epoch": epoch,
+              "base_packages": base.packages, "vendor_files": origin}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "image.json.part"
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    tmp.replace(out_dir / "image.json")
+    console.info(f"archive: {dest} (sha256 {archive.sha256})")
+    console.info(f"image id: {archive.image_id}")
+
+    loaded = False
+    if load:
+        client = docker_client()
+        if client is None:
+            console.info(load_instructions(dest, ref))
+        else:
+            try:
+                console.step(f"load {ref} into the engine at {engine_host()}")
+                load_archive(client, dest, ref, archive.image_id)
+                loaded = True
+                console.info(f"loaded {ref} ({archive.image_id}), Architecture arm64")
+            finally:
+                client.close()
+    else:
+        console.info(f"not loaded (--no-load); load it with: docker load -i {dest}")
+    return ImageResult(dest, archive.sha256, archive.image_id, ref, loaded, layers, labels,
+                       base.packages, release, epoch)
