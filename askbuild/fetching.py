@@ -103,7 +103,7 @@ def cache_lock(settings: Settings, name: str) -> Iterator[None]:
 
 
 def record_lock(settings: Settings, source: Source, **fields: object) -> Source:
-    with cache_lock(settings, "sources-file"):
+    with cache_lock(settings, "_sources-file"):   # "_": no source can be named so
         write_lock(settings, source.name, **fields)
     return dataclasses.replace(source, **fields)
 
@@ -161,7 +161,7 @@ def _git_fetch(source: Source, repo: Path, url: str, opts: list[str], refs: list
     args = ["fetch", "--progress", "--no-tags"]
     with progress(f"fetch {source.name}: {label}", None, unit="objects") as update:
         def on_progress(phase: str, done: int, total: int | None) -> None:
-            if phase.strip() in ("Receiving objects", "Counting objects") or total is None:
+            if phase.strip() == "Receiving objects":
                 update(done, total)
 
         gitutil.git_progress([*args, *opts, "--", url, *refs], cwd=repo,

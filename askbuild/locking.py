@@ -15,7 +15,7 @@ layout kept, minimal diff).
 from __future__ import annotations
 
 from . import console
-from .errors import ConfigError, OfflineError
+from .errors import ConfigError, NetworkError, OfflineError
 from .fetching import fetch_ref, record_lock, remote_ref, resolve_tarball, upstream_log
 from .settings import Settings
 from .sources import Source, load_sources, select
@@ -54,7 +54,12 @@ def _check_one(settings: Settings, source: Source) -> str:
     if source.kind != "git" or settings.offline:
         console.info(f"{source.name}: locked at {source.identity} (unchanged)")
         return source.identity
-    now = remote_ref(settings, source, source.ref)
+    try:
+        now = remote_ref(settings, source, source.ref)
+    except NetworkError as e:
+        console.warn(f"{source.name}: locked at {source.commit}; could not check its ref "
+                     f"upstream ({e.message})")
+        return str(source.commit)
     if now is None:
         console.warn(f"{source.name}: ref {source.ref!r} no longer exists upstream; pin "
                      f"{source.commit} kept")
