@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from patchfixtures import (
+    DEV,
     Project,
     change_line,
     commit_all,
@@ -398,3 +399,33 @@ def test_cli_patch_json(project):
     assert data["kind"] == "patch" and data["ok"] is True
     assert data["summary"] == {"applied": 6}
     assert {r["source"] for r in data["rows"]} == {"up"}
+
+
+def test_v1_series_applies_to_v2_by_3way_following_the_rename_and_keeping_cr(tmp_path):
+    project = make_project(tmp_path, kinds=["near", "rename", "crlf"], with_tree=False)
+    up = project.upstream
+    write_sources(project.root, {"up": (up.url, "v2", up.v2)})
+    make_tree(project.settings, "up", up.url, up.v2)
+    report = run_patch(project)
+    assert [(r["patch"], r["status"]) for r in report.rows] == [
+        ("0001-near.patch", "3way"), ("0002-rename.patch", "3way"), ("0003-crlf.patch", "3way")]
+    assert "cmm line 12 OURS" in (project.tree / "cmm/src/cmm.c").read_text()
+    assert not (project.tree / "cmm-17.03.1").exists()
+    crlf = (project.tree / "fmc/model.cpp").read_bytes()
+    assert b"model line 2 changed upstream\r\nmodel line 3\r\nmodel line 4\r\n" \
+           b"model line 5 OURS\r\n" in crlf
+    assert crlf.count(b"\r\n") == crlf.count(b"\n")
+
+
+def test_edit_resumes_an_existing_branch_and_refuses_a_foreign_one(project):
+    pq.edit(project.settings, "patches/up")
+    put(project.tree, "lib/wip.c", "wip\n")
+    wip = commit_all(project.tree, "wip")
+    g(project.tree, "checkout", "-q", "askbuild/patched")
+    assert pq.edit(project.settings, "patches/up") == "askbuild/edit/patches-up"
+    assert g(project.tree, "rev-parse", "HEAD") == wip
+    g(project.tree, "checkout", "-q", "askbuild/patched")
+    orphan = g(project.tree, "commit-tree", "-m", "unrelated", "HEAD^{tree}", env=DEV)
+    g(project.tree, "branch", "-f", "askbuild/edit/patches-up", orphan)
+    with pytest.raises(DirtyTreeError, match="does not start at the series' base"):
+        pq.edit(project.settings, "patches/up")
