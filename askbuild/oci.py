@@ -76,12 +76,10 @@ class Entry:
 
 def norm_path(path: str) -> str:
     """``./usr//bin/`` -> ``usr/bin``; refuses ``..`` and empty names."""
-    p = posixpath.normpath("/" + path.strip()).lstrip("/")
-    if p in ("", "."):
-        return ""
-    if any(part == ".." for part in p.split("/")):
+    if any(part == ".." for part in path.split("/")):
         raise ImageError(f"refusing path with '..' in an image layer: {path!r}")
-    return p
+    p = posixpath.normpath("/" + path.strip()).lstrip("/")
+    return "" if p in ("", ".") else p
 
 
 def entry_from_host(path: str, host: Path) -> Entry:
