@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from . import console
-from .errors import NetworkError, SourceError
+from .errors import NetworkError, SourceError, VerificationError
 
 CHUNK = 1 << 16
 #: Attempts per download (connection errors, 5xx answers and bodies cut short all count).
@@ -120,7 +120,20 @@ class _Incomplete(Exception):
     pass
 
 
-def _fetch_http(session: requests.Session, url: str, fh, h, update) -> int:
+class _TooBig(Exception):
+    pass
+
+
+def _write(fh, h, chunk: bytes, size: int, limit: int | None) -> int:
+    size += len(chunk)
+    if limit is not None and size > limit:
+        raise _TooBig(size)
+    fh.write(chunk)
+    h.update(chunk)
+    return size
+
+
+def _fetch_http(session: requests.Session, url: str, fh, h, update, limit) -> int:
     with session.get(url, stream=True, timeout=TIMEOUT, allow_redirects=True) as r:
         if r.status_code != 200:
             raise SourceError(f"HTTP {r.status_code} {r.reason}")
@@ -130,10 +143,10 @@ def _fetch_http(session: requests.Session, url: str, fh, h, update) -> int:
         update(0, expected)
         try:
             for chunk in r.raw.stream(CHUNK, decode_content=False):
-                fh.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
+                size = _write(fh, h, chunk, size, limit)
                 update(size)
+        except _TooBig:
+            raise
         except Exception as e:  # requests', urllib3's and socket errors alike
             raise _Incomplete(f"connection lost after {size} bytes ({type(e).__name__})") from e
         if expected is not None and size != expected:
@@ -141,7 +154,7 @@ def _fetch_http(session: requests.Session, url: str, fh, h, update) -> int:
         return size
 
 
-def _fetch_file(url: str, fh, h, update) -> int:
+def _fetch_file(url: str, fh, h, update, limit) -> int:
     path = Path(unquote(urlsplit(url).path))
     try:
         total = path.stat().st_size
@@ -149,9 +162,7 @@ def _fetch_file(url: str, fh, h, update) -> int:
         update(0, total)
         with path.open("rb") as src:
             while chunk := src.read(CHUNK):
-                fh.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
+                size = _write(fh, h, chunk, size, limit)
                 update(size)
     except OSError as e:
         raise SourceError(f"cannot read {path}: {e.strerror}") from e
@@ -163,8 +174,10 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
     """Download ``url`` into a new temporary file in ``directory`` (created if needed).
 
     Retries connection errors, 5xx answers and bodies cut short, ``ATTEMPTS`` times in all; the
-    result only exists once every byte the server announced has arrived.  ``what`` names the
-    source in messages.  Raises :class:`NetworkError` when it cannot be completed.
+    result only exists once every byte the server announced has arrived.  With
+    ``expected_size`` (the lock), a body growing past it is stopped (:class:`VerificationError`).
+    ``what`` names the source in messages.  Raises :class:`NetworkError` when it cannot be
+    completed.
     """
     directory.mkdir(parents=True, exist_ok=True)
     scheme = urlsplit(url).scheme.lower()
@@ -179,9 +192,9 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
                 with os.fdopen(fd, "wb") as fh, \
                         progress(f"download {what}: {url}", expected_size) as update:
                     if session is not None:
-                        size = _fetch_http(session, url, fh, h, update)
+                        size = _fetch_http(session, url, fh, h, update, expected_size)
                     else:
-                        size = _fetch_file(url, fh, h, update)
+                        size = _fetch_file(url, fh, h, update, expected_size)
                     fh.flush()
                     os.fsync(fh.fileno())
                 return Downloaded(tmp, h.hexdigest(), size)
@@ -191,6 +204,13 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
                 if attempt < ATTEMPTS:
                     console.warn(f"{what}: {last_error}; retrying ({attempt}/{ATTEMPTS - 1})")
                     time.sleep(BACKOFF * (2 ** (attempt - 1)))
+            except _TooBig as e:
+                tmp.unlink(missing_ok=True)
+                raise VerificationError(
+                    f"source {what}: {url} sends more than the {expected_size} bytes the lock "
+                    f"records; stopped at {e.args[0]} bytes, nothing kept",
+                    fix="check the URL and mirrors; if upstream re-released the file on "
+                        f"purpose, review it and run `inv lock --update --source {what}`") from e
             except SourceError as e:
                 tmp.unlink(missing_ok=True)
                 raise _network_error(what, url, str(e)) from e

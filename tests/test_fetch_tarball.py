@@ -237,3 +237,14 @@ def test_dirty_tarball_tree_is_not_replaced(project, tarball, http_server):
         fetching.fetch(s, ["libfoo"])
     assert "mine.txt" in str(e.value)
     assert (tree / "mine.txt").exists() and (tree / "configure").exists()
+
+
+def test_body_larger_than_the_lock_is_stopped(project, tarball, http_server):
+    url, data, sha = tarball
+    project.add_tarball("libfoo", url, sha256=sha, size=len(data))
+    http_server.add("files/libfoo-1.0.tar.gz", data + b"\0" * 200_000)
+    s = project.settings()
+    with pytest.raises(VerificationError) as e:
+        fetching.fetch(s, ["libfoo"])
+    assert f"more than the {len(data)} bytes" in str(e.value)
+    assert [p for p in s.tarball_cache.rglob("*") if p.is_file()] == []
