@@ -319,9 +319,13 @@ def _tree_git(tree: Path, args: list[str], **kw):
 def _base_of(tree: Path) -> str | None:
     if not (tree / ".git").exists():
         return None
-    r = _tree_git(tree, ["rev-parse", "-q", "--verify", f"refs/tags/{BASE_TAG}^{{commit}}"],
-                  check=False)
+    # The tag is lightweight: its target needs no object access (the cache may be gone).
+    r = _tree_git(tree, ["rev-parse", "-q", "--verify", f"refs/tags/{BASE_TAG}"], check=False)
     return r.stdout.strip() or None
+
+
+def _tree_has(tree: Path, sha: str) -> bool:
+    return _tree_git(tree, ["cat-file", "-e", f"{sha}^{{commit}}"], check=False).returncode == 0
 
 
 def _sync_shallow(settings: Settings, source: Source) -> None:
@@ -389,6 +393,7 @@ def _git_work_tree(settings: Settings, source: Source, commit: str) -> Path:
     repo = cache_repo(settings, source)
     base = _existing_tree(settings, source, tree)
     if base == commit:
+        _link_cache(tree / ".git", repo)        # the cache was rebuilt: borrow from it again
         return tree
     if base is not None:
         _check_clean(settings, source, tree, base, commit)
@@ -549,8 +554,8 @@ def ensure_source(settings: Settings, source: Source) -> Path:
     tree = work_tree(settings, source)
     if source.kind == "git":
         commit = str(source.commit)
-        if _existing_tree(settings, source, tree) == commit:   # fast path: nothing to do
-            return tree
+        if _existing_tree(settings, source, tree) == commit and _tree_has(tree, commit):
+            return tree                                         # fast path: nothing to do
         fetch_commit(settings, source, commit)
         with cache_lock(settings, source.name):
             return _git_work_tree(settings, source, commit)

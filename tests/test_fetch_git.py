@@ -273,3 +273,35 @@ def test_fetch_ref_peels_tags_and_fills_the_cache(project, upstream):
     assert fetching.fetch_ref(s, source, "light") == upstream.rev("v1.0")
     assert fetching.fetch_ref(s, source, "main") == upstream.rev("main")
     assert fetching.has_commit(fetching.cache_repo(s, source), upstream.rev("v1.0"))
+
+
+def test_lost_cache_is_refilled_for_an_existing_tree(project, upstream):
+    import shutil
+    sha = upstream.rev("v1.0")
+    project.add_git("widget", upstream.url, "v1.0", sha)
+    s = project.settings()
+    tree = fetching.fetch(s, ["widget"])["widget"]
+    shutil.rmtree(s.cache_dir)
+    fetching.fetch(s, ["widget"])
+    assert gitutil.out(["log", "--format=%H"], cwd=tree) == sha
+    gitutil.git(["fsck", "--no-progress"], cwd=tree)
+
+
+def test_unknown_ref_is_a_clear_error(project, upstream):
+    from askbuild.errors import SourceError
+    project.add_git("widget", upstream.url, "v9.9")
+    with pytest.raises(SourceError) as e:
+        fetching.fetch(project.settings(), ["widget"])
+    assert "v9.9" in str(e.value) and upstream.url in str(e.value)
+    assert not isinstance(e.value, NetworkError)
+
+
+def test_foreign_directory_in_the_way_is_not_touched(project, upstream):
+    project.add_git("widget", upstream.url, "v1.0", upstream.rev("v1.0"))
+    s = project.settings()
+    (s.src_dir / "widget").mkdir(parents=True)
+    (s.src_dir / "widget" / "notes.txt").write_text("mine\n")
+    with pytest.raises(DirtyTreeError) as e:
+        fetching.fetch(s, ["widget"])
+    assert "not an askbuild work tree" in str(e.value)
+    assert (s.src_dir / "widget" / "notes.txt").read_text() == "mine\n"
