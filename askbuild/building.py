@@ -318,8 +318,7 @@ class Runner:
         self.note(f"$ {' '.join(args)}   (in {cwd})")
         try:
             proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=self.log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    stdout=self.log, stderr=subprocess.STDOUT)
         except OSError as e:
             self.note(f"cannot run {args[0]}: {e}")
             raise StepError(f"cannot run {args[0]!r}: {e.strerror}",
@@ -579,10 +578,9 @@ class Build:
         with self.lock:
             procs = list(self.procs.values())
         for proc in procs:
-            try:
-                os.killpg(proc.pid, 15)
-            except ProcessLookupError:
-                pass
+            # Steps share the build's process group (killing the build's group kills them
+            # too); make forwards SIGTERM to its own children.
+            proc.terminate()
 
     def _task(self, name: str, jobs: int, rep: Reporter) -> dict:
         rep.set(name, "running", f"(-j{jobs})")
@@ -766,11 +764,7 @@ def _build_locked(settings: Settings, rs: RecipeSet, names: list[str], srcs: lis
         status = "failed" if failed or post_error else "success"
     except BaseException:
         status = "interrupted"
-        for proc in list(b.procs.values()):
-            try:
-                os.killpg(proc.pid, 15)
-            except ProcessLookupError:
-                pass
+        b.stop()
         raise
     finally:
         ccache_stats = None
