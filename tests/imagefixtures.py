@@ -261,3 +261,84 @@ def shared_cache_dir() -> Path:
 
 def settings_for(work: Path) -> Settings:
     return Settings(project_root=ROOT, work_dir=work, cache_dir=shared_cache_dir())
+
+
+# -- a Docker engine for the tests ------------------------------------------------------------
+
+class Engine:
+    """A reachable Docker engine: the one already running, or a dockerd started here."""
+
+    def __init__(self, host: str, containerd: str, proc: subprocess.Popen | None = None,
+                 old_host: str | None = None):
+        self.host = host
+        self.containerd = containerd
+        self.proc = proc
+        self.old_host = old_host
+
+    def client(self):
+        import docker
+        return docker.DockerClient(base_url=self.host, timeout=300)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.old_host is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = self.old_host
+
+
+def _reachable(host: str | None) -> bool:
+    import docker
+    try:
+        c = docker.DockerClient(base_url=host, timeout=10) if host else docker.from_env(timeout=10)
+        c.ping()
+        c.close()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def start_or_reuse_engine(scratch: Path) -> Engine | None:
+    """Reuse the engine DOCKER_HOST (or the default socket) names; else start dockerd with vfs,
+    no bridge and no iptables, its sockets under ``scratch``, and point DOCKER_HOST at it."""
+    import time
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if _reachable(host):
+        cands = ["/var/run/docker/containerd/containerd.sock", "/run/containerd/containerd.sock"]
+        sock = next((c for c in cands if Path(c).exists()), cands[0])
+        return Engine(host, sock)
+    if not shutil.which("dockerd"):
+        return None
+    scratch.mkdir(parents=True, exist_ok=True)
+    sock = scratch / "docker.sock"
+    log = open(scratch / "dockerd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
+    proc = subprocess.Popen(
+        ["dockerd", "--iptables=false", "--bridge=none", "--storage-driver=vfs",
+         f"--data-root={scratch / 'data'}", f"--exec-root={scratch / 'x'}",
+         f"--pidfile={scratch / 'docker.pid'}", "-H", f"unix://{sock}"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"unix://{sock}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dockerd exited: see {scratch / 'dockerd.log'}")
+        if sock.exists() and _reachable(url):
+            old = os.environ.get("DOCKER_HOST")
+            os.environ["DOCKER_HOST"] = url
+            return Engine(url, str(scratch / "x/containerd/containerd.sock"), proc, old)
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"dockerd did not answer within 90 s: see {scratch / 'dockerd.log'}")
+
+
+def programs_dict(progdir: Path) -> dict[str, Path]:
+    out = {k: progdir / k for k in ("cmm-foreground", "cmm-daemon", "dpa_app", "fmc")}
+    out.update({k: progdir / f"{k}.ko" for k in ("cdx", "fci", "auto_bridge")})
+    return out
