@@ -17,7 +17,9 @@ would leave it.
 
 from __future__ import annotations
 
+import atexit
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,14 +184,32 @@ def make_tree(settings: Settings, name: str, url: str, commit: str) -> Path:
     return tree
 
 
+_TEMPLATES: dict[tuple[str, ...], tuple[Path, Upstream]] = {}
+
+
+def _template(kinds: list[str] | None) -> tuple[Path, Upstream]:
+    """Upstream + series are deterministic: build them once per test session, copy after."""
+    key = tuple(kinds or PATCH_ORDER)
+    if key not in _TEMPLATES:
+        base = Path(tempfile.mkdtemp(prefix="askbuild-patchfixture-"))
+        atexit.register(shutil.rmtree, base, True)
+        up = make_upstream(base / "upstreams")
+        make_series(base / "series", up, base, list(key))
+        _TEMPLATES[key] = (base, up)
+    return _TEMPLATES[key]
+
+
 def make_project(tmp: Path, *, kinds: list[str] | None = None, with_tree: bool = True
                  ) -> Project:
-    up = make_upstream(tmp / "upstreams")
+    base, tup = _template(kinds)
+    shutil.copytree(base / "upstreams", tmp / "upstreams", symlinks=True)
+    bare = tmp / "upstreams" / tup.bare.name
+    up = Upstream(bare, f"file://{bare}", tup.v1, tup.v2)
     root = tmp / "project"
     write_sources(root, {"up": (up.url, "v1", up.v1)})
     (root / "recipes" / "patches.toml").write_text('[up]\nlocal = ["patches/up"]\n')
     settings = Settings(project_root=root, work_dir=tmp / "work", cache_dir=tmp / "cache")
-    make_series(root / "patches" / "up", up, tmp, kinds)
+    shutil.copytree(base / "series", root / "patches" / "up")
     if with_tree:
         make_tree(settings, "up", up.url, up.v1)
     return Project(root, settings, up)

@@ -225,3 +225,47 @@ def test_cli_rebase_dry_run_and_conflict_exit_codes(project):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "aborted" in proc.stderr
+
+
+def test_continue_accepts_a_resolution_committed_by_hand(project):
+    with pytest.raises(PatchFailed):
+        rebasing.rebase(project.settings, "up", onto="v2")
+    resolve_conflict(project.tree)
+    from patchfixtures import commit_all
+    commit_all(project.tree, "lib: our conflict.c fix, redone by hand")
+    report = rebasing.rebase(project.settings, "up", cont=True)
+    assert statuses(report)["0003-conflict.patch"] == "resolved"
+    text = (project.series_dir / "0003-conflict.patch").read_text()
+    assert "Subject: [PATCH] lib: our conflict.c fix, redone by hand" in text
+
+
+def test_conflict_resolved_to_no_change_drops_the_patch(project):
+    with pytest.raises(PatchFailed):
+        rebasing.rebase(project.settings, "up", onto="v2")
+    g(project.tree, "checkout", "HEAD", "--", "lib/conflict.c")     # take upstream's side
+    report = rebasing.rebase(project.settings, "up", cont=True)
+    row = next(r for r in report.rows if r["patch"] == "0003-conflict.patch")
+    assert row["status"] == "resolved" and "dropped" in row["detail"]
+    assert not (project.series_dir / "0003-conflict.patch").exists()
+
+
+def test_rebase_of_a_source_with_a_vendor_layer(tmp_path):
+    from patchfixtures import change_line, commit_all
+    from test_patchqueue import vendor_project
+    settings, tree, sdir = vendor_project(tmp_path)
+    lib_work = tmp_path / "lib-work"
+    g(lib_work, "checkout", "-q", "main")
+    change_line(lib_work, "src/lib.c", 18, "lib 18 upstream 1.1")
+    v2 = commit_all(lib_work, "lib 1.1", date="2026-05-01T00:00:00Z")
+    g(lib_work, "tag", "v1.1")
+    before = snapshot(sdir)
+    report = rebasing.rebase(settings, "lib", onto="v1.1")
+    assert [(r["kind"], r["patch"], r["status"]) for r in report.rows] == [
+        ("vendor", "01-a.patch", "applied"), ("vendor", "02-b.patch", "applied"),
+        ("local", "0001-local.patch", "clean")]
+    assert snapshot(sdir) == before                       # a clean patch keeps its bytes
+    assert tomllib.loads(settings.sources_file.read_text())["lib"]["commit"] == v2
+    rec = pq.tree_state(settings, "lib")
+    assert rec["base"] == v2 and [p["kind"] for p in rec["patches"]] == ["vendor", "vendor",
+                                                                          "local"]
+    assert "lib 6 LOCAL" in (tree / "src/lib.c").read_text()
