@@ -126,6 +126,9 @@ def _record_recovery(settings: Settings, name: str, layers: list[pq.Layer]) -> d
         shutil.copytree(src_dir, dst, symlinks=True)
         saved[ly.dir] = str(i)
     shutil.copy2(settings.sources_file, bdir / "sources.toml")
+    record = pq.state_path(settings, name)
+    if record.exists():
+        shutil.copy2(record, bdir / "patch-record.json")
     return {"series": saved, "sources_file": str(settings.sources_file)}
 
 
@@ -156,6 +159,10 @@ def _restore_recovery(settings: Settings, st: dict) -> None:
         tmp = sources_file.with_name(sources_file.name + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, sources_file)
+    record = bdir / "patch-record.json"
+    if record.exists():
+        pq.state_path(settings, st["source"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record, pq.state_path(settings, st["source"]))
 
 
 def _finish_state(settings: Settings, name: str) -> None:
@@ -487,7 +494,8 @@ def _abort(settings: Settings, name: str, *, quiet: bool = False) -> None:
         gitutil.git(["am", "--abort"], cwd=tree, check=False)
         gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree, check=False)
         gitutil.git(["tag", "-f", pq.BASE_TAG, st["old_base"]], cwd=tree, check=False)
-        gitutil.git(["checkout", "-q", pq.PATCHED], cwd=tree, check=False)
+        gitutil.git(["checkout", "-q", "-B", pq.PATCHED, st["old_head"]], cwd=tree,
+                    check=False)
         gitutil.git(["branch", "-q", "-D", REBASE_BRANCH], cwd=tree, check=False)
     _finish_state(settings, name)
     if not quiet:
