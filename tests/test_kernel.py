@@ -1,0 +1,217 @@
+"""The kernel: configuration merging and checks (fast), and a real build of Debian's
+linux-source-6.1 with a tiny config followed by the fixture cdx/fci/auto_bridge modules built
+against it, their vermagic checked (slow)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from buildfixtures import (
+    KERNEL_PATCHES,
+    REPO,
+    apply_patch,
+    elf_machine,
+    make_fixture_sources,
+    make_project,
+    settings_for,
+)
+from filelock import FileLock
+
+from askbuild import building, kernel
+from askbuild.errors import BuildFailed
+from askbuild.gitutil import FIXED_IDENTITY, git
+
+LINUX_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+CACHE_ROOT = Path(os.environ.get("ASKBUILD_TEST_CACHE", "/tmp/askbuild-test-cache"))
+FIXTURE_DEFCONFIG = REPO / "examples/vendor/ask/config/kernel/defconfig"
+TEST_FRAGMENT = "CONFIG_MODULE_UNLOAD=y\nCONFIG_CRC_CCITT=m\n"
+
+
+# ----------------------------------------------------------------------- fast tests --
+def test_parse_and_merge_config(tmp_path):
+    base = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x\"\n# comment\n"
+    frag = tmp_path / "f.config"
+    frag.write_text("CONFIG_B=m\n# CONFIG_A is not set\nCONFIG_D=y\n")
+    merged = kernel.merge_config(base, [frag])
+    cfg = kernel.parse_config(merged)
+    assert cfg == {"CONFIG_A": "n", "CONFIG_B": "m", "CONFIG_C": "\"x\"", "CONFIG_D": "y"}
+    assert merged.count("CONFIG_A") == 1 and "# comment" in merged
+
+
+def test_missing_symbols_lists_each_with_its_origin(tmp_path):
+    wants = [kernel.Wanted("CONFIG_NF_CONNTRACK", "m", "frag.config"),
+             kernel.Wanted("CONFIG_MODULES", None, "recipe"),
+             kernel.Wanted("CONFIG_NET", "y", "frag.config"),
+             kernel.Wanted("CONFIG_DEBUG", "n", "frag.config")]
+    missing = kernel.missing_symbols({"CONFIG_NET": "y", "CONFIG_DEBUG": "y"}, wants)
+    assert missing == [
+        "CONFIG_NF_CONNTRACK: wanted m, got not set (asked by frag.config)",
+        "CONFIG_MODULES: wanted enabled, got not set (asked by recipe)",
+        "CONFIG_DEBUG: wanted n, got y (asked by frag.config)",
+    ]
+    assert kernel.require_wants(["CONFIG_X=m", "CONFIG_Y"], "r") == [
+        kernel.Wanted("CONFIG_X", "m", "r"), kernel.Wanted("CONFIG_Y", None, "r")]
+
+
+def test_fragment_globs_must_match(tmp_path):
+    with pytest.raises(Exception, match="matches no file"):
+        kernel.fragment_files(tmp_path, ["kernel/fragments/*.config"], "kernel.toml")
+
+
+def test_build_timestamp_from_base_commit(tmp_path):
+    (tmp_path / "f").write_text("x")
+    git(["init", "-q"], cwd=tmp_path)
+    git(["add", "-A"], cwd=tmp_path)
+    git(["commit", "-qm", "base"], cwd=tmp_path,
+        env={**FIXED_IDENTITY, "GIT_COMMITTER_DATE": "2024-05-06T07:08:09Z"})
+    git(["tag", "askbuild/base"], cwd=tmp_path)
+    git(["commit", "-q", "--allow-empty", "-m", "patch"], cwd=tmp_path, env=FIXED_IDENTITY)
+    env = kernel.kbuild_env(tmp_path)
+    assert env["KBUILD_BUILD_TIMESTAMP"] == "Mon, 6 May 2024 07:08:09 +0000"
+    assert env["KBUILD_BUILD_USER"] == "askbuild" and env["KBUILD_BUILD_HOST"] == "askbuild"
+
+
+# ----------------------------------------------------------------------- slow tests --
+def _import_kernel_tree(dest: Path) -> None:
+    """linux-source-6.1 as a patched work tree (like fetch + patch would make it)."""
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    subprocess.run(["tar", "-xJf", str(LINUX_TARBALL), "-C", str(tmp), "--strip-components=1",
+                    "--no-same-owner"], check=True)
+    git(["init", "-q"], cwd=tmp)
+    # Debian's linux-source .gitignore ignores everything ("/*"): force the import.
+    git(["add", "-A", "-f"], cwd=tmp)
+    git(["commit", "-q", "-m", "linux-source-6.1"], cwd=tmp, env=FIXED_IDENTITY)
+    git(["tag", "askbuild/base"], cwd=tmp)
+    for p in KERNEL_PATCHES:
+        apply_patch(tmp, p)
+    tmp.rename(dest)
+
+
+@pytest.fixture(scope="session")
+def linux_tree() -> Path:
+    """The imported kernel tree, cached across sessions (import only, never build output)."""
+    if not LINUX_TARBALL.is_file():
+        pytest.skip(f"{LINUX_TARBALL} missing (apt-get install linux-source-6.1)")
+    st = LINUX_TARBALL.stat()
+    patches = "-".join(p.stem[:4] for p in KERNEL_PATCHES)
+    dest = CACHE_ROOT / f"linux-6.1-{st.st_size}-{int(st.st_mtime)}-{patches}"
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if not (dest / ".git").is_dir():
+            _import_kernel_tree(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def kernel_build(tmp_path_factory, linux_tree):
+    tmp = tmp_path_factory.mktemp("kernel-build")
+    project = make_project(tmp / "project")
+    for f in (project / "kernel/fragments").glob("*"):
+        f.unlink()
+    (project / "kernel/fragments/test.config").write_text(TEST_FRAGMENT)
+    s = settings_for(tmp, project)
+    make_fixture_sources(s, linux=linux_tree)
+    os.symlink(linux_tree, s.src_dir / "linux")
+    t0 = time.monotonic()
+    man = building.build(s, ["cdx", "fci", "auto_bridge"], prepare=False)
+    return s, man, time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_kernel_and_modules(kernel_build, linux_tree):
+    s, man, _ = kernel_build
+    assert man["status"] == "success"
+    assert {n: c["status"] for n, c in man["components"].items()} == dict.fromkeys(
+        ["kernel", "cdx", "fci", "auto_bridge"], "built")
+    release = man["kernel"]["release"]
+    assert release.startswith("6.1.")
+    build = s.out_dir / "kernel/build"
+    image = (build / "arch/arm64/boot/Image").read_bytes()
+    assert image[56:60] == b"ARM\x64"                   # arm64 Image header magic
+    dtb = build / "arch/arm64/boot/dts/freescale/fsl-ls1046a-rdb.dtb"
+    assert dtb.read_bytes()[:4] == bytes.fromhex("d00dfeed")
+    arts = {a["path"]: a for a in man["components"]["kernel"]["artifacts"]}
+    assert arts["arch/arm64/boot/Image"]["size"] == len(image)
+
+    moddir = s.staging_dir / "lib/modules" / release
+    mods = {p.relative_to(moddir).as_posix(): p for p in moddir.rglob("*.ko")}
+    assert set(mods) == {"extra/cdx.ko", "extra/fci.ko", "extra/auto_bridge.ko",
+                         "kernel/lib/crc-ccitt.ko"}
+    for p in mods.values():
+        assert elf_machine(p) == "EM_AARCH64"
+        assert kernel.module_vermagic(p).split()[0] == release
+    kernel.check_vermagic(list(mods.values()), release)
+    with pytest.raises(BuildFailed, match="do not match the kernel release '6.0.0'"):
+        kernel.check_vermagic([mods["extra/fci.ko"]], "6.0.0")
+    # fci resolved cdx's exported symbol through KBUILD_EXTRA_SYMBOLS.
+    from elftools.elf.elffile import ELFFile
+    with mods["extra/fci.ko"].open("rb") as f:
+        modinfo = ELFFile(f).get_section_by_name(".modinfo").data()
+    assert b"depends=cdx\0" in modinfo
+    assert "extra/fci.ko: extra/cdx.ko" in (moddir / "modules.dep").read_text()
+    assert not (moddir / "build").exists() and not (moddir / "source").exists()
+
+    # Reproducible identity: timestamp from the base commit, fixed user and host.
+    base_date = git(["log", "-1", "--format=%cD", "askbuild/base"], cwd=linux_tree).stdout
+    uts = (build / "include/generated/utsversion.h").read_text()
+    assert base_date.strip() in uts
+    compile_h = (build / "include/generated/compile.h").read_text()
+    assert '"askbuild"' in compile_h and "LINUX_COMPILE_HOST\t\"askbuild\"" in compile_h
+
+
+@pytest.mark.slow
+def test_kernel_noop_rebuild(kernel_build):
+    s, _, _ = kernel_build
+    t0 = time.monotonic()
+    man = building.build(s, ["cdx", "fci", "auto_bridge"], prepare=False)
+    assert time.monotonic() - t0 < 10
+    assert {c["status"] for c in man["components"].values()} == {"cached"}
+
+
+@pytest.mark.slow
+def test_required_symbols_that_do_not_survive_are_listed(tmp_path, linux_tree):
+    frag = tmp_path / "monok8s-broken.config"
+    # Conntrack without networking: olddefconfig drops these.
+    frag.write_text("CONFIG_MODULES=y\nCONFIG_NF_CONNTRACK=m\nCONFIG_NF_CT_NETLINK=m\n")
+    log = tmp_path / "log"
+
+    def run(args):
+        with log.open("ab") as f:
+            subprocess.run(args, check=True, stdout=f, stderr=subprocess.STDOUT)
+
+    with pytest.raises(BuildFailed) as ei:
+        kernel.configure(run, src=linux_tree, build=tmp_path / "o", arch="arm64",
+                         cross="aarch64-linux-gnu-", defconfig=FIXTURE_DEFCONFIG,
+                         fragments=[frag], require=kernel.require_wants(
+                             ["CONFIG_BLOCK=y"], "kernel.toml: require"),
+                         where="kernel.toml")
+    msg = str(ei.value)
+    assert "3 required kernel symbol(s) did not survive olddefconfig" in msg
+    assert f"CONFIG_NF_CONNTRACK: wanted m, got not set (asked by {frag})" in msg
+    assert "CONFIG_NF_CT_NETLINK: wanted m" in msg
+    assert "CONFIG_BLOCK: wanted y, got not set (asked by kernel.toml: require)" in msg
+    assert "CONFIG_MODULES" not in msg
+
+
+@pytest.mark.slow
+def test_project_fragment_survives_on_the_fixture_defconfig(tmp_path, linux_tree):
+    """The shipped monok8s fragment is coherent: every symbol survives olddefconfig."""
+    frags = sorted((REPO / "kernel/fragments").glob("*.config"))
+    assert frags
+
+    def run(args):
+        subprocess.run(args, check=True, capture_output=True)
+
+    config = kernel.configure(run, src=linux_tree, build=tmp_path / "o", arch="arm64",
+                              cross="aarch64-linux-gnu-", defconfig=FIXTURE_DEFCONFIG,
+                              fragments=frags, require=[], where="kernel.toml")
+    assert config["CONFIG_NF_CONNTRACK"] == "m"
+    assert config["CONFIG_NETFILTER_XT_MATCH_CONNTRACK"] == "m"
+    assert config["CONFIG_MODULES"] == "y"
