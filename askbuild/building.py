@@ -479,6 +479,8 @@ class Build:
             for a in old.get("artifacts", []):
                 if a.get("staged"):
                     (s.staging_dir / a["staged"]).unlink(missing_ok=True)
+            if old.get("staged_tree"):
+                shutil.rmtree(s.staging_dir / old["staged_tree"]["dest"], ignore_errors=True)
         dirs = self.comp_dirs(name)
         t0 = time.monotonic()
         with Runner(self, name) as run:

@@ -275,3 +275,41 @@ def test_concurrent_build_in_same_work_dir_is_refused(tmp_path):
                 + "except Exception as e:\n    print(type(e).__name__, e)\n")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "another build is running" in out.stdout
+
+
+def test_live_view_on_a_terminal(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+    buf = io.StringIO()
+    import types
+    con = Console(file=buf, force_terminal=True, width=100)
+    fake = types.SimpleNamespace(is_interactive=lambda: True, get_console=lambda: con,
+                                 info=con.print, step=con.print, warn=con.print)
+    monkeypatch.setattr(building, "console", fake)
+    s = project(tmp_path, {"a": recipe(script="echo x > out.txt"),
+                           "b": recipe(depends=["a"], script="echo y > out.txt")})
+    building.build(s, [], prepare=False)
+    out = buf.getvalue()
+    assert "component" in out and "elapsed" in out and "built" in out
+
+
+def test_inv_build_exit_codes(tmp_path):
+    """Through the real command line: success, then a failing step exits 2 with the log tail."""
+    s = project(tmp_path, {"a": recipe(script="echo x > out.txt")})
+    env = dict(os.environ, ASKBUILD_PROJECT_ROOT=str(s.project_root), CI="true")
+    inv = [str(Path(sys.executable).parent / "inv"), "-r", str(REPO)]
+    ok = subprocess.run([*inv, "build", "--work-dir", str(s.work_dir), "--jobs", "1"],
+                        env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "build a: built" in ok.stderr
+    rec = s.recipes_dir / "components/a.toml"
+    rec.write_text(rec.read_text().replace("echo x > out.txt", FAIL))
+    bad = subprocess.run([*inv, "build", "--work-dir", str(s.work_dir), "--component", "a"],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "error: build failed" in bad.stderr and "boom in widget.c" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    unknown = subprocess.run([*inv, "build", "--work-dir", str(s.work_dir), "--component", "zz"],
+                             env=env, capture_output=True, text=True)
+    assert unknown.returncode == 1 and "unknown component(s) zz" in unknown.stderr
