@@ -218,7 +218,8 @@ def _replay(tree: Path, item: dict) -> tuple[str, str | None, str, list[str]]:
                         "--"], cwd=tree, text=False).stdout
     clean = bool(diff) and gitutil.git(["apply", "--check", "--whitespace=nowarn", "-"],
                                        cwd=tree, input=diff, check=False).returncode == 0
-    proc = gitutil.git(["cherry-pick", "--no-commit", "--strategy=ort", old], cwd=tree,
+    proc = gitutil.git(["-c", "merge.directoryRenames=true", "-c", "merge.renames=true",
+                        "cherry-pick", "--no-commit", "--strategy=ort", old], cwd=tree,
                        env=dict(FIXED_IDENTITY), check=False)
     if proc.returncode != 0:
         files = _unmerged(tree)
@@ -232,9 +233,10 @@ def _replay(tree: Path, item: dict) -> tuple[str, str | None, str, list[str]]:
         gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
         return "upstream", None, "already upstream (became empty): dropped", []
     new = _commit_like(tree, old)
-    if clean:
+    moved = _moved_detail(tree, old, new)
+    if clean and not moved:
         return "clean", new, "", []
-    return "3way", new, _moved_detail(tree, old, new) or "3-way merge", []
+    return "3way", new, moved or "3-way merge", []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,6 +125,9 @@ def our_changes(repo: Path) -> list[tuple[str, str]]:
     for i, (kind, rel, n, new, msg) in enumerate(steps):
         change_line(repo, rel, n, new)
         out.append((kind, commit_all(repo, msg, date=f"2026-03-0{i + 1}T00:00:00Z")))
+    # not in the default series: a new file inside the directory upstream renames
+    put(repo, "cmm-17.03.1/src/extra.c", "extra\n")
+    out.append(("newfile", commit_all(repo, "cmm: add extra.c", date="2026-03-09T00:00:00Z")))
     return out
 
 

@@ -269,3 +269,12 @@ def test_rebase_of_a_source_with_a_vendor_layer(tmp_path):
     assert rec["base"] == v2 and [p["kind"] for p in rec["patches"]] == ["vendor", "vendor",
                                                                           "local"]
     assert "lib 6 LOCAL" in (tree / "src/lib.c").read_text()
+
+
+def test_a_new_file_follows_its_directory_rename(tmp_path):
+    project = make_project(tmp_path, kinds=["rename", "newfile"])
+    report = rebasing.rebase(project.settings, "up", onto="v2")
+    assert statuses(report) == {"0001-rename.patch": "3way", "0002-newfile.patch": "3way"}
+    assert (project.tree / "cmm/src/extra.c").read_text() == "extra\n"
+    assert not (project.tree / "cmm-17.03.1").exists()
+    assert b"+++ b/cmm/src/extra.c" in (project.series_dir / "0002-newfile.patch").read_bytes()
