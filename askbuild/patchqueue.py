@@ -847,7 +847,8 @@ def export(settings: Settings, what: str) -> Report:
                         fix=f"run `inv patch --source {layer.source}` (or `inv patches.edit "
                             f"{layer.dir}`) so the tree matches the files, then edit and export")
     branch = edit_branch(layer)
-    head = _rev(tree, f"refs/heads/{branch}") or rl["end"]
+    on_branch = _rev(tree, f"refs/heads/{branch}")
+    head = on_branch or rl["end"]
     cur = gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree, check=False).stdout.strip()
     if cur == f"refs/heads/{branch}":
         files = changed_files(tree)
@@ -867,7 +868,7 @@ def export(settings: Settings, what: str) -> Report:
     commits = gitutil.out(["rev-list", "--reverse", f"{rl['start']}..{head}"], cwd=tree).split()
     old = [(p["file"], p["strip"], p["commits"]) for p in rec_patches]
     rows = write_series(directory, tree, commits, old)
-    report = Report("export", f"export {layer.dir} from {branch if head != rl['end'] else PATCHED}",
+    report = Report("export", f"export {layer.dir} from {branch if on_branch else PATCHED}",
                     ["patch", "status"], rows=rows,
                     subject={"series": layer.dir, "source": layer.source})
     report.emit()
