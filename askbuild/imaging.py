@@ -406,15 +406,18 @@ def needed_sonames(entries: dict[str, oci.Entry]) -> tuple[set[str], dict[str, d
 
 # -- loading ----------------------------------------------------------------------------------
 
-def docker_client(timeout: int = 30):
-    """A connected Docker SDK client, or None when no engine answers."""
+def docker_client(timeout: int = 900):
+    """A connected Docker SDK client, or None when no engine answers within 10 s.
+
+    ``timeout`` then applies to every request (loading ~100 MB into a vfs engine is slow)."""
     try:
         import docker
-        client = docker.from_env(timeout=timeout)
+        client = docker.from_env(timeout=10)
         client.ping()
-        return client
     except Exception:  # noqa: BLE001 - any failure means "no engine"
         return None
+    client.api.timeout = timeout
+    return client
 
 
 def engine_host() -> str:
