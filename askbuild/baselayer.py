@@ -395,7 +395,17 @@ def ensure_base(settings: Settings, spec: BaseSpec, *, epoch: int,
             tmpj = layer_meta.with_name(layer_meta.name + ".part")
             tmpj.write_text(json.dumps(layer.to_json(), sort_keys=True))
             tmpj.replace(layer_meta)
+            _prune_blobs(root, keep=3)
     return BaseLayer(layer, meta["packages"], meta["index"], meta["elf"], key)
+
+
+def _prune_blobs(root: Path, keep: int) -> None:
+    """Keep the ``keep`` newest normalised blobs (one per SOURCE_DATE_EPOCH and compression)."""
+    blobs = sorted((p for p in root.glob("layer-*") if not p.name.endswith(".json")),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in blobs[keep:]:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name + ".json").unlink(missing_ok=True)
 
 
 def _comment(meta: dict) -> str:
