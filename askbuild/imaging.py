@@ -300,6 +300,7 @@ def app_entries(settings: Settings, conf: dict, *, release: str, board: str | No
     record of where every vendor file came from."""
     entries: dict[str, oci.Entry] = {}
     for e in oci.entries_from_tree(settings.staging_dir):
+        e.mtime = epoch         # build times say nothing about the inputs: one time for all
         entries[e.path] = e
     where = f"{image_dir(settings) / 'image.toml'}"
     vendor: dict[str, bytes] = {}
