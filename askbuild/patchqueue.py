@@ -538,7 +538,9 @@ def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
             cur_layer = p.layer.id
         try:
             res = apply_patch(tree, p, index=i, total=total, source=source)
-        except PatchFailed:
+        except PatchFailed as e:
+            e.partial = {"layer": p.layer.id, "layer_start": layers[-1]["start"],  # type: ignore[attr-defined]
+                         "applied": patches, "index": i - 1}
             if report is not None:
                 report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
                            status="failed", commit=None, detail="did not apply")
@@ -661,6 +663,10 @@ def edit_branch(layer: Layer) -> str:
     return EDIT_PREFIX + layer.slug
 
 
+def edit_record_path(settings: Settings, layer: Layer) -> Path:
+    return settings.state_dir / f"edit-{layer.source}-{layer.slug}.json"
+
+
 def _record_layer(record: dict, layer: Layer) -> dict:
     for ly in record.get("layers", []):
         if ly["id"] == layer.id:
@@ -669,42 +675,125 @@ def _record_layer(record: dict, layer: Layer) -> dict:
                     fix=f"run `inv patch --source {layer.source}` first")
 
 
+def _as_mbox(p: PatchInput) -> bytes:
+    """One mbox message for ``p`` (plain diffs get the headers the patch step would use)."""
+    if is_mail(p.data):
+        data = _ensure_mail_headers(p.data)
+        if not data.startswith(b"From "):
+            data = b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n" \
+                + data
+    else:
+        data = (b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+                b"From: askbuild <askbuild@localhost>\n"
+                b"Date: Thu, 1 Jan 1970 00:00:00 +0000\n"
+                b"Subject: [PATCH] " + p.name.encode() + b"\n\n" + p.data)
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
+def _am_rest(tree: Path, rest: list[PatchInput]) -> str | None:
+    """``git am --3way`` the failing patch and the rest of its series; returns git's report
+    when it stopped (the am stays in progress for the user)."""
+    strip = rest[0].strip
+    batch = [rest[0]] + [q for q in rest[1:] if q.strip == strip]
+    if len(batch) != len(rest):
+        batch = rest[:1]
+    proc = gitutil.git(["am", "--3way", "--keep-cr", "--keep-non-patch",
+                        "--committer-date-is-author-date", "--no-message-id",
+                        "--whitespace=nowarn", "--quoted-cr=nowarn", f"-p{strip}"],
+                       cwd=tree, env=_ident_env(), input=b"".join(_as_mbox(q) for q in batch),
+                       check=False)
+    if proc.returncode == 0:
+        return None
+    return "\n".join(_git_errors(_txt(proc.stdout) + _txt(proc.stderr)))
+
+
 def edit(settings: Settings, what: str) -> str:
     """Put the series as commits on branch ``askbuild/edit/<layer>`` in the source's work tree
-    (checked out) and return the branch name."""
+    (checked out) and return the branch name.
+
+    The branch starts where the layers below end.  When a patch of this series does not apply,
+    the branch holds the patches before it and ``git am --3way`` is left stopped at the failing
+    one (the rest of the series queued behind it) for the user to resolve.  What the branch
+    started from is recorded in ``state/edit-<source>-<layer>.json`` for export."""
     layer = resolve_layer(settings, what)
     sources = load_sources(settings)
     src = sources[layer.source]
     tree = source_tree(settings, src)
+    t = str(tree)
     layers = load_layers(settings, sources).get(layer.source, [])
-    scratch = Report("patch", "patch", PATCH_COLUMNS)
-    record = patch_source(settings, src, sources=sources, layers=layers, report=scratch,
-                          tree=tree)
-    rl = _record_layer(record, layer)
     branch = edit_branch(layer)
     existing = _rev(tree, f"refs/heads/{branch}")
-    t = str(tree)
-    if existing and existing != rl["end"]:
-        ok = gitutil.git(["merge-base", "--is-ancestor", rl["start"], existing], cwd=tree,
-                         check=False).returncode == 0
-        if not ok:
-            raise DirtyTreeError(
-                f"{tree}: branch {branch} exists but does not start at the series' base "
-                f"{rl['start'][:12]} (the layers below it changed)",
-                fix=f"export or save it (`git -C {t} branch -m {branch} my-old-edit`), or "
-                    f"delete it: `git -C {t} branch -D {branch}`")
+    erec_path = edit_record_path(settings, layer)
+    erec = _read_json(erec_path)
+    if existing and erec and gitutil.git(["merge-base", "--is-ancestor", erec["start"],
+                                          existing], cwd=tree, check=False).returncode == 0:
+        files = changed_files(tree)
+        if files or _operation_in_progress(tree):
+            raise DirtyTreeError(f"{tree}: uncommitted changes or a git operation in progress",
+                                 fix=f"finish or stash it (`git -C {t} status`)")
         gitutil.git(["checkout", "-q", branch], cwd=tree)
         console.info(f"resuming the existing edit branch {branch} "
                      f"(delete it with `git -C {t} branch -D {branch}` to start over)")
-    else:
+        _edit_help(layer, tree, branch, erec["start"], None)
+        return branch
+    if existing:
+        raise DirtyTreeError(
+            f"{tree}: branch {branch} exists but does not start at the series' base (the "
+            "series or the layers below it changed since it was made)",
+            fix=f"export what you need from it first, or save it (`git -C {t} branch -m "
+                f"{branch} my-old-edit`), or delete it: `git -C {t} branch -D {branch}`")
+    scratch = Report("patch", "patch", PATCH_COLUMNS)
+    stopped = None
+    try:
+        record = patch_source(settings, src, sources=sources, layers=layers, report=scratch,
+                              tree=tree)
+        rl = _record_layer(record, layer)
+        start = rl["start"]
+        entries = [{"file": p["file"], "strip": p["strip"], "sha256": p["sha256"],
+                    "commits": p["commits"]} for p in record["patches"] if p["layer"] == layer.id]
         gitutil.git(["checkout", "-q", "-B", branch, rl["end"]], cwd=tree)
-    n = len(gitutil.out(["rev-list", f"{rl['start']}..{branch}"], cwd=tree).split())
-    console.info(
-        f"{layer.dir}: {tree} is on branch {branch}: {n} commit(s) on top of "
-        f"{rl['start'][:12]}.\n"
-        f"  change them with git (commit --amend, `git rebase -i {rl['start'][:12]}`, new "
-        f"commits), then run `inv patches.export {layer.dir}`")
+    except PatchFailed as e:
+        part = getattr(e, "partial", None)
+        if not part or part["layer"] != layer.id:
+            raise
+        start = part["layer_start"]
+        inputs = collect_inputs(settings, layers, sources, trees={layer.source: tree})
+        done = {(a["layer"], a["file"]): a["commits"] for a in part["applied"]}
+        mine = [p for p in inputs if p.layer.id == layer.id]
+        entries = [{"file": p.name, "strip": p.strip, "sha256": p.sha256,
+                    "commits": done.get((p.layer.id, p.name), [])} for p in mine]
+        rest = inputs[part["index"]:]
+        rest = [p for p in rest if p.layer.id == layer.id]
+        gitutil.git(["checkout", "-q", "-B", branch, "HEAD"], cwd=tree)
+        stopped = (rest[0].name, _am_rest(tree, rest))
+    write_json_atomic(erec_path, {"source": layer.source, "layer": layer.id, "start": start,
+                                  "entries": entries})
+    _edit_help(layer, tree, branch, start, stopped)
     return branch
+
+
+def _edit_help(layer: Layer, tree: Path, branch: str, start: str,
+               stopped: tuple[str, str | None] | None) -> None:
+    t = str(tree)
+    n = len(gitutil.out(["rev-list", f"{start}..{branch}"], cwd=tree).split())
+    msg = (f"{layer.dir}: {tree} is on branch {branch}: {n} commit(s) on top of {start[:12]}.\n"
+           f"  change them with git (commit --amend, `git rebase -i {start[:12]}`, new "
+           f"commits), then run `inv patches.export {layer.dir}`")
+    if stopped and stopped[1] is not None:
+        msg += (f"\n  {stopped[0]} does not apply: `git am --3way` stopped at it:\n    "
+                + stopped[1].replace("\n", "\n    ") +
+                f"\n  resolve the files (or apply the patch by hand: `git -C {t} apply --reject "
+                f".git/rebase-apply/patch`), `git -C {t} add -- FILES`, "
+                f"`git -C {t} am --continue` (or `git -C {t} am --skip` to drop it); "
+                f"then `inv patches.export {layer.dir}`")
+    console.info(msg)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 _SLUG_RE = re.compile(r"[^A-Za-z0-9._]+")
@@ -740,6 +829,18 @@ def _meta(tree: Path, commit: str) -> str:
                         commit], cwd=tree)
 
 
+def _file_subject(data: bytes, name: str) -> str:
+    """The commit subject a patch file gives (what ``git am --keep-non-patch`` keeps)."""
+    if not is_mail(data):
+        return name
+    head = data.split(b"\n\n", 1)[0].decode("utf-8", "replace")
+    m = re.search(r"^Subject:[ \t]*(.*(?:\n[ \t].*)*)", head, re.MULTILINE | re.IGNORECASE)
+    if not m:
+        return name
+    subj = " ".join(m.group(1).split())
+    return re.sub(r"^\[PATCH[^\]]*\]\s*", "", subj)
+
+
 def _subject(tree: Path, commit: str) -> str:
     return gitutil.out(["show", "-s", "--format=%s", commit], cwd=tree)
 
@@ -752,7 +853,8 @@ def write_series(directory: Path, tree: Path, commits: list[str],
     ``old``: the current entries as ``(file, strip, commits that file produced)``.  A commit
     equal to what an old file produced (same commit, or same patch-id, message and author) keeps
     that file byte for byte; ``prefer`` maps a commit to the file name it replaces (rebase).
-    Otherwise an old file with the same subject gives its name, else a new numbered name.
+    Otherwise an old file with the same subject (or the same diff: a reworded commit) gives its
+    name, else a new numbered name.
     Files of the old series that are no longer used are removed; ``series`` is rewritten only
     when the list changed.  Returns one row per patch (file, status)."""
     prefer = prefer or {}
@@ -761,6 +863,8 @@ def write_series(directory: Path, tree: Path, commits: list[str],
     for f, _, cs in old:
         if len(cs) == 1:
             old_info[f] = (_patch_id(tree, cs[0]), _meta(tree, cs[0]), _subject(tree, cs[0]))
+        elif not cs and (directory / f).is_file():
+            old_info[f] = ("", "", _file_subject((directory / f).read_bytes(), f))
     strips = {f: s for f, s, _ in old}
     used: set[str] = set()
     plan: list[tuple[str, str, bytes | None]] = []   # (file, status, new bytes or None=keep)
@@ -773,7 +877,7 @@ def write_series(directory: Path, tree: Path, commits: list[str],
             continue
         pid, meta = _patch_id(tree, c), _meta(tree, c)
         match = next((f for f, (opid, ometa, _) in old_info.items()
-                      if f not in used and opid == pid and ometa == meta), None)
+                      if f not in used and opid and opid == pid and ometa == meta), None)
         if match:
             used.add(match)
             plan.append((match, "unchanged", None))
@@ -788,6 +892,10 @@ def write_series(directory: Path, tree: Path, commits: list[str],
             subj = _subject(tree, c)
             name = next((f for f, (_, _, osub) in old_info.items()
                          if f not in used and osub == subj), None)
+        if not name:        # same change, new message: a reworded patch keeps its name
+            pid = _patch_id(tree, c)
+            name = next((f for f, (opid, _, _) in old_info.items()
+                         if f not in used and opid and opid == pid), None)
         status = "updated" if name else "new"
         if not name:
             n = i + 1
@@ -799,7 +907,7 @@ def write_series(directory: Path, tree: Path, commits: list[str],
         used.add(name)
         plan[i] = (name, status, format_patch(tree, c))
     rows = []
-    for f, status, data in plan:
+    for (f, status, data), c in zip(plan, commits, strict=True):
         if data is not None:
             target = directory / f
             if target.exists() and target.read_bytes() == data:
@@ -808,11 +916,11 @@ def write_series(directory: Path, tree: Path, commits: list[str],
                 tmp = target.with_name(target.name + ".tmp")
                 tmp.write_bytes(data)
                 os.replace(tmp, target)
-        rows.append({"patch": f, "status": status})
+        rows.append({"patch": f, "status": status, "commit": c})
     for f, _, _ in old:
         if f not in used:
             (directory / f).unlink(missing_ok=True)
-            rows.append({"patch": f, "status": "removed"})
+            rows.append({"patch": f, "status": "removed", "commit": None})
     new_entries = [series_mod.SeriesEntry(f, strips.get(f, 1) if d is None else 1)
                    for f, _, d in plan]
     old_entries = [series_mod.SeriesEntry(f, s) for f, s, _ in old]
@@ -831,43 +939,65 @@ def export(settings: Settings, what: str) -> Report:
     series directory."""
     layer = resolve_layer(settings, what)
     tree = settings.src_dir / layer.source
-    record = tree_state(settings, layer.source)
-    if record is None or not _has_base(tree):
-        raise UserError(f"{layer.dir}: {layer.source} has not been patched yet",
-                        fix=f"run `inv patches.edit {layer.dir}` first")
-    rl = _record_layer(record, layer)
-    directory = settings.project_root / layer.dir
-    entries = series_mod.load(directory)
-    rec_patches = [p for p in record["patches"] if p["layer"] == layer.id]
-    now = [[e.name, e.strip, hashlib.sha256((directory / e.name).read_bytes()).hexdigest()]
-           for e in entries]
-    if now != [[p["file"], p["strip"], p["sha256"]] for p in rec_patches]:
-        raise UserError(f"{layer.dir}: the series files changed since {layer.source} was "
-                        f"patched; exporting would overwrite them",
-                        fix=f"run `inv patch --source {layer.source}` (or `inv patches.edit "
-                            f"{layer.dir}`) so the tree matches the files, then edit and export")
+    t = str(tree)
     branch = edit_branch(layer)
-    on_branch = _rev(tree, f"refs/heads/{branch}")
-    head = on_branch or rl["end"]
+    erec_path = edit_record_path(settings, layer)
+    erec = _read_json(erec_path) if _has_base(tree) else None
+    on_branch = _rev(tree, f"refs/heads/{branch}") if erec else None
+    if erec and on_branch:
+        start, head, entries = erec["start"], on_branch, erec["entries"]
+    else:
+        record = tree_state(settings, layer.source)
+        if record is None or not _has_base(tree):
+            raise UserError(f"{layer.dir}: {layer.source} has not been patched yet",
+                            fix=f"run `inv patches.edit {layer.dir}` first")
+        rl = _record_layer(record, layer)
+        start, head, on_branch = rl["start"], rl["end"], None
+        entries = [{"file": p["file"], "strip": p["strip"], "sha256": p["sha256"],
+                    "commits": p["commits"]} for p in record["patches"]
+                   if p["layer"] == layer.id]
+    directory = settings.project_root / layer.dir
+    current = series_mod.load(directory)
+    now = [[e.name, e.strip, hashlib.sha256((directory / e.name).read_bytes()).hexdigest()]
+           for e in current]
+    if now != [[p["file"], p["strip"], p["sha256"]] for p in entries]:
+        raise UserError(f"{layer.dir}: the series files changed since the "
+                        f"{'edit branch was made' if on_branch else 'tree was patched'}; "
+                        "exporting would overwrite them",
+                        fix=(f"save what you need from {branch}, delete it (`git -C {t} branch "
+                             f"-D {branch}`) and run `inv patches.edit {layer.dir}` again"
+                             if on_branch else
+                             f"run `inv patches.edit {layer.dir}` so the tree matches the "
+                             "files, then edit and export"))
     cur = gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree, check=False).stdout.strip()
-    if cur == f"refs/heads/{branch}":
+    if on_branch and cur == f"refs/heads/{branch}":
         files = changed_files(tree)
-        if files or _operation_in_progress(tree):
+        op = _operation_in_progress(tree)
+        if files or op:
             raise DirtyTreeError(
                 f"{tree}: uncommitted changes on {branch} would not be exported: "
-                f"{', '.join(files[:8]) or 'a git operation is in progress'}",
-                fix=f"commit them (`git -C {tree} commit -a`) or stash them, then export")
-    if gitutil.git(["merge-base", "--is-ancestor", rl["start"], head], cwd=tree,
+                f"{', '.join(files[:8]) or op + ' is in progress'}",
+                fix=f"finish it / commit them (`git -C {t} status` tells what is going on), "
+                    "then export")
+    if gitutil.git(["merge-base", "--is-ancestor", start, head], cwd=tree,
                    check=False).returncode != 0:
-        raise UserError(f"{branch} does not contain the series base {rl['start'][:12]}",
+        raise UserError(f"{branch} does not contain the series base {start[:12]}",
                         fix="rebase the branch onto it, or delete it and run patches.edit again")
-    merges = gitutil.out(["rev-list", "--merges", f"{rl['start']}..{head}"], cwd=tree)
+    merges = gitutil.out(["rev-list", "--merges", f"{start}..{head}"], cwd=tree)
     if merges:
         raise UserError(f"{branch} contains merge commits ({merges.split()[0][:12]}); a series "
                         "is a straight line of commits", fix="linearize it with git rebase")
-    commits = gitutil.out(["rev-list", "--reverse", f"{rl['start']}..{head}"], cwd=tree).split()
-    old = [(p["file"], p["strip"], p["commits"]) for p in rec_patches]
+    commits = gitutil.out(["rev-list", "--reverse", f"{start}..{head}"], cwd=tree).split()
+    old = [(p["file"], p["strip"], p["commits"]) for p in entries]
     rows = write_series(directory, tree, commits, old)
+    if on_branch:
+        strips = {e.name: e.strip for e in series_mod.load(directory)}
+        erec["entries"] = [
+            {"file": r["patch"], "strip": strips[r["patch"]],
+             "sha256": hashlib.sha256((directory / r["patch"]).read_bytes()).hexdigest(),
+             "commits": [r["commit"]]}
+            for r in rows if r["status"] != "removed"]
+        write_json_atomic(erec_path, erec)
     report = Report("export", f"export {layer.dir} from {branch if on_branch else PATCHED}",
                     ["patch", "status"], rows=rows,
                     subject={"series": layer.dir, "source": layer.source})

@@ -362,7 +362,7 @@ def test_export_refuses_uncommitted_work_and_stale_series(project):
         pq.export(project.settings, "patches/up")
     g(project.tree, "checkout", "--", "lib/clean.c")
     (project.series_dir / "0001-clean.patch").write_text("changed by hand\n")
-    with pytest.raises(UserError, match="series files changed since up was patched"):
+    with pytest.raises(UserError, match="series files changed since the edit branch was made"):
         pq.export(project.settings, "patches/up")
 
 
@@ -429,3 +429,47 @@ def test_edit_resumes_an_existing_branch_and_refuses_a_foreign_one(project):
     g(project.tree, "branch", "-f", "askbuild/edit/patches-up", orphan)
     with pytest.raises(DirtyTreeError, match="does not start at the series' base"):
         pq.edit(project.settings, "patches/up")
+
+
+def test_edit_a_series_whose_patch_no_longer_applies_then_export(project):
+    """The refresh loop: the failing patch waits in `git am`, the rest queued behind it."""
+    d = project.series_dir
+    bad = d / "0003-conflict.patch"
+    bad.write_bytes(bad.read_bytes().replace(b" conflict line 9\n", b" conflict line nine\n"))
+    before = snapshot(d)
+    with pytest.raises(PatchFailed):
+        run_patch(project)
+    pq.edit(project.settings, "patches/up")
+    t = project.tree
+    assert g(t, "symbolic-ref", "--short", "HEAD") == "askbuild/edit/patches-up"
+    assert (t / ".git" / "rebase-apply").is_dir()            # am stopped at 0003
+    with pytest.raises(DirtyTreeError, match="in progress"):
+        pq.export(project.settings, "patches/up")
+    change_line(t, "lib/conflict.c", 10, "conflict line 10 OURS")   # apply it by hand
+    g(t, "add", "--", "lib/conflict.c")
+    g(t, "am", "--continue", env=pq.FIXED_IDENTITY)           # then 0004..0006 follow
+    assert not (t / ".git" / "rebase-apply").exists()
+    report = pq.export(project.settings, "patches/up")
+    status = {r["patch"]: r["status"] for r in report.rows}
+    assert status["0003-conflict.patch"] == "updated"
+    assert {status[n] for n in status if n != "0003-conflict.patch"} == {"unchanged"}
+    after = snapshot(d)
+    assert [n for n in after if after[n] != before[n]] == ["0003-conflict.patch"]
+    assert b" conflict line 9\n" in after["0003-conflict.patch"]
+    assert [r["status"] for r in run_patch(project).rows] == ["applied"] * 6
+
+
+def test_export_twice_while_editing(project):
+    pq.edit(project.settings, "patches/up")
+    t = project.tree
+    change_line(t, "lib/up.c", 15, "up line 15 EXTRA")
+    commit_all(t, "lib: extra", date="2026-04-02T00:00:00Z")
+    first = pq.export(project.settings, "patches/up")
+    assert [r["status"] for r in first.rows].count("new") == 1
+    g(t, "commit", "--amend", "-q", "-m", "lib: extra, reworded", env=DEV)
+    second = pq.export(project.settings, "patches/up")
+    assert {r["patch"]: r["status"] for r in second.rows}["0007-lib-extra.patch"] == "updated"
+    assert "reworded" in (project.series_dir / "0007-lib-extra.patch").read_text()
+    again = snapshot(project.series_dir)
+    pq.export(project.settings, "patches/up")
+    assert snapshot(project.series_dir) == again
