@@ -343,6 +343,8 @@ def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
     pq.patch_source(settings, sources[name], sources=sources, layers=layers, report=scratch,
                     tree=tree, ignore_rebase=True)
     gitutil.git(["branch", "-q", "-D", REBASE_BRANCH], cwd=tree, check=False)
+    for ly in layers:       # edit branches from before the rebase are not resumed silently
+        pq.edit_record_path(settings, ly).unlink(missing_ok=True)
     _finish_state(settings, name)
     rep = _report(st, dry_run=False)
     changed = [f"{lid}/{r['patch']}: {r['status']}" for lid, rows in rows_by_layer.items()
