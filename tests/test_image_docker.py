@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import imagefixtures as fx
 import pytest
@@ -235,3 +237,39 @@ def test_archive_imports_with_ctr(engine, fg_image):
                               capture_output=True).returncode == 0:
                 break
             time.sleep(0.5)
+
+
+@pytest.fixture
+def podman_service(tmp_path):
+    """A Podman API service (Docker-compatible) on a private socket, stopped by PID."""
+    if not shutil.which("podman"):
+        pytest.skip("podman is not installed")
+    short = Path(tempfile.mkdtemp(prefix="abpod-"))     # podman: runroot <= 50 characters
+    sock = short / "podman.sock"
+    proc = subprocess.Popen(
+        ["podman", "--root", str(tmp_path / "root"), "--runroot", str(short / "run"),
+         "--storage-driver", "vfs", "system", "service", "--time=0", f"unix://{sock}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sock.exists(), "podman service did not start"
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_podman_socket_loads_the_image(tmp_path_factory, programs, podman_service,
+                                       monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", podman_service)
+    work = tmp_path_factory.mktemp("work-podman")
+    fx.make_work(work, programs)
+    result = imaging.image(fx.settings_for(work), tag="podman", load=True)
+    assert result.loaded        # the same id and Architecture arm64, checked by image()
