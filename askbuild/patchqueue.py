@@ -61,6 +61,10 @@ STATE_SCHEMA = 1
 ASKBUILD_COMMITTER = (f"{FIXED_IDENTITY['GIT_COMMITTER_NAME']} "
                       f"<{FIXED_IDENTITY['GIT_COMMITTER_EMAIL']}>")
 PATCH_COLUMNS = ["source", "layer", "patch", "status", "commit", "detail"]
+# Config that would make commits or diffs depend on the user's git configuration.
+REPRO = ["-c", "commit.gpgSign=false", "-c", "i18n.commitEncoding=UTF-8",
+         "-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false",
+         "-c", "diff.relative=false", "-c", "mailinfo.scissors=false"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +476,8 @@ def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: st
     before = gitutil.out(["rev-parse", "HEAD"], cwd=tree)
     if is_mail(p.data):
         data = _ensure_mail_headers(p.data)
-        proc = gitutil.git(["am", "--3way", "--keep-cr", "--keep-non-patch",
+        proc = gitutil.git([*REPRO, "am", "--3way", "--keep-cr", "--keep-non-patch",
+                            "--no-scissors",
                             "--committer-date-is-author-date", "--no-message-id",
                             "--whitespace=nowarn", "--quoted-cr=nowarn", f"-p{p.strip}"],
                            cwd=tree, env=_ident_env(), input=data, check=False)
@@ -496,7 +501,7 @@ def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: st
             method = "3way"
             err += _txt(proc.stderr)
         if proc.returncode == 0:
-            gitutil.git(["commit", "-q", "--no-verify", "--allow-empty", "-m", p.name],
+            gitutil.git([*REPRO, "commit", "-q", "--no-verify", "--allow-empty", "-m", p.name],
                         cwd=tree, env=_ident_env())
             return Applied([gitutil.out(["rev-parse", "HEAD"], cwd=tree)], method)
         gitutil.git(["reset", "-q", "--hard", before], cwd=tree, check=False)
@@ -697,7 +702,7 @@ def _am_rest(tree: Path, rest: list[PatchInput]) -> str | None:
     batch = [rest[0]] + [q for q in rest[1:] if q.strip == strip]
     if len(batch) != len(rest):
         batch = rest[:1]
-    proc = gitutil.git(["am", "--3way", "--keep-cr", "--keep-non-patch",
+    proc = gitutil.git([*REPRO, "am", "--3way", "--keep-cr", "--keep-non-patch", "--no-scissors",
                         "--committer-date-is-author-date", "--no-message-id",
                         "--whitespace=nowarn", "--quoted-cr=nowarn", f"-p{strip}"],
                        cwd=tree, env=_ident_env(), input=b"".join(_as_mbox(q) for q in batch),
@@ -818,8 +823,8 @@ def format_patch(tree: Path, commit: str) -> bytes:
 
 
 def _patch_id(tree: Path, commit: str) -> str:
-    diff = gitutil.git(["diff-tree", "-p", "-M", "--full-index", f"{commit}^", commit, "--"],
-                       cwd=tree, text=False).stdout
+    diff = gitutil.git([*REPRO, "diff-tree", "-p", "-M", "--full-index", f"{commit}^", commit,
+                        "--"], cwd=tree, text=False).stdout
     out = gitutil.git(["patch-id", "--stable"], cwd=tree, input=diff, text=False).stdout
     return out.split()[0].decode() if out.split() else ""
 

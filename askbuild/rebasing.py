@@ -190,7 +190,8 @@ def _commit_like(tree: Path, old: str) -> str:
     env.pop("GIT_AUTHOR_NAME")
     env.pop("GIT_AUTHOR_EMAIL")
     env.pop("GIT_AUTHOR_DATE")
-    gitutil.git(["commit", "-q", "--no-verify", "--allow-empty", "-C", old], cwd=tree, env=env)
+    gitutil.git([*pq.REPRO, "commit", "-q", "--no-verify", "--allow-empty", "-C", old], cwd=tree,
+                env=env)
     return _head(tree)
 
 
@@ -214,11 +215,11 @@ def _replay(tree: Path, item: dict) -> tuple[str, str | None, str, list[str]]:
 
     On ``conflict`` the tree is left in conflict state."""
     old = item["old"]
-    diff = gitutil.git(["diff-tree", "-p", "--binary", "--full-index", "-M", f"{old}^", old,
-                        "--"], cwd=tree, text=False).stdout
+    diff = gitutil.git([*pq.REPRO, "diff-tree", "-p", "--binary", "--full-index", "-M",
+                        f"{old}^", old, "--"], cwd=tree, text=False).stdout
     clean = bool(diff) and gitutil.git(["apply", "--check", "--whitespace=nowarn", "-"],
                                        cwd=tree, input=diff, check=False).returncode == 0
-    proc = gitutil.git(["-c", "merge.directoryRenames=true", "-c", "merge.renames=true",
+    proc = gitutil.git([*pq.REPRO, "-c", "merge.directoryRenames=true", "-c", "merge.renames=true",
                         "cherry-pick", "--no-commit", "--strategy=ort", old], cwd=tree,
                        env=dict(FIXED_IDENTITY), check=False)
     if proc.returncode != 0:

@@ -473,3 +473,49 @@ def test_export_twice_while_editing(project):
     again = snapshot(project.series_dir)
     pq.export(project.settings, "patches/up")
     assert snapshot(project.series_dir) == again
+
+
+HOSTILE_GITCONFIG = """\
+[commit]
+\tgpgSign = true
+[diff]
+\tnoprefix = true
+\tmnemonicPrefix = true
+\tcontext = 7
+\talgorithm = patience
+[format]
+\tsignature = hostile
+\tnumbered = true
+\theaders = "X-Hostile: yes\\n"
+[apply]
+\twhitespace = fix
+[mailinfo]
+\tscissors = true
+[i18n]
+\tcommitEncoding = ISO-8859-1
+[core]
+\tautocrlf = true
+"""
+
+
+def test_user_git_config_changes_no_commit_id_and_no_export_byte(tmp_path, monkeypatch):
+    a = make_project(tmp_path / "a")
+    run_patch(a)
+    plain = pq.tree_state(a.settings, "up")["head"]
+    b = make_project(tmp_path / "b")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(HOSTILE_GITCONFIG)
+    monkeypatch.setenv("HOME", str(home))
+    before = snapshot(b.series_dir)
+    run_patch(b)
+    assert pq.tree_state(b.settings, "up")["head"] == plain
+    pq.edit(b.settings, "patches/up")
+    g(b.tree, "commit", "--amend", "-q", "--no-edit", "--no-gpg-sign", "-m",
+      "fmc: keep CR (reworded)", env=DEV)
+    pq.export(b.settings, "patches/up")
+    after = snapshot(b.series_dir)
+    assert [n for n in after if after[n] != before[n]] == ["0006-crlf.patch"]
+    text = after["0006-crlf.patch"]
+    assert b"X-Hostile" not in text and b"hostile" not in text and b"[PATCH 1/1]" not in text
+    assert b"--- a/fmc/model.cpp\n+++ b/fmc/model.cpp\n@@ -2,7 +2,7 @@" in text
