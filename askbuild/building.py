@@ -333,7 +333,7 @@ class Runner:
         if rc != 0:
             self.note(f"exit status {rc}")
             self.log.flush()
-            if self.build.cancel.is_set() and rc < 0:
+            if self.build.cancel.is_set():  # stopped by fail-fast (make exits 2 on SIGTERM)
                 raise Cancelled()
             raise StepError(f"`{' '.join(args)}` failed with exit status {rc}",
                             _tail(self.log_path, start=self.step_start))
