@@ -27,6 +27,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import posixpath
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -145,6 +146,31 @@ def check_staging(staging: Path, release: str) -> None:
     if missing:
         raise ImageError(f"the staging tree {staging} lacks: {', '.join(missing)}",
                          fix="run `inv build` first (it fills the staging tree)")
+    for ko in sorted(extra.glob("*.ko")):
+        magic = module_vermagic(ko)
+        if magic is None:
+            console.warn(f"{ko}: no vermagic in .modinfo; cannot tell which kernel it is for")
+        elif magic.split()[0] != release:
+            raise ImageError(f"{ko}: built for kernel {magic.split()[0]!r} (vermagic {magic!r}),"
+                             f" but the staging tree's modules directory is {release!r}",
+                             fix="rebuild the modules against the kernel in the staging tree "
+                                 "(inv build)")
+
+
+def module_vermagic(path: Path) -> str | None:
+    """The ``vermagic=`` value of a kernel module's ``.modinfo`` section (None if absent)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    try:
+        with open(path, "rb") as f:
+            sec = ELFFile(f).get_section_by_name(".modinfo")
+            data = sec.data() if sec is not None else b""
+    except (ELFError, OSError) as e:
+        raise ImageError(f"{path}: not a readable ELF kernel module ({e})") from e
+    for item in data.split(b"\0"):
+        if item.startswith(b"vermagic="):
+            return item[len(b"vermagic="):].decode("utf-8", "replace").strip()
+    return None
 
 
 def source_epoch(settings: Settings) -> int:
@@ -482,7 +508,10 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
 
     entries, origin = app_entries(settings, conf, release=release, board=board, epoch=epoch)
     sonames, _ = needed_sonames(entries)
-    mapped, unmapped = baselayer.packages_for_sonames(sonames)
+    # libraries the build staged itself (e.g. libnetfilter_conntrack) need no Debian package
+    staged = {posixpath.basename(p) for p, e in entries.items()
+              if e.kind in (oci.FILE, oci.SYMLINK) and ".so" in posixpath.basename(p)}
+    mapped, unmapped = baselayer.packages_for_sonames(sonames - staged)
     declared = list(conf["base"].get("packages", []))
     packages = sorted(set(declared) | set(mapped.values()))
     if unmapped:

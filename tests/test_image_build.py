@@ -181,7 +181,7 @@ def test_runtime_fastforward_from_images_dir(tmp_path, built):
         fx.ASK_FILES["config/fastforward"].encode()
 
 
-def test_missing_needed_library_is_a_clear_error(tmp_path, programs):
+def test_missing_needed_library_is_a_clear_error(tmp_path, programs, capsys):
     work = tmp_path / "work"
     fx.make_work(work, programs)
     lib = tmp_path / "libfixturex.c"
@@ -195,6 +195,7 @@ def test_missing_needed_library_is_a_clear_error(tmp_path, programs):
         imaging.image(fx.settings_for(work), tag="bad", load=False)
     assert "/usr/bin/fmc needs libfixturex.so.1, which is not in the image" in str(e.value)
     assert e.value.exit_code == 2
+    assert "no host package ships libfixturex.so.1" in capsys.readouterr().err
 
 
 def test_host_architecture_binary_is_refused(tmp_path, programs):
@@ -231,3 +232,33 @@ def test_no_engine_writes_the_archive_and_says_how_to_load(tmp_path, built):
     assert "ctr -n k8s.io images import" in text
     assert "imagePullPolicy: Never" in text
     assert out.read_bytes() == first.archive.read_bytes()
+
+
+def test_module_for_another_kernel_is_refused(tmp_path, programs):
+    work = tmp_path / "work"
+    fx.make_work(work, programs)
+    src = tmp_path / "m.c"
+    src.write_text(fx.MODULE_C)
+    subprocess.run([fx.CC, "-c", '-DRELEASE="5.10.0-other"', '-DNAME="fci"', "-o",
+                    str(work / f"staging/lib/modules/{fx.RELEASE}/extra/fci.ko"), str(src)],
+                   check=True)
+    with pytest.raises(ImageError, match=r"fci.ko: built for kernel '5.10.0-other'"):
+        imaging.image(fx.settings_for(work), tag="bad", load=False)
+
+
+def test_library_staged_by_the_build_satisfies_needed(tmp_path, programs, capsys):
+    work = tmp_path / "work"
+    fx.make_work(work, programs)
+    libdir = work / "staging/usr/lib/aarch64-linux-gnu"
+    libdir.mkdir(parents=True)
+    (tmp_path / "l.c").write_text("int fixturey(void) { return 0; }\n")
+    subprocess.run([fx.CC, "-shared", "-fPIC", "-Wl,-soname,libfixturey.so.3", "-o",
+                    str(libdir / "libfixturey.so.3.0.1"), str(tmp_path / "l.c")], check=True)
+    os.symlink("libfixturey.so.3.0.1", libdir / "libfixturey.so.3")
+    (tmp_path / "main.c").write_text("int fixturey(void); int main(void){return fixturey();}\n")
+    subprocess.run([fx.CC, "-o", str(work / "staging/usr/bin/fmc"), str(tmp_path / "main.c"),
+                    str(libdir / "libfixturey.so.3")], check=True)
+    result = imaging.image(fx.settings_for(work), tag="staged", load=False)
+    app = _layer_members(result.archive, result.layers[1]["digest"])
+    assert app["usr/lib/aarch64-linux-gnu/libfixturey.so.3"][0].issym()
+    assert "no host package ships" not in capsys.readouterr().err
