@@ -316,14 +316,16 @@ class Runner:
         self.log.flush()
         self.step_start = self.log.tell()
         self.note(f"$ {' '.join(args)}   (in {cwd})")
-        try:
-            proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=self.log, stderr=subprocess.STDOUT)
-        except OSError as e:
-            self.note(f"cannot run {args[0]}: {e}")
-            raise StepError(f"cannot run {args[0]!r}: {e.strerror}",
-                            _tail(self.log_path, start=self.step_start)) from e
-        with self.build.lock:
+        with self.build.lock:  # checked and registered atomically with stop()
+            if self.build.cancel.is_set():
+                raise Cancelled()
+            try:
+                proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+            except OSError as e:
+                self.note(f"cannot run {args[0]}: {e}")
+                raise StepError(f"cannot run {args[0]!r}: {e.strerror}",
+                                _tail(self.log_path, start=self.step_start)) from e
             self.build.procs[self.name] = proc
         try:
             rc = proc.wait()
@@ -576,8 +578,8 @@ class Build:
     # -- scheduling -------------------------------------------------------------------
     def stop(self) -> None:
         """Fail fast: start nothing new and stop the steps that are running."""
-        self.cancel.set()
         with self.lock:
+            self.cancel.set()
             procs = list(self.procs.values())
         for proc in procs:
             # Steps share the build's process group (killing the build's group kills them
