@@ -226,33 +226,49 @@ def vendor_bytes(settings: Settings, spec: str, where: str) -> tuple[bytes, str]
     return f.read_bytes(), f"{m.group('src')}:{rel}"
 
 
+def _patch_rows(source: str, patches) -> list[str]:
+    rows = []
+    for p in patches if isinstance(patches, list) else []:
+        if isinstance(p, dict):
+            name = p.get("file") or p.get("name") or p.get("patch") or ""
+            rows.append("\t".join(str(x) for x in (source, p.get("layer", ""), name,
+                                                   p.get("sha256", ""))))
+        elif isinstance(p, str):
+            rows.append(f"{source}\t\t{p}\t")
+    return rows
+
+
 def patch_series_hash(settings: Settings, manifest: dict) -> str:
-    """sha256 over the applied patches (source, layer, file, sha256), from the manifest, else
-    from ``state/patch-*.json``; ``none`` when nothing was applied."""
-    rows: list[str] = []
-    patches = manifest.get("patches")
-    if isinstance(patches, dict):
-        patches = [dict(p, source=src) if isinstance(p, dict) else {"source": src, "sha256": p}
-                   for src, lst in patches.items()
-                   for p in (lst if isinstance(lst, list) else [lst])]
-    if isinstance(patches, list):
-        for p in patches:
-            if isinstance(p, dict):
-                rows.append("\t".join(str(p.get(k, "")) for k in
-                                      ("source", "layer", "file", "name", "sha256")))
-            else:
-                rows.append(str(p))
-    if not rows and settings.state_dir.is_dir():
+    """sha256 over the applied patches (per source, in order: layer, file, sha256 of each).
+
+    Read from the build manifest (``sources.<name>.patches``, or a top-level ``patches``),
+    else from the patch step's ``state/patch-<name>.json``; ``none`` when nothing was applied.
+    """
+    per_source: dict[str, list[str]] = {}
+    srcs = manifest.get("sources")
+    if isinstance(srcs, dict):
+        for name, rec in srcs.items():
+            if isinstance(rec, dict) and isinstance(rec.get("patches"), list):
+                per_source[name] = _patch_rows(name, rec["patches"])
+    top = manifest.get("patches")
+    if not any(per_source.values()) and top:
+        if isinstance(top, dict):
+            for name, lst in top.items():
+                per_source[name] = _patch_rows(name, lst if isinstance(lst, list) else [lst])
+        elif isinstance(top, list):
+            for p in top:
+                src = str(p.get("source", "")) if isinstance(p, dict) else ""
+                per_source.setdefault(src, []).extend(_patch_rows(src, [p]))
+    if not any(per_source.values()) and settings.state_dir.is_dir():
         for f in sorted(settings.state_dir.glob("patch-*.json")):
             try:
                 st = json.loads(f.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            applied = st.get("applied") or st.get("patches") or []
-            for p in applied if isinstance(applied, list) else []:
-                if isinstance(p, dict):
-                    rows.append("\t".join([f.stem[len("patch-"):]] + [
-                        str(p.get(k, "")) for k in ("layer", "file", "name", "sha256")]))
+            if isinstance(st, dict):
+                name = f.stem[len("patch-"):]
+                per_source[name] = _patch_rows(name, st.get("applied") or st.get("patches"))
+    rows = [r for name in sorted(per_source) for r in per_source[name]]
     if not rows:
         return "none"
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()

@@ -232,12 +232,19 @@ def make_staging(staging: Path, programs: dict[str, Path], cmm: str = "cmm-foreg
 
 
 def write_manifest(work: Path, ask_commit: str) -> None:
+    """A manifest shaped like the build's (docs/build.md, schema 1), plus the ASK ref."""
     manifest = {
-        "sources": {"ask": {"commit": ask_commit, "ref": "fixture-1.0"}},
-        "patches": [{"source": "ask", "layer": "local", "file": "0001-fixture.patch",
-                     "sha256": "0" * 64}],
-        "kernel_release": RELEASE,
-        "artifacts": ["usr/bin/cmm", "usr/bin/dpa_app", "usr/bin/fmc"],
+        "schema": 1,
+        "status": "success",
+        "sources": {
+            "ask": {"path": str(work / "src/ask"), "base": ask_commit, "ref": "fixture-1.0",
+                    "patches": [{"layer": "local", "file": "0001-fixture.patch",
+                                 "sha256": "0" * 64}]},
+            "fmc": {"path": str(work / "src/fmc"), "patches": []},
+        },
+        "kernel": {"component": "kernel", "release": RELEASE},
+        "components": {"cmm": {"status": "built", "artifacts": [
+            {"path": "cmm", "staged": "usr/bin/cmm", "sha256": "0" * 64, "size": 1}]}},
     }
     (work / "build-manifest.json").write_text(json.dumps(manifest, indent=1))
 

@@ -218,6 +218,11 @@ def test_patch_series_hash_from_manifest_or_state(tmp_path):
     assert len(h1) == 64 and h1 != h2
     assert imaging.patch_series_hash(s, {"patches": {"ask": [{"file": "x", "sha256": "a"}]}}) \
         != "none"
+    # the build manifest's schema: sources.<name>.patches; same rows => same hash
+    m3 = {"sources": {"ask": {"base": "x", "patches": [
+        {"layer": "local", "file": "0001.patch", "sha256": "a"}]}, "fmc": {"patches": []}}}
+    assert imaging.patch_series_hash(s, m3) == h1
+    assert imaging.patch_series_hash(s, {"sources": {"ask": {"patches": []}}}) == "none"
     (tmp_path / "state").mkdir()
     (tmp_path / "state/patch-ask.json").write_text(json.dumps(
         {"applied": [{"layer": "vendor", "file": "0001.patch", "sha256": "c"}]}))
