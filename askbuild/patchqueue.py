@@ -28,6 +28,7 @@ operation in progress, or commits on ``askbuild/patched`` that askbuild did not 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ import re
 import shutil
 import tempfile
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -525,10 +527,13 @@ def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: st
 # the queue of one source
 
 def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
-                report: Report | None = None) -> dict:
-    """Rebuild branch ``askbuild/patched`` from ``base`` with ``inputs`` and return the state
-    record (not written).  Raises PatchFailed at the first failing patch."""
-    gitutil.git(["checkout", "-q", "-B", PATCHED, base], cwd=tree)
+                report: Report | None = None, branch: str | None = PATCHED) -> dict:
+    """Rebuild ``branch`` (detached HEAD when None) from ``base`` with ``inputs`` and return
+    the state record (not written).  Raises PatchFailed at the first failing patch."""
+    if branch:
+        gitutil.git(["checkout", "-q", "-B", branch, base], cwd=tree)
+    else:
+        gitutil.git(["checkout", "-q", "--detach", base], cwd=tree)
     patches: list[dict] = []
     layers: list[dict] = []
     total = len(inputs)
@@ -612,11 +617,20 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     return record
 
 
-def _scratch_clone(tree: Path, base: str, parent: Path) -> Path:
-    scratch = Path(tempfile.mkdtemp(prefix="patch-check-", dir=parent))
-    gitutil.git(["clone", "-q", "--shared", "--no-checkout", "--", str(tree), str(scratch)])
-    gitutil.git(["checkout", "-q", "--detach", base], cwd=scratch)
-    return scratch
+@contextlib.contextmanager
+def scratch_worktree(tree: Path, base: str, parent: Path) -> Iterator[Path]:
+    """A throw-away ``git worktree`` of ``tree`` at ``base`` (detached HEAD): it shares the
+    object store (borrowed cache objects, a shallow cache) but no branch is moved."""
+    parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="patch-scratch-", dir=parent))
+    try:
+        gitutil.git(["worktree", "add", "-q", "--detach", "--", str(scratch), base], cwd=tree)
+        yield scratch
+    finally:
+        gitutil.git(["worktree", "remove", "--force", "--", str(scratch)], cwd=tree,
+                    check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+        gitutil.git(["worktree", "prune"], cwd=tree, check=False)
 
 
 def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bool = False,
@@ -638,15 +652,12 @@ def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bo
                 continue
             tree = source_tree(settings, src)
             inputs = collect_inputs(settings, layers, sources, trees={src.name: tree})
-            settings.work_dir.mkdir(parents=True, exist_ok=True)
-            scratch = _scratch_clone(tree, base_commit(tree), settings.work_dir)
-            try:
-                apply_queue(scratch, base_commit(tree), inputs, source=src.name,
-                            report=report)
-            except PatchFailed as e:
-                failures.append(e)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+            with scratch_worktree(tree, base_commit(tree), settings.work_dir) as scratch:
+                try:
+                    apply_queue(scratch, base_commit(tree), inputs, source=src.name,
+                                report=report, branch=None)
+                except PatchFailed as e:
+                    failures.append(e)
     except PatchFailed:
         report.ok = False
         report.emit(as_json=as_json)

@@ -432,13 +432,11 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
     inputs = pq.collect_inputs(settings, layers, sources, trees={src.name: tree})
     old_base = pq.base_commit(tree)
     new_base = fetch_onto(settings, src, tree, onto)
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
-    scratch = pq._scratch_clone(tree, old_base, settings.work_dir)
-    try:
-        record = pq.apply_queue(scratch, old_base, inputs, source=src.name)
+    with pq.scratch_worktree(tree, old_base, settings.work_dir) as scratch:
+        record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None)
         st = {"source": src.name, "onto": onto, "new_base": new_base, "old_base": old_base,
               "pos": 0, "queue": _queue_from_record(record), "vendor": []}
-        gitutil.git(["checkout", "-q", "-B", REBASE_BRANCH, new_base], cwd=scratch)
+        gitutil.git(["checkout", "-q", "--detach", new_base], cwd=scratch)
         vendor = [p for p in inputs if p.layer.kind == "vendor"]
         try:
             st["vendor"] = _vendor_onto(settings, scratch, vendor, src.name)
@@ -446,8 +444,6 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
             st["vendor"] = [{"layer": vendor[0].layer.id if vendor else "", "file": "",
                              "status": "failed", "detail": e.message.splitlines()[0]}]
         _run(settings, st, scratch, dry_run=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     rep = _report(st, dry_run=True)
     rep.emit(as_json=as_json)
     return rep

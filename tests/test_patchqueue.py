@@ -273,6 +273,7 @@ def test_check_applies_in_a_scratch_clone_and_leaves_build_trees_alone(project):
     assert pq.tree_state(project.settings, "up") is None
     assert g(project.tree, "branch", "--list", "askbuild/patched") == ""
     assert not [p for p in project.settings.work_dir.iterdir() if p.name.startswith("patch-")]
+    assert not list((project.tree / ".git").glob("worktrees/*"))
 
 
 def test_check_reports_a_failing_patch(project, capsys):

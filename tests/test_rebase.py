@@ -278,3 +278,22 @@ def test_a_new_file_follows_its_directory_rename(tmp_path):
     assert (project.tree / "cmm/src/extra.c").read_text() == "extra\n"
     assert not (project.tree / "cmm-17.03.1").exists()
     assert b"+++ b/cmm/src/extra.c" in (project.series_dir / "0002-newfile.patch").read_bytes()
+
+
+def test_with_work_trees_made_by_fetch(tmp_path):
+    """The real layout: fetch makes the tree (objects borrowed from a shallow cache repo) and
+    brings the new release into the cache only."""
+    project = make_project(tmp_path, with_tree=False)
+    pq.patch(project.settings, ["up"])              # fetching.ensure_source makes the tree
+    assert (project.tree / ".git" / "objects" / "info" / "alternates").exists()
+    check = pq.patch(project.settings, ["up"], check=True)
+    assert [r["status"] for r in check.rows] == ["applied"] * 6
+    report = rebasing.rebase(project.settings, "up", onto="v2", dry_run=True)
+    assert statuses(report) == EXPECTED
+    with pytest.raises(PatchFailed):
+        rebasing.rebase(project.settings, "up", onto="v2")
+    resolve_conflict(project.tree)
+    g(project.tree, "add", "--", "lib/conflict.c")
+    rebasing.rebase(project.settings, "up", cont=True)
+    assert pq.tree_state(project.settings, "up")["base"] == project.upstream.v2
+    assert {r["status"] for r in pq.patch(project.settings, ["up"]).rows} == {"unchanged"}
