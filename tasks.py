@@ -81,16 +81,16 @@ def patch(c, source=None, check=False, json=False, offline=False, locked=False, 
 
 @task(help=_help(onto="the new upstream ref (tag, branch or commit) to rebase onto",
                  dry_run="go through the whole series without stopping and print the report",
-                 cont="continue after resolving a conflict (git add the files first)",
+                 continue_="continue after resolving a conflict (git add the files first)",
                  skip="drop the conflicting patch and continue",
                  abort="stop and restore the series files and pin byte for byte",
                  json="print the report as JSON (schema: docs/reports.md)"),
       positional=["source"])
-def rebase(c, source, onto="", dry_run=False, cont=False, skip=False, abort=False, json=False,
+def rebase(c, source, onto="", dry_run=False, continue_=False, skip=False, abort=False, json=False,
            offline=False, locked=False, profile="", work_dir="", cache_dir="", debug=False):
     """Replay a source's local series onto a new upstream release and report per patch."""
     from askbuild import rebasing
-    cli.main(lambda s: rebasing.rebase(s, source, onto=onto, dry_run=dry_run, cont=cont,
+    cli.main(lambda s: rebasing.rebase(s, source, onto=onto, dry_run=dry_run, cont=continue_,
                                        skip=skip, abort=abort, as_json=json),
              debug=debug, **_settings(profile, offline, locked, work_dir, cache_dir))
 
