@@ -1,7 +1,7 @@
 """Safe extraction of release tarballs.
 
-Two layers: our own member checks (:func:`check_members`) run over the whole archive before
-anything is written, then :mod:`tarfile`'s PEP 706 ``data`` filter runs during extraction.
+Two layers: our own member checks (:func:`iter_checked`) run on every member before it is
+written, then :mod:`tarfile`'s PEP 706 ``data`` filter runs as it is extracted.
 Refused: absolute names, ``..`` components, symbolic or hard links whose target leaves the
 tree (also through other links of the archive), devices, FIFOs and any other special member.
 Ownership is never restored (the ``data`` filter drops it), so a root-run extraction gives
@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import SourceError, UnsafeInputError
@@ -66,9 +67,16 @@ def check_members(tar: tarfile.TarFile, archive: Path, *, strip_components: int,
 
     Raises :class:`UnsafeInputError` naming the first offending member.
     """
-    out: list[tarfile.TarInfo] = []
+    return list(iter_checked(tar.getmembers(), archive, strip_components=strip_components,
+                             what=what))
+
+
+def iter_checked(members: Iterable[tarfile.TarInfo], archive: Path, *, strip_components: int,
+                 what: str) -> Iterator[tarfile.TarInfo]:
+    """Check members one by one (links are resolved against the links seen so far) and yield
+    the copies to extract; raises :class:`UnsafeInputError` at the first offending member."""
     links: dict[str, str] = {}   # stripped symlink name -> target
-    for m in tar.getmembers():
+    for m in members:
         name = m.name
         if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
             raise _refuse(what, archive, name, "has an absolute path")
@@ -125,8 +133,7 @@ def check_members(tar: tarfile.TarFile, archive: Path, *, strip_components: int,
         # A member written below a symlinked directory must still land inside the tree.
         if len(new_parts) > 1 and _resolve(new_parts[:-1], links) is None:
             raise _refuse(what, archive, name, "would be written through a link outside the tree")
-        out.append(m.replace(**changes, deep=False))
-    return out
+        yield m.replace(**changes, deep=False)
 
 
 def safe_extract(archive: Path, dest: Path, *, strip_components: int = 1, what: str) -> Path:
@@ -140,10 +147,11 @@ def safe_extract(archive: Path, dest: Path, *, strip_components: int = 1, what: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
         try:
-            with tarfile.open(archive, mode="r:*") as tar:
-                members = check_members(tar, archive, strip_components=strip_components,
-                                        what=what)
-                tar.extractall(tmp, members=members, filter="data")
+            # One streaming pass (a kernel tarball is decompressed once): each member is
+            # checked just before it is extracted; a refusal throws the whole directory away.
+            with tarfile.open(archive, mode="r|*") as tar:
+                tar.extractall(tmp, members=iter_checked(
+                    tar, archive, strip_components=strip_components, what=what), filter="data")
         except tarfile.FilterError as e:
             raise _refuse(what, archive, getattr(e, "tarinfo", None) and e.tarinfo.name or "?",
                           f"was refused by the tarfile data filter ({e})") from e

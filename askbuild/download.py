@@ -71,8 +71,12 @@ def progress(label: str, total: int | None, *, unit: str = "bytes") -> Iterator[
 
         yield plain_update
         done, tot = last["done"], last["total"]
-        suffix = f"{done} {unit}" if not tot else f"{done}/{tot} {unit}"
-        console.info(f"{label}: done ({suffix})")
+        if tot:
+            console.info(f"{label}: done ({done}/{tot} {unit})")
+        elif done:
+            console.info(f"{label}: done ({done} {unit})")
+        else:
+            console.info(f"{label}: done")
         return
 
     from rich.progress import (
