@@ -586,6 +586,28 @@ class Build:
             # too); make forwards SIGTERM to its own children.
             proc.terminate()
 
+    def _settle(self, n: str, rep: Reporter) -> bool:
+        """Decide ``n`` without running anything if possible (True when decided)."""
+        res = self.results[n]
+        bad = [d for d in self.rs.recipes[n].depends
+               if self.results.get(d, {}).get("status") in ("failed", "skipped", "cancelled")]
+        if bad:
+            res.update(status="skipped", reason=f"dependency {', '.join(bad)} did not build")
+            rep.set(n, "skipped", res["reason"])
+            return True
+        if self.cancel.is_set():
+            res.update(status="cancelled", reason="an earlier failure stopped the build "
+                       "(use --keep-going to build the rest)")
+            rep.set(n, "cancelled")
+            return True
+        rec = read_record(self.settings, n)
+        if _up_to_date(self.settings, rec, self.plan.keys[n]):
+            restaged = _restage(self.settings, rec)
+            res.update(status="cached", record=rec, restaged=restaged)
+            rep.set(n, "cached")
+            return True
+        return False
+
     def _task(self, name: str, jobs: int, rep: Reporter) -> dict:
         rep.set(name, "running", f"(-j{jobs})")
         return self.build_one(name, jobs)
@@ -602,40 +624,29 @@ class Build:
         with cf.ThreadPoolExecutor(max_workers=budget) as pool:
             idle_rounds = 0
             while ts.is_active():
-                ready.extend(ts.get_ready())
-                progressed = bool(ready)
-                while ready:
+                # First settle everything that needs no work (skipped, cancelled, up to date):
+                # settling may make more components ready.
+                progressed = False
+                while new := ts.get_ready():
+                    for n in new:
+                        if self._settle(n, rep):
+                            ts.done(n)
+                            progressed = True
+                        else:
+                            ready.append(n)
+                # Then start what must be built; each gets its share of the budget.
+                while ready and len(futures) < budget:
                     n = ready.popleft()
-                    res = self.results[n]
-                    bad = [d for d in self.rs.recipes[n].depends
-                           if self.results.get(d, {}).get("status") in
-                           ("failed", "skipped", "cancelled")]
-                    if bad:
-                        res.update(status="skipped",
-                                   reason=f"dependency {', '.join(bad)} did not build")
-                        rep.set(n, "skipped", res["reason"])
-                        ts.done(n)
-                        continue
+                    progressed = True
                     if self.cancel.is_set():
-                        res.update(status="cancelled", reason="an earlier failure stopped "
-                                   "the build (use --keep-going to build the rest)")
-                        rep.set(n, "cancelled")
+                        self._settle(n, rep)
                         ts.done(n)
                         continue
-                    rec = read_record(s, n)
-                    if _up_to_date(s, rec, self.plan.keys[n]):
-                        restaged = _restage(s, rec)
-                        res.update(status="cached", record=rec, restaged=restaged)
-                        rep.set(n, "cached")
-                        ts.done(n)
-                        continue
-                    if len(futures) >= budget:
-                        ready.appendleft(n)
-                        break
                     r = self.rs.recipes[n]
                     share = 1 if not r.parallel else max(
                         1, budget // max(1, min(budget, len(futures) + 1 + len(ready))))
-                    res.update(status="running", jobs=share, started=manifest.now())
+                    self.results[n].update(status="running", jobs=share,
+                                           started=manifest.now())
                     futures[pool.submit(self._task, n, share, rep)] = n
                 if not futures:
                     idle_rounds = 0 if progressed else idle_rounds + 1
@@ -661,6 +672,12 @@ class Build:
                         res.update(status="failed", error=e.message, tail="",
                                    log=str(s.logs_dir / f"{n}.log"))
                         rep.set(n, "failed", e.message)
+                        if not self.keep_going:
+                            self.stop()
+                    except Exception as e:  # noqa: BLE001 - an unexpected error fails the step
+                        res.update(status="failed", error=f"{type(e).__name__}: {e}", tail="",
+                                   log=str(s.logs_dir / f"{n}.log"))
+                        rep.set(n, "failed", res["error"])
                         if not self.keep_going:
                             self.stop()
                     else:
