@@ -424,12 +424,14 @@ def _tarball_base_sha256(tree: Path) -> str | None:
 def _import_tarball(settings: Settings, source: Source, archive: Path, dest: Path) -> str:
     """Extract ``archive`` into the new directory ``dest`` and commit it; return the commit."""
     safe_extract(archive, dest, strip_components=source.strip_components, what=source.name)
-    gitutil.git(["init", "-q", "--", str(dest)])
-    gitutil.git(["add", "-A", "-f", "--", "."], cwd=dest)
+    # The user's global git config (filters, attributes, ...) must not change the commit.
+    env = {"GIT_CONFIG_GLOBAL": os.devnull}
+    gitutil.git(["init", "-q", "--", str(dest)], env=env)
+    gitutil.git(["add", "-A", "-f", "--", "."], cwd=dest, env=env)
     message = (f"Import {source.filename} ({source.name} {source.ref})\n\n"
                f"{SHA256_TRAILER}: {source.sha256}\n")
     gitutil.git(["commit", "-q", "--allow-empty", "--no-verify", "-m", message], cwd=dest,
-                env=gitutil.FIXED_IDENTITY)
+                env={**gitutil.FIXED_IDENTITY, **env})
     return gitutil.out(["rev-parse", "HEAD"], cwd=dest)
 
 

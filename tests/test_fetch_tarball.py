@@ -248,3 +248,18 @@ def test_body_larger_than_the_lock_is_stopped(project, tarball, http_server):
         fetching.fetch(s, ["libfoo"])
     assert f"more than the {len(data)} bytes" in str(e.value)
     assert [p for p in s.tarball_cache.rglob("*") if p.is_file()] == []
+
+
+def test_import_commit_ignores_the_users_git_config(project, http_server, tmp_path,
+                                                     monkeypatch):
+    data = release_tarball("libq-1.0", {".gitattributes": "*.c filter=shout\n",
+                                        "q.c": "int q;\n"})
+    url = http_server.add("libq-1.0.tar.gz", data)
+    project.add_tarball("libq", url, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    plain = _head(fetching.fetch(project.settings(), ["libq"])["libq"])
+    cfg = tmp_path / "gitconfig"
+    cfg.write_text('[filter "shout"]\n\tclean = tr a-z A-Z\n')
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(cfg))
+    tree = fetching.fetch(project.settings(work_dir=tmp_path / "w2"), ["libq"])["libq"]
+    assert _head(tree) == plain
+    assert gitutil.out(["show", "HEAD:q.c"], cwd=tree) == "int q;"
