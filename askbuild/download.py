@@ -220,7 +220,7 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
                 raise _network_error(what, url, str(e)) from e
             except requests.RequestException as e:
                 tmp.unlink(missing_ok=True)
-                raise _network_error(what, url, _describe(e)) from e
+                raise _network_error(what, url, _describe(e, url)) from e
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -230,13 +230,20 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
     raise _network_error(what, url, f"{last_error} ({ATTEMPTS} attempts)")
 
 
-def _describe(e: requests.RequestException) -> str:
-    text = str(e)
-    if isinstance(e, requests.ConnectionError):
-        return f"cannot connect ({text[:200]})"
+def _describe(e: requests.RequestException, url: str) -> str:
+    host = urlsplit(url).hostname or "?"
     if isinstance(e, requests.Timeout):
-        return "timed out"
-    return text[:300]
+        return f"{host} did not answer in time"
+    if isinstance(e, requests.ConnectionError):
+        reason = e.args[0] if e.args else e
+        reason = getattr(reason, "reason", reason)      # urllib3's MaxRetryError -> cause
+        text = str(reason)
+        if "NameResolution" in type(reason).__name__ or "resolve" in text.lower():
+            return f"cannot resolve host {host}"
+        if "refused" in text.lower():
+            return f"connection to {host} refused"
+        return f"cannot connect to {host} ({text[-160:]})"
+    return str(e)[:300]
 
 
 def network_fix() -> str:

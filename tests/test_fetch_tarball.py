@@ -158,6 +158,7 @@ def test_server_down_is_a_network_error(project, tarball, http_server):
     with pytest.raises(NetworkError) as e:
         fetching.fetch(project.settings(), ["libfoo"])
     assert "libfoo" in str(e.value) and url in str(e.value) and "ASKBUILD_MIRRORS" in str(e.value)
+    assert "connection to 127.0.0.1 refused" in str(e.value)
 
 
 def test_offline_tarball_with_and_without_cache(project, tarball, http_server):
