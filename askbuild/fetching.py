@@ -575,11 +575,11 @@ def fetch(settings: Settings, names: list[str] | tuple[str, ...] | None = None) 
     if settings.locked:
         missing = [s.name for s in selected if not s.locked]
         if missing:
-            names = "".join(f" --source {m}" for m in missing) if len(missing) <= 3 else ""
+            opts = "".join(f" --source {m}" for m in missing) if len(missing) <= 3 else ""
             raise UnlockedSourceError(
                 f"source(s) {', '.join(missing)} have no lock entry in {settings.sources_file} "
                 f"and --locked forbids resolving them",
-                fix=f"run `inv lock{names}` (online) and commit the sources file")
+                fix=f"run `inv lock{opts}` (online) and commit the sources file")
     trees: dict[str, Path] = {}
     for source in selected:
         console.step(f"fetch {source.name}")
