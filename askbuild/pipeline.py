@@ -13,7 +13,7 @@ from .settings import Settings
 
 
 def run_all(settings: Settings, *, tag: str = "dev", load: bool = True) -> None:
-    from . import building, fetching, imaging, imagetest, patchqueue
+    from . import building, fetching, imagetest, imaging, patchqueue
 
     t0 = time.monotonic()
     console.step(f"host prerequisites (profile {settings.profile})")

@@ -49,3 +49,16 @@ def http_server():
     server = TarballServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory):
+    """A reachable Docker engine for the whole session: the running one, or a dockerd started
+    here (vfs, no bridge, no iptables) and stopped at the end (see imagefixtures)."""
+    import imagefixtures as fx
+
+    eng = fx.start_or_reuse_engine(tmp_path_factory.mktemp("dockerd"))
+    if eng is None:
+        pytest.skip("no Docker engine reachable and dockerd is not installed (inv setup)")
+    yield eng
+    eng.stop()

@@ -25,15 +25,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.qemu,
               pytest.mark.skipif(not shutil.which(fx.CC), reason="needs the cross compiler")]
 
 
-@pytest.fixture(scope="session")
-def engine(tmp_path_factory):
-    eng = fx.start_or_reuse_engine(tmp_path_factory.mktemp("dockerd"))
-    if eng is None:
-        pytest.skip("no Docker engine reachable and dockerd is not installed (inv setup)")
-    yield eng
-    eng.stop()
-
-
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory):
     return fx.compile_programs(tmp_path_factory.mktemp("programs"))
