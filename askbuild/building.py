@@ -40,6 +40,7 @@ from filelock import FileLock, Timeout
 
 from . import console, gitutil, kernel, manifest, recipes, toolchain
 from .errors import AskbuildError, BuildFailed, ConfigError, SourceError, UserError
+from .fsutil import write_json_atomic
 from .recipes import Recipe, RecipeSet
 from .settings import Settings
 
@@ -191,17 +192,6 @@ def read_record(settings: Settings, name: str) -> dict | None:
         return json.loads(record_path(settings, name).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def sha256_file(path: Path) -> str:

@@ -40,26 +40,22 @@ def info(message: str) -> None:
     get_console().print(message, markup=False, highlight=False)
 
 
-def step(message: str) -> None:
-    """A headline for a phase of work ("fetch ask", "patch linux")."""
+def _prefixed(prefix: str, style: str, message: str) -> None:
     con = get_console()
     if is_interactive():
-        con.print(f"[bold cyan]==>[/] {escape(message)}", highlight=False)
+        con.print(f"[{style}]{prefix}[/] {escape(message)}", highlight=False)
     else:
-        con.print(f"==> {message}", markup=False, highlight=False)
+        con.print(f"{prefix} {message}", markup=False, highlight=False)
+
+
+def step(message: str) -> None:
+    """A headline for a phase of work ("fetch ask", "patch linux")."""
+    _prefixed("==>", "bold cyan", message)
 
 
 def warn(message: str) -> None:
-    con = get_console()
-    if is_interactive():
-        con.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
-    else:
-        con.print(f"warning: {message}", markup=False, highlight=False)
+    _prefixed("warning:", "yellow", message)
 
 
 def error(message: str) -> None:
-    con = get_console()
-    if is_interactive():
-        con.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    else:
-        con.print(f"error: {message}", markup=False, highlight=False)
+    _prefixed("error:", "bold red", message)

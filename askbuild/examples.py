@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import gitutil
 from .errors import ConfigError
+from .fsutil import write_bytes_atomic, write_json_atomic
 from .settings import Settings
 
 EPOCH_DATE = "2026-01-01T00:00:00Z"
@@ -146,14 +147,10 @@ def publish(settings: Settings, *, force: bool = False) -> dict[str, dict]:
             data = _compress(deterministic_tar(tree, entry.get("top", tree.name)),
                              entry["file"])
             out = dest / entry["file"]
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(out)
+            write_bytes_atomic(out, data)
             result[name] = {"url": f"file://{out}", "sha256": hashlib.sha256(data).hexdigest(),
                             "size": len(data)}
         else:
             raise ConfigError(f"examples/upstreams.toml: [{name}] kind must be git or tarball")
-    tmp = stamp.with_name("published.json.tmp")
-    tmp.write_text(json.dumps({"inputs": digest, "upstreams": result}, indent=2))
-    tmp.replace(stamp)
+    write_json_atomic(stamp, {"inputs": digest, "upstreams": result})
     return result

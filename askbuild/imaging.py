@@ -35,6 +35,7 @@ from pathlib import Path
 
 from . import baselayer, console, elfcheck, oci
 from .errors import ConfigError, ImageError, UserError
+from .fsutil import write_json_atomic
 from .gitutil import GitError
 from .gitutil import git as run_git
 from .settings import Settings
@@ -584,10 +585,7 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
               "archive_sha256": archive.sha256, "layers": layers, "labels": labels,
               "kernel_release": release, "source_date_epoch": epoch,
               "base_packages": base.packages, "vendor_files": origin}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "image.json.part"
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    tmp.replace(out_dir / "image.json")
+    write_json_atomic(out_dir / "image.json", record, indent=1)
     console.info(f"archive: {dest} (sha256 {archive.sha256})")
     console.info(f"image id: {archive.image_id}")
 

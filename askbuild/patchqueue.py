@@ -50,6 +50,7 @@ from .errors import (
     SourceError,
     UserError,
 )
+from .fsutil import write_json_atomic
 from .gitutil import FIXED_IDENTITY
 from .report import Report
 from .settings import Settings
@@ -290,13 +291,6 @@ def tree_state(settings: Settings, name: str) -> dict | None:
         return None
     except json.JSONDecodeError:
         return None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _record_matches(record: dict | None, base: str, inputs: list[PatchInput]) -> bool:
