@@ -163,6 +163,7 @@ def all(c, tag="dev", no_load=False, jobs=0, offline=False, locked=False, profil
 
 
 @task(help={"k": "only tests matching this pytest -k expression",
+            "debug": COMMON_HELP["debug"],
             "fast": "skip tests marked slow (the real kernel build)",
             "pytest_args": "extra arguments passed to pytest"})
 def test(c, k="", fast=False, pytest_args="", debug=False):
