@@ -59,9 +59,11 @@ def parse(text: str, *, path: str | Path = "series") -> list[SeriesEntry]:
     """Parse series text.  ``path`` is only used in error messages."""
     entries: list[SeriesEntry] = []
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line (str.splitlines would also split on NEL, U+2028, ... inside a
+    # comment); a trailing "\r" (CRLF series file) is not part of the line.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         where = f"{path}:{lineno}"
-        line = raw
+        line = raw.removesuffix("\r")
         # '#' starts a comment at the start of a line or after white space
         m = re.search(r"(^|\s)#", line)
         if m:
@@ -95,7 +97,7 @@ def parse(text: str, *, path: str | Path = "series") -> list[SeriesEntry]:
 def header(text: str) -> str:
     """The leading comment / blank lines of a series file (kept when it is rewritten)."""
     out = []
-    for raw in text.splitlines(keepends=True):
+    for raw in re.findall(r"[^\n]*\n|[^\n]+$", text):
         if raw.strip() == "" or raw.lstrip().startswith("#"):
             out.append(raw)
         else:
