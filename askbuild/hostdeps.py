@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from . import console
@@ -175,13 +176,18 @@ def doctor(settings: Settings | None = None) -> bool:
     results = run_checks()
     con = console.get_console()
     if console.is_interactive():
-        table = Table(title="askbuild host prerequisites")
-        for col in ("prerequisite", "status", "detail", "needed for", "fix"):
-            table.add_column(col)
+        table = Table(title="askbuild host prerequisites", show_lines=False)
+        table.add_column("prerequisite", ratio=2)
+        table.add_column("status", no_wrap=True)
+        table.add_column("detail / fix", ratio=3)
         for r in results:
             status = "[green]ok[/]" if r.ok else ("[red]MISSING[/]" if r.check.required
                                                  else "[yellow]absent[/]")
-            table.add_row(r.check.name, status, r.detail, r.check.purpose, _fix_text(r))
+            detail = escape(r.detail)
+            if not r.ok:
+                detail += f"\n[bold]fix:[/] {escape(_fix_text(r))}"
+            table.add_row(f"{escape(r.check.name)}\n[dim]{escape(r.check.purpose)}[/]",
+                          status, detail)
         con.print(table)
     else:
         for r in results:
