@@ -40,7 +40,7 @@ from filelock import FileLock, Timeout
 
 from . import console, gitutil, kernel, manifest, recipes, toolchain
 from .errors import AskbuildError, BuildFailed, ConfigError, SourceError, UserError
-from .fsutil import write_json_atomic
+from .fsutil import read_json, sha256_file, write_json_atomic
 from .recipes import Recipe, RecipeSet
 from .settings import Settings
 
@@ -188,18 +188,7 @@ def record_path(settings: Settings, name: str) -> Path:
 
 
 def read_record(settings: Settings, name: str) -> dict | None:
-    try:
-        return json.loads(record_path(settings, name).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return read_json(record_path(settings, name))
 
 
 def _up_to_date(settings: Settings, rec: dict | None, key: str) -> bool:
@@ -524,8 +513,9 @@ class Build:
             if not p.is_file():
                 missing.append(str(p))
                 continue
+            digest, size = sha256_file(p)
             arts.append({"path": a.path, "file": str(p), "staged": stage, "mode": a.mode,
-                         "sha256": sha256_file(p), "size": p.stat().st_size})
+                         "sha256": digest, "size": size})
         if missing:
             run.note("declared artifact(s) missing: " + ", ".join(missing))
             raise StepError("the build finished but declared artifact(s) are missing: "

@@ -46,17 +46,6 @@ class Downloaded:
     size: int
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """``(hex sha256, size)`` of a file."""
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
 @contextlib.contextmanager
 def progress(label: str, total: int | None, *, unit: str = "bytes") -> Iterator[Callable]:
     """Yield ``update(done, total=None)``; rich bar on a terminal, plain lines otherwise."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import gitutil
 from .errors import ConfigError
-from .fsutil import write_bytes_atomic, write_json_atomic
+from .fsutil import read_json, write_bytes_atomic, write_json_atomic
 from .settings import Settings
 
 EPOCH_DATE = "2026-01-01T00:00:00Z"
@@ -127,10 +127,9 @@ def publish(settings: Settings, *, force: bool = False) -> dict[str, dict]:
     dest = upstreams_dir(settings)
     stamp = dest / "published.json"
     digest = _inputs_hash(settings, spec)
-    if not force and stamp.is_file():
-        data = json.loads(stamp.read_text())
-        if data.get("inputs") == digest:
-            return data["upstreams"]
+    data = None if force else read_json(stamp)
+    if data and data.get("inputs") == digest and "upstreams" in data:
+        return data["upstreams"]
     dest.mkdir(parents=True, exist_ok=True)
     base = settings.project_root / "examples"
     result: dict[str, dict] = {}

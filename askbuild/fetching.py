@@ -36,7 +36,7 @@ from filelock import FileLock, Timeout
 
 from . import console, gitutil
 from .archive import safe_extract
-from .download import download, network_fix, progress, sha256_file
+from .download import download, network_fix, progress
 from .errors import (
     DirtyTreeError,
     NetworkError,
@@ -45,6 +45,7 @@ from .errors import (
     UnlockedSourceError,
     VerificationError,
 )
+from .fsutil import sha256_file
 from .gitutil import GitError, check_ref, is_sha
 from .settings import Settings
 from .sources import Source, load_sources, select, write_lock

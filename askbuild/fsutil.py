@@ -7,10 +7,33 @@ one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object record, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """``(hex sha256, size)`` of a file, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -38,6 +38,7 @@ from .errors import ConfigError, ImageError, UserError
 from .fsutil import write_json_atomic
 from .gitutil import GitError
 from .gitutil import git as run_git
+from .manifest import manifest_path
 from .settings import Settings
 
 REQUIRED_BINARIES = ["usr/bin/cmm", "usr/bin/dpa_app", "usr/bin/fmc"]
@@ -94,7 +95,7 @@ def load_image_toml(settings: Settings) -> dict:
 
 def read_manifest(settings: Settings) -> dict:
     """``<work>/build-manifest.json`` or ``{}``; a malformed file is a warning, not a crash."""
-    path = settings.work_dir / "build-manifest.json"
+    path = manifest_path(settings)
     if not path.is_file():
         console.warn(f"{path} not found: labels fall back to what the trees show")
         return {}

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 from pathlib import Path
 
-from .fsutil import write_json_atomic
+from .fsutil import read_json, write_json_atomic
 from .settings import Settings
 
 SCHEMA = 1
@@ -26,17 +25,18 @@ def now() -> str:
 _write = write_json_atomic
 
 
+def manifest_path(settings: Settings) -> Path:
+    return settings.work_dir / "build-manifest.json"
+
+
 def read(settings: Settings) -> dict | None:
-    try:
-        return json.loads((settings.work_dir / "build-manifest.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return read_json(manifest_path(settings))
 
 
 class Manifest:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.path = settings.work_dir / "build-manifest.json"
+        self.path = manifest_path(settings)
         self.data: dict = {}
         self._t0 = 0.0
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -50,7 +49,7 @@ from .errors import (
     SourceError,
     UserError,
 )
-from .fsutil import write_json_atomic
+from .fsutil import read_json, write_json_atomic
 from .gitutil import FIXED_IDENTITY
 from .report import Report
 from .settings import Settings
@@ -285,12 +284,7 @@ def tree_state(settings: Settings, name: str) -> dict | None:
     """The record of the last successful patch step of ``name`` (None when there is none):
     ``{"schema", "source", "base", "head", "layers": [{id, kind, dir, provider, start, end}],
     "patches": [{layer, kind, file, strip, sha256, commits}]}``."""
-    try:
-        return json.loads(state_path(settings, name).read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:
-        return None
+    return read_json(state_path(settings, name))
 
 
 def _record_matches(record: dict | None, base: str, inputs: list[PatchInput]) -> bool:
@@ -734,7 +728,7 @@ def edit(settings: Settings, what: str) -> str:
     branch = edit_branch(layer)
     existing = _rev(tree, f"refs/heads/{branch}")
     erec_path = edit_record_path(settings, layer)
-    erec = _read_json(erec_path)
+    erec = read_json(erec_path)
     if existing and erec and gitutil.git(["merge-base", "--is-ancestor", erec["start"],
                                           existing], cwd=tree, check=False).returncode == 0:
         files = changed_files(tree)
@@ -797,13 +791,6 @@ def _edit_help(layer: Layer, tree: Path, branch: str, start: str,
                 f"`git -C {t} am --continue` (or `git -C {t} am --skip` to drop it); "
                 f"then `inv patches.export {layer.dir}`")
     console.info(msg)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 _SLUG_RE = re.compile(r"[^A-Za-z0-9._]+")
@@ -952,7 +939,7 @@ def export(settings: Settings, what: str) -> Report:
     t = str(tree)
     branch = edit_branch(layer)
     erec_path = edit_record_path(settings, layer)
-    erec = _read_json(erec_path) if _has_base(tree) else None
+    erec = read_json(erec_path) if _has_base(tree) else None
     on_branch = _rev(tree, f"refs/heads/{branch}") if erec else None
     if erec and on_branch:
         start, head, entries = erec["start"], on_branch, erec["entries"]

@@ -74,3 +74,12 @@ def test_publish_is_skipped_when_inputs_unchanged_and_redone_when_changed(tmp_pa
     second = examples.publish(s)
     assert second["thing"]["commit"] != first["thing"]["commit"]
     assert second["lib"] == first["lib"]
+
+
+def test_a_damaged_stamp_means_publish_again(tmp_path):
+    s = make_project(tmp_path)
+    first = examples.publish(s)
+    stamp = examples.upstreams_dir(s) / "published.json"
+    stamp.write_text('{"inputs": ')          # a run killed mid-write on a non-atomic fs
+    assert examples.publish(s) == first
+    assert "upstreams" in stamp.read_text()
