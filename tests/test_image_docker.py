@@ -8,6 +8,7 @@ stopped by PID at the end.  Images are loaded once per module (vfs is slow).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -61,10 +62,26 @@ def daemon_image(tmp_path_factory, programs, client):
     client.images.remove(result.ref, force=True)
 
 
-def _run(client, ref, **kw):
+@contextlib.contextmanager
+def _container(client, ref, **kw):
+    """A detached arm64 container without network, removed afterwards."""
     kw.setdefault("network_mode", "none")
     kw.setdefault("platform", "linux/arm64")
-    return client.containers.run(ref, detach=True, **kw)
+    c = client.containers.run(ref, detach=True, **kw)
+    try:
+        yield c
+    finally:
+        c.remove(force=True)
+
+
+def _stop_promptly(c) -> str:
+    """SIGTERM the container (docker stop): it must end within 15 s with status 0; its logs."""
+    t0 = time.monotonic()
+    c.stop(timeout=20)
+    assert time.monotonic() - t0 < 15
+    c.reload()
+    assert c.attrs["State"]["ExitCode"] == 0
+    return _logs(c)
 
 
 def _logs(container) -> str:
@@ -130,49 +147,34 @@ def test_image_test_without_the_image(fg_image):
 
 def test_foreground_cmm_logs_to_stdout_and_stops_on_sigterm(client, fg_image):
     _, result = fg_image
-    c = _run(client, result.ref, environment={"CMM_MAX_CONNECTIONS": "2048"})
-    try:
+    with _container(client, result.ref, environment={"CMM_MAX_CONNECTIONS": "2048"}) as c:
         out = _wait_for(c, "fixture cmm foreground started")
         assert "rules /etc/config/fastforward, max 2048" in out
-        t0 = time.monotonic()
-        c.stop(timeout=20)
-        assert time.monotonic() - t0 < 15
-        c.reload()
-        assert c.attrs["State"]["ExitCode"] == 0
-        out = _logs(c)
+        out = _stop_promptly(c)
         assert "passing SIGTERM on to cmm" in out
         assert "fixture cmm got signal 15, exiting" in out
-    finally:
-        c.remove(force=True)
 
 
 def test_container_ends_with_foreground_cmm_and_its_status(client, fg_image):
     _, result = fg_image
-    c = _run(client, result.ref, environment={"FIXTURE_EXIT_AFTER": "2"})
-    try:
+    with _container(client, result.ref, environment={"FIXTURE_EXIT_AFTER": "2"}) as c:
         status = c.wait(timeout=120)
         assert status["StatusCode"] == 7
         out = _logs(c)
         assert "fixture cmm exiting on its own" in out
         assert "cmm exited with status 7" in out
-    finally:
-        c.remove(force=True)
 
 
 def test_cmm_arguments_pass_through_the_entrypoint(client, fg_image):
     _, result = fg_image
-    c = _run(client, result.ref, command=["-h"], environment={"CMM_DAEMON_WAIT": "0"})
-    try:
+    with _container(client, result.ref, command=["-h"], environment={"CMM_DAEMON_WAIT": "0"}) as c:
         assert c.wait(timeout=120)["StatusCode"] == 0
         assert "usage: cmm" in _logs(c)
-    finally:
-        c.remove(force=True)
 
 
 def test_daemonizing_cmm_is_supervised_and_its_syslog_relayed(client, daemon_image):
     _, result = daemon_image
-    c = _run(client, result.ref, environment={"FIXTURE_EXIT_AFTER": "4"})
-    try:
+    with _container(client, result.ref, environment={"FIXTURE_EXIT_AFTER": "4"}) as c:
         status = c.wait(timeout=120)
         out = _logs(c)
         assert "cmm daemonized (pid" in out
@@ -181,26 +183,16 @@ def test_daemonizing_cmm_is_supervised_and_its_syslog_relayed(client, daemon_ima
         assert "fixture cmm exiting on its own" in out
         assert "is gone: the container ends with it" in out
         assert status["StatusCode"] == 1
-    finally:
-        c.remove(force=True)
 
 
 def test_daemonizing_cmm_stops_promptly_on_sigterm(client, daemon_image):
     _, result = daemon_image
-    c = _run(client, result.ref)
-    try:
+    with _container(client, result.ref) as c:
         _wait_for(c, "supervising it")
         _wait_for(c, "fixture cmm daemon started")
-        t0 = time.monotonic()
-        c.stop(timeout=20)
-        assert time.monotonic() - t0 < 15
-        c.reload()
-        assert c.attrs["State"]["ExitCode"] == 0
-        out = _logs(c)
+        out = _stop_promptly(c)
         assert "fixture cmm got signal 15, exiting" in out     # relayed from syslog
         assert "stopped after SIGTERM" in out
-    finally:
-        c.remove(force=True)
 
 
 def test_archive_imports_with_ctr(engine, fg_image):

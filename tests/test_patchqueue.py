@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,7 +148,6 @@ def test_failure_names_series_patch_files_and_hunks_and_keeps_last_good_commit(p
     assert not (project.tree / ".git" / "rebase-apply").exists()
     assert pq.tree_state(project.settings, "up") is None
     # fixing the patch and running again works (our own commits are not "foreign")
-    shutil.copy(bad, bad.with_suffix(".bad"))
     bad.write_bytes(bad.read_bytes().replace(b" conflict line nine\n", b" conflict line 9\n"))
     assert [r["status"] for r in run_patch(project).rows] == ["applied"] * 6
 
