@@ -61,16 +61,6 @@ def _resolve(path: list[str], links: dict[str, str]) -> list[str] | None:
     return done
 
 
-def check_members(tar: tarfile.TarFile, archive: Path, *, strip_components: int,
-                  what: str) -> list[tarfile.TarInfo]:
-    """Check every member; return copies renamed by ``strip_components`` to extract.
-
-    Raises :class:`UnsafeInputError` naming the first offending member.
-    """
-    return list(iter_checked(tar.getmembers(), archive, strip_components=strip_components,
-                             what=what))
-
-
 def iter_checked(members: Iterable[tarfile.TarInfo], archive: Path, *, strip_components: int,
                  what: str) -> Iterator[tarfile.TarInfo]:
     """Check members one by one (links are resolved against the links seen so far) and yield

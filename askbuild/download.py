@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -243,13 +242,3 @@ def network_fix() -> str:
 
 def _network_error(what: str, url: str, detail: str) -> NetworkError:
     return NetworkError(f"source {what}: cannot download {url}: {detail}", fix=network_fix())
-
-
-def move_into(src: Path, dest: Path) -> Path:
-    """Atomically move ``src`` to ``dest`` (same file system), creating parents."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(src, dest)
-    except OSError:
-        shutil.move(str(src), str(dest))
-    return dest

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 from collections.abc import Iterable
@@ -415,10 +414,3 @@ def read_archive_index(path: Path) -> dict:
         oci_manifest = load("blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1])
     return {"manifest.json": docker_manifest, "index.json": index, "config": config,
             "oci_manifest": oci_manifest}
-
-
-def copy_file(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dest)

@@ -26,8 +26,7 @@ def run_all(settings: Settings, *, tag: str = "dev", load: bool = True) -> None:
     building.build(settings, [], keep_going=False, ccache=False)
     console.step("image")
     result = imaging.image(settings, tag=tag, output=None, load=load)
-    loaded = bool(getattr(result, "loaded", False)) if result is not None else False
-    if loaded:
+    if result.loaded:
         console.step("image test")
         imagetest.test(settings, tag=tag)
     else:
