@@ -1,21 +1,40 @@
 """The bridge between a user verb (Invoke task) and the engine: settings, errors, exit codes.
 
-``tasks.py`` calls :func:`main` with the engine function to run; this module turns
-:class:`~askbuild.errors.AskbuildError` into one clear paragraph and an exit code (1 for user
-errors, 2 for failed steps).  A traceback is shown only with ``--debug``.
+``tasks.py`` calls :func:`main` with the engine function to run; this module turns every
+failure into one clear paragraph and an exit code, never a traceback (``--debug`` adds it):
+
+* :class:`~askbuild.errors.AskbuildError`: its message, exit 1 (user error) or 2 (failed step);
+* a git failure askbuild did not expect: git's own words, exit 2;
+* an operating-system error (no space left, permission denied, ...): the path, the cause and,
+  for a full disk, the free space there, exit 1;
+* SIGINT / SIGTERM: every child process group is stopped within a second or two, the step in
+  progress is recorded as interrupted, exit 130 / 143;
+* anything else is a bug in askbuild: said so, exit 3.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from . import console
+from . import console, procs
 from .errors import AskbuildError
+from .gitutil import GitError
 from .settings import Settings
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt (``except Exception`` does not catch
+    it), so every ``finally`` runs and records the step as interrupted."""
+
+    exit_code = 143
 
 
 def split_names(values: Iterable[str] | str | None) -> list[str]:
@@ -33,17 +52,66 @@ def split_names(values: Iterable[str] | str | None) -> list[str]:
     return out
 
 
+def _free_space(path: str | None) -> str:
+    p = Path(path) if path else Path.cwd()
+    for cand in (p, *p.parents):
+        try:
+            usage = shutil.disk_usage(cand)
+        except OSError:
+            continue
+        return f"{usage.free / (1 << 20):.0f} MiB free on the file system of {cand}"
+    return "free space unknown"
+
+
+def os_error_message(e: OSError) -> tuple[str, str]:
+    """(message, fix) for an operating-system error, naming the path and the real cause."""
+    where = e.filename if e.filename is not None else None
+    what = f"{where}: " if where else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{what}no space left on device ({_free_space(where)})",
+                "free some space (or point --work-dir / --cache-dir elsewhere), then run the "
+                "same command again: it resumes where it stopped")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{what}{e.strerror or e}", "check the permissions of that path, or use "
+                "another --work-dir / --cache-dir")
+    return (f"{what}{e.strerror or e}", "check that path, then run the same command again")
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(fn: Callable[[Settings], Any], *, debug: bool = False, **settings_opts: Any) -> Any:
-    """Load settings, run ``fn(settings)``, map errors to exit codes."""
+    """Load settings, run ``fn(settings)``, map every failure to a message and exit code."""
     debug = debug or bool(os.environ.get("ASKBUILD_DEBUG"))
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         settings = Settings.load(debug=debug, **settings_opts)
         return fn(settings)
     except AskbuildError as e:
-        if debug:
-            traceback.print_exc()
-        console.error(str(e))
-        sys.exit(e.exit_code)
+        _fail(debug, str(e), e.exit_code)
+    except GitError as e:
+        _fail(debug, f"git failed: {' '.join(e.args_[:3])}...: "
+                     f"{e.stderr.strip() or f'exit status {e.returncode}'}", 2)
+    except OSError as e:
+        msg, fix = os_error_message(e)
+        _fail(debug, f"{msg}\n  fix: {fix}", 1)
     except KeyboardInterrupt:
-        console.error("interrupted")
-        sys.exit(130)
+        procs.terminate_all()
+        _fail(debug, "interrupted (SIGINT): stopped; run the same command again to resume", 130)
+    except Terminated:
+        procs.terminate_all()
+        _fail(debug, "terminated (SIGTERM): stopped; run the same command again to resume", 143)
+    except Exception as e:  # noqa: BLE001 - a bug: still no bare traceback
+        _fail(debug, f"internal error in askbuild: {type(e).__name__}: {e}\n  fix: run again "
+                     "with --debug for the traceback and report it", 3)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _fail(debug: bool, message: str, code: int) -> None:
+    if debug:
+        traceback.print_exc()
+    procs.terminate_all(grace=0.5)
+    console.error(message)
+    sys.exit(code)

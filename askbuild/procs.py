@@ -1,0 +1,106 @@
+"""Child processes that never outlive askbuild.
+
+Every long-running child (build steps, git, mmdebstrap, ...) is started through :func:`popen`
+(or :func:`run`): in its own process group, registered here, and with the kernel told to kill
+it when askbuild dies (``PR_SET_PDEATHSIG``, so even ``kill -9`` of askbuild stops ``make``).
+On SIGTERM/SIGINT the CLI calls :func:`terminate_all`, which sends SIGTERM to every registered
+group (make and all its compilers), waits a moment and then SIGKILLs what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+_REGISTRY: set[subprocess.Popen] = set()
+_LOCK = threading.Lock()
+
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _LIBC = None
+
+
+def _child_setup() -> None:
+    """Runs in the child between fork and exec: die with the parent."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def popen(args: Sequence[str], **kw: Any) -> subprocess.Popen:
+    """``subprocess.Popen`` in a new process group, registered for :func:`terminate_all`."""
+    kw.setdefault("start_new_session", True)
+    kw.setdefault("preexec_fn", _child_setup)
+    with _LOCK:
+        proc = subprocess.Popen(list(args), **kw)
+        _REGISTRY.add(proc)
+    return proc
+
+
+def forget(proc: subprocess.Popen) -> None:
+    with _LOCK:
+        _REGISTRY.discard(proc)
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the whole process group of a child started by :func:`popen` (its group id is
+    its pid); members may outlive the leader (make gone, a compiler still running)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.send_signal(sig)
+
+
+def run(args: Sequence[str], *, input: bytes | str | None = None, timeout: float | None = None,
+        check: bool = False, **kw: Any) -> subprocess.CompletedProcess:
+    """Like ``subprocess.run``, through :func:`popen`; on any exception (an interrupt
+    included) the child's whole group is killed before the exception goes on."""
+    if input is not None:
+        kw["stdin"] = subprocess.PIPE
+    capture = kw.pop("capture_output", False)
+    if capture:
+        kw["stdout"] = subprocess.PIPE
+        kw["stderr"] = subprocess.PIPE
+    proc = popen(args, **kw)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except BaseException:
+        kill_group(proc, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            proc.communicate(timeout=5)
+        raise
+    finally:
+        forget(proc)
+    code = proc.poll()
+    if check and code:
+        raise subprocess.CalledProcessError(code, list(args), out, err)
+    return subprocess.CompletedProcess(list(args), code if code is not None else -1, out, err)
+
+
+def terminate_all(grace: float = 1.5) -> None:
+    """SIGTERM every registered child group; SIGKILL what still runs after ``grace`` s."""
+    with _LOCK:
+        procs = list(_REGISTRY)
+    for p in procs:
+        kill_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        left = deadline - time.monotonic()
+        try:
+            p.wait(timeout=max(0.0, left))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        kill_group(p, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            p.wait(timeout=2)
