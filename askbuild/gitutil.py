@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import procs
 from .errors import UnsafeInputError
 
 SAFE_CONFIG = [
@@ -104,9 +106,9 @@ def git(
     cmd = ["git", *SAFE_CONFIG, *args]
     if input is not None and text and isinstance(input, bytes):
         text = False
-    proc = subprocess.run(
+    proc = procs.run(
         cmd, cwd=cwd, env=base_env(env), input=input, capture_output=True, text=text,
-        stdin=None if input is not None else subprocess.DEVNULL,
+        **({} if input is not None else {"stdin": subprocess.DEVNULL}),
     )
     if check and proc.returncode != 0:
         err, out_ = (v if isinstance(v, str) else v.decode("utf-8", "replace")
@@ -150,33 +152,41 @@ def git_progress(
     (450/1000)``) is passed to ``on_progress(phase, done, total)`` (``total`` is ``None`` when
     git does not know it).  Raises :class:`GitError` on failure, with the full stderr."""
     cmd = ["git", *SAFE_CONFIG, *args]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=base_env(env), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = procs.popen(cmd, cwd=cwd, env=base_env(env), stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stderr is not None and proc.stdout is not None
-    err_lines: list[str] = []
-    buf = b""
-    while True:
-        chunk = proc.stderr.read1(4096) if hasattr(proc.stderr, "read1") else proc.stderr.read(1)
-        if not chunk:
-            break
-        buf += chunk
-        *parts, buf = re.split(rb"[\r\n]", buf)
-        for raw in parts:
-            line = raw.decode("utf-8", "replace")
-            if not line:
-                continue
-            m = _PROGRESS_RE.match(line.removeprefix("remote: "))
-            if m and on_progress is not None:
-                if m.group("total"):
-                    on_progress(m.group("phase"), int(m.group("done")), int(m.group("total")))
-                else:
-                    on_progress(m.group("phase"), int(m.group("count")), None)
-            if not m:
-                err_lines.append(line)
-    if buf:
-        err_lines.append(buf.decode("utf-8", "replace"))
-    stdout = proc.stdout.read().decode("utf-8", "replace")
-    code = proc.wait()
+    try:
+        err_lines: list[str] = []
+        buf = b""
+        while True:
+            chunk = proc.stderr.read1(4096)
+            if not chunk:
+                break
+            buf += chunk
+            *parts, buf = re.split(rb"[\r\n]", buf)
+            for raw in parts:
+                line = raw.decode("utf-8", "replace")
+                if not line:
+                    continue
+                m = _PROGRESS_RE.match(line.removeprefix("remote: "))
+                if m and on_progress is not None:
+                    if m.group("total"):
+                        on_progress(m.group("phase"), int(m.group("done")),
+                                    int(m.group("total")))
+                    else:
+                        on_progress(m.group("phase"), int(m.group("count")), None)
+                if not m:
+                    err_lines.append(line)
+        if buf:
+            err_lines.append(buf.decode("utf-8", "replace"))
+        stdout = proc.stdout.read().decode("utf-8", "replace")
+        code = proc.wait()
+    except BaseException:
+        procs.kill_group(proc, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        procs.forget(proc)
     stderr = "\n".join(err_lines)
     if code != 0:
         raise GitError(args, code, stdout, stderr)
