@@ -11,9 +11,38 @@ import hashlib
 import json
 import os
 import threading
+import tomllib
 from pathlib import Path
 
+from .errors import ConfigError
+
 CHUNK = 1 << 20
+
+
+def read_toml(path: Path, *, missing_ok: bool = False) -> dict:
+    """A TOML file as a dict.  Every way it can be unreadable (missing, a directory, not UTF-8,
+    not TOML, no permission) is a :class:`ConfigError` naming the file and the cause; a missing
+    file is ``{}`` when ``missing_ok``."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a TOML file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not valid UTF-8 (line {line}, byte {e.start})",
+                          fix="save the file as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}", fix="correct the file's syntax") from None
 
 
 def read_json(path: Path) -> dict | None:
