@@ -120,7 +120,7 @@ def patches_export(c, series, profile="", work_dir="", cache_dir="", debug=False
                  jobs="job budget shared by parallel components (default: nproc)",
                  keep_going="build what can be built after a failure",
                  ccache="use ccache (CCACHE_* settings, e.g. remote storage, pass through)"))
-def build(c, component=None, jobs=0, keep_going=False, ccache=False, offline=False,
+def build(c, component=None, jobs="", keep_going=False, ccache=False, offline=False,
           locked=False, profile="", work_dir="", cache_dir="", debug=False):
     """Cross-compile components for aarch64 into the staging tree, incrementally."""
     from askbuild import building
@@ -154,7 +154,7 @@ def image_test(c, tag="dev", offline=False, locked=False, profile="", work_dir="
 @task(help=_help(tag="image tag (default: dev)",
                  no_load="only write the image archive",
                  jobs="job budget for the build (default: nproc)"))
-def all(c, tag="dev", no_load=False, jobs=0, offline=False, locked=False, profile="",
+def all(c, tag="dev", no_load=False, jobs="", offline=False, locked=False, profile="",
         work_dir="", cache_dir="", debug=False):
     """The main job: setup (when needed), fetch, patch, build, image, image test."""
     from askbuild import pipeline

@@ -117,32 +117,99 @@ def _docker() -> tuple[bool, str]:
         return False, f"no engine at {host} ({type(e).__name__})"
 
 
+# Every external program askbuild, its recipes and its tests run, with the Debian package that
+# provides it and what it is for.  tests/test_hostdeps.py collects the programs named in the
+# code and the recipes and fails when one is missing here, so a new call cannot be forgotten.
+# (package, purpose, required); required=False: reported by doctor, tests skip without it.
+PROGRAMS: dict[str, tuple[str, str, bool]] = {
+    "git": ("git", "fetch and patch sources", True),
+    "make": ("make", "component and kernel builds", True),
+    "aarch64-linux-gnu-gcc": ("gcc-aarch64-linux-gnu", "aarch64 userspace and kernel builds",
+                              True),
+    "pkg-config": ("pkgconf", "finds the arm64 libraries for the components", True),
+    "file": ("file", "identifies build outputs (tests)", True),
+    "flex": ("flex", "kernel build", True),
+    "bison": ("bison", "kernel build", True),
+    "bc": ("bc", "kernel build", True),
+    "depmod": ("kmod", "modules.dep for the image's kernel modules", True),
+    "ccache": ("ccache", "compiler cache (--ccache)", True),
+    "mmdebstrap": ("mmdebstrap", "unpacks the arm64 base layer", True),
+    "dpkg": ("dpkg", "base layer package facts", True),
+    "dpkg-query": ("dpkg", "host package checks", True),
+    "dpkg-deb": ("dpkg", "base layer package facts", True),
+    "apt-get": ("apt", "inv setup", True),
+    "update-binfmts": ("binfmt-support", "registers qemu for aarch64 binaries", True),
+    "qemu-aarch64-static": ("qemu-user-static", "runs aarch64 binaries (tests, image.test)",
+                            True),
+    "mount": ("mount", "binfmt_misc; tmpfs for the fault tests", True),
+    "umount": ("mount", "tmpfs for the fault tests", True),
+    "tar": ("tar", "archives (tests)", True),
+    "ln": ("coreutils", "recipe steps", True),
+    "sh": ("dash", "recipe and image scripts", True),
+    "dockerd": ("docker.io", "the Docker engine the tests start", True),
+    "ctr": ("containerd", "imports the image archive (tests)", True),
+    "podman": ("podman", "loads the image archive through Podman (optional test)", False),
+    "sudo": ("sudo", "inv setup when not root (optional)", False),
+}
+
+
+def _which(program: str) -> str | None:
+    return shutil.which(program) or next(
+        (str(p) for d in ("/usr/sbin", "/sbin") if (p := Path(d) / program).is_file()), None)
+
+
+def program_path(program: str) -> str | None:
+    """Where ``program`` is (PATH, then the sbin directories a non-root PATH may lack)."""
+    return _which(program)
+
+
+def _programs_check(programs: list[str]) -> Callable[[], tuple[bool, str]]:
+    def test() -> tuple[bool, str]:
+        missing = [p for p in programs if not _which(p)]
+        if missing:
+            return False, "not found: " + " ".join(missing)
+        return True, " ".join(programs)
+    return test
+
+
+def _program_checks() -> list[Check]:
+    by_pkg: dict[str, list[str]] = {}
+    for prog, (pkg, _purpose, _req) in PROGRAMS.items():
+        by_pkg.setdefault(pkg, []).append(prog)
+    out = []
+    for pkg, progs in by_pkg.items():
+        _, purpose, required = PROGRAMS[progs[0]]
+        name = progs[0] if len(progs) == 1 else f"{pkg} ({', '.join(progs)})"
+        # Optional programs are reported, never installed by setup.
+        out.append(Check(name, purpose, _programs_check(progs), [pkg] if required else [],
+                         fix="" if required else f"optional: apt-get install {pkg}",
+                         required=required))
+    return out
+
+
 def checks() -> list[Check]:
+    by_name = {c.name: c for c in _program_checks()}
+    cross = by_name.pop("aarch64-linux-gnu-gcc")
+    cross.name, cross.test = "cross compiler", _tool_version(["aarch64-linux-gnu-gcc",
+                                                              "--version"])
+    cross.packages = ["crossbuild-essential-arm64"]
+    cross.purpose = f"aarch64-linux-gnu-gcc: {cross.purpose}"
+    git = by_name.pop("git")
+    git.test = _tool_version(["git", "--version"])
     return [
         Check("python", "runs askbuild", _python, fix="install Python 3.11 or newer"),
-        Check("git", "fetch and patch sources", _tool_version(["git", "--version"]),
-              ["git"]),
-        Check("cross compiler", "aarch64 userspace and kernel builds",
-              _tool_version(["aarch64-linux-gnu-gcc", "--version"]),
-              ["crossbuild-essential-arm64"]),
+        git,
+        cross,
         Check("arm64 dev packages", "cmm, dpa_app, fmc link these",
               _packages_check(ARM64_DEV), ARM64_DEV),
-        Check("build tools", "autotools, pkg-config, tclap (fmc), make",
-              _packages_check(["make", "pkg-config", "libtclap-dev", "file"]),
-              ["make", "pkg-config", "libtclap-dev", "file"]),
-        Check("kernel build deps", "flex, bison, bc, libelf, libssl for the kernel",
-              _packages_check(["flex", "bison", "bc", "libelf-dev", "libssl-dev"]),
-              ["flex", "bison", "bc", "libelf-dev", "libssl-dev"]),
-        Check("image tools", "mmdebstrap unpacks the arm64 base layer",
-              _packages_check(["mmdebstrap"]), ["mmdebstrap"]),
-        Check("qemu-user", "runs aarch64 binaries (tests, image.test)",
-              _packages_check(["qemu-user-static", "binfmt-support"]),
-              ["qemu-user-static", "binfmt-support"]),
+        Check("build packages", "tclap headers (fmc)",
+              _packages_check(["libtclap-dev"]), ["libtclap-dev"]),
+        Check("kernel build deps", "libelf, libssl headers for the kernel",
+              _packages_check(["libelf-dev", "libssl-dev"]), ["libelf-dev", "libssl-dev"]),
+        *by_name.values(),
         Check("qemu binfmt", "aarch64 binaries run directly", _binfmt,
               fix="mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; "
                   "update-binfmts --enable qemu-aarch64   (inv setup does this)"),
-        Check("docker package", "the engine the tests start (dockerd, containerd, ctr)",
-              _packages_check(["docker.io"]), ["docker.io"]),
         Check("docker engine", "loads and tests the image (optional: without it the "
               "image archive is the result)", _docker,
               fix="dockerd --iptables=false --bridge=none --storage-driver=vfs &   "

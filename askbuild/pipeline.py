@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 
-from . import console, hostdeps
+from . import console, hostdeps, runlock
 from .settings import Settings
 
 
+@runlock.exclusive("all")
 def run_all(settings: Settings, *, tag: str = "dev", load: bool = True) -> None:
     from . import building, fetching, imagetest, imaging, patchqueue
 
