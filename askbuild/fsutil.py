@@ -65,9 +65,33 @@ def sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def temp_name(path: Path) -> Path:
+    """A temporary name beside ``path``, unique to this process and thread; any leftover of a
+    killed run matches :func:`sweep_temps`."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
+
+
+def sweep_temps(directory: Path) -> int:
+    """Remove the temporaries a killed run left in ``directory`` (not recursive).  Call it only
+    while holding the lock that owns the directory.  Returns how many were removed."""
+    n = 0
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return 0
+    for p in entries:
+        if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and not p.is_dir():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = temp_name(path)
     try:
         with tmp.open("wb") as f:
             f.write(data)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
-from . import console
+from . import console, fsutil
 from .settings import Settings
 
 _LOCKS: dict[Path, FileLock] = {}
@@ -78,8 +78,12 @@ def work_lock_path(settings: Settings) -> Path:
 def work_dir(settings: Settings, verb: str) -> Iterator[None]:
     """Hold the work-dir lock of ``settings.work_dir`` for ``verb``."""
     path = work_lock_path(settings)
+    first = not _lock_for(path).is_locked
     with _hold(path, path.with_name("askbuild.lock.owner"), f"work directory {settings.work_dir}",
                f"pid {os.getpid()}, inv {verb}"):
+        if first:  # records half-written by a killed run: nobody else can be writing now
+            for d in (settings.work_dir, settings.state_dir):
+                fsutil.sweep_temps(d)
         yield
 
 
