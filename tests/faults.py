@@ -82,12 +82,24 @@ def kill_points(seed: str, n: int, lo: float, hi: float) -> list[float]:
     return sorted(round(rnd.uniform(lo, hi), 3) for _ in range(n))
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def group_alive(pgid: int, wait: float = 2.0) -> bool:
+    """True when a live (not zombie) process of group ``pgid`` still exists after ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        alive = False
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive = True
+                break
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
 
 
 def processes_with_cwd_under(path: Path) -> list[str]:
