@@ -43,13 +43,16 @@ def read_toml(path: Path, *, missing_ok: bool = False) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}", fix="correct the file's syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be an askbuild file",
+                          fix="correct the file") from None
 
 
 def read_json(path: Path) -> dict | None:
     """A JSON object record, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -18,13 +18,13 @@ import graphlib
 import hashlib
 import json
 import re
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .settings import Settings
+from .fsutil import read_toml
+from .settings import Settings, got
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 VAR_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -177,44 +177,80 @@ def recipes_dir(settings: Settings) -> Path:
     return settings.recipes_dir / "components"
 
 
-def _read(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}", fix="correct the file's syntax") from e
+def _read(path: Path, *, missing_ok: bool = False) -> dict:
+    return read_toml(path, missing_ok=missing_ok)
+
+
+def _bad(where: str, key: str, what: str, value: object, fix: str | None = None) -> ConfigError:
+    """The house-style error: ``<file>: <key>: <what is wrong> (got <value>)``."""
+    return ConfigError(f"{where}: {key}: {what} (got {got(value)})", fix=fix)
+
+
+def _no_nul(where: str, data: dict) -> None:
+    """No string anywhere in the recipe (keys included) holds a NUL or another C0 control
+    character but tab: they cannot be arguments, environment values or paths.  Iterative, so
+    deeply nested junk cannot exhaust the stack."""
+    todo: list[tuple[str, object]] = [("", data)]
+    while todo:
+        key, obj = todo.pop()
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                sub = f"{key}.{k}" if key else k
+                if any(ord(c) < 0x20 and c != "\t" for c in k):
+                    raise _bad(where, key or "(top level)", "key with a control character", k)
+                todo.append((sub, v))
+        elif isinstance(obj, list):
+            todo.extend((f"{key}[{i}]", v) for i, v in enumerate(obj))
+        elif isinstance(obj, str) and any(ord(c) < 0x20 and c != "\t" for c in obj):
+            raise _bad(where, key, "control characters (NUL, newline...) are not allowed", obj)
 
 
 def _str_list(where: str, key: str, value: object) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}: {key!r} must be a list of non-empty strings")
+        raise _bad(where, key, "must be a list of non-empty strings", value,
+                   fix=f'e.g. {key.split("[")[0].split(".")[0]} = ["a", "b"]')
     return list(value)
+
+
+def _names(where: str, key: str, value: object, what: str) -> list[str]:
+    names = _str_list(where, key, value)
+    for n in names:
+        if not NAME_RE.fullmatch(n):
+            raise _bad(where, key, f"{n!r} is not a {what} name", n,
+                       fix="names are lower case letters, digits and -_.")
+    return names
 
 
 def _check_rel(where: str, key: str, path: str) -> None:
     p = Path(path)
-    if p.is_absolute() or ".." in p.parts:
-        raise ConfigError(f"{where}: {key} {path!r} must be a relative path inside the tree")
+    if not path or p.is_absolute() or ".." in p.parts or path.startswith("-"):
+        raise _bad(where, key, "must be a relative path inside the tree (no '..', no leading "
+                   "'/' or '-')", path)
 
 
 def load_shared(path: Path) -> dict[str, str | list[str]]:
-    if not path.is_file():
-        return {}
-    data = _read(path)
+    """The ``[vars]`` of ``_shared.toml`` (``{}`` when there is no such file)."""
+    data = _read(path, missing_ok=True)
     unknown = set(data) - SHARED_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}",
                           fix="a shared file holds only a [vars] table")
+    _no_nul(str(path), data)
+    table = data.get("vars", {})
+    if not isinstance(table, dict):
+        raise _bad(str(path), "vars", "must be a table of name = \"string\" or [\"list\"]",
+                   table)
     out: dict[str, str | list[str]] = {}
-    for k, v in data.get("vars", {}).items():
+    for k, v in table.items():
         where = f"{path}: vars.{k}"
-        if not VAR_RE.match(k):
+        if not VAR_RE.fullmatch(k):
             raise ConfigError(f"{where}: variable names are lower case letters, digits and _")
         if k in BUILTINS or k in KERNEL_BUILTINS or k in PARAMETRIC:
             raise ConfigError(f"{where}: {k!r} is a built-in placeholder; choose another name")
         if isinstance(v, str):
             out[k] = v
         else:
-            out[k] = _str_list(f"{path}", f"vars.{k}", v)
+            out[k] = _str_list(str(path), f"vars.{k}", v)
         for item in ([v] if isinstance(v, str) else v):
             for m in PLACEHOLDER_RE.finditer(item):
                 if m.group(1) is not None and m.group(1) not in BUILTINS:
@@ -225,64 +261,92 @@ def load_shared(path: Path) -> dict[str, str | list[str]]:
 
 
 def parse_recipe(name: str, path: Path, data: dict) -> Recipe:
+    """Validate one recipe table (every key's type) and build the :class:`Recipe`.  Errors
+    name the file and the key: ``<file>: <key>: <what is wrong> (got <value>)``."""
     where = f"{path}"
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ConfigError(f"{where}: component name {name!r} is invalid "
-                          "(lower case letters, digits, -_.)")
+                          "(lower case letters, digits, -_.)",
+                          fix="rename the file: recipes/components/<name>.toml")
     kind = data.get("kind", "make")
-    if kind not in KINDS:
-        raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise _bad(where, "kind", f"must be one of {', '.join(KINDS)}", kind)
     allowed = COMMON_KEYS | (KERNEL_KEYS if kind == "kernel" else set())
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}",
                           fix=f"allowed for kind {kind!r}: {', '.join(sorted(allowed))}")
+    _no_nul(where, data)
     source = data.get("source")
-    if not isinstance(source, str) or not source:
-        raise ConfigError(f"{where}: 'source' (the source whose tree is built) is required")
+    if not isinstance(source, str) or not NAME_RE.fullmatch(source):
+        raise _bad(where, "source", "required: the name of the source whose tree is built",
+                   source, fix='e.g. source = "ask" (a table of the sources file)')
     r = Recipe(name=name, file=path, kind=kind, source=source, raw=data)
-    r.description = str(data.get("description", ""))
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise _bad(where, "description", "must be a string", description)
+    r.description = description
     if "inputs" in data:
         r.inputs = _str_list(where, "inputs", data["inputs"])
         for p in r.inputs:
             _check_rel(where, "inputs", p)
-    uses = data.get("uses", {})
-    if not isinstance(uses, dict):
-        raise ConfigError(f"{where}: 'uses' must be a table: source name -> list of paths")
-    for src, paths in uses.items():
-        r.uses[src] = _str_list(where, f"uses.{src}", paths)
-        for p in r.uses[src]:
-            _check_rel(where, f"uses.{src}", p)
-    r.depends = _str_list(where, "depends", data.get("depends", []))
+    _parse_uses(r, where, data.get("uses", {}))
+    r.depends = _names(where, "depends", data.get("depends", []), "component")
     if name in r.depends:
         raise ConfigError(f"{where}: depends: a component cannot depend on itself")
     parallel = data.get("parallel", True)
     if not isinstance(parallel, bool):
-        raise ConfigError(f"{where}: 'parallel' must be true or false")
+        raise _bad(where, "parallel", "must be true or false", parallel)
     r.parallel = parallel
-    env = data.get("env", {})
-    if not isinstance(env, dict):
-        raise ConfigError(f"{where}: 'env' must be a table of strings")
-    for k, v in env.items():
-        if not ENV_RE.match(k) or not isinstance(v, str):
-            raise ConfigError(f"{where}: env.{k}: environment entries are NAME = \"string\"")
-    r.env = dict(env)
-    steps = data.get("steps", [])
-    if not isinstance(steps, list):
-        raise ConfigError(f"{where}: 'steps' must be a list of argument lists")
-    for i, step in enumerate(steps):
-        r.steps.append(_str_list(where, f"steps[{i}]", step))
-        if not r.steps[-1]:
-            raise ConfigError(f"{where}: steps[{i}] is empty")
-    if kind == "make" and not r.steps:
-        raise ConfigError(f"{where}: 'steps' is required (a list of argument lists)")
+    _parse_env(r, where, data.get("env", {}))
+    _parse_steps(r, where, data.get("steps", []))
     from .toolchain import KNOWN_LIBS  # local: toolchain imports nothing from here
     r.host_libs = _str_list(where, "host_libs", data.get("host_libs", []))
     for lib in r.host_libs:
         if lib not in KNOWN_LIBS:
             raise ConfigError(f"{where}: host_libs: unknown library {lib!r}",
                               fix=f"known: {', '.join(sorted(KNOWN_LIBS))}")
-    arts = data.get("artifacts")
+    _parse_artifacts(r, where, data.get("artifacts"))
+    if kind == "kernel":
+        _parse_kernel(r, where, data)
+    return r
+
+
+def _parse_uses(r: Recipe, where: str, uses: object) -> None:
+    if not isinstance(uses, dict):
+        raise _bad(where, "uses", "must be a table: source name = [paths read]", uses)
+    for src, paths in uses.items():
+        if not NAME_RE.fullmatch(src):
+            raise _bad(where, f"uses.{src}", "not a source name", src)
+        r.uses[src] = _str_list(where, f"uses.{src}", paths)
+        for p in r.uses[src]:
+            _check_rel(where, f"uses.{src}", p)
+
+
+def _parse_env(r: Recipe, where: str, env: object) -> None:
+    if not isinstance(env, dict):
+        raise _bad(where, "env", "must be a table of NAME = \"string\"", env)
+    for k, v in env.items():
+        if not ENV_RE.fullmatch(k):
+            raise _bad(where, f"env.{k}", "not an environment variable name", k)
+        if not isinstance(v, str):
+            raise _bad(where, f"env.{k}", "environment values are strings", v)
+    r.env = dict(env)
+
+
+def _parse_steps(r: Recipe, where: str, steps: object) -> None:
+    if not isinstance(steps, list):
+        raise _bad(where, "steps", "must be a list of argument lists", steps,
+                   fix='e.g. steps = [["make", "-j{jobs}"]]')
+    for i, step in enumerate(steps):
+        r.steps.append(_str_list(where, f"steps[{i}]", step))
+        if not r.steps[-1]:
+            raise ConfigError(f"{where}: steps[{i}] is empty")
+    if r.kind == "make" and not r.steps:
+        raise ConfigError(f"{where}: 'steps' is required (a list of argument lists)")
+
+
+def _parse_artifacts(r: Recipe, where: str, arts: object) -> None:
     if not arts:
         raise ConfigError(
             f"{where}: no 'artifacts' declared",
@@ -290,42 +354,46 @@ def parse_recipe(name: str, path: Path, data: dict) -> Recipe:
                 "stage = \"usr/bin/cmm\"",
         )
     if not isinstance(arts, list):
-        raise ConfigError(f"{where}: 'artifacts' must be an array of tables ([[artifacts]])")
+        raise _bad(where, "artifacts", "must be an array of tables ([[artifacts]])", arts)
     for i, a in enumerate(arts):
         aw = f"{where}: artifacts[{i}]"
         if not isinstance(a, dict):
-            raise ConfigError(f"{aw}: must be a table with 'path' (and 'stage', 'mode')")
+            raise ConfigError(f"{aw}: must be a table with 'path' (and 'stage', 'mode') "
+                              f"(got {got(a)})")
         unknown = sorted(set(a) - ARTIFACT_KEYS)
         if unknown:
             raise ConfigError(f"{aw}: unknown key(s) {', '.join(unknown)}",
                               fix=f"allowed: {', '.join(sorted(ARTIFACT_KEYS))}")
-        if not isinstance(a.get("path"), str) or not a["path"]:
-            raise ConfigError(f"{aw}: 'path' is required")
+        path = a.get("path")
+        if not isinstance(path, str) or not path:
+            raise _bad(aw, "path", "required: a non-empty path string", path)
         stage = a.get("stage")
         if stage is not None:
             if not isinstance(stage, str) or not stage:
-                raise ConfigError(f"{aw}: 'stage' must be a path inside the staging tree")
+                raise _bad(aw, "stage", "must be a path inside the staging tree", stage)
             _check_rel(aw, "stage", stage.replace("{", "").replace("}", ""))
         mode = a.get("mode")
         if mode is not None:
             if not (isinstance(mode, str) and re.fullmatch(r"0?[0-7]{3,4}", mode)):
-                raise ConfigError(f"{aw}: 'mode' must be an octal string like \"0755\"")
+                raise _bad(aw, "mode", "must be an octal string like \"0755\"", mode)
             mode = int(mode, 8)
-        r.artifacts.append(Artifact(a["path"], stage, mode))
-    if kind == "kernel":
-        defconfig = data.get("defconfig")
-        if not isinstance(defconfig, str) or not defconfig:
-            raise ConfigError(f"{where}: 'defconfig' (the base configuration) is required")
-        r.defconfig = defconfig
-        r.fragments = _str_list(where, "fragments", data.get("fragments", []))
-        r.require = _str_list(where, "require", data.get("require", []))
-        for s in r.require:
-            if not SYMBOL_RE.match(s):
-                raise ConfigError(f"{where}: require: {s!r} is not CONFIG_NAME or "
-                                  "CONFIG_NAME=value")
-        r.targets = _str_list(where, "targets", data.get("targets", ["Image", "modules"]))
-        r.dtbs = _str_list(where, "dtbs", data.get("dtbs", []))
-    return r
+        r.artifacts.append(Artifact(path, stage, mode))
+
+
+def _parse_kernel(r: Recipe, where: str, data: dict) -> None:
+    defconfig = data.get("defconfig")
+    if not isinstance(defconfig, str) or not defconfig:
+        raise _bad(where, "defconfig", "required: the base configuration (a string)",
+                   defconfig)
+    r.defconfig = defconfig
+    r.fragments = _str_list(where, "fragments", data.get("fragments", []))
+    r.require = _str_list(where, "require", data.get("require", []))
+    for s in r.require:
+        if not SYMBOL_RE.fullmatch(s):
+            raise ConfigError(f"{where}: require: {s!r} is not CONFIG_NAME or "
+                              "CONFIG_NAME=value")
+    r.targets = _str_list(where, "targets", data.get("targets", ["Image", "modules"]))
+    r.dtbs = _str_list(where, "dtbs", data.get("dtbs", []))
 
 
 def _placeholders(recipe: Recipe) -> list[tuple[str, str]]:

@@ -4,7 +4,8 @@ Resolution order for every setting: explicit argument (CLI option) > environment
 config file > default.
 
 Config files (TOML), later ones win: ``~/.config/askbuild/config.toml`` (platformdirs),
-``<project>/askbuild.toml``, then the file named by ``ASKBUILD_CONFIG``.  Keys::
+``<project>/askbuild.toml``, then the file named by ``ASKBUILD_CONFIG`` (which must exist).
+Keys::
 
     cache_dir = "/srv/askbuild-cache"    # shared download cache
     work_dir  = "/data/askbuild"         # work trees, build outputs, staging, image
@@ -16,43 +17,115 @@ Environment: ``ASKBUILD_CACHE_DIR``, ``ASKBUILD_WORK_DIR``, ``ASKBUILD_PROFILE``
 ``ASKBUILD_MIRRORS`` (space-separated ``PREFIX=REPLACEMENT`` pairs, these win over files),
 ``ASKBUILD_CONFIG``, ``ASKBUILD_PROJECT_ROOT`` (where ``recipes/`` and ``patches/`` are read
 from; default: this checkout; tests point it at fixture projects).
+
+Paths are made absolute once, here, and every later step uses them as they are:
+
+* a ``--work-dir`` / ``--cache-dir`` option or an ``ASKBUILD_*`` variable that is relative is
+  taken relative to the directory askbuild was started in;
+* a relative ``work_dir`` / ``cache_dir`` in a config file is taken relative to the directory
+  of that config file;
+* ``~`` is expanded first.
+
+Every value is checked when it is loaded (type, a directory path that is not a file, a known
+profile name, ``--jobs`` a positive whole number); a bad one is a :class:`ConfigError` naming
+the option, variable or file and key, the value and the fix.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import tomllib
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
 
 from .errors import ConfigError
+from .fsutil import read_toml
+from .urls import check_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KNOWN_CONFIG_KEYS = {"cache_dir", "work_dir", "profile", "mirrors"}
+PROFILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_SHOWN = 60
 
 
-def _read_config(path: Path) -> dict:
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        return {}
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}", fix="correct the file's syntax") from e
+def got(value: object) -> str:
+    """How an error message shows a value read from a file or an option: TOML-like, short."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def absolute(path: str | Path, base: Path | None = None) -> Path:
+    """``path`` with ``~`` expanded, made absolute against ``base`` (default: the current
+    directory) and normalised (``a/../b`` -> ``b``); an absolute path keeps its place."""
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if not p.is_absolute():
+        if base is None:
+            try:
+                base = Path.cwd()
+            except FileNotFoundError:
+                raise ConfigError(f"cannot make {str(p)!r} absolute: the current directory "
+                                  "no longer exists", fix="cd to an existing directory, or "
+                                  "give absolute paths") from None
+        p = base / p
+    return Path(os.path.normpath(p))
+
+
+# -- config files ------------------------------------------------------------------------------
+
+def _check_config(path: Path, data: dict) -> dict:
+    """Validate the keys and value types of one config file."""
     unknown = set(data) - KNOWN_CONFIG_KEYS
     if unknown:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}",
             fix=f"allowed keys: {', '.join(sorted(KNOWN_CONFIG_KEYS))}",
         )
+    for key in ("cache_dir", "work_dir"):
+        if key in data and not (isinstance(data[key], str) and data[key].strip()):
+            raise ConfigError(f"{path}: {key}: must be a directory path string "
+                              f"(got {got(data[key])})",
+                              fix=f'e.g. {key} = "/srv/askbuild" (relative paths are relative '
+                                  "to this file's directory)")
+    if "profile" in data:
+        check_profile(data["profile"], f"{path}: profile")
     mirrors = data.get("mirrors", {})
-    if not isinstance(mirrors, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in mirrors.items()
-    ):
-        raise ConfigError(f"{path}: [mirrors] must map URL prefixes to URL strings")
+    if not isinstance(mirrors, dict):
+        raise ConfigError(f"{path}: mirrors: must be a table of URL prefix = \"replacement\" "
+                          f"(got {got(mirrors)})", fix=MIRROR_FIX)
+    for prefix, repl in mirrors.items():
+        check_mirror(prefix, repl, f"{path}: mirrors.{prefix!r}")
     return data
+
+
+MIRROR_FIX = ('e.g. [mirrors] "https://github.com/" = "file:///srv/git-mirrors/github.com/"')
+
+
+def check_mirror(prefix: object, repl: object, where: str) -> None:
+    """One mirror entry: a non-empty prefix and a replacement URL of an allowed scheme
+    (:func:`askbuild.urls.check_url` with the git schemes, the widest set; the mirrored URL is
+    checked again for its source's kind when it is used)."""
+    if not isinstance(repl, str) or not repl or not prefix:
+        raise ConfigError(f"{where}: must map a URL prefix to a replacement URL string "
+                          f"(got {got(repl)})", fix=MIRROR_FIX)
+    check_url(repl, kind="git", what=where)
+
+
+def _read_config(path: Path, *, required: bool = False) -> dict:
+    """One config file as a validated dict; ``{}`` when it does not exist (unless
+    ``required``).  Unreadable, not UTF-8, not TOML, wrong keys or types: ConfigError."""
+    return _check_config(path, read_toml(path, missing_ok=not required))
 
 
 def config_files(project_root: Path = PROJECT_ROOT) -> list[Path]:
@@ -61,7 +134,7 @@ def config_files(project_root: Path = PROJECT_ROOT) -> list[Path]:
         project_root / "askbuild.toml",
     ]
     if os.environ.get("ASKBUILD_CONFIG"):
-        files.append(Path(os.environ["ASKBUILD_CONFIG"]))
+        files.append(absolute(os.environ["ASKBUILD_CONFIG"]))
     return files
 
 
@@ -75,13 +148,77 @@ def parse_mirror_env(value: str) -> dict[str, str]:
                 f"ASKBUILD_MIRRORS: {pair!r} is not PREFIX=REPLACEMENT",
                 fix='e.g. ASKBUILD_MIRRORS="https://github.com/=file:///srv/mirrors/"',
             )
+        check_mirror(prefix, repl, f"ASKBUILD_MIRRORS: {prefix!r}")
         out[prefix] = repl
     return out
 
 
+# -- option checks -----------------------------------------------------------------------------
+
+def check_profile(value: object, where: str) -> str:
+    """A profile name: a plain file-name stem (it names ``recipes/profiles/<profile>.toml``)."""
+    if not isinstance(value, str) or not PROFILE_RE.fullmatch(value) or ".." in value:
+        raise ConfigError(f"{where}: not a profile name (got {got(value)})",
+                          fix="a profile is a name like 'default' or 'example' (letters, "
+                              "digits, '-', '_', '.'): a file recipes/profiles/<name>.toml")
+    return value
+
+
+def parse_jobs(value: object, where: str = "--jobs") -> int | None:
+    """``--jobs``: a positive whole number; ``None``, ``""`` or ``0`` mean "the default"."""
+    if value is None or value == "" or value == 0:
+        return None
+    if isinstance(value, bool):
+        n = None
+    elif isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() \
+            and value.strip().isascii():
+        n = int(value.strip())
+    else:
+        n = None
+    if n is None or n < 1:
+        raise ConfigError(f"{where}: must be a whole number of jobs, at least 1 (got "
+                          f"{got(value)})", fix=f"e.g. {where} 4 (default: the number of CPUs)")
+    return n
+
+
+def check_dir_path(path: Path, where: str) -> Path:
+    """``path`` can be (or become) a directory: neither it nor any existing parent is a file
+    (or a dangling link).  ``where`` names the option / variable / config key."""
+    for p in (path, *path.parents):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            if os.path.lexists(p):
+                raise ConfigError(f"{where}: {p} is a dangling symbolic link",
+                                  fix="remove the link or point it at a directory") from None
+            continue
+        except NotADirectoryError:
+            continue        # a parent is a file: found further up
+        except ValueError:
+            raise ConfigError(f"{where}: a path cannot contain a NUL character "
+                              f"(got {got(str(path))})") from None
+        except OSError as e:
+            if e.errno == errno.EACCES:
+                raise ConfigError(f"{where}: {p}: permission denied",
+                                  fix="choose a directory you can write to") from None
+            raise ConfigError(f"{where}: {p}: {e.strerror or e}") from None
+        if stat.S_ISDIR(st.st_mode):
+            return path
+        what = "is a file" if stat.S_ISREG(st.st_mode) else "is not a directory"
+        inside = "" if p == path else f" ({path} would be inside it)"
+        raise ConfigError(f"{where}: {p} {what}, not a directory{inside}",
+                          fix="name a directory (it is created when missing)")
+    return path
+
+
+# -- the settings ------------------------------------------------------------------------------
+
 @dataclass
 class Settings:
-    """Everything a run needs to know about locations and policy."""
+    """Everything a run needs to know about locations and policy.  ``project_root``,
+    ``cache_dir`` and ``work_dir`` are always absolute (made so at construction)."""
 
     project_root: Path = PROJECT_ROOT
     cache_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir("askbuild")))
@@ -92,6 +229,11 @@ class Settings:
     locked: bool = False
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     debug: bool = False
+
+    def __post_init__(self) -> None:
+        self.project_root = absolute(self.project_root)
+        self.cache_dir = absolute(self.cache_dir)
+        self.work_dir = absolute(self.work_dir)
 
     # -- derived locations -------------------------------------------------------------
     @property
@@ -146,47 +288,30 @@ class Settings:
         profile: str | None = None,
         offline: bool = False,
         locked: bool = False,
-        jobs: int | None = None,
+        jobs: int | str | None = None,
         debug: bool = False,
     ) -> Settings:
-        if project_root:
-            root = Path(project_root)
-        elif os.environ.get("ASKBUILD_PROJECT_ROOT"):
-            root = Path(os.environ["ASKBUILD_PROJECT_ROOT"])
-        else:
-            root = PROJECT_ROOT
-        merged: dict = {"mirrors": {}}
-        for f in config_files(root):
-            data = _read_config(f)
-            mirrors = data.pop("mirrors", {})
-            merged.update(data)
-            merged["mirrors"].update(mirrors)
-        env = os.environ
+        """Resolve every setting (option > environment > config files > default), check it and
+        make paths absolute (see the module docstring for the rule)."""
+        root = _project_root(project_root)
+        merged, origin = _merge_config_files(root)
         mirrors = dict(merged["mirrors"])
-        if env.get("ASKBUILD_MIRRORS"):
-            mirrors.update(parse_mirror_env(env["ASKBUILD_MIRRORS"]))
-
-        def pick(arg, env_name, key, default):
-            if arg not in (None, ""):
-                return arg
-            if env.get(env_name):
-                return env[env_name]
-            if key in merged:
-                return merged[key]
-            return default
-
+        if os.environ.get("ASKBUILD_MIRRORS"):
+            mirrors.update(parse_mirror_env(os.environ["ASKBUILD_MIRRORS"]))
+        cache = _pick_dir(cache_dir, "--cache-dir", "ASKBUILD_CACHE_DIR", "cache_dir", merged,
+                          origin, Path(platformdirs.user_cache_dir("askbuild")))
+        work = _pick_dir(work_dir, "--work-dir", "ASKBUILD_WORK_DIR", "work_dir", merged,
+                         origin, root / "build")
         s = cls(
             project_root=root,
-            cache_dir=Path(pick(cache_dir, "ASKBUILD_CACHE_DIR", "cache_dir",
-                                platformdirs.user_cache_dir("askbuild"))).expanduser(),
-            work_dir=Path(pick(work_dir, "ASKBUILD_WORK_DIR", "work_dir",
-                               root / "build")).expanduser(),
-            profile=str(pick(profile, "ASKBUILD_PROFILE", "profile", "default")),
+            cache_dir=cache,
+            work_dir=work,
+            profile=_pick_profile(profile, merged),
             mirrors=mirrors,
-            offline=offline,
-            locked=locked,
-            jobs=int(jobs) if jobs else (os.cpu_count() or 1),
-            debug=debug,
+            offline=bool(offline),
+            locked=bool(locked),
+            jobs=parse_jobs(jobs) or (os.cpu_count() or 1),
+            debug=bool(debug),
         )
         if not s.sources_file.is_file():
             profiles = sorted(p.stem for p in (s.recipes_dir / "profiles").glob("*.toml"))
@@ -194,6 +319,66 @@ class Settings:
                 f"profile {s.profile!r}: {s.sources_file} does not exist",
                 fix=f"use one of: default, {', '.join(profiles) or '(none)'}",
             )
-        if s.jobs < 1:
-            raise ConfigError(f"--jobs must be at least 1 (got {s.jobs})")
         return s
+
+
+def _project_root(arg: Path | str | None) -> Path:
+    if arg:
+        return absolute(arg)
+    value = os.environ.get("ASKBUILD_PROJECT_ROOT")
+    if not value:
+        return PROJECT_ROOT
+    root = absolute(value)
+    if not root.is_dir():
+        raise ConfigError(f"ASKBUILD_PROJECT_ROOT: {root} is not a directory (got {value!r})",
+                          fix="point it at an askbuild project (the directory holding recipes/)"
+                              ", or unset it")
+    return root
+
+
+def _merge_config_files(root: Path) -> tuple[dict, dict[str, Path]]:
+    """Merged config values, and for each key the file it came from (later files win)."""
+    merged: dict = {"mirrors": {}}
+    origin: dict[str, Path] = {}
+    files = config_files(root)
+    explicit = absolute(os.environ["ASKBUILD_CONFIG"]) if os.environ.get("ASKBUILD_CONFIG") \
+        else None
+    for f in files:
+        try:
+            data = dict(_read_config(f, required=f == explicit))
+        except ConfigError as e:
+            if f == explicit and not e.message.startswith("ASKBUILD_CONFIG"):
+                raise ConfigError(f"ASKBUILD_CONFIG: {e.message}",
+                                  fix=e.fix or "point ASKBUILD_CONFIG at a TOML file, or "
+                                               "unset it") from None
+            raise
+        merged["mirrors"].update(data.pop("mirrors", {}))
+        for key, value in data.items():
+            merged[key] = value
+            origin[key] = f
+    return merged, origin
+
+
+def _pick_dir(arg: str | Path | None, option: str, env_name: str, key: str, merged: dict,
+              origin: dict[str, Path], default: Path) -> Path:
+    """One directory setting, absolute, checked, with the name of where it came from."""
+    if arg is not None and not isinstance(arg, str | os.PathLike):
+        raise ConfigError(f"{option}: must be a directory path (got {got(arg)})")
+    if arg not in (None, ""):
+        return check_dir_path(absolute(arg), option)
+    if os.environ.get(env_name):
+        return check_dir_path(absolute(os.environ[env_name]), env_name)
+    if key in merged:
+        where = f"{origin[key]}: {key}"
+        return check_dir_path(absolute(merged[key], origin[key].parent), where)
+    return check_dir_path(absolute(default), f"the default {key} ({option} to change it)")
+
+
+def _pick_profile(arg: str | None, merged: dict) -> str:
+    if arg not in (None, ""):
+        return check_profile(arg, "--profile")
+    if os.environ.get("ASKBUILD_PROFILE"):
+        return check_profile(os.environ["ASKBUILD_PROFILE"], "ASKBUILD_PROFILE")
+    if "profile" in merged:
+        return merged["profile"]
+    return "default"

@@ -18,26 +18,46 @@
 The lock fields live beside the declaration; they are rewritten with tomlkit so an update is a
 minimal diff that keeps comments.  URLs may use ``{project}`` (the askbuild checkout) and
 ``{work}`` (the work directory) placeholders, for profiles that point at local trees.
+
+Every field is checked strictly when the file is loaded, and every error names the file, the
+source and the key, the value and the fix:
+
+* the source name is safe as one path component (``src/<name>``): lower-case letters, digits,
+  ``-_.``, starting with a letter or digit, no ``..``;
+* ``kind`` is ``git`` or ``tarball``; ``url`` and ``ref`` are non-empty strings, the URL of an
+  allowed scheme (:func:`askbuild.urls.check_url`), the ref of a git source a safe ref;
+* ``commit`` is 40 lower-case hex digits; ``sha256`` 64; ``size`` a positive integer (``true``
+  is not a number); ``strip_components`` an integer 0..16; ``description`` a string.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
-import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
+import tomlkit.exceptions
 
 from .errors import ConfigError
-from .gitutil import check_ref, is_sha
-from .settings import Settings
+from .fsutil import read_toml, write_bytes_atomic
+from .gitutil import check_ref
+from .settings import Settings, got
 from .urls import check_url
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+MAX_NAME = 100
+KINDS = ("git", "tarball")
 GIT_KEYS = {"kind", "url", "ref", "commit", "description"}
 TARBALL_KEYS = {"kind", "url", "ref", "sha256", "size", "strip_components", "description"}
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_STRIP = 16
+PROFILE_KEYS = {"description": str, "publish_examples": bool}
 
 
 @dataclass(frozen=True)
@@ -74,70 +94,115 @@ def _expand(url: str, settings: Settings) -> str:
         "{work}", str(settings.work_dir))
 
 
-def _parse(name: str, table: dict, path: Path, settings: Settings) -> Source:
+def check_name(name: object, where: str) -> str:
+    """A source name usable as one path component (``<work>/src/<name>``, cache file names)."""
+    if (not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name
+            or len(name) > MAX_NAME):
+        raise ConfigError(f"{where}: invalid source name (got {got(name)})",
+                          fix="use lower case letters, digits and -_. (starting with a letter "
+                              f"or digit, no '..', at most {MAX_NAME} characters)")
+    return name
+
+
+def _string(table: dict, key: str, where: str, *, required: bool) -> str | None:
+    value = table.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        what = "missing" if value is None else "must be a non-empty string"
+        raise ConfigError(f"{where} {key}: {what} (got {got(value)})",
+                          fix=f"write {key} = \"...\" in the table")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ConfigError(f"{where} {key}: control characters (newline, tab, NUL...) are not "
+                          f"allowed (got {got(value)})", fix=f"write {key} on one line")
+    return value
+
+
+def _hex(table: dict, key: str, where: str, pattern: re.Pattern, digits: int) -> str | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not (isinstance(value, str) and pattern.fullmatch(value)):
+        raise ConfigError(f"{where} {key}: must be {digits} lower-case hex digits "
+                          f"(got {got(value)})",
+                          fix=f"remove the {key} line and run `inv lock` to record it again")
+    return value
+
+
+def _int(table: dict, key: str, where: str, lo: int, hi: int | None) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo \
+            or (hi is not None and value > hi):
+        span = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+        raise ConfigError(f"{where} {key}: must be a whole number {span} (got {got(value)})",
+                          fix=f"write {key} = <number> (no quotes, not true/false)")
+    return value
+
+
+def _parse(name: str, table: object, path: Path, settings: Settings) -> Source:
     where = f"{path}: [{name}]"
-    if not NAME_RE.match(name):
-        raise ConfigError(f"{where}: invalid source name (use lower case letters, digits, -_.)")
+    check_name(name, f"{path}: [{name}]")
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: must be a table")
+        raise ConfigError(f"{where}: must be a table of kind, url, ref... (got {got(table)})",
+                          fix=f"write it as [{name}] followed by its keys")
     kind = table.get("kind")
-    if kind not in ("git", "tarball"):
-        raise ConfigError(f"{where}: kind must be \"git\" or \"tarball\", got {kind!r}")
+    if kind not in KINDS:
+        raise ConfigError(f"{where} kind: must be \"git\" or \"tarball\" (got {got(kind)})",
+                          fix='write kind = "git" or kind = "tarball"')
     allowed = GIT_KEYS if kind == "git" else TARBALL_KEYS
     unknown = set(table) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}",
                           fix=f"allowed for {kind} sources: {', '.join(sorted(allowed))}")
-    for key in ("url", "ref"):
-        if not isinstance(table.get(key), str) or not table[key]:
-            raise ConfigError(f"{where}: missing or empty {key!r}")
-    url = _expand(table["url"], settings)
+    raw_url = _string(table, "url", where, required=True)
+    ref = _string(table, "ref", where, required=True)
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where} description: must be a string (got {got(description)})",
+                          fix='write description = "..." (quoted)')
+    url = _expand(raw_url, settings)
     check_url(url, kind=kind, what=f"{where} url")
     if kind == "git":
-        check_ref(table["ref"], what=f"{where} ref")
-        commit = table.get("commit")
-        if commit is not None and not (isinstance(commit, str) and is_sha(commit)):
-            raise ConfigError(f"{where}: commit must be a full 40-hex SHA, got {commit!r}")
-        return Source(name, kind, url, table["ref"], commit=commit,
-                      description=table.get("description", ""))
-    sha = table.get("sha256")
-    size = table.get("size")
-    if sha is not None and not (isinstance(sha, str) and SHA256_RE.match(sha)):
-        raise ConfigError(f"{where}: sha256 must be 64 lower-case hex digits, got {sha!r}")
-    if size is not None and not (isinstance(size, int) and size > 0):
-        raise ConfigError(f"{where}: size must be a positive integer, got {size!r}")
+        check_ref(ref, what=f"{where} ref")
+        commit = _hex(table, "commit", where, COMMIT_RE, 40)
+        return Source(name, kind, url, ref, commit=commit, description=description)
+    sha = _hex(table, "sha256", where, SHA256_RE, 64)
+    size = _int(table, "size", where, 1, None)
     if (sha is None) != (size is None):
-        raise ConfigError(f"{where}: sha256 and size are locked together; give both or neither")
-    strip = table.get("strip_components", 1)
-    if not isinstance(strip, int) or strip < 0:
-        raise ConfigError(f"{where}: strip_components must be a non-negative integer")
-    return Source(name, kind, url, table["ref"], sha256=sha, size=size,
-                  strip_components=strip, description=table.get("description", ""))
+        raise ConfigError(f"{where}: sha256 and size are locked together; give both or neither",
+                          fix="remove both lines and run `inv lock` to record them")
+    strip = _int(table, "strip_components", where, 0, MAX_STRIP)
+    return Source(name, kind, url, ref, sha256=sha, size=size,
+                  strip_components=1 if strip is None else strip, description=description)
 
 
 def load_sources(settings: Settings) -> dict[str, Source]:
-    """All sources of the active profile, in file order."""
+    """All sources of the active profile, in file order.  Any unreadable file or invalid entry
+    is a :class:`ConfigError` (or ``UnsafeInputError`` for a refused URL/ref)."""
     path = settings.sources_file
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: sources file not found") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    data = read_toml(path)
     profile = data.pop("profile", None)
+    sources = {name: _parse(name, table, path, settings) for name, table in data.items()}
     if profile is not None:
         _prepare_profile(profile, path, settings)
-    return {name: _parse(name, table, path, settings) for name, table in data.items()}
-
-
-PROFILE_KEYS = {"description", "publish_examples"}
+    return sources
 
 
 def _prepare_profile(profile: object, path: Path, settings: Settings) -> None:
     """The optional ``[profile]`` table of a sources file.  ``publish_examples = true`` makes
     the example vendor tree available as local upstreams first (see askbuild.examples)."""
-    if not isinstance(profile, dict) or set(profile) - PROFILE_KEYS:
-        raise ConfigError(f"{path}: [profile] allows only {', '.join(sorted(PROFILE_KEYS))}")
+    if not isinstance(profile, dict) or set(profile) - set(PROFILE_KEYS):
+        raise ConfigError(f"{path}: [profile]: allows only "
+                          f"{', '.join(sorted(PROFILE_KEYS))} (got {got(profile)})",
+                          fix='e.g. [profile] description = "..." publish_examples = true')
+    for key, typ in PROFILE_KEYS.items():
+        if key in profile and not isinstance(profile[key], typ):
+            want = "true or false" if typ is bool else "a string"
+            raise ConfigError(f"{path}: [profile] {key}: must be {want} "
+                              f"(got {got(profile[key])})",
+                              fix=f"write {key} = " + ("true" if typ is bool else '"..."'))
     if profile.get("publish_examples"):
         from . import examples
         examples.publish(settings)
@@ -157,16 +222,63 @@ def select(sources: dict[str, Source], names: list[str] | tuple[str, ...] | None
     return [sources[n] for n in names]
 
 
+@contextlib.contextmanager
+def _locked_file(path: Path) -> Iterator[int]:
+    """An exclusive ``flock`` on ``path`` itself, held while it is read and replaced.  A waiter
+    whose file was replaced meanwhile (new inode) locks the new file instead, so concurrent
+    writers (two work directories, one project) never lose each other's update."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot open: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield fd
+                return
+        finally:
+            os.close(fd)
+
+
+def _check_lock_fields(path: Path, name: str, fields: dict[str, object]) -> None:
+    """The values :func:`write_lock` writes pass the same checks as a loaded file."""
+    where = f"{path}: [{name}]"
+    patterns = {"commit": (COMMIT_RE, 40), "sha256": (SHA256_RE, 64)}
+    for key, value in fields.items():
+        if key in patterns:
+            _hex({key: value}, key, where, *patterns[key])
+        elif key == "size":
+            _int({key: value}, key, where, 1, None)
+        elif key == "ref":
+            _string({key: value}, key, where, required=True)
+        else:
+            raise ConfigError(f"{where}: write_lock cannot set {key!r}")
+
+
 def write_lock(settings: Settings, name: str, **fields: object) -> None:
     """Set lock fields (``commit`` / ``sha256`` + ``size``) of one source, keeping the file's
-    comments and layout; atomic replace.  ``ref`` may be passed too (rebase moves it)."""
+    comments and layout; atomic replace (a killed run leaves the old file or the new one),
+    serialised against other askbuild processes writing the same file.  ``ref`` may be passed
+    too (rebase moves it)."""
     path = settings.sources_file
-    doc = tomlkit.parse(path.read_text())
-    if name not in doc:
-        raise ConfigError(f"{path}: no source named {name!r}")
-    table = doc[name]
-    for key, value in fields.items():
-        table[key] = value
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tomlkit.dumps(doc))
-    tmp.replace(path)
+    _check_lock_fields(path, name, fields)
+    with _locked_file(path) as fd:
+        raw = b""
+        while chunk := os.read(fd, 1 << 20):
+            raw += chunk
+        try:
+            doc = tomlkit.parse(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomlkit.exceptions.TOMLKitError) as e:
+            raise ConfigError(f"{path}: cannot update the lock of [{name}]: {e}",
+                              fix="correct the file (it must load with `inv lock`)") from None
+        table = doc.get(name)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: no source table named [{name}]")
+        for key, value in fields.items():
+            table[key] = value
+        write_bytes_atomic(path, tomlkit.dumps(doc).encode("utf-8"))

@@ -22,9 +22,16 @@ _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:(?!//)[^\s]+$")
 
 
 def scheme_of(url: str) -> str:
+    """The URL's scheme (``ssh`` for scp-like ``user@host:path``); ``""`` when the URL cannot
+    be parsed at all (e.g. an unbalanced ``[`` IPv6 host)."""
     if _SCP_LIKE.match(url):
         return "ssh"
-    return urlsplit(url).scheme.lower()
+    try:
+        parts = urlsplit(url)
+        parts.port          # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return ""
+    return parts.scheme.lower()
 
 
 def check_url(url: str, *, kind: str, what: str) -> str:
@@ -34,8 +41,10 @@ def check_url(url: str, *, kind: str, what: str) -> str:
     """
     if not isinstance(url, str) or not url:
         raise UnsafeInputError(f"{what}: empty URL")
-    if any(c in url for c in "\0\n\r") or url.startswith("-"):
-        raise UnsafeInputError(f"{what}: refusing URL {url!r} (control character or leading '-')")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url) or url.startswith("-"):
+        raise UnsafeInputError(f"{what}: refusing URL {url!r} (control character or leading '-')",
+                               fix="write the URL without control characters (tab, newline, "
+                                   "NUL...) and without a leading '-'")
     if "::" in url.split("/", 1)[0]:
         raise UnsafeInputError(
             f"{what}: refusing URL {url!r}: git remote helpers (ext::, fd::, ...) are not allowed",
@@ -43,6 +52,10 @@ def check_url(url: str, *, kind: str, what: str) -> str:
         )
     allowed = GIT_SCHEMES if kind == "git" else TARBALL_SCHEMES
     scheme = scheme_of(url)
+    if not scheme and "://" in url:
+        raise UnsafeInputError(f"{what}: {url!r} is not a valid URL (cannot be parsed)",
+                               fix="correct the URL (a port is a number 1..65535, an IPv6 host is "
+                                   "written [addr])")
     if scheme not in allowed:
         raise UnsafeInputError(
             f"{what}: refusing URL {url!r}: scheme {scheme or '(none)'!r} is not allowed "

@@ -138,16 +138,17 @@ def test_missing_artifact_declaration(tmp_path):
 
 
 def test_missing_source_and_steps(tmp_path):
-    assert "'source'" in error_of(tmp_path, {"a.toml": GOOD.replace('source = "ask"', "")})
+    assert "a.toml: source: required" in error_of(tmp_path,
+                                                 {"a.toml": GOOD.replace('source = "ask"', "")})
     msg = error_of(tmp_path, {"a.toml": GOOD.replace(
         'steps = [["make", "-C", "lib", "CC={cross}gcc"]]', "")})
     assert "'steps' is required" in msg
 
 
 def test_wrong_types(tmp_path):
-    assert "'depends' must be a list" in error_of(tmp_path,
-                                                  {"a.toml": 'depends = "b"\n' + GOOD})
-    assert "'parallel' must be true or false" in error_of(
+    assert "a.toml: depends: must be a list of non-empty strings (got 'b')" in error_of(
+        tmp_path, {"a.toml": 'depends = "b"\n' + GOOD})
+    assert "a.toml: parallel: must be true or false (got 'no')" in error_of(
         tmp_path, {"a.toml": 'parallel = "no"\n' + GOOD})
     assert "must be a relative path" in error_of(
         tmp_path, {"a.toml": GOOD.replace('inputs = ["lib"]', 'inputs = ["../etc"]')})
@@ -155,6 +156,97 @@ def test_wrong_types(tmp_path):
         'path = "lib/liba.a"', 'path = "lib/liba.a"\nmode = "rwx"')})
     assert "host_libs: unknown library 'libfoo'" in error_of(
         tmp_path, {"a.toml": 'host_libs = ["libfoo"]\n' + GOOD})
+
+
+KERNEL = '''
+kind = "kernel"
+source = "linux"
+defconfig = "defconfig"
+[[artifacts]]
+path = "arch/arm64/boot/Image"
+'''
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('description = 5\n' + GOOD, "a.toml: description: must be a string (got 5)"),
+    ('kind = 1\n' + GOOD, "a.toml: kind: must be one of make, kernel (got 1)"),
+    (GOOD.replace('source = "ask"', "source = 1"), "a.toml: source: required"),
+    (GOOD.replace('source = "ask"', 'source = "../x"'), "a.toml: source: required"),
+    (GOOD.replace('inputs = ["lib"]', 'inputs = "lib"'),
+     "a.toml: inputs: must be a list of non-empty strings (got 'lib')"),
+    (GOOD.replace('inputs = ["lib"]', 'inputs = [1]'), "a.toml: inputs: must be a list"),
+    (GOOD.replace('inputs = ["lib"]', 'inputs = ["-rf"]'), "a.toml: inputs: must be a relative"),
+    ('uses = ["linux"]\n' + GOOD, "a.toml: uses: must be a table"),
+    ('uses = { linux = "include" }\n' + GOOD, "a.toml: uses.linux: must be a list"),
+    ('uses = { "../x" = ["a"] }\n' + GOOD, "a.toml: uses.../x: not a source name"),
+    ('depends = ["a/b"]\n' + GOOD, "a.toml: depends: 'a/b' is not a component name"),
+    ('parallel = 1\n' + GOOD, "a.toml: parallel: must be true or false (got 1)"),
+    ('env = "X=1"\n' + GOOD, "a.toml: env: must be a table"),
+    ('env = { X = 1 }\n' + GOOD, "a.toml: env.X: environment values are strings (got 1)"),
+    ('env = { X = true }\n' + GOOD, "a.toml: env.X: environment values are strings (got true)"),
+    ('env = { "A-B" = "1" }\n' + GOOD, "a.toml: env.A-B: not an environment variable name"),
+    ('env = { "A\\n" = "1" }\n' + GOOD, "key with a control character"),
+    (GOOD.replace('"CC={cross}gcc"', '"a\\u0000b"'), "a.toml: steps[0][3]: control characters"),
+    (GOOD.replace('steps = [["make", "-C", "lib", "CC={cross}gcc"]]', 'steps = "make"'),
+     "a.toml: steps: must be a list of argument lists (got 'make')"),
+    (GOOD.replace('steps = [["make", "-C", "lib", "CC={cross}gcc"]]', 'steps = ["make"]'),
+     "a.toml: steps[0]: must be a list of non-empty strings (got 'make')"),
+    (GOOD.replace('steps = [["make", "-C", "lib", "CC={cross}gcc"]]', 'steps = [[true]]'),
+     "a.toml: steps[0]: must be a list of non-empty strings (got an array)"),
+    ('host_libs = "libxml2"\n' + GOOD, "a.toml: host_libs: must be a list"),
+    (GOOD.split("[[artifacts]]")[0] + 'artifacts = "x"\n', "a.toml: artifacts: must be an array"),
+    (GOOD.split("[[artifacts]]")[0] + 'artifacts = [1]\n', "a.toml: artifacts[0]: must be a table"),
+    (GOOD.replace('path = "lib/liba.a"', "path = 1"), "a.toml: artifacts[0]: path: required"),
+    (GOOD.replace('path = "lib/liba.a"', 'path = "a"\nstage = 1'),
+     "a.toml: artifacts[0]: stage: must be a path inside the staging tree (got 1)"),
+    (GOOD.replace('path = "lib/liba.a"', 'path = "a"\nstage = "/usr/bin/x"'),
+     "a.toml: artifacts[0]: stage: must be a relative path"),
+    (GOOD.replace('path = "lib/liba.a"', 'path = "a"\nmode = 493'),
+     "a.toml: artifacts[0]: mode: must be an octal string like \"0755\" (got 493)"),
+    (KERNEL.replace('defconfig = "defconfig"', "defconfig = true"),
+     "a.toml: defconfig: required: the base configuration (a string) (got true)"),
+    (KERNEL.replace('defconfig = "defconfig"', 'defconfig = "d"\nfragments = "x.config"'),
+     "a.toml: fragments: must be a list"),
+    (KERNEL.replace('defconfig = "defconfig"', 'defconfig = "d"\nrequire = [3]'),
+     "a.toml: require: must be a list"),
+    (KERNEL.replace('defconfig = "defconfig"', 'defconfig = "d"\nrequire = ["CONFIG_X\\n"]'),
+     "a.toml: require[0]: control characters"),
+    (KERNEL.replace('defconfig = "defconfig"', 'defconfig = "d"\ntargets = {}'),
+     "a.toml: targets: must be a list"),
+    (KERNEL.replace('defconfig = "defconfig"', 'defconfig = "d"\ndtbs = [""]'),
+     "a.toml: dtbs: must be a list of non-empty strings"),
+])
+def test_every_field_is_type_checked(tmp_path, text, expected):
+    msg = error_of(tmp_path, {"a.toml": text})
+    assert expected in msg
+
+
+@pytest.mark.parametrize("shared, expected", [
+    ("vars = 3\n", "_shared.toml: vars: must be a table"),
+    ("[vars]\nx = 3\n", "_shared.toml: vars.x: must be a list of non-empty strings (got 3)"),
+    ("[vars]\nx = [1]\n", "_shared.toml: vars.x: must be a list"),
+    ('[vars]\n"x\\n" = "a"\n', "key with a control character"),
+    ('[vars]\nX = "a"\n', "vars.X: variable names are lower case"),
+])
+def test_shared_vars_are_type_checked(tmp_path, shared, expected):
+    assert expected in error_of(tmp_path, {"_shared.toml": shared, "a.toml": GOOD})
+
+
+@pytest.mark.parametrize("name", ["a.toml", "_shared.toml"])
+def test_invalid_utf8_names_the_file(tmp_path, name):
+    s = project(tmp_path, {"a.toml": GOOD})
+    bad = recipes.recipes_dir(s) / name
+    bad.write_bytes(b"# caf\xe9\n" + (GOOD.encode() if name == "a.toml" else b""))
+    with pytest.raises(ConfigError) as ei:
+        recipes.load(s)
+    assert f"{bad}: not valid UTF-8 (line 1" in str(ei.value)
+
+
+def test_a_directory_named_like_a_recipe_is_a_clean_error(tmp_path):
+    s = project(tmp_path, {"a.toml": GOOD})
+    (recipes.recipes_dir(s) / "b.toml").mkdir()
+    with pytest.raises(ConfigError, match="b.toml: is a directory"):
+        recipes.load(s)
 
 
 def test_invalid_toml_names_the_file(tmp_path):

@@ -33,11 +33,23 @@ def test_allowed_git_urls(url):
     "--upload-pack=touch /tmp/pwned",
     "file://relative/path",
     "https://example.org/x\n--foo",
+    "https://example.org/x\t",
+    "https://example.org/\x7f",
+    "https://[example.org/x.git",       # urlsplit: "Invalid IPv6 URL"
+    "http://example.org:port/x.git",     # not a port number
+    "https://example.org:99999/x.git",   # out of range
     "",
 ])
 def test_refused_git_urls(url):
     with pytest.raises(UnsafeInputError):
         check_url(url, kind="git", what="t")
+
+
+def test_unparsable_url_in_a_sources_file_is_a_clean_error(project):
+    project.add_tarball("a", "https://[x.invalid/a.tar.gz")
+    with pytest.raises(UnsafeInputError) as e:
+        load_sources(project.settings())
+    assert "[a] url: 'https://[x.invalid/a.tar.gz' is not a valid URL" in str(e.value)
 
 
 def test_tarballs_take_no_git_or_ssh_urls():
