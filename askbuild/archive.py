@@ -1,24 +1,30 @@
 """Safe extraction of release tarballs.
 
-Two layers: our own member checks (:func:`iter_checked`) run on every member before it is
-written, then :mod:`tarfile`'s PEP 706 ``data`` filter runs as it is extracted.
+Three layers: our own member checks (:func:`iter_checked`) run on every member before it is
+written, then :mod:`tarfile`'s PEP 706 ``data`` filter runs as it is extracted, then the
+extracted tree is walked and every symbolic link resolved against all the others
+(:func:`check_links`), so the result does not depend on the order of the members.
 Refused: absolute names, ``..`` components, symbolic or hard links whose target leaves the
-tree (also through other links of the archive), devices, FIFOs and any other special member.
-Ownership is never restored (the ``data`` filter drops it), so a root-run extraction gives
-files owned by the running user.
+tree (also through other links of the archive, earlier or later ones), members written through
+a symbolic link (or replacing one, or replaced by one), devices, FIFOs and any other special
+member.  Ownership is never restored (the ``data`` filter drops it), so a root-run extraction
+gives files owned by the running user.
 
-Extraction goes into a fresh temporary directory beside the destination, which is renamed
-into place only when everything was extracted.
+Extraction goes into a fresh temporary directory beside the destination (a name unique to the
+run), which is renamed into place only when everything was extracted and checked; a refused or
+failed archive leaves nothing behind.  A full disk is a :class:`~askbuild.errors.NoSpaceError`
+(the path and the free space), not a "corrupt archive".
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .download import NO_SPACE, no_space_error, unique_name
 from .errors import SourceError, UnsafeInputError
 
 _MAX_LINK_HOPS = 40
@@ -40,7 +46,7 @@ def _resolve(path: list[str], links: dict[str, str]) -> list[str] | None:
     """Resolve ``path`` (components, relative to the root) through the archive's symlinks.
     Returns the components of the real location, or ``None`` when it leaves the root."""
     hops = 0
-    todo = list(path)
+    todo = [p for p in path if p not in ("", ".")]
     done: list[str] = []
     while todo:
         part = todo.pop(0)
@@ -61,11 +67,19 @@ def _resolve(path: list[str], links: dict[str, str]) -> list[str] | None:
     return done
 
 
+def _prefixes(parts: list[str]) -> Iterator[str]:
+    for i in range(1, len(parts) + 1):
+        yield "/".join(parts[:i])
+
+
 def iter_checked(members: Iterable[tarfile.TarInfo], archive: Path, *, strip_components: int,
                  what: str) -> Iterator[tarfile.TarInfo]:
     """Check members one by one (links are resolved against the links seen so far) and yield
-    the copies to extract; raises :class:`UnsafeInputError` at the first offending member."""
+    the copies to extract; raises :class:`UnsafeInputError` at the first offending member.
+    Links that only escape together with links that come later are caught afterwards by
+    :func:`check_links`."""
     links: dict[str, str] = {}   # stripped symlink name -> target
+    seen: set[str] = set()       # every path written so far (members and their parents)
     for m in members:
         name = m.name
         if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -96,6 +110,16 @@ def iter_checked(members: Iterable[tarfile.TarInfo], archive: Path, *, strip_com
         new_parts = parts[strip_components:]
         new_name = "/".join(new_parts)
         changes: dict = {"name": new_name}
+        # Never write through a symbolic link, nor replace one, nor put one over a path that
+        # already holds something: extraction writes only plain paths of its own.
+        through = next((p for p in _prefixes(new_parts) if p in links), None)
+        if through is not None:
+            raise _refuse(what, archive, name, f"would be written through the symbolic link "
+                          f"{through!r} of the archive")
+        if m.issym() and new_name in seen:
+            raise _refuse(what, archive, name, "is a symbolic link replacing a path the archive "
+                          "already wrote")
+        seen.update(_prefixes(new_parts))
         if m.issym():
             target = m.linkname
             if not target or target.startswith("/"):
@@ -120,23 +144,39 @@ def iter_checked(members: Iterable[tarfile.TarInfo], archive: Path, *, strip_com
                 raise _refuse(what, archive, name,
                               f"is a hard link to {target!r}, which points outside the tree")
             changes["linkname"] = "/".join(stripped)
-        # A member written below a symlinked directory must still land inside the tree.
-        if len(new_parts) > 1 and _resolve(new_parts[:-1], links) is None:
-            raise _refuse(what, archive, name, "would be written through a link outside the tree")
         yield m.replace(**changes, deep=False)
+
+
+def check_links(root: Path, archive: Path, *, what: str) -> None:
+    """Walk the extracted tree ``root`` and resolve every symbolic link in it against all the
+    others (the final state, whatever the member order was); raises
+    :class:`UnsafeInputError` naming the first link that points outside ``root``."""
+    links: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in (*dirnames, *filenames):
+            p = Path(dirpath, n)
+            if p.is_symlink():
+                links[p.relative_to(root).as_posix()] = os.readlink(p)
+    for name in sorted(links):
+        target = links[name]
+        if target.startswith("/") or \
+                _resolve([*name.split("/")[:-1], *target.split("/")], links) is None:
+            raise _refuse(what, archive, name, f"is a symlink to {target!r}, which (with the "
+                          "archive's other links) points outside the tree")
 
 
 def safe_extract(archive: Path, dest: Path, *, strip_components: int = 1, what: str) -> Path:
     """Extract ``archive`` (tar, optionally gz/bz2/xz) into the new directory ``dest``.
 
-    ``dest`` must not exist; it appears only when the whole archive was extracted.
+    ``dest`` must not exist; it appears only when the whole archive was extracted and checked.
     """
     if dest.exists():
         raise SourceError(f"source {what}: {dest} already exists; refusing to extract over it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
+    tmp = dest.parent / unique_name(f".{dest.name}.extract-")
     try:
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
             # One streaming pass (a kernel tarball is decompressed once): each member is
             # checked just before it is extracted; a refusal throws the whole directory away.
             with tarfile.open(archive, mode="r|*") as tar:
@@ -145,9 +185,15 @@ def safe_extract(archive: Path, dest: Path, *, strip_components: int = 1, what: 
         except tarfile.FilterError as e:
             raise _refuse(what, archive, getattr(e, "tarinfo", None) and e.tarinfo.name or "?",
                           f"was refused by the tarfile data filter ({e})") from e
-        except (tarfile.TarError, EOFError, OSError) as e:
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                raise no_space_error(what, f"extract {archive.name}", dest.parent) from e
             raise SourceError(f"source {what}: cannot extract {archive.name}: {e}",
                               fix="the file is corrupt or not a tar archive") from e
+        except (tarfile.TarError, EOFError) as e:
+            raise SourceError(f"source {what}: cannot extract {archive.name}: {e}",
+                              fix="the file is corrupt or not a tar archive") from e
+        check_links(tmp, archive, what=what)
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -14,18 +14,15 @@ failure into one clear paragraph and an exit code, never a traceback (``--debug`
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from . import console, procs
-from .errors import AskbuildError
+from .errors import AskbuildError, os_error_message  # noqa: F401 - re-exported
 from .gitutil import GitError
 from .settings import Settings
 
@@ -50,31 +47,6 @@ def split_names(values: Iterable[str] | str | None) -> list[str]:
             if part and part not in out:
                 out.append(part)
     return out
-
-
-def _free_space(path: str | None) -> str:
-    p = Path(path) if path else Path.cwd()
-    for cand in (p, *p.parents):
-        try:
-            usage = shutil.disk_usage(cand)
-        except OSError:
-            continue
-        return f"{usage.free / (1 << 20):.0f} MiB free on the file system of {cand}"
-    return "free space unknown"
-
-
-def os_error_message(e: OSError) -> tuple[str, str]:
-    """(message, fix) for an operating-system error, naming the path and the real cause."""
-    where = e.filename if e.filename is not None else None
-    what = f"{where}: " if where else ""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"{what}no space left on device ({_free_space(where)})",
-                "free some space (or point --work-dir / --cache-dir elsewhere), then run the "
-                "same command again: it resumes where it stopped")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"{what}{e.strerror or e}", "check the permissions of that path, or use "
-                "another --work-dir / --cache-dir")
-    return (f"{what}{e.strerror or e}", "check that path, then run the same command again")
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

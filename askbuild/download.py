@@ -1,8 +1,14 @@
 """Downloading tarballs: streamed to a temporary file, hashed while writing, bounded retries.
 
 :func:`download` never leaves a partial file under a final name: the data goes to a
-``.part`` file in the destination directory and is only returned when every byte announced by
-the server arrived.  Callers verify the result (size + sha256) before they move it into place.
+``.part`` file (a name unique to the run: pid + random) in the destination directory and is only
+returned when every byte arrived: all the server announced, and, when the lock knows the size,
+all of it (a body cut short without a ``Content-Length`` is a truncated download, retried, never
+a "different file").  A partial file is deleted.  Callers verify the result (size + sha256)
+before they move it into place.
+
+A full disk is reported as such (:class:`NoSpaceError`: the path and the free space), never as a
+network problem; :func:`no_space_error` builds that message for the other fetch modules.
 
 Also home of :func:`progress`, the one progress display of the fetch code: a rich Progress bar
 on a terminal, a start and an end line otherwise.
@@ -11,9 +17,10 @@ on a terminal, a start and an end line otherwise.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +32,13 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from . import console
-from .errors import NetworkError, SourceError, VerificationError
+from .errors import (
+    NetworkError,
+    NoSpaceError,
+    SourceError,
+    VerificationError,
+    os_error_message,
+)
 
 CHUNK = 1 << 16
 #: Attempts per download (connection errors, 5xx answers and bodies cut short all count).
@@ -34,6 +47,20 @@ ATTEMPTS = 3
 BACKOFF = 0.2
 #: Seconds to wait for a connection / between two reads.
 TIMEOUT = 30
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space_error(what: str, doing: str, path: Path | str) -> NoSpaceError:
+    """``source WHAT: cannot DOING: PATH: no space left on device (N MiB free on ...)``."""
+    msg, fix = os_error_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)))
+    return NoSpaceError(f"source {what}: cannot {doing}: {msg}", fix=fix)
+
+
+def unique_name(prefix: str) -> str:
+    """``PREFIX<pid>-<random>``: a temporary name no other run (or thread) can pick."""
+    return f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
@@ -116,11 +143,18 @@ class _TooBig(Exception):
     pass
 
 
+class _WriteFailed(Exception):
+    """Writing the local file failed (a full disk, ...): not a network problem."""
+
+
 def _write(fh, h, chunk: bytes, size: int, limit: int | None) -> int:
     size += len(chunk)
     if limit is not None and size > limit:
         raise _TooBig(size)
-    fh.write(chunk)
+    try:
+        fh.write(chunk)
+    except OSError as e:
+        raise _WriteFailed(e) from e
     h.update(chunk)
     return size
 
@@ -137,12 +171,15 @@ def _fetch_http(session: requests.Session, url: str, fh, h, update, limit) -> in
             for chunk in r.raw.stream(CHUNK, decode_content=False):
                 size = _write(fh, h, chunk, size, limit)
                 update(size)
-        except _TooBig:
+        except (_TooBig, _WriteFailed):
             raise
         except Exception as e:  # requests', urllib3's and socket errors alike
             raise _Incomplete(f"connection lost after {size} bytes ({type(e).__name__})") from e
         if expected is not None and size != expected:
-            raise _Incomplete(f"got {size} of {expected} bytes")
+            raise _Incomplete(f"truncated: got {size} of {expected} bytes")
+        if expected is None and limit is not None and size < limit:
+            # No Content-Length: only the lock says how much should have come.
+            raise _Incomplete(f"truncated: got {size} of {limit} bytes (the size in the lock)")
         return size
 
 
@@ -153,7 +190,7 @@ def _fetch_file(url: str, fh, h, update, limit) -> int:
         size = 0
         update(0, total)
         with path.open("rb") as src:
-            while chunk := src.read(CHUNK):
+            while chunk := src.read(CHUNK):     # (write errors are _WriteFailed)
                 size = _write(fh, h, chunk, size, limit)
                 update(size)
     except OSError as e:
@@ -166,32 +203,29 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
     """Download ``url`` into a new temporary file in ``directory`` (created if needed).
 
     Retries connection errors, 5xx answers and bodies cut short, ``ATTEMPTS`` times in all; the
-    result only exists once every byte the server announced has arrived.  With
-    ``expected_size`` (the lock), a body growing past it is stopped (:class:`VerificationError`).
-    ``what`` names the source in messages.  Raises :class:`NetworkError` when it cannot be
-    completed.
+    result only exists once every byte the server announced (and, with ``expected_size``, every
+    byte the lock records) has arrived.  With ``expected_size`` (the lock), a body growing past
+    it is stopped (:class:`VerificationError`).  ``what`` names the source in messages.  Raises
+    :class:`NetworkError` when it cannot be completed, :class:`NoSpaceError` when the disk is
+    full.  A partial file is always deleted.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _local_error(what, url, directory, e) from e
     scheme = urlsplit(url).scheme.lower()
     session = _session() if scheme in ("http", "https") else None
     last_error = ""
+    truncated = False
     try:
         for attempt in range(1, ATTEMPTS + 1):
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=directory)
-            tmp = Path(tmp_name)
-            h = hashlib.sha256()
+            tmp = directory / f"{unique_name(f'.{filename}.')}.part"
             try:
-                with os.fdopen(fd, "wb") as fh, \
-                        progress(f"download {what}: {url}", expected_size) as update:
-                    if session is not None:
-                        size = _fetch_http(session, url, fh, h, update, expected_size)
-                    else:
-                        size = _fetch_file(url, fh, h, update, expected_size)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                return Downloaded(tmp, h.hexdigest(), size)
+                return _attempt(session, url, tmp, label=f"download {what}: {url}",
+                                expected_size=expected_size)
             except _Incomplete as e:
                 tmp.unlink(missing_ok=True)
+                truncated = str(e).startswith("truncated")
                 last_error = f"download interrupted: {e}"
                 if attempt < ATTEMPTS:
                     console.warn(f"{what}: {last_error}; retrying ({attempt}/{ATTEMPTS - 1})")
@@ -203,19 +237,57 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
                     f"records; stopped at {e.args[0]} bytes, nothing kept",
                     fix="check the URL and mirrors; if upstream re-released the file on "
                         f"purpose, review it and run `inv lock --update --source {what}`") from e
+            except _WriteFailed as e:
+                tmp.unlink(missing_ok=True)
+                raise _local_error(what, url, directory, e.args[0]) from e
             except SourceError as e:
                 tmp.unlink(missing_ok=True)
                 raise _network_error(what, url, str(e)) from e
             except requests.RequestException as e:
                 tmp.unlink(missing_ok=True)
                 raise _network_error(what, url, _describe(e, url)) from e
+            except OSError as e:                  # creating, flushing or syncing the file
+                tmp.unlink(missing_ok=True)
+                raise _local_error(what, url, directory, e) from e
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
     finally:
         if session is not None:
             session.close()
+    if truncated:
+        raise NetworkError(
+            f"source {what}: cannot download {url}: {last_error} ({ATTEMPTS} attempts); the "
+            "partial file was deleted",
+            fix="run the same command again (the download starts over); if it is cut short "
+                "every time, check the network or map the URL to a mirror (ASKBUILD_MIRRORS)")
     raise _network_error(what, url, f"{last_error} ({ATTEMPTS} attempts)")
+
+
+def _attempt(session: requests.Session | None, url: str, tmp: Path, *, label: str,
+             expected_size: int | None) -> Downloaded:
+    """One try: the whole body into the new file ``tmp``, flushed to disk."""
+    h = hashlib.sha256()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as fh, progress(label, expected_size) as update:
+        if session is not None:
+            size = _fetch_http(session, url, fh, h, update, expected_size)
+        else:
+            size = _fetch_file(url, fh, h, update, expected_size)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Downloaded(tmp, h.hexdigest(), size)
+
+
+def _local_error(what: str, url: str, directory: Path, e: OSError) -> Exception:
+    """A local file-system failure while downloading into ``directory``: a full disk says so
+    (with the free space), anything else names the directory and the cause."""
+    if e.errno in NO_SPACE:
+        return no_space_error(what, f"download {url}", directory)
+    return SourceError(f"source {what}: cannot download {url}: cannot write into {directory}: "
+                       f"{e.strerror or e}",
+                       fix="check the permissions of that directory (or use another "
+                           "--cache-dir), then run again")
 
 
 def _describe(e: requests.RequestException, url: str) -> str:

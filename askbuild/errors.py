@@ -12,6 +12,10 @@ A traceback is never the message; ``--debug`` shows it in addition.
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 
 class AskbuildError(Exception):
     """Base class. ``message`` says what is wrong, ``fix`` what to do about it."""
@@ -67,6 +71,10 @@ class OfflineError(SourceError):
     """``--offline`` and the cache does not hold what is needed."""
 
 
+class NoSpaceError(UserError):
+    """The disk (or quota) holding the cache or the work directory is full."""
+
+
 class DirtyTreeError(UserError):
     """A work tree holds local edits that an operation would throw away."""
 
@@ -87,3 +95,29 @@ class BuildFailed(StepFailed):
 
 class ImageError(StepFailed):
     """Assembling, loading or testing the image failed."""
+
+
+def _free_space(path: str | None) -> str:
+    p = Path(path) if path else Path.cwd()
+    for cand in (p, *p.parents):
+        try:
+            usage = shutil.disk_usage(cand)
+        except OSError:
+            continue
+        return f"{usage.free / (1 << 20):.0f} MiB free on the file system of {cand}"
+    return "free space unknown"
+
+
+def os_error_message(e: OSError) -> tuple[str, str]:
+    """(message, fix) for an operating-system error, naming the path and the real cause (a full
+    disk: the free space there)."""
+    where = str(e.filename) if e.filename is not None else None
+    what = f"{where}: " if where else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{what}no space left on device ({_free_space(where)})",
+                "free some space (or point --work-dir / --cache-dir elsewhere), then run the "
+                "same command again: it resumes where it stopped")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{what}{e.strerror or e}", "check the permissions of that path, or use "
+                "another --work-dir / --cache-dir")
+    return (f"{what}{e.strerror or e}", "check that path, then run the same command again")

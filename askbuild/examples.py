@@ -8,27 +8,37 @@ any real upstream: edit the example tree and the lock no longer matches, exactly
 upstream had moved a tag (run ``inv lock --update --profile example`` then).
 
 Publishing is idempotent and cheap: a stamp holding the hash of the inputs short-circuits it.
+It is also safe when several runs publish at once, and after a kill: one run at a time
+publishes (a lock file in the upstreams directory), everything is built in a scratch directory
+unique to the run, the old stamp is removed before anything is replaced, each upstream is
+renamed into place, and the stamp is written last, so a stamp only ever describes complete
+content.  Leftovers of killed runs are removed by the next publisher.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import lzma
 import os
+import re
+import secrets
 import shutil
 import stat
 import tarfile
-import tempfile
-import tomllib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from . import gitutil
+from filelock import FileLock, Timeout
+
+from . import console, gitutil
 from .errors import ConfigError
-from .fsutil import read_json, write_bytes_atomic, write_json_atomic
+from .fsutil import read_json, read_toml, write_json_atomic
 from .settings import Settings
 
 EPOCH_DATE = "2026-01-01T00:00:00Z"
@@ -40,13 +50,7 @@ def upstreams_dir(settings: Settings) -> Path:
 
 
 def _spec(settings: Settings) -> dict:
-    path = settings.project_root / "examples" / "upstreams.toml"
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: missing (the example profile needs it)") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    return read_toml(settings.project_root / "examples" / "upstreams.toml")
 
 
 def _files(tree: Path) -> list[Path]:
@@ -66,22 +70,22 @@ def _inputs_hash(settings: Settings, spec: dict) -> str:
     return h.hexdigest()
 
 
-def _publish_git(tree: Path, dest: Path, tag: str, message: str) -> str:
-    with tempfile.TemporaryDirectory(prefix="askbuild-example-") as tmp:
-        work = Path(tmp) / "w"
-        shutil.copytree(tree, work, symlinks=True)
-        env = dict(gitutil.FIXED_IDENTITY, GIT_AUTHOR_DATE=EPOCH_DATE,
-                   GIT_COMMITTER_DATE=EPOCH_DATE)
-        gitutil.git(["init", "-q", "--", str(work)])
-        gitutil.git(["add", "-A", "--", "."], cwd=work)
-        gitutil.git(["commit", "-q", "--no-gpg-sign", "-m", message], cwd=work, env=env)
-        gitutil.git(["tag", "--no-sign", "-a", "-m", message, "--", tag], cwd=work, env=env)
-        commit = gitutil.out(["rev-parse", "HEAD"], cwd=work)
-        if dest.exists():
-            shutil.rmtree(dest)
-        gitutil.git(["clone", "-q", "--bare", "--", str(work), str(dest)])
-        # Let clients fetch a bare commit id, like GitHub does.
-        gitutil.git(["config", "uploadpack.allowAnySHA1InWant", "true"], cwd=dest)
+def _publish_git(tree: Path, scratch: Path, name: str, tag: str, message: str) -> str:
+    """Build the bare repository ``scratch/<name>.git`` (one tagged commit of ``tree``)."""
+    work = scratch / f"{name}.work"
+    shutil.copytree(tree, work, symlinks=True)
+    env = dict(gitutil.FIXED_IDENTITY, GIT_AUTHOR_DATE=EPOCH_DATE,
+               GIT_COMMITTER_DATE=EPOCH_DATE)
+    gitutil.git(["init", "-q", "--", str(work)])
+    gitutil.git(["add", "-A", "--", "."], cwd=work)
+    gitutil.git(["commit", "-q", "--no-gpg-sign", "-m", message], cwd=work, env=env)
+    gitutil.git(["tag", "--no-sign", "-a", "-m", message, "--", tag], cwd=work, env=env)
+    commit = gitutil.out(["rev-parse", "HEAD"], cwd=work)
+    bare = scratch / f"{name}.git"
+    gitutil.git(["clone", "-q", "--bare", "--", str(work), str(bare)])
+    # Let clients fetch a bare commit id, like GitHub does.
+    gitutil.git(["config", "uploadpack.allowAnySHA1InWant", "true"], cwd=bare)
+    shutil.rmtree(work)
     return commit
 
 
@@ -121,35 +125,128 @@ def _compress(data: bytes, filename: str) -> bytes:
     raise ConfigError(f"examples/upstreams.toml: unsupported tarball type {filename!r}")
 
 
-def publish(settings: Settings, *, force: bool = False) -> dict[str, dict]:
-    """Create (or reuse) the example upstreams; return ``{name: {url, commit|sha256, size}}``."""
-    spec = _spec(settings)
-    dest = upstreams_dir(settings)
-    stamp = dest / "published.json"
-    digest = _inputs_hash(settings, spec)
-    data = None if force else read_json(stamp)
-    if data and data.get("inputs") == digest and "upstreams" in data:
-        return data["upstreams"]
+def _unique(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+_LOCKS: dict[Path, FileLock] = {}
+_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _publish_lock(dest: Path) -> Iterator[None]:
+    """One publisher at a time per upstreams directory (``flock``: a killed run's hold goes
+    with it)."""
     dest.mkdir(parents=True, exist_ok=True)
+    path = dest / ".publish.lock"
+    with _GUARD:
+        lock = _LOCKS.setdefault(path, FileLock(str(path), thread_local=False))
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        console.info(f"example upstreams: waiting for another askbuild run to publish them "
+                     f"(lock {path}) ...")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _published(dest: Path, digest: str) -> dict[str, dict] | None:
+    """The upstreams the stamp describes, when it is for these inputs and they are there."""
+    data = read_json(dest / "published.json")
+    if not data or data.get("inputs") != digest or not isinstance(data.get("upstreams"), dict):
+        return None
+    for up in data["upstreams"].values():
+        path = Path(str(up.get("url", "")).removeprefix("file://"))
+        if dest not in path.parents:
+            return None
+        if "commit" in up and not (path / "HEAD").is_file():
+            return None
+        if "sha256" in up and not (path.is_file() and path.stat().st_size == up.get("size")):
+            return None
+    return data["upstreams"]
+
+
+_LEFTOVER = re.compile(r"\.publish-[0-9]+-[0-9a-f]+|\..+\.old-[0-9]+-[0-9a-f]+|\..+\.tmp")
+
+
+def _clean_leftovers(dest: Path) -> None:
+    """Scratch directories and set-aside copies of killed publishers (lock held)."""
+    for p in dest.iterdir():
+        if _LEFTOVER.fullmatch(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _put_in_place(new: Path, final: Path) -> None:
+    """Replace ``final`` by ``new`` (a file: one rename; a directory: the old one is renamed
+    aside first, then deleted)."""
+    if new.is_dir() and (final.exists() or final.is_symlink()):
+        aside = final.with_name(_unique(f".{final.name}.old-"))
+        os.replace(final, aside)
+        os.replace(new, final)
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)
+        return
+    os.replace(new, final)
+
+
+def _build(settings: Settings, spec: dict, dest: Path, scratch: Path) -> tuple[dict, dict]:
+    """Every upstream built in ``scratch``: (``{final path: built path}``, the results)."""
     base = settings.project_root / "examples"
+    moves: dict[Path, Path] = {}
     result: dict[str, dict] = {}
     for name, entry in spec.items():
         tree = base / entry["tree"]
         if not tree.is_dir():
             raise ConfigError(f"examples/upstreams.toml: [{name}] tree {tree} does not exist")
         if entry["kind"] == "git":
-            repo = dest / f"{name}.git"
-            commit = _publish_git(tree, repo, entry["tag"], entry.get("message", f"{name} "
-                                                                      f"{entry['tag']}"))
-            result[name] = {"url": f"file://{repo}", "commit": commit, "ref": entry["tag"]}
+            commit = _publish_git(tree, scratch, name, entry["tag"],
+                                  entry.get("message", f"{name} {entry['tag']}"))
+            moves[dest / f"{name}.git"] = scratch / f"{name}.git"
+            result[name] = {"url": f"file://{dest / f'{name}.git'}", "commit": commit,
+                            "ref": entry["tag"]}
         elif entry["kind"] == "tarball":
             data = _compress(deterministic_tar(tree, entry.get("top", tree.name)),
                              entry["file"])
-            out = dest / entry["file"]
-            write_bytes_atomic(out, data)
-            result[name] = {"url": f"file://{out}", "sha256": hashlib.sha256(data).hexdigest(),
-                            "size": len(data)}
+            built = scratch / entry["file"]
+            built.write_bytes(data)
+            moves[dest / entry["file"]] = built
+            result[name] = {"url": f"file://{dest / entry['file']}",
+                            "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         else:
             raise ConfigError(f"examples/upstreams.toml: [{name}] kind must be git or tarball")
-    write_json_atomic(stamp, {"inputs": digest, "upstreams": result})
+    return moves, result
+
+
+def publish(settings: Settings, *, force: bool = False) -> dict[str, dict]:
+    """Create (or reuse) the example upstreams; return ``{name: {url, commit|sha256, size}}``.
+
+    Concurrent calls (other runs, other verbs) wait for each other; the published content
+    is complete whenever the stamp exists."""
+    spec = _spec(settings)
+    dest = upstreams_dir(settings)
+    digest = _inputs_hash(settings, spec)
+    if not force and (done := _published(dest, digest)) is not None:
+        return done
+    with _publish_lock(dest):
+        if not force and (done := _published(dest, digest)) is not None:
+            return done                               # another run published meanwhile
+        _clean_leftovers(dest)
+        scratch = dest / _unique(".publish-")
+        scratch.mkdir()
+        try:
+            moves, result = _build(settings, spec, dest, scratch)
+            (dest / "published.json").unlink(missing_ok=True)   # no stamp while replacing
+            for final, built in moves.items():
+                _put_in_place(built, final)
+            write_json_atomic(dest / "published.json", {"inputs": digest, "upstreams": result})
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return result

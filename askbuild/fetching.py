@@ -1,42 +1,65 @@
 """``inv fetch``: every source into the shared download cache and its work tree, verified.
 
-Cache (``settings.cache_dir``, shared by all work dirs and profiles):
+Cache (``settings.cache_dir``, shared by all work dirs, checkouts and profiles):
 
 * ``git/<name>.git``: a bare repository per git source.  Only pinned commits are fetched
   (``git fetch --depth 1 -- URL <sha>``; when a server refuses a bare SHA: the ref, shallow,
-  then the ref's full history).  Every commit askbuild needed is kept reachable by
-  ``refs/askbuild/keep/<sha>``, so the cache never forgets a pin and later fetches only send
-  what is new (git negotiates with what the cache holds).
-* ``tarballs/<sha256>/<file>``: verified release tarballs; ``tarballs/quarantine/``: files
-  that failed verification, kept for inspection and never used.
-* ``locks/<name>.lock``: a :mod:`filelock` per source, so concurrent runs do not corrupt the
-  cache or a work tree.
+  then the ref's full history).  A commit counts as present only when it is *complete*: its
+  tree and every blob in it readable and its history whole down to the shallow boundary
+  (``git rev-list --objects``, :func:`has_commit`), so the objects a killed or disk-full fetch
+  left behind are never taken for a fetched commit.  Every complete commit askbuild needed is
+  kept reachable by ``refs/askbuild/keep/<sha>``, so the cache never forgets a pin and later
+  fetches only send what is new.  An incomplete commit is fetched again, a damaged repository
+  is rebuilt (one line says so): it is a cache.
+* ``tarballs/<sha256>/<file>``: verified release tarballs, downloaded into
+  ``tarballs/.incoming/<name>/`` and moved into place only once verified;
+  ``tarballs/quarantine/``: files that failed verification, kept for inspection and never used.
+  A cached file that no longer verifies is quarantined and downloaded again.
+* ``locks/<name>.lock``: the per-source cache lock (:func:`askbuild.runlock.cache`), held
+  while a source's cache entry is read or changed, so runs from any number of checkouts and
+  work dirs share one cache safely.
 
 Work tree ``<work>/src/<name>``: a git repository, HEAD detached at the base, lightweight tag
 ``askbuild/base``.  Git sources borrow the cache's objects (``objects/info/alternates``, plus a
 copy of the cache's ``shallow`` list); tarball sources are extracted safely and committed as
-one deterministic commit (:data:`askbuild.gitutil.FIXED_IDENTITY`).  A tree already at its base
-is left alone (the patch step's ``askbuild/patched`` branch included); a base move on a tree
-with uncommitted changes is refused (:class:`DirtyTreeError`).
+one deterministic commit (:data:`askbuild.gitutil.FIXED_IDENTITY`).  A new tree is built under
+a temporary name unique to the run (``src/.<name>.tmp-<pid>-<random>``,
+``src/.<name>.import-...``), checked (every tracked file is there) and renamed into place, so
+a tree that exists is complete.  A tree already at its base is left alone (the patch step's
+``askbuild/patched`` branch included); a base move on a tree with uncommitted changes is
+refused (:class:`DirtyTreeError`).  A base move writes ``.git/askbuild-base-move.json`` first
+and removes it last: the next run finishes a move that was interrupted, after checking that
+every changed file holds the old or the new version (anything else is a user edit: refused).
+
+Leftovers of killed runs (temporary trees, ``.part`` files, git lock and temporary files) are
+removed by the next run, only while it holds the lock that covers them (the work-dir lock for
+``src/``, the source's cache lock for its cache entry), so a live run's files are never touched.
+Every git failure is a :class:`SourceError` naming the source and URL; a full disk is a
+:class:`~askbuild.errors.NoSpaceError` naming the path and the free space.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
-from . import console, gitutil
+from . import console, gitutil, runlock
 from .archive import safe_extract
-from .download import download, network_fix, progress
+from .download import (
+    NoSpaceError,
+    download,
+    network_fix,
+    no_space_error,
+    progress,
+    unique_name,
+)
 from .errors import (
     DirtyTreeError,
     NetworkError,
@@ -45,7 +68,7 @@ from .errors import (
     UnlockedSourceError,
     VerificationError,
 )
-from .fsutil import sha256_file
+from .fsutil import read_json, sha256_file, write_json_atomic
 from .gitutil import GitError, check_ref, is_sha
 from .settings import Settings
 from .sources import Source, load_sources, select, write_lock
@@ -54,6 +77,8 @@ from .urls import apply_mirrors, check_url
 BASE_TAG = "askbuild/base"
 KEEP_PREFIX = "refs/askbuild/keep/"
 SHA256_TRAILER = "Askbuild-Sha256"
+#: In a work tree's ``.git``: a base move in progress (``{"from": sha, "to": sha}``).
+MOVE_MARKER = "askbuild-base-move.json"
 
 # git's words for "the remote cannot be reached at all" (no point in trying other requests).
 _UNREACHABLE = re.compile(
@@ -62,6 +87,19 @@ _UNREACHABLE = re.compile(
     r"Could not read from remote repository|Repository not found|unable to connect|"
     r"Name or service not known|Temporary failure in name resolution|No route to host",
     re.IGNORECASE)
+# git's words for a full disk.
+_NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|Out of diskspace",
+                       re.IGNORECASE)
+# git's words for a damaged local repository (objects missing or corrupt).
+_DAMAGED = re.compile(
+    r"corrupt|bad object|bad tree object|unable to read|missing (?:blob|tree|commit) object|"
+    r"invalid object|did not send all necessary objects|unable to parse|"
+    r"Failed to traverse parents|not a git repository",
+    re.IGNORECASE)
+
+
+class _Damaged(Exception):
+    """The cache repository is damaged: rebuild it and try once more."""
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -83,28 +121,8 @@ def remote_url(settings: Settings, source: Source) -> str:
     return url
 
 
-_LOCKS: dict[Path, FileLock] = {}
-
-
-@contextlib.contextmanager
-def cache_lock(settings: Settings, name: str) -> Iterator[None]:
-    """Hold the per-source cache lock (re-entrant within this process)."""
-    path = settings.cache_dir / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = _LOCKS.setdefault(path, FileLock(path))
-    try:
-        lock.acquire(timeout=1)
-    except Timeout:
-        console.info(f"source {name}: waiting for another askbuild run (lock {path}) ...")
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def record_lock(settings: Settings, source: Source, **fields: object) -> Source:
-    with cache_lock(settings, "_sources-file"):   # "_": no source can be named so
+    with runlock.cache(settings, "_sources-file"):   # "_": no source can be named so
         write_lock(settings, source.name, **fields)
     return dataclasses.replace(source, **fields)
 
@@ -120,26 +138,182 @@ def _rel(settings: Settings, path: Path) -> str:
         return str(path)
 
 
+def _stderr_detail(stderr: str) -> str:
+    """The last two lines of git's stderr, without their ``fatal:``/``error:`` prefixes."""
+    lines = [ln.removeprefix("fatal: ").removeprefix("error: ")
+             for ln in stderr.strip().splitlines() if ln.strip()]
+    return "; ".join(lines[-2:])
+
+
+def _git_detail(err: GitError) -> str:
+    return _stderr_detail(err.stderr) or f"exit status {err.returncode}"
+
+
+def _git_failure(source: Source, url: str, place: Path, err: GitError) -> Exception:
+    """A git failure as the user should see it: a full disk, or the source, URL and cause."""
+    if _NO_SPACE.search(err.stderr):
+        return no_space_error(source.name, f"run git {err.args_[0]}", place)
+    return SourceError(
+        f"source {source.name} ({url}): git {' '.join(err.args_[:2])} failed in {place}: "
+        f"{_git_detail(err)}",
+        fix=f"run the same command again (askbuild repairs its own cache); if it fails the "
+            f"same way, fix what git reports in {place}, or run with --debug and report it")
+
+
+@contextlib.contextmanager
+def _git_errors(source: Source, url: str, place: Path) -> Iterator[None]:
+    """Turn a :class:`GitError` escaping the block into a :class:`SourceError` (or a
+    :class:`NoSpaceError`) naming the source, the URL and ``place``."""
+    try:
+        yield
+    except GitError as e:
+        raise _git_failure(source, url, place, e) from e
+
+
+# -- leftovers of killed runs ---------------------------------------------------------------
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def _matching(directory: Path, pattern: re.Pattern[str]) -> list[Path]:
+    try:
+        return sorted(p for p in directory.iterdir() if pattern.fullmatch(p.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _clean_work_leftovers(settings: Settings, source: Source) -> None:
+    """Remove the temporary trees killed runs left in ``src/`` for this source.  The caller
+    holds the work-dir lock, so no live run owns them."""
+    name = re.escape(source.name)
+    found = _matching(settings.src_dir, re.compile(rf"\.{name}\.(?:tmp|import)-[A-Za-z0-9_-]+"))
+    if found:
+        console.info(f"source {source.name}: removing what an interrupted run left behind: "
+                     f"{', '.join(p.name for p in found)}")
+        _remove(found)
+
+
+def _stale_git_files(repo: Path) -> list[Path]:
+    """Lock and temporary files a killed git left in the cache repository ``repo``."""
+    if not repo.is_dir():
+        return []
+    found = list(repo.glob("*.lock"))
+    found += (repo / "refs").rglob("*.lock") if (repo / "refs").is_dir() else []
+    objects = repo / "objects"
+    found += objects.glob("pack/tmp_*")
+    found += objects.glob("tmp_obj_*")
+    found += objects.glob("??/tmp_obj_*")
+    return sorted(found)
+
+
+def _incoming(settings: Settings, source: Source) -> Path:
+    """Where downloads of a tarball source are written until they are verified."""
+    return settings.tarball_cache / ".incoming" / source.name
+
+
+def _clean_cache_leftovers(settings: Settings, source: Source) -> None:
+    """Remove what killed runs left in this source's cache entry.  The caller holds the
+    source's cache lock (every askbuild access to that entry does), so nothing found here
+    belongs to a live run."""
+    if source.kind == "git":
+        repo = cache_repo(settings, source)
+        name = re.escape(repo.name)
+        found = _matching(settings.git_cache, re.compile(
+            rf"\.{name}\.(?:(?:tmp|old)-[0-9]+-[0-9a-f]+|[a-z0-9_]{{8}})"))
+        found += _stale_git_files(repo)
+    else:
+        found = _matching(_incoming(settings, source), re.compile(r".*"))
+        found += _matching(settings.tarball_cache, re.compile(
+            rf"\.{re.escape(source.filename)}\.[a-z0-9_]{{8}}\.part"))    # older askbuilds
+    if found:
+        console.info(f"source {source.name}: removing {len(found)} file(s) an interrupted run "
+                     f"left in the cache ({found[0].name}{', ...' if len(found) > 1 else ''})")
+        _remove(found)
+
+
 # -- git cache ----------------------------------------------------------------------------
 
+def _valid_repo(repo: Path) -> bool:
+    return (repo / "HEAD").is_file() and (repo / "objects").is_dir() and \
+        (repo / "refs").is_dir()
+
+
+def _discard(repo: Path) -> None:
+    """Move ``repo`` out of the way (one rename), then delete it; a kill in between leaves a
+    ``.<name>.old-*`` leftover that the next run removes."""
+    aside = repo.parent / unique_name(f".{repo.name}.old-")
+    os.replace(repo, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _init_cache(repo: Path) -> None:
-    if (repo / "HEAD").exists():
+    """Make ``repo`` a valid bare repository (built under a unique name, renamed into place);
+    anything invalid in its place is discarded first."""
+    if _valid_repo(repo):
         return
+    if repo.exists() or repo.is_symlink():
+        console.warn(f"the cache repository {repo} is not a valid git repository; rebuilding it")
+        _discard(repo)
     repo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=repo.parent))
-    gitutil.git(["init", "-q", "--bare", "--", str(tmp)])
-    tmp.rename(repo)
+    tmp = repo.parent / unique_name(f".{repo.name}.tmp-")
+    try:
+        gitutil.git(["init", "-q", "--bare", "--", str(tmp)])
+        tmp.rename(repo)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
-def has_commit(repo: Path, sha: str) -> bool:
-    if not (repo / "HEAD").exists():
-        return False
+def _rebuild_cache(source: Source, repo: Path, why: str) -> None:
+    console.warn(f"source {source.name}: the cache repository {repo} is damaged ({why}); "
+                 "rebuilding it")
+    _discard(repo)
+    _init_cache(repo)
+
+
+def _tidy_cache(settings: Settings, source: Source) -> None:
+    """Leftovers removed and, for git, an invalid repository discarded.  Cache lock held."""
+    _clean_cache_leftovers(settings, source)
+    repo = cache_repo(settings, source)
+    if source.kind == "git" and repo.exists() and not _valid_repo(repo):
+        console.warn(f"source {source.name}: the cache repository {repo} is not a valid git "
+                     "repository; it will be rebuilt")
+        _discard(repo)
+
+
+def _has_object(repo: Path, sha: str) -> bool:
     return gitutil.git(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=repo,
                        check=False).returncode == 0
 
 
+def has_commit(repo: Path, sha: str) -> bool:
+    """Whether the cache repository holds commit ``sha`` *completely*: the commit, its tree
+    and every blob in it (``rev-list --objects --no-walk``), and its history down to what
+    the cache already holds or to the shallow boundary (git's own connectivity check).  The
+    loose objects of an interrupted fetch never count."""
+    if not is_sha(sha) or not _valid_repo(repo):
+        return False
+    for args in (["rev-list", "--quiet", "--objects", "--no-walk", sha],
+                 ["rev-list", "--quiet", "--objects", sha, "--not", "--all"]):
+        if gitutil.git(args, cwd=repo, check=False).returncode != 0:
+            return False
+    return True
+
+
 def _keep(repo: Path, sha: str) -> None:
     gitutil.git(["update-ref", f"{KEEP_PREFIX}{sha}", sha], cwd=repo)
+
+
+def _drop_keep(repo: Path, sha: str) -> None:
+    """Forget the keep ref of an incomplete commit: while it exists, git would tell the
+    server the cache already has that commit, and the missing objects would never come."""
+    gitutil.git(["update-ref", "-d", f"{KEEP_PREFIX}{sha}"], cwd=repo, check=False)
 
 
 def _is_unreachable(err: GitError) -> bool:
@@ -147,10 +321,20 @@ def _is_unreachable(err: GitError) -> bool:
 
 
 def _network_error(source: Source, url: str, err: GitError) -> NetworkError:
-    detail = err.stderr.strip().splitlines()
-    detail = "; ".join(line.removeprefix("fatal: ") for line in detail[-2:]) or str(err)
-    return NetworkError(f"source {source.name}: cannot fetch from {url}: {detail}",
+    return NetworkError(f"source {source.name}: cannot fetch from {url}: {_git_detail(err)}",
                         fix=network_fix())
+
+
+def _fetch_failure(source: Source, url: str, repo: Path, err: GitError) -> Exception | None:
+    """What a failed ``git fetch`` means: a full disk, an unreachable remote, a damaged cache
+    (an exception to raise), or ``None``: the remote does not have what was asked."""
+    if _NO_SPACE.search(err.stderr):
+        return no_space_error(source.name, f"fetch {url}", repo)
+    if _is_unreachable(err):
+        return _network_error(source, url, err)
+    if _DAMAGED.search(err.stderr):
+        return _Damaged(_git_detail(err))
+    return None
 
 
 def _git_fetch(source: Source, repo: Path, url: str, opts: list[str], refs: list[str],
@@ -177,57 +361,106 @@ def _offline_error(source: Source, what: str, where: Path) -> OfflineError:
 
 
 def fetch_commit(settings: Settings, source: Source, sha: str) -> None:
-    """Make sure the cache repository holds commit ``sha`` of a git source.
+    """Make sure the cache repository holds commit ``sha`` of a git source, completely.
 
     No network when it is already there.  Raises :class:`VerificationError` when upstream no
     longer has the commit and its ref points elsewhere (a moved tag is never followed).
     """
     repo = cache_repo(settings, source)
-    with cache_lock(settings, source.name):
+    with runlock.cache(settings, source.name):
+        _tidy_cache(settings, source)
         if has_commit(repo, sha):
             _keep(repo, sha)
+            _sync_shallow(settings, source)
             return
         if settings.offline:
             raise _offline_error(source, f"the locked commit {sha}", repo)
-        _init_cache(repo)
         url = remote_url(settings, source)
-        attempts = [
-            (lambda: ["--depth", "1"], sha, f"commit {_short(sha)}"),
-            (lambda: ["--depth", "1"], source.ref, f"{source.ref} (server refused a bare SHA)"),
-            (lambda: ["--unshallow"] if (repo / "shallow").exists() else [], source.ref,
-             f"full history of {source.ref}"),
-        ]
-        ref_tip = None
-        last: GitError | None = None
-        for make_opts, what, label in attempts:
+        with _git_errors(source, url, repo):
+            _init_cache(repo)
+            if _has_object(repo, sha):
+                console.warn(f"source {source.name}: commit {_short(sha)} in the cache "
+                             f"repository {repo} is incomplete (an earlier fetch was "
+                             "interrupted); fetching it again")
+                _drop_keep(repo, sha)
             try:
-                _git_fetch(source, repo, url, make_opts(), [what], label)
-            except GitError as e:
-                if _is_unreachable(e):
-                    raise _network_error(source, url, e) from e
-                last = e
-                continue
-            if what == source.ref:
-                ref_tip = gitutil.out(["rev-parse", "--verify", "-q", "FETCH_HEAD^{commit}"],
-                                      cwd=repo, check=False) or ref_tip
-            if has_commit(repo, sha):
-                _keep(repo, sha)
-                _sync_shallow(settings, source)
-                return
-        if ref_tip:
-            raise VerificationError(
-                f"source {source.name}: the locked commit {sha} is not available from {url}, "
-                f"and its ref {source.ref!r} now points at {ref_tip}: the tag was moved or the "
-                f"history rewritten upstream; askbuild does not follow it",
-                fix=f"if the new commit is intended, review it and run `inv lock --update "
-                    f"--source {source.name}`; otherwise fetch from a mirror that still has "
-                    f"{_short(sha)} (ASKBUILD_MIRRORS)")
-        detail = last.stderr.strip().splitlines()[-1] if last and last.stderr.strip() else ""
+                _fetch_pin(settings, source, repo, url, sha)
+            except _Damaged as e:
+                _rebuild_cache(source, repo, str(e))
+                try:
+                    _fetch_pin(settings, source, repo, url, sha)
+                except _Damaged as again:
+                    raise _broken_upstream(source, url, sha, str(again)) from again
+            _keep(repo, sha)
+            _sync_shallow(settings, source)
+
+
+def _broken_upstream(source: Source, url: str, what: str, detail: str) -> SourceError:
+    return SourceError(
+        f"source {source.name}: {what} fetched from {url} is incomplete even in a freshly "
+        f"built cache repository: {detail}",
+        fix="the upstream (or mirror) repository is damaged; fetch from another mirror "
+            "(ASKBUILD_MIRRORS) or ask its maintainers")
+
+
+def _fetch_pin(settings: Settings, source: Source, repo: Path, url: str, sha: str) -> None:
+    """Fetch commit ``sha`` into ``repo`` until it is complete (see :func:`fetch_commit`);
+    raises :class:`_Damaged` when git reports (or the result shows) a damaged cache."""
+    attempts = [
+        (lambda: ["--depth", "1"], sha, f"commit {_short(sha)}"),
+        (lambda: ["--depth", "1"], source.ref, f"{source.ref} (server refused a bare SHA)"),
+        (lambda: ["--unshallow"] if (repo / "shallow").exists() else [], source.ref,
+         f"full history of {source.ref}"),
+    ]
+    ref_tip = None
+    last: GitError | None = None
+    for make_opts, what, label in attempts:
+        try:
+            _git_fetch(source, repo, url, make_opts(), [what], label)
+        except GitError as e:
+            failure = _fetch_failure(source, url, repo, e)
+            if failure is not None:
+                raise failure from e
+            last = e
+            continue
+        if what == source.ref:
+            ref_tip = gitutil.out(["rev-parse", "--verify", "-q", "FETCH_HEAD^{commit}"],
+                                  cwd=repo, check=False) or ref_tip
+        if has_commit(repo, sha):
+            return
+        if _has_object(repo, sha):
+            raise _Damaged(f"commit {_short(sha)} is still incomplete after a fetch")
+    if ref_tip:
+        raise VerificationError(
+            f"source {source.name}: the locked commit {sha} is not available from {url}, "
+            f"and its ref {source.ref!r} now points at {ref_tip}: the tag was moved or the "
+            f"history rewritten upstream; askbuild does not follow it",
+            fix=f"if the new commit is intended, review it and run `inv lock --update "
+                f"--source {source.name}`; otherwise fetch from a mirror that still has "
+                f"{_short(sha)} (ASKBUILD_MIRRORS)")
+    detail = _git_detail(last) if last else ""
+    raise SourceError(
+        f"source {source.name}: cannot fetch commit {sha} or ref {source.ref!r} from "
+        f"{url}: {detail}",
+        fix="check the ref and URL in the sources file, or lock again with "
+            f"`inv lock --update --source {source.name}`")
+
+
+def _fetch_ref_once(source: Source, repo: Path, url: str, ref: str) -> str:
+    """Fetch ``ref`` (depth 1) into ``repo``; return its commit, complete."""
+    try:
+        _git_fetch(source, repo, url, ["--depth", "1"], [ref], ref)
+    except GitError as e:
+        failure = _fetch_failure(source, url, repo, e)
+        if failure is not None:
+            raise failure from e
         raise SourceError(
-            f"source {source.name}: cannot fetch commit {sha} or ref {source.ref!r} from "
-            f"{url}: {detail}",
-            fix="check the ref and URL in the sources file, or lock again with "
-                f"`inv lock --update --source {source.name}`")
+            f"source {source.name}: ref {ref!r} not found at {url}",
+            fix="check the tag/branch name (git ls-remote URL) and the sources file") from e
+    sha = gitutil.out(["rev-parse", "--verify", "FETCH_HEAD^{commit}"], cwd=repo)
+    if not has_commit(repo, sha):
+        raise _Damaged(f"commit {_short(sha)} of {ref} is incomplete after a fetch")
+    return sha
 
 
 def fetch_ref(settings: Settings, source: Source, ref: str) -> str:
@@ -243,17 +476,17 @@ def fetch_ref(settings: Settings, source: Source, ref: str) -> str:
     if settings.offline:
         raise _offline_error(source, f"ref {ref!r} (refs are resolved upstream)", repo)
     url = remote_url(settings, source)
-    with cache_lock(settings, source.name):
+    with runlock.cache(settings, source.name), _git_errors(source, url, repo):
+        _tidy_cache(settings, source)
         _init_cache(repo)
         try:
-            _git_fetch(source, repo, url, ["--depth", "1"], [ref], ref)
-        except GitError as e:
-            if _is_unreachable(e):
-                raise _network_error(source, url, e) from e
-            raise SourceError(
-                f"source {source.name}: ref {ref!r} not found at {url}",
-                fix="check the tag/branch name (git ls-remote URL) and the sources file") from e
-        sha = gitutil.out(["rev-parse", "--verify", "FETCH_HEAD^{commit}"], cwd=repo)
+            sha = _fetch_ref_once(source, repo, url, ref)
+        except _Damaged as e:
+            _rebuild_cache(source, repo, str(e))
+            try:
+                sha = _fetch_ref_once(source, repo, url, ref)
+            except _Damaged as again:
+                raise _broken_upstream(source, url, f"ref {ref!r}", str(again)) from again
         _keep(repo, sha)
         _sync_shallow(settings, source)
     return sha
@@ -282,32 +515,36 @@ def upstream_log(settings: Settings, source: Source, old: str, new: str,
     """``git log --oneline old..new`` from the cache, deepening the shallow history of
     ``source.ref`` until ``old`` is reached (bounded).  Returns (lines, old_is_ancestor)."""
     repo = cache_repo(settings, source)
-    with cache_lock(settings, source.name):
+    url = remote_url(settings, source)
+    with runlock.cache(settings, source.name), _git_errors(source, url, repo):
+        _tidy_cache(settings, source)
+        _init_cache(repo)
+
         def ancestor() -> bool:
             return gitutil.git(["merge-base", "--is-ancestor", old, new], cwd=repo,
                                check=False).returncode == 0
 
-        if not has_commit(repo, old) and not settings.offline:
+        if not _has_object(repo, old) and not settings.offline:
             # The old pin is needed as the end of the log (one shallow commit is enough).
             try:
-                _git_fetch(source, repo, remote_url(settings, source), ["--depth", "1"], [old],
-                           f"old pin {_short(old)}")
-                _keep(repo, old)
+                _git_fetch(source, repo, url, ["--depth", "1"], [old], f"old pin {_short(old)}")
+                if has_commit(repo, old):
+                    _keep(repo, old)
             except GitError:
                 pass
         depth = 16
         while not ancestor() and (repo / "shallow").exists() and depth <= max_depth \
-                and not settings.offline and has_commit(repo, old):
+                and not settings.offline and _has_object(repo, old):
             try:
-                _git_fetch(source, repo, remote_url(settings, source), [f"--deepen={depth}"],
-                           [source.ref], f"history of {source.ref}")
+                _git_fetch(source, repo, url, [f"--deepen={depth}"], [source.ref],
+                           f"history of {source.ref}")
             except GitError:
                 break
             depth *= 4
         _sync_shallow(settings, source)
         is_anc = ancestor()
         lines = gitutil.out(["log", "--oneline", "--no-decorate", f"{old}..{new}", "--"],
-                            cwd=repo, check=False).splitlines() if has_commit(repo, old) else []
+                            cwd=repo, check=False).splitlines() if _has_object(repo, old) else []
     return lines, is_anc
 
 
@@ -329,6 +566,25 @@ def _tree_has(tree: Path, sha: str) -> bool:
     return _tree_git(tree, ["cat-file", "-e", f"{sha}^{{commit}}"], check=False).returncode == 0
 
 
+def _marker(tree: Path) -> Path:
+    return tree / ".git" / MOVE_MARKER
+
+
+def _settled(tree: Path, commit: str) -> bool:
+    """The tree sits on ``commit`` with no base move pending (the fast path: no lock)."""
+    return (_base_of(tree) == commit and not _marker(tree).exists()
+            and _tree_has(tree, commit))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(unique_name(f".{path.name}.tmp-"))
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _sync_shallow(settings: Settings, source: Source) -> None:
     """Copy the cache's shallow list into the work tree that borrows its objects."""
     tree = work_tree(settings, source)
@@ -337,17 +593,16 @@ def _sync_shallow(settings: Settings, source: Source) -> None:
 
 
 def _link_cache(git_dir: Path, repo: Path) -> None:
+    """Make ``git_dir`` borrow the objects of the cache repository ``repo`` (atomic writes)."""
     alt = git_dir / "objects" / "info" / "alternates"
     alt.parent.mkdir(parents=True, exist_ok=True)
     want = str((repo / "objects").resolve()) + "\n"
     if not alt.exists() or alt.read_text() != want:
-        alt.write_text(want)
+        _write_atomic(alt, want)
     src = repo / "shallow"
     dst = git_dir / "shallow"
     if src.exists():
-        tmp = dst.with_name("shallow.askbuild-tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        _write_atomic(dst, src.read_text())
     elif dst.exists():
         dst.unlink()
 
@@ -366,14 +621,126 @@ def _check_clean(settings: Settings, source: Source, tree: Path, old: str | None
             f"(`git -C {t} reset --hard && git -C {t} clean -fd`), then run again")
 
 
-def _checkout_base(settings: Settings, source: Source, tree: Path, commit: str) -> None:
-    _tree_git(tree, ["checkout", "-q", "--detach", commit])
-    _tree_git(tree, ["tag", "-f", BASE_TAG, commit])
+def _verify_checkout(source: Source, tree: Path, commit: str) -> None:
+    """HEAD is ``commit`` and every tracked file is there with its content (git's checkout
+    exits 0 even when objects are missing)."""
     head = _tree_git(tree, ["rev-parse", "HEAD"]).stdout.strip()
     if head != commit:
         raise VerificationError(
             f"source {source.name}: work tree {tree} is at {head}, expected {commit}",
-            fix=f"remove {tree} and fetch again")
+            fix="run the same command again")
+    changed = _tree_git(tree, ["status", "--porcelain", "--untracked-files=no"]).stdout
+    if changed.strip():
+        files = [line[3:] for line in changed.splitlines()]
+        raise VerificationError(
+            f"source {source.name}: checking out {_short(commit)} in {tree} left "
+            f"{len(files)} file(s) missing or different ({', '.join(files[:5])}"
+            f"{' ...' if len(files) > 5 else ''})",
+            fix="run the same command again (the cache is checked and repaired first)")
+
+
+def _checkout(source: Source, tree: Path, commit: str, *, force: bool = False) -> None:
+    """``git checkout --detach commit``, then :func:`_verify_checkout`.  Files git could not
+    write (a full disk: git may still exit 0) are reported with the free space."""
+    r = _tree_git(tree, ["checkout", "-q", *(["-f"] if force else []), "--detach", commit],
+                  check=False)
+    if r.returncode != 0:
+        raise GitError(["checkout", commit], r.returncode, r.stdout, r.stderr)
+    if "unable to write" in r.stderr:
+        raise SourceError(
+            f"source {source.name}: checking out {_short(commit)}: git could not write every "
+            f"file into {tree} ({_stderr_detail(r.stderr)}); "
+            f"{shutil.disk_usage(tree).free >> 20} MiB free there",
+            fix="free some space if the disk is full, then run the same command again")
+    _verify_checkout(source, tree, commit)
+
+
+def _finish_move(source: Source, tree: Path, commit: str, *, force: bool) -> None:
+    """Check out ``commit``, verify, move the base tag, then drop the move marker."""
+    _checkout(source, tree, commit, force=force)
+    _tree_git(tree, ["tag", "-f", BASE_TAG, commit])
+    _marker(tree).unlink(missing_ok=True)
+
+
+def _move_base(settings: Settings, source: Source, tree: Path, base: str, commit: str) -> None:
+    """Move a clean tree from ``base`` to ``commit``, resumable after a kill."""
+    _check_clean(settings, source, tree, base, commit)
+    head = _tree_git(tree, ["rev-parse", "HEAD"]).stdout.strip()
+    write_json_atomic(_marker(tree), {"from": head, "to": commit})
+    _finish_move(source, tree, commit, force=False)
+    console.info(f"source {source.name}: base moved {_short(base)} -> {_short(commit)}")
+
+
+def _blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _versions(tree: Path, commits: list[str]) -> list[dict[str, str]]:
+    """``{path: blob id}`` of each commit's tree (the commits the tree is known to have)."""
+    maps = []
+    for c in commits:
+        r = _tree_git(tree, ["ls-tree", "-r", "-z", "--full-tree", c], check=False, text=False)
+        if r.returncode != 0:
+            continue
+        entries: dict[str, str] = {}
+        for item in r.stdout.split(b"\0"):
+            meta, _, path = item.partition(b"\t")
+            if path:
+                entries[os.fsdecode(path)] = meta.split()[2].decode()
+        maps.append(entries)
+    return maps
+
+
+def _changes_since(tree: Path, commits: list[str]) -> tuple[list[str], list[str]]:
+    """Paths ``git status`` reports in ``tree``: (those whose content is none of ``commits``'
+    versions: edits of the user, untracked paths that hold one of those versions)."""
+    raw = _tree_git(tree, ["status", "--porcelain", "-z", "--untracked-files=all",
+                           "--no-renames"], text=False).stdout
+    entries = [(e[:2].decode(), os.fsdecode(e[3:])) for e in raw.split(b"\0") if e]
+    if not entries:
+        return [], []
+    maps = _versions(tree, commits)
+    paths = [p for _, p in entries]
+    files = [p for p in paths if (tree / p).is_file() and not (tree / p).is_symlink()]
+    hashed = _tree_git(tree, ["hash-object", "--stdin-paths"],
+                       input="".join(f"{p}\n" for p in files)).stdout.split() if files else []
+    current: dict[str, str | None] = dict(zip(files, hashed, strict=True))
+    for p in paths:
+        full = tree / p
+        if full.is_symlink():
+            current[p] = _blob_id(os.fsencode(os.readlink(full)))
+        elif not full.exists():
+            current[p] = None
+        elif p not in current:
+            current[p] = "(directory)"
+    foreign = [p for p in paths if current[p] not in {m.get(p) for m in maps}]
+    ours_untracked = [p for code, p in entries if code == "??" and p not in foreign]
+    return foreign, ours_untracked
+
+
+def _resume_move(settings: Settings, source: Source, tree: Path, commit: str) -> None:
+    """Finish a base move a killed run left half done (its marker is there).  Every changed
+    file must hold the version of the old HEAD or of a target: anything else was edited
+    since, and is never overwritten (:class:`DirtyTreeError`)."""
+    data = read_json(_marker(tree)) or {}
+    known = [c for c in (data.get("from"), data.get("to"), commit)
+             if isinstance(c, str) and is_sha(c) and _tree_has(tree, c)]
+    for lock in ("index.lock", "HEAD.lock", f"refs/tags/{BASE_TAG}.lock"):
+        (tree / ".git" / lock).unlink(missing_ok=True)      # the killed checkout's
+    foreign, ours_untracked = _changes_since(tree, known)
+    t = _rel(settings, tree)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise DirtyTreeError(
+            f"source {source.name}: a run moving the base of {t} to "
+            f"{_short(data.get('to'))} was interrupted, and {shown} changed since; refusing "
+            "to touch the tree",
+            fix=f"save those changes (`git -C {t} stash -u`) or discard them (`git -C {t} "
+                f"checkout -f HEAD && git -C {t} clean -fd`), then run again")
+    console.warn(f"source {source.name}: finishing the interrupted base move of {t} "
+                 f"({_short(data.get('from'))} -> {_short(commit)})")
+    _remove([tree / p for p in ours_untracked])
+    _finish_move(source, tree, commit, force=True)
 
 
 def _existing_tree(settings: Settings, source: Source, tree: Path) -> str | None:
@@ -389,29 +756,57 @@ def _existing_tree(settings: Settings, source: Source, tree: Path) -> str | None
     return base
 
 
-def _git_work_tree(settings: Settings, source: Source, commit: str) -> Path:
+def _head_readable(tree: Path) -> bool:
+    return _tree_git(tree, ["rev-list", "--quiet", "--objects", "--no-walk", "HEAD"],
+                     check=False).returncode == 0
+
+
+def _ensure_head_readable(settings: Settings, source: Source, tree: Path, base: str) -> None:
+    """The files of the tree's HEAD must be readable to tell user edits from a clean tree;
+    they live in the cache, which may have been deleted or rebuilt: fetch the old base."""
+    if _head_readable(tree):
+        return
+    try:
+        fetch_commit(settings, source, base)
+    except SourceError as e:
+        raise SourceError(
+            f"source {source.name}: the files of {tree}'s current base {_short(base)} are no "
+            f"longer in the cache and cannot be fetched again ({e.message}); askbuild cannot "
+            "tell whether the tree holds uncommitted changes",
+            fix=f"if {tree} holds nothing of value, remove it and run again") from e
+    _link_cache(tree / ".git", cache_repo(settings, source))
+
+
+def _new_git_tree(settings: Settings, source: Source, commit: str) -> Path:
+    """A new work tree at ``commit``, built under a unique temporary name and renamed into
+    place only when complete."""
     tree = work_tree(settings, source)
-    repo = cache_repo(settings, source)
-    base = _existing_tree(settings, source, tree)
-    if base == commit:
-        _link_cache(tree / ".git", repo)        # the cache was rebuilt: borrow from it again
-        return tree
-    if base is not None:
-        _check_clean(settings, source, tree, base, commit)
-        _link_cache(tree / ".git", repo)
-        _checkout_base(settings, source, tree, commit)
-        console.info(f"source {source.name}: base moved {_short(base)} -> {_short(commit)}")
-        return tree
     settings.src_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{source.name}.tmp-", dir=settings.src_dir))
+    tmp = settings.src_dir / unique_name(f".{source.name}.tmp-")
     try:
         gitutil.git(["init", "-q", "--", str(tmp)])
-        _link_cache(tmp / ".git", repo)
-        _checkout_base(settings, source, tmp, commit)
+        _link_cache(tmp / ".git", cache_repo(settings, source))
+        _checkout(source, tmp, commit)
+        _tree_git(tmp, ["tag", "-f", BASE_TAG, commit])
         tmp.rename(tree)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return tree
+
+
+def _git_work_tree(settings: Settings, source: Source, commit: str) -> Path:
+    tree = work_tree(settings, source)
+    base = _existing_tree(settings, source, tree)
+    if base is None:
+        return _new_git_tree(settings, source, commit)
+    _link_cache(tree / ".git", cache_repo(settings, source))   # the cache may be rebuilt
+    if _marker(tree).exists():
+        _ensure_head_readable(settings, source, tree, base)
+        _resume_move(settings, source, tree, commit)
+    elif base != commit:
+        _ensure_head_readable(settings, source, tree, base)
+        _move_base(settings, source, tree, base, commit)
     return tree
 
 
@@ -420,6 +815,11 @@ def _tarball_base_sha256(tree: Path) -> str | None:
                     check=False).stdout
     m = re.search(rf"^{SHA256_TRAILER}: ([0-9a-f]{{64}})$", msg, re.MULTILINE)
     return m.group(1) if m else None
+
+
+def _tarball_settled(settings: Settings, source: Source, tree: Path) -> bool:
+    return (tree.exists() and _existing_tree(settings, source, tree) is not None
+            and not _marker(tree).exists() and _tarball_base_sha256(tree) == source.sha256)
 
 
 def _import_tarball(settings: Settings, source: Source, archive: Path, dest: Path) -> str:
@@ -439,21 +839,27 @@ def _import_tarball(settings: Settings, source: Source, archive: Path, dest: Pat
 def _tarball_work_tree(settings: Settings, source: Source, archive: Path) -> Path:
     tree = work_tree(settings, source)
     base = _existing_tree(settings, source, tree)
-    if base is not None and _tarball_base_sha256(tree) == source.sha256:
+    if _tarball_settled(settings, source, tree):
         return tree
     settings.src_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{source.name}.import-", dir=settings.src_dir))
+    scratch = settings.src_dir / unique_name(f".{source.name}.import-")
     try:
+        scratch.mkdir()
         new_tree = scratch / "tree"
-        commit = _import_tarball(settings, source, archive, new_tree)
+        try:
+            commit = _import_tarball(settings, source, archive, new_tree)
+        except NoSpaceError as e:   # name the work tree's place, not the scratch directory
+            raise no_space_error(source.name, f"extract {archive.name}",
+                                 settings.src_dir) from e
         if base is None:
             _tree_git(new_tree, ["tag", BASE_TAG, commit])
             new_tree.rename(tree)
+            return tree
+        _tree_git(tree, ["fetch", "-q", "--no-tags", "--", str(new_tree), commit])
+        if _marker(tree).exists():
+            _resume_move(settings, source, tree, commit)
         else:
-            _check_clean(settings, source, tree, base, commit)
-            _tree_git(tree, ["fetch", "-q", "--no-tags", "--", str(new_tree), commit])
-            _checkout_base(settings, source, tree, commit)
-            console.info(f"source {source.name}: base moved {_short(base)} -> {_short(commit)}")
+            _move_base(settings, source, tree, base, commit)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return tree
@@ -469,7 +875,7 @@ def cached_tarball(settings: Settings, source: Source) -> Path:
 def _quarantine(settings: Settings, path: Path, name: str) -> Path:
     qdir = settings.tarball_cache / "quarantine"
     qdir.mkdir(parents=True, exist_ok=True)
-    dest = qdir / f"{name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+    dest = qdir / unique_name(f"{name}.{time.strftime('%Y%m%dT%H%M%S')}.")
     os.replace(path, dest)
     return dest
 
@@ -479,6 +885,13 @@ def _verify_tarball(settings: Settings, source: Source, path: Path, url: str,
     if size == source.size and sha == source.sha256:
         return
     q = _quarantine(settings, path, source.filename)
+    if source.size is not None and size < source.size:
+        raise VerificationError(
+            f"source {source.name}: {url} gave {size} of the {source.size} bytes the lock "
+            f"records (sha256 {sha}): the download was truncated, or the server now serves a "
+            f"shorter file; it was moved to {q} and is not used",
+            fix="run the same command again (a new download starts); if every download stops "
+                "at the same size, check the URL and mirrors")
     raise VerificationError(
         f"source {source.name}: {url} does not match the lock: expected sha256 "
         f"{source.sha256} ({source.size} bytes), got {sha} ({size} bytes); the file was moved "
@@ -488,23 +901,38 @@ def _verify_tarball(settings: Settings, source: Source, path: Path, url: str,
             "mirror")
 
 
+def _download(settings: Settings, source: Source, url: str, *, locked: bool):
+    return download(url, _incoming(settings, source), what=source.name,
+                    filename=source.filename, expected_size=source.size if locked else None)
+
+
+def _move_in(got_path: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(got_path, dest)
+    with contextlib.suppress(OSError):
+        got_path.parent.rmdir()
+
+
 def fetch_tarball(settings: Settings, source: Source) -> Path:
-    """The verified cached tarball of a locked tarball source (downloads when missing)."""
+    """The verified cached tarball of a locked tarball source (downloads when missing; a
+    cached file that no longer verifies is quarantined and downloaded again)."""
     dest = cached_tarball(settings, source)
-    with cache_lock(settings, source.name):
+    with runlock.cache(settings, source.name):
+        _tidy_cache(settings, source)
         if dest.exists():
             sha, size = sha256_file(dest)
-            _verify_tarball(settings, source, dest, str(dest), sha, size)
-            return dest
+            if size == source.size and sha == source.sha256:
+                return dest
+            q = _quarantine(settings, dest, source.filename)
+            console.warn(f"source {source.name}: the cached {dest} does not match the lock "
+                         f"(damaged?); moved to {q}, downloading it again")
         if settings.offline:
             raise _offline_error(source, f"{source.filename} (sha256 {_short(source.sha256)})",
                                  settings.tarball_cache)
         url = remote_url(settings, source)
-        got = download(url, settings.tarball_cache, what=source.name,
-                       filename=source.filename, expected_size=source.size)
+        got = _download(settings, source, url, locked=True)
         _verify_tarball(settings, source, got.path, url, got.sha256, got.size)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(got.path, dest)
+        _move_in(got.path, dest)
         return dest
 
 
@@ -515,11 +943,11 @@ def resolve_tarball(settings: Settings, source: Source) -> tuple[str, int, Path]
         raise _offline_error(source, f"{source.filename} (not locked yet: it must be "
                              "downloaded to learn its hash)", settings.tarball_cache)
     url = remote_url(settings, source)
-    with cache_lock(settings, source.name):
-        got = download(url, settings.tarball_cache, what=source.name, filename=source.filename)
+    with runlock.cache(settings, source.name):
+        _tidy_cache(settings, source)
+        got = _download(settings, source, url, locked=False)
         dest = settings.tarball_cache / got.sha256 / source.filename
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(got.path, dest)
+        _move_in(got.path, dest)
     return got.sha256, got.size, dest
 
 
@@ -551,25 +979,32 @@ def resolve_unlocked(settings: Settings, source: Source) -> Source:
 
 def ensure_source(settings: Settings, source: Source) -> Path:
     """One source's work tree at its locked base (resolving + recording the lock when the
-    source is unlocked, unless ``settings.locked``).  Returns the work tree."""
-    if not source.locked:
-        source = resolve_unlocked(settings, source)
-    tree = work_tree(settings, source)
-    if source.kind == "git":
-        commit = str(source.commit)
-        if _existing_tree(settings, source, tree) == commit and _tree_has(tree, commit):
-            return tree                                         # fast path: nothing to do
-        fetch_commit(settings, source, commit)
-        with cache_lock(settings, source.name):
-            return _git_work_tree(settings, source, commit)
-    if tree.exists() and _existing_tree(settings, source, tree) and \
-            _tarball_base_sha256(tree) == source.sha256:
-        return tree
-    archive = fetch_tarball(settings, source)
-    with cache_lock(settings, source.name):
-        return _tarball_work_tree(settings, source, archive)
+    source is unlocked, unless ``settings.locked``).  Returns the work tree.
+
+    Holds the work-dir lock (re-entrant: callers of a verb already hold it), cleans what
+    killed runs left for this source, repairs the cache and finishes interrupted base moves.
+    """
+    with runlock.work_dir(settings, "fetch"):
+        _clean_work_leftovers(settings, source)
+        if not source.locked:
+            source = resolve_unlocked(settings, source)
+        tree = work_tree(settings, source)
+        with _git_errors(source, source.url, settings.src_dir):
+            if source.kind == "git":
+                commit = str(source.commit)
+                if _settled(tree, commit):
+                    return tree                                 # fast path: nothing to do
+                with runlock.cache(settings, source.name):      # one hold: cache + tree
+                    fetch_commit(settings, source, commit)
+                    return _git_work_tree(settings, source, commit)
+            if _tarball_settled(settings, source, tree):
+                return tree
+            archive = fetch_tarball(settings, source)
+            with runlock.cache(settings, source.name):
+                return _tarball_work_tree(settings, source, archive)
 
 
+@runlock.exclusive("fetch")
 def fetch(settings: Settings, names: list[str] | tuple[str, ...] | None = None) -> dict[str, Path]:
     """``inv fetch``: every named source (all when none) ready in its work tree."""
     selected = select(load_sources(settings), names, settings)

@@ -14,7 +14,7 @@ layout kept, minimal diff).
 
 from __future__ import annotations
 
-from . import console
+from . import console, runlock
 from .errors import ConfigError, NetworkError, OfflineError
 from .fetching import fetch_ref, record_lock, remote_ref, resolve_tarball, upstream_log
 from .settings import Settings
@@ -27,9 +27,11 @@ def _short(sha: str | None) -> str:
     return (sha or "")[:12]
 
 
+@runlock.exclusive("lock")
 def lock(settings: Settings, names: list[str] | tuple[str, ...] | None = None,
          update: bool = False) -> dict[str, str]:
-    """Lock the named sources (all when none).  Returns ``{name: identity}``."""
+    """Lock the named sources (all when none).  Returns ``{name: identity}``.  Holds the
+    work-dir lock: loading a profile may publish the example upstreams into the work dir."""
     selected = select(load_sources(settings), names, settings)
     if settings.locked and (update or any(not s.locked for s in selected)):
         raise ConfigError("`inv lock` with --locked: --locked forbids resolving refs",

@@ -143,3 +143,45 @@ def test_fetch_refuses_a_hostile_tarball_and_leaves_no_tree(project, http_server
     assert "evil" in str(e.value) and "pkg-1.0/esc" in str(e.value)
     assert not (s.src_dir / "evil").exists()
     assert [p.name for p in s.src_dir.iterdir()] == []
+
+
+# -- links that escape only together, whatever their order (issue #8) --------------------------
+
+def test_symlink_escaping_through_a_later_symlink_is_refused(tmp_path):
+    # x -> y/.. looks like the root while y does not exist yet; then y -> . makes it ../
+    entries = [*GOOD, ("symlink", "pkg-1.0/x", "y/.."), ("symlink", "pkg-1.0/y", ".")]
+    _assert_refused(tmp_path, entries, ["'x'", "outside the tree"])
+
+
+def test_chain_of_later_links_escaping_is_refused(tmp_path):
+    entries = [*GOOD, ("symlink", "pkg-1.0/a", "b/c/../.."), ("dir", "pkg-1.0/b"),
+               ("symlink", "pkg-1.0/b/c", "..")]
+    _assert_refused(tmp_path, entries, ["outside the tree"])
+
+
+def test_dot_then_dotdot_link_is_refused(tmp_path):
+    _assert_refused(tmp_path, [*GOOD, ("symlink", "pkg-1.0/x", "./..")], ["outside the tree"])
+
+
+def test_member_written_through_an_inside_symlink_is_refused(tmp_path):
+    entries = [*GOOD, ("dir", "pkg-1.0/d"), ("symlink", "pkg-1.0/l", "d"),
+               ("file", "pkg-1.0/l/f", "x")]
+    _assert_refused(tmp_path, entries, ["pkg-1.0/l/f", "through the symbolic link"])
+
+
+def test_file_written_over_a_symlink_is_refused(tmp_path):
+    entries = [*GOOD, ("symlink", "pkg-1.0/l", "ok.txt"), ("file", "pkg-1.0/l", "new\n")]
+    _assert_refused(tmp_path, entries, ["through the symbolic link"])
+
+
+def test_symlink_replacing_a_directory_after_its_members_is_refused(tmp_path):
+    entries = [*GOOD, ("dir", "pkg-1.0/sub"), ("file", "pkg-1.0/d/f", "x"),
+               ("symlink", "pkg-1.0/d", "sub")]
+    _assert_refused(tmp_path, entries, ["pkg-1.0/d", "replacing"])
+
+
+def test_links_pointing_at_later_inside_links_are_kept(tmp_path):
+    entries = [*GOOD, ("symlink", "pkg-1.0/a", "b/ok.txt"), ("symlink", "pkg-1.0/b", ".")]
+    _, dest, run = _extract(tmp_path, entries)
+    run()
+    assert (dest / "a").read_text() == "fine\n"

@@ -83,3 +83,30 @@ def test_a_damaged_stamp_means_publish_again(tmp_path):
     stamp.write_text('{"inputs": ')          # a run killed mid-write on a non-atomic fs
     assert examples.publish(s) == first
     assert "upstreams" in stamp.read_text()
+
+
+def test_a_stamp_whose_content_is_gone_means_publish_again(tmp_path):
+    import shutil
+    s = make_project(tmp_path)
+    first = examples.publish(s)
+    dest = examples.upstreams_dir(s)
+    shutil.rmtree(dest / "thing.git")                 # a run killed while replacing it
+    (dest / "lib-1.0.tar.xz").write_bytes(b"half")
+    assert examples.publish(s) == first
+    assert gitutil.out(["rev-parse", "v1.0^{commit}"], cwd=dest / "thing.git") == \
+        first["thing"]["commit"]
+    assert hashlib.sha256((dest / "lib-1.0.tar.xz").read_bytes()).hexdigest() == \
+        first["lib"]["sha256"]
+
+
+def test_leftovers_of_a_killed_publisher_are_removed(tmp_path):
+    s = make_project(tmp_path)
+    dest = examples.upstreams_dir(s)
+    dead = [dest / ".publish-4242-deadbeef" / "thing.work" / "x",
+            dest / ".thing.git.old-4242-deadbeef" / "HEAD", dest / ".published.json.1.2.tmp"]
+    for f in dead:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("half\n")
+    examples.publish(s)
+    assert sorted(p.name for p in dest.iterdir()) == [
+        ".publish.lock", "lib-1.0.tar.xz", "published.json", "thing.git"]

@@ -11,6 +11,7 @@ from askbuild.errors import (
     DirtyTreeError,
     NetworkError,
     OfflineError,
+    SourceError,
     UnlockedSourceError,
     UnsafeInputError,
     VerificationError,
@@ -288,7 +289,6 @@ def test_lost_cache_is_refilled_for_an_existing_tree(project, upstream):
 
 
 def test_unknown_ref_is_a_clear_error(project, upstream):
-    from askbuild.errors import SourceError
     project.add_git("widget", upstream.url, "v9.9")
     with pytest.raises(SourceError) as e:
         fetching.fetch(project.settings(), ["widget"])
@@ -305,3 +305,205 @@ def test_foreign_directory_in_the_way_is_not_touched(project, upstream):
         fetching.fetch(s, ["widget"])
     assert "not an askbuild work tree" in str(e.value)
     assert (s.src_dir / "widget" / "notes.txt").read_text() == "mine\n"
+
+
+# -- crash safety (issue #8): a commit counts only when complete; trees are never half-done ----
+
+def _loose(repo, sha):
+    return repo / "objects" / sha[:2] / sha[2:]
+
+
+def _blob(up, rev, path):
+    return gitutil.out(["rev-parse", f"{rev}:{path}"], cwd=up.bare)
+
+
+def test_commit_whose_files_never_arrived_is_fetched_again(project, upstream, capsys):
+    """What a kill -9 (or a full disk) in the middle of `git fetch` leaves: the commit object
+    is in the cache, some of its files are not, and no keep ref was written."""
+    sha = upstream.rev("v1.0")
+    project.add_git("widget", upstream.url, "v1.0", sha)
+    s = project.settings()
+    fetching.fetch(s, ["widget"])
+    cache = fetching.cache_repo(s, load_sources(s)["widget"])
+    _loose(cache, _blob(upstream, sha, "src/main.c")).unlink()
+    gitutil.git(["update-ref", "-d", f"{fetching.KEEP_PREFIX}{sha}"], cwd=cache)
+    import shutil
+    shutil.rmtree(s.src_dir)
+    assert not fetching.has_commit(cache, sha)          # the commit object alone is not enough
+    capsys.readouterr()
+
+    tree = fetching.fetch(s, ["widget"])["widget"]
+
+    assert (tree / "src/main.c").read_text().startswith("int main")
+    assert _git(tree, "status", "--porcelain") == ""
+    assert fetching.has_commit(cache, sha)
+    assert "incomplete" in capsys.readouterr().err
+
+
+def test_damaged_cache_behind_a_keep_ref_heals(project, upstream, capsys):
+    """A cache damaged by an older askbuild (keep ref on a commit whose tree is gone: the
+    `unable to read tree` forever of issue #8) is repaired by the next fetch."""
+    sha = upstream.rev("v1.0")
+    project.add_git("widget", upstream.url, "v1.0", sha)
+    s = project.settings()
+    fetching.fetch(s, ["widget"])
+    cache = fetching.cache_repo(s, load_sources(s)["widget"])
+    tree_id = gitutil.out(["rev-parse", f"{sha}^{{tree}}"], cwd=upstream.bare)
+    _loose(cache, tree_id).unlink()
+    import shutil
+    shutil.rmtree(s.src_dir)
+
+    tree = fetching.fetch(s, ["widget"])["widget"]
+
+    assert _git(tree, "rev-parse", "HEAD^{tree}") == tree_id
+    assert _git(tree, "status", "--porcelain") == ""
+    assert (tree / "README").read_text() == "widget\n"
+
+
+def test_corrupt_object_in_the_cache_rebuilds_it(project, upstream, capsys):
+    sha = upstream.rev("v1.0")
+    project.add_git("widget", upstream.url, "v1.0", sha)
+    s = project.settings()
+    fetching.fetch(s, ["widget"])
+    cache = fetching.cache_repo(s, load_sources(s)["widget"])
+    obj = _loose(cache, sha)
+    obj.chmod(0o644)
+    obj.write_bytes(b"garbage, not zlib")
+    import shutil
+    shutil.rmtree(s.src_dir)
+    capsys.readouterr()
+
+    tree = fetching.fetch(s, ["widget"])["widget"]
+
+    assert _git(tree, "rev-parse", "HEAD") == sha
+    assert _git(tree, "status", "--porcelain") == ""
+    gitutil.git(["fsck", "--no-progress"], cwd=cache)
+    assert "rebuilding it" in capsys.readouterr().err
+
+
+def _bump(project, old, new):
+    project.sources_file.write_text(project.sources_file.read_text().replace(old, new))
+
+
+def _half_moved(project, upstream):
+    """A tree whose move from v1.0 to v2.0 was killed in the middle of `git checkout`: one
+    file already has its new content, one new file is there untracked, index.lock is left,
+    and the move marker says what was going on."""
+    v1 = upstream.rev("v1.0")
+    project.add_git("widget", upstream.url, "v1.0", v1)
+    s = project.settings()
+    tree = fetching.fetch(s, ["widget"])["widget"]
+    v2 = upstream.release("v2.0", {"src/main.c": "int main(void) { return 2; }\n",
+                                   "NEWS": "2.0\n"})
+    _bump(project, v1, v2)
+    fetching.fetch_commit(s, load_sources(s)["widget"], v2)
+    (tree / "src/main.c").write_text("int main(void) { return 2; }\n")
+    (tree / "NEWS").write_text("2.0\n")
+    (tree / ".git/index.lock").write_text("")
+    (tree / ".git" / fetching.MOVE_MARKER).write_text(f'{{"from": "{v1}", "to": "{v2}"}}')
+    return s, tree, v1, v2
+
+
+def test_interrupted_base_move_is_finished_by_the_next_run(project, upstream, capsys):
+    s, tree, v1, v2 = _half_moved(project, upstream)
+    capsys.readouterr()
+
+    fetching.fetch(s, ["widget"])
+
+    assert _git(tree, "rev-parse", "HEAD") == v2
+    assert _git(tree, "rev-parse", "askbuild/base^{commit}") == v2
+    assert _git(tree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert (tree / "NEWS").read_text() == "2.0\n"
+    assert not (tree / ".git" / fetching.MOVE_MARKER).exists()
+    assert "finishing the interrupted base move" in capsys.readouterr().err
+
+
+def test_interrupted_base_move_never_overwrites_a_later_user_edit(project, upstream):
+    s, tree, v1, v2 = _half_moved(project, upstream)
+    (tree / "README").write_text("my edit after the crash\n")
+
+    with pytest.raises(DirtyTreeError) as e:
+        fetching.fetch(s, ["widget"])
+
+    assert "README" in str(e.value) and "interrupted" in str(e.value)
+    assert "src/main.c" not in str(e.value) and "NEWS" not in str(e.value)
+    assert (tree / "README").read_text() == "my edit after the crash\n"
+    (tree / "README").write_text("widget\n")      # the user puts it back: the move finishes
+    fetching.fetch(s, ["widget"])
+    assert _git(tree, "rev-parse", "HEAD") == v2
+
+
+def test_leftovers_of_killed_runs_are_removed(project, upstream):
+    v1 = upstream.rev("v1.0")
+    project.add_git("widget", upstream.url, "v1.0", v1)
+    s = project.settings()
+    fetching.fetch(s, ["widget"])
+    cache = fetching.cache_repo(s, load_sources(s)["widget"])
+    v2 = upstream.release("v2.0", {"other.c": "x\n"})
+    _bump(project, v1, v2)
+    dead = [s.src_dir / ".widget.tmp-4242-0badcafe", s.src_dir / ".widget.import-qwertyui",
+            s.git_cache / ".widget.git.abcd_123", s.git_cache / ".widget.git.old-1-ff"]
+    for d in dead:
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "file").write_text("half written\n")
+    stale = [cache / "shallow.lock", cache / "objects" / "pack" / "tmp_pack_XyZ",
+             cache / "objects" / "ab" / "tmp_obj_123"]
+    for f in stale:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("")
+    kept = s.src_dir / ".widget-notes"                # not ours: never touched
+    kept.write_text("mine\n")
+
+    tree = fetching.fetch(s, ["widget"])["widget"]     # needs a fetch: shallow.lock in the way
+
+    assert _git(tree, "rev-parse", "HEAD") == v2
+    assert [p for p in dead + stale if p.exists()] == []
+    assert kept.read_text() == "mine\n"
+
+
+def test_git_failure_in_a_work_tree_names_the_source_and_url(project, upstream):
+    v1 = upstream.rev("v1.0")
+    project.add_git("widget", upstream.url, "v1.0", v1)
+    s = project.settings()
+    tree = fetching.fetch(s, ["widget"])["widget"]
+    (tree / ".git" / "index").write_bytes(b"DIRC garbage")
+    _bump(project, v1, upstream.release("v2.0", {"other.c": "x\n"}))
+
+    with pytest.raises(SourceError) as e:
+        fetching.fetch(s, ["widget"])
+
+    msg = str(e.value)
+    assert "source widget" in msg and upstream.url in msg and "index" in msg
+
+
+def test_deleted_cache_under_a_tree_whose_base_moves(project, upstream):
+    """The old base's files lived in the cache only: they are fetched again to tell user
+    edits from a clean tree (`bad tree object HEAD` before)."""
+    import shutil
+    v1 = upstream.rev("v1.0")
+    project.add_git("widget", upstream.url, "v1.0", v1)
+    s = project.settings()
+    tree = fetching.fetch(s, ["widget"])["widget"]
+    shutil.rmtree(s.cache_dir)
+    v2 = upstream.release("v2.0", {"other.c": "x\n"})
+    _bump(project, v1, v2)
+
+    fetching.fetch(s, ["widget"])
+
+    assert _git(tree, "rev-parse", "HEAD") == v2
+    assert _git(tree, "status", "--porcelain") == ""
+
+
+def test_cache_repository_that_is_not_a_repository_is_rebuilt(project, upstream, capsys):
+    sha = upstream.rev("v1.0")
+    project.add_git("widget", upstream.url, "v1.0", sha)
+    s = project.settings()
+    cache = fetching.cache_repo(s, load_sources(s)["widget"])
+    (cache / "objects").mkdir(parents=True)            # e.g. an init cut short by a full disk
+    (cache / "objects" / "junk").write_text("x")
+
+    tree = fetching.fetch(s, ["widget"])["widget"]
+
+    assert _git(tree, "rev-parse", "HEAD") == sha
+    assert fetching.has_commit(cache, sha)
+    assert "not a valid git repository" in capsys.readouterr().err

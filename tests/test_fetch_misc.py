@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,38 @@ def test_download_progress_total_and_retries_are_bounded(tmp_path, http_server, 
     assert "500" in str(e.value)
     assert http_server.requests["f.bin"] == download.ATTEMPTS
     assert list(tmp_path.iterdir()) == []
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from askbuild import runlock
+    from askbuild.settings import Settings
+    s = Settings.load(project_root=sys.argv[1], work_dir=sys.argv[2], cache_dir=sys.argv[3])
+    with runlock.work_dir(s, "build"):
+        print("held", flush=True)
+        time.sleep(float(sys.argv[4]))
+""")
+
+
+@pytest.mark.parametrize("verb", ["fetch", "lock"])
+def test_fetch_and_lock_wait_for_the_work_dir_lock(project, git_upstream, capsys, verb):
+    from askbuild import locking
+    up = git_upstream("widget")
+    up.release("v1", {"a": "1\n"})
+    project.add_git("widget", up.url, "v1")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(project.root), str(project.work),
+                               str(project.cache), "1.5"], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        if verb == "fetch":
+            fetching.fetch(project.settings(), ["widget"])
+        else:
+            locking.lock(project.settings(), ["widget"])
+        waited = time.monotonic() - start
+    finally:
+        holder.wait(timeout=30)
+    assert waited > 0.8
+    err = capsys.readouterr().err
+    assert "waiting for another askbuild run" in err and "inv build" in err

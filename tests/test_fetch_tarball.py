@@ -106,7 +106,8 @@ def test_checksum_mismatch_is_quarantined_with_a_clear_error(project, tarball):
     assert not (s.src_dir / "libfoo").exists()
 
 
-def test_corrupted_cache_entry_is_not_used(project, tarball, http_server):
+def test_corrupted_cache_entry_is_quarantined_and_downloaded_again(project, tarball,
+                                                                   http_server, capsys):
     url, data, sha = tarball
     project.add_tarball("libfoo", url, sha256=sha, size=len(data))
     s = project.settings()
@@ -114,13 +115,17 @@ def test_corrupted_cache_entry_is_not_used(project, tarball, http_server):
     shutil.rmtree(s.src_dir)
     cached = s.tarball_cache / sha / "libfoo-1.0.tar.gz"
     cached.write_bytes(data[:-10] + b"x" * 10)
-    with pytest.raises(VerificationError):
-        fetching.fetch(s, ["libfoo"])
-    assert not cached.exists()
-    assert len(list((s.tarball_cache / "quarantine").iterdir())) == 1
-    # the next run downloads a good copy again
-    fetching.fetch(s, ["libfoo"])
+    capsys.readouterr()
+
+    tree = fetching.fetch(s, ["libfoo"])["libfoo"]      # the cache heals itself
+
+    assert (tree / "configure").read_text() == FILES["configure"]
+    assert cached.read_bytes() == data
+    quarantined = list((s.tarball_cache / "quarantine").iterdir())
+    assert len(quarantined) == 1 and quarantined[0].read_bytes() == data[:-10] + b"x" * 10
     assert http_server.requests["files/libfoo-1.0.tar.gz"] == 2
+    err = capsys.readouterr().err
+    assert "does not match the lock" in err and "downloading it again" in err
 
 
 def test_interrupted_download_never_counts_and_rerun_succeeds(project, tarball, http_server):
@@ -264,3 +269,67 @@ def test_import_commit_ignores_the_users_git_config(project, http_server, tmp_pa
     tree = fetching.fetch(project.settings(work_dir=tmp_path / "w2"), ["libq"])["libq"]
     assert _head(tree) == plain
     assert gitutil.out(["show", "HEAD:q.c"], cwd=tree) == "int q;"
+
+
+def test_truncated_download_without_length_says_truncated_never_lock_update(
+        project, tarball, http_server):
+    """No Content-Length: only the lock's size shows the body was cut short.  That is a
+    truncated download to retry, not "a different file" to lock."""
+    url, data, sha = tarball
+    project.add_tarball("libfoo", url, sha256=sha, size=len(data))
+    s = project.settings()
+    http_server.fail("files/libfoo-1.0.tar.gz", "cut", times=download.ATTEMPTS)
+
+    with pytest.raises(NetworkError) as e:
+        fetching.fetch(s, ["libfoo"])
+
+    msg = str(e.value)
+    assert "truncated" in msg and f"got {len(data) // 2} of {len(data)} bytes" in msg
+    assert "lock --update" not in msg and "run the same command again" in msg
+    assert [p for p in s.tarball_cache.rglob("*") if p.is_file()] == []   # nothing kept
+    assert not (s.src_dir / "libfoo").exists()
+    tree = fetching.fetch(s, ["libfoo"])["libfoo"]                       # the rerun works
+    assert (tree / "configure").read_text() == FILES["configure"]
+
+
+def test_one_cut_body_is_retried_within_the_run(project, tarball, http_server):
+    url, data, sha = tarball
+    project.add_tarball("libfoo", url, sha256=sha, size=len(data))
+    http_server.fail("files/libfoo-1.0.tar.gz", "cut")
+    tree = fetching.fetch(project.settings(), ["libfoo"])["libfoo"]
+    assert (tree / "configure").exists()
+    assert http_server.requests["files/libfoo-1.0.tar.gz"] == 2
+
+
+def test_shorter_file_with_a_length_is_not_locked_over(project, tarball, http_server):
+    url, data, sha = tarball
+    project.add_tarball("libfoo", url, sha256=sha, size=len(data))
+    http_server.add("files/libfoo-1.0.tar.gz", data[:100])
+    s = project.settings()
+    with pytest.raises(VerificationError) as e:
+        fetching.fetch(s, ["libfoo"])
+    msg = str(e.value)
+    assert f"gave 100 of the {len(data)} bytes" in msg and "truncated" in msg
+    assert "lock --update" not in msg
+    assert not (s.tarball_cache / sha).exists()
+
+
+def test_leftovers_of_killed_downloads_and_imports_are_removed(project, tarball):
+    url, data, sha = tarball
+    project.add_tarball("libfoo", url, sha256=sha, size=len(data))
+    s = project.settings()
+    dead = [s.tarball_cache / ".incoming" / "libfoo" / ".libfoo-1.0.tar.gz.77-beef.part",
+            s.tarball_cache / ".libfoo-1.0.tar.gz.k3j4h5g6.part",        # older askbuilds
+            s.src_dir / ".libfoo.import-99-abcdef12" / "tree" / "configure",
+            s.src_dir / ".libfoo.import-zzzzzzzz" / "tree" / ".tree.extract-x" / "f"]
+    for f in dead:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data[:10])
+    other = s.tarball_cache / ".other-2.0.tar.gz.k3j4h5g6.part"     # another source's
+    other.write_bytes(b"x")
+
+    fetching.fetch(s, ["libfoo"])
+
+    assert [f for f in dead if f.exists()] == []
+    assert [p.name for p in s.src_dir.iterdir()] == ["libfoo"]
+    assert other.exists()

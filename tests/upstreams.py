@@ -17,9 +17,11 @@ from __future__ import annotations
 import collections
 import io
 import shutil
+import sys
 import tarfile
 import textwrap
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -122,7 +124,9 @@ class TarballServer:
     """Threaded HTTP server on 127.0.0.1 serving ``files`` (path -> bytes).
 
     ``fail(path, mode, times)`` makes the next ``times`` requests of ``path`` misbehave:
-    ``"truncate"`` (announces the full length, sends half, closes), ``"500"``, ``"404"``.
+    ``"truncate"`` (announces the full length, sends half, closes), ``"cut"`` (no
+    ``Content-Length``, sends half, closes: the client cannot tell it was cut), ``"500"``,
+    ``"404"``.  ``rate`` (bytes per second, ``None``: unlimited) slows every body down.
     ``requests[path]`` counts requests; :meth:`stop` shuts the server down for good.
     """
 
@@ -131,6 +135,7 @@ class TarballServer:
         self.requests: collections.Counter[str] = collections.Counter()
         self._faults: dict[str, list[str]] = collections.defaultdict(list)
         self._lock = threading.Lock()
+        self.rate: int | None = None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -151,12 +156,20 @@ class TarballServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(data)))
+                if fault != "cut":
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if fault == "truncate":
+                if fault in ("truncate", "cut"):
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if server.rate:
+                    step = max(1, server.rate // 20)
+                    for i in range(0, len(data), step):
+                        self.wfile.write(data[i:i + step])
+                        self.wfile.flush()
+                        time.sleep(0.05)
                     return
                 self.wfile.write(data)
 
@@ -184,6 +197,36 @@ class TarballServer:
             self.httpd.shutdown()
             self.httpd.server_close()
             self._running = False
+
+
+def slow_git_config(directory: Path, rate: int) -> Path:
+    """A git config file that slows down every ``git upload-pack`` (so a ``file://`` fetch
+    too) to about ``rate`` bytes per second: ``uploadpack.packObjectsHook`` runs
+    ``git pack-objects`` through a throttle.  Point ``GIT_CONFIG_GLOBAL`` at it (the hook is
+    only honoured from a global or system config).  For the fault suite: a fetch that takes
+    long enough to be killed in the middle."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "throttle.py"
+    step = max(1, rate // 20)
+    script.write_text(textwrap.dedent(f"""\
+        import subprocess, sys, time
+        p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE)
+        out = sys.stdout.buffer
+        while chunk := p.stdout.read({step}):
+            out.write(chunk)
+            out.flush()
+            time.sleep(0.05)
+        sys.exit(p.wait())
+        """))
+    config = directory / "gitconfig"
+    config.write_text(f"[uploadpack]\n\tpackObjectsHook = {sys.executable} {script}\n")
+    return config
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    """``size`` incompressible bytes, the same for the same seed."""
+    import random
+    return random.Random(seed).randbytes(size)
 
 
 # -- tarballs -----------------------------------------------------------------------------
