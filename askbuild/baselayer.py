@@ -12,10 +12,16 @@ apt sources, the Debian snapshot (when pinned) or else the host's apt lists for 
 holds: ``rootfs.tar`` (mmdebstrap's output), ``meta.json`` (package list with versions, file
 index, ELF facts) and normalised layer blobs per ``SOURCE_DATE_EPOCH`` and compression.
 
-Normalisation: device nodes under ``/dev``, the downloaded ``.deb`` files, ``/etc/resolv.conf``
-and ``/etc/hostname`` are dropped; ``/etc/passwd`` and ``/etc/group`` come from base-passwd's
-master files; ``/var/lib/dpkg/status`` lists every unpacked package (so scanners such as trivy
-or syft see what is inside) and ``/usr/share/monok8s/base-packages.json`` repeats it as JSON.
+Normalisation: device nodes under ``/dev``, the downloaded ``.deb`` files, apt's binary caches
+(not reproducible), ``/etc/resolv.conf`` and ``/etc/hostname`` are dropped; ``/etc/passwd`` and
+``/etc/group`` come from base-passwd's master files; ``/var/lib/dpkg/status`` lists every
+unpacked package (so scanners such as trivy or syft see what is inside) and
+``/usr/share/monok8s/base-packages.json`` repeats it as JSON.
+
+Checkouts sharing one cache (CI fleets) are safe: each cache entry is filled under its cache
+lock (:func:`askbuild.runlock.cache`), every file is written under a unique temporary name and
+renamed into place, leftovers of killed runs are removed under the lock, and a blob another run
+may still be reading (used in the last :data:`PRUNE_AFTER` seconds) is never pruned.
 """
 
 from __future__ import annotations
@@ -23,28 +29,34 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
-
-from . import console, oci
-from .errors import ConfigError, ImageError, MissingToolError
+from . import console, oci, procs, runlock
+from .errors import ConfigError, ImageError, MissingToolError, OfflineError
+from .fsutil import read_json, write_bytes_atomic
 from .settings import Settings
 
-FORMAT = 4                      # bump when the normalisation below changes
+FORMAT = 5                      # bump when the normalisation below changes
 MULTIARCH = "aarch64-linux-gnu"
 HOST_LIB_DIRS = [f"/usr/lib/{MULTIARCH}", f"/lib/{MULTIARCH}", f"/usr/{MULTIARCH}/lib"]
 HOOKS = ["/usr/share/mmdebstrap/hooks/merged-usr", "/usr/share/mmdebstrap/hooks/busybox"]
 PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-DROP_EXACT = {"etc/resolv.conf", "etc/hostname"}
+# apt's binary caches (pkgcache.bin, srcpkgcache.bin) differ from one unpacking to the next:
+# dropped like the downloaded lists (apt rebuilds them).
+DROP_EXACT = {"etc/resolv.conf", "etc/hostname", "var/cache/apt/pkgcache.bin",
+              "var/cache/apt/srcpkgcache.bin"}
 DROP_PREFIXES = ("dev/", "var/cache/apt/archives/", "var/lib/apt/lists/")
 KEEP_DIRS = {"var/cache/apt/archives", "var/lib/apt/lists"}
+PRUNE_AFTER = 3600             # seconds: a blob used more recently than this is kept
 
 
 @dataclass
@@ -129,7 +141,7 @@ def packages_for_sonames(sonames: set[str]) -> tuple[dict[str, str], list[str]]:
             candidates.append("/usr" + str(lib))
         owner = None
         for c in candidates:
-            proc = subprocess.run(["dpkg", "-S", "--", c], capture_output=True, text=True)
+            proc = procs.run(["dpkg", "-S", "--", c], capture_output=True, text=True)
             if proc.returncode == 0 and proc.stdout.strip():
                 owner = proc.stdout.splitlines()[0].split(": ", 1)[0]
                 break
@@ -184,8 +196,21 @@ def _run_mmdebstrap(spec: BaseSpec, out_tar: Path, log: Path) -> None:
     cmd += [spec.suite, str(out_tar), *spec.apt_lines()]
     console.info("$ " + " ".join(cmd))
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as lf:
-        proc = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with open(log, "wb") as lf:    # its own process group; nothing of it survives askbuild
+        proc = procs.supervised_popen(cmd, stdout=lf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            proc.wait()
+        except BaseException:
+            procs.kill_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                procs.kill_group(proc, signal.SIGKILL)
+                proc.wait()
+            raise
+        finally:
+            procs.forget(proc)
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
         raise ImageError(
@@ -199,8 +224,7 @@ def _control_fields(deb_bytes: bytes) -> str:
     with tempfile.NamedTemporaryFile(suffix=".deb") as tmp:
         tmp.write(deb_bytes)
         tmp.flush()
-        proc = subprocess.run(["dpkg-deb", "-f", "--", tmp.name], capture_output=True,
-                              text=True)
+        proc = procs.run(["dpkg-deb", "-f", "--", tmp.name], capture_output=True, text=True)
     if proc.returncode != 0:
         raise ImageError(f"dpkg-deb could not read a downloaded package: {proc.stderr.strip()}")
     return proc.stdout
@@ -352,60 +376,98 @@ def _index_and_elf(entries: list[oci.Entry]) -> tuple[dict[str, list], dict[str,
 
 def ensure_base(settings: Settings, spec: BaseSpec, *, epoch: int,
                 compression: str = "gzip") -> BaseLayer:
-    """The cached base layer for ``spec`` (made with mmdebstrap when not cached)."""
+    """The cached base layer for ``spec`` (made with mmdebstrap when not cached).  The cache
+    entry is read and filled under its cache lock; a damaged entry is made again."""
     validate_packages(spec.packages, "base layer packages")
     key = cache_key(spec)
     root = settings.cache_dir / "image" / "base" / key
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".lock")):
-        raw = root / "rootfs.tar"
-        meta_file = root / "meta.json"
-        entries: list[oci.Entry] | None = None
-        if not (raw.is_file() and meta_file.is_file()):
-            if settings.offline:
-                from .errors import OfflineError
-                raise OfflineError(
-                    "the base layer for this package set is not cached and --offline is set",
-                    fix="run once without --offline (needs the Debian mirror)")
-            console.step(f"base layer: unpacking {len(set(spec.packages))} Debian arm64 "
-                         "packages (mmdebstrap --variant=extract)")
-            tmp = root / "rootfs.part.tar"
-            _run_mmdebstrap(spec, tmp, settings.logs_dir / "image-base.log")
-            tmp.replace(raw)
-            entries, packages = _normalise(raw)
-            index, elf = _index_and_elf(entries)
-            meta = {"key": key, "spec": {"packages": sorted(set(spec.packages)),
-                                         "suite": spec.suite, "sources": spec.apt_lines(),
-                                         "snapshot": spec.snapshot},
-                    "packages": packages, "index": index, "elf": elf}
-            tmpm = meta_file.with_name("meta.json.part")
-            tmpm.write_text(json.dumps(meta, sort_keys=True))
-            tmpm.replace(meta_file)
-        meta = json.loads(meta_file.read_text())
-        suffix = ".tar.gz" if compression == "gzip" else ".tar"
-        blob = root / f"layer-{epoch}-{compression}{suffix}"
-        layer_meta = blob.with_name(blob.name + ".json")
-        if blob.is_file() and layer_meta.is_file():
-            layer = oci.Layer.from_json(json.loads(layer_meta.read_text()))
-        else:
-            if entries is None:
-                entries, _ = _normalise(raw)
-            layer = oci.write_layer(entries, blob, epoch=epoch, compression=compression,
-                                    comment=_comment(meta))
-            tmpj = layer_meta.with_name(layer_meta.name + ".part")
-            tmpj.write_text(json.dumps(layer.to_json(), sort_keys=True))
-            tmpj.replace(layer_meta)
-            _prune_blobs(root, keep=3)
+    with runlock.cache(settings, f"_image-base-{key}"):
+        root.mkdir(parents=True, exist_ok=True)
+        _clean_temps(root)
+        meta, entries = _ensure_rootfs(settings, spec, root, key)
+        layer = _ensure_blob(root, meta, entries, epoch, compression)
+        # Used now: pruning (here or by another checkout) leaves it alone for a while.
+        os.utime(layer.blob)
+        _prune_blobs(root, keep=3, exclude=layer.blob)
     return BaseLayer(layer, meta["packages"], meta["index"], meta["elf"], key)
 
 
-def _prune_blobs(root: Path, keep: int) -> None:
-    """Keep the ``keep`` newest normalised blobs (one per SOURCE_DATE_EPOCH and compression)."""
-    blobs = sorted((p for p in root.glob("layer-*") if not p.name.endswith(".json")),
+def _ensure_rootfs(settings: Settings, spec: BaseSpec, root: Path,
+                   key: str) -> tuple[dict, list[oci.Entry] | None]:
+    """``(meta, entries)`` of the cache entry ``root``: read when cached (entries None), else
+    unpacked with mmdebstrap into ``rootfs.tar`` and normalised (``meta.json`` written last)."""
+    raw = root / "rootfs.tar"
+    meta_file = root / "meta.json"
+    meta = read_json(meta_file) if raw.is_file() else None
+    if meta is not None and all(k in meta for k in ("packages", "index", "elf", "spec")):
+        return meta, None
+    if settings.offline:
+        raise OfflineError(
+            "the base layer for this package set is not cached and --offline is set",
+            fix="run once without --offline (needs the Debian mirror)")
+    console.step(f"base layer: unpacking {len(set(spec.packages))} Debian arm64 "
+                 "packages (mmdebstrap --variant=extract)")
+    meta_file.unlink(missing_ok=True)
+    tmp = oci.temp_path(raw)
+    try:
+        _run_mmdebstrap(spec, tmp, settings.logs_dir / "image-base.log")
+        tmp.replace(raw)
+    finally:
+        tmp.unlink(missing_ok=True)
+    entries, packages = _normalise(raw)
+    index, elf = _index_and_elf(entries)
+    meta = {"key": key, "spec": {"packages": sorted(set(spec.packages)),
+                                 "suite": spec.suite, "sources": spec.apt_lines(),
+                                 "snapshot": spec.snapshot},
+            "packages": packages, "index": index, "elf": elf}
+    write_bytes_atomic(meta_file, json.dumps(meta, sort_keys=True).encode())
+    return meta, entries
+
+
+def _ensure_blob(root: Path, meta: dict, entries: list[oci.Entry] | None, epoch: int,
+                 compression: str) -> oci.Layer:
+    """The normalised layer blob for ``epoch`` and ``compression`` (its ``.json`` written
+    after the blob, so a blob without one is made again)."""
+    suffix = ".tar.gz" if compression == "gzip" else ".tar"
+    blob = root / f"layer-{epoch}-{compression}{suffix}"
+    layer_meta = blob.with_name(blob.name + ".json")
+    data = read_json(layer_meta) if blob.is_file() else None
+    if data is not None:
+        try:
+            layer = oci.Layer.from_json({**data, "blob": str(blob)})  # the cache may move
+        except (KeyError, TypeError):
+            layer = None
+        if layer is not None and blob.stat().st_size == layer.size:
+            return layer
+    if entries is None:
+        entries, _ = _normalise(root / "rootfs.tar")
+    layer = oci.write_layer(entries, blob, epoch=epoch, compression=compression,
+                            comment=_comment(meta))
+    write_bytes_atomic(layer_meta, json.dumps(layer.to_json(), sort_keys=True).encode())
+    return layer
+
+
+def _clean_temps(root: Path) -> None:
+    """Temporary files of killed runs in a cache entry (called under its lock, so no writer
+    is active): every ``*.part*`` and ``.*.tmp`` file."""
+    for p in root.iterdir():
+        if p.is_file() and (".part" in p.name or (p.name.startswith(".")
+                                                  and p.name.endswith(".tmp"))):
+            p.unlink(missing_ok=True)
+
+
+def _prune_blobs(root: Path, keep: int, exclude: Path) -> None:
+    """Keep the ``keep`` newest normalised blobs (one per SOURCE_DATE_EPOCH and compression),
+    and every blob used in the last :data:`PRUNE_AFTER` seconds (another run may be copying
+    it into its archive right now, outside the lock)."""
+    blobs = sorted((p for p in root.glob("layer-*") if not p.name.endswith(".json")
+                    and ".part" not in p.name and p != exclude),
                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in blobs[keep:]:
-        old.unlink(missing_ok=True)
+    for old in blobs[max(0, keep - 1):]:
+        if time.time() - old.stat().st_mtime < PRUNE_AFTER:
+            continue
         old.with_name(old.name + ".json").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
 
 
 def _comment(meta: dict) -> str:
@@ -421,4 +483,5 @@ def prune(settings: Settings, keep: int = 3) -> None:
     dirs = sorted((d for d in base.iterdir() if d.is_dir()),
                   key=lambda d: d.stat().st_mtime, reverse=True)
     for d in dirs[keep:]:
-        shutil.rmtree(d, ignore_errors=True)
+        with runlock.cache(settings, f"_image-base-{d.name}"):
+            shutil.rmtree(d, ignore_errors=True)

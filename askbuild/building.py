@@ -15,31 +15,47 @@ How a build runs (details and the reasons in docs/build.md):
    component's "done" record (``state/build-<name>.json``) is removed before it runs and written
    atomically after its artifacts are verified and staged, so a kill at any point leaves no
    record and the next run redoes the step from a clean build tree.
-6. Check every staged module's vermagic, write the final manifest atomically, and raise
-   :class:`BuildFailed` (exit 2) with the failing step's last lines and log path.
+6. Check every staged module's vermagic, run ``depmod`` (a missing depmod is an error, never a
+   silent skip), write the final manifest atomically, and raise :class:`BuildFailed` (exit 2)
+   with the failing step's last lines and log path.
+
+One build at a time per work directory (the work-dir lock, :mod:`askbuild.runlock`).  Every step
+runs in its own process group under a small supervisor (``procs.supervised_popen``), so
+stopping the build -- fail-fast, SIGTERM, SIGINT, even ``kill -9`` of askbuild -- stops make and
+every compiler it started; an interrupted build records ``interrupted`` and leaves no done
+record for the unfinished components.  Nothing is ever staged (or deleted) outside the staging
+tree: each staging path is checked after placeholder expansion and symlink resolution
+(:func:`in_staging`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import graphlib
 import hashlib
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from filelock import FileLock, Timeout
-
-from . import console, gitutil, kernel, manifest, recipes, toolchain
-from .errors import AskbuildError, BuildFailed, ConfigError, SourceError, UserError
+from . import console, gitutil, kernel, manifest, procs, recipes, runlock, toolchain
+from .errors import (
+    AskbuildError,
+    BuildFailed,
+    ConfigError,
+    MissingToolError,
+    SourceError,
+    UserError,
+)
 from .fsutil import read_json, sha256_file, write_json_atomic
 from .recipes import Recipe, RecipeSet
 from .settings import Settings
@@ -191,6 +207,69 @@ def read_record(settings: Settings, name: str) -> dict | None:
     return read_json(record_path(settings, name))
 
 
+class OutsideStaging(ValueError):
+    """A staging path that would leave the staging tree (the reason is the message)."""
+
+
+def in_staging(staging: Path, rel: object) -> Path:
+    """``staging/rel``, once it is sure to stay inside the staging tree: ``rel`` must be a
+    relative path without ``..`` and, with every symlink on the way resolved (the last
+    component included), must land strictly below the resolved staging directory.  Raises
+    :class:`OutsideStaging` otherwise.  Call it after placeholder expansion, right before a
+    path is written or deleted."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise OutsideStaging(f"{rel!r} is not a path")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute():
+        raise OutsideStaging(f"{rel!r} is an absolute path")
+    if ".." in pure.parts:
+        raise OutsideStaging(f"{rel!r} contains '..'")
+    if "\0" in rel or not [p for p in pure.parts if p != "."]:
+        raise OutsideStaging(f"{rel!r} does not name a file inside the staging tree")
+    root = staging.resolve()
+    dest = staging / rel
+    real = dest.resolve()
+    if root not in real.parents:
+        raise OutsideStaging(f"{rel!r} resolves to {real} (through a symlink), outside the "
+                             f"staging tree {root}")
+    return dest
+
+
+def record_problem(settings: Settings, rec: dict) -> str | None:
+    """Why a done record read from disk cannot be trusted (a staged path outside the staging
+    tree, a malformed entry), or None."""
+    try:
+        for a in rec.get("artifacts", []):
+            if a.get("staged") is not None:
+                in_staging(settings.staging_dir, a["staged"])
+            if not isinstance(a.get("file"), str) or not isinstance(a.get("size"), int):
+                return f"artifact entry {a!r} is malformed"
+        tree = rec.get("staged_tree")
+        if tree is not None:
+            in_staging(settings.staging_dir, tree["dest"])
+            if not isinstance(tree.get("from"), str):
+                return f"staged_tree {tree!r} is malformed"
+    except OutsideStaging as e:
+        return f"staged path {e}"
+    except (AttributeError, KeyError, TypeError):
+        return "it is malformed"
+    return None
+
+
+def trusted_record(settings: Settings, name: str) -> dict | None:
+    """The done record of ``name`` when it can be trusted; a damaged or tampered one is
+    ignored with a warning (the component is rebuilt; nothing it names is touched)."""
+    rec = read_record(settings, name)
+    if rec is None:
+        return None
+    problem = record_problem(settings, rec)
+    if problem:
+        console.warn(f"ignoring {record_path(settings, name)}: {problem}; {name} is rebuilt "
+                     "and nothing that record names is written or deleted")
+        return None
+    return rec
+
+
 def _up_to_date(settings: Settings, rec: dict | None, key: str) -> bool:
     if not rec or rec.get("key") != key:
         return False
@@ -202,34 +281,108 @@ def _up_to_date(settings: Settings, rec: dict | None, key: str) -> bool:
 
 
 def _restage(settings: Settings, rec: dict) -> bool:
-    """Put back staged files that went missing (e.g. staging wiped).  True if any was."""
+    """Put back staged files that went missing (e.g. staging wiped).  True if any was.
+    ``rec`` comes from :func:`trusted_record`; a staging path that a symlink now leads out of
+    the staging tree is refused (:class:`ConfigError`)."""
+    try:
+        return _restage_checked(settings, rec)
+    except OutsideStaging as e:
+        raise ConfigError(
+            f"{record_path(settings, rec.get('component', '?'))}: cannot put back a staged "
+            f"file: {e}; refused", fix="remove the symlink in the staging tree that points out "
+            f"of it (or delete {settings.staging_dir}), then run `inv build` again") from None
+
+
+def _restage_checked(settings: Settings, rec: dict) -> bool:
     changed = False
     for a in rec.get("artifacts", []):
         if a.get("staged"):
-            dest = settings.staging_dir / a["staged"]
+            dest = in_staging(settings.staging_dir, a["staged"])
             if not dest.is_file() or dest.stat().st_size != a["size"]:
-                _stage_file(Path(a["file"]), dest, a.get("mode"))
+                _stage_file(Path(a["file"]), settings.staging_dir, a["staged"], a.get("mode"))
                 changed = True
     tree = rec.get("staged_tree")
-    if tree and not (settings.staging_dir / tree["dest"]).is_dir():
-        _copy_tree(Path(tree["from"]), settings.staging_dir / tree["dest"])
+    if tree and not in_staging(settings.staging_dir, tree["dest"]).is_dir():
+        _copy_tree(Path(tree["from"]), settings.staging_dir, tree["dest"])
         changed = True
     return changed
 
 
-def _stage_file(src: Path, dest: Path, mode: int | None) -> None:
+def _unstage(settings: Settings, rec: dict) -> None:
+    """Delete what a previous build of a component staged (``rec`` is trusted); a path that a
+    symlink now leads out of the staging tree is left alone (with a warning)."""
+    paths = [a["staged"] for a in rec.get("artifacts", []) if a.get("staged")]
+    tree = (rec.get("staged_tree") or {}).get("dest")
+    for rel in [*paths, *([tree] if tree else [])]:
+        try:
+            dest = in_staging(settings.staging_dir, rel)
+        except OutsideStaging as e:
+            console.warn(f"not deleting the old staged {rel!r}: {e}")
+            continue
+        if rel == tree:
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+        else:
+            dest.unlink(missing_ok=True)
+
+
+def _stage_file(src: Path, staging: Path, rel: str, mode: int | None) -> None:
+    """Copy ``src`` to ``staging/rel`` (checked again right here) through a temporary file:
+    the staged file is either the old one or the complete new one, never a partial copy."""
+    dest = in_staging(staging, rel)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.askbuild-tmp")
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, mode if mode is not None else (0o755 if os.access(src, os.X_OK) else 0o644))
-    tmp.replace(dest)
+    in_staging(staging, rel)       # the directories just made are real, not symlinks
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.askbuild-tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, mode if mode is not None
+                 else (0o755 if os.access(src, os.X_OK) else 0o644))
+        tmp.replace(dest)
+    except OSError as e:
+        raise _naming(e, dest) from e
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _copy_tree(src: Path, dest: Path) -> None:
-    if dest.exists():
+def _naming(e: OSError, dest: Path) -> OSError:
+    """``e`` about the staged file ``dest`` (shutil names the source of a failed copy, but a
+    full disk or a permission problem is about where the copy goes)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        return type(e)(e.errno, e.strerror, str(dest))
+    return e
+
+
+def _copy_tree(src: Path, staging: Path, rel: str) -> None:
+    dest = in_staging(staging, rel)
+    if dest.is_symlink():
+        dest.unlink()
+    elif dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, dest, symlinks=True)
+    in_staging(staging, rel)
+    try:
+        _copytree(src, dest)
+    except OSError as e:
+        raise _naming(e, Path(e.filename2 or e.filename or dest)) from e
+
+
+def _copytree(src: Path, dest: Path) -> None:
+    """``shutil.copytree(src, dest, symlinks=True)`` that stops at the first error and lets it
+    through as it is (copytree gathers errors into one without errno: a full disk would not
+    be recognisable)."""
+    dest.mkdir()
+    for root, dirs, files in os.walk(src):
+        here = Path(root)
+        there = dest / here.relative_to(src)
+        for name in dirs + files:
+            s, d = here / name, there / name
+            if s.is_symlink():
+                os.symlink(os.readlink(s), d)
+            elif s.is_dir():
+                d.mkdir()
+            else:
+                shutil.copy2(s, d)
+        shutil.copystat(here, there)
 
 
 # ---------------------------------------------------------------------------- running --
@@ -266,6 +419,21 @@ def base_env(settings: Settings, ccache_bin: Path | None) -> dict[str, str]:
     return env
 
 
+def find_program(args: list[str], cwd: Path, env: dict[str, str]) -> str | None:
+    """Why ``args[0]`` cannot be run from ``cwd`` with ``env``'s PATH, or None when it can."""
+    prog = args[0] if args else ""
+    if not prog:
+        return "empty command"
+    if "/" in prog:
+        p = cwd / prog
+        if not p.is_file():
+            return f"{p} does not exist"
+        return None if os.access(p, os.X_OK) else f"{p} is not executable"
+    if shutil.which(prog, path=env.get("PATH", os.defpath)) is None:
+        return "not found on PATH"
+    return None
+
+
 class Runner:
     """Runs the steps of one component, logging to its log file."""
 
@@ -290,32 +458,31 @@ class Runner:
         self.log.flush()
 
     def run(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
-        if self.build.cancel.is_set():
-            raise Cancelled()
+        self.build.check_cancel()
         self.log.flush()
         self.step_start = self.log.tell()
         self.note(f"$ {' '.join(args)}   (in {cwd})")
+        why = find_program(args, cwd, env)
+        if why:
+            self.note(f"cannot run {args[0] if args else ''!r}: {why}")
+            raise StepError(f"cannot run {args[0] if args else ''!r}: {why}",
+                            _tail(self.log_path, start=self.step_start))
         with self.build.lock:  # checked and registered atomically with stop()
-            if self.build.cancel.is_set():
-                raise Cancelled()
-            try:
-                proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-            except OSError as e:
-                self.note(f"cannot run {args[0]}: {e}")
-                raise StepError(f"cannot run {args[0]!r}: {e.strerror}",
-                                _tail(self.log_path, start=self.step_start)) from e
+            self.build.check_cancel()
+            proc = procs.supervised_popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=self.log, stderr=subprocess.STDOUT)
             self.build.procs[self.name] = proc
         try:
             rc = proc.wait()
         finally:
+            procs.forget(proc)
             with self.build.lock:
                 self.build.procs.pop(self.name, None)
         if rc != 0:
             self.note(f"exit status {rc}")
-            self.log.flush()
-            if self.build.cancel.is_set():  # stopped by fail-fast (make exits 2 on SIGTERM)
-                raise Cancelled()
+        # Stopped (fail-fast or an interrupt): whatever the step returned, it did not finish.
+        self.build.check_cancel()
+        if rc != 0:
             raise StepError(f"`{' '.join(args)}` failed with exit status {rc}",
                             _tail(self.log_path, start=self.step_start))
 
@@ -395,6 +562,12 @@ class Build:
         self.results: dict[str, dict] = {n: {"status": "pending"} for n in plan.names}
         self.running = 0
 
+    def check_cancel(self) -> None:
+        """Raise :class:`Cancelled` once the build is stopping (between any two actions of a
+        component, so an interrupted worker ends promptly and writes no record)."""
+        if self.cancel.is_set():
+            raise Cancelled()
+
     # -- placeholders --------------------------------------------------------------
     def comp_dirs(self, name: str) -> dict[str, Path]:
         r = self.rs.recipes[name]
@@ -405,7 +578,10 @@ class Build:
         return {"src": out / "src", "out": out, "install": out / "install",
                 "build": out / "src"}
 
-    def values(self, name: str, jobs: int) -> dict[str, str | list[str]]:
+    def values(self, name: str, jobs: int, *,
+               kernel_release: str | None = None) -> dict[str, str | list[str]]:
+        """Placeholder values for ``name``; ``kernel_release`` stands in for a kernel that
+        is not built yet (the up-front staging check)."""
         s, r = self.settings, self.rs.recipes[name]
         dirs = self.comp_dirs(name)
         v: dict[str, str | list[str]] = dict(self.rs.vars)
@@ -432,7 +608,8 @@ class Build:
             kd = self.comp_dirs(k)
             v["kernel_dir"] = str(kd["build"])
             v["kernel_src"] = str(kd["src"])
-            v["kernel_release"] = kernel.kernel_release(kd["build"])
+            v["kernel_release"] = (kernel_release if kernel_release is not None
+                                   else kernel.kernel_release(kd["build"]))
         if r.kind == "kernel":
             v["kernel_src"] = str(dirs["src"])
         return v
@@ -453,15 +630,12 @@ class Build:
     def build_one(self, name: str, jobs: int) -> dict:
         s, r = self.settings, self.rs.recipes[name]
         key = self.plan.keys[name]
-        old = read_record(s, name)
+        self.check_cancel()
+        old = trusted_record(s, name)
         # No "done" record while the step runs: a kill at any point means "redo".
         record_path(s, name).unlink(missing_ok=True)
         if old:
-            for a in old.get("artifacts", []):
-                if a.get("staged"):
-                    (s.staging_dir / a["staged"]).unlink(missing_ok=True)
-            if old.get("staged_tree"):
-                shutil.rmtree(s.staging_dir / old["staged_tree"]["dest"], ignore_errors=True)
+            _unstage(s, old)
         dirs = self.comp_dirs(name)
         t0 = time.monotonic()
         with Runner(self, name) as run:
@@ -481,16 +655,26 @@ class Build:
                 release, staged_tree = self._build_kernel(run, r, dirs, values, env, jobs)
             else:
                 run.note(f"export {r.source}:{' '.join(r.inputs)} -> {dirs['src']}")
+                self.check_cancel()
                 self.export_tree(name, dirs["src"])
                 for i, step in enumerate(r.steps):
                     args = recipes.expand_args(step, values, where=f"{r.file}: steps[{i}]")
                     run.run(args, cwd=dirs["src"], env=env)
             arts = self._collect(run, r, dirs, values)
-            if staged_tree:
-                _copy_tree(Path(staged_tree["from"]), s.staging_dir / staged_tree["dest"])
-            for a in arts:
-                if a["staged"]:
-                    _stage_file(Path(a["file"]), s.staging_dir / a["staged"], a["mode"])
+            self.check_cancel()
+            # Every staging path was checked in _collect, before anything is copied; the
+            # copies check again right before writing.
+            try:
+                if staged_tree:
+                    _copy_tree(Path(staged_tree["from"]), s.staging_dir, staged_tree["dest"])
+                for a in arts:
+                    if a["staged"]:
+                        _stage_file(Path(a["file"]), s.staging_dir, a["staged"], a["mode"])
+            except OutsideStaging as e:
+                raise ConfigError(f"{r.file}: staging refused: {e}",
+                                  fix="remove symlinks in the staging tree that point out of "
+                                      "it") from None
+            self.check_cancel()
             duration = round(time.monotonic() - t0, 3)
             rec = {"component": name, "key": key, "artifacts": arts, "duration_s": duration,
                    "finished": manifest.now(), "log": str(run.log_path)}
@@ -502,6 +686,37 @@ class Build:
         write_json_atomic(record_path(s, name), rec)
         return rec
 
+    def staged_path(self, r: Recipe, i: int, values: dict) -> str | None:
+        """Artifact ``i``'s expanded ``stage``, refused with a :class:`ConfigError` naming
+        the recipe and the artifact when it would leave the staging tree."""
+        a = r.artifacts[i]
+        if not a.stage:
+            return None
+        where = f"{r.file}: artifacts[{i}] (path {a.path!r})"
+        stage = recipes.expand(a.stage, values, where=where)
+        try:
+            in_staging(self.settings.staging_dir, stage)
+        except OutsideStaging as e:
+            raise ConfigError(
+                f"{where}: stage {a.stage!r} (expanded: {stage!r}) leaves the staging tree: {e}; "
+                "refused, nothing was staged",
+                fix="make 'stage' a relative path inside the staging tree (no placeholder that "
+                    "holds an absolute path such as {out} or {project}, no '..'), and remove "
+                    "symlinks in the staging tree that point out of it") from None
+        return stage
+
+    def check_stages(self) -> None:
+        """Up front, before anything is built: every artifact's ``stage`` of every component
+        expands to a path inside the staging tree (an unbuilt kernel's release stands in as a
+        plain name; the real one is checked again before copying)."""
+        for name in self.plan.names:
+            r = self.rs.recipes[name]
+            if not any(a.stage for a in r.artifacts):
+                continue
+            values = self.values(name, 1, kernel_release="0.0.0-unbuilt")
+            for i in range(len(r.artifacts)):
+                self.staged_path(r, i, values)
+
     def _collect(self, run: Runner, r: Recipe, dirs: dict[str, Path], values: dict) -> list:
         arts, missing = [], []
         for i, a in enumerate(r.artifacts):
@@ -509,7 +724,7 @@ class Build:
             p = Path(recipes.expand(a.path, values, where=where))
             if not p.is_absolute():
                 p = dirs["build"] / p
-            stage = recipes.expand(a.stage, values, where=where) if a.stage else None
+            stage = self.staged_path(r, i, values)
             if not p.is_file():
                 missing.append(str(p))
                 continue
@@ -552,19 +767,35 @@ class Build:
         dest = dirs["install"]
         kernel.modules_install(call, src=src, build=build, arch=ARCH, cross=cross, dest=dest)
         values["kernel_release"] = release
-        return release, {"from": str(dest / "lib/modules" / release),
-                         "dest": f"lib/modules/{release}"}
+        tree = f"lib/modules/{release}"
+        try:
+            in_staging(s.staging_dir, tree)
+            if "/" in release:
+                raise OutsideStaging(f"{release!r} is not a single path component")
+        except OutsideStaging as e:
+            raise ConfigError(f"{r.file}: the kernel release {release!r} makes the modules "
+                              f"directory {tree!r} leave the staging tree: {e}; refused",
+                              fix="fix the kernel's LOCALVERSION / release string") from None
+        return release, {"from": str(dest / "lib/modules" / release), "dest": tree}
 
     # -- scheduling -------------------------------------------------------------------
-    def stop(self) -> None:
-        """Fail fast: start nothing new and stop the steps that are running."""
+    def stop(self, grace: float = 1.0) -> None:
+        """Start nothing new and stop the steps that are running: SIGTERM to each step's whole
+        process group (make and every compiler), SIGKILL to what is left after ``grace``
+        seconds.  Returns when they are gone (at most ``grace`` + a moment)."""
         with self.lock:
             self.cancel.set()
-            procs = list(self.procs.values())
-        for proc in procs:
-            # Steps share the build's process group (killing the build's group kills them
-            # too); make forwards SIGTERM to its own children.
-            proc.terminate()
+            running = list(self.procs.values())
+        for proc in running:
+            procs.kill_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in running:
+            procs.kill_group(proc, signal.SIGKILL)
 
     def _settle(self, n: str, rep: Reporter) -> bool:
         """Decide ``n`` without running anything if possible (True when decided)."""
@@ -580,7 +811,7 @@ class Build:
                        "(use --keep-going to build the rest)")
             rep.set(n, "cancelled")
             return True
-        rec = read_record(self.settings, n)
+        rec = trusted_record(self.settings, n)
         if _up_to_date(self.settings, rec, self.plan.keys[n]):
             restaged = _restage(self.settings, rec)
             res.update(status="cached", record=rec, restaged=restaged)
@@ -593,77 +824,94 @@ class Build:
         return self.build_one(name, jobs)
 
     def run(self, rep: Reporter) -> None:
-        s = self.settings
+        """Run the plan.  On any exception in this (the main) thread -- KeyboardInterrupt,
+        :class:`askbuild.cli.Terminated` -- every running step is stopped at once and the
+        exception goes on without waiting for the workers (``with ThreadPoolExecutor`` would
+        wait for them first)."""
+        pool = cf.ThreadPoolExecutor(max_workers=max(1, self.settings.jobs),
+                                     thread_name_prefix="askbuild-build")
+        try:
+            self._schedule(pool, rep)
+        except BaseException:
+            self.stop()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+    def _fail(self, n: str, rep: Reporter, error: str, tail: str = "", **extra) -> None:
+        res = self.results[n]
+        res.update(status="failed", error=error, tail=tail,
+                   log=str(self.settings.logs_dir / f"{n}.log"), **extra)
+        rep.set(n, "failed", error)
+        if not self.keep_going:
+            self.stop()
+
+    def _finished(self, n: str, fut: cf.Future, rep: Reporter) -> None:
+        """Record the outcome of component ``n``'s future."""
+        res = self.results[n]
+        try:
+            rec = fut.result()
+        except Cancelled:
+            res.update(status="cancelled", reason="stopped by an earlier failure")
+            rep.set(n, "cancelled")
+        except StepError as e:
+            self._fail(n, rep, str(e), e.tail)
+        except ConfigError as e:
+            self._fail(n, rep, e.message, config_error=e)
+        except AskbuildError as e:
+            self._fail(n, rep, e.message)
+        except OSError as e:
+            from .cli import os_error_message
+            self._fail(n, rep, os_error_message(e)[0], os_error=e)
+        except Exception as e:  # noqa: BLE001 - an unexpected error fails the step
+            self._fail(n, rep, f"{type(e).__name__}: {e}")
+        else:
+            res.update(status="built", record=rec)
+            rep.set(n, "built")
+
+    def _schedule(self, pool: cf.ThreadPoolExecutor, rep: Reporter) -> None:
         wanted = set(self.plan.names)
         ts = graphlib.TopologicalSorter({n: [d for d in self.rs.recipes[n].depends
                                              if d in wanted] for n in self.plan.names})
         ts.prepare()
-        budget = max(1, s.jobs)
+        budget = max(1, self.settings.jobs)
         ready: deque[str] = deque()
         futures: dict[cf.Future, str] = {}
-        with cf.ThreadPoolExecutor(max_workers=budget) as pool:
-            idle_rounds = 0
-            while ts.is_active():
-                # First settle everything that needs no work (skipped, cancelled, up to date):
-                # settling may make more components ready.
-                progressed = False
-                while new := ts.get_ready():
-                    for n in new:
-                        if self._settle(n, rep):
-                            ts.done(n)
-                            progressed = True
-                        else:
-                            ready.append(n)
-                # Then start what must be built; each gets its share of the budget.
-                while ready and len(futures) < budget:
-                    n = ready.popleft()
-                    progressed = True
-                    if self.cancel.is_set():
-                        self._settle(n, rep)
+        idle_rounds = 0
+        while ts.is_active():
+            # First settle everything that needs no work (skipped, cancelled, up to date):
+            # settling may make more components ready.
+            progressed = False
+            while new := ts.get_ready():
+                for n in new:
+                    if self._settle(n, rep):
                         ts.done(n)
-                        continue
-                    r = self.rs.recipes[n]
-                    share = 1 if not r.parallel else max(
-                        1, budget // max(1, min(budget, len(futures) + 1 + len(ready))))
-                    self.results[n].update(status="running", jobs=share,
-                                           started=manifest.now())
-                    futures[pool.submit(self._task, n, share, rep)] = n
-                if not futures:
-                    idle_rounds = 0 if progressed else idle_rounds + 1
-                    if idle_rounds > 2:  # nothing runs, nothing can start: cannot happen
-                        raise BuildFailed("build scheduler stalled (internal error)")
-                    continue
-                done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    n = futures.pop(fut)
-                    res = self.results[n]
-                    try:
-                        rec = fut.result()
-                    except Cancelled:
-                        res.update(status="cancelled", reason="stopped by an earlier failure")
-                        rep.set(n, "cancelled")
-                    except StepError as e:
-                        res.update(status="failed", error=str(e), tail=e.tail,
-                                   log=str(s.logs_dir / f"{n}.log"))
-                        rep.set(n, "failed", str(e))
-                        if not self.keep_going:
-                            self.stop()
-                    except AskbuildError as e:
-                        res.update(status="failed", error=e.message, tail="",
-                                   log=str(s.logs_dir / f"{n}.log"))
-                        rep.set(n, "failed", e.message)
-                        if not self.keep_going:
-                            self.stop()
-                    except Exception as e:  # noqa: BLE001 - an unexpected error fails the step
-                        res.update(status="failed", error=f"{type(e).__name__}: {e}", tail="",
-                                   log=str(s.logs_dir / f"{n}.log"))
-                        rep.set(n, "failed", res["error"])
-                        if not self.keep_going:
-                            self.stop()
+                        progressed = True
                     else:
-                        res.update(status="built", record=rec)
-                        rep.set(n, "built")
+                        ready.append(n)
+            # Then start what must be built; each gets its share of the budget.
+            while ready and len(futures) < budget:
+                n = ready.popleft()
+                progressed = True
+                if self.cancel.is_set():
+                    self._settle(n, rep)
                     ts.done(n)
+                    continue
+                r = self.rs.recipes[n]
+                share = 1 if not r.parallel else max(
+                    1, budget // max(1, min(budget, len(futures) + 1 + len(ready))))
+                self.results[n].update(status="running", jobs=share, started=manifest.now())
+                futures[pool.submit(self._task, n, share, rep)] = n
+            if not futures:
+                idle_rounds = 0 if progressed else idle_rounds + 1
+                if idle_rounds > 2:  # nothing runs, nothing can start: cannot happen
+                    raise BuildFailed("build scheduler stalled (internal error)")
+                continue
+            done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                n = futures.pop(fut)
+                self._finished(n, fut, rep)
+                ts.done(n)
 
 
 # ------------------------------------------------------------------------------ ccache --
@@ -684,7 +932,7 @@ def _ccache_setup(settings: Settings, prefix: str) -> Path:
 
 
 def _ccache_stats(env: dict[str, str]) -> dict[str, int]:
-    proc = subprocess.run(["ccache", "--print-stats"], env=env, capture_output=True, text=True)
+    proc = procs.run(["ccache", "--print-stats"], env=env, capture_output=True, text=True)
     stats = {}
     for line in proc.stdout.splitlines():
         k, _, v = line.partition("\t")
@@ -695,6 +943,29 @@ def _ccache_stats(env: dict[str, str]) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------- entry point --
+def run_depmod(staging: Path, release: str, *, search_path: str | None = None) -> None:
+    """``depmod -b staging -a release``: writes ``modules.dep`` (and the other indexes) for the
+    staged modules.  A missing depmod is a :class:`MissingToolError` (the image would ship
+    modules without modules.dep), a failing one a :class:`BuildFailed` with its stderr.
+    ``search_path`` replaces the PATH (+ sbin directories) depmod is looked up in."""
+    depmod = toolchain.find_tool("depmod", search_path)
+    if depmod is None:
+        raise MissingToolError(
+            "depmod not found (package kmod): it writes modules.dep for the kernel modules in "
+            f"{staging / 'lib/modules' / release}; without it the image's modules cannot be "
+            "loaded by name",
+            fix="inv setup   (or: apt-get install kmod), then run `inv build` again")
+    proc = procs.run([depmod, "-b", str(staging), "-a", release], capture_output=True,
+                     text=True, stdin=subprocess.DEVNULL)
+    dep = staging / "lib/modules" / release / "modules.dep"
+    if proc.returncode != 0 or not dep.is_file():
+        detail = (proc.stderr or proc.stdout or "").strip() or f"exit status {proc.returncode}"
+        raise BuildFailed(f"depmod -b {staging} -a {release} failed"
+                          f"{'' if dep.is_file() else ' (no modules.dep written)'}:\n{detail}",
+                          fix="read depmod's message above; check the staged modules, then run "
+                              "`inv build` again")
+
+
 def _post_checks(settings: Settings, b: Build) -> None:
     """Vermagic of every staged module against the kernel release; depmod."""
     krel = None
@@ -709,34 +980,43 @@ def _post_checks(settings: Settings, b: Build) -> None:
     kernel.check_vermagic(mods, krel)
     built = any(b.results[n]["status"] == "built" or b.results[n].get("restaged")
                 for n in b.plan.names)
-    depmod = shutil.which("depmod") or ("/sbin/depmod" if Path("/sbin/depmod").exists()
-                                        else None)
-    if mods and depmod and (built or not (moddir / "modules.dep").exists()):
-        subprocess.run([depmod, "-b", str(settings.staging_dir), "-a", krel],
-                       capture_output=True, check=False)
+    if mods and (built or not (moddir / "modules.dep").exists()):
+        run_depmod(settings.staging_dir, krel)
 
 
+def _needs_depmod(rs: RecipeSet, names: list[str]) -> bool:
+    return any(rs.recipes[n].kind == "kernel" for n in names)
+
+
+@runlock.exclusive("build")
 def build(settings: Settings, components: list[str] | None = None, *, keep_going: bool = False,
           ccache: bool = False, prepare: bool = True) -> dict:
-    """Build ``components`` (all when empty) and their dependencies.  Returns the manifest."""
+    """Build ``components`` (all when empty) and their dependencies.  Returns the manifest.
+
+    Holds the work-dir lock for the whole run: a second build (or any other verb) in the same
+    work directory waits for this one."""
     rs = recipes.load(settings)
     names = rs.order(components or None)
     recipes_used = [rs.recipes[n] for n in names]
     srcs = sorted({r.source for r in recipes_used} | {u for r in recipes_used for u in r.uses})
     _prepare_sources(settings, srcs, prepare)
-    tc = toolchain.check(sorted({lib for r in recipes_used for lib in r.host_libs}))
+    tc = toolchain.check(sorted({lib for r in recipes_used for lib in r.host_libs}),
+                         tools=["depmod"] if _needs_depmod(rs, names) else [])
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(settings.state_dir / "build.lock"))
+    return _build_locked(settings, rs, names, srcs, tc, keep_going=keep_going, ccache=ccache)
+
+
+def _finish_manifest(man: manifest.Manifest, status: str, b: Build,
+                     ccache_stats: dict | None) -> None:
+    """The final manifest.  When the build is already failing (a full disk, an interrupt),
+    failing to write it is a warning, so the user sees the first cause, not this one."""
     try:
-        lock.acquire(timeout=0)
-    except Timeout as e:
-        raise UserError(f"another build is running in {settings.work_dir}",
-                        fix="wait for it to finish (or use another --work-dir)") from e
-    try:
-        return _build_locked(settings, rs, names, srcs, tc, keep_going=keep_going,
-                             ccache=ccache)
-    finally:
-        lock.release()
+        man.finish(status=status, results=b.results, ccache=ccache_stats)
+    except OSError as e:
+        if status == "success":
+            raise
+        from .cli import os_error_message
+        console.warn(f"could not write the final {man.path}: {os_error_message(e)[0]}")
 
 
 def _build_locked(settings: Settings, rs: RecipeSet, names: list[str], srcs: list[str],
@@ -745,14 +1025,16 @@ def _build_locked(settings: Settings, rs: RecipeSet, names: list[str], srcs: lis
     compute_keys(plan)
     ccache_bin = _ccache_setup(settings, tc.prefix) if ccache else None
     b = Build(settings, plan, keep_going=keep_going, ccache_bin=ccache_bin)
+    b.check_stages()
     man = manifest.Manifest(settings)
     man.start(plan=plan, sources={n: source_info(settings, n) for n in srcs},
               options={"keep_going": keep_going, "ccache": ccache, "jobs": settings.jobs,
                        "components": names})
-    stats_before = _ccache_stats(base_env(settings, ccache_bin)) if ccache else None
-    console.step(f"build {', '.join(names)} (jobs {settings.jobs})")
     status = "failed"
+    stats_before = None
     try:
+        stats_before = _ccache_stats(base_env(settings, ccache_bin)) if ccache else None
+        console.step(f"build {', '.join(names)} (jobs {settings.jobs})")
         with Reporter(names) as rep:
             b.run(rep)
         failed = [n for n in names if b.results[n]["status"] == "failed"]
@@ -760,19 +1042,19 @@ def _build_locked(settings: Settings, rs: RecipeSet, names: list[str], srcs: lis
         if not failed:
             try:
                 _post_checks(settings, b)
-            except BuildFailed as e:
+            except (BuildFailed, MissingToolError) as e:
                 post_error = e
         status = "failed" if failed or post_error else "success"
-    except BaseException:
-        status = "interrupted"
+    except BaseException as e:  # KeyboardInterrupt, cli.Terminated (SIGTERM), a bug
+        status = "failed" if isinstance(e, Exception) else "interrupted"
         b.stop()
         raise
     finally:
         ccache_stats = None
-        if stats_before is not None:
+        if stats_before is not None and status != "interrupted":
             after = _ccache_stats(base_env(settings, ccache_bin))
             ccache_stats = {k: after[k] - stats_before[k] for k in after}
-        man.finish(status=status, results=b.results, ccache=ccache_stats)
+        _finish_manifest(man, status, b, ccache_stats)
     built = [n for n in names if b.results[n]["status"] == "built"]
     cached = [n for n in names if b.results[n]["status"] == "cached"]
     if status == "success":
@@ -781,16 +1063,29 @@ def _build_locked(settings: Settings, rs: RecipeSet, names: list[str], srcs: lis
         return man.data
     if post_error:
         raise post_error
-    parts = []
-    for n in failed:
-        res = b.results[n]
-        tail = res.get("tail") or ""
-        parts.append(f"{n}: {res.get('error')}\n--- last lines of the failing step "
-                     f"({res.get('log')}) ---\n{tail}")
+    _raise_failure(settings, b, names, failed)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _raise_failure(settings: Settings, b: Build, names: list[str], failed: list[str]) -> None:
+    """The error for a failed build: a refused recipe is a :class:`ConfigError` (exit 1), a
+    full disk the :class:`OSError` itself (the CLI names the path and the free space), a step
+    that failed a :class:`BuildFailed` (exit 2) with its last lines and log."""
+    results = [b.results[n] for n in failed]
     skipped = [n for n in names if b.results[n]["status"] in ("skipped", "cancelled")]
-    msg = "build failed:\n" + "\n".join(parts)
-    if skipped:
-        msg += f"\nnot built because of the failure: {', '.join(skipped)}"
-    raise BuildFailed(msg, fix=f"read the log(s) in {settings.logs_dir}; fix the recipe or "
-                               "patch, then run `inv build` again (finished components are "
-                               "kept)")
+    tail = f"\nnot built because of the failure: {', '.join(skipped)}" if skipped else ""
+    if all(r.get("config_error") for r in results):
+        first = results[0]["config_error"]
+        msg = "\n".join(r["config_error"].message for r in results) + tail
+        raise ConfigError(msg, fix=first.fix)
+    disk = [r["os_error"] for r in results
+            if r.get("os_error") and r["os_error"].errno in (errno.ENOSPC, errno.EDQUOT)]
+    if disk and len(disk) == len(results):
+        raise disk[0]
+    parts = []
+    for n, res in zip(failed, results, strict=True):
+        parts.append(f"{n}: {res.get('error')}\n--- last lines of the failing step "
+                     f"({res.get('log')}) ---\n{res.get('tail') or ''}")
+    raise BuildFailed("build failed:\n" + "\n".join(parts) + tail,
+                      fix=f"read the log(s) in {settings.logs_dir}; fix the recipe or patch, "
+                          "then run `inv build` again (finished components are kept)")

@@ -19,7 +19,6 @@ module loading runs in dry-run mode except for the check that a refused load is 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,15 +144,10 @@ def test(settings: Settings, tag: str = "dev") -> TestReport:
         board = None if board in (None, "", "default") else board
         console.step(f"image.test {ref} ({img.id}) under qemu")
         report = TestReport(ref, img.id)
-        record = settings.work_dir / "image" / "image.json"
-        if record.is_file():
-            try:
-                rec = json.loads(record.read_text())
-                if rec.get("ref") == ref and rec.get("image_id") != img.id:
-                    console.warn(f"{ref} in the engine is {img.id}, but the last `inv image` "
-                                 f"built {rec.get('image_id')}")
-            except (OSError, json.JSONDecodeError):
-                pass
+        rec = imaging.read_record(settings)
+        if rec and rec.get("ref") == ref and rec.get("image_id") != img.id:
+            console.warn(f"{ref} in the engine is {img.id}, but the last `inv image` "
+                         f"built {rec.get('image_id')}")
         report.checks += _config_checks(img, board)
         expected = expected_files(settings, board)
         report.checks += run_checks(client, ref, expected)

@@ -19,6 +19,11 @@ ELF file's libraries are checked to resolve inside the image before anything is 
 With a Docker (or Podman) engine reachable the archive is loaded through the Docker SDK, tagged
 ``localhost/monok8s/cmm:<tag>`` and checked to be arm64; otherwise the archive is the result and
 the command prints how to load it.
+
+One ``inv image`` at a time per work directory (the work-dir lock).  ``image/image.json``
+always describes the archive it names: it is removed before a new archive is written and
+written (atomically) only after the archive is complete; :func:`read_record` checks the
+archive's digest against it.  Temporary files of killed runs are removed by the next run.
 """
 
 from __future__ import annotations
@@ -29,13 +34,12 @@ import json
 import os
 import posixpath
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import baselayer, console, elfcheck, oci
+from . import baselayer, console, elfcheck, oci, runlock
 from .errors import ConfigError, ImageError, UserError
-from .fsutil import write_json_atomic
+from .fsutil import read_json, read_toml, sha256_file, write_json_atomic
 from .gitutil import GitError
 from .gitutil import git as run_git
 from .manifest import manifest_path
@@ -76,12 +80,7 @@ def image_dir(settings: Settings) -> Path:
 
 def load_image_toml(settings: Settings) -> dict:
     path = image_dir(settings) / "image.toml"
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: missing", fix="restore images/cmm/image.toml") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    data = read_toml(path)
     for key in ("base", "config", "files", "vendor"):
         if not isinstance(data.get(key), dict):
             raise ConfigError(f"{path}: missing table [{key}]")
@@ -502,11 +501,42 @@ def load_instructions(archive: Path, ref: str) -> str:
     ])
 
 
+# -- the record -------------------------------------------------------------------------------
+
+def record_path(settings: Settings) -> Path:
+    return settings.work_dir / "image" / "image.json"
+
+
+def read_record(settings: Settings) -> dict | None:
+    """``image/image.json`` when it describes the archive it names (same size and sha256),
+    else None (missing, damaged, or the archive was replaced or removed since)."""
+    rec = read_json(record_path(settings))
+    if not rec or not isinstance(rec.get("archive"), str):
+        return None
+    try:
+        digest, size = sha256_file(Path(rec["archive"]))
+    except OSError:
+        return None
+    if digest != rec.get("archive_sha256") or size != rec.get("archive_size", size):
+        return None
+    return rec
+
+
+def _clean_leftovers(out_dir: Path, dest: Path) -> None:
+    """Temporary files of killed ``inv image`` runs (``cmm.tar.part``, ``.cmm.tar.<pid>...``)."""
+    removed = oci.clean_partials(out_dir, ["cmm.tar", "app-layer.tar.gz", "app-layer.tar"])
+    if dest.parent.resolve() != out_dir.resolve():
+        removed += oci.clean_partials(dest.parent, [dest.name])
+    for p in removed:
+        console.info(f"removed {p} (left by an interrupted run)")
+
+
 # -- the verb ---------------------------------------------------------------------------------
 
+@runlock.exclusive("image")
 def image(settings: Settings, tag: str = "dev", output: str | Path | None = None,
           load: bool = True, board: str | None = None) -> ImageResult:
-    """Assemble (and load) the image.  See the module docstring."""
+    """Assemble (and load) the image.  See the module docstring.  Holds the work-dir lock."""
     if not TAG_RE.match(tag or ""):
         raise UserError(f"--tag {tag!r} is not a valid image tag",
                         fix="use letters, digits, '_', '.', '-' (at most 128, not starting "
@@ -553,6 +583,8 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
     console.info(f"libraries: {n} dynamically linked ELF files resolve inside the image")
 
     out_dir = settings.work_dir / "image"
+    dest = Path(output) if output else out_dir / "cmm.tar"
+    _clean_leftovers(out_dir, dest)
     app_layer = oci.write_layer(
         app.values(), out_dir / f"app-layer.tar{'.gz' if compression == 'gzip' else ''}",
         epoch=epoch, compression=compression,
@@ -578,15 +610,19 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
         entrypoint=list(cfg_conf.get("entrypoint", [])),
         cmd=list(cfg_conf.get("cmd", [])) or None,
         env=list(cfg_conf.get("env", [])), labels=labels)
-    dest = Path(output) if output else out_dir / "cmm.tar"
+    # The record describes the archive next to it: gone while the archive is rewritten,
+    # written once the archive is complete (a kill in between leaves no record, never a
+    # record of another archive).
+    record_path(settings).unlink(missing_ok=True)
     archive = oci.write_archive(dest, [base.layer, app_layer], config, ref=ref, epoch=epoch)
     layers = [{"role": role, "digest": la.digest, "diff_id": la.diff_id, "size": la.size}
               for role, la in (("base", base.layer), ("app", app_layer))]
     record = {"ref": ref, "image_id": archive.image_id, "archive": str(dest),
-              "archive_sha256": archive.sha256, "layers": layers, "labels": labels,
+              "archive_sha256": archive.sha256, "archive_size": dest.stat().st_size,
+              "layers": layers, "labels": labels,
               "kernel_release": release, "source_date_epoch": epoch,
               "base_packages": base.packages, "vendor_files": origin}
-    write_json_atomic(out_dir / "image.json", record, indent=1)
+    write_json_atomic(record_path(settings), record, indent=1)
     console.info(f"archive: {dest} (sha256 {archive.sha256})")
     console.info(f"image id: {archive.image_id}")
 

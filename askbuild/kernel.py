@@ -21,6 +21,7 @@ from elftools.elf.elffile import ELFFile
 
 from . import gitutil
 from .errors import BuildFailed, ConfigError
+from .fsutil import write_bytes_atomic
 
 BUILD_USER = "askbuild"
 BUILD_HOST = "askbuild"
@@ -138,9 +139,11 @@ def configure(run: Callable[[list[str]], None], *, src: Path, build: Path, arch:
     cfg = build / ".config"
     marker = build / ".askbuild-config-input"
     if not cfg.exists() or not marker.exists() or marker.read_text() != merged:
-        # Rewritten only when the inputs changed, so kbuild sees an unchanged .config.
-        cfg.write_text(merged)
-        marker.write_text(merged)
+        # Rewritten only when the inputs changed, so kbuild sees an unchanged .config.  The
+        # marker goes first and comes back last: a kill in between means "rewrite".
+        marker.unlink(missing_ok=True)
+        write_bytes_atomic(cfg, merged.encode())
+        write_bytes_atomic(marker, merged.encode())
     run([*make_base(src, build, arch, cross), "olddefconfig"])
     config = parse_config(cfg.read_text())
     wants = [w for f in fragments for w in fragment_wants(f)] + require

@@ -14,6 +14,10 @@ The archive holds, sorted: ``blobs/sha256/<layers, config, manifest>``, ``<confi
 ``index.json`` (with ``io.containerd.image.name`` and ``org.opencontainers.image.ref.name``
 annotations), ``manifest.json`` (docker-archive, ``RepoTags``), ``oci-layout`` and
 ``repositories``.  ``docker load``, ``podman load`` and ``ctr images import`` accept it.
+
+Every file is written under a temporary name unique to the writing process
+(``.<name>.<pid>.<random>.part``), flushed to disk and renamed into place, so a reader sees the
+old file or the complete new one; :func:`clean_partials` removes what killed writers left.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import io
 import json
 import os
 import posixpath
+import re
+import secrets
 import stat
 import tarfile
 from collections.abc import Iterable
@@ -38,6 +44,57 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 LAYER_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
                "none": "application/vnd.oci.image.layer.v1.tar"}
 CHUNK = 1 << 20
+#: ``.<name>.<pid>.<8 hex>.part`` (this module) and ``.<name>.<pid>.<thread>.tmp``
+#: (:func:`askbuild.fsutil.write_bytes_atomic`).
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?:[0-9a-f]{8}\.part|\d+\.tmp)$")
+
+
+def temp_path(dest: Path) -> Path:
+    """A temporary name beside ``dest``, unique to this process and call."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_partials(directory: Path, names: Iterable[str] = ()) -> list[Path]:
+    """Delete, in ``directory``, the temporary files of writers that are gone (killed runs):
+    ``.<name>.<pid>.*`` temporaries whose process no longer exists and the fixed
+    ``<name>.part`` of each of ``names`` (older versions' temporary names).  Returns them."""
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        m = _TEMP_RE.match(p.name)
+        stale = (m is not None and not _alive(int(m.group("pid")))) or \
+            any(p.name == f"{n}.part" for n in names)
+        if stale and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _about(e: OSError, dest: Path) -> OSError:
+    """A write error without a file name (a full disk while writing) names ``dest``."""
+    if e.filename is None and e.errno is not None:
+        return type(e)(e.errno, e.strerror, str(dest))
+    return e
+
+
+def _finish(tmp: Path, f, dest: Path) -> None:
+    """Flush ``f`` (open on ``tmp``) to disk and rename ``tmp`` to ``dest``."""
+    f.flush()
+    os.fsync(f.fileno())
+    tmp.replace(dest)
 
 FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCK, FIFO = (
     "file", "dir", "symlink", "hardlink", "char", "block", "fifo")
@@ -229,32 +286,44 @@ def write_layer(entries: Iterable[Entry], dest: Path, *, epoch: int,
     complete_parents(table, epoch)
     ordered = _link_hardlinks([table[p] for p in sorted(table)])
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    with open(tmp, "wb") as raw:
-        blob_hw = _HashWriter(raw)
-        gz = (gzip.GzipFile(filename="", mode="wb", fileobj=blob_hw, compresslevel=level,
-                            mtime=0) if compression == "gzip" else None)
-        tar_hw = _HashWriter(gz if gz is not None else blob_hw)
-        with tarfile.open(fileobj=tar_hw, mode="w|", format=tarfile.PAX_FORMAT,
-                          encoding="utf-8") as tf:
-            for e in ordered:
-                ti = _tarinfo(e, epoch)
-                if e.kind == FILE:
-                    if e.data is not None:
-                        tf.addfile(ti, io.BytesIO(e.data))
-                    elif e.source is not None:
-                        with open(e.source, "rb") as f:
-                            tf.addfile(ti, f)
-                    else:
-                        tf.addfile(ti, io.BytesIO(b""))
-                else:
-                    tf.addfile(ti)
-        if gz is not None:
-            gz.close()
-    tmp.replace(dest)
+    tmp = temp_path(dest)
+    try:
+        with open(tmp, "wb") as raw:
+            blob_hw, tar_hw = _write_layer_tar(ordered, raw, epoch, compression, level)
+            _finish(tmp, raw, dest)
+    except OSError as e:
+        raise _about(e, dest) from e
+    finally:
+        tmp.unlink(missing_ok=True)
     return Layer(dest, "sha256:" + blob_hw.sha.hexdigest(), blob_hw.size,
                  "sha256:" + tar_hw.sha.hexdigest(), LAYER_TYPES[compression], comment,
                  paths=[e.path for e in ordered])
+
+
+def _write_layer_tar(ordered: list[Entry], raw, epoch: int, compression: str,
+                     level: int) -> tuple[_HashWriter, _HashWriter]:
+    """The layer tar of ``ordered`` into the open file ``raw``: (blob, tar) hash writers."""
+    blob_hw = _HashWriter(raw)
+    gz = (gzip.GzipFile(filename="", mode="wb", fileobj=blob_hw, compresslevel=level,
+                        mtime=0) if compression == "gzip" else None)
+    tar_hw = _HashWriter(gz if gz is not None else blob_hw)
+    with tarfile.open(fileobj=tar_hw, mode="w|", format=tarfile.PAX_FORMAT,
+                      encoding="utf-8") as tf:
+        for e in ordered:
+            ti = _tarinfo(e, epoch)
+            if e.kind == FILE:
+                if e.data is not None:
+                    tf.addfile(ti, io.BytesIO(e.data))
+                elif e.source is not None:
+                    with open(e.source, "rb") as f:
+                        tf.addfile(ti, f)
+                else:
+                    tf.addfile(ti, io.BytesIO(b""))
+            else:
+                tf.addfile(ti)
+    if gz is not None:
+        gz.close()
+    return blob_hw, tar_hw
 
 
 def _json_bytes(obj) -> bytes:
@@ -324,6 +393,17 @@ def _add_dir(tf: tarfile.TarFile, name: str, epoch: int) -> None:
     tf.addfile(ti)
 
 
+def _add_file(tf: tarfile.TarFile, name: str, src: Path, epoch: int) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = src.stat().st_size
+    ti.mode = 0o644
+    ti.mtime = epoch
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    with open(src, "rb") as f:
+        tf.addfile(ti, f)
+
+
 def write_archive(dest: Path, layers: list[Layer], config: dict, *, ref: str,
                   epoch: int, annotations: dict[str, str] | None = None) -> ImageArchive:
     """Write the docker-archive + OCI layout tar for one image ``ref`` (``repo:tag``)."""
@@ -376,26 +456,23 @@ def write_archive(dest: Path, layers: list[Layer], config: dict, *, ref: str,
         big.setdefault(f"blobs/sha256/{la.digest.split(':', 1)[1]}", la.blob)
     names = sorted(set(small) | set(big) | {"blobs", "blobs/sha256"})
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    with open(tmp, "wb") as raw:
-        hw = _HashWriter(raw)
-        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-            for name in names:
-                if name in ("blobs", "blobs/sha256"):
-                    _add_dir(tf, name, epoch)
-                elif name in small:
-                    _add_bytes(tf, name, small[name], epoch)
-                else:
-                    src = big[name]
-                    ti = tarfile.TarInfo(name)
-                    ti.size = src.stat().st_size
-                    ti.mode = 0o644
-                    ti.mtime = epoch
-                    ti.uid = ti.gid = 0
-                    ti.uname = ti.gname = ""
-                    with open(src, "rb") as f:
-                        tf.addfile(ti, f)
-    tmp.replace(dest)
+    tmp = temp_path(dest)
+    try:
+        with open(tmp, "wb") as raw:
+            hw = _HashWriter(raw)
+            with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+                for name in names:
+                    if name in ("blobs", "blobs/sha256"):
+                        _add_dir(tf, name, epoch)
+                    elif name in small:
+                        _add_bytes(tf, name, small[name], epoch)
+                    else:
+                        _add_file(tf, name, big[name], epoch)
+            _finish(tmp, raw, dest)
+    except OSError as e:
+        raise _about(e, dest) from e
+    finally:
+        tmp.unlink(missing_ok=True)
     return ImageArchive(dest, hw.sha.hexdigest(), config_digest, manifest_digest, config,
                         layers, ref)
 

@@ -45,6 +45,32 @@ def popen(args: Sequence[str], **kw: Any) -> subprocess.Popen:
     return proc
 
 
+#: A supervised child runs as the background child of this small ``sh``, the leader of the
+#: child's own process group.  The sh gets SIGTERM when askbuild dies, even by ``kill -9``
+#: (PDEATHSIG), and on SIGTERM stops the whole group: TERM first (make deletes its half-written
+#: targets), KILL once the child has exited or after 2 s.  When the child ends normally,
+#: processes it left behind in its group are sent TERM.  Without it, a compiler started by make
+#: would outlive a killed askbuild (PDEATHSIG only reaches the direct child).
+SUPERVISOR = (
+    'trap \'trap "" TERM; kill -TERM 0; (sleep 2; kill -KILL 0) & wait "$p"; kill -KILL 0\' '
+    'TERM; "$@" & p=$!; wait "$p"; rc=$?; trap "" TERM; kill -TERM 0 2>/dev/null; exit $rc'
+)
+
+
+def _term_with_parent() -> None:
+    """Between fork and exec: SIGTERM (which the supervisor traps) when askbuild dies."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def supervised_popen(args: Sequence[str], **kw: Any) -> subprocess.Popen:
+    """:func:`popen` of ``args`` under :data:`SUPERVISOR`: for children that start children of
+    their own (make, mmdebstrap).  The exit status is the child's (``128 + n`` when a signal
+    ``n`` killed it)."""
+    return popen(["/bin/sh", "-c", SUPERVISOR, "askbuild-step", *args],
+                 preexec_fn=_term_with_parent, **kw)
+
+
 def forget(proc: subprocess.Popen) -> None:
     with _LOCK:
         _REGISTRY.discard(proc)

@@ -3,8 +3,9 @@
 Checked up front, before anything is built: the compiler named by the ``CROSS_COMPILE`` prefix
 (default ``aarch64-linux-gnu-``, from the environment) must exist and be recent enough, and every
 arm64 ``-dev`` package a selected recipe lists in ``host_libs`` must have its headers under
-``/usr/include`` and its library under ``/usr/lib/aarch64-linux-gnu``.  A miss is a
-:class:`MissingToolError` carrying the apt-get command that fixes it.
+``/usr/include`` and its library under ``/usr/lib/aarch64-linux-gnu``; host tools a build
+needs (``depmod`` when a kernel is built) must be found (:func:`find_tool`).  A miss is a
+:class:`MissingToolError` carrying the command that fixes it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import procs
 from .errors import MissingToolError
 
 DEFAULT_PREFIX = "aarch64-linux-gnu-"
+#: Searched after PATH for host tools: a non-root user's PATH often lacks them (depmod).
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+#: Host tools a build may need -> (Debian package, what for).
+HOST_TOOLS = {"depmod": ("kmod", "writes modules.dep for the staged kernel modules")}
 MIN_GCC = (8, 0)
 MULTIARCH = "aarch64-linux-gnu"
 
@@ -57,9 +63,29 @@ def _install_fix(packages: list[str]) -> str:
     return f"{pre}apt-get install {' '.join(packages)}   (or: inv setup)"
 
 
+def find_tool(name: str, search_path: str | None = None) -> str | None:
+    """The path of host tool ``name``: looked up in ``search_path`` when given (os.pathsep
+    separated), else in ``$PATH`` followed by the sbin directories.  None when absent."""
+    if search_path is None:
+        dirs = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        search_path = os.pathsep.join([*dirs, *(d for d in SBIN_DIRS if d not in dirs)])
+    return shutil.which(name, path=search_path)
+
+
+def check_tools(tools: list[str], search_path: str | None = None) -> None:
+    """Raise MissingToolError naming every missing host tool, its package and the fix."""
+    missing = [t for t in tools if find_tool(t, search_path) is None]
+    if missing:
+        detail = "; ".join(f"{t} (package {HOST_TOOLS[t][0]}: {HOST_TOOLS[t][1]})"
+                           for t in missing)
+        pkgs = " ".join(dict.fromkeys(HOST_TOOLS[t][0] for t in missing))
+        raise MissingToolError(f"host tool(s) not found: {detail}",
+                               fix=f"inv setup   (or: apt-get install {pkgs})")
+
+
 def _first_line(cmd: list[str]) -> str:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        proc = procs.run(cmd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     lines = (proc.stdout or proc.stderr).strip().splitlines()
@@ -69,8 +95,8 @@ def _first_line(cmd: list[str]) -> str:
 def _package_versions(packages: list[str]) -> dict[str, str]:
     if not packages or not shutil.which("dpkg-query"):
         return {}
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${binary:Package} ${Version}\n", "--",
-                           *packages], capture_output=True, text=True)
+    proc = procs.run(["dpkg-query", "-W", "-f=${binary:Package} ${Version}\n", "--",
+                      *packages], capture_output=True, text=True)
     out = {}
     for line in proc.stdout.splitlines():
         name, _, version = line.partition(" ")
@@ -89,8 +115,7 @@ def check_compiler(prefix: str | None = None) -> Toolchain:
             + ("" if prefix == DEFAULT_PREFIX else "; or set CROSS_COMPILE to an installed "
                "prefix"),
         )
-    proc = subprocess.run([gcc, "-dumpfullversion", "-dumpversion"], capture_output=True,
-                          text=True)
+    proc = procs.run([gcc, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True)
     version = proc.stdout.strip()
     m = re.match(r"(\d+)\.(\d+)", version)
     if proc.returncode != 0 or not m:
@@ -101,7 +126,7 @@ def check_compiler(prefix: str | None = None) -> Toolchain:
             f"{gcc} is version {version}; askbuild needs GCC "
             f"{MIN_GCC[0]}.{MIN_GCC[1]} or newer",
             fix=_install_fix(["crossbuild-essential-arm64"]))
-    machine = subprocess.run([gcc, "-dumpmachine"], capture_output=True, text=True).stdout
+    machine = procs.run([gcc, "-dumpmachine"], capture_output=True, text=True).stdout
     if not machine.strip().startswith("aarch64"):
         raise MissingToolError(f"{gcc} targets {machine.strip()!r}, not aarch64",
                                fix="set CROSS_COMPILE to an aarch64 toolchain prefix")
@@ -134,9 +159,11 @@ def check_libs(names: list[str], *, root: Path = Path("/")) -> None:
                                fix=_install_fix(pkgs))
 
 
-def check(host_libs: list[str], *, prefix: str | None = None) -> Toolchain:
-    """The up-front check: compiler, then the libraries the selected recipes need."""
+def check(host_libs: list[str], *, prefix: str | None = None,
+          tools: list[str] = ()) -> Toolchain:
+    """The up-front check: compiler, the libraries the selected recipes need, host tools."""
     tc = check_compiler(prefix)
     check_libs(host_libs)
+    check_tools(list(tools))
     tc.packages = _package_versions([KNOWN_LIBS[n][0] for n in sorted(set(host_libs))])
     return tc

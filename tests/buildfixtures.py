@@ -91,3 +91,182 @@ def elf_machine(path: Path) -> str:
     from elftools.elf.elffile import ELFFile
     with path.open("rb") as f:
         return ELFFile(f)["e_machine"]
+
+
+# -- small synthetic projects (shell steps) ---------------------------------------------------
+
+def shell_recipe(*, depends=(), script="true", artifact="out.txt", parallel=True, extra="",
+                 stage="usr/share/t/NAME.txt") -> str:
+    """A recipe of source ``s`` whose one step is ``sh -c SCRIPT`` (args: ``{out}``,
+    ``{jobs}``); ``NAME`` in the text becomes the component name (see :func:`shell_project`)."""
+    import json
+    import textwrap
+    steps = json.dumps([["sh", "-c", script, "step", "{out}", "{jobs}"]])
+    stage_line = f'stage = "{stage}"' if stage else ""
+    return textwrap.dedent(f"""\
+        source = "s"
+        depends = {json.dumps(list(depends))}
+        parallel = {"true" if parallel else "false"}
+        steps = {steps}
+        {extra}
+        [[artifacts]]
+        path = "{artifact}"
+        {stage_line}
+        """)
+
+
+def shell_project(tmp_path: Path, recipes: dict[str, str], jobs: int = 2,
+                  shared: str = "") -> Settings:
+    """A project whose components (``recipes``: name -> text) build source ``s`` (one file,
+    ``input.txt``), its work tree already made; ``shared`` is ``_shared.toml``."""
+    root = tmp_path / "proj"
+    comp = root / "recipes" / "components"
+    comp.mkdir(parents=True)
+    (root / "recipes" / "sources.toml").write_text("")
+    if shared:
+        (comp / "_shared.toml").write_text(shared)
+    for name, text in recipes.items():
+        (comp / f"{name}.toml").write_text(text.replace("NAME", name))
+    s = Settings(project_root=root, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache",
+                 jobs=jobs)
+    src = tmp_path / "upstream"
+    src.mkdir()
+    (src / "input.txt").write_text("hello\n")
+    init_tree(s.src_dir / "s", from_dir=src)
+    return s
+
+
+# -- a cross-compiled fixture for the fault suite ---------------------------------------------
+# Source "app": a static library of several compile units (one of them waits FIXTURE_SLEEP
+# seconds before compiling, long enough to be killed), a program linking it, and a data file.
+# FIXTURE_SLEEP comes from the environment, so it is not part of any key.
+
+FAULT_FILES = {
+    "conf/app.conf": "# fixture configuration\nmode = fast\n",
+    "lib/Makefile": (
+        "OBJS = u1.o u2.o u3.o u4.o slow.o\n"
+        "liba.a: $(OBJS)\n\t$(AR) rcsD $@ $(OBJS)\n"
+        "slow.o: slow.c\n\tsleep $${FIXTURE_SLEEP:-0}\n\t$(CC) -O1 -c -o $@ slow.c\n"
+        "%.o: %.c\n\t$(CC) -O1 -c -o $@ $<\n"),
+    **{f"lib/u{i}.c": f"int u{i}(int x) {{ return x * {i} + {i * 7}; }}\n" for i in range(1, 5)},
+    "lib/slow.c": "int slow(int x) { return x - 1; }\n",
+    "app/Makefile": "app: main.c\n\t$(CC) -O1 -o app main.c $(LIBA)\n",
+    "app/main.c": (
+        "#include <stdio.h>\n"
+        "int u1(int), u2(int), u3(int), u4(int), slow(int);\n"
+        "int main(void) { printf(\"fixture app %d\\n\", u1(1) + u2(2) + u3(3) + u4(4) + "
+        "slow(5)); return 0; }\n"),
+}
+
+FAULT_RECIPES = {
+    "data": """\
+source = "app"
+inputs = ["conf"]
+steps = [["cp", "conf/app.conf", "app.conf"]]
+[[artifacts]]
+path = "app.conf"
+stage = "etc/app.conf"
+mode = "0644"
+""",
+    "liba": """\
+source = "app"
+inputs = ["lib"]
+depends = ["data"]
+steps = [["make", "-C", "lib", "-j{jobs}", "CC={cross}gcc", "AR={cross}ar"]]
+[[artifacts]]
+path = "lib/liba.a"
+""",
+    "app": """\
+source = "app"
+inputs = ["app"]
+depends = ["liba"]
+steps = [["make", "-C", "app", "CC={cross}gcc", "LIBA={src:liba}/lib/liba.a"]]
+[[artifacts]]
+path = "app/app"
+stage = "usr/bin/app"
+mode = "0755"
+""",
+}
+
+
+def write_files(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def fault_project(root: Path, recipes: dict[str, str] | None = None) -> Path:
+    """A project root holding :data:`FAULT_RECIPES` (or ``recipes``)."""
+    comp = root / "recipes" / "components"
+    comp.mkdir(parents=True)
+    (root / "recipes" / "sources.toml").write_text("# the work trees are made by the tests\n")
+    for name, text in (recipes or FAULT_RECIPES).items():
+        (comp / f"{name}.toml").write_text(text)
+    return root
+
+
+def fault_sources(work: Path, files: dict[str, str] | None = None) -> None:
+    """The work tree ``<work>/src/app`` (base commit tagged, as fetch leaves it)."""
+    upstream = work.parent / f"{work.name}-upstream"
+    write_files(upstream, files or FAULT_FILES)
+    init_tree(work / "src" / "app", from_dir=upstream)
+    shutil.rmtree(upstream)
+
+
+# -- a stand-in kernel: the kernel recipe interface in a few make rules -----------------------
+FAKE_RELEASE = "6.1.0-askbuild-fake"
+MODULE_C = r"""
+__attribute__((section(".modinfo"), used, aligned(1)))
+static const char modinfo[] = "vermagic=" RELEASE " SMP preempt mod_unload aarch64\0"
+                              "name=" NAME "\0license=GPL";
+int init_module(void) { return 0; }
+void cleanup_module(void) { }
+"""
+FAKE_KERNEL_FILES = {
+    "defconfig": "CONFIG_MODULES=y\n",
+    "module.c": MODULE_C,
+    "Makefile": (
+        f"RELEASE := {FAKE_RELEASE}\n"
+        "olddefconfig:\n\ttest -f $(O)/.config\n"
+        "Image:\n\tmkdir -p $(O)/include/config $(O)/arch/arm64/boot\n"
+        "\techo $(RELEASE) > $(O)/include/config/kernel.release\n"
+        "\tsleep $${FIXTURE_SLEEP:-0}\n"
+        "\t$(CROSS_COMPILE)gcc -c -DRELEASE='\"$(RELEASE)\"' -DNAME='\"fake\"' "
+        "-o $(O)/fake.ko module.c\n"
+        "\tcp $(O)/fake.ko $(O)/arch/arm64/boot/Image\n"
+        "modules: Image\n"
+        "modules_install:\n\tmkdir -p $(INSTALL_MOD_PATH)/lib/modules/$(RELEASE)/kernel\n"
+        "\tcp $(O)/fake.ko $(INSTALL_MOD_PATH)/lib/modules/$(RELEASE)/kernel/fake.ko\n"),
+}
+FAKE_KERNEL_RECIPES = {
+    "kernel": """\
+kind = "kernel"
+source = "linux"
+defconfig = "{tree:linux}/defconfig"
+require = ["CONFIG_MODULES=y"]
+[[artifacts]]
+path = "arch/arm64/boot/Image"
+""",
+    "mod": """\
+source = "linux"
+inputs = ["module.c"]
+depends = ["kernel"]
+steps = [["{cross}gcc", "-c", "-DRELEASE=\\"{kernel_release}\\"", "-DNAME=\\"mod\\"",
+          "-o", "mod.ko", "module.c"]]
+[[artifacts]]
+path = "mod.ko"
+stage = "lib/modules/{kernel_release}/extra/mod.ko"
+mode = "0644"
+""",
+}
+
+
+def fake_kernel(tmp: Path) -> Settings:
+    """A project with :data:`FAKE_KERNEL_RECIPES` and its ``linux`` work tree: a kernel
+    component (configure, build, modules_install) and an out-of-tree module, in a second."""
+    project = fault_project(tmp / "kproject", FAKE_KERNEL_RECIPES)
+    s = Settings(project_root=project, work_dir=tmp / "kwork", cache_dir=tmp / "kcache", jobs=2)
+    upstream = tmp / "linux-upstream"
+    write_files(upstream, FAKE_KERNEL_FILES)
+    init_tree(s.src_dir / "linux", from_dir=upstream)
+    return s

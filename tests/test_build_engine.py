@@ -13,41 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from buildfixtures import REPO, init_tree
+from buildfixtures import REPO, shell_project, shell_recipe
 
 from askbuild import building, console, toolchain
 from askbuild.errors import BuildFailed, MissingToolError
-from askbuild.settings import Settings
 
-
-def recipe(*, depends=(), script="true", artifact="out.txt", parallel=True, extra=""):
-    steps = json.dumps([["sh", "-c", script, "step", "{out}", "{jobs}"]])
-    return textwrap.dedent(f"""\
-        source = "s"
-        depends = {json.dumps(list(depends))}
-        parallel = {"true" if parallel else "false"}
-        steps = {steps}
-        {extra}
-        [[artifacts]]
-        path = "{artifact}"
-        stage = "usr/share/t/{{out}}.txt"
-        """).replace("{out}.txt", "NAME.txt")
-
-
-def project(tmp_path: Path, recipes: dict[str, str], jobs: int = 2) -> Settings:
-    root = tmp_path / "proj"
-    comp = root / "recipes" / "components"
-    comp.mkdir(parents=True)
-    (root / "recipes" / "sources.toml").write_text("")
-    for name, text in recipes.items():
-        (comp / f"{name}.toml").write_text(text.replace("NAME", name))
-    s = Settings(project_root=root, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache",
-                 jobs=jobs)
-    src = tmp_path / "upstream"
-    src.mkdir()
-    (src / "input.txt").write_text("hello\n")
-    init_tree(s.src_dir / "s", from_dir=src)
-    return s
+recipe = shell_recipe
+project = shell_project
 
 
 # Each step appends "start NAME t" / "end NAME t" to a shared timeline file.
@@ -261,20 +233,28 @@ def test_toolchain_missing_arm64_dev_packages(tmp_path):
     assert tc.prefix == "aarch64-linux-gnu-" and tc.gcc_version[0].isdigit()
 
 
-def test_concurrent_build_in_same_work_dir_is_refused(tmp_path):
+def test_second_build_in_same_work_dir_waits_for_the_first(tmp_path):
+    """Another run holding the work directory: the build says so, waits, then builds."""
+    from askbuild import runlock
     s = project(tmp_path, {"a": recipe(script="echo x > out.txt")})
-    from filelock import FileLock
-    s.state_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(s.state_dir / "build.lock")):
-        code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-                + "from askbuild import building\nfrom askbuild.settings import Settings\n"
-                + "from pathlib import Path\n"
-                + f"s = Settings(project_root=Path({str(s.project_root)!r}), "
-                  f"work_dir=Path({str(s.work_dir)!r}), cache_dir=Path({str(s.cache_dir)!r}))\n"
-                + "try:\n    building.build(s, [], prepare=False)\n"
-                + "except Exception as e:\n    print(type(e).__name__, e)\n")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert "another build is running" in out.stdout
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+            + "from askbuild import building\nfrom askbuild.settings import Settings\n"
+            + "from pathlib import Path\n"
+            + f"s = Settings(project_root=Path({str(s.project_root)!r}), "
+              f"work_dir=Path({str(s.work_dir)!r}), cache_dir=Path({str(s.cache_dir)!r}))\n"
+            + "print(building.build(s, [], prepare=False)['status'])\n")
+    env = dict(os.environ, CI="true", ASKBUILD_PLAIN="1")
+    with runlock.work_dir(s, "fetch"):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        time.sleep(2.0)
+        assert proc.poll() is None, proc.communicate()
+        assert not (s.work_dir / "build-manifest.json").exists()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"pid {os.getpid()}, inv fetch" in err and "waiting" in err
+    assert out.strip() == "success"
+    assert (s.staging_dir / "usr/share/t/a.txt").read_text() == "x\n"
 
 
 def test_live_view_on_a_terminal(tmp_path, monkeypatch):

@@ -273,3 +273,38 @@ def test_image_toml_declares_the_contract():
     assert conf["vendor"]["/etc/config/fastforward.vendor.orig"] == "ask@base:config/fastforward"
     assert conf["files"]["init_dpa.sh"]["path"] == "/bin/init_dpa.sh"
     assert "gateway-dk" in conf["boards"]
+
+
+def test_writers_leave_no_temporary_file_behind_even_when_failing(tmp_path):
+    """A failing write (here: an entry whose source vanished) removes its temporary file and
+    leaves the previous blob in place."""
+    dest = tmp_path / "l.tar"
+    oci.write_layer([oci.Entry("x", data=b"1")], dest, epoch=0, compression="none")
+    before = dest.read_bytes()
+    gone = tmp_path / "gone.txt"
+    with pytest.raises(FileNotFoundError):
+        oci.write_layer([oci.Entry("y", oci.FILE, 0o644, source=gone)], dest, epoch=0,
+                        compression="none")
+    assert dest.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tar"]
+
+
+def test_base_blobs_in_use_are_never_pruned(tmp_path):
+    """Only blobs beyond the newest ``keep`` AND unused for an hour go (another checkout may be
+    copying a recently used one into its archive)."""
+    import os
+    import time
+    now = time.time()
+    ages = {"layer-1-gzip.tar.gz": 10, "layer-2-gzip.tar.gz": 7200, "layer-3-gzip.tar.gz": 9000,
+            "layer-4-gzip.tar.gz": 100, "layer-5-gzip.tar.gz": 60, "layer-6-gzip.tar.gz": 200}
+    for name, age in ages.items():
+        for p in (tmp_path / name, tmp_path / f"{name}.json"):
+            p.write_text("x")
+            os.utime(p, (now - age, now - age))
+    baselayer._prune_blobs(tmp_path, keep=3, exclude=tmp_path / "layer-1-gzip.tar.gz")
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".json"))
+    # layer-1 (this run's), the two newest others (5, 4), and 6 (beyond keep but used within
+    # the hour) stay; 2 and 3 are old and beyond keep: pruned
+    assert left == [f"layer-{i}-gzip.tar.gz" for i in (1, 4, 5, 6)]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".json")) == \
+        [f"{n}.json" for n in left]

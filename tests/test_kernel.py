@@ -12,18 +12,21 @@ from pathlib import Path
 
 import pytest
 from buildfixtures import (
+    FAKE_RELEASE,
     KERNEL_PATCHES,
+    MODULE_C,
     REPO,
     apply_patch,
     elf_machine,
+    fake_kernel,
     make_fixture_sources,
     make_project,
     settings_for,
 )
 from filelock import FileLock
 
-from askbuild import building, kernel
-from askbuild.errors import BuildFailed
+from askbuild import building, kernel, manifest, toolchain
+from askbuild.errors import BuildFailed, MissingToolError
 from askbuild.gitutil import FIXED_IDENTITY, git
 
 LINUX_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
@@ -74,6 +77,89 @@ def test_build_timestamp_from_base_commit(tmp_path):
     env = kernel.kbuild_env(tmp_path)
     assert env["KBUILD_BUILD_TIMESTAMP"] == "Mon, 6 May 2024 07:08:09 +0000"
     assert env["KBUILD_BUILD_USER"] == "askbuild" and env["KBUILD_BUILD_HOST"] == "askbuild"
+
+
+# ------------------------------------------------------ depmod (a stand-in kernel, fast) --
+needs_cc = pytest.mark.skipif(not shutil.which("aarch64-linux-gnu-gcc"),
+                              reason="needs the cross compiler")
+
+
+def _modules(tmp_path: Path) -> Path:
+    """A staging tree with one aarch64 module of release FAKE_RELEASE."""
+    staging = tmp_path / "staging"
+    moddir = staging / "lib/modules" / FAKE_RELEASE / "extra"
+    moddir.mkdir(parents=True)
+    src = tmp_path / "m.c"
+    src.write_text(MODULE_C)
+    subprocess.run(["aarch64-linux-gnu-gcc", "-c", f'-DRELEASE="{FAKE_RELEASE}"',
+                    '-DNAME="m"', "-o", str(moddir / "m.ko"), str(src)], check=True)
+    return staging
+
+
+@needs_cc
+def test_depmod_writes_modules_dep(tmp_path):
+    staging = _modules(tmp_path)
+    building.run_depmod(staging, FAKE_RELEASE)
+    dep = staging / "lib/modules" / FAKE_RELEASE / "modules.dep"
+    assert dep.read_text() == "extra/m.ko:\n"
+
+
+@needs_cc
+def test_missing_depmod_is_an_error_not_a_silent_skip(tmp_path):
+    staging = _modules(tmp_path)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    with pytest.raises(MissingToolError) as ei:
+        building.run_depmod(staging, FAKE_RELEASE, search_path=str(empty))
+    msg = str(ei.value)
+    assert "depmod not found (package kmod)" in msg and "inv setup" in msg
+    assert str(staging / "lib/modules" / FAKE_RELEASE) in msg
+    assert not (staging / "lib/modules" / FAKE_RELEASE / "modules.dep").exists()
+
+
+@needs_cc
+def test_failing_depmod_is_a_build_failure_with_its_stderr(tmp_path):
+    staging = _modules(tmp_path)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "depmod").write_text("#!/bin/sh\necho 'depmod: ERROR: fixture cannot read' >&2\n"
+                                 "exit 1\n")
+    (fake / "depmod").chmod(0o755)
+    with pytest.raises(BuildFailed) as ei:
+        building.run_depmod(staging, FAKE_RELEASE, search_path=str(fake))
+    assert "depmod: ERROR: fixture cannot read" in str(ei.value)
+    assert f"depmod -b {staging} -a {FAKE_RELEASE} failed" in str(ei.value)
+
+
+@needs_cc
+def test_kernel_build_stages_modules_with_modules_dep(tmp_path):
+    """A stand-in kernel component (configure, build, modules_install through the kernel
+    recipe interface) and an out-of-tree module: both staged, depmod run; a modules.dep that
+    went missing is written again by the next (cached) build."""
+    s = fake_kernel(tmp_path)
+    man = building.build(s, [], prepare=False)
+    assert man["kernel"] == {"component": "kernel", "release": FAKE_RELEASE}
+    dep = s.staging_dir / "lib/modules" / FAKE_RELEASE / "modules.dep"
+    assert sorted(dep.read_text().splitlines()) == ["extra/mod.ko:", "kernel/fake.ko:"]
+    dep.unlink()
+    man = building.build(s, [], prepare=False)
+    assert {c["status"] for c in man["components"].values()} == {"cached"}
+    assert dep.is_file()
+
+
+@needs_cc
+def test_kernel_build_without_depmod_fails_before_building(tmp_path, monkeypatch):
+    """PATH without depmod (and no sbin fallback): refused up front, nothing built."""
+    s = fake_kernel(tmp_path)
+    monkeypatch.setattr(toolchain, "SBIN_DIRS", ())
+    monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
+    assert shutil.which("depmod") is None
+    with pytest.raises(MissingToolError) as ei:
+        building.build(s, [], prepare=False)
+    assert "depmod (package kmod" in str(ei.value) and "inv setup" in str(ei.value)
+    assert manifest.read(s) is None
+    assert not building.record_path(s, "kernel").exists()
+    assert not s.staging_dir.exists()
 
 
 # ----------------------------------------------------------------------- slow tests --
