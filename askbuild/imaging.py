@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import posixpath
 import re
@@ -78,17 +77,61 @@ def image_dir(settings: Settings) -> Path:
     return settings.project_root / "images" / "cmm"
 
 
+def _str_table(value: object, where: str, what: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError(f"{where}: {what} must map strings to strings (got {value!r:.80})")
+    return value
+
+
+def _str_list(value: object, where: str, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: {what} must be a list of strings (got {value!r:.80})")
+    return value
+
+
 def load_image_toml(settings: Settings) -> dict:
+    """``images/cmm/image.toml``, every value type-checked (errors name the file and key)."""
     path = image_dir(settings) / "image.toml"
     data = read_toml(path)
     for key in ("base", "config", "files", "vendor"):
         if not isinstance(data.get(key), dict):
             raise ConfigError(f"{path}: missing table [{key}]")
-    pk = data["base"].get("packages", [])
+    base = data["base"]
+    pk = base.get("packages", [])
     if not isinstance(pk, list):
         raise ConfigError(f"{path}: [base] packages must be a list of package names")
     baselayer.validate_packages(pk, f"{path}: [base] packages")
-    data.setdefault("repository", "localhost/monok8s/cmm")
+    for key in ("suite", "snapshot"):
+        if key in base and not isinstance(base[key], str):
+            raise ConfigError(f"{path}: [base] {key} must be a string (got {base[key]!r:.80})")
+    if "sources" in base:
+        _str_list(base["sources"], str(path), "[base] sources")
+    _str_table(data["vendor"], str(path), "[vendor]")
+    boards = data.get("boards", {})
+    if not isinstance(boards, dict):
+        raise ConfigError(f"{path}: [boards] must be a table of board tables")
+    for name, table in boards.items():
+        _str_table(table, str(path), f"[boards.{name}]")
+    for name, table in data["files"].items():
+        w = f'{path}: [files."{name}"]'
+        if not isinstance(table, dict) or not isinstance(table.get("path"), str):
+            raise ConfigError(f"{w}: needs path = \"/...\" (and mode)")
+        if "mode" in table and not isinstance(table["mode"], str):
+            raise ConfigError(f"{w}: mode must be a string of octal digits, e.g. \"0755\"")
+        if "optional" in table and not isinstance(table["optional"], bool):
+            raise ConfigError(f"{w}: optional must be true or false")
+    cfg = data["config"]
+    for key in ("entrypoint", "cmd", "env"):
+        if key in cfg:
+            _str_list(cfg[key], str(path), f"[config] {key}")
+    if "labels" in data:
+        _str_table(data["labels"], str(path), "[labels]")
+    layers = data.get("layers", {})
+    if not isinstance(layers, dict) or not isinstance(layers.get("compression", "gzip"), str):
+        raise ConfigError(f"{path}: [layers] compression must be \"gzip\" or \"none\"")
+    if not isinstance(data.setdefault("repository", "localhost/monok8s/cmm"), str):
+        raise ConfigError(f"{path}: repository must be a string")
     return data
 
 
@@ -98,12 +141,11 @@ def read_manifest(settings: Settings) -> dict:
     if not path.is_file():
         console.warn(f"{path} not found: labels fall back to what the trees show")
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        console.warn(f"{path}: unreadable ({e}); ignoring it")
+    data = read_json(path)
+    if data is None:
+        console.warn(f"{path}: unreadable or not a JSON object; ignoring it")
         return {}
-    return data if isinstance(data, dict) else {}
+    return data
 
 
 def _dig(data, *keys):
@@ -262,11 +304,8 @@ def patch_series_hash(settings: Settings, manifest: dict) -> str:
                 per_source.setdefault(src, []).extend(_patch_rows(src, [p]))
     if not any(per_source.values()) and settings.state_dir.is_dir():
         for f in sorted(settings.state_dir.glob("patch-*.json")):
-            try:
-                st = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if isinstance(st, dict):
+            st = read_json(f)
+            if st is not None:
                 name = f.stem[len("patch-"):]
                 per_source[name] = _patch_rows(name, st.get("applied") or st.get("patches"))
     rows = [r for name in sorted(per_source) for r in per_source[name]]

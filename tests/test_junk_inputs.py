@@ -325,9 +325,6 @@ IMAGE_BASE = {
 @example(data=b"\xff")
 @example(data=b'[base]\n[config]\n[files]\n[vendor]\n"/x" = 1\n')
 @example(data=b"[base]\n[config]\n[files]\n[vendor]\n[boards]\nx = 1\n")
-@pytest.mark.xfail(strict=True, reason="imaging.load_image_toml / app_entries trust the value "
-                   "types of image.toml: [vendor] \"/x\" = 1 -> TypeError in VENDOR_RE.match; "
-                   "[boards] x = 1 -> AttributeError ('int' object has no attribute 'items')")
 def test_image_toml_junk(proj, data):
     (imaging.image_dir(proj) / "image.toml").write_bytes(data)
     with clean_failure():
@@ -420,9 +417,6 @@ def test_build_record_junk(proj, data):
 @given(data=json_files(MANIFEST, JSON_KEYS), patch_state=json_files(PATCH_RECORD, JSON_KEYS))
 @example(data=b"\xff", patch_state=b"{}")
 @example(data=b"{}", patch_state=b"\xff")
-@pytest.mark.xfail(strict=True, reason="imaging.read_manifest and imaging.patch_series_hash "
-                   "json.loads(path.read_text()) catching only OSError/JSONDecodeError: a file "
-                   "that is not UTF-8 raises UnicodeDecodeError")
 def test_manifest_and_patch_state_for_the_image_junk(proj, data, patch_state):
     manifest.manifest_path(proj).write_bytes(data)
     patchqueue.state_path(proj, "ask").write_bytes(patch_state)
