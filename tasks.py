@@ -162,6 +162,22 @@ def all(c, tag="dev", no_load=False, jobs="", offline=False, locked=False, profi
              **_settings(profile, offline, locked, work_dir, cache_dir, jobs or None))
 
 
+@task(help={"mirrors": "directory of mirrors laid out by URL (https://HOST/PATH -> "
+                       "DIR/HOST/PATH); see docs/rehearsal.md",
+            "work_dir": "the rehearsal's own work directory (default: <work>/rehearsal)",
+            "cache_dir": COMMON_HELP["cache_dir"],
+            "jobs": "job budget for the builds (default: nproc)",
+            "json": "print the report as JSON (schema: docs/rehearsal.md)",
+            "debug": COMMON_HELP["debug"]})
+def rehearse(c, mirrors="", work_dir="", cache_dir="", jobs="", json=False, debug=False):
+    """Fetch, patch --check and build the userspace of the default profile from mirrors of
+    the real trees, in a separate work directory; table of what builds and why not."""
+    from askbuild import rehearsal
+    cli.main(lambda s: rehearsal.rehearse(s, mirrors, work_dir=work_dir or None,
+                                          as_json=json),
+             debug=debug, cache_dir=cache_dir or None, jobs=jobs or None)
+
+
 @task(help={"k": "only tests matching this pytest -k expression",
             "debug": COMMON_HELP["debug"],
             "fast": "skip tests marked slow (the real kernel build)",
@@ -172,7 +188,7 @@ def test(c, k="", fast=False, pytest_args="", debug=False):
     cli.main(lambda s: testing.run_tests(s, k=k, fast=fast, extra=pytest_args), debug=debug)
 
 
-ns = Collection(setup, doctor, lock, fetch, patch, rebase, build, all, test)
+ns = Collection(setup, doctor, lock, fetch, patch, rebase, build, all, test, rehearse)
 ns.add_collection(Collection("patches", edit=patches_edit, export=patches_export))
 _image = Collection("image")
 _image.add_task(image, name="build", default=True)
