@@ -20,14 +20,26 @@ file for plain diffs.  Identities and dates are fixed (taken from the mail, else
 bytes are kept (``--keep-cr``, no autocrlf).
 
 ``state/patch-<name>.json`` records the base, every patch (layer, file, -pN, sha256, commits)
-and the head; written atomically and only after success.  Same base and same patch bytes: no-op.
-Anything else: rebuilt from the base, but never over user work (uncommitted edits, a git
-operation in progress, or commits on ``askbuild/patched`` that askbuild did not make raise
+and the head; written atomically and only after success.  It is trusted as "done" only when
+it vouches for the tree: same base and patch bytes, ``askbuild/patched`` exactly at its head
+and exactly its commits between base and head.  Anything else: rebuilt from the base (on a
+detached HEAD; the branch and the record move only when every patch applied, a failure puts
+the tree back as it was), but never over user work (uncommitted edits, a git operation in
+progress, or commits on ``askbuild/patched`` that askbuild did not make raise
 :class:`DirtyTreeError` saying how to save or discard them).
+
+Crash safety: the writing verbs hold the work-dir lock (:mod:`askbuild.runlock`).  While
+askbuild changes a tree, a journal in its git dir (:func:`journal_begin`) makes everything
+uncommitted there askbuild's own; the next run after a kill undoes it (:func:`recover_tree`:
+stale git locks, a half-done ``git am``, changed and new files, HEAD, branch and record).  A
+series directory is rewritten all or nothing (:func:`commit_series`).  Git failures become
+:class:`PatchFailed` naming the source/series/patch and git's reason (:func:`git_errors`); a
+full disk is :class:`NoSpaceLeft`, never "refresh the patch".
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -35,12 +47,12 @@ import os
 import re
 import shutil
 import tempfile
-import tomllib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import console, gitutil
+from . import console, gitutil, runlock
 from . import series as series_mod
 from .errors import (
     ConfigError,
@@ -49,8 +61,8 @@ from .errors import (
     SourceError,
     UserError,
 )
-from .fsutil import read_json, write_json_atomic
-from .gitutil import FIXED_IDENTITY
+from .fsutil import read_json, read_toml, write_json_atomic
+from .gitutil import FIXED_IDENTITY, GitError
 from .report import Report
 from .settings import Settings
 from .sources import Source, load_sources, select
@@ -95,14 +107,14 @@ def layers_file(settings: Settings) -> Path:
 
 def load_layers(settings: Settings, sources: dict[str, Source] | None = None
                 ) -> dict[str, list[Layer]]:
-    """``{source name: [vendor layers..., local layers...]}`` from ``recipes/patches.toml``."""
+    """``{source name: [vendor layers..., local layers...]}`` from ``recipes/patches.toml``.
+
+    A series listed twice for one source (two entries naming the same directory, also through
+    a symbolic link or ``./``) is refused: it would be applied twice."""
     path = layers_file(settings)
-    if not path.exists():
+    data = read_toml(path, missing_ok=True)
+    if not data:
         return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
     if sources is None:
         sources = load_sources(settings)
     out: dict[str, list[Layer]] = {}
@@ -116,6 +128,7 @@ def load_layers(settings: Settings, sources: dict[str, Source] | None = None
         if not isinstance(table, dict) or set(table) - {"vendor", "local"}:
             raise ConfigError(f"{where}: only 'vendor' and 'local' keys are allowed")
         layers: list[Layer] = []
+        seen: dict[object, str] = {}
         for i, v in enumerate(table.get("vendor", [])):
             if not isinstance(v, dict) or set(v) - {"from", "dir", "optional"} \
                     or not isinstance(v.get("from"), str) or not isinstance(v.get("dir"), str):
@@ -124,13 +137,28 @@ def load_layers(settings: Settings, sources: dict[str, Source] | None = None
             if v["from"] not in sources:
                 raise ConfigError(f"{where}: vendor[{i}]: no source named {v['from']!r}")
             d = _check_rel(v["dir"].replace("{ref}", sources[name].ref), f"{where} vendor[{i}]")
+            _once(seen, ("vendor", v["from"], d),
+                  f"vendor[{i}] = {{ from = {v['from']!r}, dir = {v['dir']!r} }}", where)
             layers.append(Layer(name, "vendor", d, v["from"], bool(v.get("optional", False))))
         for i, d in enumerate(table.get("local", [])):
             if not isinstance(d, str):
                 raise ConfigError(f"{where}: local[{i}] must be a directory path string")
-            layers.append(Layer(name, "local", _check_rel(d, f"{where} local[{i}]")))
+            rel = _check_rel(d, f"{where} local[{i}]")
+            _once(seen, ("local", str((settings.project_root / rel).resolve())),
+                  f"local[{i}] = {d!r}", where)
+            layers.append(Layer(name, "local", rel))
         out[name] = layers
     return out
+
+
+def _once(seen: dict[object, str], key: object, label: str, where: str) -> None:
+    """Refuse a second entry for the same series directory of one source."""
+    if key in seen:
+        same = key[-1] if key[0] == "local" else f"{key[1]}:{key[2]}"
+        raise ConfigError(f"{where}: the same series is listed twice: {seen[key]} and {label} "
+                          f"are both {same}; it would be applied twice",
+                          fix="remove one of the two entries")
+    seen[key] = label
 
 
 def _check_rel(d: str, where: str) -> str:
@@ -225,11 +253,12 @@ def source_tree(settings: Settings, source: Source) -> Path:
     return Path(ensure(settings, source))
 
 
-def _vendor_files(tree: Path, d: str) -> dict[str, bytes] | None:
-    """Files of directory ``d`` in the provider's base commit (None when absent)."""
+def _vendor_files(tree: Path, d: str) -> dict[str, bytes | None] | None:
+    """Files of directory ``d`` in the provider's base commit (None when absent); a symbolic
+    link maps to None (askbuild never follows a link out of a series)."""
     listing = gitutil.git(["ls-tree", "-r", "-z", f"refs/tags/{BASE_TAG}", "--", d + "/"],
                           cwd=tree, text=False).stdout
-    files: dict[str, bytes] = {}
+    files: dict[str, bytes | None] = {}
     for item in listing.split(b"\0"):
         if not item:
             continue
@@ -238,8 +267,15 @@ def _vendor_files(tree: Path, d: str) -> dict[str, bytes] | None:
         if kind != "blob":
             continue
         rel = path.decode("utf-8", "surrogateescape")[len(d) + 1:]
-        files[rel] = gitutil.git(["cat-file", "blob", sha], cwd=tree, text=False).stdout
+        files[rel] = None if mode == "120000" else \
+            gitutil.git(["cat-file", "blob", sha], cwd=tree, text=False).stdout
     return files or None
+
+
+def _vendor_link(ly: Layer, name: str) -> ConfigError:
+    return ConfigError(f"vendor series {ly.id}: {name} is a symbolic link in {ly.provider}'s "
+                       "tree; askbuild does not follow links out of a series",
+                       fix=f"the vendor release of {ly.provider} must ship the patch as a file")
 
 
 def collect_inputs(settings: Settings, layers: list[Layer], sources: dict[str, Source],
@@ -268,8 +304,14 @@ def collect_inputs(settings: Settings, layers: list[Layer], sources: dict[str, S
                     f"{layers_file(settings)}: vendor series {ly.dir!r} (for [{ly.source}]) "
                     f"does not exist in {ly.provider}'s tree at its locked base",
                     fix="correct the path, or mark the entry optional = true")
-            for e in series_mod.from_listing(ly.id, files):
-                out.append(PatchInput(ly, e.name, e.strip, files[e.name]))
+            if series_mod.SERIES_FILE in files and files[series_mod.SERIES_FILE] is None:
+                raise _vendor_link(ly, series_mod.SERIES_FILE)
+            listing = {k: b"" if v is None else v for k, v in files.items()}
+            for e in series_mod.from_listing(ly.id, listing):
+                data = files[e.name]
+                if data is None:
+                    raise _vendor_link(ly, e.name)
+                out.append(PatchInput(ly, e.name, e.strip, data))
     return out
 
 
@@ -321,6 +363,260 @@ def changed_files(tree: Path) -> list[str]:
     """Tracked files with uncommitted changes (staged or not)."""
     raw = gitutil.git(["status", "--porcelain=v1", "-z", "--untracked-files=no"], cwd=tree).stdout
     return [e[3:] for e in raw.split("\0") if len(e) > 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# crash safety: the run journal, recovery after a killed run, git failures as messages
+
+JOURNAL = "askbuild-run.json"       # in the git dir of a work tree while askbuild changes it
+SCRATCH_PREFIX = "patch-scratch-"
+NO_SPACE = ("No space left on device", "Disk quota exceeded")
+
+
+class NoSpaceLeft(PatchFailed):
+    """The file system ran full while git worked (not a patch that does not apply)."""
+
+
+def _gd(tree: Path) -> Path:
+    """The git dir of a work tree (``.git`` is a directory in the trees fetch makes)."""
+    dot = tree / ".git"
+    return dot if dot.is_dir() else _git_dir(tree)
+
+
+def _open_files() -> set[str]:
+    """Every path some process of this machine holds open (read from /proc)."""
+    found: set[str] = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                found.add(os.readlink(fd))
+    return found
+
+
+def clear_stale_locks(tree: Path) -> list[str]:
+    """Remove the ``*.lock`` files of the tree's git dir that no process holds open: a git
+    killed while holding them leaves them behind and every later git refuses to work.
+    Returns the removed ones (relative to the git dir)."""
+    gd = _gd(tree)
+    locks: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(gd):
+        if Path(dirpath) == gd and "objects" in dirnames:
+            dirnames.remove("objects")
+        locks += [Path(dirpath) / f for f in filenames if f.endswith(".lock")]
+    if not locks:
+        return []
+    held = _open_files()
+    removed = []
+    for lock in locks:
+        if os.path.realpath(lock) in held:
+            continue                    # a live git (the user's?) holds it: not stale
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+            removed.append(str(lock.relative_to(gd)))
+    return removed
+
+
+def _journal_path(tree: Path) -> Path:
+    return _gd(tree) / JOURNAL
+
+
+def _untracked(tree: Path) -> list[str]:
+    """Untracked paths (ignored ones included; an untracked directory as ``dir/``)."""
+    raw = gitutil.git(["ls-files", "--others", "--directory", "-z"], cwd=tree).stdout
+    return sorted(x for x in raw.split("\0") if x)
+
+
+def _position(settings: Settings, name: str, tree: Path) -> dict:
+    sym = gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree, check=False).stdout.strip()
+    return {"head": _rev(tree, "HEAD"), "symref": sym or None,
+            "patched": _rev(tree, f"refs/heads/{PATCHED}"), "record": tree_state(settings, name)}
+
+
+def journal_begin(settings: Settings, name: str, tree: Path, verb: str, **extra: object) -> None:
+    """Say (in the tree's git dir) that askbuild starts changing the clean ``tree``.  Until
+    :func:`journal_end`, every uncommitted change, git operation, new untracked file and lock
+    file in the tree is askbuild's own: when the run dies, the next one undoes them and puts
+    HEAD, ``askbuild/patched`` and the patch record back as they were here
+    (:func:`recover_tree`).  ``extra``: ``created_branch`` / ``edit_record`` (deleted on
+    recovery)."""
+    journal = {"schema": 1, "verb": verb, "pid": os.getpid(), "source": name,
+               "started": time.time(), "prev": _position(settings, name, tree),
+               "untracked": _untracked(tree), **extra}
+    write_json_atomic(_journal_path(tree), journal)
+
+
+def journal_end(tree: Path) -> None:
+    """The tree is in a state askbuild or the user stands by: no recovery needed."""
+    _journal_path(tree).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def journalled(settings: Settings, name: str, tree: Path, verb: str,
+               **extra: object) -> Iterator[None]:
+    """Run the block under a run journal (:func:`journal_begin`).  On success the journal
+    goes.  On an error the tree is put back at once (a PatchFailed says so in its message);
+    when even that fails, or the run is killed or interrupted, the journal stays and the next
+    run puts the tree back first (:func:`recover_tree`)."""
+    journal_begin(settings, name, tree, verb, **extra)
+    try:
+        yield
+    except Exception as e:
+        _undo_failed_run(settings, name, tree, e)
+        raise
+    journal_end(tree)
+
+
+def _drop_operation(tree: Path) -> None:
+    """Forget askbuild's own half-done git am / rebase / cherry-pick (files are reset after)."""
+    gd = _gd(tree)
+    for d in ("rebase-apply", "rebase-merge", "sequencer"):
+        if (gd / d).exists():
+            shutil.rmtree(gd / d, ignore_errors=True)
+
+
+def _remove_new_untracked(tree: Path, before: list[str]) -> None:
+    old = set(before)
+    old_dirs = tuple(x for x in old if x.endswith("/"))
+    for rel in _untracked(tree):
+        if rel in old or (old_dirs and rel.startswith(old_dirs)):
+            continue
+        p = tree / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _restore_position(settings: Settings, name: str, tree: Path, prev: dict) -> None:
+    """HEAD (branch or detached), ``askbuild/patched`` and the patch record as in ``prev``."""
+    if prev.get("head"):
+        gitutil.git(["checkout", "-q", "-f", "--detach", prev["head"]], cwd=tree)
+    if prev.get("patched"):
+        gitutil.git(["update-ref", f"refs/heads/{PATCHED}", prev["patched"]], cwd=tree)
+    elif _rev(tree, f"refs/heads/{PATCHED}"):
+        gitutil.git(["update-ref", "-d", f"refs/heads/{PATCHED}"], cwd=tree)
+    sym = prev.get("symref")
+    if sym and prev.get("head") and _rev(tree, sym) == prev["head"]:
+        gitutil.git(["symbolic-ref", "HEAD", sym], cwd=tree)
+    if prev.get("record") is None:
+        state_path(settings, name).unlink(missing_ok=True)
+    else:
+        write_json_atomic(state_path(settings, name), prev["record"])
+
+
+def _rollback(settings: Settings, name: str, tree: Path, journal: dict) -> None:
+    """Undo what the journalled run did to ``tree`` (see :func:`journal_begin`)."""
+    _drop_operation(tree)
+    gitutil.git(["reset", "-q", "--hard"], cwd=tree)
+    _remove_new_untracked(tree, journal.get("untracked", []))
+    if journal.get("verb") != "rebase":     # a rebase resumes from its own state file
+        _restore_position(settings, name, tree, journal.get("prev") or {})
+    branch = journal.get("created_branch")
+    if branch and _rev(tree, f"refs/heads/{branch}"):
+        gitutil.git(["update-ref", "-d", f"refs/heads/{branch}"], cwd=tree)
+    if journal.get("edit_record"):
+        Path(str(journal["edit_record"])).unlink(missing_ok=True)
+    journal_end(tree)
+
+
+def recover_tree(settings: Settings, name: str, tree: Path | None = None) -> bool:
+    """Heal source ``name``'s work tree after an askbuild run was killed in it (call with the
+    work-dir lock held, before anything else uses the tree).
+
+    Stale git lock files are removed.  When the killed run's journal is there, the tree is put
+    back as it was before that run (its half-done ``git am``, changed and new files dropped;
+    HEAD, ``askbuild/patched`` and the record restored), so the run can simply be done again.
+    Without a journal nothing but stale lock files is touched: uncommitted changes and git
+    operations are the user's (the usual dirty-tree refusal applies).  True when repaired."""
+    tree = tree or settings.src_dir / name
+    if not (tree / ".git").exists():
+        return False
+    gd = _gd(tree)
+    if (gd / "worktrees").is_dir():
+        gitutil.git(["worktree", "prune"], cwd=tree, check=False)
+    removed = clear_stale_locks(tree)
+    jpath = gd / JOURNAL
+    journal = read_json(jpath) if jpath.exists() else None
+    if journal is None:
+        jpath.unlink(missing_ok=True)       # (an unreadable journal is not ours to trust)
+        if removed:
+            console.info(f"source {name}: removed stale git lock file(s) in {gd} left by a "
+                         f"killed git: {', '.join(removed)}")
+        return bool(removed)
+    with git_errors(f"source {name}: recovering {tree} after an interrupted run", tree):
+        _rollback(settings, name, tree, journal)
+    console.info(f"source {name}: an `inv {journal.get('verb')}` (pid {journal.get('pid')}) was "
+                 f"interrupted while changing {tree}; its half-done work was undone "
+                 "and the tree put back as it was before it"
+                 + (f" (stale git locks removed: {', '.join(removed)})" if removed else ""))
+    return True
+
+
+def clean_scratch(settings: Settings) -> None:
+    """Remove scratch work trees that killed runs left in the work directory (the work-dir
+    lock is held: no live run uses one); their git metadata goes with ``worktree prune``."""
+    if settings.work_dir.is_dir():
+        for d in settings.work_dir.glob(f"{SCRATCH_PREFIX}*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def no_space(text: str) -> bool:
+    return any(n in text for n in NO_SPACE)
+
+
+def _free_space(where: Path) -> str:
+    for cand in (where, *where.parents):
+        try:
+            usage = shutil.disk_usage(cand)
+        except OSError:
+            continue
+        return f"{usage.free / (1 << 20):.1f} MiB free on the file system of {cand}"
+    return "free space unknown"
+
+
+def no_space_error(what: str, where: Path, detail: str = "") -> NoSpaceLeft:
+    lines = [f"{what}: no space left on device ({_free_space(where)})"]
+    lines += [f"  git: {ln}" for ln in detail.strip().splitlines()[:4] if ln.strip()]
+    return NoSpaceLeft("\n".join(lines),
+                       fix="free some space (or use another --work-dir), then run the same "
+                           "command again: the interrupted work is redone from a clean state")
+
+
+def _git_words(args: list[str]) -> str:
+    """The git subcommand of ``args`` (after any ``-c NAME=VALUE``)."""
+    it = iter(args)
+    for a in it:
+        if a == "-c":
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return " ".join(args[:1])
+
+
+def git_failure(e: GitError, what: str, where: Path | None = None) -> PatchFailed:
+    """A :class:`PatchFailed` naming ``what`` and git's reason for an unexpected git failure."""
+    reason = (e.stderr or e.stdout or "").strip()
+    if no_space(reason):
+        return no_space_error(what, where or Path.cwd(), reason)
+    shown = "; ".join(ln.strip() for ln in reason.splitlines()[-4:] if ln.strip())
+    t = f"git -C {where} status" if where else "git status"
+    return PatchFailed(f"{what}: `git {_git_words(e.args_)}` failed: "
+                       f"{shown or f'exit status {e.returncode}'}",
+                       fix=f"see what git says (`{t}`), then run the same command again "
+                           "(askbuild first puts back a tree it left half-changed)")
+
+
+@contextlib.contextmanager
+def git_errors(what: str, where: Path | None = None) -> Iterator[None]:
+    """Turn a :class:`GitError` inside the block into a :class:`PatchFailed` naming ``what``."""
+    try:
+        yield
+    except GitError as e:
+        raise git_failure(e, what, where) from e
 
 
 def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
@@ -460,10 +756,20 @@ def _git_errors(stderr: str) -> list[str]:
     return keep[:12]
 
 
-def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: str) -> Applied:
-    """Apply one patch as commit(s) on the current branch, or raise PatchFailed with the tree
-    back at the commit it started from."""
-    before = gitutil.out(["rev-parse", "HEAD"], cwd=tree)
+def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: str,
+                before: str | None = None) -> Applied:
+    """Apply one patch as commit(s) on the current HEAD (``before``, when the caller knows it),
+    or raise PatchFailed with the tree back at the commit it started from (NoSpaceLeft when
+    git ran out of space: then the tree may be left half-done)."""
+    what = f"patch {index} of {total} of {source} ({p.label})"
+    with git_errors(what, tree):
+        return _apply_patch(tree, p, index=index, total=total, source=source, before=before,
+                            what=what)
+
+
+def _apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: str,
+                 before: str | None, what: str) -> Applied:
+    before = before or gitutil.out(["rev-parse", "HEAD"], cwd=tree)
     if is_mail(p.data):
         data = _ensure_mail_headers(p.data)
         proc = gitutil.git([*REPRO, "am", "--3way", "--keep-cr", "--keep-non-patch",
@@ -485,7 +791,7 @@ def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: st
                            cwd=tree, input=p.data, check=False)
         method = "applied"
         err = _txt(proc.stderr)
-        if proc.returncode != 0:
+        if proc.returncode != 0 and not no_space(err):
             proc = gitutil.git(["apply", "--3way", f"-p{p.strip}", "--whitespace=nowarn", "-"],
                                cwd=tree, input=p.data, check=False)
             method = "3way"
@@ -495,14 +801,16 @@ def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: st
                         cwd=tree, env=_ident_env())
             return Applied([gitutil.out(["rev-parse", "HEAD"], cwd=tree)], method)
         gitutil.git(["reset", "-q", "--hard", before], cwd=tree, check=False)
+    if no_space(err):       # not the patch's fault: never "refresh the patch"
+        raise no_space_error(what, tree, "\n".join(_git_errors(err)) or err)
     hunks = _hunk_failures(tree, p)
     lines = [f"patch {index} of {total} of {source} did not apply: {p.name}",
              f"  series: {p.layer.id} ({p.layer.kind} layer)",
              f"  patch file: {p.label}"]
     lines += [f"  failed: {h}" for h in hunks]
     lines += [f"  git: {e}" for e in _git_errors(err)]
-    lines.append(f"  the tree {tree} is left at the last good commit {before[:12]}; nothing of "
-                 f"this patch was applied")
+    lines.append(f"  the patches before it apply cleanly (up to {before[:12]}); nothing of "
+                 "this patch was applied")
     fix = ("refresh the patch for the current base: `inv patches.edit "
            f"{p.layer.dir}` and resolve it with git, then `inv patches.export {p.layer.dir}`"
            if p.layer.kind == "local" else
@@ -517,7 +825,8 @@ def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: st
 def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
                 report: Report | None = None, branch: str | None = PATCHED) -> dict:
     """Rebuild ``branch`` (detached HEAD when None) from ``base`` with ``inputs`` and return
-    the state record (not written).  Raises PatchFailed at the first failing patch."""
+    the state record (not written).  Raises PatchFailed at the first failing patch (with
+    ``partial``: what applied before it, and ``head``, the last good commit)."""
     if branch:
         gitutil.git(["checkout", "-q", "-B", branch, base], cwd=tree)
     else:
@@ -526,33 +835,37 @@ def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
     layers: list[dict] = []
     total = len(inputs)
     cur_layer = None
+    head = base
     for i, p in enumerate(inputs, start=1):
         if cur_layer != p.layer.id:
-            head = gitutil.out(["rev-parse", "HEAD"], cwd=tree)
             if layers:
                 layers[-1]["end"] = head
             layers.append({"id": p.layer.id, "kind": p.layer.kind, "dir": p.layer.dir,
                            "provider": p.layer.provider, "start": head, "end": head})
             cur_layer = p.layer.id
         try:
-            res = apply_patch(tree, p, index=i, total=total, source=source)
+            res = apply_patch(tree, p, index=i, total=total, source=source, before=head)
         except PatchFailed as e:
-            e.partial = {"layer": p.layer.id, "layer_start": layers[-1]["start"],  # type: ignore[attr-defined]
-                         "applied": patches, "index": i - 1}
+            space = isinstance(e, NoSpaceLeft)
+            if not space:       # (a full disk is no failing point to edit from)
+                e.partial = {"layer": p.layer.id, "layer_start": layers[-1]["start"],  # type: ignore[attr-defined]
+                             "applied": patches, "index": i - 1, "head": head}
             if report is not None:
                 report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
-                           status="failed", commit=None, detail="did not apply")
+                           status="failed", commit=None,
+                           detail="no space left on device" if space else "did not apply")
                 for q in inputs[i:]:
                     report.add(source=source, layer=q.layer.id, kind=q.layer.kind,
                                patch=q.name, status="pending", commit=None, detail="")
             raise
+        if res.commits:
+            head = res.commits[-1]
         patches.append({"layer": p.layer.id, "kind": p.layer.kind, "file": p.name,
                         "strip": p.strip, "sha256": p.sha256, "commits": res.commits})
         if report is not None:
             report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
                        status=res.method, commit=res.commits[-1] if res.commits else None,
                        detail="3-way merge" if res.method == "3way" else "")
-    head = gitutil.out(["rev-parse", "HEAD"], cwd=tree)
     if layers:
         layers[-1]["end"] = head
     return {"schema": STATE_SCHEMA, "source": source, "base": base, "head": head,
@@ -575,42 +888,101 @@ def _layers_with_empty(record: dict, layers: list[Layer]) -> dict:
     return record
 
 
+def _record_done(tree: Path, record: dict | None, base: str,
+                 inputs: list[PatchInput]) -> bool:
+    """Whether ``record`` can be trusted as "this tree is done": the same base and patch bytes,
+    ``askbuild/patched`` exactly at its head, and the commits from the base to that head
+    exactly the recorded ones (a record never vouches for a branch another run changed)."""
+    if not record or not _record_matches(record, base, inputs):
+        return False
+    head = record.get("head")
+    if not isinstance(head, str) or _rev(tree, f"refs/heads/{PATCHED}") != head:
+        return False
+    chain = gitutil.git(["rev-list", "--reverse", f"{base}..{head}", "--"], cwd=tree,
+                        check=False)
+    want = [c for p in record.get("patches", []) for c in p.get("commits", [])]
+    return chain.returncode == 0 and chain.stdout.split() == want
+
+
+def _check_out_patched(settings: Settings, name: str, tree: Path, patched: str) -> None:
+    head = _rev(tree, "HEAD")
+    sym = gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree, check=False).stdout.strip()
+    if head == patched and sym == f"refs/heads/{PATCHED}":
+        return
+    with journalled(settings, name, tree, "patch"):
+        gitutil.git(["checkout", "-q", PATCHED], cwd=tree)
+
+
+def _undo_failed_run(settings: Settings, name: str, tree: Path, e: Exception) -> None:
+    """After an error under a journal: put the tree back as the journal says and, for a
+    PatchFailed, say so; when that is impossible (no space...), the journal stays for the next
+    run to finish the job."""
+    journal = read_json(_journal_path(tree)) or {}
+    prev = journal.get("prev") or {}
+    failed = e if isinstance(e, PatchFailed) else None
+    try:
+        _rollback(settings, name, tree, journal)
+    except (GitError, OSError) as err:
+        if failed is not None:
+            if hasattr(failed, "partial"):
+                failed.partial = None        # type: ignore[attr-defined]
+            failed.message += (f"\n  {tree} could not be put back yet "
+                               f"({str(err).strip()[:200]}); the next run of askbuild does it "
+                               "before anything else")
+        return
+    if failed is None or journal.get("verb") == "rebase":
+        return
+    if prev.get("record") and prev.get("head") == prev.get("patched"):
+        where = f"on {PATCHED} at {prev['head'][:12]}, the series as applied before"
+    else:
+        where = f"at {str(prev.get('head'))[:12]}"
+    failed.message += (f"\n  nothing of this run was kept: {tree} is back as it was before it "
+                       f"({where})")
+
+
 def patch_source(settings: Settings, source: Source, *, sources: dict[str, Source],
                  layers: list[Layer], report: Report, tree: Path | None = None,
                  ignore_rebase: bool = False) -> dict:
-    """Bring one source's work tree to base + its series (no-op when already there)."""
+    """Bring one source's work tree to base + its series (no-op when the record shows it is
+    there already).  The series is applied on a detached HEAD under a run journal;
+    ``askbuild/patched`` and the record move only when every patch applied.  When a patch
+    fails, the tree goes back to where it was before the run; when the run is killed, the next
+    one does that first (:func:`recover_tree`)."""
     tree = tree or source_tree(settings, source)
     trees = {source.name: tree}
     inputs = collect_inputs(settings, layers, sources, trees=trees)
     base = base_commit(tree)
     record = tree_state(settings, source.name)
     check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase)
-    patched = _rev(tree, f"refs/heads/{PATCHED}")
-    if _record_matches(record, base, inputs) and patched == record["head"]:
-        head = gitutil.out(["rev-parse", "HEAD"], cwd=tree)
-        if head != patched or gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree,
-                                          check=False).stdout.strip() != f"refs/heads/{PATCHED}":
-            gitutil.git(["checkout", "-q", PATCHED], cwd=tree)
+    if record is not None and _record_done(tree, record, base, inputs):
+        _check_out_patched(settings, source.name, tree, record["head"])
         commits = {(p["layer"], p["file"]): p["commits"] for p in record["patches"]}
         for p in inputs:
             c = commits.get((p.layer.id, p.name)) or [None]
             report.add(source=source.name, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
                        status="unchanged", commit=c[-1], detail="")
         return record
-    state_path(settings, source.name).unlink(missing_ok=True)
+    if record is not None and _record_matches(record, base, inputs):
+        console.info(f"patch {source.name}: the record {state_path(settings, source.name)} "
+                     f"does not match branch {PATCHED} of {tree}: applying the series again")
     console.step(f"patch {source.name}: {len(inputs)} patch(es) onto {base[:12]}")
-    record = apply_queue(tree, base, inputs, source=source.name, report=report)
-    record = _layers_with_empty(record, layers)
-    write_json_atomic(state_path(settings, source.name), record)
+    with journalled(settings, source.name, tree, "patch"):
+        state_path(settings, source.name).unlink(missing_ok=True)
+        record = apply_queue(tree, base, inputs, source=source.name, report=report,
+                             branch=None)
+        gitutil.git(["checkout", "-q", "-B", PATCHED, record["head"]], cwd=tree)
+        record = _layers_with_empty(record, layers)
+        write_json_atomic(state_path(settings, source.name), record)
     return record
 
 
 @contextlib.contextmanager
 def scratch_worktree(tree: Path, base: str, parent: Path) -> Iterator[Path]:
     """A throw-away ``git worktree`` of ``tree`` at ``base`` (detached HEAD): it shares the
-    object store (borrowed cache objects, a shallow cache) but no branch is moved."""
+    object store (borrowed cache objects, a shallow cache) but no branch is moved.  Its name
+    is unique to this run; one left by a killed run goes with :func:`clean_scratch`."""
     parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="patch-scratch-", dir=parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
     try:
         gitutil.git(["worktree", "add", "-q", "--detach", "--", str(scratch), base], cwd=tree)
         yield scratch
@@ -621,10 +993,14 @@ def scratch_worktree(tree: Path, base: str, parent: Path) -> Iterator[Path]:
         gitutil.git(["worktree", "prune"], cwd=tree, check=False)
 
 
+@runlock.exclusive("patch")
 def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bool = False,
           as_json: bool = False) -> Report:
     """The ``inv patch`` verb.  ``check``: apply every series to its locked base in a scratch
-    clone and report, touching no build tree (the CI gate)."""
+    clone and report, touching no build tree (the CI gate).  Holds the work-dir lock; heals
+    what a killed run left (half-written series, stale scratch trees, half-patched trees)."""
+    finish_pending_series(settings)
+    clean_scratch(settings)
     sources = load_sources(settings)
     chosen = select(sources, list(names), settings)
     all_layers = load_layers(settings, sources)
@@ -635,17 +1011,21 @@ def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bo
     try:
         for src in chosen:
             layers = all_layers.get(src.name, [])
-            if not check:
-                patch_source(settings, src, sources=sources, layers=layers, report=report)
-                continue
-            tree = source_tree(settings, src)
-            inputs = collect_inputs(settings, layers, sources, trees={src.name: tree})
-            with scratch_worktree(tree, base_commit(tree), settings.work_dir) as scratch:
-                try:
-                    apply_queue(scratch, base_commit(tree), inputs, source=src.name,
-                                report=report, branch=None)
-                except PatchFailed as e:
-                    failures.append(e)
+            with git_errors(f"patch {src.name}", settings.src_dir / src.name):
+                if not check:
+                    recover_tree(settings, src.name)
+                    patch_source(settings, src, sources=sources, layers=layers, report=report)
+                    continue
+                tree = source_tree(settings, src)
+                inputs = collect_inputs(settings, layers, sources, trees={src.name: tree})
+                with scratch_worktree(tree, base_commit(tree), settings.work_dir) as scratch:
+                    try:
+                        apply_queue(scratch, base_commit(tree), inputs, source=src.name,
+                                    report=report, branch=None)
+                    except NoSpaceLeft:
+                        raise
+                    except PatchFailed as e:
+                        failures.append(e)
     except PatchFailed:
         report.ok = False
         report.emit(as_json=as_json)
@@ -708,9 +1088,13 @@ def _am_rest(tree: Path, rest: list[PatchInput]) -> str | None:
                        check=False)
     if proc.returncode == 0:
         return None
-    return "\n".join(_git_errors(_txt(proc.stdout) + _txt(proc.stderr)))
+    err = _txt(proc.stdout) + _txt(proc.stderr)
+    if no_space(err):
+        raise no_space_error(f"patches.edit: applying {rest[0].label}", tree, err)
+    return "\n".join(_git_errors(err))
 
 
+@runlock.exclusive("patches.edit")
 def edit(settings: Settings, what: str) -> str:
     """Put the series as commits on branch ``askbuild/edit/<layer>`` in the source's work tree
     (checked out) and return the branch name.
@@ -718,8 +1102,17 @@ def edit(settings: Settings, what: str) -> str:
     The branch starts where the layers below end.  When a patch of this series does not apply,
     the branch holds the patches before it and ``git am --3way`` is left stopped at the failing
     one (the rest of the series queued behind it) for the user to resolve.  What the branch
-    started from is recorded in ``state/edit-<source>-<layer>.json`` for export."""
+    started from is recorded in ``state/edit-<source>-<layer>.json`` for export.  A run killed
+    half-way leaves nothing the next one trips over: the half-made branch and record go."""
+    finish_pending_series(settings)
     layer = resolve_layer(settings, what)
+    tree = settings.src_dir / layer.source
+    with git_errors(f"patches.edit {layer.dir}", tree):
+        recover_tree(settings, layer.source, tree)
+        return _edit(settings, layer)
+
+
+def _edit(settings: Settings, layer: Layer) -> str:
     sources = load_sources(settings)
     src = sources[layer.source]
     tree = source_tree(settings, src)
@@ -735,7 +1128,8 @@ def edit(settings: Settings, what: str) -> str:
         if files or _operation_in_progress(tree):
             raise DirtyTreeError(f"{tree}: uncommitted changes or a git operation in progress",
                                  fix=f"finish or stash it (`git -C {t} status`)")
-        gitutil.git(["checkout", "-q", branch], cwd=tree)
+        with journalled(settings, layer.source, tree, "patches.edit"):
+            gitutil.git(["checkout", "-q", branch], cwd=tree)
         console.info(f"resuming the existing edit branch {branch} "
                      f"(delete it with `git -C {t} branch -D {branch}` to start over)")
         _edit_help(layer, tree, branch, erec["start"], None)
@@ -747,31 +1141,33 @@ def edit(settings: Settings, what: str) -> str:
             fix=f"export what you need from it first, or save it (`git -C {t} branch -m "
                 f"{branch} my-old-edit`), or delete it: `git -C {t} branch -D {branch}`")
     scratch = Report("patch", "patch", PATCH_COLUMNS)
-    stopped = None
+    rest: list[PatchInput] = []
     try:
         record = patch_source(settings, src, sources=sources, layers=layers, report=scratch,
                               tree=tree)
         rl = _record_layer(record, layer)
-        start = rl["start"]
+        start, at = rl["start"], rl["end"]
         entries = [{"file": p["file"], "strip": p["strip"], "sha256": p["sha256"],
                     "commits": p["commits"]} for p in record["patches"] if p["layer"] == layer.id]
-        gitutil.git(["checkout", "-q", "-B", branch, rl["end"]], cwd=tree)
     except PatchFailed as e:
         part = getattr(e, "partial", None)
         if not part or part["layer"] != layer.id:
             raise
-        start = part["layer_start"]
+        start, at = part["layer_start"], part["head"]
         inputs = collect_inputs(settings, layers, sources, trees={layer.source: tree})
         done = {(a["layer"], a["file"]): a["commits"] for a in part["applied"]}
         mine = [p for p in inputs if p.layer.id == layer.id]
         entries = [{"file": p.name, "strip": p.strip, "sha256": p.sha256,
                     "commits": done.get((p.layer.id, p.name), [])} for p in mine]
-        rest = inputs[part["index"]:]
-        rest = [p for p in rest if p.layer.id == layer.id]
-        gitutil.git(["checkout", "-q", "-B", branch, "HEAD"], cwd=tree)
-        stopped = (rest[0].name, _am_rest(tree, rest))
-    write_json_atomic(erec_path, {"source": layer.source, "layer": layer.id, "start": start,
-                                  "entries": entries})
+        rest = [p for p in inputs[part["index"]:] if p.layer.id == layer.id]
+    stopped = None
+    with journalled(settings, layer.source, tree, "patches.edit", created_branch=branch,
+                    edit_record=str(erec_path)):
+        gitutil.git(["checkout", "-q", "-B", branch, at], cwd=tree)
+        if rest:
+            stopped = (rest[0].name, _am_rest(tree, rest))
+        write_json_atomic(erec_path, {"source": layer.source, "layer": layer.id,
+                                      "start": start, "entries": entries})
     _edit_help(layer, tree, branch, start, stopped)
     return branch
 
@@ -842,10 +1238,23 @@ def _subject(tree: Path, commit: str) -> str:
     return gitutil.out(["show", "-s", "--format=%s", commit], cwd=tree)
 
 
-def write_series(directory: Path, tree: Path, commits: list[str],
-                 old: list[tuple[str, int, list[str]]],
-                 *, prefer: dict[str, str] | None = None) -> list[dict]:
-    """Write ``commits`` (oldest first) as the series of ``directory``.
+@dataclass
+class SeriesPlan:
+    """What exporting changes in a series directory (computed first, then written in one go
+    by :func:`commit_series`)."""
+
+    directory: Path
+    rows: list[dict]                    # per patch: file, status, commit
+    writes: dict[str, bytes]            # new or changed patch files
+    removes: list[str]                  # files of dropped patches
+    series_text: str | None             # the new ``series`` file (None: unchanged)
+    entries: list[tuple[str, int, str, str]]    # the series after: file, -pN, sha256, commit
+
+
+def plan_series(directory: Path, tree: Path, commits: list[str],
+                old: list[tuple[str, int, list[str]]],
+                *, prefer: dict[str, str] | None = None) -> SeriesPlan:
+    """Plan writing ``commits`` (oldest first) as the series of ``directory``.
 
     ``old``: the current entries as ``(file, strip, commits that file produced)``.  A commit
     equal to what an old file produced (same commit, or same patch-id, message and author) keeps
@@ -853,7 +1262,7 @@ def write_series(directory: Path, tree: Path, commits: list[str],
     Otherwise an old file with the same subject (or the same diff: a reworded commit) gives its
     name, else a new numbered name.
     Files of the old series that are no longer used are removed; ``series`` is rewritten only
-    when the list changed.  Returns one row per patch (file, status)."""
+    when the list changed."""
     prefer = prefer or {}
     old_by_commit = {cs[-1]: f for f, _, cs in old if cs}
     old_info: dict[str, tuple[str, str, str]] = {}
@@ -903,39 +1312,150 @@ def write_series(directory: Path, tree: Path, commits: list[str],
                 n += 1
         used.add(name)
         plan[i] = (name, status, format_patch(tree, c))
-    rows = []
+    rows, writes, entries = [], {}, []
     for (f, status, data), c in zip(plan, commits, strict=True):
+        target = directory / f
         if data is not None:
-            target = directory / f
-            if target.exists() and target.read_bytes() == data:
+            if target.is_file() and not target.is_symlink() and target.read_bytes() == data:
                 status = "unchanged"
             else:
-                tmp = target.with_name(target.name + ".tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                writes[f] = data
+        body = data if data is not None else target.read_bytes()
+        entries.append((f, strips.get(f, 1) if data is None else 1,
+                        hashlib.sha256(body).hexdigest(), c))
         rows.append({"patch": f, "status": status, "commit": c})
-    for f, _, _ in old:
-        if f not in used:
-            (directory / f).unlink(missing_ok=True)
-            rows.append({"patch": f, "status": "removed", "commit": None})
-    new_entries = [series_mod.SeriesEntry(f, strips.get(f, 1) if d is None else 1)
-                   for f, _, d in plan]
+    removes = [f for f, _, _ in old if f not in used]
+    rows += [{"patch": f, "status": "removed", "commit": None} for f in removes]
+    new_entries = [series_mod.SeriesEntry(f, strip) for f, strip, _, _ in entries]
     old_entries = [series_mod.SeriesEntry(f, s) for f, s, _ in old]
     sfile = directory / series_mod.SERIES_FILE
+    text = None
     if [(e.name, e.strip) for e in new_entries] != [(e.name, e.strip) for e in old_entries] \
             or not sfile.exists():
         head = series_mod.header(sfile.read_text()) if sfile.exists() else ""
-        tmp = sfile.with_name("series.tmp")
-        tmp.write_text(series_mod.render(new_entries, head=head))
-        os.replace(tmp, sfile)
-    return rows
+        text = series_mod.render(new_entries, head=head)
+    return SeriesPlan(directory, rows, writes, removes, text, entries)
 
 
+def _pending_path(settings: Settings, directory: Path) -> Path:
+    key = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
+    return settings.state_dir / f"series-pending-{key}.json"
+
+
+def _replace_file(directory: Path, name: str, data: bytes) -> None:
+    """``directory/name`` := ``data`` by rename (a symbolic link there is replaced, never
+    followed)."""
+    target = directory / name
+    if target.is_file() and not target.is_symlink() and target.read_bytes() == data:
+        return
+    tmp = target.with_name(f".{target.name}.askbuild-tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def _apply_pending(journal: dict) -> None:
+    """Write a committed series change (idempotent: a killed run's is simply written again)."""
+    directory = Path(journal["dir"])
+    for name, b64 in journal.get("write", {}).items():
+        series_mod.check_name(name, f"{directory} (pending export)")
+        _replace_file(directory, name, base64.b64decode(b64))
+    for name in journal.get("remove", []):
+        series_mod.check_name(name, f"{directory} (pending export)")
+        (directory / name).unlink(missing_ok=True)
+    if journal.get("series") is not None:
+        _replace_file(directory, series_mod.SERIES_FILE, base64.b64decode(journal["series"]))
+    for path, data in journal.get("records", {}).items():
+        write_json_atomic(Path(path), data)
+    for stray in directory.glob(".*.askbuild-tmp"):
+        stray.unlink(missing_ok=True)
+
+
+def commit_series(settings: Settings, plan: SeriesPlan,
+                  records: dict[Path, dict] | None = None) -> None:
+    """Write ``plan`` (and the JSON ``records`` that go with it) all or nothing: the whole
+    change is first saved in ``state/series-pending-*.json``; a run killed while writing the
+    files leaves that, and the next run (:func:`finish_pending_series`) completes it."""
+    journal = {"dir": str(plan.directory),
+               "write": {n: base64.b64encode(d).decode() for n, d in plan.writes.items()},
+               "remove": plan.removes,
+               "series": (None if plan.series_text is None
+                          else base64.b64encode(plan.series_text.encode()).decode()),
+               "records": {str(p): d for p, d in (records or {}).items()}}
+    path = _pending_path(settings, plan.directory)
+    write_json_atomic(path, journal)
+    _apply_pending(journal)
+    path.unlink(missing_ok=True)
+
+
+def finish_pending_series(settings: Settings) -> None:
+    """Complete series writes that a killed export or rebase left half done."""
+    if not settings.state_dir.is_dir():
+        return
+    for path in sorted(settings.state_dir.glob("series-pending-*.json")):
+        journal = read_json(path)
+        if journal and isinstance(journal.get("dir"), str):
+            _apply_pending(journal)
+            console.info(f"{journal['dir']}: finished writing the series that an interrupted "
+                         "run had started")
+        path.unlink(missing_ok=True)
+
+
+def write_series(settings: Settings, directory: Path, tree: Path, commits: list[str],
+                 old: list[tuple[str, int, list[str]]],
+                 *, prefer: dict[str, str] | None = None) -> list[dict]:
+    """Write ``commits`` as the series of ``directory`` (:func:`plan_series`, then
+    :func:`commit_series`).  Returns one row per patch (file, status)."""
+    plan = plan_series(directory, tree, commits, old, prefer=prefer)
+    commit_series(settings, plan)
+    return plan.rows
+
+
+def unexported_edits(settings: Settings, tree: Path, layers: list[Layer]
+                     ) -> list[tuple[Layer, str, str]]:
+    """``(layer, edit branch, what)`` for every edit branch of ``layers`` in ``tree`` that
+    holds work not exported: its commits differ from what its last edit or export wrote."""
+    out = []
+    for ly in layers:
+        if ly.kind != "local":
+            continue
+        branch = edit_branch(ly)
+        head = _rev(tree, f"refs/heads/{branch}")
+        if not head:
+            continue
+        erec = read_json(edit_record_path(settings, ly)) or {}
+        start = erec.get("start")
+        exported = [c for e in erec.get("entries", []) for c in e.get("commits", [])]
+        if not isinstance(start, str):
+            out.append((ly, branch, "commits askbuild has no export record of"))
+            continue
+        chain = gitutil.git(["rev-list", "--reverse", f"{start}..{head}", "--"], cwd=tree,
+                            check=False).stdout.split()
+        if chain == exported:
+            continue
+        new = [c for c in chain if c not in set(exported)]
+        out.append((ly, branch, f"{len(new)} commit(s) not exported" if new
+                    else "commits dropped or reordered since the last export"))
+    return out
+
+
+@runlock.exclusive("patches.export")
 def export(settings: Settings, what: str) -> Report:
     """Write the commits of the series' edit branch (or of ``askbuild/patched``) back as the
-    series directory."""
+    series directory, all or nothing (:func:`commit_series`)."""
+    finish_pending_series(settings)
     layer = resolve_layer(settings, what)
     tree = settings.src_dir / layer.source
+    with git_errors(f"patches.export {layer.dir}", tree):
+        if (settings.state_dir / f"rebase-{layer.source}.json").exists():
+            raise DirtyTreeError(f"a rebase of {layer.source} is in progress: it rewrites "
+                                 f"{layer.dir} when it completes",
+                                 fix=f"finish it (`inv rebase {layer.source} --continue`) or "
+                                     f"undo it (`inv rebase {layer.source} --abort`) first")
+        recover_tree(settings, layer.source, tree)
+        return _export(settings, layer, tree)
+
+
+def _export(settings: Settings, layer: Layer, tree: Path) -> Report:
     t = str(tree)
     branch = edit_branch(layer)
     erec_path = edit_record_path(settings, layer)
@@ -986,17 +1506,15 @@ def export(settings: Settings, what: str) -> Report:
                         "is a straight line of commits", fix="linearize it with git rebase")
     commits = gitutil.out(["rev-list", "--reverse", f"{start}..{head}"], cwd=tree).split()
     old = [(p["file"], p["strip"], p["commits"]) for p in entries]
-    rows = write_series(directory, tree, commits, old)
+    plan = plan_series(directory, tree, commits, old)
+    records: dict[Path, dict] = {}
     if on_branch:
-        strips = {e.name: e.strip for e in series_mod.load(directory)}
-        erec["entries"] = [
-            {"file": r["patch"], "strip": strips[r["patch"]],
-             "sha256": hashlib.sha256((directory / r["patch"]).read_bytes()).hexdigest(),
-             "commits": [r["commit"]]}
-            for r in rows if r["status"] != "removed"]
-        write_json_atomic(erec_path, erec)
+        erec["entries"] = [{"file": f, "strip": strip, "sha256": sha, "commits": [c]}
+                           for f, strip, sha, c in plan.entries]
+        records[erec_path] = erec
+    commit_series(settings, plan, records)
     report = Report("export", f"export {layer.dir} from {branch if on_branch else PATCHED}",
-                    ["patch", "status"], rows=rows,
+                    ["patch", "status"], rows=plan.rows,
                     subject={"series": layer.dir, "source": layer.source})
     report.emit()
     return report

@@ -22,24 +22,33 @@ files and the sources file back byte for byte and the work tree back on ``askbui
 When every patch is through, the series directories are rewritten (unchanged patches keep
 their bytes, see :func:`askbuild.patchqueue.write_series`), the pin moves to REF
 (``sources.write_lock``: commit and ref) and the work tree is re-patched from the new series.
+
+Crash safety: the state file says which phase the rebase is in (``vendor``, ``replay``,
+``stopped`` at a conflict, ``complete``) and the last good commit.  A rebase killed in any
+phase other than ``stopped`` is resumed by ``--continue`` (or by running the same
+``--onto REF`` again): the tree goes back to the last good commit (its half-done cherry-pick
+and stale git locks dropped) and the replay goes on; a killed completion starts over from the
+recovery point.  ``--abort`` works in every phase.  A rebase does not start while an edit
+branch (``inv patches.edit``) holds commits that were not exported: they would be lost.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from . import console, gitutil
+from . import console, gitutil, runlock
 from . import patchqueue as pq
 from .errors import (
+    ConfigError,
     DirtyTreeError,
     OfflineError,
     PatchFailed,
     SourceError,
     UserError,
 )
+from .fsutil import read_json, write_json_atomic
 from .gitutil import FIXED_IDENTITY
 from .report import Report
 from .settings import Settings
@@ -102,15 +111,25 @@ def fetch_onto(settings: Settings, src: Source, tree: Path, onto: str) -> str:
 # state
 
 def _load_state(settings: Settings, name: str) -> dict:
-    try:
-        return json.loads(state_file(settings, name).read_text())
-    except FileNotFoundError:
+    path = state_file(settings, name)
+    if not path.exists():
         raise UserError(f"no rebase of {name} is in progress",
-                        fix=f"start one with `inv rebase {name} --onto REF`") from None
+                        fix=f"start one with `inv rebase {name} --onto REF`")
+    st = read_json(path)
+    if not st or not isinstance(st.get("queue"), list) or "recovery" not in st:
+        raise ConfigError(f"{path}: the rebase state of {name} is unreadable",
+                          fix=f"restore the series and {settings.sources_file.name} from git "
+                              f"if needed, then delete {path} and {backup_dir(settings, name)}")
+    return st
+
+
+def _phase(st: dict) -> str:
+    """``vendor`` | ``replay`` | ``stopped`` (at a conflict: the user's turn) | ``complete``."""
+    return st.get("phase") or ("stopped" if st.get("head_at_stop") else "replay")
 
 
 def _save_state(settings: Settings, st: dict) -> None:
-    pq.write_json_atomic(state_file(settings, st["source"]), st)
+    write_json_atomic(state_file(settings, st["source"]), st)
 
 
 def _record_recovery(settings: Settings, name: str, layers: list[pq.Layer]) -> dict:
@@ -132,27 +151,82 @@ def _record_recovery(settings: Settings, name: str, layers: list[pq.Layer]) -> d
     return {"series": saved, "sources_file": str(settings.sources_file)}
 
 
+def _listing(top: Path) -> tuple[dict[Path, Path], dict[Path, str], set[Path]]:
+    """Files, symbolic links (with their targets) and directories under ``top``, relative;
+    links are never followed."""
+    files: dict[Path, Path] = {}
+    links: dict[Path, str] = {}
+    dirs: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(top):
+        here = Path(dirpath)
+        rel = here.relative_to(top)
+        for d in list(dirnames):
+            if (here / d).is_symlink():
+                links[rel / d] = os.readlink(here / d)
+                dirnames.remove(d)
+            else:
+                dirs.add(rel / d)
+        for f in filenames:
+            if (here / f).is_symlink():
+                links[rel / f] = os.readlink(here / f)
+            else:
+                files[rel / f] = here / f
+    return files, links, dirs
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _restore_dir(saved: Path, target: Path) -> None:
+    """Make ``target`` hold exactly what ``saved`` holds, byte for byte; a link in either is
+    replaced or recreated as a link, never written through."""
+    files, links, dirs = _listing(saved)
+    if (target.exists() or target.is_symlink()) and not target.is_dir():
+        target.unlink()
+    target.mkdir(parents=True, exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(target, topdown=False):
+        here = Path(dirpath)
+        rel = here.relative_to(target)
+        for name in filenames + dirnames:
+            p, r = here / name, rel / name
+            if p.is_symlink():
+                if links.get(r) != os.readlink(p):
+                    p.unlink()
+            elif p.is_dir():
+                if r not in dirs:
+                    shutil.rmtree(p)
+            elif r not in files:
+                p.unlink()
+    for d in sorted(dirs):
+        (target / d).mkdir(parents=True, exist_ok=True)
+    for r, src in files.items():
+        dst = target / r
+        data = src.read_bytes()
+        if dst.is_symlink() or not dst.is_file() or dst.read_bytes() != data:
+            if dst.is_symlink() or dst.is_dir():
+                _remove(dst)
+            tmp = dst.with_name(f".{dst.name}.askbuild-tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, dst)
+        shutil.copystat(src, dst)
+    for r, link in links.items():
+        dst = target / r
+        if dst.is_symlink() and os.readlink(dst) == link:
+            continue
+        if dst.exists() or dst.is_symlink():
+            _remove(dst)
+        os.symlink(link, dst)
+
+
 def _restore_recovery(settings: Settings, st: dict) -> None:
     bdir = backup_dir(settings, st["source"])
     rec = st["recovery"]
     for d, key in rec["series"].items():
-        target = settings.project_root / d
-        saved = bdir / "series" / key
-        want = {p.relative_to(saved) for p in saved.rglob("*") if p.is_file() or p.is_symlink()}
-        if target.exists():
-            for p in sorted(target.rglob("*"), reverse=True):
-                rel = p.relative_to(target)
-                if (p.is_file() or p.is_symlink()) and rel not in want:
-                    p.unlink()
-                elif p.is_dir() and not (saved / rel).is_dir():
-                    shutil.rmtree(p)
-        for rel in sorted(want):
-            dst = target / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            data = (saved / rel).read_bytes()
-            if not dst.exists() or dst.read_bytes() != data:
-                dst.write_bytes(data)
-            shutil.copystat(saved / rel, dst)
+        _restore_dir(bdir / "series" / key, settings.project_root / d)
     sources_file = Path(rec["sources_file"])
     data = (bdir / "sources.toml").read_bytes()
     if sources_file.read_bytes() != data:
@@ -262,7 +336,8 @@ def _report(st: dict, *, dry_run: bool) -> Report:
 
 
 def _run(settings: Settings, st: dict, tree: Path, *, dry_run: bool) -> bool:
-    """Replay from ``st["pos"]``.  Returns True when done, False when stopped at a conflict."""
+    """Replay from ``st["pos"]``.  Returns True when done, False when stopped at a conflict.
+    After every patch the state records the position and the last good commit."""
     queue = st["queue"]
     while st["pos"] < len(queue):
         item = queue[st["pos"]]
@@ -270,12 +345,14 @@ def _run(settings: Settings, st: dict, tree: Path, *, dry_run: bool) -> bool:
         item.update(status=status, new=new, detail=detail, files=files)
         if status == "conflict":
             if not dry_run:
+                st["phase"] = "stopped"
                 st["head_at_stop"] = _head(tree)
                 _save_state(settings, st)
                 return False
             gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
         st["pos"] += 1
         if not dry_run:
+            st["head"] = new or _head(tree)
             _save_state(settings, st)
     return True
 
@@ -320,8 +397,14 @@ def _queue_from_record(record: dict) -> list[dict]:
 
 def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
               sources: dict[str, Source]) -> Report:
-    """Export the new series, move the pin, re-patch the tree, drop the recovery point."""
+    """Export the new series, move the pin, re-patch the tree, drop the recovery point.  A
+    completion that was killed starts over from the recovery point (same result)."""
     name = st["source"]
+    if st.get("completing"):
+        _restore_recovery(settings, st)
+    else:
+        st["completing"] = True
+        _save_state(settings, st)
     rows_by_layer: dict[str, list[dict]] = {}
     for ly in layers:
         if ly.kind != "local":
@@ -335,8 +418,8 @@ def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
             else:
                 old.append((it["file"], it["strip"], [it["old"]]))
         prefer = {it["new"]: it["file"] for it in items if it.get("new")}
-        rows_by_layer[ly.id] = pq.write_series(settings.project_root / ly.dir, tree, commits,
-                                               old, prefer=prefer)
+        rows_by_layer[ly.id] = pq.write_series(settings, settings.project_root / ly.dir, tree,
+                                               commits, old, prefer=prefer)
     write_lock(settings, name, commit=st["new_base"], ref=st["onto"])
     gitutil.git(["tag", "-f", pq.BASE_TAG, st["new_base"]], cwd=tree)
     sources = load_sources(settings)
@@ -344,7 +427,11 @@ def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
     pq.patch_source(settings, sources[name], sources=sources, layers=layers, report=scratch,
                     tree=tree, ignore_rebase=True)
     gitutil.git(["branch", "-q", "-D", REBASE_BRANCH], cwd=tree, check=False)
+    stale = {branch for _, branch, _ in pq.unexported_edits(settings, tree, layers)}
     for ly in layers:       # edit branches from before the rebase are not resumed silently
+        branch = pq.edit_branch(ly)
+        if ly.kind == "local" and branch not in stale:      # exported: the series has it
+            gitutil.git(["branch", "-q", "-D", branch], cwd=tree, check=False)
         pq.edit_record_path(settings, ly).unlink(missing_ok=True)
     _finish_state(settings, name)
     rep = _report(st, dry_run=False)
@@ -358,70 +445,135 @@ def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
     return rep
 
 
+@runlock.exclusive("rebase")
 def rebase(settings: Settings, source: str, onto: str = "", dry_run: bool = False,
            cont: bool = False, skip: bool = False, abort: bool = False,
            as_json: bool = False) -> Report | None:
-    """The ``inv rebase`` verb (see the module documentation)."""
+    """The ``inv rebase`` verb (see the module documentation).  Holds the work-dir lock."""
     modes = [m for m, on in (("--continue", cont), ("--skip", skip), ("--abort", abort)) if on]
     if len(modes) > 1:
         raise UserError(f"rebase: {' and '.join(modes)} cannot be combined")
     if modes and (onto or dry_run):
         raise UserError(f"rebase: {modes[0]} takes no --onto/--dry-run",
                         fix=f"run `inv rebase {source} {modes[0]}`")
+    pq.finish_pending_series(settings)
+    pq.clean_scratch(settings)
     sources = load_sources(settings)
     if source not in sources:
         raise UserError(f"unknown source {source!r} in {settings.sources_file}",
                         fix=f"known sources: {', '.join(sources)}")
-    src = sources[source]
     layers = pq.load_layers(settings, sources).get(source, [])
+    tree = settings.src_dir / source
+    what = f"rebase {source}" + (f" onto {onto}" if onto else "")
+    with pq.git_errors(what, tree):
+        pq.recover_tree(settings, source, tree)
+        return _rebase(settings, sources, layers, tree, onto=onto, dry_run=dry_run, cont=cont,
+                       skip=skip, abort=abort, as_json=as_json)
+
+
+def _rebase(settings: Settings, sources: dict[str, Source], layers: list[pq.Layer], tree: Path,
+            *, onto: str, dry_run: bool, cont: bool, skip: bool, abort: bool,
+            as_json: bool) -> Report | None:
+    name = tree.name
+    src = sources[name]
     if abort:
-        return _abort(settings, source)
+        return _abort(settings, name)
     if cont or skip:
-        return _resume(settings, source, layers, sources, skip=skip, as_json=as_json)
+        st = _load_state(settings, name)
+        if _phase(st) == "stopped":
+            return _resume(settings, name, layers, sources, skip=skip, as_json=as_json)
+        if skip:
+            raise UserError(f"rebase {name}: there is no conflict to skip: the rebase was "
+                            "interrupted, not stopped",
+                            fix=f"`inv rebase {name} --continue` resumes it, "
+                                f"`inv rebase {name} --abort` undoes it")
+        console.info(f"resuming the interrupted rebase of {name} onto {st['onto']}")
+        return _advance(settings, st, tree, layers, sources, as_json=as_json)
     if not onto:
         raise UserError("rebase: --onto REF is required",
-                        fix=f"e.g. `inv rebase {source} --onto <new release tag>`")
+                        fix=f"e.g. `inv rebase {name} --onto <new release tag>`")
     if src.kind != "git":
-        raise UserError(f"rebase: {source} is a {src.kind} source; only git sources can be "
+        raise UserError(f"rebase: {name} is a {src.kind} source; only git sources can be "
                         "rebased", fix="change its url/ref and run `inv lock --update` instead")
-    if state_file(settings, source).exists():
-        raise DirtyTreeError(f"a rebase of {source} is already in progress",
-                             fix=f"`inv rebase {source} --continue`, `--skip` or `--abort`")
+    if state_file(settings, name).exists():
+        st = _load_state(settings, name)
+        if _phase(st) != "stopped" and st["onto"] == onto and not dry_run:
+            console.info(f"resuming the interrupted rebase of {name} onto {onto}")
+            return _advance(settings, st, tree, layers, sources, as_json=as_json)
+        raise DirtyTreeError(f"a rebase of {name} is already in progress",
+                             fix=f"`inv rebase {name} --continue`, `--skip` or `--abort`")
     if not any(ly.kind == "local" for ly in layers):
-        raise UserError(f"rebase: {source} has no local series in {pq.layers_file(settings)}")
+        raise UserError(f"rebase: {name} has no local series in {pq.layers_file(settings)}")
     tree = pq.source_tree(settings, src)
     if dry_run:
         return _dry_run(settings, src, tree, onto, layers, sources, as_json=as_json)
+    _refuse_unexported(settings, tree, layers)
     scratch = Report("patch", "patch", pq.PATCH_COLUMNS)
     record = pq.patch_source(settings, src, sources=sources, layers=layers, report=scratch,
                              tree=tree)
     new_base = fetch_onto(settings, src, tree, onto)
-    vendor_inputs = [p for p in pq.collect_inputs(settings, layers, sources,
-                                                  trees={source: tree})
-                     if p.layer.kind == "vendor"]
-    st = {"schema": STATE_SCHEMA, "source": source, "onto": onto, "new_base": new_base,
+    st = {"schema": STATE_SCHEMA, "source": name, "onto": onto, "new_base": new_base,
           "old_base": record["base"], "old_head": record["head"], "pos": 0,
-          "queue": _queue_from_record(record), "vendor": []}
-    st["recovery"] = _record_recovery(settings, source, layers)
+          "queue": _queue_from_record(record), "vendor": [], "phase": "vendor", "head": None}
+    st["recovery"] = _record_recovery(settings, name, layers)
     _save_state(settings, st)
-    console.step(f"rebase {source}: {len(st['queue'])} local patch(es) from "
+    console.step(f"rebase {name}: {len(st['queue'])} local patch(es) from "
                  f"{record['base'][:12]} onto {onto} ({new_base[:12]})")
-    gitutil.git(["checkout", "-q", "-B", REBASE_BRANCH, new_base], cwd=tree)
-    try:
-        st["vendor"] = _vendor_onto(settings, tree, vendor_inputs, source)
-    except PatchFailed:
-        _abort(settings, source, quiet=True)
-        raise
-    _save_state(settings, st)
-    return _proceed(settings, st, tree, layers, sources, as_json=as_json)
+    return _advance(settings, st, tree, layers, sources, as_json=as_json)
 
 
-def _proceed(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
+def _refuse_unexported(settings: Settings, tree: Path, layers: list[pq.Layer]) -> None:
+    """A rebase rewrites the series from the patched branch: work that only lives on an edit
+    branch would be lost."""
+    stale = pq.unexported_edits(settings, tree, layers)
+    if not stale:
+        return
+    t = str(tree)
+    raise DirtyTreeError(
+        f"rebase {tree.name}: not started: work on edit branch(es) is not in the series yet "
+        "and the rebase would drop it: "
+        + "; ".join(f"{branch} (series {ly.dir}): {what}" for ly, branch, what in stale),
+        fix="export it into the series first: "
+            + ", ".join(f"`inv patches.export {ly.dir}`" for ly, _, _ in stale)
+            + "; or, to throw that work away, delete the branch: "
+            + ", ".join(f"`git -C {t} branch -D {branch}`" for _, branch, _ in stale))
+
+
+def _advance(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
              sources: dict[str, Source], *, as_json: bool) -> Report:
-    if not _run(settings, st, tree, dry_run=False):
-        rep = _report(st, dry_run=False)
-        rep.emit(as_json=as_json)
-        raise _stop_message(settings, st, tree)
+    """Go on from the phase in ``st``: vendor layers onto the new base, the replay, the
+    completion.  The tree carries a run journal while askbuild changes it (an error puts it
+    back at the last good commit at once, a kill on the next run)."""
+    name = st["source"]
+    if _phase(st) == "vendor":
+        try:
+            with pq.journalled(settings, name, tree, "rebase"):
+                gitutil.git(["checkout", "-q", "-f", "-B", REBASE_BRANCH, st["new_base"]],
+                            cwd=tree)
+                vendor = [p for p in pq.collect_inputs(settings, layers, sources,
+                                                       trees={name: tree})
+                          if p.layer.kind == "vendor"]
+                st["vendor"] = _vendor_onto(settings, tree, vendor, name)
+                st.update(phase="replay", head=_head(tree))
+                _save_state(settings, st)
+        except pq.NoSpaceLeft:
+            raise
+        except PatchFailed as e:
+            _abort(settings, name, quiet=True)
+            e.message += (f"\n  the rebase of {name} was undone: series, pin and work tree are "
+                          "as before")
+            raise
+    if _phase(st) == "replay":
+        with pq.journalled(settings, name, tree, "rebase"):
+            gitutil.git(["checkout", "-q", "-f", "-B", REBASE_BRANCH, st["head"]], cwd=tree)
+            done = _run(settings, st, tree, dry_run=False)
+            if done:
+                st["phase"] = "complete"
+                _save_state(settings, st)
+        if not done:                    # stopped at a conflict: the tree is the user's now
+            rep = _report(st, dry_run=False)
+            rep.emit(as_json=as_json)
+            raise _stop_message(settings, st, tree)
     rep = _complete(settings, st, tree, layers, sources)
     rep.emit(as_json=as_json)
     return rep
@@ -451,6 +603,7 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
 
 def _resume(settings: Settings, name: str, layers: list[pq.Layer],
             sources: dict[str, Source], *, skip: bool, as_json: bool) -> Report:
+    """After a stop at a conflict: take the user's resolution (or skip) and go on."""
     st = _load_state(settings, name)
     tree = settings.src_dir / name
     t = str(tree)
@@ -482,21 +635,23 @@ def _resume(settings: Settings, name: str, layers: list[pq.Layer],
                     detail=("conflict resolved" if new else
                             "conflict resolved to no change: dropped"))
     st["pos"] += 1
+    st.update(phase="replay", head=_head(tree))
     _save_state(settings, st)
-    return _proceed(settings, st, tree, layers, sources, as_json=as_json)
+    return _advance(settings, st, tree, layers, sources, as_json=as_json)
 
 
 def _abort(settings: Settings, name: str, *, quiet: bool = False) -> None:
+    """Put series, sources file, patch record and work tree back as before the rebase (from
+    any phase, also after the rebase was killed)."""
     st = _load_state(settings, name)
     tree = settings.src_dir / name
     _restore_recovery(settings, st)
-    if tree.exists():
+    if (tree / ".git").exists():
         gitutil.git(["cherry-pick", "--abort"], cwd=tree, check=False)
         gitutil.git(["am", "--abort"], cwd=tree, check=False)
-        gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree, check=False)
-        gitutil.git(["tag", "-f", pq.BASE_TAG, st["old_base"]], cwd=tree, check=False)
-        gitutil.git(["checkout", "-q", "-B", pq.PATCHED, st["old_head"]], cwd=tree,
-                    check=False)
+        gitutil.git(["reset", "-q", "--hard"], cwd=tree)
+        gitutil.git(["tag", "-f", pq.BASE_TAG, st["old_base"]], cwd=tree)
+        gitutil.git(["checkout", "-q", "-f", "-B", pq.PATCHED, st["old_head"]], cwd=tree)
         gitutil.git(["branch", "-q", "-D", REBASE_BRANCH], cwd=tree, check=False)
     _finish_state(settings, name)
     if not quiet:

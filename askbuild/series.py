@@ -7,7 +7,9 @@ Format (one entry per line)::
     fix-build.diff -p0          # optional -pN (strip N leading path components; default 1)
 
 A patch name is a path relative to the series directory (no absolute paths, no ``..``, no
-leading ``-``).  Every error names the file and the line.
+leading ``-``).  A symbolic link (the patch file, the ``series`` file or a subdirectory) may
+point only inside the series directory: one pointing outside is refused, naming the link and
+its target.  Every error names the file and the line.
 
 Vendor patch directories may have no ``series`` file: then every ``*.patch`` file of the
 directory applies, in sorted order (see :func:`load_dir`).
@@ -15,6 +17,7 @@ directory applies, in sorted order (see :func:`load_dir`).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -41,7 +44,7 @@ class SeriesError(ConfigError):
     """A series file (or a patch it names) is invalid: names the file and line."""
 
 
-def _check_name(name: str, where: str) -> str:
+def check_name(name: str, where: str) -> str:
     p = PurePosixPath(name)
     if (not name or name.startswith("-") or p.is_absolute() or ".." in p.parts
             or "\\" in name or any(ord(c) < 0x20 for c in name)):
@@ -71,7 +74,7 @@ def parse(text: str, *, path: str | Path = "series") -> list[SeriesEntry]:
         words = line.split()
         if not words:
             continue
-        name = _check_name(words[0], where)
+        name = check_name(words[0], where)
         strip = 1
         for opt in words[1:]:
             sm = _STRIP_RE.match(opt)
@@ -112,18 +115,63 @@ def render(entries: list[SeriesEntry], *, head: str = "") -> str:
     return head + "".join(e.format() + "\n" for e in entries)
 
 
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.relative_to(directory)
+    except ValueError:
+        return False
+    return True
+
+
+def check_contained(directory: Path, name: str, where: str) -> None:
+    """Refuse (SeriesError naming the link and its target) when ``directory/name`` or a
+    directory on the way to it is a symbolic link leading outside ``directory``."""
+    top = directory.resolve()
+    cur = directory
+    for part in PurePosixPath(name).parts:
+        cur = cur / part
+        if not cur.is_symlink():
+            continue
+        target = os.readlink(cur)
+        try:
+            real = cur.resolve()
+        except (OSError, RuntimeError) as e:     # a loop of links
+            raise SeriesError(f"{where}: {cur} is a symbolic link to {target} that cannot be "
+                              f"resolved ({e})", fix="replace the link with the file") from None
+        if not _inside(real, top):
+            raise SeriesError(
+                f"{where}: {cur} is a symbolic link to {target}"
+                + (f" ({real})" if str(real) != target else "")
+                + f", outside the series directory {directory}; askbuild does not follow it",
+                fix="copy the file into the series directory (or make the link point inside "
+                    "it)")
+    if not _inside((directory / name).resolve(), top):
+        raise SeriesError(f"{where}: {directory / name} leads outside the series directory "
+                          f"{directory} ({(directory / name).resolve()})",
+                          fix="copy the file into the series directory")
+
+
 def load(directory: Path) -> list[SeriesEntry]:
-    """The entries of ``directory/series``; each named patch must exist as a file."""
+    """The entries of ``directory/series``; each named patch must exist as a file inside the
+    directory (see :func:`check_contained`)."""
     path = directory / SERIES_FILE
+    if path.is_symlink():
+        check_contained(directory, SERIES_FILE, str(path))
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError as e:
         raise SeriesError(f"{path}: series file not found",
                           fix="create it (an empty file means: no patches)") from e
+    except IsADirectoryError as e:
+        raise SeriesError(f"{path}: is a directory, not a series file") from e
     except UnicodeDecodeError as e:
         raise SeriesError(f"{path}: not UTF-8 text ({e})") from e
+    except OSError as e:
+        raise SeriesError(f"{path}: cannot read: {e.strerror or e}") from e
     entries = parse(text, path=path)
     for e in entries:
+        where = f"{path}:{e.line}: patch {e.name!r}"
+        check_contained(directory, e.name, where)
         f = directory / e.name
         if not f.is_file():
             raise SeriesError(f"{path}:{e.line}: patch file {e.name!r} does not exist in "

@@ -13,6 +13,10 @@ order): clean, near, conflict, upstream, rename, crlf.  ``make_project`` writes 
 (``recipes/sources.toml`` pointing at the upstream over file://, locked to v1,
 ``recipes/patches.toml``) and a work tree ``src/<name>`` tagged ``askbuild/base`` as fetch
 would leave it.
+
+``make_long_project`` is the same with a long generated series (one small change per patch,
+contexts never overlapping, a new file every third patch): ``git am`` of it takes seconds, for
+the fault suite (tests/test_faults_patch.py).
 """
 
 from __future__ import annotations
@@ -222,3 +226,75 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` with its bytes (for byte-for-byte comparisons)."""
     return {str(p.relative_to(directory)): p.read_bytes()
             for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# -- a long series (the fault suite) --------------------------------------------------------
+
+LONG_FILES = 10
+
+
+def _long_v1(n: int) -> dict[str, str]:
+    blocks = n // LONG_FILES + 1
+    return {f"lib/m{k}.c": "".join(f"m{k} block {b} line {i}\n" for b in range(blocks)
+                                    for i in range(10))
+            for k in range(LONG_FILES)}
+
+
+def long_patch(i: int) -> bytes:
+    """Patch ``i`` (1-based) of the long series: a one-line change in its own block of
+    ``lib/m<i % 10>.c`` (contexts never overlap), plus a new file every third patch."""
+    k, b = i % LONG_FILES, i // LONG_FILES
+    first = 10 * b + 3                      # 1-based: lines 3..9 of the block, line 6 changes
+    ctx = [f"m{k} block {b} line {j}" for j in range(2, 9)]
+    body = (f"diff --git a/lib/m{k}.c b/lib/m{k}.c\n--- a/lib/m{k}.c\n+++ b/lib/m{k}.c\n"
+            f"@@ -{first},7 +{first},7 @@\n"
+            + "".join(f" {c}\n" for c in ctx[:3]) + f"-{ctx[3]}\n+{ctx[3]} PATCHED {i}\n"
+            + "".join(f" {c}\n" for c in ctx[4:]))
+    if i % 3 == 0:
+        body += (f"diff --git a/gen/p{i:04d}.txt b/gen/p{i:04d}.txt\nnew file mode 100644\n"
+                 f"--- /dev/null\n+++ b/gen/p{i:04d}.txt\n@@ -0,0 +1,2 @@\n+new file {i}\n"
+                 f"+second line\n")
+    day = 1 + i % 28
+    return (f"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+            f"From: Dev <dev@example.org>\nDate: Sun, {day} Mar 2026 00:00:{i % 60:02d} +0000\n"
+            f"Subject: [PATCH] change {i:04d}\n\nGenerated change number {i}.\n---\n"
+            + body + "--\n2.39.5\n\n").encode()
+
+
+def make_long_project(tmp: Path, n: int = 150, *, with_tree: bool = True) -> Project:
+    """A project whose source ``up`` carries a series of ``n`` small generated patches
+    (one commit each; ``git am`` of all of them takes seconds)."""
+    key = ("long", n)
+    if key not in _TEMPLATES:
+        base = Path(tempfile.mkdtemp(prefix="askbuild-longfixture-"))
+        atexit.register(shutil.rmtree, base, True)
+        work = base / "upstreams" / "up-work"
+        work.mkdir(parents=True)
+        g(work, "init", "-q")
+        put(work, "README", "long upstream\n")
+        for rel, text in _long_v1(n).items():
+            put(work, rel, text)
+        v1 = commit_all(work, "release v1", who={**DEV, "GIT_AUTHOR_NAME": "Upstream"})
+        g(work, "tag", "v1")
+        bare = base / "upstreams" / "up.git"
+        g(base, "clone", "-q", "--bare", "--", str(work), str(bare))
+        shutil.rmtree(work)
+        sdir = base / "series"
+        sdir.mkdir()
+        names = [f"{i:04d}-change.patch" for i in range(1, n + 1)]
+        for i, name in enumerate(names, start=1):
+            (sdir / name).write_bytes(long_patch(i))
+        (sdir / "series").write_text("".join(f"{name}\n" for name in names))
+        _TEMPLATES[key] = (base, Upstream(bare, f"file://{bare}", v1, v1))
+    base, tup = _TEMPLATES[key]
+    shutil.copytree(base / "upstreams", tmp / "upstreams", symlinks=True)
+    bare = tmp / "upstreams" / tup.bare.name
+    up = Upstream(bare, f"file://{bare}", tup.v1, tup.v2)
+    root = tmp / "project"
+    write_sources(root, {"up": (up.url, "v1", up.v1)})
+    (root / "recipes" / "patches.toml").write_text('[up]\nlocal = ["patches/up"]\n')
+    settings = Settings(project_root=root, work_dir=tmp / "work", cache_dir=tmp / "cache")
+    shutil.copytree(base / "series", root / "patches" / "up")
+    if with_tree:
+        make_tree(settings, "up", up.url, up.v1)
+    return Project(root, settings, up)

@@ -25,7 +25,8 @@ from patchfixtures import (
 )
 
 from askbuild import patchqueue as pq
-from askbuild.errors import DirtyTreeError, PatchFailed, UserError
+from askbuild import rebasing
+from askbuild.errors import ConfigError, DirtyTreeError, PatchFailed, UserError
 from askbuild.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +131,7 @@ def test_foreign_commits_on_the_patched_branch_are_refused(project):
     assert g(project.tree, "rev-parse", "askbuild/patched") == mine
 
 
-def test_failure_names_series_patch_files_and_hunks_and_keeps_last_good_commit(project):
+def test_failure_names_series_patch_files_and_hunks_and_puts_the_tree_back(project):
     bad = project.series_dir / "0003-conflict.patch"
     bad.write_bytes(bad.read_bytes().replace(b" conflict line 9\n", b" conflict line nine\n"))
     with pytest.raises(PatchFailed) as e:
@@ -141,15 +142,35 @@ def test_failure_names_series_patch_files_and_hunks_and_keeps_last_good_commit(p
     assert "patch file: patches/up/0003-conflict.patch" in msg
     assert "failed: lib/conflict.c: hunk #1 @@ -7,7 +7,7 @@ does not match" in msg
     assert "inv patches.edit patches/up" in msg
+    assert f"nothing of this run was kept: {project.tree} is back as it was before it" in msg
     assert e.value.exit_code == 2
-    # the tree: at the second patch's commit, clean, no am in progress, no record
-    assert g(project.tree, "log", "-1", "--format=%s") == "lib: tune near.c"
+    # the tree: back at the base as fetch left it, clean, no am in progress, no record, no
+    # half-applied askbuild/patched branch
+    assert g(project.tree, "rev-parse", "HEAD") == project.upstream.v1
+    assert g(project.tree, "branch", "--list", "askbuild/patched") == ""
     assert g(project.tree, "status", "--porcelain", "--untracked-files=no") == ""
     assert not (project.tree / ".git" / "rebase-apply").exists()
     assert pq.tree_state(project.settings, "up") is None
     # fixing the patch and running again works (our own commits are not "foreign")
     bad.write_bytes(bad.read_bytes().replace(b" conflict line nine\n", b" conflict line 9\n"))
     assert [r["status"] for r in run_patch(project).rows] == ["applied"] * 6
+
+
+def test_a_failed_run_keeps_the_previous_good_state(project):
+    """Issue #8: a failing series never leaves a half-applied askbuild/patched behind."""
+    run_patch(project)
+    record = pq.state_path(project.settings, "up").read_bytes()
+    head = g(project.tree, "rev-parse", "askbuild/patched")
+    bad = project.series_dir / "0005-rename.patch"
+    bad.write_bytes(bad.read_bytes().replace(b" cmm line 11\n", b" cmm line eleven\n"))
+    with pytest.raises(PatchFailed, match="patch 5 of 6 of up did not apply") as e:
+        run_patch(project)
+    assert f"on askbuild/patched at {head[:12]}, the series as applied before" in str(e.value)
+    assert g(project.tree, "symbolic-ref", "HEAD") == "refs/heads/askbuild/patched"
+    assert g(project.tree, "rev-parse", "HEAD", "askbuild/patched").split() == [head, head]
+    assert pq.state_path(project.settings, "up").read_bytes() == record
+    assert g(project.tree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert not (project.tree / ".git" / pq.JOURNAL).exists()
 
 
 def test_plain_diff_is_committed_under_its_file_name(project):
@@ -518,3 +539,122 @@ def test_user_git_config_changes_no_commit_id_and_no_export_byte(tmp_path, monke
     text = after["0006-crlf.patch"]
     assert b"X-Hostile" not in text and b"hostile" not in text and b"[PATCH 1/1]" not in text
     assert b"--- a/fmc/model.cpp\n+++ b/fmc/model.cpp\n@@ -2,7 +2,7 @@" in text
+
+
+# -- trust (issue #8) -----------------------------------------------------------------------
+
+def test_a_record_that_does_not_vouch_for_the_branch_is_not_trusted(project):
+    """Two runs at once once left a branch of fewer commits than its record listed, with the
+    record's head = the branch head; a later run took it as done."""
+    run_patch(project)
+    good = pq.tree_state(project.settings, "up")
+    short = good["patches"][3]["commits"][-1]          # 4 of 6 patches
+    g(project.tree, "checkout", "-q", "-B", "askbuild/patched", short)
+    forged = {**good, "head": short}
+    pq.write_json_atomic(pq.state_path(project.settings, "up"), forged)
+    report = run_patch(project)
+    assert [r["status"] for r in report.rows] == ["applied"] * 6
+    assert pq.tree_state(project.settings, "up") == good
+    assert g(project.tree, "rev-parse", "HEAD") == good["head"]
+
+
+def test_patch_check_cleans_scratch_trees_left_by_killed_runs(project):
+    work = project.settings.work_dir
+    left = work / "patch-scratch-4242-killed"
+    g(project.tree, "worktree", "add", "-q", "--detach", str(left), "askbuild/base")
+    assert len(g(project.tree, "worktree", "list").splitlines()) == 2
+    report = run_patch(project, check=True)
+    assert report.ok
+    assert not [p for p in work.iterdir() if p.name.startswith("patch-")]
+    assert len(g(project.tree, "worktree", "list").splitlines()) == 1
+
+
+LOCK_HOLDER = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("verb", ["patch", "edit", "export", "rebase"])
+def test_the_writing_verbs_wait_for_the_work_dir_lock(project, capsys, verb):
+    from askbuild import runlock
+    pq.edit(project.settings, "patches/up") if verb == "export" else None
+    path = runlock.work_lock_path(project.settings)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path), "1.5"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    import time
+    t0 = time.monotonic()
+    {"patch": lambda: run_patch(project), "edit": lambda: pq.edit(project.settings, "up"),
+     "export": lambda: pq.export(project.settings, "up"),
+     "rebase": lambda: rebasing.rebase(project.settings, "up", onto="v2", dry_run=True)}[verb]()
+    assert time.monotonic() - t0 > 1.0
+    holder.wait()
+    assert "waiting for another askbuild run" in capsys.readouterr().err
+
+
+def test_the_same_series_listed_twice_is_refused(project):
+    layers = project.settings.recipes_dir / "patches.toml"
+    layers.write_text('[up]\nlocal = ["patches/up", "patches/./up"]\n')
+    with pytest.raises(ConfigError) as e:
+        run_patch(project)
+    msg = str(e.value)
+    assert f"{layers}: [up]: the same series is listed twice: local[0] = 'patches/up' and " \
+           "local[1] = 'patches/./up'" in msg and "applied twice" in msg
+    (project.root / "patches" / "again").symlink_to("up")
+    layers.write_text('[up]\nlocal = ["patches/up", "patches/again"]\n')
+    with pytest.raises(ConfigError, match="local\\[1\\] = 'patches/again' are both"):
+        run_patch(project)
+    assert pq.tree_state(project.settings, "up") is None
+
+
+def test_a_patch_linked_from_outside_the_series_is_refused(project, tmp_path):
+    outside = tmp_path / "outside.patch"
+    outside.write_bytes((project.series_dir / "0002-near.patch").read_bytes())
+    (project.series_dir / "0002-near.patch").unlink()
+    (project.series_dir / "0002-near.patch").symlink_to(outside)
+    with pytest.raises(ConfigError) as e:
+        run_patch(project)
+    assert f"{project.series_dir / '0002-near.patch'} is a symbolic link to {outside}" in \
+        str(e.value)
+    assert pq.tree_state(project.settings, "up") is None
+
+
+def test_a_git_failure_is_a_message_naming_the_source_not_a_traceback(project):
+    """A file of the user's in git's way: git's own reason, the source, exit 2; the file and
+    the tree are left as they were."""
+    run_patch(project)
+    t = project.tree
+    g(t, "checkout", "-q", "--detach", "askbuild/patched")
+    g(t, "rm", "-q", "README")
+    mine = commit_all(t, "my tree without README")
+    (t / "README").write_text("my own notes\n")
+    proc = inv(project, "patch")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert "error: patch up: `git checkout` failed:" in proc.stderr
+    assert "untracked working tree files would be overwritten by checkout" in proc.stderr
+    assert (t / "README").read_text() == "my own notes\n"
+    assert g(t, "rev-parse", "HEAD") == mine
+    assert not (t / ".git" / pq.JOURNAL).exists()
+
+
+def test_a_git_am_of_the_user_is_never_taken_for_a_killed_run(project):
+    """Without askbuild's run journal, an am in progress is the user's: refused, untouched
+    (only a lock file no process holds is cleaned)."""
+    bad = project.series_dir / "0003-conflict.patch"
+    bad.write_bytes(bad.read_bytes().replace(b" conflict line 9\n", b" conflict line nine\n"))
+    with pytest.raises(PatchFailed):
+        run_patch(project)
+    pq.edit(project.settings, "patches/up")                 # leaves `git am` stopped for us
+    change_line(project.tree, "lib/conflict.c", 10, "conflict line 10 resolving")
+    (project.tree / ".git" / "ORIG_HEAD.lock").write_text("")
+    with pytest.raises(DirtyTreeError, match="a git am/rebase is in progress"):
+        run_patch(project)
+    assert (project.tree / ".git" / "rebase-apply").is_dir()
+    assert "conflict line 10 resolving" in (project.tree / "lib/conflict.c").read_text()
+    assert not (project.tree / ".git" / "ORIG_HEAD.lock").exists()

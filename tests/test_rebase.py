@@ -297,3 +297,64 @@ def test_with_work_trees_made_by_fetch(tmp_path):
     rebasing.rebase(project.settings, "up", cont=True)
     assert pq.tree_state(project.settings, "up")["base"] == project.upstream.v2
     assert {r["status"] for r in pq.patch(project.settings, ["up"]).rows} == {"unchanged"}
+
+
+# -- trust (issue #8) -----------------------------------------------------------------------
+
+def test_work_on_an_edit_branch_that_was_not_exported_stops_the_rebase(tmp_path):
+    from patchfixtures import change_line, commit_all
+    project = make_project(tmp_path, kinds=["clean", "near", "upstream", "rename", "crlf"])
+    pq.edit(project.settings, "patches/up")
+    change_line(project.tree, "lib/clean.c", 15, "clean line 15 MINE")
+    mine = commit_all(project.tree, "lib: my unexported work", date="2026-04-01T00:00:00Z")
+    g(project.tree, "checkout", "-q", "askbuild/patched")
+    series_before = snapshot(project.series_dir)
+    with pytest.raises(DirtyTreeError) as e:
+        rebasing.rebase(project.settings, "up", onto="v2")
+    msg = str(e.value)
+    assert "askbuild/edit/patches-up (series patches/up): 1 commit(s) not exported" in msg
+    assert "inv patches.export patches/up" in msg
+    assert f"git -C {project.tree} branch -D askbuild/edit/patches-up" in msg
+    assert not rebasing.state_file(project.settings, "up").exists()
+    assert g(project.tree, "rev-parse", "askbuild/edit/patches-up") == mine
+    assert snapshot(project.series_dir) == series_before
+    # exported: the rebase carries it, and the (exported) edit branch goes with the old base
+    pq.export(project.settings, "patches/up")
+    rebasing.rebase(project.settings, "up", onto="v2")
+    assert "clean line 15 MINE" in \
+        (project.series_dir / "0006-lib-my-unexported-work.patch").read_text()
+    assert "clean line 15 MINE" in (project.tree / "lib/clean.c").read_text()
+    assert g(project.tree, "branch", "--list", "askbuild/edit/*") == ""
+
+
+def test_an_edit_branch_with_nothing_new_does_not_stop_the_rebase(tmp_path):
+    project = make_project(tmp_path, kinds=["clean", "near", "upstream", "rename", "crlf"])
+    pq.edit(project.settings, "patches/up")
+    rebasing.rebase(project.settings, "up", onto="v2")
+    assert pq.tree_state(project.settings, "up")["base"] == project.upstream.v2
+
+
+def test_abort_never_writes_through_a_link_planted_in_the_series(project, tmp_path):
+    series_before = snapshot(project.series_dir)
+    with pytest.raises(PatchFailed):
+        rebasing.rebase(project.settings, "up", onto="v2")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("must stay\n")
+    target = project.series_dir / "0001-clean.patch"
+    target.unlink()
+    target.symlink_to(victim)
+    (project.series_dir / "stray-link").symlink_to(tmp_path)
+    rebasing.rebase(project.settings, "up", abort=True)
+    assert victim.read_text() == "must stay\n"
+    assert not target.is_symlink() and snapshot(project.series_dir) == series_before
+    assert not (project.series_dir / "stray-link").exists()
+
+
+def test_skip_is_refused_when_the_rebase_was_interrupted_not_stopped(tmp_path):
+    project = make_project(tmp_path, kinds=["clean", "near", "upstream", "rename", "crlf"])
+    st = rebasing.state_file(project.settings, "up")
+    st.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_json_atomic(st, {"source": "up", "onto": "v2", "phase": "replay", "queue": [],
+                              "recovery": {}, "pos": 0})
+    with pytest.raises(UserError, match="no conflict to skip: the rebase was interrupted"):
+        rebasing.rebase(project.settings, "up", skip=True)

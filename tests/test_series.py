@@ -51,6 +51,63 @@ def test_load_checks_that_patches_exist(tmp_path):
     assert f"{tmp_path / 'series'}:3: patch file 'missing.patch' does not exist" in str(e.value)
 
 
+def _series_dir(tmp_path):
+    d = tmp_path / "patches" / "up"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "b.patch").write_text("b\n")
+    (d / "a.patch").write_text("a\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.patch").write_text("not ours\n")
+    return d, outside
+
+
+def test_a_symlinked_patch_pointing_outside_the_series_is_refused(tmp_path):
+    d, outside = _series_dir(tmp_path)
+    (d / "evil.patch").symlink_to(outside / "secret.patch")
+    (d / "series").write_text("a.patch\nevil.patch\n")
+    with pytest.raises(SeriesError) as e:
+        series.load(d)
+    msg = str(e.value)
+    assert f"{d / 'series'}:2: patch 'evil.patch': {d / 'evil.patch'} is a symbolic link to " \
+           f"{outside / 'secret.patch'}, outside the series directory {d}" in msg
+    assert "copy the file into the series directory" in msg
+
+
+def test_a_symlinked_subdirectory_pointing_outside_is_refused(tmp_path):
+    d, outside = _series_dir(tmp_path)
+    (d / "linked").symlink_to("../../elsewhere")            # relative target, shown as is
+    (d / "series").write_text("linked/secret.patch\n")
+    with pytest.raises(SeriesError) as e:
+        series.load(d)
+    assert f"{d / 'linked'} is a symbolic link to ../../elsewhere ({outside})" in str(e.value)
+
+
+def test_a_symlinked_series_file_pointing_outside_is_refused(tmp_path):
+    d, outside = _series_dir(tmp_path)
+    (outside / "series").write_text("a.patch\n")
+    (d / "series").symlink_to(outside / "series")
+    with pytest.raises(SeriesError, match="series is a symbolic link to .*outside the series"):
+        series.load(d)
+
+
+def test_links_inside_the_series_directory_are_fine(tmp_path):
+    d, _ = _series_dir(tmp_path)
+    (d / "alias.patch").symlink_to("sub/b.patch")
+    (d / "same").symlink_to("sub")
+    (d / "series").write_text("a.patch\nalias.patch\nsame/b.patch -p0\n")
+    assert [(e.name, e.strip) for e in series.load(d)] == [
+        ("a.patch", 1), ("alias.patch", 1), ("same/b.patch", 0)]
+
+
+def test_a_link_loop_is_refused_with_a_message(tmp_path):
+    d, _ = _series_dir(tmp_path)
+    (d / "loop.patch").symlink_to("loop.patch")
+    (d / "series").write_text("loop.patch\n")
+    with pytest.raises(SeriesError, match="loop.patch is a symbolic link to loop.patch"):
+        series.load(d)
+
+
 def test_load_missing_series_file(tmp_path):
     with pytest.raises(SeriesError, match="series file not found"):
         series.load(tmp_path)
