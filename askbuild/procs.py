@@ -29,19 +29,32 @@ except OSError:  # pragma: no cover - not Linux
     _LIBC = None
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _child_setup() -> None:
     """Runs in the child between fork and exec: die with the parent."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def popen(args: Sequence[str], **kw: Any) -> subprocess.Popen:
-    """``subprocess.Popen`` in a new process group, registered for :func:`terminate_all`."""
+    """``subprocess.Popen`` in a new process group, registered for :func:`terminate_all`.
+
+    SIGINT/SIGTERM are held back while the child is created and registered: a signal arriving
+    inside fork (Python's at-fork handlers) would otherwise be reported as "ignored" and lost,
+    and a child created but not yet registered would escape :func:`terminate_all`.  The signal
+    is delivered right after."""
     kw.setdefault("start_new_session", True)
     kw.setdefault("preexec_fn", _child_setup)
-    with _LOCK:
-        proc = subprocess.Popen(list(args), **kw)
-        _REGISTRY.add(proc)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        with _LOCK:
+            proc = subprocess.Popen(list(args), **kw)
+            _REGISTRY.add(proc)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
     return proc
 
 
@@ -59,6 +72,7 @@ SUPERVISOR = (
 
 def _term_with_parent() -> None:
     """Between fork and exec: SIGTERM (which the supervisor traps) when askbuild dies."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
