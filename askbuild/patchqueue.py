@@ -332,7 +332,12 @@ def tree_state(settings: Settings, name: str) -> dict | None:
 def _record_matches(record: dict | None, base: str, inputs: list[PatchInput]) -> bool:
     if not record or record.get("schema") != STATE_SCHEMA or record.get("base") != base:
         return False
-    old = [[p["layer"], p["file"], p["strip"], p["sha256"]] for p in record.get("patches", [])]
+    patches = record.get("patches", [])
+    if not isinstance(patches, list) or not all(
+            isinstance(p, dict) and all(k in p for k in ("layer", "file", "strip", "sha256"))
+            for p in patches):
+        return False        # a damaged record is no record: the series is applied again
+    old = [[p["layer"], p["file"], p["strip"], p["sha256"]] for p in patches]
     return old == [p.key() for p in inputs]
 
 

@@ -116,11 +116,21 @@ def _load_state(settings: Settings, name: str) -> dict:
         raise UserError(f"no rebase of {name} is in progress",
                         fix=f"start one with `inv rebase {name} --onto REF`")
     st = read_json(path)
-    if not st or not isinstance(st.get("queue"), list) or "recovery" not in st:
+    if not st or not isinstance(st.get("queue"), list) or not _recovery_ok(st.get("recovery")) \
+            or st.get("source") != name:
         raise ConfigError(f"{path}: the rebase state of {name} is unreadable",
                           fix=f"restore the series and {settings.sources_file.name} from git "
                               f"if needed, then delete {path} and {backup_dir(settings, name)}")
     return st
+
+
+def _recovery_ok(rec: object) -> bool:
+    """The shape :func:`_record_recovery` writes: ``{"series": {dir: "<n>"}, "sources_file":
+    path}``; anything else is a damaged state."""
+    return (isinstance(rec, dict) and isinstance(rec.get("sources_file"), str)
+            and isinstance(rec.get("series"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) and v.isdigit()
+                    for k, v in rec["series"].items()))
 
 
 def _phase(st: dict) -> str:
@@ -223,11 +233,24 @@ def _restore_dir(saved: Path, target: Path) -> None:
 
 
 def _restore_recovery(settings: Settings, st: dict) -> None:
-    bdir = backup_dir(settings, st["source"])
+    """Put the saved series directories and sources file back.  The places written to are
+    never taken from the state file: only this source's current local series directories and
+    the active sources file qualify, so a damaged or tampered state cannot write elsewhere."""
+    name = st["source"]
+    bdir = backup_dir(settings, name)
     rec = st["recovery"]
+    where = state_file(settings, name)
+    allowed = {ly.dir for ly in pq.load_layers(settings).get(name, []) if ly.kind == "local"}
+    bad = sorted(d for d in rec["series"] if d not in allowed)
+    if bad or Path(rec["sources_file"]) != settings.sources_file:
+        raise ConfigError(
+            f"{where}: names places that are not {name}'s series or the sources file "
+            f"({', '.join(bad) or rec['sources_file']}); refusing to restore anything",
+            fix=f"restore the series and {settings.sources_file.name} from git if needed, then "
+                f"delete {where} and {bdir}")
     for d, key in rec["series"].items():
         _restore_dir(bdir / "series" / key, settings.project_root / d)
-    sources_file = Path(rec["sources_file"])
+    sources_file = settings.sources_file
     data = (bdir / "sources.toml").read_bytes()
     if sources_file.read_bytes() != data:
         tmp = sources_file.with_name(sources_file.name + ".tmp")

@@ -286,10 +286,6 @@ def test_cli_jobs_that_is_not_a_number(proj):
 
 # -- a damaged record must not act outside its place ----------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rebasing._restore_recovery trusts the paths in "
-                   "state/rebase-<name>.json: `inv rebase --abort` with a damaged or tampered "
-                   "state deletes files outside the project (recovery.series keys are joined "
-                   "to the project root unchecked; recovery.sources_file is overwritten)")
 def test_rebase_abort_with_a_tampered_state_touches_nothing_outside(proj, tmp_path):
     victim = tmp_path / "victim"
     (victim / "sub").mkdir(parents=True)

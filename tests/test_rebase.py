@@ -354,7 +354,8 @@ def test_skip_is_refused_when_the_rebase_was_interrupted_not_stopped(tmp_path):
     project = make_project(tmp_path, kinds=["clean", "near", "upstream", "rename", "crlf"])
     st = rebasing.state_file(project.settings, "up")
     st.parent.mkdir(parents=True, exist_ok=True)
+    recovery = {"series": {}, "sources_file": str(project.settings.sources_file)}
     pq.write_json_atomic(st, {"source": "up", "onto": "v2", "phase": "replay", "queue": [],
-                              "recovery": {}, "pos": 0})
+                              "recovery": recovery, "pos": 0})
     with pytest.raises(UserError, match="no conflict to skip: the rebase was interrupted"):
         rebasing.rebase(project.settings, "up", skip=True)
