@@ -122,12 +122,7 @@ def test_sigterm_stops_the_run_and_its_children_at_once(fetched, tmp_path):
 
 
 def test_sigint_exits_130_without_a_traceback(fetched, tmp_path):
-    script = tmp_path / "slow.py"
-    script.write_text("from askbuild import cli, procs\n"
-                      "cli.main(lambda s: procs.run(['sleep', '300']))\n")
-    env = dict(os.environ, **_env(fetched), CI="true")
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = _start_sleeping_verb(fetched, tmp_path)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -136,12 +131,7 @@ def test_sigint_exits_130_without_a_traceback(fetched, tmp_path):
 
 
 def test_kill_9_of_askbuild_takes_its_children_along(fetched, tmp_path):
-    script = tmp_path / "slow.py"
-    script.write_text("from askbuild import cli, procs\n"
-                      "cli.main(lambda s: procs.run(['sleep', '300']))\n")
-    env = dict(os.environ, **_env(fetched), CI="true")
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = _start_sleeping_verb(fetched, tmp_path)
     deadline = time.monotonic() + 20
     while not _children_groups(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -163,6 +153,16 @@ def test_an_unexpected_exception_is_a_message_and_exit_3(tmp_path, fetched):
     assert proc.returncode == 3
     assert "internal error in askbuild: TypeError: boom" in proc.stderr
     assert "--debug" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _start_sleeping_verb(project, tmp_path) -> subprocess.Popen:
+    """askbuild's CLI running a verb whose child sleeps for minutes."""
+    script = tmp_path / "slow.py"
+    script.write_text("from askbuild import cli, procs\n"
+                      "cli.main(lambda s: procs.run(['sleep', '300']))\n")
+    env = dict(os.environ, **_env(project), CI="true")
+    return subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
 
 
 def _children_groups(pid: int) -> list[int]:
