@@ -132,13 +132,16 @@ def build(c, component=None, jobs="", keep_going=False, ccache=False, offline=Fa
 @task(help=_help(tag="image tag (default: dev)",
                  output="where to write the image archive (default: <work>/image/cmm.tar)",
                  no_load="only write the archive; do not load it into a Docker engine",
-                 board="dpa configuration profile baked in as the default (e.g. gateway-dk)"))
-def image(c, tag="dev", output="", no_load=False, board="", offline=False, locked=False,
-          profile="", work_dir="", cache_dir="", debug=False):
+                 board="dpa configuration profile baked in as the default (e.g. gateway-dk)",
+                 partial="build from what the staging tree holds even when components are "
+                         "missing; labelled io.monok8s.askbuild.partial=true with the missing "
+                         "list (for iterating on userspace; never a release)"))
+def image(c, tag="dev", output="", no_load=False, board="", partial=False, offline=False,
+          locked=False, profile="", work_dir="", cache_dir="", debug=False):
     """Assemble the reproducible arm64 localhost/monok8s/cmm image from the staging tree."""
     from askbuild import imaging
     cli.main(lambda s: imaging.image(s, tag=tag, output=output or None, load=not no_load,
-                                     board=board or None),
+                                     board=board or None, partial=partial),
              debug=debug, **_settings(profile, offline, locked, work_dir, cache_dir))
 
 

@@ -4,20 +4,28 @@ How a build runs (details and the reasons in docs/build.md):
 
 1. Load and validate the recipes (:mod:`askbuild.recipes`); take the components asked for plus
    their dependencies.
-2. Make sure every source work tree they read exists (``fetching``/``patchqueue`` when present,
-   otherwise a clear error saying to run ``inv fetch && inv patch``).
-3. Check the cross toolchain and the arm64 libraries up front (:mod:`askbuild.toolchain`).
-4. Compute each component's content key: the git tree ids of its declared input paths at HEAD
-   (so a patch touching ``cmm/`` changes only the keys of the components reading ``cmm/``), its
-   recipe, the shared variables it uses, the toolchain identity and its dependencies' keys.
-5. Write the early manifest, then run components as a DAG (``graphlib`` + a thread pool) within
-   the job budget.  An unchanged key with its artifacts in place is skipped instantly.  A
-   component's "done" record (``state/build-<name>.json``) is removed before it runs and written
-   atomically after its artifacts are verified and staged, so a kill at any point leaves no
-   record and the next run redoes the step from a clean build tree.
-6. Check every staged module's vermagic, run ``depmod`` (a missing depmod is an error, never a
+2. Make sure every source work tree they read exists (fetch + patch each missing one on its own
+   when those modules are available; a tree that cannot be made is that source's problem only).
+3. Check the cross compiler up front (:mod:`askbuild.toolchain`): every component needs it.
+4. Compute the content key of every recipe whose inputs can be read: the git tree ids of its
+   declared input paths at HEAD (so a patch touching ``cmm/`` changes only the keys of the
+   components reading ``cmm/``), its recipe, the shared variables it uses, the toolchain
+   identity (with the package versions of its own ``host_libs``) and its dependencies' keys.
+5. Check each selected component's own preconditions (:func:`check_preconditions`): its
+   source trees and input paths, its arm64 libraries, ``depmod`` for a kernel.  A component
+   that cannot start stops the build before anything runs, with a message saying what is
+   missing and where it comes from; with ``keep_going`` it fails alone (its dependents are
+   skipped) and everything else is built.
+6. Write the early manifest (it also lists the components of earlier runs whose done records
+   are still current: :func:`earlier_builds`), then run components as a DAG (``graphlib`` + a
+   thread pool) within the job budget.  An unchanged key with its artifacts in place is
+   skipped instantly.  A component's "done" record (``state/build-<name>.json``) is removed
+   before it runs and written atomically after its artifacts are verified and staged, so a
+   kill at any point leaves no record and the next run redoes the step from a clean build tree.
+7. Check every staged module's vermagic, run ``depmod`` (a missing depmod is an error, never a
    silent skip), write the final manifest atomically, and raise :class:`BuildFailed` (exit 2)
-   with the failing step's last lines and log path.
+   with the failing step's last lines and log path (exit 1 when every failure is a component
+   that could not start).
 
 One build at a time per work directory (the work-dir lock, :mod:`askbuild.runlock`).  Every step
 runs in its own process group under a small supervisor (``procs.supervised_popen``), so
@@ -56,11 +64,11 @@ from .errors import (
     SourceError,
     UserError,
 )
-from .fsutil import read_json, sha256_file, write_json_atomic
+from .fsutil import read_json, read_toml, sha256_file, write_json_atomic
 from .recipes import Recipe, RecipeSet
 from .settings import Settings
 
-KEY_SCHEMA = 1
+KEY_SCHEMA = 2
 ARCH = "arm64"
 HOST = "aarch64-linux-gnu"
 TAIL_LINES = 25
@@ -77,18 +85,24 @@ STATES = ("pending", "running", "built", "cached", "failed", "skipped", "cancell
 
 
 # --------------------------------------------------------------------------- sources --
-def _tree_ids(src: Path, paths: list[str], what: str) -> dict[str, str]:
-    """{path: git tree/blob id at HEAD} for the declared input paths of a source."""
+class MissingInputs(UserError):
+    """A component's inputs are not there (a source work tree, a path in it): that component
+    fails alone (its dependents are skipped), the message says where the inputs come from."""
+
+
+def _tree_ids(src: Path, paths: list[str]) -> tuple[dict[str, str], list[str]]:
+    """({path: git tree/blob id at HEAD}, [paths that do not exist at HEAD]) for the declared
+    input paths of a source work tree."""
     revs = ["HEAD^{tree}" if p in (".", "") else f"HEAD:{p.rstrip('/')}" for p in paths]
     proc = gitutil.git(["rev-parse", *revs], cwd=src, check=False)
     if proc.returncode == 0:
-        return dict(zip(paths, proc.stdout.split(), strict=True))
-    for p, rev in zip(paths, revs, strict=True):
-        one = gitutil.git(["rev-parse", "--verify", "--quiet", rev], cwd=src, check=False)
-        if one.returncode != 0:
-            raise ConfigError(f"{what}: input path {p!r} does not exist at HEAD of {src}",
-                              fix="correct the recipe's inputs/uses, or check the patches")
-    raise SourceError(f"{src}: git rev-parse failed: {proc.stderr.strip()}")
+        return dict(zip(paths, proc.stdout.split(), strict=True)), []
+    missing = [p for p, rev in zip(paths, revs, strict=True)
+               if gitutil.git(["rev-parse", "--verify", "--quiet", rev], cwd=src,
+                              check=False).returncode != 0]
+    if not missing:
+        raise SourceError(f"{src}: git rev-parse failed: {proc.stderr.strip()}")
+    return {}, missing
 
 
 def source_tree(settings: Settings, name: str) -> Path:
@@ -99,32 +113,90 @@ def _is_tree(path: Path) -> bool:
     return (path / ".git").exists()
 
 
-def _prepare_sources(settings: Settings, names: list[str], prepare: bool) -> None:
-    """Make the work trees exist: fetch + patch them when those modules are available."""
+def _preparers(settings: Settings, prepare: bool):
+    """(fetching, patchqueue) when missing trees can be made here, else None."""
+    if not prepare or not settings.sources_file.is_file():
+        return None
+    try:
+        from . import fetching, patchqueue
+    except ImportError:
+        return None
+    if not hasattr(fetching, "fetch") or not hasattr(patchqueue, "patch"):
+        return None
+    return fetching, patchqueue
+
+
+def _prepare_sources(settings: Settings, names: list[str], prepare: bool,
+                     keep_going: bool) -> dict[str, str]:
+    """Make the missing work trees of ``names``: fetch + patch each one on its own (when those
+    modules are available).  Returns {source: why its tree is not usable} for the trees still
+    missing or whose fetch/patch failed (a tree fetched but not patched is never built); the
+    components reading them fail alone (:func:`input_errors`).  Without ``keep_going``
+    preparing stops at the first failure."""
     missing = [n for n in names if not _is_tree(source_tree(settings, n))]
-    if not missing:
-        return
-    fetching = patchqueue = None
-    if prepare and settings.sources_file.is_file():
+    tools = _preparers(settings, prepare) if missing else None
+    why: dict[str, str] = {}
+    for n in missing:
+        if tools is None or (why and not keep_going):
+            break
+        console.step(f"prepare source {n}: fetch + patch")
         try:
-            from . import fetching as _f
-            from . import patchqueue as _p
-            fetching, patchqueue = _f, _p
-        except ImportError:
-            pass
-    if fetching is None or not hasattr(fetching, "fetch") or not hasattr(patchqueue, "patch"):
-        raise UserError(
-            "source work tree(s) missing: "
-            + ", ".join(str(source_tree(settings, n)) for n in missing),
-            fix="run `inv fetch && inv patch` first",
-        )
-    console.step(f"prepare sources: {', '.join(missing)}")
-    fetching.fetch(settings, missing)
-    patchqueue.patch(settings, missing)
-    still = [n for n in missing if not _is_tree(source_tree(settings, n))]
-    if still:
-        raise UserError(f"source work tree(s) still missing after fetch/patch: "
-                        f"{', '.join(still)}", fix="run `inv fetch && inv patch`")
+            tools[0].fetch(settings, [n])
+            tools[1].patch(settings, [n])
+        except (AskbuildError, gitutil.GitError) as e:
+            why[n] = f"`inv fetch`/`inv patch` of it failed: {getattr(e, 'message', str(e))}"
+            console.warn(f"source {n}: {why[n]}")
+    for n in missing:
+        if n not in why and not _is_tree(source_tree(settings, n)):
+            why[n] = f"its work tree {source_tree(settings, n)} does not exist"
+    return why
+
+
+def source_descriptions(settings: Settings) -> dict[str, str]:
+    """{source: description} from the sources file, for messages ({} when unreadable).  Read
+    as plain data: nothing else of the file matters here (and loading the sources may publish
+    the example upstreams)."""
+    try:
+        data = read_toml(settings.sources_file, missing_ok=True)
+    except AskbuildError:
+        return {}
+    return {n: t["description"] for n, t in data.items()
+            if isinstance(t, dict) and isinstance(t.get("description"), str) and t["description"]}
+
+
+def input_errors(settings: Settings, r: Recipe, unavailable: dict[str, str],
+                 described: dict[str, str]) -> tuple[dict[str, dict], list[MissingInputs]]:
+    """The git ids of every input of recipe ``r`` ({source: {path: id}}: its own source first,
+    then its ``uses``), and an error for each source whose tree or paths are not there, saying
+    where they come from: ``fmlib needs linux:include/uapi/linux/fmd (from NXP LSDK 6.18
+    kernel, source linux): not in <tree> at HEAD``."""
+    ids: dict[str, dict[str, str]] = {}
+    errors: list[MissingInputs] = []
+    for src, paths in [(r.source, r.inputs), *sorted(r.uses.items())]:
+        tree = source_tree(settings, src)
+        desc = described.get(src)
+        origin = f"from {desc}, source {src}" if desc else f"source {src}"
+        wanted = f"{r.name} needs {src}:{', '.join(paths)} ({origin})"
+        again = f"`inv fetch --source {src} && inv patch --source {src}`"
+        if src in unavailable or not _is_tree(tree):   # (a failed patch leaves a tree)
+            reason = unavailable.get(src) or f"its work tree {tree} does not exist"
+            errors.append(MissingInputs(f"{wanted}: {reason}",
+                                        fix=f"run `inv fetch && inv patch` (or only this "
+                                            f"source: {again})"))
+            continue
+        try:
+            ids[src], gone = _tree_ids(tree, paths)
+        except SourceError as e:          # a damaged repository, not a missing path
+            errors.append(MissingInputs(f"{wanted}: {e.message}", fix=f"run {again}"))
+            continue
+        if gone:
+            key = "inputs" if src == r.source else f"[uses] {src}"
+            errors.append(MissingInputs(
+                f"{r.name} needs {src}:{', '.join(gone)} ({origin}): not in {tree} at HEAD",
+                fix=f"make {tree} the tree {r.file.name} expects: the right ref of source "
+                    f"{src} in the sources file, its patches applied ({again}); or correct "
+                    f"{key} in {r.file}"))
+    return ids, errors
 
 
 def source_info(settings: Settings, name: str) -> dict:
@@ -161,6 +233,11 @@ def source_info(settings: Settings, name: str) -> dict:
 # ------------------------------------------------------------------------------ keys --
 @dataclass
 class Plan:
+    """What a build will do.  ``names``: this run's components (topological order).  Keys are
+    computed for *every* recipe whose inputs can be read (the manifest tells which earlier
+    builds are still current); ``unknown`` says why the others have none, ``blocked`` why a
+    component of this run cannot start (missing inputs, arm64 libraries, host tools)."""
+
     settings: Settings
     rs: RecipeSet
     names: list[str]                       # topological order
@@ -168,34 +245,89 @@ class Plan:
     keys: dict[str, str] = field(default_factory=dict)
     key_inputs: dict[str, dict] = field(default_factory=dict)
     ccache: bool = False
+    unknown: dict[str, str] = field(default_factory=dict)
+    input_errors: dict[str, list[AskbuildError]] = field(default_factory=dict)
+    blocked: dict[str, AskbuildError] = field(default_factory=dict)
 
 
 def _project_inputs(settings: Settings, r: Recipe) -> dict[str, str]:
-    """Hashes of project files a recipe reads (kernel fragments)."""
+    """Hashes of the project files a recipe reads (kernel fragments): of the symbols each one
+    sets, so editing a comment rebuilds nothing."""
     if r.kind != "kernel":
         return {}
     files = kernel.fragment_files(settings.project_root, r.fragments, f"{r.file}")
-    return {str(f.relative_to(settings.project_root)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in files}
+    return {str(f.relative_to(settings.project_root)): hashlib.sha256(json.dumps(
+        list(kernel.parse_config(f.read_text()).items())).encode()).hexdigest() for f in files}
 
 
-def compute_keys(plan: Plan) -> None:
+def compute_keys(plan: Plan, unavailable: dict[str, str] | None = None) -> None:
+    """The key of every recipe whose inputs can be read (``unavailable``: {source: why its
+    tree is missing}, from :func:`_prepare_sources`)."""
     s, rs = plan.settings, plan.rs
-    for name in plan.names:
+    described = source_descriptions(s)
+    for name in rs.order():
         r = rs.recipes[name]
+        lost = [d for d in r.depends if d not in plan.keys]
+        if lost:
+            plan.unknown[name] = f"the inputs of {', '.join(lost)} cannot be read"
+            continue
+        ids, errors = input_errors(s, r, unavailable or {}, described)
+        try:
+            project = _project_inputs(s, r)
+        except ConfigError as e:
+            errors.append(e)
+        if errors:
+            plan.input_errors[name] = errors
+            plan.unknown[name] = "; ".join(e.message for e in errors)
+            continue
         inputs = {
             "schema": KEY_SCHEMA,
             "recipe": r.digest(rs.vars),
-            "source": {r.source: _tree_ids(source_tree(s, r.source), r.inputs, str(r.file))},
-            "uses": {src: _tree_ids(source_tree(s, src), paths, f"{r.file}: uses.{src}")
-                     for src, paths in sorted(r.uses.items())},
-            "project": _project_inputs(s, r),
-            "toolchain": plan.toolchain.identity(),
+            "source": {r.source: ids[r.source]},
+            "uses": {src: ids[src] for src in sorted(r.uses)},
+            "project": project,
+            "toolchain": plan.toolchain.identity(r.host_libs),
             "depends": {d: plan.keys[d] for d in sorted(r.depends)},
         }
         blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
         plan.keys[name] = hashlib.sha256(blob.encode()).hexdigest()
         plan.key_inputs[name] = inputs
+
+
+def one_error(errors: list[AskbuildError], default=UserError) -> AskbuildError:
+    """Several errors as one: the error itself when there is one, else ``default`` with every
+    message (one per line) and every distinct fix."""
+    if len(errors) == 1:
+        return errors[0]
+    fixes = list(dict.fromkeys(e.fix for e in errors if e.fix))
+    return default("\n".join(e.message for e in errors), fix="; ".join(fixes) or None)
+
+
+def check_preconditions(plan: Plan) -> None:
+    """``plan.blocked``: for each component of this run whose inputs, arm64 libraries (its
+    ``host_libs``) or host tools (``depmod`` for a kernel) are missing, the error saying so.
+    Only that component (and what depends on it) is affected."""
+    for n in plan.names:
+        r = plan.rs.recipes[n]
+        errors = list(plan.input_errors.get(n, []))
+        libs = toolchain.lib_problems(r.host_libs)
+        if libs:
+            errors.append(toolchain.libs_error(libs, f"{n} needs "))
+        tools = toolchain.tool_problems(["depmod"] if r.kind == "kernel" else [])
+        if tools:
+            errors.append(toolchain.tools_error(tools, f"{n} needs "))
+        if errors:
+            plan.blocked[n] = one_error(errors, MissingInputs)
+
+
+def _not_startable(plan: Plan) -> AskbuildError:
+    """Fail-fast: components of this run cannot start; nothing was built."""
+    err = one_error([plan.blocked[n] for n in sorted(plan.blocked)], MissingInputs)
+    others = sorted(n for n in plan.names if n not in plan.blocked
+                    and not set(plan.rs.closure([n])) & set(plan.blocked))
+    rest = (f"\nnothing was built; `inv build --keep-going` builds what does not need "
+            f"{', '.join(sorted(plan.blocked))} ({', '.join(others)})" if others else "")
+    return type(err)(err.message + rest, fix=err.fix)
 
 
 # ---------------------------------------------------------------------------- records --
@@ -293,19 +425,35 @@ def _restage(settings: Settings, rec: dict) -> bool:
             f"of it (or delete {settings.staging_dir}), then run `inv build` again") from None
 
 
-def _restage_checked(settings: Settings, rec: dict) -> bool:
-    changed = False
-    for a in rec.get("artifacts", []):
-        if a.get("staged"):
-            dest = in_staging(settings.staging_dir, a["staged"])
-            if not dest.is_file() or dest.stat().st_size != a["size"]:
-                _stage_file(Path(a["file"]), settings.staging_dir, a["staged"], a.get("mode"))
-                changed = True
+def _unstaged(settings: Settings, rec: dict) -> tuple[list[dict], dict | None]:
+    """What of ``rec`` (trusted) is not in the staging tree: the artifacts whose staged copy is
+    missing or of another size, and the staged tree when its directory is missing.  Raises
+    :class:`OutsideStaging` for a path a symlink now leads out of the staging tree."""
+    files = [a for a in rec.get("artifacts", []) if a.get("staged")
+             and (not (dest := in_staging(settings.staging_dir, a["staged"])).is_file()
+                  or dest.stat().st_size != a["size"])]
     tree = rec.get("staged_tree")
-    if tree and not in_staging(settings.staging_dir, tree["dest"]).is_dir():
+    if tree and in_staging(settings.staging_dir, tree["dest"]).is_dir():
+        tree = None
+    return files, tree
+
+
+def _needs_restage(settings: Settings, rec: dict) -> bool:
+    """Whether a staged file or tree of ``rec`` (trusted) is missing from the staging tree."""
+    try:
+        files, tree = _unstaged(settings, rec)
+    except OutsideStaging:
+        return True
+    return bool(files or tree)
+
+
+def _restage_checked(settings: Settings, rec: dict) -> bool:
+    files, tree = _unstaged(settings, rec)
+    for a in files:
+        _stage_file(Path(a["file"]), settings.staging_dir, a["staged"], a.get("mode"))
+    if tree:
         _copy_tree(Path(tree["from"]), settings.staging_dir, tree["dest"])
-        changed = True
-    return changed
+    return bool(files or tree)
 
 
 def _unstage(settings: Settings, rec: dict) -> None:
@@ -806,6 +954,10 @@ class Build:
             res.update(status="skipped", reason=f"dependency {', '.join(bad)} did not build")
             rep.set(n, "skipped", res["reason"])
             return True
+        if n in self.plan.blocked:        # its inputs are missing: it fails alone
+            err = self.plan.blocked[n]
+            self._fail(n, rep, err.message, user_error=err, log=None)
+            return True
         if self.cancel.is_set():
             res.update(status="cancelled", reason="an earlier failure stopped the build "
                        "(use --keep-going to build the rest)")
@@ -841,7 +993,8 @@ class Build:
     def _fail(self, n: str, rep: Reporter, error: str, tail: str = "", **extra) -> None:
         res = self.results[n]
         res.update(status="failed", error=error, tail=tail,
-                   log=str(self.settings.logs_dir / f"{n}.log"), **extra)
+                   log=str(self.settings.logs_dir / f"{n}.log"))
+        res.update(extra)
         rep.set(n, "failed", error)
         if not self.keep_going:
             self.stop()
@@ -856,8 +1009,8 @@ class Build:
             rep.set(n, "cancelled")
         except StepError as e:
             self._fail(n, rep, str(e), e.tail)
-        except ConfigError as e:
-            self._fail(n, rep, e.message, config_error=e)
+        except UserError as e:         # a refused recipe, a missing tool: exit 1
+            self._fail(n, rep, e.message, user_error=e)
         except AskbuildError as e:
             self._fail(n, rep, e.message)
         except OSError as e:
@@ -984,14 +1137,15 @@ def _post_checks(settings: Settings, b: Build) -> None:
         run_depmod(settings.staging_dir, krel)
 
 
-def _needs_depmod(rs: RecipeSet, names: list[str]) -> bool:
-    return any(rs.recipes[n].kind == "kernel" for n in names)
-
-
 @runlock.exclusive("build")
 def build(settings: Settings, components: list[str] | None = None, *, keep_going: bool = False,
           ccache: bool = False, prepare: bool = True) -> dict:
     """Build ``components`` (all when empty) and their dependencies.  Returns the manifest.
+
+    A component whose inputs are missing (a source work tree, a path in it, an arm64 library,
+    a host tool) cannot start: without ``keep_going`` nothing is built and the error says what
+    is missing and where it comes from; with ``keep_going`` only that component fails (its
+    dependents are skipped) and everything else is built.
 
     Holds the work-dir lock for the whole run: a second build (or any other verb) in the same
     work directory waits for this one."""
@@ -999,11 +1153,42 @@ def build(settings: Settings, components: list[str] | None = None, *, keep_going
     names = rs.order(components or None)
     recipes_used = [rs.recipes[n] for n in names]
     srcs = sorted({r.source for r in recipes_used} | {u for r in recipes_used for u in r.uses})
-    _prepare_sources(settings, srcs, prepare)
-    tc = toolchain.check(sorted({lib for r in recipes_used for lib in r.host_libs}),
-                         tools=["depmod"] if _needs_depmod(rs, names) else [])
+    unavailable = _prepare_sources(settings, srcs, prepare, keep_going)
+    tc = toolchain.check_compiler()
+    tc.packages = toolchain.package_versions(sorted(
+        {toolchain.KNOWN_LIBS[lib][0] for r in rs.recipes.values() for lib in r.host_libs}))
+    plan = Plan(settings, rs, names, tc, ccache=ccache)
+    compute_keys(plan, unavailable)
+    check_preconditions(plan)
+    if plan.blocked and not keep_going:
+        raise _not_startable(plan)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    return _build_locked(settings, rs, names, srcs, tc, keep_going=keep_going, ccache=ccache)
+    return _build_locked(settings, plan, keep_going=keep_going, ccache=ccache)
+
+
+def earlier_builds(settings: Settings, plan: Plan) -> tuple[dict[str, dict], dict[str, str]]:
+    """The components *not* in this run: ({name: done record} of those whose record is
+    current -- same key as now, artifacts and staged files in place -- and {name: why not}
+    for the others).  So the manifest describes the whole staging tree, not only this run."""
+    current: dict[str, dict] = {}
+    missing: dict[str, str] = {}
+    for n in plan.rs.order():
+        if n in plan.names:
+            continue
+        rec = trusted_record(settings, n)
+        if n in plan.unknown:
+            missing[n] = f"its inputs cannot be read ({plan.unknown[n]})"
+        elif rec is None:
+            missing[n] = "not built (no done record)"
+        elif not _up_to_date(settings, rec, plan.keys[n]):
+            missing[n] = (f"stale: built from other inputs than the current ones "
+                          f"(`inv build --component {n}`)")
+        elif _needs_restage(settings, rec):
+            missing[n] = (f"its staged files are not in the staging tree "
+                          f"(`inv build --component {n}` puts them back)")
+        else:
+            current[n] = rec
+    return current, missing
 
 
 def _finish_manifest(man: manifest.Manifest, status: str, b: Build,
@@ -1019,17 +1204,20 @@ def _finish_manifest(man: manifest.Manifest, status: str, b: Build,
         console.warn(f"could not write the final {man.path}: {os_error_message(e)[0]}")
 
 
-def _build_locked(settings: Settings, rs: RecipeSet, names: list[str], srcs: list[str],
-                  tc: toolchain.Toolchain, *, keep_going: bool, ccache: bool) -> dict:
-    plan = Plan(settings, rs, names, tc, ccache=ccache)
-    compute_keys(plan)
-    ccache_bin = _ccache_setup(settings, tc.prefix) if ccache else None
+def _build_locked(settings: Settings, plan: Plan, *, keep_going: bool, ccache: bool) -> dict:
+    names = plan.names
+    ccache_bin = _ccache_setup(settings, plan.toolchain.prefix) if ccache else None
     b = Build(settings, plan, keep_going=keep_going, ccache_bin=ccache_bin)
     b.check_stages()
+    current, outside = earlier_builds(settings, plan)
+    rs = plan.rs
+    read = [rs.recipes[n] for n in [*names, *current]]
+    srcs = sorted(n for n in {r.source for r in read} | {u for r in read for u in r.uses}
+                  if _is_tree(source_tree(settings, n)))
     man = manifest.Manifest(settings)
     man.start(plan=plan, sources={n: source_info(settings, n) for n in srcs},
               options={"keep_going": keep_going, "ccache": ccache, "jobs": settings.jobs,
-                       "components": names})
+                       "components": names}, earlier=current, outside=outside)
     status = "failed"
     stats_before = None
     try:
@@ -1037,7 +1225,7 @@ def _build_locked(settings: Settings, rs: RecipeSet, names: list[str], srcs: lis
         console.step(f"build {', '.join(names)} (jobs {settings.jobs})")
         with Reporter(names) as rep:
             b.run(rep)
-        failed = [n for n in names if b.results[n]["status"] == "failed"]
+        failed = sorted(n for n in names if b.results[n]["status"] == "failed")
         post_error = None
         if not failed:
             try:
@@ -1072,20 +1260,25 @@ def _raise_failure(settings: Settings, b: Build, names: list[str], failed: list[
     full disk the :class:`OSError` itself (the CLI names the path and the free space), a step
     that failed a :class:`BuildFailed` (exit 2) with its last lines and log."""
     results = [b.results[n] for n in failed]
-    skipped = [n for n in names if b.results[n]["status"] in ("skipped", "cancelled")]
+    skipped = sorted(n for n in names if b.results[n]["status"] in ("skipped", "cancelled"))
     tail = f"\nnot built because of the failure: {', '.join(skipped)}" if skipped else ""
-    if all(r.get("config_error") for r in results):
-        first = results[0]["config_error"]
-        msg = "\n".join(r["config_error"].message for r in results) + tail
-        raise ConfigError(msg, fix=first.fix)
+    if all(r.get("user_error") for r in results):
+        errors = [r["user_error"] for r in results]
+        kinds = {type(e) for e in errors}
+        err = one_error(errors, kinds.pop() if len(kinds) == 1 else UserError)
+        raise type(err)(err.message + tail, fix=err.fix)
     disk = [r["os_error"] for r in results
             if r.get("os_error") and r["os_error"].errno in (errno.ENOSPC, errno.EDQUOT)]
     if disk and len(disk) == len(results):
         raise disk[0]
     parts = []
     for n, res in zip(failed, results, strict=True):
-        parts.append(f"{n}: {res.get('error')}\n--- last lines of the failing step "
-                     f"({res.get('log')}) ---\n{res.get('tail') or ''}")
-    raise BuildFailed("build failed:\n" + "\n".join(parts) + tail,
+        if res.get("user_error"):
+            parts.append(f"{n}: {res['user_error']}")
+        else:
+            parts.append(f"{n}: {res.get('error')}\n--- last lines of the failing step "
+                         f"({res.get('log')}) ---\n{res.get('tail') or ''}")
+    raise BuildFailed(f"build failed ({len(failed)} component(s)):\n" + "\n".join(parts)
+                      + tail,
                       fix=f"read the log(s) in {settings.logs_dir}; fix the recipe or patch, "
                           "then run `inv build` again (finished components are kept)")

@@ -68,10 +68,12 @@ out=$(env -u NODE_NAME -u MONOK8S_HW_PROFILE /usr/share/monok8s/select-dpa-confi
 
 # the entrypoint's command line, with a stub in place of cmm
 printf '#!/bin/sh\necho "stub cmm args: $*"\n' > /tmp/stub-cmm && chmod 755 /tmp/stub-cmm
+# (the stub ends at once with status 0 and leaves no daemon: the entrypoint must fail, exit 1)
 out=$(CMM_BIN=/tmp/stub-cmm CMM_DAEMON_WAIT=0 CMM_SYSLOG_RELAY=0 /usr/share/monok8s/cmm-entrypoint.sh 2>&1); rc=$?
-[ $rc -eq 0 ] && has "$out" "stub cmm args: -f /etc/config/fastforward -n 131072" && ok "entrypoint runs cmm -f /etc/config/fastforward -n 131072" || bad "entrypoint runs cmm -f /etc/config/fastforward -n 131072" "exit $rc: $(echo "$out" | tr '\n' ' ')"
+has "$out" "stub cmm args: -f /etc/config/fastforward -n 131072" && ok "entrypoint runs cmm -f /etc/config/fastforward -n 131072" || bad "entrypoint runs cmm -f /etc/config/fastforward -n 131072" "exit $rc: $(echo "$out" | tr '\n' ' ')"
+[ $rc -eq 1 ] && has "$out" "cmm stopped before serving" && ok "entrypoint fails when cmm ends before serving" || bad "entrypoint fails when cmm ends before serving" "exit $rc: $(echo "$out" | tr '\n' ' ')"
 out=$(CMM_BIN=/tmp/stub-cmm CMM_DAEMON_WAIT=0 CMM_SYSLOG_RELAY=0 CMM_MAX_CONNECTIONS=4096 /usr/share/monok8s/cmm-entrypoint.sh 2>&1); rc=$?
-[ $rc -eq 0 ] && has "$out" "stub cmm args: -f /etc/config/fastforward -n 4096" && ok "entrypoint honours CMM_MAX_CONNECTIONS" || bad "entrypoint honours CMM_MAX_CONNECTIONS" "exit $rc: $(echo "$out" | tr '\n' ' ')"
+has "$out" "stub cmm args: -f /etc/config/fastforward -n 4096" && ok "entrypoint honours CMM_MAX_CONNECTIONS" || bad "entrypoint honours CMM_MAX_CONNECTIONS" "exit $rc: $(echo "$out" | tr '\n' ' ')"
 out=$(CMM_BIN=/tmp/stub-cmm CMM_SYSLOG_RELAY=0 CMM_MAX_CONNECTIONS='1; reboot' /usr/share/monok8s/cmm-entrypoint.sh 2>&1); rc=$?
 [ $rc -ne 0 ] && has "$out" "CMM_MAX_CONNECTIONS must be a positive integer" && ok "entrypoint rejects a bad CMM_MAX_CONNECTIONS" || bad "entrypoint rejects a bad CMM_MAX_CONNECTIONS" "exit $rc: $(echo "$out" | tr '\n' ' ')"
 echo "CHECK done"

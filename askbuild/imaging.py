@@ -20,6 +20,13 @@ With a Docker (or Podman) engine reachable the archive is loaded through the Doc
 ``localhost/monok8s/cmm:<tag>`` and checked to be arm64; otherwise the archive is the result and
 the command prints how to load it.
 
+The image needs a complete build: every required binary and module in the staging tree,
+every vendor file readable and nothing listed under ``missing`` in ``build-manifest.json``
+(:func:`staging_missing`); otherwise it is an error naming each missing part.  With
+``--partial`` the image is built from what exists and labelled
+``io.monok8s.askbuild.partial=true`` / ``io.monok8s.askbuild.missing=<names>`` (never a release
+candidate: ``inv image.test`` fails it).
+
 One ``inv image`` at a time per work directory (the work-dir lock).  ``image/image.json``
 always describes the archive it names: it is removed before a new archive is written and
 written (atomically) only after the archive is complete; :func:`read_record` checks the
@@ -159,6 +166,17 @@ def _dig(data, *keys):
 
 def kernel_release(staging: Path, manifest: dict) -> str:
     """From the manifest when it says, else the one ``lib/modules/<release>`` directory."""
+    release = find_kernel_release(staging, manifest)
+    if release is None:
+        raise ImageError(f"{staging / 'lib' / 'modules'}: no kernel module directory in the "
+                         "staging tree",
+                         fix="run `inv build` (the kernel modules cdx, fci, auto_bridge)")
+    return release
+
+
+def find_kernel_release(staging: Path, manifest: dict) -> str | None:
+    """Like :func:`kernel_release`, but None when the staging tree has no kernel modules
+    directory at all (several without a manifest naming one stay an error)."""
     for keys in (("kernel_release",), ("kernel", "release"), ("kernel", "kernel_release"),
                  ("kernelrelease",), ("release",)):
         v = _dig(manifest, *keys)
@@ -171,8 +189,7 @@ def kernel_release(staging: Path, manifest: dict) -> str:
     if len(releases) == 1:
         return releases[0]
     if not releases:
-        raise ImageError(f"{mods}: no kernel module directory in the staging tree",
-                         fix="run `inv build` (the kernel modules cdx, fci, auto_bridge)")
+        return None
     with_extra = [r for r in releases if (mods / r / "extra").is_dir()]
     if len(with_extra) == 1:
         return with_extra[0]
@@ -181,14 +198,39 @@ def kernel_release(staging: Path, manifest: dict) -> str:
                      fix="remove stale releases from the staging tree (inv build)")
 
 
-def check_staging(staging: Path, release: str) -> None:
-    missing = [p for p in REQUIRED_BINARIES if not (staging / p).is_file()]
+def component_of(path: str) -> str:
+    """The component whose artifact a required staging path is (``usr/bin/cmm`` -> cmm)."""
+    return posixpath.basename(path).removesuffix(".ko")
+
+
+def staging_missing(staging: Path, release: str | None, manifest: dict) -> dict[str, str]:
+    """{component: why the image would lack it}: the required binaries and modules absent from
+    the staging tree (no kernel modules directory at all: ``kernel``), and every component the
+    build manifest lists under ``missing`` (not built, stale, failed in the last run...)."""
+    missing: dict[str, str] = {}
+    if release is None:
+        missing["kernel"] = (f"the staging tree {staging} lacks: lib/modules/<release> (no "
+                             "kernel modules directory)")
+    required = list(REQUIRED_BINARIES)
+    if release is not None:
+        required += [f"lib/modules/{release}/extra/{m}.ko" for m in REQUIRED_MODULES]
+    else:
+        for m in REQUIRED_MODULES:
+            missing[m] = "needs the kernel"
+    for p in required:
+        if not (staging / p).is_file():
+            missing[component_of(p)] = f"the staging tree {staging} lacks: {p}"
+    listed = manifest.get("missing")
+    if isinstance(listed, dict):
+        for name, why in listed.items():
+            if isinstance(name, str) and name:
+                missing.setdefault(name, f"the build manifest says: {why}")
+    return dict(sorted(missing.items()))
+
+
+def check_modules(staging: Path, release: str) -> None:
+    """Every staged module under ``lib/modules/<release>/extra`` is built for ``release``."""
     extra = staging / "lib" / "modules" / release / "extra"
-    missing += [f"lib/modules/{release}/extra/{m}.ko" for m in REQUIRED_MODULES
-                if not (extra / f"{m}.ko").is_file()]
-    if missing:
-        raise ImageError(f"the staging tree {staging} lacks: {', '.join(missing)}",
-                         fix="run `inv build` first (it fills the staging tree)")
     for ko in sorted(extra.glob("*.ko")):
         magic = module_vermagic(ko)
         if magic is None:
@@ -198,6 +240,21 @@ def check_staging(staging: Path, release: str) -> None:
                              f" but the staging tree's modules directory is {release!r}",
                              fix="rebuild the modules against the kernel in the staging tree "
                                  "(inv build)")
+
+
+def check_complete(missing: dict[str, str], partial: bool) -> None:
+    """Without ``--partial`` a missing component is an error naming each one; with it, a
+    warning (the image is labelled partial)."""
+    if not missing:
+        return
+    lines = "\n".join(f"  {name}: {why}" for name, why in missing.items())
+    if not partial:
+        raise ImageError(f"the image would be incomplete; missing: {', '.join(missing)}\n"
+                         + lines,
+                         fix="run `inv build` first (it fills the staging tree), or "
+                             "`inv image --partial` for an image of what exists, labelled "
+                             f"{LABEL_PREFIX}.partial=true")
+    console.warn(f"partial image: missing {', '.join(missing)}\n{lines}")
 
 
 def module_vermagic(path: Path) -> str | None:
@@ -377,9 +434,12 @@ def _image_path(p: str, where: str) -> str:
 
 
 def app_entries(settings: Settings, conf: dict, *, release: str, board: str | None,
-                epoch: int) -> tuple[dict[str, oci.Entry], dict[str, str]]:
+                epoch: int, missing: dict[str, str] | None = None,
+                ) -> tuple[dict[str, oci.Entry], dict[str, str]]:
     """Entries of the application layer (paths as the build / image.toml name them) and a
-    record of where every vendor file came from."""
+    record of where every vendor file came from.  ``missing`` (a partial image): a vendor file
+    that cannot be read is left out and added there instead of failing; ``release`` empty:
+    no ``kernel-release`` file."""
     entries: dict[str, oci.Entry] = {}
     for e in oci.entries_from_tree(settings.staging_dir):
         e.mtime = epoch         # build times say nothing about the inputs: one time for all
@@ -389,7 +449,13 @@ def app_entries(settings: Settings, conf: dict, *, release: str, board: str | No
     origin: dict[str, str] = {}
     for ipath, spec in conf["vendor"].items():
         p = _image_path(ipath, f"{where} [vendor]")
-        vendor[p], origin[p] = vendor_bytes(settings, spec, f"{where} [vendor] {ipath}")
+        try:
+            vendor[p], origin[p] = vendor_bytes(settings, spec, f"{where} [vendor] {ipath}")
+        except ImageError as e:
+            if missing is None:
+                raise
+            missing[ipath] = e.message
+            console.warn(f"partial image: leaving out {ipath}: {e.message}")
     boards_conf = conf.get("boards", {}) or {}
     if board is not None:
         if not BOARD_RE.match(board) or board not in boards_conf:
@@ -445,8 +511,9 @@ def app_entries(settings: Settings, conf: dict, *, release: str, board: str | No
         p = _image_path(table["path"], w)
         entries[p] = oci.Entry(p, oci.FILE, _mode(table.get("mode", "0644"), w),
                                data=host.read_bytes(), mtime=epoch)
-    q = "usr/share/monok8s/kernel-release"
-    entries[q] = oci.Entry(q, oci.FILE, 0o644, data=(release + "\n").encode(), mtime=epoch)
+    if release:
+        q = "usr/share/monok8s/kernel-release"
+        entries[q] = oci.Entry(q, oci.FILE, 0o644, data=(release + "\n").encode(), mtime=epoch)
     return entries, origin
 
 
@@ -574,8 +641,12 @@ def _clean_leftovers(out_dir: Path, dest: Path) -> None:
 
 @runlock.exclusive("image")
 def image(settings: Settings, tag: str = "dev", output: str | Path | None = None,
-          load: bool = True, board: str | None = None) -> ImageResult:
-    """Assemble (and load) the image.  See the module docstring.  Holds the work-dir lock."""
+          load: bool = True, board: str | None = None, partial: bool = False) -> ImageResult:
+    """Assemble (and load) the image.  See the module docstring.  Holds the work-dir lock.
+
+    A component the staging tree lacks (or that the build manifest lists as missing) is an
+    error naming each one; with ``partial`` the image is built from what exists and labelled
+    ``io.monok8s.askbuild.partial=true`` and ``io.monok8s.askbuild.missing=<names>``."""
     if not TAG_RE.match(tag or ""):
         raise UserError(f"--tag {tag!r} is not a valid image tag",
                         fix="use letters, digits, '_', '.', '-' (at most 128, not starting "
@@ -588,12 +659,17 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
         raise ImageError(f"the staging tree {staging} does not exist",
                          fix="run `inv build` first")
     manifest = read_manifest(settings)
-    release = kernel_release(staging, manifest)
-    check_staging(staging, release)
+    release = find_kernel_release(staging, manifest)
+    missing = staging_missing(staging, release, manifest)
+    check_complete(missing, partial)
+    if release is not None:
+        check_modules(staging, release)
     epoch = source_epoch(settings)
-    console.step(f"image {ref} (kernel {release}, SOURCE_DATE_EPOCH {epoch})")
+    console.step(f"image {ref} (kernel {release or 'none'}, SOURCE_DATE_EPOCH {epoch}"
+                 f"{', partial' if partial else ''})")
 
-    entries, origin = app_entries(settings, conf, release=release, board=board, epoch=epoch)
+    entries, origin = app_entries(settings, conf, release=release or "", board=board,
+                                  epoch=epoch, missing=missing if partial else None)
     sonames, _ = needed_sonames(entries)
     # libraries the build staged itself (e.g. libnetfilter_conntrack) need no Debian package
     staged = {posixpath.basename(p) for p, e in entries.items()
@@ -638,11 +714,14 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
         "org.opencontainers.image.version": ask_version(settings, manifest),
         "org.opencontainers.image.created": created,
         f"{LABEL_PREFIX}.ask.commit": commit or "unknown",
-        f"{LABEL_PREFIX}.kernel.release": release,
+        f"{LABEL_PREFIX}.kernel.release": release or "none",
         f"{LABEL_PREFIX}.patches.sha256": patch_series_hash(settings, manifest),
         f"{LABEL_PREFIX}.board": board or "default",
         f"{LABEL_PREFIX}.base.packages": str(len(base.packages)),
     })
+    if missing:                 # only with --partial (check_complete refused it otherwise)
+        labels[f"{LABEL_PREFIX}.partial"] = "true"
+        labels[f"{LABEL_PREFIX}.missing"] = ",".join(sorted(missing))
     cfg_conf = conf["config"]
     config = oci.image_config(
         [base.layer, app_layer], created=created,
@@ -659,11 +738,16 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
     record = {"ref": ref, "image_id": archive.image_id, "archive": str(dest),
               "archive_sha256": archive.sha256, "archive_size": dest.stat().st_size,
               "layers": layers, "labels": labels,
-              "kernel_release": release, "source_date_epoch": epoch,
+              "kernel_release": release or "", "source_date_epoch": epoch,
+              "partial": bool(missing), "missing": missing,
               "base_packages": base.packages, "vendor_files": origin}
     write_json_atomic(record_path(settings), record, indent=1)
     console.info(f"archive: {dest} (sha256 {archive.sha256})")
     console.info(f"image id: {archive.image_id}")
+    if missing:
+        console.warn(f"{ref} is a PARTIAL image (label {LABEL_PREFIX}.partial=true), missing: "
+                     f"{', '.join(missing)}; not a release candidate (`inv image.test` fails "
+                     "it)")
 
     loaded = False
     if load:

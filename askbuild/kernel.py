@@ -4,7 +4,15 @@ Configuration = the base defconfig (a recipe path, e.g. ASK's ``config/kernel/de
 every fragment of the recipe (``kernel/fragments/*.config`` in this project) merged on top, then
 ``olddefconfig``.  Every symbol a fragment sets (and every ``require`` of the recipe) must survive
 ``olddefconfig``; otherwise the build stops with the list of symbols that did not (usually a
-missing dependency).  The build runs out of tree (``O=<work>/out/kernel/build``), with
+missing dependency).
+
+What "survive" means (:meth:`Wanted.satisfied`): ``=m`` asks for the feature to be *available*, so a
+built-in ``=y`` satisfies it (a defconfig's ``select`` often forces a symbol to ``y``: ASK's
+``NF_TABLES=y`` selects ``NETFILTER_NETLINK``); every other value must be there exactly
+(``=y``, ``=n``/``is not set``, strings, numbers).  A recipe's ``require`` item ending in ``!``
+(``CONFIG_X=m!``) is exact even for ``m``: a built-in ``y`` then fails, naming the symbol.
+
+The build runs out of tree (``O=<work>/out/kernel/build``), with
 ``KBUILD_BUILD_TIMESTAMP`` from the source's base commit date and fixed
 ``KBUILD_BUILD_USER``/``KBUILD_BUILD_HOST``, so the same inputs give the same Image.
 """
@@ -29,11 +37,33 @@ _SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET_RE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 
+#: Suffix of a recipe ``require`` value that asks for exactly that value (``CONFIG_X=m!``).
+EXACT = "!"
+
+
 @dataclass(frozen=True)
 class Wanted:
     symbol: str
     value: str | None      # "y", "m", "n", a literal; None: any value but "n"
     origin: str            # file or recipe key that asked for it
+    exact: bool = False    # True: "m" means a module, not built-in (require "CONFIG_X=m!")
+
+    def satisfied(self, got: str) -> bool:
+        """Whether the final value ``got`` (``n`` when not set) meets this requirement."""
+        if self.value is None:
+            return got != "n"
+        if self.value == "m" and not self.exact:
+            return got in ("m", "y")
+        return got == self.value
+
+    def describe(self) -> str:
+        """What was asked for, in words for the error message."""
+        if self.value is None:
+            return "enabled"
+        if self.value == "m":
+            return "exactly m (a module; exact requirement)" if self.exact \
+                else "m or y (available: built-in accepted)"
+        return self.value
 
 
 def parse_config(text: str) -> dict[str, str]:
@@ -56,10 +86,15 @@ def fragment_wants(path: Path) -> list[Wanted]:
 
 
 def require_wants(require: list[str], origin: str) -> list[Wanted]:
+    """A recipe's ``require`` list: ``CONFIG_X`` (enabled: m or y), ``CONFIG_X=VALUE`` (like a
+    fragment line: ``=m`` accepts ``y``), ``CONFIG_X=VALUE!`` (exactly VALUE)."""
     out = []
     for item in require:
         sym, sep, value = item.partition("=")
-        out.append(Wanted(sym, value if sep else None, origin))
+        exact = bool(sep) and value.endswith(EXACT)
+        if exact:
+            value = value[:-len(EXACT)]
+        out.append(Wanted(sym, value if sep else None, origin, exact))
     return out
 
 
@@ -87,14 +122,9 @@ def missing_symbols(config: dict[str, str], wants: list[Wanted]) -> list[str]:
     out = []
     for w in wants:
         got = config.get(w.symbol, "n")
-        if w.value is None:
-            ok = got != "n"
-        else:
-            ok = got == w.value
-        if not ok:
-            wanted = w.value or "enabled"
+        if not w.satisfied(got):
             shown = "not set" if got == "n" else got
-            out.append(f"{w.symbol}: wanted {wanted}, got {shown} (asked by {w.origin})")
+            out.append(f"{w.symbol}: wanted {w.describe()}, got {shown} (asked by {w.origin})")
     return out
 
 
@@ -153,7 +183,9 @@ def configure(run: Callable[[list[str]], None], *, src: Path, build: Path, arch:
             f"{where}: {len(missing)} required kernel symbol(s) did not survive olddefconfig:\n"
             + "\n".join("  " + m for m in missing),
             fix="enable their dependencies in the fragment (see `make menuconfig` help for "
-                "each symbol), or drop them",
+                "each symbol), or drop them; a plain =m is met by a built-in y, so a symbol "
+                "listed with 'exactly m' is forced built-in (by a select or the defconfig): "
+                "drop the '!' of that require item unless it must be a module",
         )
     return config
 

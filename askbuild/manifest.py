@@ -1,21 +1,31 @@
-"""``<work>/build-manifest.json``: what was built from what.
+"""``<work>/build-manifest.json``: what the staging tree holds, built from what.
 
 Written twice, each time atomically (temp file + rename): an early part before anything is built
 (status ``running``: sources, patches, toolchain, recipe keys) and the full one at the end (status
 ``success`` / ``failed`` / ``interrupted``, artifacts, durations).  A killed build therefore still
-leaves a manifest saying what it was building.  Schema: docs/build.md ("Manifest").
+leaves a manifest saying what it was building.
+
+The manifest describes the whole staging tree, not only the components of the last run:
+components built by earlier runs whose done record is still current (same key, files in place)
+are listed with status ``current`` (and their sources), and ``missing`` names every component
+the staging tree does not hold a current build of, with the reason; ``complete`` is true when
+the run succeeded and nothing is missing.  ``inv image`` relies on that.  Schema: docs/build.md
+("Manifest").
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import time
 from pathlib import Path
 
 from .fsutil import read_json, write_json_atomic
 from .settings import Settings
 
-SCHEMA = 1
+SCHEMA = 2
+#: Component states meaning "the staging tree holds a current build of it".
+PRESENT = ("built", "cached", "current")
 
 
 def now() -> str:
@@ -33,34 +43,61 @@ def read(settings: Settings) -> dict | None:
     return read_json(manifest_path(settings))
 
 
+def _component(plan, name: str, settings: Settings, status: str) -> dict:
+    """A component's entry before any record is applied."""
+    r = plan.rs.recipes[name]
+    inputs = plan.key_inputs.get(name, {})
+    return {
+        "status": status,
+        "key": plan.keys.get(name),
+        "kind": r.kind,
+        "recipe": _rel(r.file, settings.project_root),
+        "recipe_sha256": hashlib.sha256(r.file.read_bytes()).hexdigest(),
+        "source": r.source,
+        "inputs": inputs.get("source", {}).get(r.source, {}),
+        "uses": inputs.get("uses", {}),
+        "project_inputs": inputs.get("project", {}),
+        "depends": list(r.depends),
+        "log": str(settings.logs_dir / f"{name}.log"),
+        "artifacts": [],
+    }
+
+
+def _apply_record(d: dict, name: str, rec: dict) -> None:
+    """What a done record says about component ``name`` (artifacts, when, the kernel)."""
+    c = d["components"][name]
+    c["duration_s"] = rec.get("duration_s")
+    c["built_at"] = rec.get("finished")
+    c["artifacts"] = [
+        {"path": a["path"], "file": a["file"], "staged": a.get("staged"),
+         "sha256": a["sha256"], "size": a["size"]}
+        for a in rec.get("artifacts", [])
+    ]
+    if rec.get("staged_tree"):
+        c["staged_tree"] = rec["staged_tree"]["dest"]
+    if rec.get("kernel_release"):
+        d["kernel"] = {"component": name, "release": rec["kernel_release"]}
+
+
 class Manifest:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = manifest_path(settings)
         self.data: dict = {}
         self._t0 = 0.0
+        self._outside: dict[str, str] = {}
 
-    def start(self, *, plan, sources: dict, options: dict) -> None:
-        import time
+    def start(self, *, plan, sources: dict, options: dict, earlier: dict[str, dict] | None = None,
+              outside: dict[str, str] | None = None) -> None:
+        """The early manifest.  ``earlier``: {component: current done record} of components
+        not in this run; ``outside``: {component: why the staging tree has no current build}
+        for the other components not in this run."""
         self._t0 = time.monotonic()
+        self._outside = dict(outside or {})
         s = self.settings
-        comps = {}
-        for name in plan.names:
-            r = plan.rs.recipes[name]
-            comps[name] = {
-                "status": "pending",
-                "key": plan.keys[name],
-                "kind": r.kind,
-                "recipe": _rel(r.file, s.project_root),
-                "recipe_sha256": hashlib.sha256(r.file.read_bytes()).hexdigest(),
-                "source": r.source,
-                "inputs": plan.key_inputs[name]["source"][r.source],
-                "uses": plan.key_inputs[name]["uses"],
-                "project_inputs": plan.key_inputs[name]["project"],
-                "depends": list(r.depends),
-                "log": str(s.logs_dir / f"{name}.log"),
-                "artifacts": [],
-            }
+        comps = {name: _component(plan, name, s, "pending") for name in plan.names}
+        for name in earlier or {}:
+            comps[name] = _component(plan, name, s, "current")
         self.data = {
             "schema": SCHEMA,
             "status": "running",
@@ -81,12 +118,26 @@ class Manifest:
             "sources": sources,
             "components": comps,
             "kernel": None,
+            "complete": False,
+            "missing": {},
             "ccache": {"enabled": bool(options.get("ccache"))},
         }
+        for name, rec in (earlier or {}).items():
+            _apply_record(self.data, name, rec)
+        self._set_missing()
         _write(self.path, self.data)
 
+    def _set_missing(self) -> None:
+        d = self.data
+        missing = dict(self._outside)
+        for name, c in d["components"].items():
+            if c["status"] not in PRESENT:
+                why = c.get("error") or c.get("reason") or ""
+                missing[name] = f"{c['status']}{': ' + why if why else ''}"
+        d["missing"] = dict(sorted(missing.items()))
+        d["complete"] = d["status"] == "success" and not missing
+
     def finish(self, *, status: str, results: dict, ccache: dict | None) -> None:
-        import time
         d = self.data
         d["status"] = status
         d["finished"] = now()
@@ -97,24 +148,14 @@ class Manifest:
             if st == "running":
                 st = "interrupted"
             c["status"] = st
-            rec = res.get("record") or {}
             for k in ("error", "reason", "jobs"):
                 if res.get(k) is not None:
                     c[k] = res[k]
-            if rec:
-                c["duration_s"] = rec.get("duration_s")
-                c["built_at"] = rec.get("finished")
-                c["artifacts"] = [
-                    {"path": a["path"], "file": a["file"], "staged": a.get("staged"),
-                     "sha256": a["sha256"], "size": a["size"]}
-                    for a in rec.get("artifacts", [])
-                ]
-                if rec.get("staged_tree"):
-                    c["staged_tree"] = rec["staged_tree"]["dest"]
-                if rec.get("kernel_release"):
-                    d["kernel"] = {"component": name, "release": rec["kernel_release"]}
+            if res.get("record"):
+                _apply_record(d, name, res["record"])
         if ccache is not None:
             d["ccache"].update(ccache)
+        self._set_missing()
         _write(self.path, d)
 
 

@@ -29,7 +29,7 @@ from .settings import Settings, got
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 VAR_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SYMBOL_RE = re.compile(r"^CONFIG_[A-Za-z0-9_]+(=(y|m|n|\"[^\"]*\"|[0-9A-Za-z_x-]+))?$")
+SYMBOL_RE = re.compile(r"^CONFIG_[A-Za-z0-9_]+(=(y|m|n|\"[^\"]*\"|[0-9A-Za-z_x-]+)!?)?$")
 # {name}, {name:arg}; {{ and }} are literal braces.
 PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
@@ -390,8 +390,8 @@ def _parse_kernel(r: Recipe, where: str, data: dict) -> None:
     r.require = _str_list(where, "require", data.get("require", []))
     for s in r.require:
         if not SYMBOL_RE.fullmatch(s):
-            raise ConfigError(f"{where}: require: {s!r} is not CONFIG_NAME or "
-                              "CONFIG_NAME=value")
+            raise ConfigError(f"{where}: require: {s!r} is not CONFIG_NAME, "
+                              "CONFIG_NAME=value or CONFIG_NAME=value! (exactly that value)")
     r.targets = _str_list(where, "targets", data.get("targets", ["Image", "modules"]))
     r.dtbs = _str_list(where, "dtbs", data.get("dtbs", []))
 

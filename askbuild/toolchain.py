@@ -1,11 +1,14 @@
 """The cross toolchain and the arm64 libraries the recipes link against.
 
-Checked up front, before anything is built: the compiler named by the ``CROSS_COMPILE`` prefix
-(default ``aarch64-linux-gnu-``, from the environment) must exist and be recent enough, and every
-arm64 ``-dev`` package a selected recipe lists in ``host_libs`` must have its headers under
-``/usr/include`` and its library under ``/usr/lib/aarch64-linux-gnu``; host tools a build
-needs (``depmod`` when a kernel is built) must be found (:func:`find_tool`).  A miss is a
-:class:`MissingToolError` carrying the command that fixes it.
+The compiler named by the ``CROSS_COMPILE`` prefix (default ``aarch64-linux-gnu-``, from the
+environment) is checked up front, before anything is built: every component needs it
+(:func:`check_compiler`).  The other preconditions belong to the components that need them and
+are checked per component (:mod:`askbuild.building`), so one missing library stops only the
+components that link it: every arm64 ``-dev`` package a recipe lists in ``host_libs`` must have
+its headers under ``/usr/include`` and its library under ``/usr/lib/aarch64-linux-gnu``
+(:func:`lib_problems`), and host tools a kernel build needs (``depmod``) must be found
+(:func:`find_tool`, :func:`tool_problems`).  A miss is a :class:`MissingToolError` carrying the
+command that fixes it.
 """
 
 from __future__ import annotations
@@ -46,10 +49,13 @@ class Toolchain:
     versions: dict[str, str] = field(default_factory=dict)  # tool -> first --version line
     packages: dict[str, str] = field(default_factory=dict)  # Debian package -> version
 
-    def identity(self) -> dict:
-        """What goes into every component's content key."""
+    def identity(self, host_libs: list[str] = ()) -> dict:
+        """What goes into a component's content key: the compiler and tools, and the versions
+        of the packages of *its* ``host_libs`` only (so a key never depends on which other
+        components were selected)."""
+        wanted = {KNOWN_LIBS[n][0] for n in host_libs}
         return {"prefix": self.prefix, "gcc": self.gcc_version, "versions": self.versions,
-                "packages": self.packages}
+                "packages": {p: v for p, v in self.packages.items() if p in wanted}}
 
 
 def cross_prefix() -> str:
@@ -72,15 +78,17 @@ def find_tool(name: str, search_path: str | None = None) -> str | None:
     return shutil.which(name, path=search_path)
 
 
-def check_tools(tools: list[str], search_path: str | None = None) -> None:
-    """Raise MissingToolError naming every missing host tool, its package and the fix."""
-    missing = [t for t in tools if find_tool(t, search_path) is None]
-    if missing:
-        detail = "; ".join(f"{t} (package {HOST_TOOLS[t][0]}: {HOST_TOOLS[t][1]})"
-                           for t in missing)
-        pkgs = " ".join(dict.fromkeys(HOST_TOOLS[t][0] for t in missing))
-        raise MissingToolError(f"host tool(s) not found: {detail}",
-                               fix=f"inv setup   (or: apt-get install {pkgs})")
+def tool_problems(tools: list[str], search_path: str | None = None) -> list[str]:
+    """The host tools of ``tools`` that are not found."""
+    return [t for t in tools if find_tool(t, search_path) is None]
+
+
+def tools_error(missing: list[str], who: str = "") -> MissingToolError:
+    """The error for missing host tools (``who``: e.g. "kernel needs ", put first)."""
+    detail = "; ".join(f"{t} (package {HOST_TOOLS[t][0]}: {HOST_TOOLS[t][1]})" for t in missing)
+    pkgs = " ".join(dict.fromkeys(HOST_TOOLS[t][0] for t in missing))
+    return MissingToolError(f"{who or ''}host tool(s) not found: {detail}",
+                            fix=f"inv setup   (or: apt-get install {pkgs})")
 
 
 def _first_line(cmd: list[str]) -> str:
@@ -92,7 +100,8 @@ def _first_line(cmd: list[str]) -> str:
     return lines[0] if lines else ""
 
 
-def _package_versions(packages: list[str]) -> dict[str, str]:
+def package_versions(packages: list[str]) -> dict[str, str]:
+    """{Debian package: installed version} for those of ``packages`` that are installed."""
     if not packages or not shutil.which("dpkg-query"):
         return {}
     proc = procs.run(["dpkg-query", "-W", "-f=${binary:Package} ${Version}\n", "--",
@@ -137,8 +146,8 @@ def check_compiler(prefix: str | None = None) -> Toolchain:
     return tc
 
 
-def check_libs(names: list[str], *, root: Path = Path("/")) -> None:
-    """Raise MissingToolError naming every missing arm64 library and the install command."""
+def lib_problems(names: list[str], *, root: Path = Path("/")) -> list[tuple[str, str, str]]:
+    """(library, package, what is missing) for every arm64 library of ``names`` not installed."""
     missing: list[tuple[str, str, str]] = []
     for name in sorted(set(names)):
         package, headers, libs = KNOWN_LIBS[name]
@@ -152,18 +161,19 @@ def check_libs(names: list[str], *, root: Path = Path("/")) -> None:
                 if not any((libdir / f"{lib}{ext}").exists() for ext in (".so", ".a")):
                     missing.append((name, package, f"library {libdir}/{lib}.so"))
                     break
-    if missing:
-        pkgs = list(dict.fromkeys(p for _, p, _ in missing))
-        detail = "; ".join(f"{n} ({what} missing)" for n, _, what in missing)
-        raise MissingToolError(f"arm64 development packages missing: {detail}",
-                               fix=_install_fix(pkgs))
+    return missing
 
 
-def check(host_libs: list[str], *, prefix: str | None = None,
-          tools: list[str] = ()) -> Toolchain:
-    """The up-front check: compiler, the libraries the selected recipes need, host tools."""
-    tc = check_compiler(prefix)
-    check_libs(host_libs)
-    check_tools(list(tools))
-    tc.packages = _package_versions([KNOWN_LIBS[n][0] for n in sorted(set(host_libs))])
-    return tc
+def libs_error(problems: list[tuple[str, str, str]], who: str = "") -> MissingToolError:
+    """The error for :func:`lib_problems` (``who``: e.g. "cmm needs ", put first)."""
+    pkgs = list(dict.fromkeys(p for _, p, _ in problems))
+    detail = "; ".join(f"{n} ({what} missing)" for n, _, what in problems)
+    return MissingToolError(f"{who or ''}arm64 development packages missing: {detail}",
+                            fix=_install_fix(pkgs))
+
+
+def check_libs(names: list[str], *, root: Path = Path("/")) -> None:
+    """Raise MissingToolError naming every missing arm64 library and the install command."""
+    problems = lib_problems(names, root=root)
+    if problems:
+        raise libs_error(problems)

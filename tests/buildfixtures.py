@@ -2,34 +2,64 @@
 
 The work trees follow the fetch/patch contract (``<work>/src/<name>``: a git repository, tag
 ``askbuild/base`` on the upstream import, one commit per patch on top) without using the fetch or
-patch code, so these tests depend only on the build engine.
+patch code, so these tests depend only on the build engine.  The patches are those the example
+profile applies (``recipes/profiles/example/patches.toml``: vendor layers of the example ASK
+tree, then the profile's local series), read from that file so the fixture follows its data.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
+from askbuild.fsutil import read_toml
 from askbuild.gitutil import FIXED_IDENTITY, git
 from askbuild.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 VENDOR = REPO / "examples" / "vendor"
-ASK_PATCHES = VENDOR / "ask" / "patches"
+#: The example profile's patch layers: which vendor patches apply to which source.
+EXAMPLE_LAYERS = REPO / "recipes" / "profiles" / "example" / "patches.toml"
 
-#: source name -> (fixture directory, ASK vendor patches applied on top)
+
+def _series(d: Path) -> list[Path]:
+    """The patches a ``series`` file lists, in order."""
+    return [d / ln.strip() for ln in (d / "series").read_text().splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def profile_patches(source: str) -> list[Path]:
+    """The patches the example profile applies to ``source``, in order, chosen the way the
+    patch step reads its layers: each vendor layer (its ``patches`` list, else its ``series``
+    file, else every ``*.patch`` sorted -- the kernel directory holds two generations of the
+    port and only the one the profile names applies), then each local series."""
+    table = read_toml(EXAMPLE_LAYERS).get(source, {})
+    out: list[Path] = []
+    for layer in table.get("vendor", []):
+        d = VENDOR / layer["from"] / layer["dir"]
+        if "patches" in layer:
+            out += [d / name for name in layer["patches"]]
+        elif (d / "series").is_file():
+            out += _series(d)
+        else:
+            out += sorted(d.glob("*.patch"))
+    for local in table.get("local", []):
+        out += _series(REPO / local)
+    return out
+
+
+#: source name -> (fixture directory, the example profile's patches applied on top)
 FIXTURE_SOURCES = {
-    "ask": (VENDOR / "ask", []),
-    "fmlib": (VENDOR / "fmlib", sorted((ASK_PATCHES / "fmlib").glob("*.patch"))),
-    "fmc": (VENDOR / "fmc", sorted((ASK_PATCHES / "fmc").glob("*.patch"))),
-    "libnfnetlink": (VENDOR / "libnfnetlink-1.0.2",
-                     sorted((ASK_PATCHES / "libnfnetlink/1.0.2").glob("*.patch"))),
+    "ask": (VENDOR / "ask", profile_patches("ask")),
+    "fmlib": (VENDOR / "fmlib", profile_patches("fmlib")),
+    "fmc": (VENDOR / "fmc", profile_patches("fmc")),
+    "libnfnetlink": (VENDOR / "libnfnetlink-1.0.2", profile_patches("libnfnetlink")),
     "libnetfilter_conntrack": (VENDOR / "libnetfilter_conntrack-1.1.0",
-                               sorted((ASK_PATCHES / "libnetfilter-conntrack/1.1.0")
-                                      .glob("*.patch"))),
+                               profile_patches("libnetfilter_conntrack")),
 }
-KERNEL_PATCHES = sorted((ASK_PATCHES / "kernel").glob("*.patch"))
+KERNEL_PATCHES = profile_patches("linux")
 USERSPACE = ["cmm", "dpa_app", "fmc"]
 
 
@@ -82,9 +112,10 @@ def make_fixture_sources(settings: Settings, *, linux: Path | None = None) -> No
         init_tree(settings.src_dir / "linux", patches=KERNEL_PATCHES)
 
 
-def run_aarch64(binary: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_aarch64(binary: Path, *args: str, cwd: Path | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=60,
-                          cwd=cwd)
+                          cwd=cwd, env=None if env is None else {**os.environ, **env})
 
 
 def elf_machine(path: Path) -> str:

@@ -73,13 +73,19 @@ def test_userspace_runs_under_qemu(built):
         in v.stdout
     assert "fast path: comcerto-fp nonblocking" in v.stdout
     assert "libpcap version" in v.stdout
-    r = run_aarch64(st / "usr/bin/cmm", "-f", str(st / "etc/config/fastforward"), "-n", "131072")
+    # -t: load and check the rules, then exit (without it the example cmm daemonizes).
+    r = run_aarch64(st / "usr/bin/cmm", "-t", "-f", str(st / "etc/config/fastforward"), "-n",
+                    "131072")
     assert r.returncode == 0, r.stderr
     assert f"cmm fixture: 5 rules from {st}/etc/config/fastforward, max 131072 connections" \
         in r.stdout
-    assert "usage: cmm" in run_aarch64(st / "usr/bin/cmm", "-h").stdout
-    d = run_aarch64(st / "usr/bin/dpa_app", "-c", "etc/cdx_cfg.xml", "-p", "etc/cdx_pcd.xml",
-                    "-s", "etc/cdx_sp.xml", "-d", "etc/fmc/config/hxs_pdl_v3.xml", cwd=st)
+    usage = run_aarch64(st / "usr/bin/cmm", "-h").stdout
+    assert "usage: cmm" in usage
+    assert "-F  stay in the foreground" in usage           # the example profile's local series
+    # The example profile's local patch: dpa_app reads the CDX_*_FILE variables.
+    d = run_aarch64(st / "usr/bin/dpa_app", cwd=st, env={
+        "CDX_CFG_FILE": "etc/cdx_cfg.xml", "CDX_PCD_FILE": "etc/cdx_pcd.xml",
+        "CDX_SP_FILE": "etc/cdx_sp.xml", "CDX_PDL_FILE": "etc/fmc/config/hxs_pdl_v3.xml"})
     assert d.returncode == 0, d.stderr
     assert "dpa_app fixture: cfg etc/cdx_cfg.xml <cfgdata> 1 entries" in d.stdout
     assert "dpa_app fixture: pcd etc/cdx_pcd.xml <netpcd> 3 entries" in d.stdout

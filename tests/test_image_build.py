@@ -262,3 +262,72 @@ def test_library_staged_by_the_build_satisfies_needed(tmp_path, programs, capsys
     app = _layer_members(result.archive, result.layers[1]["digest"])
     assert app["usr/lib/aarch64-linux-gnu/libfixturey.so.3"][0].issym()
     assert "no host package ships" not in capsys.readouterr().err
+
+
+# -- missing components: an error, or with --partial an image labelled as incomplete ----------
+
+def _without_kernel_and_dpa_app(work: Path) -> None:
+    shutil.rmtree(work / "staging/lib")
+    (work / "staging/usr/bin/dpa_app").unlink()
+
+
+def test_missing_components_are_an_error_that_lists_them(tmp_path, programs):
+    work = tmp_path / "work"
+    fx.make_work(work, programs)
+    _without_kernel_and_dpa_app(work)
+    with pytest.raises(ImageError) as e:
+        imaging.image(fx.settings_for(work), tag="bad", load=False)
+    msg = str(e.value)
+    assert "the image would be incomplete; missing: auto_bridge, cdx, dpa_app, fci, kernel" in msg
+    assert f"dpa_app: the staging tree {work / 'staging'} lacks: usr/bin/dpa_app" in msg
+    assert "run `inv build` first" in msg and "`inv image --partial`" in msg
+    assert not (work / "image/cmm.tar").exists()
+
+
+def _as_loaded(archive: Path):
+    """What an engine reports about the loaded archive (``img.attrs``), from its own config."""
+    from types import SimpleNamespace
+    cfg = oci.read_archive_index(archive)["config"]
+    return SimpleNamespace(attrs={"Architecture": cfg["architecture"], "Os": cfg["os"],
+                                  "Config": cfg["config"]})
+
+
+def test_partial_image_is_labelled_with_what_is_missing(tmp_path, programs, capsys):
+    from askbuild import imagetest
+    work = tmp_path / "work"
+    fx.make_work(work, programs)
+    _without_kernel_and_dpa_app(work)
+    shutil.rmtree(work / "src/fmc")                  # a vendor file's tree is not there either
+    man = json.loads((work / "build-manifest.json").read_text())
+    man["missing"] = {"libfci": "stale: built from other inputs than the current ones"}
+    (work / "build-manifest.json").write_text(json.dumps(man))
+    result = imaging.image(fx.settings_for(work), tag="partial", load=False, partial=True)
+    missing = "/etc/fmc/config/hxs_pdl_v3.xml,auto_bridge,cdx,dpa_app,fci,kernel,libfci"
+    assert result.labels["io.monok8s.askbuild.partial"] == "true"
+    assert result.labels["io.monok8s.askbuild.missing"] == missing
+    assert result.labels["io.monok8s.askbuild.kernel.release"] == "none"
+    app = _layer_members(result.archive, result.layers[1]["digest"])
+    assert "usr/bin/cmm" in app and "etc/config/fastforward" in app
+    for absent in ("usr/bin/dpa_app", "usr/share/monok8s/kernel-release",
+                   "etc/fmc/config/hxs_pdl_v3.xml"):
+        assert absent not in app
+    record = json.loads((work / "image/image.json").read_text())
+    assert record["partial"] is True and ",".join(sorted(record["missing"])) == missing
+    err = capsys.readouterr().err
+    assert "partial image: missing auto_bridge, cdx, dpa_app, fci, kernel, libfci" in err
+    assert "libfci: the build manifest says: stale: built from other inputs" in err
+    assert "is a PARTIAL image" in err and "not a release candidate" in err
+    # image.test's verdict, from the archive's own config: not a release candidate.
+    checks = {c.name: c for c in imagetest._config_checks(_as_loaded(result.archive), None)}
+    complete = checks["image is complete (not built with --partial)"]
+    assert not complete.ok and missing in complete.detail
+
+
+def test_partial_changes_nothing_when_nothing_is_missing(tmp_path, built):
+    from askbuild import imagetest
+    work, first = built
+    again = imaging.image(fx.settings_for(work), tag="unit", output=tmp_path / "p.tar",
+                          load=False, partial=True)
+    assert again.archive_sha256 == first.archive_sha256
+    assert "io.monok8s.askbuild.partial" not in again.labels
+    assert all(c.ok for c in imagetest._config_checks(_as_loaded(again.archive), None))

@@ -119,7 +119,9 @@ def test_image_test_verb_passes_on_the_fixture_image(fg_image):
     for expected in ("sha256 /etc/config/fastforward.vendor.orig", "cmm -h starts",
                      "init_dpa module order", "init_dpa missing file is a clear error",
                      "select-dpa-config missing directory is a clear error",
-                     "entrypoint honours CMM_MAX_CONNECTIONS", "image architecture arm64"):
+                     "entrypoint honours CMM_MAX_CONNECTIONS", "image architecture arm64",
+                     "entrypoint fails when cmm ends before serving",
+                     "image is complete (not built with --partial)"):
         assert expected in names
 
 
@@ -153,6 +155,7 @@ def test_foreground_cmm_logs_to_stdout_and_stops_on_sigterm(client, fg_image):
         out = _stop_promptly(c)
         assert "passing SIGTERM on to cmm" in out
         assert "fixture cmm got signal 15, exiting" in out
+        assert "cmm stopped after SIGTERM" in out
 
 
 def test_container_ends_with_foreground_cmm_and_its_status(client, fg_image):
@@ -162,7 +165,7 @@ def test_container_ends_with_foreground_cmm_and_its_status(client, fg_image):
         assert status["StatusCode"] == 7
         out = _logs(c)
         assert "fixture cmm exiting on its own" in out
-        assert "cmm exited with status 7" in out
+        assert "error: cmm exited with status 7 on its own" in out
 
 
 def test_cmm_arguments_pass_through_the_entrypoint(client, fg_image):
@@ -181,8 +184,21 @@ def test_daemonizing_cmm_is_supervised_and_its_syslog_relayed(client, daemon_ima
         assert "cmm[" in out and "fixture cmm daemon started: rules /etc/config/fastforward, " \
             "max 131072" in out
         assert "fixture cmm exiting on its own" in out
-        assert "is gone: the container ends with it" in out
+        assert "error: cmm (pid" in out and "is gone: the container ends with it" in out
         assert status["StatusCode"] == 1
+
+
+def test_daemon_dying_at_start_is_not_a_clean_exit(client, daemon_image):
+    """The vendor case under qemu: the parent exits 0, its daemon dies at once (nfct_open):
+    the container must end non-zero, saying why."""
+    _, result = daemon_image
+    with _container(client, result.ref, environment={"FIXTURE_EXIT_AFTER": "0"}) as c:
+        status = c.wait(timeout=120)
+        out = _logs(c)
+        assert status["StatusCode"] == 1, out
+        assert "fixture cmm exiting on its own" in out
+        assert ("cmm stopped before serving" in out
+                or "is gone: the container ends with it" in out), out
 
 
 def test_daemonizing_cmm_stops_promptly_on_sigterm(client, daemon_image):

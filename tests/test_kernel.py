@@ -53,12 +53,33 @@ def test_missing_symbols_lists_each_with_its_origin(tmp_path):
              kernel.Wanted("CONFIG_DEBUG", "n", "frag.config")]
     missing = kernel.missing_symbols({"CONFIG_NET": "y", "CONFIG_DEBUG": "y"}, wants)
     assert missing == [
-        "CONFIG_NF_CONNTRACK: wanted m, got not set (asked by frag.config)",
+        "CONFIG_NF_CONNTRACK: wanted m or y (available: built-in accepted), got not set "
+        "(asked by frag.config)",
         "CONFIG_MODULES: wanted enabled, got not set (asked by recipe)",
         "CONFIG_DEBUG: wanted n, got y (asked by frag.config)",
     ]
-    assert kernel.require_wants(["CONFIG_X=m", "CONFIG_Y"], "r") == [
-        kernel.Wanted("CONFIG_X", "m", "r"), kernel.Wanted("CONFIG_Y", None, "r")]
+    assert kernel.require_wants(["CONFIG_X=m", "CONFIG_Y", "CONFIG_Z=m!"], "r") == [
+        kernel.Wanted("CONFIG_X", "m", "r"), kernel.Wanted("CONFIG_Y", None, "r"),
+        kernel.Wanted("CONFIG_Z", "m", "r", exact=True)]
+
+
+def test_m_means_available_and_bang_means_exact():
+    """A fragment's (or a require's) =m is met by a module or a built-in; =m! only by a
+    module; every other value exactly; a bare symbol by anything but n."""
+    config = {"CONFIG_SELECTED": "y", "CONFIG_MOD": "m", "CONFIG_OFF": "n", "CONFIG_S": '"x"'}
+    wants = kernel.require_wants(
+        ["CONFIG_SELECTED=m", "CONFIG_MOD=m", "CONFIG_MOD=m!", "CONFIG_SELECTED", "CONFIG_MOD",
+         "CONFIG_OFF=n", 'CONFIG_S="x"'], "r")
+    assert kernel.missing_symbols(config, wants) == []
+    bad = kernel.require_wants(["CONFIG_SELECTED=m!", "CONFIG_MOD=y", "CONFIG_OFF=m",
+                                "CONFIG_OFF", 'CONFIG_S="y"', "CONFIG_MOD=n"], "r")
+    assert [line.split(":")[0] for line in kernel.missing_symbols(config, bad)] == [
+        "CONFIG_SELECTED", "CONFIG_MOD", "CONFIG_OFF", "CONFIG_OFF", "CONFIG_S", "CONFIG_MOD"]
+    assert kernel.missing_symbols(config, bad)[0] == (
+        "CONFIG_SELECTED: wanted exactly m (a module; exact requirement), got y (asked by r)")
+    # A fragment's =m is the "available" kind: a built-in y passes.
+    frag = kernel.Wanted("CONFIG_SELECTED", "m", "frag.config")
+    assert frag.satisfied("y") and frag.satisfied("m") and not frag.satisfied("n")
 
 
 def test_fragment_globs_must_match(tmp_path):
@@ -261,6 +282,19 @@ def test_kernel_noop_rebuild(kernel_build):
     assert {c["status"] for c in man["components"].values()} == {"cached"}
 
 
+NET_PREFIXES = ("CONFIG_NET", "CONFIG_INET", "CONFIG_NF_", "CONFIG_IP_NF")
+
+
+def defconfig_without_networking(tmp_path: Path, extra: str = "") -> Path:
+    """The fixture defconfig (tiny) without any networking symbol, plus ``extra``: the tests
+    say themselves what the base enables (the example tree's defconfig may change)."""
+    lines = [ln for ln in FIXTURE_DEFCONFIG.read_text().splitlines()
+             if not ln.lstrip("# ").startswith(NET_PREFIXES)]
+    path = tmp_path / "defconfig"
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
 @pytest.mark.slow
 def test_required_symbols_that_do_not_survive_are_listed(tmp_path, linux_tree):
     frag = tmp_path / "monok8s-broken.config"
@@ -274,13 +308,16 @@ def test_required_symbols_that_do_not_survive_are_listed(tmp_path, linux_tree):
 
     with pytest.raises(BuildFailed) as ei:
         kernel.configure(run, src=linux_tree, build=tmp_path / "o", arch="arm64",
-                         cross="aarch64-linux-gnu-", defconfig=FIXTURE_DEFCONFIG,
+                         cross="aarch64-linux-gnu-",
+                         defconfig=defconfig_without_networking(tmp_path, "# CONFIG_NET is "
+                                                                "not set\n"),
                          fragments=[frag], require=kernel.require_wants(
                              ["CONFIG_BLOCK=y"], "kernel.toml: require"),
                          where="kernel.toml")
     msg = str(ei.value)
     assert "3 required kernel symbol(s) did not survive olddefconfig" in msg
-    assert f"CONFIG_NF_CONNTRACK: wanted m, got not set (asked by {frag})" in msg
+    assert f"CONFIG_NF_CONNTRACK: wanted m or y (available: built-in accepted), got not set " \
+        f"(asked by {frag})" in msg
     assert "CONFIG_NF_CT_NETLINK: wanted m" in msg
     assert "CONFIG_BLOCK: wanted y, got not set (asked by kernel.toml: require)" in msg
     assert "CONFIG_MODULES" not in msg
@@ -301,3 +338,42 @@ def test_project_fragment_survives_on_the_fixture_defconfig(tmp_path, linux_tree
     assert config["CONFIG_NF_CONNTRACK"] == "m"
     assert config["CONFIG_NETFILTER_XT_MATCH_CONNTRACK"] == "m"
     assert config["CONFIG_MODULES"] == "y"
+
+
+#: What ASK's defconfig does to the fragment: these built-ins select NETFILTER_NETLINK and
+#: NETFILTER_XTABLES as =y while the fragment asks for them as =m.
+SELECTS_BUILT_IN = ("CONFIG_NET=y\nCONFIG_INET=y\nCONFIG_NETFILTER=y\n"
+                    "CONFIG_NETFILTER_ADVANCED=y\nCONFIG_NF_TABLES=y\n"
+                    "CONFIG_NETFILTER_NETLINK_LOG=y\nCONFIG_IP_NF_IPTABLES=y\n")
+
+
+@pytest.mark.slow
+def test_fragment_m_accepts_a_built_in_forced_by_selects_but_exact_m_does_not(tmp_path,
+                                                                            linux_tree):
+    """Real kconfig (olddefconfig only): a defconfig whose selects force the fragment's =m
+    symbols to =y is accepted; an exact requirement (require "CONFIG_X=m!") on one of them
+    fails naming it."""
+    defconfig = defconfig_without_networking(tmp_path, SELECTS_BUILT_IN)
+    frags = [REPO / "kernel/fragments/monok8s.config"]
+    assert "CONFIG_NETFILTER_XTABLES=m" in frags[0].read_text()
+
+    def run(args):
+        subprocess.run(args, check=True, capture_output=True)
+
+    kw = dict(src=linux_tree, build=tmp_path / "o", arch="arm64", cross="aarch64-linux-gnu-",
+              defconfig=defconfig, fragments=frags, where="kernel.toml")
+    config = kernel.configure(run, require=kernel.require_wants(
+        ["CONFIG_MODULES=y", "CONFIG_NETFILTER_NETLINK=m"], "kernel.toml: require"), **kw)
+    assert config["CONFIG_NETFILTER_NETLINK"] == "y"
+    assert config["CONFIG_NETFILTER_XTABLES"] == "y"
+    assert config["CONFIG_NF_CONNTRACK"] == "m"          # what nothing selects stays a module
+    with pytest.raises(BuildFailed) as ei:
+        kernel.configure(run, require=kernel.require_wants(
+            ["CONFIG_NETFILTER_XTABLES=m!", "CONFIG_NF_CONNTRACK=m!"], "kernel.toml: require"),
+            **kw)
+    msg = str(ei.value)
+    assert "kernel.toml: 1 required kernel symbol(s) did not survive olddefconfig" in msg
+    assert ("CONFIG_NETFILTER_XTABLES: wanted exactly m (a module; exact requirement), got y "
+            "(asked by kernel.toml: require)") in msg
+    assert "drop the '!'" in msg
+

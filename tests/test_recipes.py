@@ -211,6 +211,8 @@ path = "arch/arm64/boot/Image"
      "a.toml: require: must be a list"),
     (KERNEL.replace('defconfig = "defconfig"', 'defconfig = "d"\nrequire = ["CONFIG_X\\n"]'),
      "a.toml: require[0]: control characters"),
+    (KERNEL.replace('defconfig = "defconfig"', 'defconfig = "d"\nrequire = ["CONFIG_X=!"]'),
+     "is not CONFIG_NAME, CONFIG_NAME=value or CONFIG_NAME=value!"),
     (KERNEL.replace('defconfig = "defconfig"', 'defconfig = "d"\ntargets = {}'),
      "a.toml: targets: must be a list"),
     (KERNEL.replace('defconfig = "defconfig"', 'defconfig = "d"\ndtbs = [""]'),
@@ -219,6 +221,12 @@ path = "arch/arm64/boot/Image"
 def test_every_field_is_type_checked(tmp_path, text, expected):
     msg = error_of(tmp_path, {"a.toml": text})
     assert expected in msg
+
+
+def test_an_exact_kernel_requirement_loads(tmp_path):
+    s = project(tmp_path, {"a.toml": KERNEL.replace(
+        'defconfig = "defconfig"', 'defconfig = "d"\nrequire = ["CONFIG_NF_CONNTRACK=m!"]')})
+    assert recipes.load(s).recipes["a"].require == ["CONFIG_NF_CONNTRACK=m!"]
 
 
 @pytest.mark.parametrize("shared, expected", [

@@ -3,7 +3,7 @@
 #
 # Runs   cmm -f $CMM_CONFIG -n $CMM_MAX_CONNECTIONS [ARGS...]
 # (defaults /etc/config/fastforward and 131072) and keeps the container alive exactly as long as
-# cmm runs: SIGTERM and SIGINT are passed on to cmm, and the container ends when cmm ends.
+# cmm serves: SIGTERM and SIGINT are passed on to cmm, and the container ends when cmm ends.
 #
 # cmm may stay in the foreground (logs on stdout/stderr) or daemonize and log with syslog(3)
 # (the vendor's behaviour without local patches).  Both work: a busybox syslogd started before
@@ -11,8 +11,18 @@
 # with status 0 the daemon it left behind is found (CMM_PIDFILE, else a process named like
 # CMM_BIN) and supervised until it is gone.
 #
+# Exit status (what Kubernetes sees; every non-zero end prints a line saying why):
+#   0   the container was asked to stop (SIGTERM/SIGINT, passed on to cmm) and cmm stopped
+#       (cleanly or by that signal)
+#   N   cmm exited on its own with status N (N != 0), or with N after being asked to stop
+#   1   cmm exited with status 0 but no daemon of it was found within CMM_DAEMON_WAIT seconds
+#       (it stopped before serving, e.g. a daemon dying at start-up), or the daemon died on its
+#       own, or the entrypoint's own configuration is wrong
+#
 # Arguments that start with "-" are appended to cmm's command line; any other command replaces
-# cmm (e.g. `sh`, `/bin/init_dpa.sh`).
+# cmm (e.g. `sh`, `/bin/init_dpa.sh`).  One-shot queries: when the arguments hold -h or -v
+# (cmm's help and version), `cmm ARGS` runs in the foreground and the container exits with
+# cmm's own status.
 #
 # Environment:
 #   CMM_MAX_CONNECTIONS  max conntrack connections passed as -n (default 131072)
@@ -34,6 +44,13 @@ if [ $# -gt 0 ]; then
 fi
 
 CMM_BIN=${CMM_BIN:-/usr/bin/cmm}
+for arg in "$@"; do
+    case "$arg" in
+        -h | -v | --help | --version)
+            [ -x "$CMM_BIN" ] || die "$CMM_BIN is missing or not executable (CMM_BIN)"
+            exec "$CMM_BIN" "$@" ;;
+    esac
+done
 CMM_CONFIG=${CMM_CONFIG:-/etc/config/fastforward}
 MAX=${CMM_MAX_CONNECTIONS:-131072}
 WAIT_DAEMON=${CMM_DAEMON_WAIT:-3}
@@ -49,7 +66,7 @@ esac
 
 relay_pid=""
 target=""
-got_signal=""
+stop_sig=""        # TERM or INT: the container was asked to stop
 
 start_relay() {
     [ "${CMM_SYSLOG_RELAY:-1}" = 1 ] || return 0
@@ -78,7 +95,7 @@ stop_relay() {
 }
 
 on_signal() {
-    got_signal=$1
+    case "$1" in TERM | INT) stop_sig=$1 ;; esac
     if [ -n "$target" ]; then
         log "passing SIG$1 on to cmm (pid $target)"
         kill -s "$1" "$target" 2>/dev/null
@@ -117,12 +134,28 @@ find_daemon() {
     return 1
 }
 
+# finish STATUS MESSAGE: the last words of the container
+finish() {
+    log "$2"
+    stop_relay
+    exit "$1"
+}
+
+# stopped WHAT STATUS: WHAT ended after the container was asked to stop: 0 when it ended cleanly
+# or by the signal passed on (status 128+15 / 128+2), else its own status
+stopped() {
+    case "$2" in
+        0 | 143 | 130) finish 0 "$1 stopped after SIG$stop_sig" ;;
+        *) finish "$2" "error: $1 exited with status $2 after SIG$stop_sig" ;;
+    esac
+}
+
 start_relay
 log "starting: $CMM_BIN -f $CMM_CONFIG -n $MAX${*:+ $*}"
 "$CMM_BIN" -f "$CMM_CONFIG" -n "$MAX" "$@" &
 cmm_pid=$!
 target=$cmm_pid
-[ -n "$got_signal" ] && kill -s "$got_signal" "$cmm_pid" 2>/dev/null
+[ -n "$stop_sig" ] && kill -s "$stop_sig" "$cmm_pid" 2>/dev/null
 
 while :; do
     wait "$cmm_pid"
@@ -130,39 +163,32 @@ while :; do
     # wait returns early when a trapped signal arrives: go on waiting while cmm runs
     kill -0 "$cmm_pid" 2>/dev/null || break
 done
+target=""
 
-if [ "$rc" -ne 0 ] || [ -n "$got_signal" ]; then
-    log "cmm exited with status $rc"
-    stop_relay
-    exit "$rc"
-fi
+[ -n "$stop_sig" ] && stopped cmm "$rc"
+[ "$rc" -ne 0 ] && finish "$rc" "error: cmm exited with status $rc on its own, before being asked to stop"
 
-# Status 0: cmm either finished or daemonized.  Look for the daemon.
+# Status 0: cmm either daemonized or stopped before serving.  Look for the daemon.
 dpid=""
 i=0
 while [ $i -le $((WAIT_DAEMON * 5)) ]; do
     dpid=$(find_daemon) && break
     dpid=""
+    [ -n "$stop_sig" ] && break
     sleep 0.2
     i=$((i + 1))
 done
 if [ -z "$dpid" ]; then
-    log "cmm exited with status 0"
-    stop_relay
-    exit 0
+    [ -n "$stop_sig" ] && finish 0 "cmm stopped after SIG$stop_sig (no daemon of it left)"
+    finish 1 "error: cmm exited with status 0 and no cmm daemon was found within ${WAIT_DAEMON}s (CMM_PIDFILE${CMM_PIDFILE:+ $CMM_PIDFILE}, or a process named $(basename "$CMM_BIN" | cut -c1-15)): cmm stopped before serving (see its messages above)"
 fi
 
 log "cmm daemonized (pid $dpid): supervising it"
 target=$dpid
-[ -n "$got_signal" ] && kill -s "$got_signal" "$dpid" 2>/dev/null
+[ -n "$stop_sig" ] && kill -s "$stop_sig" "$dpid" 2>/dev/null
 while alive "$dpid"; do
     sleep 0.5 &
     wait $! 2>/dev/null
 done
-stop_relay
-if [ -n "$got_signal" ]; then
-    log "cmm (pid $dpid) stopped after SIG$got_signal"
-    exit 0
-fi
-log "cmm (pid $dpid) is gone: the container ends with it"
-exit 1
+[ -n "$stop_sig" ] && stopped "cmm (pid $dpid)" 0
+finish 1 "error: cmm (pid $dpid) is gone: the container ends with it (the daemon died on its own, nobody asked it to stop)"
