@@ -57,25 +57,31 @@ def lock(c, source=None, update=False, profile="", work_dir="", cache_dir="", de
 
 
 @task(iterable=["source"],
-      help=_help(source="source(s) to fetch (repeat or comma-separate); default: all"))
-def fetch(c, source=None, offline=False, locked=False, profile="", work_dir="", cache_dir="",
-          debug=False):
+      help=_help(source="source(s) to fetch (repeat or comma-separate); default: all",
+                 keep_going="fetch every other source after a failure; the summary lists "
+                            "all failures (exit non-zero if any)"))
+def fetch(c, source=None, keep_going=False, offline=False, locked=False, profile="",
+          work_dir="", cache_dir="", debug=False):
     """Fetch pinned sources into the cache and their work trees, verified against the lock."""
     from askbuild import fetching
-    cli.main(lambda s: fetching.fetch(s, cli.split_names(source)), debug=debug,
-             **_settings(profile, offline, locked, work_dir, cache_dir))
+    cli.main(lambda s: fetching.fetch(s, cli.split_names(source), keep_going=keep_going),
+             debug=debug, **_settings(profile, offline, locked, work_dir, cache_dir))
 
 
 @task(iterable=["source"],
       help=_help(source="source(s) to patch (repeat or comma-separate); default: all",
                  check="apply every series to its locked base in a scratch place and report; "
                        "build trees are not touched (the CI gate)",
-                 json="print the report as JSON (schema: docs/reports.md)"))
-def patch(c, source=None, check=False, json=False, offline=False, locked=False, profile="",
-          work_dir="", cache_dir="", debug=False):
+                 json="print the report as JSON (schema: docs/reports.md)",
+                 keep_going="patch every other source after a failure (sources whose vendor "
+                            "layer comes from a source that cannot be fetched are skipped); "
+                            "the summary lists all failures (exit non-zero if any)"))
+def patch(c, source=None, check=False, json=False, keep_going=False, offline=False,
+          locked=False, profile="", work_dir="", cache_dir="", debug=False):
     """Apply vendor then local patch series to the source work trees (one commit per patch)."""
     from askbuild import patchqueue
-    cli.main(lambda s: patchqueue.patch(s, cli.split_names(source), check=check, as_json=json),
+    cli.main(lambda s: patchqueue.patch(s, cli.split_names(source), check=check, as_json=json,
+                                        keep_going=keep_going),
              debug=debug, **_settings(profile, offline, locked, work_dir, cache_dir))
 
 

@@ -61,6 +61,7 @@ from .download import (
     unique_name,
 )
 from .errors import (
+    AskbuildError,
     DirtyTreeError,
     NetworkError,
     OfflineError,
@@ -1005,10 +1006,16 @@ def ensure_source(settings: Settings, source: Source) -> Path:
 
 
 @runlock.exclusive("fetch")
-def fetch(settings: Settings, names: list[str] | tuple[str, ...] | None = None) -> dict[str, Path]:
-    """``inv fetch``: every named source (all when none) ready in its work tree."""
+def fetch(settings: Settings, names: list[str] | tuple[str, ...] | None = None,
+          keep_going: bool = False) -> dict[str, Path]:
+    """``inv fetch``: every named source (all when none) ready in its work tree.
+
+    Without ``keep_going`` the first source that cannot be fetched stops the verb (and
+    ``--locked`` refuses before anything when a source has no lock).  With ``keep_going``
+    every source is tried; the error at the end lists each failure with its reason
+    (``patchqueue.summary_error``; exit 1).  A full disk always stops at once."""
     selected = select(load_sources(settings), names, settings)
-    if settings.locked:
+    if settings.locked and not keep_going:
         missing = [s.name for s in selected if not s.locked]
         if missing:
             opts = "".join(f" --source {m}" for m in missing) if len(missing) <= 3 else ""
@@ -1017,10 +1024,23 @@ def fetch(settings: Settings, names: list[str] | tuple[str, ...] | None = None) 
                 f"and --locked forbids resolving them",
                 fix=f"run `inv lock{opts}` (online) and commit the sources file")
     trees: dict[str, Path] = {}
+    failures: list[tuple[str, AskbuildError]] = []
     for source in selected:
         console.step(f"fetch {source.name}")
-        tree = ensure_source(settings, source)
+        try:
+            tree = ensure_source(settings, source)
+        except NoSpaceError:
+            raise
+        except AskbuildError as e:
+            if not keep_going:
+                raise
+            console.error(f"source {source.name}: {e.message}")
+            failures.append((source.name, e))
+            continue
         base = _base_of(tree)
         console.info(f"source {source.name}: {_rel(settings, tree)} at {base}")
         trees[source.name] = tree
+    if failures:
+        from .patchqueue import summary_error
+        raise summary_error("inv fetch", failures, [])
     return trees

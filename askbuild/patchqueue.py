@@ -1,16 +1,20 @@
 """The patch step: layered patch series applied as one git commit per patch.
 
-Layers per source are data in ``recipes/patches.toml``::
+Layers per source are data in ``recipes/patches.toml`` (or the active profile's own
+``recipes/profiles/<profile>/patches.toml``: :func:`layers_file`)::
 
-    [linux]
-    vendor = [{ from = "ask", dir = "patches/kernel" }]   # a directory of another source's tree
+    [linux]   # a directory of another source's tree, and which of its patches apply
+    vendor = [{ from = "ask", dir = "patches/kernel", patches = ["002-...linux_6_12.patch"] }]
     local = ["kernel/patches"]                            # series directories of this project
 
 Vendor layers apply first (in file order), then local layers.  A vendor directory is read from
 the *base* commit of its provider's work tree (the vendor release as locked); ``{ref}`` in its
-path is replaced by the patched source's ``ref`` (ASK keeps netfilter patches per version).  A
-vendor directory without a ``series`` file applies its ``*.patch`` files in sorted order; a
-missing vendor directory is an error unless the entry says ``optional = true``.
+path is replaced by the patched source's ``ref``.  It applies its ``patches`` list, else its
+``series`` file, else its ``*.patch`` files in sorted order.  A vendor layer that selects no
+patch is an error naming the layer, the directory and what the tree holds there
+(:func:`_matches_nothing`); one whose ``*.patch`` match holds competing patches (two versions
+of one change) is an error too (:func:`check_competing`).  ``optional = true`` only lets the
+whole directory be absent (skipped with a warning).
 
 Application (``settings.src_dir/<name>``, a git work tree whose base is tagged ``askbuild/base``):
 branch ``askbuild/patched`` starts at the base and gets one commit per patch: ``git am --3way``
@@ -35,6 +39,10 @@ stale git locks, a half-done ``git am``, changed and new files, HEAD, branch and
 series directory is rewritten all or nothing (:func:`commit_series`).  Git failures become
 :class:`PatchFailed` naming the source/series/patch and git's reason (:func:`git_errors`); a
 full disk is :class:`NoSpaceLeft`, never "refresh the patch".
+
+``patch(..., keep_going=True)`` tries every source and lists every failure at the end
+(:func:`summary_error`); :func:`patch_state_problem` tells the build whether a work tree is
+exactly the current series on the current lock.
 """
 
 from __future__ import annotations
@@ -55,8 +63,10 @@ from pathlib import Path, PurePosixPath
 from . import console, gitutil, runlock
 from . import series as series_mod
 from .errors import (
+    AskbuildError,
     ConfigError,
     DirtyTreeError,
+    NoSpaceError,
     PatchFailed,
     SourceError,
     UserError,
@@ -90,7 +100,8 @@ class Layer:
     kind: str                   # "vendor" | "local"
     dir: str                    # vendor: inside the provider's tree; local: inside the project
     provider: str | None = None
-    optional: bool = False
+    optional: bool = False      # vendor: the whole directory may be absent (loud skip)
+    patches: tuple[str, ...] | None = None   # vendor: the explicit list of patch files
 
     @property
     def id(self) -> str:
@@ -101,46 +112,95 @@ class Layer:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", self.id).strip("-.") or "layer"
 
 
+VENDOR_KEYS = ("from", "dir", "patches", "optional")
+VENDOR_SHAPE = ('{ from = "SOURCE", dir = "PATH" [, patches = ["NN-name.patch", ...]] '
+                '[, optional = true] }')
+
+
 def layers_file(settings: Settings) -> Path:
+    """``recipes/profiles/<profile>/patches.toml`` when the active profile has its own layer
+    file, else ``recipes/patches.toml``."""
+    if settings.profile != "default":
+        own = settings.recipes_dir / "profiles" / settings.profile / LAYERS_FILE
+        if own.exists() or own.is_symlink():
+            return own
     return settings.recipes_dir / LAYERS_FILE
+
+
+def _array(table: dict, key: str, where: str) -> list:
+    value = table.get(key, [])
+    if not isinstance(value, list):
+        example = VENDOR_SHAPE if key == "vendor" else '"patches/NAME"'
+        raise ConfigError(f"{where}: {key} must be an array (got {type(value).__name__})",
+                          fix=f"e.g. {key} = [{example}]")
+    return value
+
+
+def _vendor_layer(name: str, v: object, i: int, where: str,
+                  sources: dict[str, Source]) -> Layer:
+    """One ``vendor`` entry, validated (see :data:`VENDOR_SHAPE`)."""
+    w = f"{where}: vendor[{i}]"
+    if not isinstance(v, dict) or set(v) - set(VENDOR_KEYS) \
+            or not isinstance(v.get("from"), str) or not isinstance(v.get("dir"), str):
+        extra = sorted(set(v) - set(VENDOR_KEYS)) if isinstance(v, dict) else []
+        raise ConfigError(f"{w} must be {VENDOR_SHAPE}"
+                          + (f" (unknown key(s): {', '.join(map(str, extra))})" if extra else ""))
+    if v["from"] not in sources:
+        raise ConfigError(f"{w}: no source named {v['from']!r}",
+                          fix=f"known sources: {', '.join(sources)}")
+    if not isinstance(v.get("optional", False), bool):
+        raise ConfigError(f"{w}: optional must be true or false")
+    d = _check_rel(v["dir"].replace("{ref}", sources[name].ref), w)
+    patches = v.get("patches")
+    if patches is not None:
+        if not isinstance(patches, list) or not patches \
+                or not all(isinstance(x, str) for x in patches):
+            raise ConfigError(f"{w}: patches must be a non-empty array of patch file names "
+                              "(relative to dir)",
+                              fix='e.g. patches = ["002-port-for-this-kernel.patch"]')
+        for x in patches:
+            series_mod.check_name(x, f"{w}: patches")
+        dup = sorted({x for x in patches if patches.count(x) > 1})
+        if dup:
+            raise ConfigError(f"{w}: patches lists {', '.join(dup)} more than once",
+                              fix="list each patch once")
+        patches = tuple(patches)
+    return Layer(name, "vendor", d, v["from"], v.get("optional", False), patches)
 
 
 def load_layers(settings: Settings, sources: dict[str, Source] | None = None
                 ) -> dict[str, list[Layer]]:
-    """``{source name: [vendor layers..., local layers...]}`` from ``recipes/patches.toml``.
+    """``{source name: [vendor layers..., local layers...]}`` from :func:`layers_file`.
 
     A series listed twice for one source (two entries naming the same directory, also through
-    a symbolic link or ``./``) is refused: it would be applied twice."""
+    a symbolic link or ``./``) is refused: it would be applied twice.  The shared
+    ``recipes/patches.toml`` may name sources a profile leaves out (skipped); a profile's own
+    file may not."""
     path = layers_file(settings)
     data = read_toml(path, missing_ok=True)
     if not data:
         return {}
     if sources is None:
         sources = load_sources(settings)
+    shared = path == settings.recipes_dir / LAYERS_FILE
     out: dict[str, list[Layer]] = {}
     for name, table in data.items():
         where = f"{path}: [{name}]"
         if name not in sources:
-            if settings.profile != "default":
-                continue        # a profile may leave out sources (it has its own file)
+            if settings.profile != "default" and shared:
+                continue        # a profile may leave out sources of the shared file
             raise ConfigError(f"{where}: no source named {name!r} in {settings.sources_file}",
                               fix=f"known sources: {', '.join(sources)}")
         if not isinstance(table, dict) or set(table) - {"vendor", "local"}:
             raise ConfigError(f"{where}: only 'vendor' and 'local' keys are allowed")
         layers: list[Layer] = []
         seen: dict[object, str] = {}
-        for i, v in enumerate(table.get("vendor", [])):
-            if not isinstance(v, dict) or set(v) - {"from", "dir", "optional"} \
-                    or not isinstance(v.get("from"), str) or not isinstance(v.get("dir"), str):
-                raise ConfigError(f"{where}: vendor[{i}] must be {{ from = \"SOURCE\", "
-                                  f"dir = \"PATH\" [, optional = true] }}")
-            if v["from"] not in sources:
-                raise ConfigError(f"{where}: vendor[{i}]: no source named {v['from']!r}")
-            d = _check_rel(v["dir"].replace("{ref}", sources[name].ref), f"{where} vendor[{i}]")
-            _once(seen, ("vendor", v["from"], d),
+        for i, v in enumerate(_array(table, "vendor", where)):
+            ly = _vendor_layer(name, v, i, where, sources)
+            _once(seen, ("vendor", ly.provider, ly.dir),
                   f"vendor[{i}] = {{ from = {v['from']!r}, dir = {v['dir']!r} }}", where)
-            layers.append(Layer(name, "vendor", d, v["from"], bool(v.get("optional", False))))
-        for i, d in enumerate(table.get("local", [])):
+            layers.append(ly)
+        for i, d in enumerate(_array(table, "local", where)):
             if not isinstance(d, str):
                 raise ConfigError(f"{where}: local[{i}] must be a directory path string")
             rel = _check_rel(d, f"{where} local[{i}]")
@@ -253,23 +313,24 @@ def source_tree(settings: Settings, source: Source) -> Path:
     return Path(ensure(settings, source))
 
 
-def _vendor_files(tree: Path, d: str) -> dict[str, bytes | None] | None:
-    """Files of directory ``d`` in the provider's base commit (None when absent); a symbolic
-    link maps to None (askbuild never follows a link out of a series)."""
-    listing = gitutil.git(["ls-tree", "-r", "-z", f"refs/tags/{BASE_TAG}", "--", d + "/"],
-                          cwd=tree, text=False).stdout
-    files: dict[str, bytes | None] = {}
+def _ls_tree(tree: Path, d: str, *, recursive: bool) -> dict[str, tuple[str, str, str]]:
+    """``{path relative to d: (mode, type, object id)}`` of directory ``d`` in the base
+    commit of ``tree`` ({} when ``d`` is absent; ``d == ""``: the top)."""
+    spec = ["--", d.rstrip("/") + "/"] if d else []
+    listing = gitutil.git(["ls-tree", *(["-r"] if recursive else []), "-z",
+                           f"refs/tags/{BASE_TAG}", *spec], cwd=tree, text=False).stdout
+    out: dict[str, tuple[str, str, str]] = {}
+    cut = len(d.rstrip("/")) + 1 if d else 0
     for item in listing.split(b"\0"):
-        if not item:
-            continue
-        meta, _, path = item.partition(b"\t")
-        mode, kind, sha = meta.decode().split()
-        if kind != "blob":
-            continue
-        rel = path.decode("utf-8", "surrogateescape")[len(d) + 1:]
-        files[rel] = None if mode == "120000" else \
-            gitutil.git(["cat-file", "blob", sha], cwd=tree, text=False).stdout
-    return files or None
+        if item:
+            meta, _, path = item.partition(b"\t")
+            mode, kind, sha = meta.decode().split()
+            out[path.decode("utf-8", "surrogateescape")[cut:]] = (mode, kind, sha)
+    return out
+
+
+def _blob(tree: Path, sha: str) -> bytes:
+    return gitutil.git(["cat-file", "blob", sha], cwd=tree, text=False).stdout
 
 
 def _vendor_link(ly: Layer, name: str) -> ConfigError:
@@ -278,9 +339,87 @@ def _vendor_link(ly: Layer, name: str) -> ConfigError:
                        fix=f"the vendor release of {ly.provider} must ship the patch as a file")
 
 
+def _shown(names: list[str], limit: int = 12) -> str:
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more if names else "nothing"
+
+
+def _entries_of(tree: Path, d: str) -> list[str]:
+    """Top-level entries of ``d`` in the base commit, directories with a trailing ``/``."""
+    return [n + ("/" if kind == "tree" else "")
+            for n, (_, kind, _) in sorted(_ls_tree(tree, d, recursive=False).items())]
+
+
+def _layer_label(settings: Settings, ly: Layer) -> str:
+    return (f"{layers_file(settings)}: [{ly.source}] vendor layer {ly.id} "
+            f"({{ from = \"{ly.provider}\", dir = \"{ly.dir}\" }})")
+
+
+def _matches_nothing(settings: Settings, ly: Layer, tree: Path, why: str) -> ConfigError:
+    """A vendor layer that selects no patch: always an error (a required patch silently left
+    out builds a wrong tree that fails much later, naming another component).  The message
+    names the layer and the directory, says what the provider's tree holds there (or in the
+    nearest existing parent) and how to point the layer at the patches."""
+    base = _rev(tree, f"refs/tags/{BASE_TAG}") or "?"
+    at = f"{ly.provider}'s tree at its locked base {base[:12]}"
+    here = _entries_of(tree, ly.dir)
+    parent = ly.dir
+    if not here:
+        while parent and not here:
+            parent = str(PurePosixPath(parent).parent)
+            parent = "" if parent == "." else parent
+            here = _entries_of(tree, parent)
+    holds = f"{parent or 'the top'}/ holds: {_shown(here)}" if parent != ly.dir else \
+        f"{ly.dir}/ holds: {_shown(here)}"
+    patches_there = [n for n in here if n.endswith(".patch")]
+    lines = [f"{_layer_label(settings, ly)} matches no patch: {why}", f"  in {at}, {holds}"]
+    if parent != ly.dir and patches_there:
+        fix = (f'set dir = "{parent}" for [{ly.source}]: that directory holds the patch '
+               f"file(s) {_shown(patches_there, 4)} itself (no version subdirectory)")
+    else:
+        fix = (f"point dir at the directory of {ly.provider}'s tree that holds the patches for "
+               f"{ly.source} (`git -C {tree} ls-tree -r --name-only {BASE_TAG} -- patches/`); "
+               f"if this release of {ly.provider} carries no patches for {ly.source} any more, "
+               "remove the entry")
+    return ConfigError("\n".join(lines), fix=fix)
+
+
+def _select(settings: Settings, ly: Layer, tree: Path,
+            files: dict[str, tuple[str, str, str]]) -> tuple[list[series_mod.SeriesEntry], str]:
+    """The entries a vendor layer applies and how they were chosen: ``"explicit"`` (the
+    layer's ``patches`` list, in its order), ``"series"`` (the vendor's ``series`` file) or
+    ``"matched"`` (every ``*.patch`` file at the top of the directory, sorted)."""
+    blobs = {k: v for k, v in files.items() if v[1] == "blob"}
+    if ly.patches is not None:
+        missing = [n for n in ly.patches if n not in blobs]
+        if missing:
+            have = sorted(n for n in blobs if n.endswith(".patch"))
+            raise ConfigError(
+                f"{_layer_label(settings, ly)}: patches names file(s) that {ly.dir}/ does not "
+                f"hold: {', '.join(missing)}\n  it holds: {_shown(have)}",
+                fix="correct the names in patches = [...] (relative to dir)")
+        return [series_mod.SeriesEntry(n, 1, 0) for n in ly.patches], "explicit"
+    if series_mod.SERIES_FILE in blobs:
+        mode, _, sha = blobs[series_mod.SERIES_FILE]
+        if mode == "120000":
+            raise _vendor_link(ly, series_mod.SERIES_FILE)
+        listing = {k: b"" for k in blobs} | {series_mod.SERIES_FILE: _blob(tree, sha)}
+        return series_mod.from_listing(ly.id, listing), "series"
+    return [series_mod.SeriesEntry(n, 1, 0) for n in sorted(blobs)
+            if n.endswith(".patch") and "/" not in n], "matched"
+
+
 def collect_inputs(settings: Settings, layers: list[Layer], sources: dict[str, Source],
-                   *, trees: dict[str, Path] | None = None) -> list[PatchInput]:
-    """Every patch of ``layers`` in application order, with its bytes."""
+                   *, trees: dict[str, Path] | None = None,
+                   skipped: list[Layer] | None = None, quiet: bool = False
+                   ) -> list[PatchInput]:
+    """Every patch of ``layers`` in application order, with its bytes.
+
+    A vendor layer that selects no patch is a :class:`ConfigError` (:func:`_matches_nothing`),
+    except an ``optional`` layer whose whole directory is absent: that one is skipped with a
+    warning (and appended to ``skipped``).  A layer that matched its patches by the ``*.patch``
+    rule must not match competing ones (:func:`check_competing`).  ``quiet``: the skip is
+    only an info line (a state query, not a run)."""
     trees = {} if trees is None else trees
     out: list[PatchInput] = []
     for ly in layers:
@@ -292,27 +431,110 @@ def collect_inputs(settings: Settings, layers: list[Layer], sources: dict[str, S
                                   fix="create the directory with an empty 'series' file")
             for e in series_mod.load(d):
                 out.append(PatchInput(ly, e.name, e.strip, (d / e.name).read_bytes()))
-        else:
-            assert ly.provider
-            if ly.provider not in trees:
-                trees[ly.provider] = source_tree(settings, sources[ly.provider])
-            files = _vendor_files(trees[ly.provider], ly.dir)
-            if files is None:
-                if ly.optional:
-                    continue
-                raise ConfigError(
-                    f"{layers_file(settings)}: vendor series {ly.dir!r} (for [{ly.source}]) "
-                    f"does not exist in {ly.provider}'s tree at its locked base",
-                    fix="correct the path, or mark the entry optional = true")
-            if series_mod.SERIES_FILE in files and files[series_mod.SERIES_FILE] is None:
-                raise _vendor_link(ly, series_mod.SERIES_FILE)
-            listing = {k: b"" if v is None else v for k, v in files.items()}
-            for e in series_mod.from_listing(ly.id, listing):
-                data = files[e.name]
-                if data is None:
-                    raise _vendor_link(ly, e.name)
-                out.append(PatchInput(ly, e.name, e.strip, data))
+            continue
+        assert ly.provider
+        if ly.provider not in trees:
+            trees[ly.provider] = source_tree(settings, sources[ly.provider])
+        tree = trees[ly.provider]
+        files = _ls_tree(tree, ly.dir, recursive=True)
+        if not files:
+            if ly.optional:
+                base = _rev(tree, f"refs/tags/{BASE_TAG}") or "?"
+                say = console.info if quiet else console.warn
+                say(f"patch {ly.source}: SKIPPED vendor layer {ly.id}: {ly.dir}/ does not exist "
+                    f"in {ly.provider}'s tree at {base[:12]} (the entry says optional = true "
+                    f"in {layers_file(settings)})")
+                if skipped is not None:
+                    skipped.append(ly)
+                continue
+            raise _matches_nothing(settings, ly, tree,
+                                   f"{ly.dir}/ does not exist in {ly.provider}'s tree")
+        entries, how = _select(settings, ly, tree, files)
+        if not entries:
+            raise _matches_nothing(settings, ly, tree,
+                                   f"{ly.dir}/ holds no *.patch file (and no series file)")
+        mine = []
+        for e in entries:
+            mode, _, sha = files[e.name]
+            if mode == "120000":
+                raise _vendor_link(ly, e.name)
+            mine.append(PatchInput(ly, e.name, e.strip, _blob(tree, sha)))
+        if how == "matched":
+            check_competing(settings, ly, mine)
+        out += mine
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# competing patches in one vendor layer
+
+#: Two patches touching at least this many files in common, and in common at least half of all
+#: the files either touches, are two versions of one change (see :func:`competing`).
+COMPETE_MIN_SHARED = 10
+
+
+@dataclass(frozen=True)
+class PatchFiles:
+    touched: frozenset[str]     # every file the patch changes, creates or deletes
+    created: frozenset[str]     # files it creates (``--- /dev/null``)
+
+
+def patch_files(data: bytes) -> PatchFiles | None:
+    """The files a patch touches and creates (read with ``unidiff``); None when it cannot be
+    read as a unified diff."""
+    try:
+        from unidiff import PatchSet
+        pset = PatchSet(io.StringIO(data.decode("latin-1"), newline=""))
+    except Exception:   # noqa: BLE001 - an unreadable patch is judged by git when applied
+        return None
+    touched = {pf.path for pf in pset}
+    created = {pf.path for pf in pset if pf.is_added_file}
+    return PatchFiles(frozenset(touched), frozenset(created)) if touched else None
+
+
+def competing(a: PatchFiles, b: PatchFiles) -> str | None:
+    """Why two patches of one layer compete (None when they do not): they are two versions of
+    the same change when both create one same file (the second could never apply after the
+    first), or when they touch at least :data:`COMPETE_MIN_SHARED` files in common and those
+    are at least half of all the files the two touch."""
+    both = sorted(a.created & b.created)
+    shared, union = a.touched & b.touched, a.touched | b.touched
+    similar = len(shared) >= COMPETE_MIN_SHARED and 2 * len(shared) >= len(union)
+    if not both and not similar:
+        return None
+    common = (f"they touch {len(shared)} files in common (of {len(a.touched)} and "
+              f"{len(b.touched)})")
+    if not both:
+        return common
+    return f"both create {len(both)} file(s) (e.g. {', '.join(both[:2])}) and {common}"
+
+
+def check_competing(settings: Settings, ly: Layer, inputs: list[PatchInput]) -> None:
+    """Refuse a vendor layer whose ``*.patch`` match holds competing patches (two generations
+    of one port, e.g. one per kernel version): which one applies must be explicit data."""
+    if len(inputs) < 2:
+        return
+    read = [(p, patch_files(p.data)) for p in inputs]
+    read = [(p, f) for p, f in read if f is not None]
+    clashes = []
+    for i, (p, pf) in enumerate(read):
+        for q, qf in read[i + 1:]:
+            why = competing(pf, qf)
+            if why:
+                clashes.append((p, q, why))
+    if not clashes:
+        return
+    lines = [f"{_layer_label(settings, ly)} matches competing patches (two versions of one "
+             "change: only one of them can apply):"]
+    lines += [f"  {p.name} and {q.name}: {why}" for p, q, why in clashes]
+    keep = clashes[0][0].name
+    names = ", ".join(f'"{n}"' for n in [keep])
+    raise ConfigError(
+        "\n".join(lines),
+        fix=(f"say which patch(es) of {ly.dir}/ apply to [{ly.source}] in "
+             f"{layers_file(settings)}, e.g. vendor = [{{ from = \"{ly.provider}\", "
+             f"dir = \"{ly.dir}\", patches = [{names}] }}] (the one written for "
+             f"{ly.source}'s version; `inv patch --check` tells whether it applies)"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -947,15 +1169,20 @@ def _undo_failed_run(settings: Settings, name: str, tree: Path, e: Exception) ->
 
 def patch_source(settings: Settings, source: Source, *, sources: dict[str, Source],
                  layers: list[Layer], report: Report, tree: Path | None = None,
-                 ignore_rebase: bool = False) -> dict:
+                 ignore_rebase: bool = False, trees: dict[str, Path] | None = None) -> dict:
     """Bring one source's work tree to base + its series (no-op when the record shows it is
     there already).  The series is applied on a detached HEAD under a run journal;
     ``askbuild/patched`` and the record move only when every patch applied.  When a patch
     fails, the tree goes back to where it was before the run; when the run is killed, the next
-    one does that first (:func:`recover_tree`)."""
+    one does that first (:func:`recover_tree`).  ``trees``: work trees already made (vendor
+    providers).  Success removes the failure note (:func:`failure_path`)."""
     tree = tree or source_tree(settings, source)
-    trees = {source.name: tree}
-    inputs = collect_inputs(settings, layers, sources, trees=trees)
+    trees = {**(trees or {}), source.name: tree}
+    skipped: list[Layer] = []
+    inputs = collect_inputs(settings, layers, sources, trees=trees, skipped=skipped)
+    for ly in skipped:
+        report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
+                   commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
     base = base_commit(tree)
     record = tree_state(settings, source.name)
     check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase)
@@ -966,6 +1193,7 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
             c = commits.get((p.layer.id, p.name)) or [None]
             report.add(source=source.name, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
                        status="unchanged", commit=c[-1], detail="")
+        failure_path(settings, source.name).unlink(missing_ok=True)
         return record
     if record is not None and _record_matches(record, base, inputs):
         console.info(f"patch {source.name}: the record {state_path(settings, source.name)} "
@@ -978,6 +1206,7 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         gitutil.git(["checkout", "-q", "-B", PATCHED, record["head"]], cwd=tree)
         record = _layers_with_empty(record, layers)
         write_json_atomic(state_path(settings, source.name), record)
+    failure_path(settings, source.name).unlink(missing_ok=True)
     return record
 
 
@@ -998,12 +1227,103 @@ def scratch_worktree(tree: Path, base: str, parent: Path) -> Iterator[Path]:
         gitutil.git(["worktree", "prune"], cwd=tree, check=False)
 
 
+class SourcesFailed(UserError):
+    """``inv patch`` / ``inv fetch --keep-going``: several sources failed or were skipped (the
+    message lists each with its reason; the exit code is the worst of theirs)."""
+
+
+def summary_error(verb: str, failures: list[tuple[str, AskbuildError]],
+                  skipped: list[tuple[str, str]]) -> AskbuildError:
+    """One error for every source that failed (``failures``) or was skipped (``skipped``:
+    name, why): a single failure is raised as it is."""
+    if len(failures) == 1 and not skipped:
+        return failures[0][1]
+    head = f"{verb}: {len(failures)} source(s) failed" + \
+        (f", {len(skipped)} skipped" if skipped else "") + ":"
+    lines = [head]
+    for name, e in failures:
+        lines.append(f"- {name}: " + e.message.replace("\n", "\n    "))
+        if e.fix:
+            lines.append(f"    fix: {e.fix}")
+    lines += [f"- {name}: skipped: {why}" for name, why in skipped]
+    err = SourcesFailed("\n".join(lines),
+                        fix="fix each source as its line says, then run the same command again")
+    err.exit_code = max([e.exit_code for _, e in failures] or [1])
+    return err
+
+
+def failure_path(settings: Settings, name: str) -> Path:
+    """The note a failed ``inv patch`` of ``name`` leaves (removed by the next success), read
+    by :func:`patch_state_problem`."""
+    return settings.state_dir / f"failed-patch-{name}.json"
+
+
+def _first_line(e: AskbuildError) -> str:
+    return e.message.strip().splitlines()[0] if e.message.strip() else type(e).__name__
+
+
+class _Trees:
+    """Work trees of the sources one ``inv patch`` run reads, each made at most once; a tree
+    that cannot be made is remembered with the reason (its dependents are skipped)."""
+
+    def __init__(self, settings: Settings, sources: dict[str, Source]) -> None:
+        self.settings, self.sources = settings, sources
+        self.made: dict[str, Path] = {}
+        self.broken: dict[str, str] = {}
+
+    def get(self, name: str) -> Path:
+        if name in self.broken:
+            raise SourceError(f"source {name}: {self.broken[name]}")
+        if name not in self.made:
+            try:
+                self.made[name] = source_tree(self.settings, self.sources[name])
+            except AskbuildError as e:
+                self.broken[name] = _first_line(e)
+                raise
+        return self.made[name]
+
+    def blocked(self, layers: list[Layer]) -> str | None:
+        """Why a source cannot be patched because a vendor layer's provider has no tree."""
+        for ly in layers:
+            if ly.kind != "vendor" or not ly.provider:
+                continue
+            try:
+                self.get(ly.provider)
+            except AskbuildError:
+                return (f"its vendor layer {ly.id} comes from source {ly.provider}, whose work "
+                        f"tree could not be made ({self.broken[ly.provider]})")
+        return None
+
+
+def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Trees, *,
+               sources: dict[str, Source], report: Report, check: bool) -> None:
+    """Patch (or ``check``) one source; raises what went wrong."""
+    with git_errors(f"patch {src.name}", settings.src_dir / src.name):
+        if not check:
+            recover_tree(settings, src.name)
+        tree = trees.get(src.name)
+        if not check:
+            patch_source(settings, src, sources=sources, layers=layers, report=report,
+                         tree=tree, trees=trees.made)
+            return
+        inputs = collect_inputs(settings, layers, sources, trees={**trees.made})
+        base = base_commit(tree)
+        with scratch_worktree(tree, base, settings.work_dir) as scratch:
+            apply_queue(scratch, base, inputs, source=src.name, report=report, branch=None)
+
+
 @runlock.exclusive("patch")
 def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bool = False,
-          as_json: bool = False) -> Report:
+          as_json: bool = False, keep_going: bool = False) -> Report:
     """The ``inv patch`` verb.  ``check``: apply every series to its locked base in a scratch
     clone and report, touching no build tree (the CI gate).  Holds the work-dir lock; heals
-    what a killed run left (half-written series, stale scratch trees, half-patched trees)."""
+    what a killed run left (half-written series, stale scratch trees, half-patched trees).
+
+    Without ``keep_going`` the first failing source stops the verb (with ``check``, a patch
+    that does not apply does not: every source is checked).  With ``keep_going`` every source
+    is tried: one whose vendor layer comes from a source that cannot be fetched is skipped with
+    that reason, and the error at the end lists every failure (:func:`summary_error`).  A full
+    disk always stops at once.  A failed (not checked) source leaves :func:`failure_path`."""
     finish_pending_series(settings)
     clean_scratch(settings)
     sources = load_sources(settings)
@@ -1012,37 +1332,209 @@ def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bo
     report = Report("patch-check" if check else "patch",
                     "patch check (scratch clones)" if check else "patch", PATCH_COLUMNS,
                     subject={"sources": [s.name for s in chosen]})
-    failures: list[PatchFailed] = []
-    try:
-        for src in chosen:
-            layers = all_layers.get(src.name, [])
-            with git_errors(f"patch {src.name}", settings.src_dir / src.name):
-                if not check:
-                    recover_tree(settings, src.name)
-                    patch_source(settings, src, sources=sources, layers=layers, report=report)
-                    continue
-                tree = source_tree(settings, src)
-                inputs = collect_inputs(settings, layers, sources, trees={src.name: tree})
-                with scratch_worktree(tree, base_commit(tree), settings.work_dir) as scratch:
-                    try:
-                        apply_queue(scratch, base_commit(tree), inputs, source=src.name,
-                                    report=report, branch=None)
-                    except NoSpaceLeft:
-                        raise
-                    except PatchFailed as e:
-                        failures.append(e)
-    except PatchFailed:
-        report.ok = False
-        report.emit(as_json=as_json)
-        raise
-    report.ok = not failures
+    trees = _Trees(settings, sources)
+    failures: list[tuple[str, AskbuildError]] = []
+    skipped: list[tuple[str, str]] = []
+    for src in chosen:
+        layers = all_layers.get(src.name, [])
+        mark = len(report.rows)
+        try:
+            if keep_going and (why := trees.blocked(layers)):
+                skipped.append((src.name, why))
+                report.add(source=src.name, layer="", kind="", patch="", status="skipped",
+                           commit=None, detail=why)
+                continue
+            _patch_one(settings, src, layers, trees, sources=sources, report=report,
+                       check=check)
+        except (NoSpaceLeft, NoSpaceError):
+            report.ok = False
+            report.emit(as_json=as_json)
+            raise
+        except AskbuildError as e:
+            if not any(r.get("status") == "failed" for r in report.rows[mark:]):
+                report.add(source=src.name, layer="", kind="", patch="", status="failed",
+                           commit=None, detail=_first_line(e))
+            if not check:
+                write_json_atomic(failure_path(settings, src.name),
+                                  {"source": src.name, "error": e.message, "fix": e.fix})
+            failures.append((src.name, e))
+            if not keep_going and not (check and isinstance(e, PatchFailed)):
+                report.ok = False
+                report.emit(as_json=as_json)
+                raise
+    report.ok = not failures and not skipped
     report.emit(as_json=as_json)
-    if failures:
-        if len(failures) == 1:
-            raise failures[0]
-        raise PatchFailed("\n".join(e.message for e in failures),
-                          fix="refresh the failing patches (inv patches.edit SERIES)")
+    if failures or skipped:
+        if check and not keep_going and all(isinstance(e, PatchFailed) for _, e in failures) \
+                and len(failures) > 1:
+            raise PatchFailed("\n".join(e.message for _, e in failures),
+                              fix="refresh the failing patches (inv patches.edit SERIES)")
+        raise summary_error("inv patch --check" if check else "inv patch", failures, skipped)
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# is a work tree exactly the current series on the current lock? (for the build)
+
+def patch_state_problem(settings: Settings, name: str) -> str | None:
+    """One line saying why ``<work>/src/<name>`` is not exactly what ``inv patch`` makes from
+    the current series on the current lock, or None when it is.
+
+    Checked, in this order (the first problem found is the answer): the work tree exists; no
+    interrupted askbuild run left it half-changed; its base is the locked commit (tarball: the
+    locked sha256); it was patched (``state/patch-<name>.json``) on that base; every vendor
+    provider's tree is at its own lock; the series files (local and vendor, by sha256) are the
+    recorded ones; ``askbuild/patched`` is what the record vouches for; HEAD is at the patched
+    head; no git operation is in progress; no uncommitted edits or untracked files (the build
+    reads committed files only).  When the tree is not the current series and the last
+    ``inv patch`` of the source failed, that failure is the answer.
+
+    Cheap: ``git rev-parse``/``ls-tree``/``cat-file``, sha256 of the series files and one
+    ``git status`` (no ``git am``, no fetch, nothing written).  Never raises for a bad state:
+    an unreadable file or a git failure is a problem line too."""
+    try:
+        return _state_problem(settings, name)
+    except AskbuildError as e:
+        return f"source {name}: {_first_line(e)}"
+    except GitError as e:
+        reason = (e.stderr or e.stdout or "").strip().splitlines()
+        return (f"source {name}: `git {_git_words(e.args_)}` failed in "
+                f"{settings.src_dir / name}: {reason[-1] if reason else e.returncode}")
+
+
+def _lock_problem(source: Source, tree: Path, base: str) -> str | None:
+    """Why ``tree`` (base ``base``) is not at ``source``'s lock."""
+    again = f"run `inv fetch --source {source.name}` then `inv patch`"
+    if not source.locked:
+        return (f"source {source.name} has no lock entry, so its tree {tree} cannot be "
+                f"vouched for: {again} (fetch records the lock)")
+    if source.kind == "git":
+        if base != source.commit:
+            return (f"source {source.name} is locked at {str(source.commit)[:12]} but its tree "
+                    f"{tree} is at {base[:12]} (fetched at another lock): {again}")
+        return None
+    from .fetching import SHA256_TRAILER
+    msg = gitutil.out(["show", "-s", "--format=%B", base], cwd=tree)
+    m = re.search(rf"^{SHA256_TRAILER}: ([0-9a-f]{{64}})$", msg, re.MULTILINE)
+    if not m or m.group(1) != source.sha256:
+        got = m.group(1)[:12] if m else "an unknown tarball"
+        return (f"source {source.name} is locked at sha256 {str(source.sha256)[:12]} but its "
+                f"tree {tree} was imported from {got} (fetched at another lock): {again}")
+    return None
+
+
+def _series_changes(record: dict, inputs: list[PatchInput]) -> str:
+    """What differs between the recorded series and ``inputs`` ("" when nothing): patch files
+    as ``layer/file (changed|new|removed)``, or ``the order of the patches``."""
+    old: dict[tuple, tuple] = {}
+    order_old = []
+    for p in record.get("patches") or []:
+        if isinstance(p, dict):
+            key = (p.get("layer"), p.get("file"))
+            old[key] = (p.get("strip"), p.get("sha256"))
+            order_old.append(key)
+    new = {(p.layer.id, p.name): (p.strip, p.sha256) for p in inputs}
+    out = [f"{k[0]}/{k[1]} (changed)" for k in new if k in old and old[k] != new[k]]
+    out += [f"{k[0]}/{k[1]} (new)" for k in new if k not in old]
+    out += [f"{k[0]}/{k[1]} (removed)" for k in old if k not in new]
+    if out:
+        return _shown(out, 4)
+    return "" if order_old == list(new) else "the order of the patches"
+
+
+def uncommitted(tree: Path) -> list[str]:
+    """Changed tracked files and untracked files (not ignored) of ``tree``; nothing written
+    (``--no-optional-locks``)."""
+    raw = gitutil.git(["--no-optional-locks", "status", "--porcelain=v1", "-z",
+                       "--untracked-files=normal"], cwd=tree).stdout
+    fields = raw.split("\0")
+    out, i = [], 0
+    while i < len(fields):
+        f = fields[i]
+        i += 1
+        if len(f) > 3:
+            out.append(f[3:] + (" (untracked)" if f.startswith("??") else ""))
+            if f[0] in "RC":
+                i += 1          # the original path of a rename / copy
+    return out
+
+
+def _state_problem(settings: Settings, name: str) -> str | None:
+    sources = load_sources(settings)
+    src = sources.get(name)
+    if src is None:
+        return f"no source named {name!r} in {settings.sources_file}"
+    tree = settings.src_dir / name
+    run = f"`inv patch --source {name}`"
+    if not _has_base(tree):
+        return (f"source {name} has no work tree at {tree}: run `inv fetch --source {name}` "
+                f"and {run}")
+    if (_gd(tree) / JOURNAL).exists():
+        verb = (read_json(_gd(tree) / JOURNAL) or {}).get("verb", "patch")
+        return (f"an interrupted `inv {verb}` left {tree} half-changed: run {run} (it puts "
+                "the tree back first)")
+    base = base_commit(tree)
+    problem = _lock_problem(src, tree, base)
+    if problem:
+        return problem
+    failed = read_json(failure_path(settings, name))
+
+    def or_failed(text: str) -> str:
+        err = failed.get("error") if failed else None
+        if isinstance(err, str) and err.strip():
+            return (f"the last `inv patch` of {name} failed: {err.strip().splitlines()[0]} "
+                    f"(fix it and run {run})")
+        return text
+
+    record = tree_state(settings, name)
+    if record is None:
+        return or_failed(f"source {name} has not been patched (no record "
+                         f"{state_path(settings, name)}): run {run}")
+    if record.get("base") != base:
+        return or_failed(f"source {name} was fetched at a new lock since `inv patch` (patched "
+                         f"on {str(record.get('base'))[:12]}, its base is now {base[:12]}): "
+                         f"run {run}")
+    layers = load_layers(settings, sources).get(name, [])
+    trees = {name: tree}
+    for ly in layers:
+        if ly.kind != "vendor" or not ly.provider or ly.provider in trees:
+            continue
+        ptree = settings.src_dir / ly.provider
+        if not _has_base(ptree):
+            return (f"vendor layer {ly.id} of {name}: source {ly.provider} has no work tree "
+                    f"at {ptree}: run `inv fetch --source {ly.provider}` and {run}")
+        problem = _lock_problem(sources[ly.provider], ptree, base_commit(ptree))
+        if problem:
+            return f"vendor layer {ly.id} of {name}: {problem}"
+        trees[ly.provider] = ptree
+    inputs = collect_inputs(settings, layers, sources, trees=trees, quiet=True)
+    changes = _series_changes(record, inputs)
+    if changes:
+        return or_failed(f"the series changed since `inv patch`: {changes}: run {run}")
+    if not _record_done(tree, record, base, inputs):
+        return (f"branch {PATCHED} of {tree} is not what `inv patch` made (the record "
+                f"{state_path(settings, name)} does not vouch for it): run {run}")
+    head = str(record.get("head"))
+    cur = _rev(tree, "HEAD") or "?"
+    if cur != head:
+        sym = gitutil.git(["symbolic-ref", "-q", "--short", "HEAD"], cwd=tree,
+                          check=False).stdout.strip()
+        where = f"branch {sym}" if sym else f"a detached HEAD at {cur[:12]}"
+        fix = (f"export the edits (`inv patches.export SERIES`) and run {run}"
+               if sym.startswith(EDIT_PREFIX) else
+               f"`git -C {tree} checkout {PATCHED}`, or run {run}")
+        return (f"{tree} is on {where}, not on the patched series ({PATCHED} at "
+                f"{head[:12]}): {fix}")
+    op = _operation_in_progress(tree)
+    if op:
+        return f"{op} is in progress in {tree}: finish or abort it (`git -C {tree} status`)"
+    dirty = uncommitted(tree)
+    if dirty:
+        return (f"uncommitted edits in {tree}: {_shown(dirty, 6)}; the build reads committed "
+                f"files only: commit them into a series (`inv patches.edit SERIES`, commit, "
+                f"`inv patches.export SERIES`, {run}) or discard them (`git -C {tree} reset "
+                f"--hard && git -C {tree} clean -fd`)")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

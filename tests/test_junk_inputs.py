@@ -293,9 +293,6 @@ def test_recipe_files_junk(proj, recipe, kernel, shared):
 @example(data=b"\xff")
 @example(data=b"[a]\nvendor = false\n")
 @example(data=b"[a]\nlocal = 3\n")
-@pytest.mark.xfail(strict=True, reason="patchqueue.load_layers iterates vendor / local without "
-                   "checking they are arrays: `[a] vendor = false` or `local = 3` -> TypeError "
-                   "(not iterable)")
 def test_patches_toml_junk(proj, data):
     sources = load_sources(proj)
     patchqueue.layers_file(proj).write_bytes(data)

@@ -246,6 +246,7 @@ def test_vendor_layer_applies_before_the_local_series(tmp_path):
     settings, tree, _ = vendor_project(tmp_path)
     report = pq.patch(settings, ["lib"])
     assert [(r["layer"], r["kind"], r["patch"]) for r in report.rows] == [
+        ("vendor:patches/main-missing", "vendor", ""),      # optional, absent: skipped
         ("vendor:patches/lib", "vendor", "01-a.patch"),
         ("vendor:patches/lib", "vendor", "02-b.patch"),
         ("patches/lib", "local", "0001-local.patch")]
@@ -266,8 +267,9 @@ def test_missing_vendor_directory_is_an_error_unless_optional(tmp_path):
     settings, _, _ = vendor_project(tmp_path)
     f = settings.recipes_dir / "patches.toml"
     f.write_text(f.read_text().replace("optional = true", "optional = false"))
-    with pytest.raises(Exception, match="vendor series 'patches/main-missing'"):
+    with pytest.raises(ConfigError, match="vendor layer vendor:patches/main-missing") as e:
         pq.patch(settings, ["lib"])
+    assert "optional" not in str(e.value).split("matches no patch")[1]
 
 
 def test_resolve_layer(tmp_path):
@@ -658,3 +660,109 @@ def test_a_git_am_of_the_user_is_never_taken_for_a_killed_run(project):
     assert (project.tree / ".git" / "rebase-apply").is_dir()
     assert "conflict line 10 resolving" in (project.tree / "lib/conflict.c").read_text()
     assert not (project.tree / ".git" / "ORIG_HEAD.lock").exists()
+
+
+# -- patch_state_problem: the build's gate (issue #14) ----------------------------------------
+
+def problem(project: Project) -> str | None:
+    return pq.patch_state_problem(project.settings, "up")
+
+
+def test_patch_state_problem_is_none_only_for_the_current_series(project):
+    assert problem(project).startswith("source up has not been patched (no record ")
+    run_patch(project)
+    assert problem(project) is None
+    f = project.series_dir / "0001-clean.patch"
+    orig = f.read_bytes()
+    f.write_bytes(orig.replace(b"lib: make clean.c better", b"lib: make clean.c nicer"))
+    assert problem(project) == ("the series changed since `inv patch`: "
+                                "patches/up/0001-clean.patch (changed): run "
+                                "`inv patch --source up`")
+    f.write_bytes(orig)
+    series = project.series_dir / "series"
+    text = series.read_text()
+    series.write_text(text.replace("0002-near.patch\n", ""))
+    assert "patches/up/0002-near.patch (removed)" in problem(project)
+    series.write_text(text.replace("0002-near.patch\n", "").replace(
+        "0001-clean.patch\n", "0001-clean.patch\n0002-near.patch\n"))
+    assert problem(project) is None                  # the same series again
+    lines = text.splitlines(keepends=True)
+    series.write_text("".join([lines[0], lines[2], lines[1], *lines[3:]]))
+    assert "the series changed since `inv patch`: the order of the patches" in problem(project)
+    series.write_text(text)
+    assert problem(project) is None
+
+
+def test_patch_state_problem_names_uncommitted_edits_and_other_heads(project):
+    run_patch(project)
+    tree = project.tree
+    index = tree / ".git" / "index"
+    (tree / "lib/clean.c").write_text("edited by hand\n")
+    (tree / "notes.txt").write_text("mine\n")
+    before = index.stat().st_mtime_ns
+    got = problem(project)
+    assert got.startswith(f"uncommitted edits in {tree}: lib/clean.c, notes.txt (untracked); "
+                          "the build reads committed files only")
+    assert "inv patches.edit SERIES" in got and f"git -C {tree} reset --hard" in got
+    assert index.stat().st_mtime_ns == before        # a query writes nothing
+    g(tree, "checkout", "-q", "--", "lib/clean.c")
+    (tree / "notes.txt").unlink()
+    assert problem(project) is None
+    pq.edit(project.settings, "patches/up")
+    change_line(tree, "lib/clean.c", 2, "clean line 2 EDITED")
+    commit_all(tree, "an edit not exported yet")
+    got = problem(project)
+    assert got.startswith(f"{tree} is on branch askbuild/edit/patches-up, not on the patched "
+                          "series (askbuild/patched at ")
+    assert "inv patches.export SERIES" in got
+    g(tree, "checkout", "-q", "--detach", "askbuild/base")
+    assert f"{tree} is on a detached HEAD at " in problem(project)
+    g(tree, "checkout", "-q", "askbuild/patched")
+    assert problem(project) is None
+
+
+def test_patch_state_problem_follows_the_lock_and_the_last_patch_run(project):
+    from askbuild import fetching
+    v1, v2 = project.upstream.v1, project.upstream.v2
+    run_patch(project)
+    sources = project.settings.sources_file
+    text = sources.read_text()
+    sources.write_text(text.replace(v1, v2).replace('ref = "v1"', 'ref = "v2"'))
+    assert problem(project).startswith(f"source up is locked at {v2[:12]} but its tree "
+                                       f"{project.tree} is at {v1[:12]} (fetched at another "
+                                       "lock): run `inv fetch --source up` then `inv patch`")
+    fetching.fetch(project.settings, ["up"])
+    assert problem(project).startswith(
+        f"source up was fetched at a new lock since `inv patch` (patched on {v1[:12]}, its "
+        f"base is now {v2[:12]})")
+    with pytest.raises(PatchFailed):                   # 0003-conflict does not apply to v2
+        run_patch(project)
+    assert problem(project).startswith("the last `inv patch` of up failed: patch 3 of 6 of up "
+                                       "did not apply: 0003-conflict.patch (fix it and run ")
+    sources.write_text(text.replace(v1, v2).replace('ref = "v1"', 'ref = "v2"')
+                       .replace(f'commit = "{v2}"\n', ""))
+    assert problem(project).startswith("source up has no lock entry")
+
+
+def test_patch_state_problem_ignores_a_stale_failure_note_and_sees_interrupted_runs(project):
+    run_patch(project)
+    f = project.series_dir / "0001-clean.patch"
+    orig = f.read_bytes()
+    f.write_bytes(orig.replace(b"clean line 4", b"clean line four"))    # no longer applies
+    with pytest.raises(PatchFailed):
+        run_patch(project)
+    assert pq.failure_path(project.settings, "up").is_file()
+    assert problem(project).startswith("the last `inv patch` of up failed: patch 1 of 6")
+    f.write_bytes(orig)              # back to the series the tree holds: nothing to refuse
+    assert problem(project) is None
+    run_patch(project)
+    assert not pq.failure_path(project.settings, "up").exists()
+    (project.tree / ".git" / pq.JOURNAL).write_text('{"verb": "patch"}')
+    assert problem(project).startswith(f"an interrupted `inv patch` left {project.tree} "
+                                       "half-changed")
+    (project.tree / ".git" / pq.JOURNAL).unlink()
+    assert pq.patch_state_problem(project.settings, "nope") == \
+        f"no source named 'nope' in {project.settings.sources_file}"
+    import shutil
+    shutil.rmtree(project.tree)
+    assert problem(project).startswith(f"source up has no work tree at {project.tree}")

@@ -1,6 +1,7 @@
-/* askbuild fixture: reads the DPA XML configuration like dpa_app and hands the PDL to fmc. */
+/* askbuild example: reads the DPA XML configuration like dpa_app and hands the PDL to fmc.
+ * Like the vendor's dpa_app it reads fixed default paths (no options but -v). */
 #include <stdio.h>
-#include <unistd.h>
+#include <string.h>
 #include <libxml/parser.h>
 #include "fmc.h"
 #include "fm_ext.h"
@@ -38,27 +39,22 @@ static int show(const char *what, const char *path)
 	return 0;
 }
 
+#define DEFAULT_CFG_FILE "/etc/cdx_cfg.xml"
+#define DEFAULT_PCD_FILE "/etc/cdx_pcd.xml"
+#define DEFAULT_SP_FILE "/etc/cdx_sp.xml"
+#define DEFAULT_PDL_FILE "/etc/fmc/config/hxs_pdl_v3.xml"
+
 int main(int argc, char **argv)
 {
-	const char *cfg = "/etc/cdx_cfg.xml", *pcd = "/etc/cdx_pcd.xml";
-	const char *sp = "/etc/cdx_sp.xml", *pdl = "/etc/fmc/config/hxs_pdl_v3.xml";
+	const char *cfg = DEFAULT_CFG_FILE, *pcd = DEFAULT_PCD_FILE;
+	const char *sp = DEFAULT_SP_FILE, *pdl = DEFAULT_PDL_FILE;
 	char buf[256];
-	int opt, rc = 0;
+	int rc = 0;
 
-	while ((opt = getopt(argc, argv, "c:p:s:d:v")) != -1) {
-		switch (opt) {
-		case 'c': cfg = optarg; break;
-		case 'p': pcd = optarg; break;
-		case 's': sp = optarg; break;
-		case 'd': pdl = optarg; break;
-		case 'v':
-			printf("dpa_app fixture (%s, cdx ABI %d) features:%s%s\n", FM_FIXTURE_PART,
-			       CDX_FIXTURE_ABI, F_AB, F_LS);
-			return 0;
-		default:
-			fprintf(stderr, "usage: dpa_app [-c cfg] [-p pcd] [-s sp] [-d pdl] [-v]\n");
-			return 2;
-		}
+	if (argc > 1 && !strcmp(argv[1], "-v")) {
+		printf("dpa_app fixture (%s, cdx ABI %d) features:%s%s\n", FM_FIXTURE_PART,
+		       CDX_FIXTURE_ABI, F_AB, F_LS);
+		return 0;
 	}
 	rc |= show("cfg", cfg);
 	rc |= show("pcd", pcd);
