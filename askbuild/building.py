@@ -149,7 +149,29 @@ def _prepare_sources(settings: Settings, names: list[str], prepare: bool,
     for n in missing:
         if n not in why and not _is_tree(source_tree(settings, n)):
             why[n] = f"its work tree {source_tree(settings, n)} does not exist"
+    if tools is None:
+        tools = _preparers(settings, prepare)
+    declared = _declared_sources(settings) if tools is not None else set()
+    for n in names:
+        if n in why or n not in declared or not _is_tree(source_tree(settings, n)):
+            continue
+        # Never build what the tree happens to hold: only the current series on the current
+        # lock (and no uncommitted edits, which the build would silently ignore).
+        problem = tools[1].patch_state_problem(settings, n)
+        if problem:
+            why[n] = (f"its work tree is not the current patch series on the current lock: "
+                      f"{problem} (run `inv patch --source {n}`)")
+            console.warn(f"source {n}: {why[n]}")
     return why
+
+
+def _declared_sources(settings: Settings) -> set[str]:
+    """Sources the sources file declares (the only trees the patch step owns)."""
+    try:
+        return {n for n, t in read_toml(settings.sources_file, missing_ok=True).items()
+                if isinstance(t, dict) and "kind" in t}
+    except AskbuildError:
+        return set()
 
 
 def source_descriptions(settings: Settings) -> dict[str, str]:
