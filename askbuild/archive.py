@@ -18,6 +18,7 @@ failed archive leaves nothing behind.  A full disk is a :class:`~askbuild.errors
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tarfile
@@ -144,7 +145,38 @@ def iter_checked(members: Iterable[tarfile.TarInfo], archive: Path, *, strip_com
                 raise _refuse(what, archive, name,
                               f"is a hard link to {target!r}, which points outside the tree")
             changes["linkname"] = "/".join(stripped)
-        yield m.replace(**changes, deep=False)
+        yield _replaced(m, changes)
+
+
+#: The ``data`` extraction filter arrived in Python 3.11.4 / 3.12; Debian bookworm's 3.11.2
+#: lacks it (and ``TarInfo.replace``, ``FilterError``).  There, members are made "data-like"
+#: here: owned by whoever extracts, no setuid/setgid/sticky, no group/other write.
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+FilterError = getattr(tarfile, "FilterError", ())
+
+
+def _replaced(m: tarfile.TarInfo, changes: dict) -> tarfile.TarInfo:
+    new = copy.copy(m)
+    for k, v in changes.items():
+        setattr(new, k, v)
+    return new
+
+
+def _data_like(m: tarfile.TarInfo) -> tarfile.TarInfo:
+    mode = m.mode & 0o755
+    if m.isreg():
+        mode |= 0o600
+    return _replaced(m, {"uid": os.geteuid(), "gid": os.getegid(), "uname": "", "gname": "",
+                         "mode": mode})
+
+
+def extract_all(tar: tarfile.TarFile, dest: Path, members) -> None:
+    """``tar.extractall(dest, members=...)`` with the ``data`` filter's rules on every Python
+    askbuild supports (callers check names and links themselves: :func:`iter_checked`)."""
+    if HAS_DATA_FILTER:
+        tar.extractall(dest, members=members, filter="data")
+    else:
+        tar.extractall(dest, members=(_data_like(m) for m in members))
 
 
 def check_links(root: Path, archive: Path, *, what: str) -> None:
@@ -180,9 +212,9 @@ def safe_extract(archive: Path, dest: Path, *, strip_components: int = 1, what: 
             # One streaming pass (a kernel tarball is decompressed once): each member is
             # checked just before it is extracted; a refusal throws the whole directory away.
             with tarfile.open(archive, mode="r|*") as tar:
-                tar.extractall(tmp, members=iter_checked(
-                    tar, archive, strip_components=strip_components, what=what), filter="data")
-        except tarfile.FilterError as e:
+                extract_all(tar, tmp, iter_checked(
+                    tar, archive, strip_components=strip_components, what=what))
+        except FilterError as e:
             raise _refuse(what, archive, getattr(e, "tarinfo", None) and e.tarinfo.name or "?",
                           f"was refused by the tarfile data filter ({e})") from e
         except OSError as e:

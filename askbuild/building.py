@@ -55,7 +55,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import console, gitutil, kernel, manifest, procs, recipes, runlock, toolchain
+from . import archive, console, gitutil, kernel, manifest, procs, recipes, runlock, toolchain
 from .errors import (
     AskbuildError,
     BuildFailed,
@@ -795,7 +795,7 @@ class Build:
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
         with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tf:
-            tf.extractall(dest, filter="data")
+            archive.extract_all(tf, dest, tf.getmembers())
 
     def build_one(self, name: str, jobs: int) -> dict:
         s, r = self.settings, self.rs.recipes[name]
