@@ -168,12 +168,11 @@ def test_two_image_runs_at_once(tmp_path, programs, reference):
     time.sleep(0.3)
     second = faults.start(*image_args(work))
     third = faults.start(*image_args(other))
-    errs = []
     for proc in (first, second, third):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-        errs.append(err)
-    assert "waiting for another askbuild run" in errs[0] + errs[1]
+    # (Whether the second run had to wait depends on timing; that a run waits for a held lock
+    # and names the holder is tested deterministically in tests/test_trust.py.)
     for w in (work, other):
         rec = imaging.read_record(settings(w))
         assert rec is not None and rec["archive_sha256"] == reference
@@ -195,7 +194,8 @@ def test_checkouts_sharing_a_cold_cache(tmp_path, programs):
         assert proc.returncode == 0, err
         errs.append(err)
     assert sum("mmdebstrap" in e for e in errs) == 1, errs
-    assert "waiting for another askbuild run" in errs[0] + errs[1]
+    # (Whether the second run had to wait depends on timing; that a run waits for a held lock
+    # and names the holder is tested deterministically in tests/test_trust.py.)
     digests = {sha256_file(w / "image/cmm.tar")[0] for w in works}
     assert len(digests) == 1
     for w in works:
