@@ -97,7 +97,8 @@ class ImageError(StepFailed):
     """Assembling, loading or testing the image failed."""
 
 
-def _free_space(path: str | None) -> str:
+def free_space(path: str | Path | None) -> str:
+    """``N MiB free on the file system of P`` for the nearest existing parent of ``path``."""
     p = Path(path) if path else Path.cwd()
     for cand in (p, *p.parents):
         try:
@@ -114,7 +115,7 @@ def os_error_message(e: OSError) -> tuple[str, str]:
     where = str(e.filename) if e.filename is not None else None
     what = f"{where}: " if where else ""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"{what}no space left on device ({_free_space(where)})",
+        return (f"{what}no space left on device ({free_space(where)})",
                 "free some space (or point --work-dir / --cache-dir elsewhere), then run the "
                 "same command again: it resumes where it stopped")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -70,6 +70,7 @@ from .errors import (
     PatchFailed,
     SourceError,
     UserError,
+    free_space,
 )
 from .fsutil import read_json, read_toml, write_json_atomic
 from .gitutil import FIXED_IDENTITY, GitError
@@ -795,18 +796,8 @@ def no_space(text: str) -> bool:
     return any(n in text for n in NO_SPACE)
 
 
-def _free_space(where: Path) -> str:
-    for cand in (where, *where.parents):
-        try:
-            usage = shutil.disk_usage(cand)
-        except OSError:
-            continue
-        return f"{usage.free / (1 << 20):.1f} MiB free on the file system of {cand}"
-    return "free space unknown"
-
-
 def no_space_error(what: str, where: Path, detail: str = "") -> NoSpaceLeft:
-    lines = [f"{what}: no space left on device ({_free_space(where)})"]
+    lines = [f"{what}: no space left on device ({free_space(where)})"]
     lines += [f"  git: {ln}" for ln in detail.strip().splitlines()[:4] if ln.strip()]
     return NoSpaceLeft("\n".join(lines),
                        fix="free some space (or use another --work-dir), then run the same "
