@@ -10,12 +10,14 @@ Keys::
     cache_dir = "/srv/askbuild-cache"    # shared download cache
     work_dir  = "/data/askbuild"         # work trees, build outputs, staging, image
     profile   = "default"                # which recipes/sources file
+    cross_compile = "aarch64-linux-gnu-"  # cross toolchain prefix ({cross}); {host} derives
     [mirrors]                            # URL prefix -> replacement (see askbuild.urls)
     "https://github.com/" = "file:///srv/git-mirrors/github.com/"
 
 Environment: ``ASKBUILD_CACHE_DIR``, ``ASKBUILD_WORK_DIR``, ``ASKBUILD_PROFILE``,
 ``ASKBUILD_MIRRORS`` (space-separated ``PREFIX=REPLACEMENT`` pairs, these win over files),
-``ASKBUILD_CONFIG``, ``ASKBUILD_PROJECT_ROOT`` (where ``recipes/`` and ``patches/`` are read
+``ASKBUILD_CONFIG``, ``CROSS_COMPILE`` (the cross toolchain prefix, as for the kernel's make),
+``ASKBUILD_PROJECT_ROOT`` (where ``recipes/`` and ``patches/`` are read
 from; default: this checkout; tests point it at fixture projects).
 
 Paths are made absolute once, here, and every later step uses them as they are:
@@ -47,7 +49,14 @@ from .fsutil import read_toml
 from .urls import check_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-KNOWN_CONFIG_KEYS = {"cache_dir", "work_dir", "profile", "mirrors"}
+KNOWN_CONFIG_KEYS = {"cache_dir", "work_dir", "profile", "mirrors", "cross_compile"}
+DEFAULT_CROSS_COMPILE = "aarch64-linux-gnu-"
+# Debian's multiarch tuple of the target (arm64): where the arm64 -dev packages put headers and
+# libraries (/usr/lib/<MULTIARCH>) and the base layer's library directory.  A fact about Debian,
+# not about the toolchain: an ARM toolchain's triplet (aarch64-none-linux-gnu) differs.
+MULTIARCH = "aarch64-linux-gnu"
+TARGET_ARCH = "arm64"
+CROSS_COMPILE_RE = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
 PROFILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MAX_SHOWN = 60
 
@@ -100,6 +109,8 @@ def _check_config(path: Path, data: dict) -> dict:
                                   "to this file's directory)")
     if "profile" in data:
         check_profile(data["profile"], f"{path}: profile")
+    if "cross_compile" in data:
+        check_cross_compile(data["cross_compile"], f"{path}: cross_compile")
     mirrors = data.get("mirrors", {})
     if not isinstance(mirrors, dict):
         raise ConfigError(f"{path}: mirrors: must be a table of URL prefix = \"replacement\" "
@@ -161,6 +172,19 @@ def check_profile(value: object, where: str) -> str:
         raise ConfigError(f"{where}: not a profile name (got {got(value)})",
                           fix="a profile is a name like 'default' or 'example' (letters, "
                               "digits, '-', '_', '.'): a file recipes/profiles/<name>.toml")
+    return value
+
+
+def check_cross_compile(value: object, where: str) -> str:
+    """A cross toolchain prefix such as ``aarch64-linux-gnu-`` or ``/opt/tc/bin/aarch64-none-
+    linux-gnu-``: ``<prefix>gcc`` is the C compiler.  It never starts with ``-`` (it is passed
+    as ``CROSS_COMPILE=<prefix>`` to make) and holds no spaces or shell characters."""
+    if not isinstance(value, str) or not CROSS_COMPILE_RE.fullmatch(value) \
+            or not value.endswith("-"):
+        raise ConfigError(f"{where}: not a cross toolchain prefix (got {got(value)})",
+                          fix=f"a prefix ending in '-' that names <prefix>gcc, e.g. "
+                              f"{DEFAULT_CROSS_COMPILE} (the default) or "
+                              "/opt/toolchain/bin/aarch64-linux-gnu-")
     return value
 
 
@@ -229,13 +253,33 @@ class Settings:
     locked: bool = False
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     debug: bool = False
+    cross_compile: str = DEFAULT_CROSS_COMPILE
 
     def __post_init__(self) -> None:
         self.project_root = absolute(self.project_root)
         self.cache_dir = absolute(self.cache_dir)
         self.work_dir = absolute(self.work_dir)
 
-    # -- derived locations -------------------------------------------------------------
+    # -- the cross toolchain ---------------------------------------------------------
+    @property
+    def host_triplet(self) -> str:
+        """The GNU host triplet of the cross toolchain (``{host}`` in recipes, ``--host`` of
+        configure): the prefix's file name without its trailing ``-``."""
+        return self.cross_compile.rsplit("/", 1)[-1].rstrip("-")
+
+    @property
+    def multiarch(self) -> str:
+        """Debian's multiarch tuple of the target (``/usr/lib/<multiarch>``)."""
+        return MULTIARCH
+
+    @property
+    def cross_gcc(self) -> str:
+        """The cross C compiler actually used: ``<cross_compile>gcc``."""
+        return f"{self.cross_compile}gcc"
+
+    # -- layout: every path askbuild reads or writes has its owner here ------------------
+    # Project (read): recipes, sources file.  Work dir (written): see docs/ARCHITECTURE.md
+    # "Work directory layout".  Cache (shared between work dirs): "Cache layout".
     @property
     def recipes_dir(self) -> Path:
         return self.project_root / "recipes"
@@ -252,31 +296,137 @@ class Settings:
         """Source work trees: ``<work>/src/<name>`` (git trees, base tagged)."""
         return self.work_dir / "src"
 
+    def source_tree(self, name: str) -> Path:
+        """The work tree of source ``name``: ``<work>/src/<name>``."""
+        return self.src_dir / name
+
     @property
     def state_dir(self) -> Path:
-        """Stamps and records of completed steps."""
+        """Records of completed steps, journals of pending ones, the work-dir lock."""
         return self.work_dir / "state"
+
+    def patch_record(self, name: str) -> Path:
+        """What ``inv patch`` applied to source ``name`` (``patchqueue.tree_state``)."""
+        return self.state_dir / f"patch-{name}.json"
+
+    def failed_patch_record(self, name: str) -> Path:
+        """The patch that stopped the last ``inv patch`` of ``name`` (for ``patches.edit``)."""
+        return self.state_dir / f"failed-patch-{name}.json"
+
+    def edit_record(self, source: str, layer_slug: str) -> Path:
+        """An open ``inv patches.edit`` of one layer of ``source``."""
+        return self.state_dir / f"edit-{source}-{layer_slug}.json"
+
+    def series_pending(self, key: str) -> Path:
+        """The journal of a series directory being rewritten (all or nothing)."""
+        return self.state_dir / f"series-pending-{key}.json"
+
+    def rebase_state(self, name: str) -> Path:
+        """The phase and progress of an ``inv rebase`` of ``name`` in progress."""
+        return self.state_dir / f"rebase-{name}.json"
+
+    def rebase_backup(self, name: str) -> Path:
+        """What ``inv rebase --abort`` restores: the series and sources file as they were."""
+        return self.state_dir / f"rebase-{name}"
+
+    def build_record(self, name: str) -> Path:
+        """The done record of component ``name`` (its content key and staged files)."""
+        return self.state_dir / f"build-{name}.json"
+
+    @property
+    def run_lock(self) -> Path:
+        """The work-dir lock file (``runlock.work_dir``)."""
+        return self.state_dir / "askbuild.lock"
 
     @property
     def out_dir(self) -> Path:
         """Per-component build output directories."""
         return self.work_dir / "out"
 
+    def out_tree(self, name: str) -> Path:
+        """Component ``name``'s output directory: ``<work>/out/<name>``."""
+        return self.out_dir / name
+
+    @property
+    def sysroot_dir(self) -> Path:
+        """Headers, libraries and pkg-config files components install for each other."""
+        return self.work_dir / "sysroot"
+
     @property
     def staging_dir(self) -> Path:
+        """The root file system of the image-to-be."""
         return self.work_dir / "staging"
 
     @property
     def logs_dir(self) -> Path:
         return self.work_dir / "logs"
 
+    def log_file(self, name: str) -> Path:
+        """The build log of component ``name`` (or of a step such as ``image-base``)."""
+        return self.logs_dir / f"{name}.log"
+
+    @property
+    def build_manifest(self) -> Path:
+        """``build-manifest.json``: what the staging tree holds, built from what."""
+        return self.work_dir / "build-manifest.json"
+
+    @property
+    def ccache_bin_dir(self) -> Path:
+        """Compiler wrappers (``<cross>gcc`` -> ccache) put first on PATH with ``--ccache``."""
+        return self.work_dir / "ccache-bin"
+
+    @property
+    def image_dir(self) -> Path:
+        """The image archive (``cmm.tar``), its app layer and its record."""
+        return self.work_dir / "image"
+
+    @property
+    def image_record(self) -> Path:
+        return self.image_dir / "image.json"
+
+    @property
+    def example_upstreams_dir(self) -> Path:
+        """The example profile's upstreams, published from ``examples/vendor`` (``examples``)."""
+        return self.work_dir / "example-upstreams"
+
+    # -- the shared cache ----------------------------------------------------------------
     @property
     def git_cache(self) -> Path:
         return self.cache_dir / "git"
 
+    def git_cache_repo(self, name: str) -> Path:
+        """The bare cache repository of git source ``name``."""
+        return self.git_cache / f"{name}.git"
+
     @property
     def tarball_cache(self) -> Path:
+        """Verified tarballs at ``<sha256>/<file>``; ``.incoming/<name>/`` while downloading,
+        ``quarantine/`` for files that failed verification."""
         return self.cache_dir / "tarballs"
+
+    def tarball_file(self, sha256: str, filename: str) -> Path:
+        return self.tarball_cache / sha256 / filename
+
+    def tarball_incoming(self, name: str) -> Path:
+        return self.tarball_cache / ".incoming" / name
+
+    @property
+    def tarball_quarantine(self) -> Path:
+        return self.tarball_cache / "quarantine"
+
+    def cache_lock(self, name: str) -> Path:
+        """The per-source (or per-entry) cache lock file (``runlock.cache``)."""
+        return self.cache_dir / "locks" / f"{name}.lock"
+
+    @property
+    def ccache_dir(self) -> Path:
+        """ccache's store (``CCACHE_DIR`` unless the environment sets one)."""
+        return self.cache_dir / "ccache"
+
+    @property
+    def base_layer_cache(self) -> Path:
+        """The Debian base layers, one directory per content key."""
+        return self.cache_dir / "image" / "base"
 
     @classmethod
     def load(
@@ -290,6 +440,7 @@ class Settings:
         locked: bool = False,
         jobs: int | str | None = None,
         debug: bool = False,
+        cross_compile: str | None = None,
     ) -> Settings:
         """Resolve every setting (option > environment > config files > default), check it and
         make paths absolute (see the module docstring for the rule)."""
@@ -312,6 +463,7 @@ class Settings:
             locked=bool(locked),
             jobs=parse_jobs(jobs) or (os.cpu_count() or 1),
             debug=bool(debug),
+            cross_compile=_pick_cross_compile(cross_compile, merged, origin),
         )
         if not s.sources_file.is_file():
             profiles = sorted(p.stem for p in (s.recipes_dir / "profiles").glob("*.toml"))
@@ -372,6 +524,16 @@ def _pick_dir(arg: str | Path | None, option: str, env_name: str, key: str, merg
         where = f"{origin[key]}: {key}"
         return check_dir_path(absolute(merged[key], origin[key].parent), where)
     return check_dir_path(absolute(default), f"the default {key} ({option} to change it)")
+
+
+def _pick_cross_compile(arg: str | None, merged: dict, origin: dict[str, Path]) -> str:
+    if arg not in (None, ""):
+        return check_cross_compile(arg, "--cross-compile")
+    if os.environ.get("CROSS_COMPILE"):
+        return check_cross_compile(os.environ["CROSS_COMPILE"], "CROSS_COMPILE")
+    if "cross_compile" in merged:
+        return merged["cross_compile"]
+    return DEFAULT_CROSS_COMPILE
 
 
 def _pick_profile(arg: str | None, merged: dict) -> str:
