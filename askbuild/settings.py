@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,11 +255,21 @@ class Settings:
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     debug: bool = False
     cross_compile: str = DEFAULT_CROSS_COMPILE
+    # the options given on the command line that shape the settings, as words (absolute paths):
+    # what a printed command must repeat to act on the same work dir, cache and profile
+    given: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.project_root = absolute(self.project_root)
         self.cache_dir = absolute(self.cache_dir)
         self.work_dir = absolute(self.work_dir)
+
+    def command(self, verb: str, *words: str) -> str:
+        """A command line to print in a message: ``inv VERB WORDS...`` plus the options this run
+        was given (``--work-dir``, ``--cache-dir``, ``--profile``, ``--cross-compile``,
+        ``--offline``, ``--locked``), shell-quoted, so that pasting it in the same shell acts on
+        the same work directory, cache and profile."""
+        return shlex.join(["inv", verb, *words, *self.given])
 
     # -- the cross toolchain ---------------------------------------------------------
     @property
@@ -454,6 +465,9 @@ class Settings:
         work = _pick_dir(work_dir, "--work-dir", "ASKBUILD_WORK_DIR", "work_dir", merged,
                          origin, root / "build")
         s = cls(
+            given=_given(cache_dir=cache, work_dir=work, profile=profile, offline=offline,
+                         locked=locked, cross_compile=cross_compile,
+                         explicit={"cache_dir": cache_dir, "work_dir": work_dir}),
             project_root=root,
             cache_dir=cache,
             work_dir=work,
@@ -524,6 +538,23 @@ def _pick_dir(arg: str | Path | None, option: str, env_name: str, key: str, merg
         where = f"{origin[key]}: {key}"
         return check_dir_path(absolute(merged[key], origin[key].parent), where)
     return check_dir_path(absolute(default), f"the default {key} ({option} to change it)")
+
+
+def _given(*, cache_dir: Path, work_dir: Path, profile: str | None, offline: bool,
+           locked: bool, cross_compile: str | None, explicit: dict) -> tuple[str, ...]:
+    """The command-line options of this run as words for :meth:`Settings.command` (directory
+    options as the absolute paths they resolved to)."""
+    words: list[str] = []
+    if explicit["work_dir"] not in (None, ""):
+        words += ["--work-dir", str(work_dir)]
+    if explicit["cache_dir"] not in (None, ""):
+        words += ["--cache-dir", str(cache_dir)]
+    if profile not in (None, ""):
+        words += ["--profile", str(profile)]
+    if cross_compile not in (None, ""):
+        words += ["--cross-compile", str(cross_compile)]
+    words += ["--offline"] * bool(offline) + ["--locked"] * bool(locked)
+    return tuple(words)
 
 
 def _pick_cross_compile(arg: str | None, merged: dict, origin: dict[str, Path]) -> str:

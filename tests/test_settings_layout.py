@@ -1,0 +1,80 @@
+"""Settings as the one owner of the cross toolchain and of the commands messages print."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from askbuild.errors import ConfigError
+from askbuild.settings import DEFAULT_CROSS_COMPILE, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(tmp_path, monkeypatch, config: str | None = None, **kw) -> Settings:
+    monkeypatch.delenv("CROSS_COMPILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    if config is not None:
+        (tmp_path / "cfg.toml").write_text(config)
+        monkeypatch.setenv("ASKBUILD_CONFIG", str(tmp_path / "cfg.toml"))
+    else:
+        monkeypatch.delenv("ASKBUILD_CONFIG", raising=False)
+    return Settings.load(project_root=ROOT, work_dir=tmp_path / "w", cache_dir=tmp_path / "c",
+                         **kw)
+
+
+def test_cross_compile_option_beats_environment_beats_config(tmp_path, monkeypatch):
+    assert _load(tmp_path, monkeypatch).cross_compile == DEFAULT_CROSS_COMPILE
+    s = _load(tmp_path, monkeypatch,
+              config='cross_compile = "/opt/tc/bin/aarch64-none-linux-gnu-"\n')
+    assert s.cross_compile == "/opt/tc/bin/aarch64-none-linux-gnu-"
+    assert s.host_triplet == "aarch64-none-linux-gnu"
+    assert s.cross_gcc == "/opt/tc/bin/aarch64-none-linux-gnu-gcc"
+    assert s.multiarch == "aarch64-linux-gnu"      # Debian's, whatever the toolchain
+    monkeypatch.setenv("CROSS_COMPILE", "aarch64-linux-musl-")
+    monkeypatch.setenv("ASKBUILD_CONFIG", str(tmp_path / "cfg.toml"))
+    s = Settings.load(project_root=ROOT, work_dir=tmp_path / "w", cache_dir=tmp_path / "c")
+    assert s.host_triplet == "aarch64-linux-musl"
+    s = Settings.load(project_root=ROOT, work_dir=tmp_path / "w", cache_dir=tmp_path / "c",
+                      cross_compile="aarch64-unknown-linux-gnu-")
+    assert s.cross_gcc == "aarch64-unknown-linux-gnu-gcc"
+
+
+@pytest.mark.parametrize("bad", ["-aarch64-", "aarch64 linux-", "aarch64;rm-", "aarch64-gcc", ""])
+def test_a_bad_prefix_is_named_with_where_it_came_from(tmp_path, monkeypatch, bad):
+    if bad == "":
+        # an empty config value is not a prefix either (an empty option means "not given")
+        with pytest.raises(ConfigError, match=r"cfg.toml: cross_compile: not a cross toolchain"):
+            _load(tmp_path, monkeypatch, config='cross_compile = ""\n')
+        return
+    with pytest.raises(ConfigError, match=r"--cross-compile: not a cross toolchain prefix"):
+        _load(tmp_path, monkeypatch, cross_compile=bad)
+    monkeypatch.setenv("CROSS_COMPILE", bad)
+    with pytest.raises(ConfigError, match=r"^CROSS_COMPILE: not a cross toolchain prefix"):
+        Settings.load(project_root=ROOT, work_dir=tmp_path / "w", cache_dir=tmp_path / "c")
+
+
+def test_printed_commands_repeat_the_options_of_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CROSS_COMPILE", raising=False)
+    s = Settings.load(project_root=ROOT, work_dir="my work", cache_dir="c", profile="example",
+                      offline=True)
+    words = shlex.split(s.command("rebase", "ask", "--continue"))
+    assert words == ["inv", "rebase", "ask", "--continue", "--work-dir", str(tmp_path / "my work"),
+                     "--cache-dir", str(tmp_path / "c"), "--profile", "example", "--offline"]
+    plain = Settings.load(project_root=ROOT)
+    assert plain.command("patch", "--source", "ask") == "inv patch --source ask"
+
+
+def test_the_cli_takes_cross_compile_and_refuses_a_bad_one(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "invoke", "fetch", "--cross-compile", "x y-",
+                           "--work-dir", str(tmp_path / "w"), "--cache-dir", str(tmp_path / "c")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "--cross-compile: not a cross toolchain prefix (got 'x y-')" in proc.stderr
+    assert "Traceback" not in proc.stderr
