@@ -109,7 +109,8 @@ def patch(c, source=None, check=False, json=False, keep_going=False):
 
 
 @verb(positional=["source"],
-      help={"onto": "the new upstream ref (tag, branch or commit) to rebase onto",
+      help={"source": "the source whose local series to replay (e.g. ask)",
+            "onto": "the new upstream ref (tag, branch or commit) to rebase onto",
             "dry_run": "go through the whole series without stopping and print the report",
             "continue_": "continue after resolving a conflict (git add the files first)",
             "skip": "drop the conflicting patch and continue",
