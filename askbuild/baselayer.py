@@ -43,10 +43,9 @@ from pathlib import Path
 from . import console, oci, procs, runlock
 from .errors import ConfigError, ImageError, MissingToolError, OfflineError
 from .fsutil import read_json, write_bytes_atomic
-from .settings import Settings
+from .settings import MULTIARCH, Settings
 
 FORMAT = 5                      # bump when the normalisation below changes
-MULTIARCH = "aarch64-linux-gnu"
 HOST_LIB_DIRS = [f"/usr/lib/{MULTIARCH}", f"/lib/{MULTIARCH}", f"/usr/{MULTIARCH}/lib"]
 HOOKS = ["/usr/share/mmdebstrap/hooks/merged-usr", "/usr/share/mmdebstrap/hooks/busybox"]
 PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -286,12 +285,40 @@ def elf_facts(data: bytes) -> dict | None:
                 "broken": True}
 
 
+@dataclass
+class _Unpacked:
+    """What :func:`_read_rootfs` found in mmdebstrap's tar."""
+
+    entries: dict[str, oci.Entry] = field(default_factory=dict)
+    debs: list[bytes] = field(default_factory=list)     # the downloaded packages
+    status: str = ""                                    # var/lib/dpkg/status as unpacked
+    masters: dict[str, bytes] = field(default_factory=dict)  # base-passwd's master files
+
+
+MASTER_FILES = ("usr/share/base-passwd/passwd.master", "usr/share/base-passwd/group.master")
+
+
 def _normalise(raw_tar: Path) -> tuple[list[oci.Entry], list[dict]]:
-    """Entries of the base layer from mmdebstrap's tar, the package list and status file."""
-    entries: dict[str, oci.Entry] = {}
-    debs: list[bytes] = []
-    status_existing = ""
-    masters: dict[str, bytes] = {}
+    """Entries of the base layer from mmdebstrap's tar, the package list and status file.
+
+    Phases: read the tar (dropping what is not reproducible), the accounts from base-passwd,
+    the package list from the downloaded packages, ``var/lib/dpkg/status`` and the SBOM."""
+    found = _read_rootfs(raw_tar)
+    if not found.debs:
+        raise ImageError(f"{raw_tar}: no downloaded packages found in mmdebstrap's output",
+                         fix="delete the base layer cache directory and run again")
+    _add_accounts(found.entries, found.masters)
+    paragraphs = _package_paragraphs(found.status, found.debs)
+    packages = _package_list(paragraphs)
+    _add_package_records(found.entries, paragraphs, packages)
+    return list(found.entries.values()), packages
+
+
+def _read_rootfs(raw_tar: Path) -> _Unpacked:
+    """Every member of mmdebstrap's tar as an entry, except the dropped ones (device nodes,
+    apt's caches and lists, ``DROP_EXACT``); the ``.deb`` files, the dpkg status file and
+    base-passwd's master files are set aside."""
+    found = _Unpacked()
     with tarfile.open(raw_tar) as tf:
         for m in tf:
             path = oci.norm_path(m.name)
@@ -299,33 +326,41 @@ def _normalise(raw_tar: Path) -> tuple[list[oci.Entry], list[dict]]:
                 continue
             if path.startswith("var/cache/apt/archives/") and path.endswith(".deb") \
                     and m.isfile():
-                debs.append(tf.extractfile(m).read())
+                found.debs.append(tf.extractfile(m).read())
                 continue
             if path == "var/lib/dpkg/status" and m.isfile():
-                status_existing = tf.extractfile(m).read().decode("utf-8", "replace")
+                found.status = tf.extractfile(m).read().decode("utf-8", "replace")
                 continue
             if path in DROP_EXACT or (path.startswith(DROP_PREFIXES) and path not in KEEP_DIRS):
                 continue
-            if m.isfile():
-                data = tf.extractfile(m).read()
-                if path in ("usr/share/base-passwd/passwd.master",
-                            "usr/share/base-passwd/group.master"):
-                    masters[path.rsplit("/", 1)[1]] = data
-                entries[path] = oci.Entry(path, oci.FILE, m.mode, data=data, mtime=m.mtime)
-            elif m.isdir():
-                entries[path] = oci.Entry(path, oci.DIR, m.mode, mtime=m.mtime)
-            elif m.issym():
-                entries[path] = oci.Entry(path, oci.SYMLINK, 0o777, linkname=m.linkname,
-                                          mtime=m.mtime)
-            elif m.islnk():
-                entries[path] = oci.Entry(path, oci.HARDLINK, m.mode,
-                                          linkname=oci.norm_path(m.linkname), mtime=m.mtime)
-            elif m.isfifo():
-                entries[path] = oci.Entry(path, oci.FIFO, m.mode, mtime=m.mtime)
-            # device nodes outside /dev are not expected; they are dropped as well
-    if not debs:
-        raise ImageError(f"{raw_tar}: no downloaded packages found in mmdebstrap's output",
-                         fix="delete the base layer cache directory and run again")
+            entry = _entry_of(tf, m, path)
+            if entry is None:
+                continue        # device nodes outside /dev are not expected; dropped as well
+            if path in MASTER_FILES and entry.kind == oci.FILE:
+                found.masters[path.rsplit("/", 1)[1]] = entry.data
+            found.entries[path] = entry
+    return found
+
+
+def _entry_of(tf: tarfile.TarFile, m: tarfile.TarInfo, path: str) -> oci.Entry | None:
+    """The layer entry of one tar member (None for a device node)."""
+    if m.isfile():
+        return oci.Entry(path, oci.FILE, m.mode, data=tf.extractfile(m).read(), mtime=m.mtime)
+    if m.isdir():
+        return oci.Entry(path, oci.DIR, m.mode, mtime=m.mtime)
+    if m.issym():
+        return oci.Entry(path, oci.SYMLINK, 0o777, linkname=m.linkname, mtime=m.mtime)
+    if m.islnk():
+        return oci.Entry(path, oci.HARDLINK, m.mode, linkname=oci.norm_path(m.linkname),
+                         mtime=m.mtime)
+    if m.isfifo():
+        return oci.Entry(path, oci.FIFO, m.mode, mtime=m.mtime)
+    return None
+
+
+def _add_accounts(entries: dict[str, oci.Entry], masters: dict[str, bytes]) -> None:
+    """``/etc/passwd`` and ``/etc/group`` from base-passwd's master files (root's shell is
+    busybox's ``/bin/sh`` when the image has no bash)."""
     for name in ("passwd", "group"):
         key = f"{name}.master"
         if key not in masters:
@@ -336,21 +371,38 @@ def _normalise(raw_tar: Path) -> tuple[list[oci.Entry], list[dict]]:
             # base-passwd gives root /bin/bash; the image's shell is busybox's /bin/sh
             data = re.sub(rb"^(root:[^\n]*:)/bin/bash$", rb"\1/bin/sh", data, flags=re.M)
         entries[f"etc/{name}"] = oci.Entry(f"etc/{name}", oci.FILE, 0o644, data=data)
+
+
+def _package_paragraphs(status: str, debs: list[bytes]) -> dict[str, dict[str, str]]:
+    """Package name -> control fields: the unpacked status file, then every downloaded
+    package's own control fields (they win)."""
     paragraphs: dict[str, dict[str, str]] = {}
-    for para in status_existing.split("\n\n"):
+    for para in status.split("\n\n"):
         if para.strip():
             f = _parse_paragraph(para)
             if "Package" in f:
                 paragraphs[f["Package"]] = f
-    packages = []
     for deb in debs:
         f = _parse_paragraph(_control_fields(deb))
         paragraphs[f["Package"]] = f
+    return paragraphs
+
+
+def _package_list(paragraphs: dict[str, dict[str, str]]) -> list[dict]:
+    """``[{"name", "version", "architecture", "source"}]`` sorted by name."""
+    packages = []
     for name in sorted(paragraphs):
         f = paragraphs[name]
         packages.append({"name": name, "version": f.get("Version", ""),
                          "architecture": f.get("Architecture", ""),
                          "source": f.get("Source", name).split(" ")[0] or name})
+    return packages
+
+
+def _add_package_records(entries: dict[str, oci.Entry], paragraphs: dict[str, dict[str, str]],
+                         packages: list[dict]) -> None:
+    """``var/lib/dpkg/status`` (every package installed) and
+    ``usr/share/monok8s/base-packages.json`` (the same list as JSON)."""
     status = "\n".join(_status_paragraph(paragraphs[n]) for n in sorted(paragraphs))
     entries["var/lib/dpkg/status"] = oci.Entry("var/lib/dpkg/status", oci.FILE, 0o644,
                                                data=status.encode())
@@ -359,7 +411,6 @@ def _normalise(raw_tar: Path) -> tuple[list[oci.Entry], list[dict]]:
     entries["usr/share/monok8s/base-packages.json"] = oci.Entry(
         "usr/share/monok8s/base-packages.json", oci.FILE, 0o644,
         data=(json.dumps(sbom, indent=1, sort_keys=True) + "\n").encode())
-    return list(entries.values()), packages
 
 
 def _index_and_elf(entries: list[oci.Entry]) -> tuple[dict[str, list], dict[str, dict]]:
@@ -380,7 +431,7 @@ def ensure_base(settings: Settings, spec: BaseSpec, *, epoch: int,
     entry is read and filled under its cache lock; a damaged entry is made again."""
     validate_packages(spec.packages, "base layer packages")
     key = cache_key(spec)
-    root = settings.cache_dir / "image" / "base" / key
+    root = settings.base_layer_cache / key
     with runlock.cache(settings, f"_image-base-{key}"):
         root.mkdir(parents=True, exist_ok=True)
         _clean_temps(root)
@@ -410,7 +461,7 @@ def _ensure_rootfs(settings: Settings, spec: BaseSpec, root: Path,
     meta_file.unlink(missing_ok=True)
     tmp = oci.temp_path(raw)
     try:
-        _run_mmdebstrap(spec, tmp, settings.logs_dir / "image-base.log")
+        _run_mmdebstrap(spec, tmp, settings.log_file("image-base"))
         tmp.replace(raw)
     finally:
         tmp.unlink(missing_ok=True)
@@ -477,7 +528,7 @@ def _comment(meta: dict) -> str:
 
 def prune(settings: Settings, keep: int = 3) -> None:
     """Keep only the ``keep`` most recently used base layer cache entries."""
-    base = settings.cache_dir / "image" / "base"
+    base = settings.base_layer_cache
     if not base.is_dir():
         return
     dirs = sorted((d for d in base.iterdir() if d.is_dir()),

@@ -15,8 +15,8 @@ import posixpath
 from dataclasses import dataclass
 
 from .errors import ImageError
+from .settings import MULTIARCH
 
-MULTIARCH = "aarch64-linux-gnu"
 DEFAULT_DIRS = [f"lib/{MULTIARCH}", f"usr/lib/{MULTIARCH}", "lib", "usr/lib"]
 MAX_HOPS = 40
 

@@ -27,6 +27,12 @@ class AskbuildError(Exception):
         self.message = message
         self.fix = fix
 
+    @property
+    def headline(self) -> str:
+        """The first line of the message (the class name when there is no message)."""
+        return self.message.strip().splitlines()[0] if self.message.strip() else \
+            type(self).__name__
+
     def __str__(self) -> str:
         if self.fix:
             return f"{self.message}\n  fix: {self.fix}"
@@ -79,6 +85,11 @@ class DirtyTreeError(UserError):
     """A work tree holds local edits that an operation would throw away."""
 
 
+class SourcesFailed(UserError):
+    """``inv patch`` / ``inv fetch --keep-going``: several sources failed or were skipped (the
+    message lists each with its reason; the exit code is the worst of theirs)."""
+
+
 class StepFailed(AskbuildError):
     """A build or patch step ran and failed (exit 2)."""
 
@@ -86,7 +97,12 @@ class StepFailed(AskbuildError):
 
 
 class PatchFailed(StepFailed):
-    """A patch did not apply (names the series, patch, files and hunks)."""
+    """A patch did not apply (names the series, patch, files and hunks).
+
+    ``partial``: when a queue stopped at this patch, what applied before it (``layer``,
+    ``layer_start``, ``applied``, ``index``, ``head``: the last good commit), else None."""
+
+    partial: dict | None = None
 
 
 class BuildFailed(StepFailed):
@@ -95,6 +111,26 @@ class BuildFailed(StepFailed):
 
 class ImageError(StepFailed):
     """Assembling, loading or testing the image failed."""
+
+
+def summary_error(verb: str, failures: list[tuple[str, AskbuildError]],
+                  skipped: list[tuple[str, str]]) -> AskbuildError:
+    """One error for every source that failed (``failures``) or was skipped (``skipped``:
+    name, why): a single failure is raised as it is."""
+    if len(failures) == 1 and not skipped:
+        return failures[0][1]
+    head = f"{verb}: {len(failures)} source(s) failed" + \
+        (f", {len(skipped)} skipped" if skipped else "") + ":"
+    lines = [head]
+    for name, e in failures:
+        lines.append(f"- {name}: " + e.message.replace("\n", "\n    "))
+        if e.fix:
+            lines.append(f"    fix: {e.fix}")
+    lines += [f"- {name}: skipped: {why}" for name, why in skipped]
+    err = SourcesFailed("\n".join(lines),
+                        fix="fix each source as its line says, then run the same command again")
+    err.exit_code = max([e.exit_code for _, e in failures] or [1])
+    return err
 
 
 def free_space(path: str | Path | None) -> str:

@@ -45,10 +45,6 @@ EPOCH_DATE = "2026-01-01T00:00:00Z"
 EPOCH = 1767225600  # 2026-01-01T00:00:00Z
 
 
-def upstreams_dir(settings: Settings) -> Path:
-    return settings.work_dir / "example-upstreams"
-
-
 def _spec(settings: Settings) -> dict:
     return read_toml(settings.project_root / "examples" / "upstreams.toml")
 
@@ -231,7 +227,7 @@ def publish(settings: Settings, *, force: bool = False) -> dict[str, dict]:
     Concurrent calls (other runs, other verbs) wait for each other; the published content
     is complete whenever the stamp exists."""
     spec = _spec(settings)
-    dest = upstreams_dir(settings)
+    dest = settings.example_upstreams_dir
     digest = _inputs_hash(settings, spec)
     if not force and (done := _published(dest, digest)) is not None:
         return done

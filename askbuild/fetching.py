@@ -68,15 +68,15 @@ from .errors import (
     SourceError,
     UnlockedSourceError,
     VerificationError,
+    summary_error,
 )
 from .fsutil import read_json, sha256_file, write_json_atomic
 from .gitutil import GitError, check_ref, is_sha
+from .refs import BASE_REF, BASE_TAG, KEEP_PREFIX
 from .settings import Settings
 from .sources import Source, load_sources, select, write_lock
 from .urls import apply_mirrors, check_url
 
-BASE_TAG = "askbuild/base"
-KEEP_PREFIX = "refs/askbuild/keep/"
 SHA256_TRAILER = "Askbuild-Sha256"
 #: In a work tree's ``.git``: a base move in progress (``{"from": sha, "to": sha}``).
 MOVE_MARKER = "askbuild-base-move.json"
@@ -106,12 +106,8 @@ class _Damaged(Exception):
 # -- small helpers ------------------------------------------------------------------------
 
 def cache_repo(settings: Settings, source: Source) -> Path:
-    """The bare cache repository of a git source."""
-    return settings.git_cache / f"{source.name}.git"
-
-
-def work_tree(settings: Settings, source: Source) -> Path:
-    return settings.src_dir / source.name
+    """The bare cache repository of a git source (``Settings.git_cache_repo``)."""
+    return settings.git_cache_repo(source.name)
 
 
 def remote_url(settings: Settings, source: Source) -> str:
@@ -213,11 +209,6 @@ def _stale_git_files(repo: Path) -> list[Path]:
     return sorted(found)
 
 
-def _incoming(settings: Settings, source: Source) -> Path:
-    """Where downloads of a tarball source are written until they are verified."""
-    return settings.tarball_cache / ".incoming" / source.name
-
-
 def _clean_cache_leftovers(settings: Settings, source: Source) -> None:
     """Remove what killed runs left in this source's cache entry.  The caller holds the
     source's cache lock (every askbuild access to that entry does), so nothing found here
@@ -229,7 +220,7 @@ def _clean_cache_leftovers(settings: Settings, source: Source) -> None:
             rf"\.{name}\.(?:(?:tmp|old)-[0-9]+-[0-9a-f]+|[a-z0-9_]{{8}})"))
         found += _stale_git_files(repo)
     else:
-        found = _matching(_incoming(settings, source), re.compile(r".*"))
+        found = _matching(settings.tarball_incoming(source.name), re.compile(r".*"))
         found += _matching(settings.tarball_cache, re.compile(
             rf"\.{re.escape(source.filename)}\.[a-z0-9_]{{8}}\.part"))    # older askbuilds
     if found:
@@ -559,7 +550,7 @@ def _base_of(tree: Path) -> str | None:
     if not (tree / ".git").exists():
         return None
     # The tag is lightweight: its target needs no object access (the cache may be gone).
-    r = _tree_git(tree, ["rev-parse", "-q", "--verify", f"refs/tags/{BASE_TAG}"], check=False)
+    r = _tree_git(tree, ["rev-parse", "-q", "--verify", BASE_REF], check=False)
     return r.stdout.strip() or None
 
 
@@ -588,7 +579,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _sync_shallow(settings: Settings, source: Source) -> None:
     """Copy the cache's shallow list into the work tree that borrows its objects."""
-    tree = work_tree(settings, source)
+    tree = settings.source_tree(source.name)
     if (tree / ".git").is_dir() and (tree / ".git" / "objects" / "info" / "alternates").exists():
         _link_cache(tree / ".git", cache_repo(settings, source))
 
@@ -726,7 +717,7 @@ def _resume_move(settings: Settings, source: Source, tree: Path, commit: str) ->
     data = read_json(_marker(tree)) or {}
     known = [c for c in (data.get("from"), data.get("to"), commit)
              if isinstance(c, str) and is_sha(c) and _tree_has(tree, c)]
-    for lock in ("index.lock", "HEAD.lock", f"refs/tags/{BASE_TAG}.lock"):
+    for lock in ("index.lock", "HEAD.lock", f"{BASE_REF}.lock"):
         (tree / ".git" / lock).unlink(missing_ok=True)      # the killed checkout's
     foreign, ours_untracked = _changes_since(tree, known)
     t = _rel(settings, tree)
@@ -781,7 +772,7 @@ def _ensure_head_readable(settings: Settings, source: Source, tree: Path, base: 
 def _new_git_tree(settings: Settings, source: Source, commit: str) -> Path:
     """A new work tree at ``commit``, built under a unique temporary name and renamed into
     place only when complete."""
-    tree = work_tree(settings, source)
+    tree = settings.source_tree(source.name)
     settings.src_dir.mkdir(parents=True, exist_ok=True)
     tmp = settings.src_dir / unique_name(f".{source.name}.tmp-")
     try:
@@ -797,7 +788,7 @@ def _new_git_tree(settings: Settings, source: Source, commit: str) -> Path:
 
 
 def _git_work_tree(settings: Settings, source: Source, commit: str) -> Path:
-    tree = work_tree(settings, source)
+    tree = settings.source_tree(source.name)
     base = _existing_tree(settings, source, tree)
     if base is None:
         return _new_git_tree(settings, source, commit)
@@ -812,7 +803,7 @@ def _git_work_tree(settings: Settings, source: Source, commit: str) -> Path:
 
 
 def _tarball_base_sha256(tree: Path) -> str | None:
-    msg = _tree_git(tree, ["show", "-s", "--format=%B", f"refs/tags/{BASE_TAG}"],
+    msg = _tree_git(tree, ["show", "-s", "--format=%B", BASE_REF],
                     check=False).stdout
     m = re.search(rf"^{SHA256_TRAILER}: ([0-9a-f]{{64}})$", msg, re.MULTILINE)
     return m.group(1) if m else None
@@ -838,7 +829,7 @@ def _import_tarball(settings: Settings, source: Source, archive: Path, dest: Pat
 
 
 def _tarball_work_tree(settings: Settings, source: Source, archive: Path) -> Path:
-    tree = work_tree(settings, source)
+    tree = settings.source_tree(source.name)
     base = _existing_tree(settings, source, tree)
     if _tarball_settled(settings, source, tree):
         return tree
@@ -868,13 +859,8 @@ def _tarball_work_tree(settings: Settings, source: Source, archive: Path) -> Pat
 
 # -- tarballs -----------------------------------------------------------------------------
 
-def cached_tarball(settings: Settings, source: Source) -> Path:
-    """Where the verified tarball of a locked source lives in the cache."""
-    return settings.tarball_cache / str(source.sha256) / source.filename
-
-
 def _quarantine(settings: Settings, path: Path, name: str) -> Path:
-    qdir = settings.tarball_cache / "quarantine"
+    qdir = settings.tarball_quarantine
     qdir.mkdir(parents=True, exist_ok=True)
     dest = qdir / unique_name(f"{name}.{time.strftime('%Y%m%dT%H%M%S')}.")
     os.replace(path, dest)
@@ -903,7 +889,7 @@ def _verify_tarball(settings: Settings, source: Source, path: Path, url: str,
 
 
 def _download(settings: Settings, source: Source, url: str, *, locked: bool):
-    return download(url, _incoming(settings, source), what=source.name,
+    return download(url, settings.tarball_incoming(source.name), what=source.name,
                     filename=source.filename, expected_size=source.size if locked else None)
 
 
@@ -917,7 +903,7 @@ def _move_in(got_path: Path, dest: Path) -> None:
 def fetch_tarball(settings: Settings, source: Source) -> Path:
     """The verified cached tarball of a locked tarball source (downloads when missing; a
     cached file that no longer verifies is quarantined and downloaded again)."""
-    dest = cached_tarball(settings, source)
+    dest = settings.tarball_file(str(source.sha256), source.filename)
     with runlock.cache(settings, source.name):
         _tidy_cache(settings, source)
         if dest.exists():
@@ -947,7 +933,7 @@ def resolve_tarball(settings: Settings, source: Source) -> tuple[str, int, Path]
     with runlock.cache(settings, source.name):
         _tidy_cache(settings, source)
         got = _download(settings, source, url, locked=False)
-        dest = settings.tarball_cache / got.sha256 / source.filename
+        dest = settings.tarball_file(got.sha256, source.filename)
         _move_in(got.path, dest)
     return got.sha256, got.size, dest
 
@@ -989,7 +975,7 @@ def ensure_source(settings: Settings, source: Source) -> Path:
         _clean_work_leftovers(settings, source)
         if not source.locked:
             source = resolve_unlocked(settings, source)
-        tree = work_tree(settings, source)
+        tree = settings.source_tree(source.name)
         with _git_errors(source, source.url, settings.src_dir):
             if source.kind == "git":
                 commit = str(source.commit)
@@ -1013,7 +999,7 @@ def fetch(settings: Settings, names: list[str] | tuple[str, ...] | None = None,
     Without ``keep_going`` the first source that cannot be fetched stops the verb (and
     ``--locked`` refuses before anything when a source has no lock).  With ``keep_going``
     every source is tried; the error at the end lists each failure with its reason
-    (``patchqueue.summary_error``; exit 1).  A full disk always stops at once."""
+    (``errors.summary_error``; exit 1).  A full disk always stops at once."""
     selected = select(load_sources(settings), names, settings)
     if settings.locked and not keep_going:
         missing = [s.name for s in selected if not s.locked]
@@ -1041,6 +1027,5 @@ def fetch(settings: Settings, names: list[str] | tuple[str, ...] | None = None,
         console.info(f"source {source.name}: {_rel(settings, tree)} at {base}")
         trees[source.name] = tree
     if failures:
-        from .patchqueue import summary_error
         raise summary_error("inv fetch", failures, [])
     return trees

@@ -19,9 +19,9 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from . import console
+from . import console, toolchain
 from .errors import MissingToolError
-from .settings import Settings
+from .settings import DEFAULT_CROSS_COMPILE, Settings
 
 ARM64_DEV = ["libxml2-dev:arm64", "libcli-dev:arm64", "libpcap-dev:arm64", "libmnl-dev:arm64"]
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
@@ -124,8 +124,9 @@ def _docker() -> tuple[bool, str]:
 PROGRAMS: dict[str, tuple[str, str, bool]] = {
     "git": ("git", "fetch and patch sources", True),
     "make": ("make", "component and kernel builds", True),
-    "aarch64-linux-gnu-gcc": ("gcc-aarch64-linux-gnu", "aarch64 userspace and kernel builds",
-                              True),
+    # The default cross compiler; doctor checks the one actually used (settings.cross_gcc).
+    f"{DEFAULT_CROSS_COMPILE}gcc": ("gcc-aarch64-linux-gnu",
+                                    "aarch64 userspace and kernel builds", True),
     "pkg-config": ("pkgconf", "finds the arm64 libraries for the components", True),
     "file": ("file", "identifies build outputs (tests)", True),
     "flex": ("flex", "kernel build", True),
@@ -187,13 +188,27 @@ def _program_checks() -> list[Check]:
     return out
 
 
-def checks() -> list[Check]:
+def _cross_check(settings: Settings, default: Check) -> Check:
+    """The cross compiler the build will use (``settings.cross_gcc``): found, and reporting
+    its version.  Setup installs the default compiler's package; another prefix names a
+    toolchain askbuild cannot install, so its fix says what to do instead."""
+    gcc = settings.cross_gcc
+
+    def test() -> tuple[bool, str]:
+        missing = toolchain.compiler_missing(settings)
+        return (False, missing) if missing else _tool_version([gcc, "--version"])()
+
+    default_prefix = settings.cross_compile == DEFAULT_CROSS_COMPILE
+    return Check("cross compiler", f"{gcc}: {default.purpose}", test,
+                 [toolchain.CROSS_PACKAGE] if default_prefix else [],
+                 fix="" if default_prefix else toolchain.compiler_fix(settings))
+
+
+def checks(settings: Settings) -> list[Check]:
+    """Every prerequisite, in the order doctor shows them (the cross compiler is the one
+    ``settings`` selects)."""
     by_name = {c.name: c for c in _program_checks()}
-    cross = by_name.pop("aarch64-linux-gnu-gcc")
-    cross.name, cross.test = "cross compiler", _tool_version(["aarch64-linux-gnu-gcc",
-                                                              "--version"])
-    cross.packages = ["crossbuild-essential-arm64"]
-    cross.purpose = f"aarch64-linux-gnu-gcc: {cross.purpose}"
+    cross = _cross_check(settings, by_name.pop(f"{DEFAULT_CROSS_COMPILE}gcc"))
     git = by_name.pop("git")
     git.test = _tool_version(["git", "--version"])
     return [
@@ -219,9 +234,9 @@ def checks() -> list[Check]:
     ]
 
 
-def run_checks() -> list[Result]:
+def run_checks(settings: Settings) -> list[Result]:
     results = []
-    for c in checks():
+    for c in checks(settings):
         try:
             ok, detail = c.test()
         except Exception as e:  # noqa: BLE001 - a broken probe is a failed check
@@ -238,9 +253,9 @@ def _fix_text(r: Result) -> str:
     return "inv setup   (apt-get install " + " ".join(r.check.packages) + ")"
 
 
-def doctor(settings: Settings | None = None) -> bool:
+def doctor(settings: Settings) -> bool:
     """Print the prerequisite table; return True when every required check passes."""
-    results = run_checks()
+    results = run_checks(settings)
     con = console.get_console()
     if console.is_interactive():
         table = Table(title="askbuild host prerequisites", show_lines=False)
@@ -272,8 +287,7 @@ def doctor(settings: Settings | None = None) -> bool:
     return ok
 
 
-def missing_packages(results: list[Result] | None = None) -> list[str]:
-    results = results if results is not None else run_checks()
+def missing_packages(results: list[Result]) -> list[str]:
     pkgs: list[str] = []
     for r in results:
         if r.ok or not r.check.packages:
@@ -283,6 +297,18 @@ def missing_packages(results: list[Result] | None = None) -> list[str]:
         state = _installed(r.check.packages)
         pkgs += [p for p in r.check.packages if not state.get(p) and p not in pkgs]
     return pkgs
+
+
+def _refuse_uninstallable(results: list[Result]) -> None:
+    """Required prerequisites missing that no package fixes (a cross compiler named by a
+    non-default prefix, an old Python): say so with their fix instead of "all present"."""
+    left = [r for r in results if r.check.required and not r.ok and not r.check.packages
+            and r.check.name != "qemu binfmt"]
+    if left:
+        raise MissingToolError(
+            "host prerequisites missing that `inv setup` cannot install: "
+            + ", ".join(f"{r.check.name} ({r.detail})" for r in left),
+            fix="; ".join(_fix_text(r) for r in left))
 
 
 def _privilege_prefix() -> list[str] | None:
@@ -309,14 +335,15 @@ def setup_commands(packages: list[str], binfmt: bool) -> list[list[str]]:
     return cmds
 
 
-def setup(settings: Settings | None = None, *, check_only: bool = False) -> bool:
+def setup(settings: Settings, *, check_only: bool = False) -> bool:
     """Install whatever required host prerequisite is missing.  Returns True if nothing was
     missing or everything was installed."""
-    results = run_checks()
+    results = run_checks(settings)
     packages = missing_packages(results)
     binfmt_missing = not next(r.ok for r in results if r.check.name == "qemu binfmt")
     cmds = setup_commands(packages, binfmt_missing)
     if not cmds:
+        _refuse_uninstallable(results)
         console.info("host prerequisites: all present")
         return True
     shown = "\n".join("  " + " ".join(c) for c in cmds)
@@ -336,7 +363,7 @@ def setup(settings: Settings | None = None, *, check_only: bool = False) -> bool
         if proc.returncode != 0 and cmd[0] != "mount":
             raise MissingToolError(f"`{' '.join(cmd)}` failed (exit {proc.returncode})",
                                    fix="see apt-get's output above; run `inv doctor`")
-    still = [r for r in run_checks() if r.check.required and not r.ok]
+    still = [r for r in run_checks(settings) if r.check.required and not r.ok]
     if still:
         raise MissingToolError(
             "after setup these prerequisites are still missing: "
@@ -347,8 +374,8 @@ def setup(settings: Settings | None = None, *, check_only: bool = False) -> bool
     return True
 
 
-def ensure(settings: Settings | None = None) -> None:
+def ensure(settings: Settings) -> None:
     """Run setup only when a required prerequisite is missing (used by the main job)."""
-    if all(r.ok for r in run_checks() if r.check.required):
+    if all(r.ok for r in run_checks(settings) if r.check.required):
         return
     setup(settings)

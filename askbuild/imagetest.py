@@ -10,9 +10,17 @@ loaded ``localhost/monok8s/cmm:<tag>``:
   sha256 of the vendor files in the source trees, ``init_dpa.sh`` (module order and "when not
   loaded", variables, binding at the default paths, missing-file and failed-load errors),
   ``select-dpa-config.sh`` (hardware profile, NODE_NAME, missing directory) and the
-  entrypoint's command line (``-f``, ``-n``, ``CMM_MAX_CONNECTIONS``) with a stub cmm.
+  entrypoint's command line (``-f``, ``-n``, ``CMM_MAX_CONNECTIONS``) with a stub cmm;
+* in a second container, the image's own entrypoint runs the image's cmm as the DaemonSet runs
+  it, with the syslog relay off (``CMM_SYSLOG_RELAY=0``) and cmm's ``-F`` when its usage offers
+  it (the local series ``patches/ask/cmm``): cmm must still be serving after
+  :data:`SETTLE_SECONDS` (the entrypoint never says ``cmm daemonized``), must have written on
+  stdout, and must stop cleanly on SIGTERM (``docker stop``: status 0 within
+  :data:`STOP_SECONDS`, the entrypoint's ``cmm stopped after SIGTERM``).  See
+  :func:`foreground_checks`.
 
-The vendor cmm and dpa_app need the DPAA hardware, so they are never run for real here;
+dpa_app needs the DPAA hardware, so it is never run for real here (cmm is, in the foreground
+check: a cmm that cannot serve in a container fails it);
 module loading runs in dry-run mode except for the check that a refused load is a clear error.
 
 A partial image (``inv image --partial``, label ``io.monok8s.askbuild.partial=true``) is never
@@ -23,6 +31,7 @@ a release candidate: every check still runs (useful while iterating on userspace
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +51,24 @@ MISSING_LABEL = f"{imaging.LABEL_PREFIX}.missing"
 
 # Runs inside the image; see the file's header.
 CHECK_SCRIPT_FILE = Path(__file__).with_name("imagetest_checks.sh")
+
+# The foreground check (:func:`foreground_checks`).
+FOREGROUND = "cmm stays in the foreground without the syslog relay"
+STDOUT = "cmm logs on stdout"
+CLEAN_STOP = "cmm stops cleanly on SIGTERM"
+START_SECONDS = 120     # for cmm's first line on stdout (qemu is slow to start)
+SETTLE_SECONDS = 4      # cmm must still be serving this long after that line
+STOP_SECONDS = 20       # docker stop: SIGTERM, then SIGKILL after this long
+DAEMONIZED = "cmm daemonized"
+STOPPED = "cmm stopped after SIGTERM"
+# Runs the image's entrypoint (and command) as "$@", with cmm's -F when cmm's usage offers it.
+FOREGROUND_SCRIPT = """
+usage=$("${CMM_BIN:-/usr/bin/cmm}" -h 2>&1)
+case "$usage" in
+    *-F*) echo "image.test: cmm -h offers -F: running $* -F" >&2; exec "$@" -F ;;
+    *) echo "image.test: cmm -h offers no -F: running $*" >&2; exec "$@" ;;
+esac
+"""
 
 
 @dataclass
@@ -76,7 +103,7 @@ def expected_files(settings: Settings, board: str | None = None,
         specs.update((conf.get("boards") or {}).get(board, {}))
     files_conf = conf.get("files") or {}
     overridden = {t.get("path") for n, t in files_conf.items()
-                  if isinstance(t, dict) and (imaging.image_dir(settings) / n).is_file()}
+                  if isinstance(t, dict) and (imaging.image_inputs_dir(settings) / n).is_file()}
     for ipath, spec in specs.items():
         if ipath in overridden:
             continue
@@ -144,6 +171,95 @@ def run_checks(client, ref: str, expected: dict[str, str], timeout: int = 600) -
     return checks
 
 
+def _tail(text: str, n: int = 6) -> str:
+    return " | ".join(text.strip().splitlines()[-n:]) or "(nothing)"
+
+
+def _logs(container, *, stdout: bool = True, stderr: bool = True) -> str:
+    return container.logs(stdout=stdout, stderr=stderr).decode("utf-8", "replace")
+
+
+def _wait_for_stdout(container, timeout: float) -> str:
+    """cmm's stdout once it holds a line, or whatever it holds when the entrypoint said cmm
+    daemonized, the container ended or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = _logs(container, stderr=False)
+        container.reload()
+        if out.strip() or container.status == "exited" or time.monotonic() > deadline \
+                or DAEMONIZED in _logs(container, stdout=False):
+            return out
+        time.sleep(0.5)
+
+
+def foreground_checks(client, ref: str, *, settle: float = SETTLE_SECONDS,
+                      start: float = START_SECONDS) -> list[Check]:
+    """Run the image's entrypoint (and command) in a container without network, with the syslog
+    relay off and cmm's ``-F`` when its usage offers it; check that cmm is still serving after
+    ``settle`` seconds without daemonizing, that it wrote on stdout, and that SIGTERM stops the
+    container with status 0.  Returns the checks :data:`FOREGROUND`, :data:`STDOUT` and
+    :data:`CLEAN_STOP`, each failure saying what was wrong."""
+    cfg = client.images.get(ref).attrs.get("Config") or {}
+    command = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
+    container = client.containers.run(
+        ref, entrypoint=["/bin/sh", "-c", FOREGROUND_SCRIPT, "sh", *command], command=[],
+        environment={"CMM_SYSLOG_RELAY": "0"}, network_mode="none", platform="linux/arm64",
+        detach=True)
+    try:
+        stdout = _wait_for_stdout(container, start)
+        time.sleep(settle)
+        container.reload()
+        running = container.status == "running"
+        logs = _logs(container)
+        checks = [_foreground_check(running, container, logs),
+                  Check(STDOUT, bool(stdout.strip()),
+                        f"cmm wrote nothing on stdout within {start:.0f} s (with the syslog "
+                        f"relay off its messages are lost); the container said: {_tail(logs)}")]
+        checks.append(_stop_check(container) if running else
+                      Check(CLEAN_STOP, False, "not tried: cmm was not serving"))
+    finally:
+        container.remove(force=True)
+    return checks
+
+
+def _foreground_check(running: bool, container, logs: str) -> Check:
+    """:data:`FOREGROUND`: the container still runs and the entrypoint found no daemon."""
+    if DAEMONIZED in logs:
+        line = next(ln for ln in logs.splitlines() if DAEMONIZED in ln)
+        return Check(FOREGROUND, False,
+                     f"cmm daemonized ({line.strip()}): in a container it must stay in the "
+                     "foreground (cmm -F, the local series patches/ask/cmm); "
+                     f"the container said: {_tail(logs)}")
+    if not running:
+        status = (container.attrs.get("State") or {}).get("ExitCode")
+        return Check(FOREGROUND, False,
+                     f"the container ended with status {status} before it was asked to stop: "
+                     f"{_tail(logs)}")
+    return Check(FOREGROUND, True)
+
+
+def _stop_check(container) -> Check:
+    """:data:`CLEAN_STOP`: ``docker stop`` (SIGTERM) ends the container with status 0 before
+    the engine resorts to SIGKILL, and the entrypoint says cmm stopped after SIGTERM."""
+    t0 = time.monotonic()
+    container.stop(timeout=STOP_SECONDS)
+    took = time.monotonic() - t0
+    container.reload()
+    status = (container.attrs.get("State") or {}).get("ExitCode")
+    logs = _logs(container)
+    if took >= STOP_SECONDS:
+        why = f"still running {STOP_SECONDS} s after SIGTERM (killed)"
+    elif status != 0:
+        why = f"status {status} after SIGTERM, expected 0"
+    elif STOPPED not in logs:
+        why = f"the entrypoint never said {STOPPED!r}"
+    elif DAEMONIZED in logs:
+        why = f"the entrypoint said {DAEMONIZED!r}"
+    else:
+        return Check(CLEAN_STOP, True)
+    return Check(CLEAN_STOP, False, f"{why}; the container said: {_tail(logs)}")
+
+
 def test(settings: Settings, tag: str = "dev") -> TestReport:
     """Check the loaded ``localhost/monok8s/cmm:<tag>`` against the contract."""
     conf = imaging.load_image_toml(settings)
@@ -177,6 +293,7 @@ def test(settings: Settings, tag: str = "dev") -> TestReport:
                          "cannot pass as a release candidate")
         expected = expected_files(settings, board, partial=is_partial(labels))
         report.checks += run_checks(client, ref, expected)
+        report.checks += foreground_checks(client, ref)
     finally:
         client.close()
     for c in report.checks:

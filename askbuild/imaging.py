@@ -48,7 +48,7 @@ from .errors import ConfigError, ImageError, UserError
 from .fsutil import read_json, read_toml, sha256_file, write_json_atomic
 from .gitutil import GitError
 from .gitutil import git as run_git
-from .manifest import manifest_path
+from .refs import BASE_TAG
 from .settings import Settings
 
 REQUIRED_BINARIES = ["usr/bin/cmm", "usr/bin/dpa_app", "usr/bin/fmc"]
@@ -80,7 +80,9 @@ class ImageResult:
 
 # -- inputs -----------------------------------------------------------------------------------
 
-def image_dir(settings: Settings) -> Path:
+def image_inputs_dir(settings: Settings) -> Path:
+    """``images/cmm/`` of the project: ``image.toml``, the entrypoint and the scripts (read
+    only; the image askbuild writes lives in ``settings.image_dir``)."""
     return settings.project_root / "images" / "cmm"
 
 
@@ -99,7 +101,7 @@ def _str_list(value: object, where: str, what: str) -> list[str]:
 
 def load_image_toml(settings: Settings) -> dict:
     """``images/cmm/image.toml``, every value type-checked (errors name the file and key)."""
-    path = image_dir(settings) / "image.toml"
+    path = image_inputs_dir(settings) / "image.toml"
     data = read_toml(path)
     for key in ("base", "config", "files", "vendor"):
         if not isinstance(data.get(key), dict):
@@ -144,7 +146,7 @@ def load_image_toml(settings: Settings) -> dict:
 
 def read_manifest(settings: Settings) -> dict:
     """``<work>/build-manifest.json`` or ``{}``; a malformed file is a warning, not a crash."""
-    path = manifest_path(settings)
+    path = settings.build_manifest
     if not path.is_file():
         console.warn(f"{path} not found: labels fall back to what the trees show")
         return {}
@@ -280,8 +282,8 @@ def source_epoch(settings: Settings) -> int:
             raise UserError(f"SOURCE_DATE_EPOCH={env!r} is not a number of seconds",
                             fix="unset it or give an integer, e.g. $(git log -1 --format=%ct)")
         return int(env)
-    ask = settings.src_dir / "ask"
-    for ref in ("askbuild/base", "HEAD"):
+    ask = settings.source_tree("ask")
+    for ref in (BASE_TAG, "HEAD"):
         try:
             out = run_git(["log", "-1", "--format=%ct", ref, "--"], cwd=ask).stdout.strip()
             if out.isdigit():
@@ -305,20 +307,20 @@ def vendor_bytes(settings: Settings, spec: str, where: str) -> tuple[bytes, str]
     m = VENDOR_RE.match(spec)
     if not m or ".." in m.group("path").split("/") or m.group("path").startswith("/"):
         raise ConfigError(f"{where}: {spec!r} is not SOURCE:PATH or SOURCE@base:PATH")
-    tree = settings.src_dir / m.group("src")
+    tree = settings.source_tree(m.group("src"))
     rel = m.group("path")
     if not tree.is_dir():
         raise ImageError(f"{where}: the source tree {tree} does not exist",
                          fix="run `inv fetch` (and `inv patch`) first")
     if m.group("base"):
-        if _git_rev(tree, "askbuild/base"):
-            proc = run_git(["cat-file", "blob", f"askbuild/base:{rel}"], cwd=tree, text=False,
+        if _git_rev(tree, BASE_TAG):
+            proc = run_git(["cat-file", "blob", f"{BASE_TAG}:{rel}"], cwd=tree, text=False,
                            check=False)
             if proc.returncode != 0:
-                raise ImageError(f"{where}: {rel} does not exist in {tree} at askbuild/base",
+                raise ImageError(f"{where}: {rel} does not exist in {tree} at {BASE_TAG}",
                                  fix="check the path in images/cmm/image.toml [vendor]")
-            return proc.stdout, f"{m.group('src')}@askbuild/base:{rel}"
-        console.warn(f"{tree} has no askbuild/base tag: reading {rel} from the work tree")
+            return proc.stdout, f"{m.group('src')}@{BASE_TAG}:{rel}"
+        console.warn(f"{tree} has no {BASE_TAG} tag: reading {rel} from the work tree")
     f = tree / rel
     if not f.is_file():
         raise ImageError(f"{where}: {f} does not exist",
@@ -359,20 +361,31 @@ def patch_series_hash(settings: Settings, manifest: dict) -> str:
             for p in top:
                 src = str(p.get("source", "")) if isinstance(p, dict) else ""
                 per_source.setdefault(src, []).extend(_patch_rows(src, [p]))
-    if not any(per_source.values()) and settings.state_dir.is_dir():
-        for f in sorted(settings.state_dir.glob("patch-*.json")):
-            st = read_json(f)
-            if st is not None:
-                name = f.stem[len("patch-"):]
-                per_source[name] = _patch_rows(name, st.get("applied") or st.get("patches"))
+    if not any(per_source.values()):
+        per_source.update(_recorded_patches(settings))
     rows = [r for name in sorted(per_source) for r in per_source[name]]
     if not rows:
         return "none"
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
+def _recorded_patches(settings: Settings) -> dict[str, list[str]]:
+    """Patch rows per source from the patch step's records (``Settings.patch_record``)."""
+    pattern = settings.patch_record("*")
+    prefix, _, suffix = pattern.name.partition("*")
+    out: dict[str, list[str]] = {}
+    if not pattern.parent.is_dir():
+        return out
+    for f in sorted(pattern.parent.glob(pattern.name)):
+        st = read_json(f)
+        if st is not None:
+            name = f.name[len(prefix):len(f.name) - len(suffix)]
+            out[name] = _patch_rows(name, st.get("applied") or st.get("patches"))
+    return out
+
+
 def ask_commit(settings: Settings, manifest: dict) -> str:
-    c = _git_rev(settings.src_dir / "ask", "askbuild/base")
+    c = _git_rev(settings.source_tree("ask"), BASE_TAG)
     if c:
         return c
     for keys in (("sources", "ask", "commit"), ("sources", "ask", "base"),
@@ -444,7 +457,7 @@ def app_entries(settings: Settings, conf: dict, *, release: str, board: str | No
     for e in oci.entries_from_tree(settings.staging_dir):
         e.mtime = epoch         # build times say nothing about the inputs: one time for all
         entries[e.path] = e
-    where = f"{image_dir(settings) / 'image.toml'}"
+    where = f"{image_inputs_dir(settings) / 'image.toml'}"
     vendor: dict[str, bytes] = {}
     origin: dict[str, str] = {}
     for ipath, spec in conf["vendor"].items():
@@ -503,7 +516,7 @@ def app_entries(settings: Settings, conf: dict, *, release: str, board: str | No
             raise ConfigError(f"{w}: needs path (and mode)")
         if "/" in name or name.startswith("."):
             raise ConfigError(f"{w}: must name a file directly in images/cmm/")
-        host = image_dir(settings) / name
+        host = image_inputs_dir(settings) / name
         if not host.is_file():
             if table.get("optional"):
                 continue
@@ -609,14 +622,10 @@ def load_instructions(archive: Path, ref: str) -> str:
 
 # -- the record -------------------------------------------------------------------------------
 
-def record_path(settings: Settings) -> Path:
-    return settings.work_dir / "image" / "image.json"
-
-
 def read_record(settings: Settings) -> dict | None:
     """``image/image.json`` when it describes the archive it names (same size and sha256),
     else None (missing, damaged, or the archive was replaced or removed since)."""
-    rec = read_json(record_path(settings))
+    rec = read_json(settings.image_record)
     if not rec or not isinstance(rec.get("archive"), str):
         return None
     try:
@@ -639,6 +648,17 @@ def _clean_leftovers(out_dir: Path, dest: Path) -> None:
 
 # -- the verb ---------------------------------------------------------------------------------
 
+@dataclass
+class _Inputs:
+    """What the staging tree and the build manifest say (phase 1 of :func:`image`)."""
+
+    staging: Path
+    manifest: dict
+    release: str | None
+    missing: dict[str, str]      # empty unless ``partial`` (else :func:`check_complete` failed)
+    epoch: int
+
+
 @runlock.exclusive("image")
 def image(settings: Settings, tag: str = "dev", output: str | Path | None = None,
           load: bool = True, board: str | None = None, partial: bool = False) -> ImageResult:
@@ -646,14 +666,58 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
 
     A component the staging tree lacks (or that the build manifest lists as missing) is an
     error naming each one; with ``partial`` the image is built from what exists and labelled
-    ``io.monok8s.askbuild.partial=true`` and ``io.monok8s.askbuild.missing=<names>``."""
+    ``io.monok8s.askbuild.partial=true`` and ``io.monok8s.askbuild.missing=<names>``.
+
+    Phases: check the tag, read the inputs, collect the application entries, the base layer,
+    the library check, the application layer, labels and config, archive + record, load."""
+    check_tag(tag)
+    conf = load_image_toml(settings)
+    ref = f"{conf['repository']}:{tag}"
+    inputs = read_inputs(settings, partial)
+    console.step(f"image {ref} (kernel {inputs.release or 'none'}, SOURCE_DATE_EPOCH "
+                 f"{inputs.epoch}{', partial' if partial else ''})")
+    entries, origin = app_entries(settings, conf, release=inputs.release or "", board=board,
+                                  epoch=inputs.epoch,
+                                  missing=inputs.missing if partial else None)
+    compression = str(conf.get("layers", {}).get("compression", "gzip"))
+    base = base_layer(settings, conf, entries, inputs.epoch, compression)
+    app = check_libraries(base, entries)
+    dest = Path(output) if output else settings.image_dir / "cmm.tar"
+    _clean_leftovers(settings.image_dir, dest)
+    suffix = ".gz" if compression == "gzip" else ""
+    app_layer = oci.write_layer(
+        app.values(), settings.image_dir / f"app-layer.tar{suffix}",
+        epoch=inputs.epoch, compression=compression,
+        comment="app: askbuild staging tree, vendor configuration, images/cmm")
+    created = _dt.datetime.fromtimestamp(inputs.epoch, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    labels = image_labels(settings, conf, inputs, created=created, board=board, base=base)
+    config = oci.image_config(
+        [base.layer, app_layer], created=created,
+        entrypoint=list(conf["config"].get("entrypoint", [])),
+        cmd=list(conf["config"].get("cmd", [])) or None,
+        env=list(conf["config"].get("env", [])), labels=labels)
+    archive, layers = write_archive_and_record(
+        settings, dest, [("base", base.layer), ("app", app_layer)], config, ref=ref,
+        inputs=inputs, labels=labels,
+        extra={"base_packages": base.packages, "vendor_files": origin})
+    loaded = load_image(dest, ref, archive.image_id) if load else False
+    if not load:
+        console.info(f"not loaded (--no-load); load it with: docker load -i {dest}")
+    return ImageResult(dest, archive.sha256, archive.image_id, ref, loaded, layers, labels,
+                       base.packages, inputs.release or "", inputs.epoch)
+
+
+def check_tag(tag: str) -> None:
+    """``--tag``: a valid image tag, else a UserError."""
     if not TAG_RE.match(tag or ""):
         raise UserError(f"--tag {tag!r} is not a valid image tag",
                         fix="use letters, digits, '_', '.', '-' (at most 128, not starting "
                             "with '.' or '-')")
-    conf = load_image_toml(settings)
-    repo = conf["repository"]
-    ref = f"{repo}:{tag}"
+
+
+def read_inputs(settings: Settings, partial: bool) -> _Inputs:
+    """The staging tree, the build manifest, the kernel release and what is missing (an error
+    unless ``partial``), the modules' vermagic checked, and ``SOURCE_DATE_EPOCH``."""
     staging = settings.staging_dir
     if not staging.is_dir():
         raise ImageError(f"the staging tree {staging} does not exist",
@@ -664,14 +728,14 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
     check_complete(missing, partial)
     if release is not None:
         check_modules(staging, release)
-    epoch = source_epoch(settings)
-    console.step(f"image {ref} (kernel {release or 'none'}, SOURCE_DATE_EPOCH {epoch}"
-                 f"{', partial' if partial else ''})")
+    return _Inputs(staging, manifest, release, missing, source_epoch(settings))
 
-    entries, origin = app_entries(settings, conf, release=release or "", board=board,
-                                  epoch=epoch, missing=missing if partial else None)
+
+def base_layer(settings: Settings, conf: dict, entries: dict[str, oci.Entry], epoch: int,
+               compression: str) -> baselayer.BaseLayer:
+    """The Debian base layer: the declared packages plus those owning the libraries the
+    application entries need (libraries the build staged itself need no package)."""
     sonames, _ = needed_sonames(entries)
-    # libraries the build staged itself (e.g. libnetfilter_conntrack) need no Debian package
     staged = {posixpath.basename(p) for p, e in entries.items()
               if e.kind in (oci.FILE, oci.SYMLINK) and ".so" in posixpath.basename(p)}
     mapped, unmapped = baselayer.packages_for_sonames(sonames - staged)
@@ -683,9 +747,13 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
     spec = baselayer.BaseSpec(packages=packages, suite=conf["base"].get("suite", "bookworm"),
                               sources=list(conf["base"].get("sources", [])),
                               snapshot=str(conf["base"].get("snapshot", "") or ""))
-    compression = str(conf.get("layers", {}).get("compression", "gzip"))
-    base = baselayer.ensure_base(settings, spec, epoch=epoch, compression=compression)
+    return baselayer.ensure_base(settings, spec, epoch=epoch, compression=compression)
 
+
+def check_libraries(base: baselayer.BaseLayer,
+                    entries: dict[str, oci.Entry]) -> dict[str, oci.Entry]:
+    """The application entries placed under the base layer's real directories (:func:`remap`),
+    after checking that every ELF file of both layers loads inside the image."""
     nodes = {p: elfcheck.Node(v[0], v[1]) for p, v in base.index.items()}
     app = remap(entries, elfcheck.RootFs(nodes))
     _, app_elf = needed_sonames(app)
@@ -696,73 +764,70 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
     elf_all.update(app_elf)
     n = elfcheck.check(elfcheck.RootFs(merged), elf_all, set(app_elf))
     console.info(f"libraries: {n} dynamically linked ELF files resolve inside the image")
+    return app
 
-    out_dir = settings.work_dir / "image"
-    dest = Path(output) if output else out_dir / "cmm.tar"
-    _clean_leftovers(out_dir, dest)
-    app_layer = oci.write_layer(
-        app.values(), out_dir / f"app-layer.tar{'.gz' if compression == 'gzip' else ''}",
-        epoch=epoch, compression=compression,
-        comment="app: askbuild staging tree, vendor configuration, images/cmm")
-    created = _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    commit = ask_commit(settings, manifest)
+
+def image_labels(settings: Settings, conf: dict, inputs: _Inputs, *, created: str,
+                 board: str | None, base: baselayer.BaseLayer) -> dict[str, str]:
+    """image.toml's ``[labels]`` plus the OCI and ``io.monok8s.askbuild.*`` labels (the
+    partial ones only when something is missing)."""
+    commit = ask_commit(settings, inputs.manifest)
     labels = {k: str(v) for k, v in (conf.get("labels") or {}).items()}
     labels.update({
         "org.opencontainers.image.source": project_source_url(
             settings, labels.get("org.opencontainers.image.source", "askbuild")),
         "org.opencontainers.image.revision": commit or "unknown",
-        "org.opencontainers.image.version": ask_version(settings, manifest),
+        "org.opencontainers.image.version": ask_version(settings, inputs.manifest),
         "org.opencontainers.image.created": created,
         f"{LABEL_PREFIX}.ask.commit": commit or "unknown",
-        f"{LABEL_PREFIX}.kernel.release": release or "none",
-        f"{LABEL_PREFIX}.patches.sha256": patch_series_hash(settings, manifest),
+        f"{LABEL_PREFIX}.kernel.release": inputs.release or "none",
+        f"{LABEL_PREFIX}.patches.sha256": patch_series_hash(settings, inputs.manifest),
         f"{LABEL_PREFIX}.board": board or "default",
         f"{LABEL_PREFIX}.base.packages": str(len(base.packages)),
     })
-    if missing:                 # only with --partial (check_complete refused it otherwise)
+    if inputs.missing:          # only with --partial (check_complete refused it otherwise)
         labels[f"{LABEL_PREFIX}.partial"] = "true"
-        labels[f"{LABEL_PREFIX}.missing"] = ",".join(sorted(missing))
-    cfg_conf = conf["config"]
-    config = oci.image_config(
-        [base.layer, app_layer], created=created,
-        entrypoint=list(cfg_conf.get("entrypoint", [])),
-        cmd=list(cfg_conf.get("cmd", [])) or None,
-        env=list(cfg_conf.get("env", [])), labels=labels)
-    # The record describes the archive next to it: gone while the archive is rewritten,
-    # written once the archive is complete (a kill in between leaves no record, never a
-    # record of another archive).
-    record_path(settings).unlink(missing_ok=True)
-    archive = oci.write_archive(dest, [base.layer, app_layer], config, ref=ref, epoch=epoch)
-    layers = [{"role": role, "digest": la.digest, "diff_id": la.diff_id, "size": la.size}
-              for role, la in (("base", base.layer), ("app", app_layer))]
+        labels[f"{LABEL_PREFIX}.missing"] = ",".join(sorted(inputs.missing))
+    return labels
+
+
+def write_archive_and_record(settings: Settings, dest: Path,
+                             layers: list[tuple[str, oci.Layer]], config: dict, *, ref: str,
+                             inputs: _Inputs, labels: dict[str, str],
+                             extra: dict) -> tuple[oci.ImageArchive, list[dict]]:
+    """Write the archive, then ``image.json`` describing it.  The record is gone while the
+    archive is rewritten and written once the archive is complete (a kill in between leaves no
+    record, never a record of another archive).  Returns the archive and the layer rows."""
+    settings.image_record.unlink(missing_ok=True)
+    archive = oci.write_archive(dest, [la for _, la in layers], config, ref=ref,
+                                epoch=inputs.epoch)
+    rows = [{"role": role, "digest": la.digest, "diff_id": la.diff_id, "size": la.size}
+            for role, la in layers]
     record = {"ref": ref, "image_id": archive.image_id, "archive": str(dest),
               "archive_sha256": archive.sha256, "archive_size": dest.stat().st_size,
-              "layers": layers, "labels": labels,
-              "kernel_release": release or "", "source_date_epoch": epoch,
-              "partial": bool(missing), "missing": missing,
-              "base_packages": base.packages, "vendor_files": origin}
-    write_json_atomic(record_path(settings), record, indent=1)
+              "layers": rows, "labels": labels,
+              "kernel_release": inputs.release or "", "source_date_epoch": inputs.epoch,
+              "partial": bool(inputs.missing), "missing": inputs.missing, **extra}
+    write_json_atomic(settings.image_record, record, indent=1)
     console.info(f"archive: {dest} (sha256 {archive.sha256})")
     console.info(f"image id: {archive.image_id}")
-    if missing:
+    if inputs.missing:
         console.warn(f"{ref} is a PARTIAL image (label {LABEL_PREFIX}.partial=true), missing: "
-                     f"{', '.join(missing)}; not a release candidate (`inv image.test` fails "
-                     "it)")
+                     f"{', '.join(inputs.missing)}; not a release candidate (`inv image.test` "
+                     "fails it)")
+    return archive, rows
 
-    loaded = False
-    if load:
-        client = docker_client()
-        if client is None:
-            console.info(load_instructions(dest, ref))
-        else:
-            try:
-                console.step(f"load {ref} into the engine at {engine_host()}")
-                load_archive(client, dest, ref, archive.image_id)
-                loaded = True
-                console.info(f"loaded {ref} ({archive.image_id}), Architecture arm64")
-            finally:
-                client.close()
-    else:
-        console.info(f"not loaded (--no-load); load it with: docker load -i {dest}")
-    return ImageResult(dest, archive.sha256, archive.image_id, ref, loaded, layers, labels,
-                       base.packages, release, epoch)
+
+def load_image(dest: Path, ref: str, image_id: str) -> bool:
+    """Load the archive into the reachable engine (True), or print how to load it (False)."""
+    client = docker_client()
+    if client is None:
+        console.info(load_instructions(dest, ref))
+        return False
+    try:
+        console.step(f"load {ref} into the engine at {engine_host()}")
+        load_archive(client, dest, ref, image_id)
+        console.info(f"loaded {ref} ({image_id}), Architecture arm64")
+        return True
+    finally:
+        client.close()

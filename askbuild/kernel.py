@@ -30,6 +30,7 @@ from elftools.elf.elffile import ELFFile
 from . import gitutil
 from .errors import BuildFailed, ConfigError
 from .fsutil import write_bytes_atomic
+from .refs import BASE_REF
 
 BUILD_USER = "askbuild"
 BUILD_HOST = "askbuild"
@@ -141,7 +142,7 @@ def fragment_files(project_root: Path, patterns: list[str], where: str) -> list[
 
 def build_timestamp(src: Path) -> str:
     """The source's base commit date (RFC 2822), HEAD's when there is no base tag."""
-    for ref in ("refs/tags/askbuild/base", "HEAD"):
+    for ref in (BASE_REF, "HEAD"):
         proc = gitutil.git(["log", "-1", "--format=%cD", ref, "--"], cwd=src, check=False)
         if proc.returncode == 0 and proc.stdout.strip():
             return proc.stdout.strip()

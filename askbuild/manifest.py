@@ -32,15 +32,9 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_write = write_json_atomic
-
-
-def manifest_path(settings: Settings) -> Path:
-    return settings.work_dir / "build-manifest.json"
-
-
 def read(settings: Settings) -> dict | None:
-    return read_json(manifest_path(settings))
+    """The manifest at ``settings.build_manifest`` (None when there is none)."""
+    return read_json(settings.build_manifest)
 
 
 def _component(plan, name: str, settings: Settings, status: str) -> dict:
@@ -58,7 +52,7 @@ def _component(plan, name: str, settings: Settings, status: str) -> dict:
         "uses": inputs.get("uses", {}),
         "project_inputs": inputs.get("project", {}),
         "depends": list(r.depends),
-        "log": str(settings.logs_dir / f"{name}.log"),
+        "log": str(settings.log_file(name)),
         "artifacts": [],
     }
 
@@ -80,9 +74,12 @@ def _apply_record(d: dict, name: str, rec: dict) -> None:
 
 
 class Manifest:
+    """The manifest of one build: :meth:`start` writes the early part, :meth:`finish` the
+    whole; ``data`` is what was written last, ``path`` where (``settings.build_manifest``)."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.path = manifest_path(settings)
+        self.path = settings.build_manifest
         self.data: dict = {}
         self._t0 = 0.0
         self._outside: dict[str, str] = {}
@@ -125,7 +122,7 @@ class Manifest:
         for name, rec in (earlier or {}).items():
             _apply_record(self.data, name, rec)
         self._set_missing()
-        _write(self.path, self.data)
+        write_json_atomic(self.path, self.data)
 
     def _set_missing(self) -> None:
         d = self.data
@@ -156,7 +153,7 @@ class Manifest:
         if ccache is not None:
             d["ccache"].update(ccache)
         self._set_missing()
-        _write(self.path, d)
+        write_json_atomic(self.path, d)
 
 
 def _rel(path: Path, root: Path) -> str:

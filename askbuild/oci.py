@@ -406,22 +406,53 @@ def _add_file(tf: tarfile.TarFile, name: str, src: Path, epoch: int) -> None:
 
 def write_archive(dest: Path, layers: list[Layer], config: dict, *, ref: str,
                   epoch: int, annotations: dict[str, str] | None = None) -> ImageArchive:
-    """Write the docker-archive + OCI layout tar for one image ``ref`` (``repo:tag``)."""
+    """Write the docker-archive + OCI layout tar for one image ``ref`` (``repo:tag``).
+
+    Phases: the OCI manifest of the config and layers, the small metadata files of both
+    layouts (:func:`_layout_files`), then the tar itself (:func:`_write_archive_tar`)."""
     repo, _, tag = ref.rpartition(":")
     if not repo or not tag or "/" in tag:
         raise ImageError(f"image reference {ref!r} must be REPOSITORY:TAG")
     config_bytes = _json_bytes(config)
     config_digest = _digest(config_bytes)
+    manifest_bytes = _json_bytes(_oci_manifest(config_digest, len(config_bytes), layers,
+                                               annotations))
+    manifest_digest = _digest(manifest_bytes)
+    small = _layout_files(config, config_bytes, manifest_bytes, layers, ref)
+    big: dict[str, Path] = {}
+    for la in layers:
+        big.setdefault(_blob_name(la.digest), la.blob)
+    sha = _write_archive_tar(dest, small, big, epoch)
+    return ImageArchive(dest, sha, config_digest, manifest_digest, config, layers, ref)
+
+
+def _blob_name(digest: str) -> str:
+    """``sha256:<hex>`` -> ``blobs/sha256/<hex>`` (the OCI layout's path of a blob)."""
+    return f"blobs/sha256/{digest.split(':', 1)[1]}"
+
+
+def _oci_manifest(config_digest: str, config_size: int, layers: list[Layer],
+                  annotations: dict[str, str] | None) -> dict:
+    """The OCI image manifest: the config and the layers by digest."""
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_size},
         "layers": [{"mediaType": la.media_type, "digest": la.digest, "size": la.size}
                    for la in layers],
     }
     if annotations:
         manifest["annotations"] = dict(sorted(annotations.items()))
-    manifest_bytes = _json_bytes(manifest)
+    return manifest
+
+
+def _layout_files(config: dict, config_bytes: bytes, manifest_bytes: bytes,
+                  layers: list[Layer], ref: str) -> dict[str, bytes]:
+    """Archive name -> bytes of every small file: the OCI layout (``oci-layout``,
+    ``index.json``, the config and manifest blobs) and the docker-archive (``manifest.json``,
+    ``repositories``, ``<config>.json``)."""
+    repo, _, tag = ref.rpartition(":")
+    config_digest = _digest(config_bytes)
     manifest_digest = _digest(manifest_bytes)
     index = {
         "schemaVersion": 2,
@@ -438,22 +469,25 @@ def write_archive(dest: Path, layers: list[Layer], config: dict, *, ref: str,
     docker_manifest = [{
         "Config": f"{config_hex}.json",
         "RepoTags": [ref],
-        "Layers": [f"blobs/sha256/{la.digest.split(':', 1)[1]}" for la in layers],
+        "Layers": [_blob_name(la.digest) for la in layers],
     }]
     repositories = {repo: {tag: layers[-1].diff_id.split(":", 1)[1] if layers else config_hex}}
-
-    small: dict[str, bytes] = {
-        f"blobs/sha256/{config_hex}": config_bytes,
-        f"blobs/sha256/{manifest_digest.split(':', 1)[1]}": manifest_bytes,
+    return {
+        _blob_name(config_digest): config_bytes,
+        _blob_name(manifest_digest): manifest_bytes,
         f"{config_hex}.json": config_bytes,
         "index.json": _json_bytes(index),
         "manifest.json": _json_bytes(docker_manifest),
         "oci-layout": _json_bytes({"imageLayoutVersion": "1.0.0"}),
         "repositories": _json_bytes(repositories),
     }
-    big: dict[str, Path] = {}
-    for la in layers:
-        big.setdefault(f"blobs/sha256/{la.digest.split(':', 1)[1]}", la.blob)
+
+
+def _write_archive_tar(dest: Path, small: dict[str, bytes], big: dict[str, Path],
+                       epoch: int) -> str:
+    """The archive tar at ``dest`` (written under a temporary name, then renamed): the
+    ``blobs`` directories, the ``small`` files and the ``big`` layer blobs, in name order.
+    Returns its sha256."""
     names = sorted(set(small) | set(big) | {"blobs", "blobs/sha256"})
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dest)
@@ -473,8 +507,7 @@ def write_archive(dest: Path, layers: list[Layer], config: dict, *, ref: str,
         raise _about(e, dest) from e
     finally:
         tmp.unlink(missing_ok=True)
-    return ImageArchive(dest, hw.sha.hexdigest(), config_digest, manifest_digest, config,
-                        layers, ref)
+    return hw.sha.hexdigest()
 
 
 def read_archive_index(path: Path) -> dict:

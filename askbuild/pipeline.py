@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import time
 
-from . import console, hostdeps, runlock
+from . import building, console, fetching, hostdeps, imagetest, imaging, patchqueue, runlock
 from .settings import Settings
 
 
 @runlock.exclusive("all")
 def run_all(settings: Settings, *, tag: str = "dev", load: bool = True) -> None:
-    from . import building, fetching, imagetest, imaging, patchqueue
-
+    """Every phase in order, each stopping the job on failure; holds the work-dir lock."""
     t0 = time.monotonic()
     console.step(f"host prerequisites (profile {settings.profile})")
     hostdeps.ensure(settings)

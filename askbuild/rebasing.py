@@ -38,34 +38,18 @@ import os
 import shutil
 from pathlib import Path
 
-from . import console, gitutil, runlock
+from . import console, fetching, gitutil, runlock
 from . import patchqueue as pq
-from .errors import (
-    ConfigError,
-    DirtyTreeError,
-    OfflineError,
-    PatchFailed,
-    SourceError,
-    UserError,
-)
+from .errors import ConfigError, DirtyTreeError, PatchFailed, UserError
 from .fsutil import read_json, write_json_atomic
 from .gitutil import FIXED_IDENTITY
+from .refs import BASE_TAG, PATCHED, REBASE_BRANCH
 from .report import Report
 from .settings import Settings
 from .sources import Source, load_sources, write_lock
-from .urls import apply_mirrors, check_url
 
-REBASE_BRANCH = "askbuild/rebase"
 COLUMNS = ["layer", "patch", "status", "commit", "detail"]
 STATE_SCHEMA = 1
-
-
-def state_file(settings: Settings, name: str) -> Path:
-    return settings.state_dir / f"rebase-{name}.json"
-
-
-def backup_dir(settings: Settings, name: str) -> Path:
-    return settings.state_dir / f"rebase-{name}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,41 +61,22 @@ def _has_commit(tree: Path, sha: str) -> bool:
 
 
 def fetch_onto(settings: Settings, src: Source, tree: Path, onto: str) -> str:
-    """Bring ``onto`` into ``tree``'s object store and return its commit SHA.
-
-    Uses ``fetching.fetch_ref`` (cache repo, mirrors, offline) when available; otherwise fetches
-    straight from the source URL."""
+    """Bring ``onto`` into ``tree``'s object store and return its commit SHA: fetched into
+    the source's cache repository by :func:`askbuild.fetching.fetch_ref` (mirrors and
+    ``--offline`` honoured), then copied from there into the work tree."""
     gitutil.check_ref(onto, what=f"rebase {src.name} --onto")
-    try:
-        from . import fetching
-        fetch_ref, cache_repo = fetching.fetch_ref, fetching.cache_repo
-    except (ImportError, AttributeError):
-        fetch_ref = cache_repo = None
-    if fetch_ref is not None:
-        sha = fetch_ref(settings, src, onto)
-        if not _has_commit(tree, sha):
-            gitutil.git(["fetch", "-q", "--no-tags", "--", str(cache_repo(settings, src)), sha],
-                        cwd=tree)
-        return sha
-    if gitutil.is_sha(onto) and _has_commit(tree, onto):
-        return onto
-    if settings.offline:
-        raise OfflineError(f"rebase {src.name}: {onto!r} is not in the work tree and --offline "
-                           "forbids fetching", fix="run once without --offline")
-    url = apply_mirrors(src.url, settings.mirrors)
-    check_url(url, kind="git", what=f"source {src.name}")
-    proc = gitutil.git(["fetch", "-q", "--no-tags", "--", url, onto], cwd=tree, check=False)
-    if proc.returncode != 0:
-        raise SourceError(f"rebase {src.name}: could not fetch {onto!r} from {url}: "
-                          f"{proc.stderr.strip()}", fix="check the ref name and the URL")
-    return gitutil.out(["rev-parse", "FETCH_HEAD^{commit}"], cwd=tree)
+    sha = fetching.fetch_ref(settings, src, onto)
+    if not _has_commit(tree, sha):
+        gitutil.git(["fetch", "-q", "--no-tags", "--",
+                     str(fetching.cache_repo(settings, src)), sha], cwd=tree)
+    return sha
 
 
 # ---------------------------------------------------------------------------------------------
 # state
 
 def _load_state(settings: Settings, name: str) -> dict:
-    path = state_file(settings, name)
+    path = settings.rebase_state(name)
     if not path.exists():
         raise UserError(f"no rebase of {name} is in progress",
                         fix=f"start one with `inv rebase {name} --onto REF`")
@@ -120,7 +85,7 @@ def _load_state(settings: Settings, name: str) -> dict:
             or st.get("source") != name:
         raise ConfigError(f"{path}: the rebase state of {name} is unreadable",
                           fix=f"restore the series and {settings.sources_file.name} from git "
-                              f"if needed, then delete {path} and {backup_dir(settings, name)}")
+                              f"if needed, then delete {path} and {settings.rebase_backup(name)}")
     return st
 
 
@@ -139,12 +104,12 @@ def _phase(st: dict) -> str:
 
 
 def _save_state(settings: Settings, st: dict) -> None:
-    write_json_atomic(state_file(settings, st["source"]), st)
+    write_json_atomic(settings.rebase_state(st["source"]), st)
 
 
 def _record_recovery(settings: Settings, name: str, layers: list[pq.Layer]) -> dict:
     """Copy every local series directory and the sources file into the backup directory."""
-    bdir = backup_dir(settings, name)
+    bdir = settings.rebase_backup(name)
     if bdir.exists():
         shutil.rmtree(bdir)
     (bdir / "series").mkdir(parents=True)
@@ -155,7 +120,7 @@ def _record_recovery(settings: Settings, name: str, layers: list[pq.Layer]) -> d
         shutil.copytree(src_dir, dst, symlinks=True)
         saved[ly.dir] = str(i)
     shutil.copy2(settings.sources_file, bdir / "sources.toml")
-    record = pq.state_path(settings, name)
+    record = settings.patch_record(name)
     if record.exists():
         shutil.copy2(record, bdir / "patch-record.json")
     return {"series": saved, "sources_file": str(settings.sources_file)}
@@ -237,9 +202,9 @@ def _restore_recovery(settings: Settings, st: dict) -> None:
     never taken from the state file: only this source's current local series directories and
     the active sources file qualify, so a damaged or tampered state cannot write elsewhere."""
     name = st["source"]
-    bdir = backup_dir(settings, name)
+    bdir = settings.rebase_backup(name)
     rec = st["recovery"]
-    where = state_file(settings, name)
+    where = settings.rebase_state(name)
     allowed = {ly.dir for ly in pq.load_layers(settings).get(name, []) if ly.kind == "local"}
     bad = sorted(d for d in rec["series"] if d not in allowed)
     if bad or Path(rec["sources_file"]) != settings.sources_file:
@@ -258,13 +223,14 @@ def _restore_recovery(settings: Settings, st: dict) -> None:
         os.replace(tmp, sources_file)
     record = bdir / "patch-record.json"
     if record.exists():
-        pq.state_path(settings, st["source"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(record, pq.state_path(settings, st["source"]))
+        saved = settings.patch_record(st["source"])
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record, saved)
 
 
 def _finish_state(settings: Settings, name: str) -> None:
-    state_file(settings, name).unlink(missing_ok=True)
-    shutil.rmtree(backup_dir(settings, name), ignore_errors=True)
+    settings.rebase_state(name).unlink(missing_ok=True)
+    shutil.rmtree(settings.rebase_backup(name), ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,7 +410,7 @@ def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
         rows_by_layer[ly.id] = pq.write_series(settings, settings.project_root / ly.dir, tree,
                                                commits, old, prefer=prefer)
     write_lock(settings, name, commit=st["new_base"], ref=st["onto"])
-    gitutil.git(["tag", "-f", pq.BASE_TAG, st["new_base"]], cwd=tree)
+    gitutil.git(["tag", "-f", BASE_TAG, st["new_base"]], cwd=tree)
     sources = load_sources(settings)
     scratch = Report("patch", "patch", pq.PATCH_COLUMNS)
     pq.patch_source(settings, sources[name], sources=sources, layers=layers, report=scratch,
@@ -455,7 +421,7 @@ def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
         branch = pq.edit_branch(ly)
         if ly.kind == "local" and branch not in stale:      # exported: the series has it
             gitutil.git(["branch", "-q", "-D", branch], cwd=tree, check=False)
-        pq.edit_record_path(settings, ly).unlink(missing_ok=True)
+        settings.edit_record(ly.source, ly.slug).unlink(missing_ok=True)
     _finish_state(settings, name)
     rep = _report(st, dry_run=False)
     changed = [f"{lid}/{r['patch']}: {r['status']}" for lid, rows in rows_by_layer.items()
@@ -486,7 +452,7 @@ def rebase(settings: Settings, source: str, onto: str = "", dry_run: bool = Fals
         raise UserError(f"unknown source {source!r} in {settings.sources_file}",
                         fix=f"known sources: {', '.join(sources)}")
     layers = pq.load_layers(settings, sources).get(source, [])
-    tree = settings.src_dir / source
+    tree = settings.source_tree(source)
     what = f"rebase {source}" + (f" onto {onto}" if onto else "")
     with pq.git_errors(what, tree):
         pq.recover_tree(settings, source, tree)
@@ -518,7 +484,7 @@ def _rebase(settings: Settings, sources: dict[str, Source], layers: list[pq.Laye
     if src.kind != "git":
         raise UserError(f"rebase: {name} is a {src.kind} source; only git sources can be "
                         "rebased", fix="change its url/ref and run `inv lock --update` instead")
-    if state_file(settings, name).exists():
+    if settings.rebase_state(name).exists():
         st = _load_state(settings, name)
         if _phase(st) != "stopped" and st["onto"] == onto and not dry_run:
             console.info(f"resuming the interrupted rebase of {name} onto {onto}")
@@ -628,7 +594,7 @@ def _resume(settings: Settings, name: str, layers: list[pq.Layer],
             sources: dict[str, Source], *, skip: bool, as_json: bool) -> Report:
     """After a stop at a conflict: take the user's resolution (or skip) and go on."""
     st = _load_state(settings, name)
-    tree = settings.src_dir / name
+    tree = settings.source_tree(name)
     t = str(tree)
     item = st["queue"][st["pos"]]
     if skip:
@@ -667,16 +633,16 @@ def _abort(settings: Settings, name: str, *, quiet: bool = False) -> None:
     """Put series, sources file, patch record and work tree back as before the rebase (from
     any phase, also after the rebase was killed)."""
     st = _load_state(settings, name)
-    tree = settings.src_dir / name
+    tree = settings.source_tree(name)
     _restore_recovery(settings, st)
     if (tree / ".git").exists():
         gitutil.git(["cherry-pick", "--abort"], cwd=tree, check=False)
         gitutil.git(["am", "--abort"], cwd=tree, check=False)
         gitutil.git(["reset", "-q", "--hard"], cwd=tree)
-        gitutil.git(["tag", "-f", pq.BASE_TAG, st["old_base"]], cwd=tree)
-        gitutil.git(["checkout", "-q", "-f", "-B", pq.PATCHED, st["old_head"]], cwd=tree)
+        gitutil.git(["tag", "-f", BASE_TAG, st["old_base"]], cwd=tree)
+        gitutil.git(["checkout", "-q", "-f", "-B", PATCHED, st["old_head"]], cwd=tree)
         gitutil.git(["branch", "-q", "-D", REBASE_BRANCH], cwd=tree, check=False)
     _finish_state(settings, name)
     if not quiet:
         console.info(f"rebase of {name} aborted: series files and {settings.sources_file.name} "
-                     f"restored; {tree} is back on {pq.PATCHED}")
+                     f"restored; {tree} is back on {PATCHED}")

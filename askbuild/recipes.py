@@ -18,7 +18,7 @@ import graphlib
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,17 +34,14 @@ SYMBOL_RE = re.compile(r"^CONFIG_[A-Za-z0-9_]+(=(y|m|n|\"[^\"]*\"|[0-9A-Za-z_x-]
 PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
 KINDS = ("make", "kernel")
-COMMON_KEYS = {"description", "kind", "source", "inputs", "uses", "depends", "parallel", "env",
-               "steps", "host_libs", "artifacts"}
-KERNEL_KEYS = {"defconfig", "fragments", "require", "targets", "dtbs"}
 ARTIFACT_KEYS = {"path", "stage", "mode"}
 SHARED_KEYS = {"vars"}
 
 #: Placeholders every recipe may use (see docs/build.md for their meaning).
 BUILTINS = {
-    "cross": "CROSS_COMPILE prefix (aarch64-linux-gnu-)",
+    "cross": "the cross toolchain prefix (Settings.cross_compile, CROSS_COMPILE)",
     "arch": "kernel ARCH (arm64)",
-    "host": "GNU host triplet (aarch64-linux-gnu)",
+    "host": "GNU host triplet (Settings.host_triplet, derived from the prefix)",
     "jobs": "this component's share of the job budget (make -j)",
     "sysroot": "the pipeline's own sysroot for static libraries (<work>/sysroot)",
     "src": "this component's build tree (a clean export of its inputs)",
@@ -260,58 +257,6 @@ def load_shared(path: Path) -> dict[str, str | list[str]]:
     return out
 
 
-def parse_recipe(name: str, path: Path, data: dict) -> Recipe:
-    """Validate one recipe table (every key's type) and build the :class:`Recipe`.  Errors
-    name the file and the key: ``<file>: <key>: <what is wrong> (got <value>)``."""
-    where = f"{path}"
-    if not NAME_RE.fullmatch(name):
-        raise ConfigError(f"{where}: component name {name!r} is invalid "
-                          "(lower case letters, digits, -_.)",
-                          fix="rename the file: recipes/components/<name>.toml")
-    kind = data.get("kind", "make")
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise _bad(where, "kind", f"must be one of {', '.join(KINDS)}", kind)
-    allowed = COMMON_KEYS | (KERNEL_KEYS if kind == "kernel" else set())
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}",
-                          fix=f"allowed for kind {kind!r}: {', '.join(sorted(allowed))}")
-    _no_nul(where, data)
-    source = data.get("source")
-    if not isinstance(source, str) or not NAME_RE.fullmatch(source):
-        raise _bad(where, "source", "required: the name of the source whose tree is built",
-                   source, fix='e.g. source = "ask" (a table of the sources file)')
-    r = Recipe(name=name, file=path, kind=kind, source=source, raw=data)
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise _bad(where, "description", "must be a string", description)
-    r.description = description
-    if "inputs" in data:
-        r.inputs = _str_list(where, "inputs", data["inputs"])
-        for p in r.inputs:
-            _check_rel(where, "inputs", p)
-    _parse_uses(r, where, data.get("uses", {}))
-    r.depends = _names(where, "depends", data.get("depends", []), "component")
-    if name in r.depends:
-        raise ConfigError(f"{where}: depends: a component cannot depend on itself")
-    parallel = data.get("parallel", True)
-    if not isinstance(parallel, bool):
-        raise _bad(where, "parallel", "must be true or false", parallel)
-    r.parallel = parallel
-    _parse_env(r, where, data.get("env", {}))
-    _parse_steps(r, where, data.get("steps", []))
-    from .toolchain import KNOWN_LIBS  # local: toolchain imports nothing from here
-    r.host_libs = _str_list(where, "host_libs", data.get("host_libs", []))
-    for lib in r.host_libs:
-        if lib not in KNOWN_LIBS:
-            raise ConfigError(f"{where}: host_libs: unknown library {lib!r}",
-                              fix=f"known: {', '.join(sorted(KNOWN_LIBS))}")
-    _parse_artifacts(r, where, data.get("artifacts"))
-    if kind == "kernel":
-        _parse_kernel(r, where, data)
-    return r
-
-
 def _parse_uses(r: Recipe, where: str, uses: object) -> None:
     if not isinstance(uses, dict):
         raise _bad(where, "uses", "must be a table: source name = [paths read]", uses)
@@ -380,20 +325,128 @@ def _parse_artifacts(r: Recipe, where: str, arts: object) -> None:
         r.artifacts.append(Artifact(path, stage, mode))
 
 
-def _parse_kernel(r: Recipe, where: str, data: dict) -> None:
-    defconfig = data.get("defconfig")
-    if not isinstance(defconfig, str) or not defconfig:
-        raise _bad(where, "defconfig", "required: the base configuration (a string)",
-                   defconfig)
-    r.defconfig = defconfig
-    r.fragments = _str_list(where, "fragments", data.get("fragments", []))
-    r.require = _str_list(where, "require", data.get("require", []))
+@dataclass(frozen=True)
+class Key:
+    """One key of a recipe table: its default when absent (:data:`ABSENT`: the
+    :class:`Recipe` field's own default, and ``parse`` is not called) and the parser that checks
+    the value (its errors name the file and key) and sets it on the recipe."""
+
+    name: str
+    default: object
+    parse: Callable[[Recipe, str, object], None]
+
+
+ABSENT = object()
+
+
+def _set_typed(field_name: str, kind: type, what: str) -> Callable[[Recipe, str, object], None]:
+    """A parser for a key holding one value of type ``kind``, stored in the field of the same
+    name; ``what`` says what is wrong otherwise."""
+    def parse(r: Recipe, where: str, value: object) -> None:
+        if not isinstance(value, kind):
+            raise _bad(where, field_name, what, value)
+        setattr(r, field_name, value)
+    return parse
+
+
+def _set_inputs(r: Recipe, where: str, value: object) -> None:
+    r.inputs = _str_list(where, "inputs", value)
+    for p in r.inputs:
+        _check_rel(where, "inputs", p)
+
+
+def _set_depends(r: Recipe, where: str, value: object) -> None:
+    r.depends = _names(where, "depends", value, "component")
+    if r.name in r.depends:
+        raise ConfigError(f"{where}: depends: a component cannot depend on itself")
+
+
+def _set_host_libs(r: Recipe, where: str, value: object) -> None:
+    from .toolchain import KNOWN_LIBS  # local: toolchain imports nothing from here
+    r.host_libs = _str_list(where, "host_libs", value)
+    for lib in r.host_libs:
+        if lib not in KNOWN_LIBS:
+            raise ConfigError(f"{where}: host_libs: unknown library {lib!r}",
+                              fix=f"known: {', '.join(sorted(KNOWN_LIBS))}")
+
+
+def _set_defconfig(r: Recipe, where: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise _bad(where, "defconfig", "required: the base configuration (a string)", value)
+    r.defconfig = value
+
+
+def _set_require(r: Recipe, where: str, value: object) -> None:
+    r.require = _str_list(where, "require", value)
     for s in r.require:
         if not SYMBOL_RE.fullmatch(s):
             raise ConfigError(f"{where}: require: {s!r} is not CONFIG_NAME, "
                               "CONFIG_NAME=value or CONFIG_NAME=value! (exactly that value)")
-    r.targets = _str_list(where, "targets", data.get("targets", ["Image", "modules"]))
-    r.dtbs = _str_list(where, "dtbs", data.get("dtbs", []))
+
+
+def _set_list(field_name: str) -> Callable[[Recipe, str, object], None]:
+    """A parser for a plain list-of-strings key stored in the field of the same name."""
+    def parse(r: Recipe, where: str, value: object) -> None:
+        setattr(r, field_name, _str_list(where, field_name, value))
+    return parse
+
+
+#: The keys of every recipe after ``kind`` and ``source``, checked in this order.
+RECIPE_KEYS = (
+    Key("description", "", _set_typed("description", str, "must be a string")),
+    Key("inputs", ABSENT, _set_inputs),
+    Key("uses", {}, _parse_uses),
+    Key("depends", [], _set_depends),
+    Key("parallel", True, _set_typed("parallel", bool, "must be true or false")),
+    Key("env", {}, _parse_env),
+    Key("steps", [], _parse_steps),
+    Key("host_libs", [], _set_host_libs),
+    Key("artifacts", None, _parse_artifacts),
+)
+#: The keys only a kind = "kernel" recipe has, checked after :data:`RECIPE_KEYS`.
+KERNEL_RECIPE_KEYS = (
+    Key("defconfig", None, _set_defconfig),
+    Key("fragments", [], _set_list("fragments")),
+    Key("require", [], _set_require),
+    Key("targets", ["Image", "modules"], _set_list("targets")),
+    Key("dtbs", [], _set_list("dtbs")),
+)
+COMMON_KEYS = {"kind", "source"} | {k.name for k in RECIPE_KEYS}
+KERNEL_KEYS = {k.name for k in KERNEL_RECIPE_KEYS}
+
+
+def parse_recipe(name: str, path: Path, data: dict) -> Recipe:
+    """Validate one recipe table (every key's type) and build the :class:`Recipe`.  Errors
+    name the file and the key: ``<file>: <key>: <what is wrong> (got <value>)``.
+
+    Phases: the name, ``kind`` (which decides the allowed keys), unknown keys, control
+    characters anywhere, ``source``, then every key of :data:`RECIPE_KEYS` (and
+    :data:`KERNEL_RECIPE_KEYS` for a kernel) in table order."""
+    where = f"{path}"
+    if not NAME_RE.fullmatch(name):
+        raise ConfigError(f"{where}: component name {name!r} is invalid "
+                          "(lower case letters, digits, -_.)",
+                          fix="rename the file: recipes/components/<name>.toml")
+    kind = data.get("kind", "make")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise _bad(where, "kind", f"must be one of {', '.join(KINDS)}", kind)
+    keys = RECIPE_KEYS + (KERNEL_RECIPE_KEYS if kind == "kernel" else ())
+    allowed = {"kind", "source"} | {k.name for k in keys}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}",
+                          fix=f"allowed for kind {kind!r}: {', '.join(sorted(allowed))}")
+    _no_nul(where, data)
+    source = data.get("source")
+    if not isinstance(source, str) or not NAME_RE.fullmatch(source):
+        raise _bad(where, "source", "required: the name of the source whose tree is built",
+                   source, fix='e.g. source = "ask" (a table of the sources file)')
+    r = Recipe(name=name, file=path, kind=kind, source=source, raw=data)
+    for key in keys:
+        value = data.get(key.name, key.default)
+        if value is not ABSENT:
+            key.parse(r, where, value)
+    return r
 
 
 def _placeholders(recipe: Recipe) -> list[tuple[str, str]]:

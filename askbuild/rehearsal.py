@@ -95,7 +95,7 @@ def _mirror_dir(value: str | os.PathLike | None) -> Path:
 
 
 def _work_dir(settings: Settings, value: str | os.PathLike | None) -> Path:
-    work = absolute(value) if value else settings.work_dir / "rehearsal"
+    work = absolute(value) if value else settings.rehearsal_dir
     check_dir_path(work, "--work-dir")
     if work == settings.work_dir:
         raise ConfigError(f"--work-dir: {work} is the work directory of your build; the "
@@ -269,14 +269,9 @@ class Rehearsal:
         parts = [f"{lid} ({n})" for lid, n in counts.items()]
         detail = f"{len(rows)} patch(es)" + (f": {', '.join(parts)}" if parts else
                                              ": no patch layers")
-        empty = [ly.id for ly in layers if ly.kind == "vendor" and not counts[ly.id]]
-        if empty:
-            detail = (f"warning: vendor layer {', '.join(empty)} matched no patch, the source "
-                      f"is built without it; {detail}")
         self.row("patch", name, "applies", detail,
                  patches=[{"layer": r.get("layer"), "patch": r.get("patch"),
-                           "status": r.get("status")} for r in rows],
-                 empty_vendor_layers=empty)
+                           "status": r.get("status")} for r in rows])
 
     # -- 3. build ---------------------------------------------------------------------------
     def build_all(self, rs: RecipeSet) -> None:
@@ -325,7 +320,7 @@ class Rehearsal:
             text = self.failure(e)
             self.components[name] = "failed"
             self.row("build", name, "failed", build_reason(text), message=text,
-                     log=str(self.settings.logs_dir / f"{name}.log"))
+                     log=str(self.settings.log_file(name)))
             return
         comp = (man or {}).get("components", {}).get(name, {})
         rec = building.read_record(self.settings, name) or {}
@@ -335,7 +330,7 @@ class Rehearsal:
         detail = how + (f"; staged {', '.join(staged)}" if staged else "")
         self.components[name] = "built"
         self.row("build", name, "built", detail, staged=staged,
-                 log=str(self.settings.logs_dir / f"{name}.log"))
+                 log=str(self.settings.log_file(name)))
 
 
 def rehearse(settings: Settings, mirrors: str | os.PathLike | None, *,

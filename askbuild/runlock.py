@@ -70,14 +70,10 @@ def _hold(path: Path, info: Path | None, what: str, who: str) -> Iterator[None]:
         lock.release()
 
 
-def work_lock_path(settings: Settings) -> Path:
-    return settings.state_dir / "askbuild.lock"
-
-
 @contextlib.contextmanager
 def work_dir(settings: Settings, verb: str) -> Iterator[None]:
     """Hold the work-dir lock of ``settings.work_dir`` for ``verb``."""
-    path = work_lock_path(settings)
+    path = settings.run_lock
     first = not _lock_for(path).is_locked
     with _hold(path, path.with_name("askbuild.lock.owner"), f"work directory {settings.work_dir}",
                f"pid {os.getpid()}, inv {verb}"):
@@ -89,7 +85,7 @@ def work_dir(settings: Settings, verb: str) -> Iterator[None]:
 
 def cache(settings: Settings, name: str) -> contextlib.AbstractContextManager[None]:
     """Hold the cache lock of source ``name`` (or of a ``_``-prefixed shared cache file)."""
-    path = settings.cache_dir / "locks" / f"{name}.lock"
+    path = settings.cache_lock(name)
     return _hold(path, None, f"source {name}", "")
 
 

@@ -400,6 +400,11 @@ class Settings:
         """The example profile's upstreams, published from ``examples/vendor`` (``examples``)."""
         return self.work_dir / "example-upstreams"
 
+    @property
+    def rehearsal_dir(self) -> Path:
+        """The default work directory of ``inv rehearse`` (its own layout, as this one)."""
+        return self.work_dir / "rehearsal"
+
     # -- the shared cache ----------------------------------------------------------------
     @property
     def git_cache(self) -> Path:

@@ -1,12 +1,14 @@
 """The cross toolchain and the arm64 libraries the recipes link against.
 
-The compiler named by the ``CROSS_COMPILE`` prefix (default ``aarch64-linux-gnu-``, from the
-environment) is checked up front, before anything is built: every component needs it
-(:func:`check_compiler`).  The other preconditions belong to the components that need them and
-are checked per component (:mod:`askbuild.building`), so one missing library stops only the
-components that link it: every arm64 ``-dev`` package a recipe lists in ``host_libs`` must have
-its headers under ``/usr/include`` and its library under ``/usr/lib/aarch64-linux-gnu``
-(:func:`lib_problems`), and host tools a kernel build needs (``depmod``) must be found
+The compiler actually used, ``settings.cross_gcc`` (the prefix ``settings.cross_compile``:
+``--cross-compile`` / ``CROSS_COMPILE`` / config key ``cross_compile``, resolved by
+:mod:`askbuild.settings`, never read here), is checked up front, before anything is built:
+every component needs it (:func:`check_compiler`; ``inv doctor`` checks the same).  The other
+preconditions belong to the components that need them and are checked per component
+(:mod:`askbuild.building`), so one missing library stops only the components that link it:
+every arm64 ``-dev`` package a recipe lists in ``host_libs`` must have its headers under
+``/usr/include`` and its library under ``/usr/lib/<multiarch>`` (``settings.multiarch``,
+:func:`lib_problems`), and host tools a kernel build needs (``depmod``) must be found
 (:func:`find_tool`, :func:`tool_problems`).  A miss is a :class:`MissingToolError` carrying the
 command that fixes it.
 """
@@ -22,14 +24,15 @@ from pathlib import Path
 
 from . import procs
 from .errors import MissingToolError
+from .settings import DEFAULT_CROSS_COMPILE, MULTIARCH, Settings
 
-DEFAULT_PREFIX = "aarch64-linux-gnu-"
+#: The Debian package of the default cross compiler (``<DEFAULT_CROSS_COMPILE>gcc``).
+CROSS_PACKAGE = "crossbuild-essential-arm64"
 #: Searched after PATH for host tools: a non-root user's PATH often lacks them (depmod).
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 #: Host tools a build may need -> (Debian package, what for).
 HOST_TOOLS = {"depmod": ("kmod", "writes modules.dep for the staged kernel modules")}
 MIN_GCC = (8, 0)
-MULTIARCH = "aarch64-linux-gnu"
 
 #: host_libs name -> (Debian package, headers relative to include dir, library base names)
 KNOWN_LIBS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -56,10 +59,6 @@ class Toolchain:
         wanted = {KNOWN_LIBS[n][0] for n in host_libs}
         return {"prefix": self.prefix, "gcc": self.gcc_version, "versions": self.versions,
                 "packages": {p: v for p, v in self.packages.items() if p in wanted}}
-
-
-def cross_prefix() -> str:
-    return os.environ.get("CROSS_COMPILE") or DEFAULT_PREFIX
 
 
 def _install_fix(packages: list[str]) -> str:
@@ -114,31 +113,53 @@ def package_versions(packages: list[str]) -> dict[str, str]:
     return out
 
 
-def check_compiler(prefix: str | None = None) -> Toolchain:
-    prefix = prefix if prefix is not None else cross_prefix()
-    gcc = shutil.which(prefix + "gcc")
-    if not gcc:
-        raise MissingToolError(
-            f"cross compiler {prefix}gcc not found on PATH (CROSS_COMPILE={prefix!r})",
-            fix=_install_fix(["crossbuild-essential-arm64"])
-            + ("" if prefix == DEFAULT_PREFIX else "; or set CROSS_COMPILE to an installed "
-               "prefix"),
-        )
+#: Where the prefix can be set (for messages).
+PREFIX_SETTING = "--cross-compile / CROSS_COMPILE / config key cross_compile"
+
+
+def compiler_fix(settings: Settings) -> str:
+    """How to get the cross compiler ``settings`` names: install its package (the default
+    prefix) or install the toolchain the prefix points at / go back to the default."""
+    if settings.cross_compile == DEFAULT_CROSS_COMPILE:
+        return _install_fix([CROSS_PACKAGE])
+    return (f"install the toolchain that provides {settings.cross_gcc}, or set the prefix "
+            f"({PREFIX_SETTING}) to an installed one; the default {DEFAULT_CROSS_COMPILE} "
+            f"comes with: {_install_fix([CROSS_PACKAGE])}")
+
+
+def compiler_missing(settings: Settings) -> str | None:
+    """Why ``settings.cross_gcc`` cannot be run (``None`` when it is found)."""
+    if shutil.which(settings.cross_gcc):
+        return None
+    where = "" if "/" in settings.cross_gcc else " on PATH"
+    return (f"{settings.cross_gcc} not found{where} "
+            f"(prefix {settings.cross_compile!r}: {PREFIX_SETTING})")
+
+
+def check_compiler(settings: Settings) -> Toolchain:
+    """The cross compiler ``settings.cross_gcc``, found and usable (GCC >= :data:`MIN_GCC`,
+    targeting aarch64), with the versions of its tools (for the content keys)."""
+    prefix = settings.cross_compile
+    missing = compiler_missing(settings)
+    if missing:
+        raise MissingToolError(f"cross compiler {missing}", fix=compiler_fix(settings))
+    gcc = str(shutil.which(settings.cross_gcc))
     proc = procs.run([gcc, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True)
     version = proc.stdout.strip()
     m = re.match(r"(\d+)\.(\d+)", version)
     if proc.returncode != 0 or not m:
         raise MissingToolError(f"{gcc} does not report a version ({proc.stderr.strip()})",
-                               fix=_install_fix(["crossbuild-essential-arm64"]))
+                               fix=compiler_fix(settings))
     if (int(m.group(1)), int(m.group(2))) < MIN_GCC:
         raise MissingToolError(
             f"{gcc} is version {version}; askbuild needs GCC "
             f"{MIN_GCC[0]}.{MIN_GCC[1]} or newer",
-            fix=_install_fix(["crossbuild-essential-arm64"]))
+            fix=compiler_fix(settings))
     machine = procs.run([gcc, "-dumpmachine"], capture_output=True, text=True).stdout
     if not machine.strip().startswith("aarch64"):
         raise MissingToolError(f"{gcc} targets {machine.strip()!r}, not aarch64",
-                               fix="set CROSS_COMPILE to an aarch64 toolchain prefix")
+                               fix=f"set the prefix ({PREFIX_SETTING}) to an aarch64 "
+                                   "toolchain")
     tc = Toolchain(prefix=prefix, gcc=gcc, gcc_version=version)
     for tool in ("gcc", "g++", "ld", "ar"):
         tc.versions[prefix + tool] = _first_line([prefix + tool, "--version"])
@@ -146,8 +167,10 @@ def check_compiler(prefix: str | None = None) -> Toolchain:
     return tc
 
 
-def lib_problems(names: list[str], *, root: Path = Path("/")) -> list[tuple[str, str, str]]:
-    """(library, package, what is missing) for every arm64 library of ``names`` not installed."""
+def lib_problems(names: list[str], *, root: Path = Path("/"),
+                 multiarch: str = MULTIARCH) -> list[tuple[str, str, str]]:
+    """(library, package, what is missing) for every arm64 library of ``names`` not installed
+    (libraries under ``/usr/lib/<multiarch>``: pass ``settings.multiarch``)."""
     missing: list[tuple[str, str, str]] = []
     for name in sorted(set(names)):
         package, headers, libs = KNOWN_LIBS[name]
@@ -156,7 +179,7 @@ def lib_problems(names: list[str], *, root: Path = Path("/")) -> list[tuple[str,
                 missing.append((name, package, f"header /usr/include/{h}"))
                 break
         else:
-            libdir = root / "usr/lib" / MULTIARCH
+            libdir = root / "usr/lib" / multiarch
             for lib in libs:
                 if not any((libdir / f"{lib}{ext}").exists() for ext in (".so", ".a")):
                     missing.append((name, package, f"library {libdir}/{lib}.so"))
@@ -172,8 +195,8 @@ def libs_error(problems: list[tuple[str, str, str]], who: str = "") -> MissingTo
                             fix=_install_fix(pkgs))
 
 
-def check_libs(names: list[str], *, root: Path = Path("/")) -> None:
+def check_libs(names: list[str], *, root: Path = Path("/"), multiarch: str = MULTIARCH) -> None:
     """Raise MissingToolError naming every missing arm64 library and the install command."""
-    problems = lib_problems(names, root=root)
+    problems = lib_problems(names, root=root, multiarch=multiarch)
     if problems:
         raise libs_error(problems)

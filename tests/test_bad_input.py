@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from faults import assert_clean_message, inv
 
-from askbuild import gitutil, rebasing
+from askbuild import gitutil
 from askbuild.errors import ConfigError, UnsafeInputError
 from askbuild.settings import Settings
 
@@ -291,8 +291,8 @@ def test_rebase_abort_with_a_tampered_state_touches_nothing_outside(proj, tmp_pa
     (victim / "sub").mkdir(parents=True)
     (victim / "sub" / "file.txt").write_text("precious\n")
     settings = proj.settings()
-    state = rebasing.state_file(settings, "a")
-    backup = rebasing.backup_dir(settings, "a")
+    state = settings.rebase_state("a")
+    backup = settings.rebase_backup("a")
     (backup / "series" / "0").mkdir(parents=True)         # an empty saved series
     (backup / "sources.toml").write_bytes(proj.sources_file.read_bytes())
     rel = os.path.relpath(victim, proj.root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from buildfixtures import (
     settings_for,
 )
 
-from askbuild import building, manifest
+from askbuild import building, gitutil, manifest
 from askbuild.errors import UserError
 
 pytestmark = pytest.mark.qemu
@@ -156,8 +157,8 @@ def test_incremental_rebuilds_exactly_the_dependent_set(tmp_path):
     patch = tmp_path / "0001-cmm-banner.patch"
     src = (ask / "cmm/src/cmm.c").read_text()
     (ask / "cmm/src/cmm.c").write_text(src.replace('"1.0"', '"1.0-patched"'))
-    diff = building.gitutil.git(["diff"], cwd=ask).stdout
-    building.gitutil.git(["checkout", "--", "."], cwd=ask)
+    diff = gitutil.git(["diff"], cwd=ask).stdout
+    gitutil.git(["checkout", "--", "."], cwd=ask)
     patch.write_text(diff)
     apply_patch(ask, patch)
     r = building.build(s, USERSPACE, prepare=False)
@@ -204,7 +205,7 @@ def test_incremental_rebuilds_exactly_the_dependent_set(tmp_path):
     assert {n for n, st in statuses(r).items() if st == "built"} == {"cmm", "dpa_app"}
 
     # A wiped staging tree is put back without rebuilding.
-    building.shutil.rmtree(s.staging_dir)
+    shutil.rmtree(s.staging_dir)
     r = building.build(s, USERSPACE, prepare=False)
     assert set(statuses(r).values()) == {"cached"}
     assert (s.staging_dir / "usr/bin/cmm").is_file()

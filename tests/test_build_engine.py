@@ -17,6 +17,7 @@ from buildfixtures import REPO, shell_project, shell_recipe
 
 from askbuild import building, console, toolchain
 from askbuild.errors import BuildFailed, MissingToolError
+from askbuild.settings import Settings
 
 recipe = shell_recipe
 project = shell_project
@@ -98,8 +99,8 @@ def test_fail_fast(tmp_path):
     assert st["bad"] == "failed" and st["child"] == "skipped"
     # Fail-fast: the running "slow" step was stopped, "other" never started.
     assert st["slow"] == "cancelled" and st["other"] == "skipped"
-    assert not building.record_path(s, "bad").exists()
-    assert not building.record_path(s, "slow").exists()
+    assert not s.build_record("bad").exists()
+    assert not s.build_record("slow").exists()
 
 
 def test_keep_going(tmp_path):
@@ -135,7 +136,7 @@ def test_missing_declared_artifact_fails_even_when_make_succeeds(tmp_path):
         building.build(s, [], prepare=False)
     assert "declared artifact(s) are missing" in str(ei.value)
     assert str(s.out_dir / "a/src/lib/liba.a") in str(ei.value)
-    assert not building.record_path(s, "a").exists()
+    assert not s.build_record("a").exists()
     man = json.loads((s.work_dir / "build-manifest.json").read_text())
     assert man["components"]["b"]["status"] == "skipped"
 
@@ -180,8 +181,8 @@ def test_kill_9_mid_build_then_rerun(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     # The killed step left no "done" record; its dependency did.
-    assert building.record_path(s, "dep").exists()
-    assert not building.record_path(s, "victim").exists()
+    assert s.build_record("dep").exists()
+    assert not s.build_record("victim").exists()
     assert (s.out_dir / "victim/src/out.txt").read_text() == "partial\n"
     # The early manifest is there, saying what was being built.
     man = json.loads((s.work_dir / "build-manifest.json").read_text())
@@ -207,9 +208,9 @@ def test_plain_progress_lines_when_not_a_terminal(tmp_path, monkeypatch, capsys)
     assert "\x1b[" not in err
 
 
-def test_toolchain_missing_compiler(tmp_path, monkeypatch):
-    monkeypatch.setenv("CROSS_COMPILE", "nonexistent-linux-gnu-")
+def test_toolchain_missing_compiler(tmp_path):
     s = project(tmp_path, {"a": recipe()})
+    s.cross_compile = "nonexistent-linux-gnu-"   # --cross-compile / CROSS_COMPILE / config
     with pytest.raises(MissingToolError) as ei:
         building.build(s, [], prepare=False)
     assert "nonexistent-linux-gnu-gcc not found" in str(ei.value)
@@ -229,7 +230,8 @@ def test_toolchain_missing_arm64_dev_packages(tmp_path):
     assert "apt-get install libcli-dev:arm64 libmnl-dev:arm64 libxml2-dev:arm64" in msg
     # This machine has them all.
     toolchain.check_libs(list(toolchain.KNOWN_LIBS))
-    tc = toolchain.check_compiler()
+    tc = toolchain.check_compiler(Settings(project_root=tmp_path, work_dir=tmp_path / "w",
+                                           cache_dir=tmp_path / "c"))
     assert tc.prefix == "aarch64-linux-gnu-" and tc.gcc_version[0].isdigit()
 
 
@@ -266,7 +268,7 @@ def test_live_view_on_a_terminal(tmp_path, monkeypatch):
     con = Console(file=buf, force_terminal=True, width=100)
     fake = types.SimpleNamespace(is_interactive=lambda: True, get_console=lambda: con,
                                  info=con.print, step=con.print, warn=con.print)
-    monkeypatch.setattr(building, "console", fake)
+    monkeypatch.setattr(building.schedule, "console", fake)
     s = project(tmp_path, {"a": recipe(script="echo x > out.txt"),
                            "b": recipe(depends=["a"], script="echo y > out.txt")})
     building.build(s, [], prepare=False)

@@ -30,7 +30,7 @@ from buildfixtures import (
     shell_recipe,
 )
 
-from askbuild import building, manifest, toolchain
+from askbuild import building, gitutil, manifest, toolchain
 from askbuild.errors import MissingToolError, UserError
 
 OK = "echo built > out.txt"
@@ -94,7 +94,7 @@ def test_keep_going_builds_everything_independent_and_lists_every_failure(tmp_pa
     assert man["components"]["fmc"]["reason"] == "dependency fmlib did not build"
     assert man["complete"] is False and set(man["missing"]) == {"fmlib", "fmc", "other"}
     assert (s.staging_dir / "usr/share/t/app.txt").read_text() == "built\n"
-    assert not building.record_path(s, "fmlib").exists()
+    assert not s.build_record("fmlib").exists()
     assert not (s.logs_dir / "fmlib.log").exists()            # nothing ran for it
 
 
@@ -108,7 +108,7 @@ def test_without_keep_going_nothing_is_built_and_the_message_is_the_same(tmp_pat
     assert ("nothing was built; `inv build --keep-going` builds what does not need fmlib, "
             "other (app, lib)") in msg
     assert manifest.read(s) is None and not s.staging_dir.exists()
-    assert not building.record_path(s, "lib").exists()
+    assert not s.build_record("lib").exists()
     # Asking only for what does not need the missing inputs builds it.
     man = building.build(s, ["app"], prepare=False)
     assert statuses(man) == {"lib": "built", "app": "built"}
@@ -121,9 +121,9 @@ def test_inputs_that_appear_later_build_without_redoing_the_rest(tmp_path):
     fmd = s.src_dir / "linux/include/uapi/linux/fmd"
     fmd.mkdir()
     (fmd / "fm_ioctls.h").write_text("/* FMan UAPI */\n")
-    building.gitutil.git(["add", "-A"], cwd=s.src_dir / "linux")
-    building.gitutil.git(["commit", "-qm", "the NXP kernel's headers"], cwd=s.src_dir / "linux",
-                         env=building.gitutil.FIXED_IDENTITY)
+    gitutil.git(["add", "-A"], cwd=s.src_dir / "linux")
+    gitutil.git(["commit", "-qm", "the NXP kernel's headers"], cwd=s.src_dir / "linux",
+                         env=gitutil.FIXED_IDENTITY)
     with pytest.raises(UserError, match="other needs absent"):
         building.build(s, [], prepare=False, keep_going=True)
     assert statuses(manifest.read(s)) == {"fmlib": "built", "fmc": "built", "lib": "cached",
@@ -264,5 +264,5 @@ def test_userspace_rebuild_keeps_the_kernel_in_the_manifest(tmp_path):
     assert man["complete"] is True and "linux" in man["sources"]
     assert [a["staged"] for a in man["components"]["mod"]["artifacts"]] == [
         f"lib/modules/{FAKE_RELEASE}/extra/mod.ko"]
-    on_disk = json.loads(manifest.manifest_path(s).read_text())
+    on_disk = json.loads(s.build_manifest.read_text())
     assert on_disk["schema"] == manifest.SCHEMA and on_disk["kernel"]["release"] == FAKE_RELEASE

@@ -19,7 +19,9 @@ import pytest
 from askbuild import examples, fetching, gitutil
 from askbuild import patchqueue as pq
 from askbuild.errors import ConfigError
+from askbuild.refs import BASE_TAG
 from askbuild.settings import Settings
+from askbuild.sources import load_sources
 
 
 def make_project(root: Path) -> Settings:
@@ -77,7 +79,7 @@ def test_published_repo_has_tag_and_serves_shas(tmp_path):
 def test_publish_is_skipped_when_inputs_unchanged_and_redone_when_changed(tmp_path):
     s = make_project(tmp_path)
     first = examples.publish(s)
-    stamp = examples.upstreams_dir(s) / "published.json"
+    stamp = s.example_upstreams_dir / "published.json"
     mtime = stamp.stat().st_mtime_ns
     assert examples.publish(s) == first
     assert stamp.stat().st_mtime_ns == mtime
@@ -90,7 +92,7 @@ def test_publish_is_skipped_when_inputs_unchanged_and_redone_when_changed(tmp_pa
 def test_a_damaged_stamp_means_publish_again(tmp_path):
     s = make_project(tmp_path)
     first = examples.publish(s)
-    stamp = examples.upstreams_dir(s) / "published.json"
+    stamp = s.example_upstreams_dir / "published.json"
     stamp.write_text('{"inputs": ')          # a run killed mid-write on a non-atomic fs
     assert examples.publish(s) == first
     assert "upstreams" in stamp.read_text()
@@ -100,7 +102,7 @@ def test_a_stamp_whose_content_is_gone_means_publish_again(tmp_path):
     import shutil
     s = make_project(tmp_path)
     first = examples.publish(s)
-    dest = examples.upstreams_dir(s)
+    dest = s.example_upstreams_dir
     shutil.rmtree(dest / "thing.git")                 # a run killed while replacing it
     (dest / "lib-1.0.tar.xz").write_bytes(b"half")
     assert examples.publish(s) == first
@@ -112,7 +114,7 @@ def test_a_stamp_whose_content_is_gone_means_publish_again(tmp_path):
 
 def test_leftovers_of_a_killed_publisher_are_removed(tmp_path):
     s = make_project(tmp_path)
-    dest = examples.upstreams_dir(s)
+    dest = s.example_upstreams_dir
     dead = [dest / ".publish-4242-deadbeef" / "thing.work" / "x",
             dest / ".thing.git.old-4242-deadbeef" / "HEAD", dest / ".published.json.1.2.tmp"]
     for f in dead:
@@ -174,7 +176,7 @@ def example_settings(tmp_path: Path) -> Settings:
 def test_example_profile_layers_pick_one_kernel_generation_and_the_real_layout(tmp_path):
     s = example_settings(tmp_path)
     assert pq.layers_file(s) == s.project_root / "recipes/profiles/example/patches.toml"
-    sources = pq.load_sources(s)
+    sources = load_sources(s)
     ask = fetching.fetch(s, ["ask"])["ask"]
     layers = pq.load_layers(s, sources)
     picked = pq.collect_inputs(s, layers["linux"], sources, trees={"ask": ask})
@@ -225,10 +227,10 @@ def test_example_cmm_daemonizes_like_the_vendor_and_the_local_series_adds_foregr
         "0001-cdx-do-not-start-dpa_app-when-the-module-loads.patch",
         "0001-dpa_app-read-the-CDX_-_FILE-variables.patch"]
     tree = s.src_dir / "ask"
-    base_cdx = gitutil.out(["show", f"{pq.BASE_TAG}:cdx/cdx.c"], cwd=tree)
+    base_cdx = gitutil.out(["show", f"{BASE_TAG}:cdx/cdx.c"], cwd=tree)
     assert "call_usermodehelper" in base_cdx                  # the vendor's cdx starts dpa_app
     assert "call_usermodehelper" not in (tree / "cdx/cdx.c").read_text()
-    assert "CDX_PCD_FILE" not in gitutil.out(["show", f"{pq.BASE_TAG}:dpa_app/main.c"],
+    assert "CDX_PCD_FILE" not in gitutil.out(["show", f"{BASE_TAG}:dpa_app/main.c"],
                                                 cwd=tree)
     assert 'getenv(var)' in (tree / "dpa_app/main.c").read_text()
     building.build(s, ["cmm"], prepare=False)

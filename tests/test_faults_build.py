@@ -28,6 +28,7 @@ from buildfixtures import (
 
 from askbuild import building
 from askbuild.errors import ConfigError
+from askbuild.fsutil import sha256_file
 
 pytestmark = pytest.mark.skipif(not shutil.which("aarch64-linux-gnu-gcc"),
                                 reason="needs the cross compiler")
@@ -61,7 +62,7 @@ def artifacts(work: Path) -> dict[str, list[tuple[str | None, str]]]:
         for a in c["artifacts"]:
             if a["staged"]:
                 staged = work / "staging" / a["staged"]
-                assert building.sha256_file(staged)[0] == a["sha256"], staged
+                assert sha256_file(staged)[0] == a["sha256"], staged
     return out
 
 
@@ -143,8 +144,8 @@ def test_signal_stops_the_build_at_once_and_a_rerun_heals(tmp_path, fixture, rea
     assert man["status"] == "interrupted"
     st = {n: c["status"] for n, c in man["components"].items()}
     assert st == {"data": "built", "liba": "interrupted", "app": "pending"}
-    assert building.record_path(_settings(work, project), "data").exists()
-    assert not building.record_path(_settings(work, project), "liba").exists()
+    assert _settings(work, project).build_record("data").exists()
+    assert not _settings(work, project).build_record("liba").exists()
     # A plain re-run: finishes exactly what was left, same bytes as the uninterrupted build.
     again = build(work, project)
     assert again.returncode == 0, again.stderr
@@ -192,7 +193,7 @@ def test_kill_9_of_the_group_at_seeded_points_then_rerun_heals(tmp_path, fixture
                           sig=signal.SIGKILL)
         assert survivors(work) == [], f"seed {seed} delay {delay}"
         s = _settings(work, project)
-        unfinished = {n for n in COMPONENTS if not building.record_path(s, n).exists()}
+        unfinished = {n for n in COMPONENTS if not s.build_record(n).exists()}
         again = build(work, project)
         assert again.returncode == 0, (seed, delay, again.stderr)
         st = {n: c["status"] for n, c in manifest(work)["components"].items()}
@@ -246,7 +247,7 @@ def test_full_disk_while_staging_then_rerun_with_space(tmp_path):
         faults.assert_clean_message(proc, "no space left on device", "MiB free",
                                     str(work / "staging" / "usr/share/big.bin"))
         s = _settings(work, project)
-        assert not building.record_path(s, "big").exists()
+        assert not s.build_record("big").exists()
         staged = list((work / "staging").rglob("*")) if (work / "staging").exists() else []
         assert [p for p in staged if p.is_file()] == []
         filler.unlink()
@@ -272,7 +273,7 @@ def test_full_disk_inside_a_step_fails_with_its_log(tmp_path):
         assert proc.returncode == 2, proc.stderr
         faults.assert_clean_message(proc, "big: `sh -c head -c", "No space left on device",
                                     str(work / "logs/big.log"))
-        assert not building.record_path(_settings(work, project), "big").exists()
+        assert not _settings(work, project).build_record("big").exists()
         filler.unlink()
         again = faults.inv("build", "--work-dir", str(work), "--cache-dir",
                            str(tmp_path / "cache"), env={"ASKBUILD_PROJECT_ROOT": str(project)},
@@ -334,7 +335,7 @@ def test_symlink_made_while_building_is_refused_before_copying(tmp_path):
         building.build(s, [], prepare=False)
     assert str(s.recipes_dir / "components/a.toml") in str(ei.value)
     assert list(outside.iterdir()) == []
-    assert not building.record_path(s, "a").exists()
+    assert not s.build_record("a").exists()
 
 
 @pytest.mark.parametrize("same_key", [False, True])
@@ -345,7 +346,7 @@ def test_tampered_record_deletes_and_writes_nothing_outside(tmp_path, capsys, sa
     victim.write_text("precious\n")
     s = shell_project(tmp_path, {"a": shell_recipe(script="echo x > out.txt")})
     building.build(s, [], prepare=False)
-    rec_path = building.record_path(s, "a")
+    rec_path = s.build_record("a")
     rec = json.loads(rec_path.read_text())
     rec["artifacts"][0]["staged"] = str(victim) if same_key else "../../outside/victim.txt"
     if not same_key:
@@ -409,7 +410,7 @@ def test_restage_and_unstage_never_follow_a_link_out(tmp_path, capsys):
     rec = {"component": "a", "artifacts": [{"file": str(artifact), "size": 4,
                                              "staged": "usr/share/victim", "mode": None}]}
     with pytest.raises(ConfigError, match="build-a.json: cannot put back a staged file"):
-        building._restage(s, rec)
-    building._unstage(s, rec)
+        building.records.restage(s, rec)
+    building.records.unstage(s, rec)
     assert (outside / "victim").read_text() == "precious\n"
     assert "not deleting the old staged 'usr/share/victim'" in capsys.readouterr().err

@@ -393,7 +393,7 @@ def test_two_first_time_example_publishes_at_once(tmp_path):
             assert p.returncode == 0, err
         assert outs[0][0] == outs[1][0]
         commit, sha = outs[0][0].split()
-        dest = examples.upstreams_dir(s)
+        dest = s.example_upstreams_dir
         stamp = examples.read_json(dest / "published.json")
         assert stamp["upstreams"]["thing"]["commit"] == commit
         assert gitutil.out(["rev-parse", "v1.0^{commit}"], cwd=dest / "thing.git") == commit

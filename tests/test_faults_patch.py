@@ -30,7 +30,6 @@ from patchfixtures import (
 )
 
 from askbuild import patchqueue as pq
-from askbuild import rebasing
 from askbuild.fsutil import read_json
 
 N = 60                  # patches of the long series: `git am` of all of them takes seconds
@@ -285,7 +284,7 @@ def assert_rebased(project: Project, ref: dict) -> None:
     assert pq.tree_state(project.settings, "up") == ref["record"]
     assert g(project.tree, "rev-parse", "HEAD") == ref["record"]["head"]
     assert g(project.tree, "status", "--porcelain", "--untracked-files=all") == ""
-    assert not rebasing.state_file(project.settings, "up").exists()
+    assert not project.settings.rebase_state("up").exists()
     assert g(project.tree, "branch", "--list", "askbuild/rebase") == ""
 
 
@@ -307,7 +306,7 @@ def test_kill_9_at_many_points_of_a_rebase_then_continue_or_abort(tmp_path, reba
     for i, delay in enumerate(faults.kill_points("rebase-timed", 3, 0.0, 0.6)):
         project = make_project(tmp_path / f"t{i}", kinds=REBASE_KINDS)
         proc = start(project, "rebase", "up", "--onto", "v2")
-        state = rebasing.state_file(project.settings, "up")
+        state = project.settings.rebase_state("up")
         wait_until(state.exists, proc, "the rebase state")
         time.sleep(delay)                       # in the middle of a git command, mostly
         os.killpg(proc.pid, signal.SIGKILL)
@@ -319,7 +318,7 @@ def test_kill_9_at_many_points_of_a_rebase_then_continue_or_abort(tmp_path, reba
     for k in seeded("rebase-many", 12, rebase_reference["count"]):
         project = make_project(tmp_path / f"c{k}", kinds=REBASE_KINDS)
         assert killed_at(project, k, "rebase", "up", "--onto", "v2").returncode == -9
-        if rebasing.state_file(project.settings, "up").exists():
+        if project.settings.rebase_state("up").exists():
             again = run(project, "rebase", "up", "--continue")
         else:
             again = run(project, "rebase", "up", "--onto", "v2")
@@ -331,7 +330,7 @@ def test_kill_9_at_many_points_of_a_rebase_then_continue_or_abort(tmp_path, reba
 def check_abort_after_kill(tmp: Path, k: int, ref: dict) -> None:
     project = make_project(tmp, kinds=REBASE_KINDS)
     assert killed_at(project, k, "rebase", "up", "--onto", "v2").returncode == -9
-    in_progress = rebasing.state_file(project.settings, "up").exists()
+    in_progress = project.settings.rebase_state("up").exists()
     ab = run(project, "rebase", "up", "--abort")
     if in_progress:
         assert ab.returncode == 0, f"killed at point {k}:\n{ab.stderr}"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from askbuild import fetching, gitutil
+from askbuild import fetching, gitutil, refs
 from askbuild.errors import (
     DirtyTreeError,
     NetworkError,
@@ -326,7 +326,7 @@ def test_commit_whose_files_never_arrived_is_fetched_again(project, upstream, ca
     fetching.fetch(s, ["widget"])
     cache = fetching.cache_repo(s, load_sources(s)["widget"])
     _loose(cache, _blob(upstream, sha, "src/main.c")).unlink()
-    gitutil.git(["update-ref", "-d", f"{fetching.KEEP_PREFIX}{sha}"], cwd=cache)
+    gitutil.git(["update-ref", "-d", f"{refs.KEEP_PREFIX}{sha}"], cwd=cache)
     import shutil
     shutil.rmtree(s.src_dir)
     assert not fetching.has_commit(cache, sha)          # the commit object alone is not enough

@@ -18,13 +18,15 @@ import faults
 import pytest
 
 from askbuild import hostdeps
+from askbuild.settings import DEFAULT_CROSS_COMPILE, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLS = {"run", "Popen", "popen", "check_output", "check_call", "call", "which",
          "_tool_version", "program_path", "_which"}
 CMD_NAMES = {"cmd", "cmds", "command", "argv"}
-# Not programs: the running interpreter and commands found inside a source tree.
-NOT_PROGRAMS = {"python", "python3"}
+# Not programs: the running interpreter and askbuild's own `inv` (both from the venv, not from
+# a Debian package).
+NOT_PROGRAMS = {"python", "python3", "inv"}
 
 
 def _first_word(node: ast.AST) -> str | None:
@@ -79,7 +81,7 @@ def programs_in_recipes() -> dict[str, str]:
     for f in sorted((ROOT / "recipes" / "components").glob("*.toml")):
         data = tomllib.loads(f.read_text())
         for step in data.get("steps", []):
-            word = step[0].replace("{cross}", "aarch64-linux-gnu-")
+            word = step[0].replace("{cross}", DEFAULT_CROSS_COMPILE)
             if not word.startswith(("./", "{")):
                 found.setdefault(word, str(f.relative_to(ROOT)))
     return found
@@ -88,7 +90,7 @@ def programs_in_recipes() -> dict[str, str]:
 def all_programs() -> dict[str, str]:
     found: dict[str, str] = {}
     for d in ("askbuild", "tests"):
-        for f in sorted((ROOT / d).glob("*.py")):
+        for f in sorted((ROOT / d).rglob("*.py")):
             for prog, where in programs_in_python(f).items():
                 found.setdefault(prog, where)
     for prog, where in programs_in_recipes().items():
@@ -147,7 +149,8 @@ def test_the_package_table_tells_the_truth():
 
 
 def test_doctor_checks_every_required_program():
-    checked = " ".join(f"{c.name} {c.purpose} {' '.join(c.packages)}" for c in hostdeps.checks())
+    checked = " ".join(f"{c.name} {c.purpose} {' '.join(c.packages)}"
+                       for c in hostdeps.checks(Settings()))
     for prog, (pkg, _purpose, required) in hostdeps.PROGRAMS.items():
         if required:
             assert prog in checked or pkg in checked, prog

@@ -323,7 +323,7 @@ IMAGE_BASE = {
 @example(data=b'[base]\n[config]\n[files]\n[vendor]\n"/x" = 1\n')
 @example(data=b"[base]\n[config]\n[files]\n[vendor]\n[boards]\nx = 1\n")
 def test_image_toml_junk(proj, data):
-    (imaging.image_dir(proj) / "image.toml").write_bytes(data)
+    (imaging.image_inputs_dir(proj) / "image.toml").write_bytes(data)
     with clean_failure():
         conf = imaging.load_image_toml(proj)
         imaging.app_entries(proj, conf, release="6.1.0", board=None, epoch=0)
@@ -374,10 +374,10 @@ def test_read_json_junk(proj, data):
 @example(data=b'{"schema": 1, "base": "' + SHA1.encode() + b'", "patches": [{}]}')
 @example(data=b'{"schema": 1, "base": "' + SHA1.encode() + b'", "patches": 5}')
 def test_patch_record_junk(proj, data):
-    patchqueue.state_path(proj, "a").write_bytes(data)
+    proj.patch_record("a").write_bytes(data)
     with clean_failure():
         rec = patchqueue.tree_state(proj, "a")
-        assert patchqueue._record_matches(rec, SHA1, []) in (True, False)
+        assert patchqueue.record.record_matches(rec, SHA1, []) in (True, False)
 
 
 @FUZZ
@@ -386,7 +386,7 @@ def test_patch_record_junk(proj, data):
 @example(data=b"[]")
 @example(data=b'{"source": "a", "queue": [], "recovery": 3}')
 def test_rebase_state_junk(proj, data):
-    rebasing.state_file(proj, "a").write_bytes(data)
+    proj.rebase_state("a").write_bytes(data)
     with clean_failure():
         st_ = rebasing._load_state(proj, "a")
         assert isinstance(st_, dict)
@@ -397,11 +397,11 @@ def test_rebase_state_junk(proj, data):
 @given(data=json_files(BUILD_RECORD, JSON_KEYS))
 def test_build_record_junk(proj, data):
     from askbuild import building
-    building.record_path(proj, "a").parent.mkdir(parents=True, exist_ok=True)
-    building.record_path(proj, "a").write_bytes(data)
+    proj.build_record("a").parent.mkdir(parents=True, exist_ok=True)
+    proj.build_record("a").write_bytes(data)
     with clean_failure():
         rec = building.trusted_record(proj, "a")
-        assert building._up_to_date(proj, rec, "k") in (True, False)
+        assert building.records.up_to_date(rec, "k") in (True, False)
 
 
 @FUZZ
@@ -409,8 +409,8 @@ def test_build_record_junk(proj, data):
 @example(data=b"\xff", patch_state=b"{}")
 @example(data=b"{}", patch_state=b"\xff")
 def test_manifest_and_patch_state_for_the_image_junk(proj, data, patch_state):
-    manifest.manifest_path(proj).write_bytes(data)
-    patchqueue.state_path(proj, "ask").write_bytes(patch_state)
+    proj.build_manifest.write_bytes(data)
+    proj.patch_record("ask").write_bytes(patch_state)
     with clean_failure():
         m = imaging.read_manifest(proj)
         assert imaging.kernel_release(proj.staging_dir, m) == "6.1.0"

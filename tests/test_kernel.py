@@ -179,7 +179,7 @@ def test_kernel_build_without_depmod_fails_before_building(tmp_path, monkeypatch
         building.build(s, [], prepare=False)
     assert "depmod (package kmod" in str(ei.value) and "inv setup" in str(ei.value)
     assert manifest.read(s) is None
-    assert not building.record_path(s, "kernel").exists()
+    assert not s.build_record("kernel").exists()
     assert not s.staging_dir.exists()
 
 

@@ -11,7 +11,7 @@ import pytest
 from faults import inv
 
 from askbuild import patchqueue as pq
-from askbuild.errors import ConfigError, PatchFailed
+from askbuild.errors import ConfigError, PatchFailed, SourcesFailed
 from askbuild.settings import Settings
 
 LIB_V1 = {"src/a.c": "".join(f"a line {i}\n" for i in range(1, 21))}
@@ -282,7 +282,7 @@ def test_patch_keep_going_patches_every_independent_source_and_lists_all_failure
     assert pq.tree_state(s, "vendor") is not None
     for failed in ("bad", "nomatch"):
         assert pq.tree_state(s, failed) is None
-        assert pq.failure_path(s, failed).is_file()
+        assert s.failed_patch_record(failed).is_file()
 
 
 def test_patch_keep_going_exit_code_is_the_worst_failure(project, git_upstream):
@@ -290,7 +290,7 @@ def test_patch_keep_going_exit_code_is_the_worst_failure(project, git_upstream):
     lay = layered(project, git_upstream, {"patches/libx/01-a.patch": broken},
                   '[lib]\nvendor = [{ from = "vendor", dir = "patches/libx" }]\n'
                   '[vendor]\nvendor = [{ from = "vendor", dir = "patches/none" }]\n')
-    with pytest.raises(pq.SourcesFailed) as e:
+    with pytest.raises(SourcesFailed) as e:
         pq.patch(lay.settings, [], keep_going=True)
     assert e.value.exit_code == 2                 # a patch that did not apply: a failed step
     assert "- vendor: " in str(e.value) and "vendor layer vendor:patches/none" in str(e.value)
@@ -299,12 +299,12 @@ def test_patch_keep_going_exit_code_is_the_worst_failure(project, git_upstream):
 
 def test_patch_check_keep_going_reports_every_source(project, git_upstream):
     s = keep_going_project(project, git_upstream)
-    with pytest.raises(pq.SourcesFailed) as e:
+    with pytest.raises(SourcesFailed) as e:
         pq.patch(s, ["vendor", "bad", "nomatch", "lib"], check=True, keep_going=True)
     assert "inv patch --check: 2 source(s) failed:" in str(e.value)
     assert "- bad: " in str(e.value) and "- nomatch: " in str(e.value)
     assert pq.tree_state(s, "lib") is None        # --check touches no build tree
-    assert not pq.failure_path(s, "bad").exists()
+    assert not s.failed_patch_record("bad").exists()
 
 
 def test_fetch_keep_going_fetches_every_other_source(project, git_upstream):

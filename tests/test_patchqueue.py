@@ -27,6 +27,8 @@ from patchfixtures import (
 from askbuild import patchqueue as pq
 from askbuild import rebasing
 from askbuild.errors import ConfigError, DirtyTreeError, PatchFailed, UserError
+from askbuild.fsutil import write_json_atomic
+from askbuild.gitutil import FIXED_IDENTITY
 from askbuild.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,14 +81,14 @@ def test_same_inputs_give_the_same_commit_ids(tmp_path):
     head_a = pq.tree_state(a.settings, "up")["head"]
     assert head_a == pq.tree_state(b.settings, "up")["head"]
     # and rebuilding from the base in the same tree gives it again
-    pq.state_path(a.settings, "up").unlink()
+    a.settings.patch_record("up").unlink()
     run_patch(a)
     assert pq.tree_state(a.settings, "up")["head"] == head_a
 
 
 def test_second_run_is_a_no_op(project):
     run_patch(project)
-    state = pq.state_path(project.settings, "up")
+    state = project.settings.patch_record("up")
     before = (state.stat().st_mtime_ns, g(project.tree, "rev-parse", "HEAD"))
     report = run_patch(project)
     assert [r["status"] for r in report.rows] == ["unchanged"] * 6
@@ -159,7 +161,7 @@ def test_failure_names_series_patch_files_and_hunks_and_puts_the_tree_back(proje
 def test_a_failed_run_keeps_the_previous_good_state(project):
     """Issue #8: a failing series never leaves a half-applied askbuild/patched behind."""
     run_patch(project)
-    record = pq.state_path(project.settings, "up").read_bytes()
+    record = project.settings.patch_record("up").read_bytes()
     head = g(project.tree, "rev-parse", "askbuild/patched")
     bad = project.series_dir / "0005-rename.patch"
     bad.write_bytes(bad.read_bytes().replace(b" cmm line 11\n", b" cmm line eleven\n"))
@@ -168,7 +170,7 @@ def test_a_failed_run_keeps_the_previous_good_state(project):
     assert f"on askbuild/patched at {head[:12]}, the series as applied before" in str(e.value)
     assert g(project.tree, "symbolic-ref", "HEAD") == "refs/heads/askbuild/patched"
     assert g(project.tree, "rev-parse", "HEAD", "askbuild/patched").split() == [head, head]
-    assert pq.state_path(project.settings, "up").read_bytes() == record
+    assert project.settings.patch_record("up").read_bytes() == record
     assert g(project.tree, "status", "--porcelain", "--untracked-files=all") == ""
     assert not (project.tree / ".git" / pq.JOURNAL).exists()
 
@@ -469,7 +471,7 @@ def test_edit_a_series_whose_patch_no_longer_applies_then_export(project):
         pq.export(project.settings, "patches/up")
     change_line(t, "lib/conflict.c", 10, "conflict line 10 OURS")   # apply it by hand
     g(t, "add", "--", "lib/conflict.c")
-    g(t, "am", "--continue", env=pq.FIXED_IDENTITY)           # then 0004..0006 follow
+    g(t, "am", "--continue", env=FIXED_IDENTITY)           # then 0004..0006 follow
     assert not (t / ".git" / "rebase-apply").exists()
     report = pq.export(project.settings, "patches/up")
     status = {r["patch"]: r["status"] for r in report.rows}
@@ -553,7 +555,7 @@ def test_a_record_that_does_not_vouch_for_the_branch_is_not_trusted(project):
     short = good["patches"][3]["commits"][-1]          # 4 of 6 patches
     g(project.tree, "checkout", "-q", "-B", "askbuild/patched", short)
     forged = {**good, "head": short}
-    pq.write_json_atomic(pq.state_path(project.settings, "up"), forged)
+    write_json_atomic(project.settings.patch_record("up"), forged)
     report = run_patch(project)
     assert [r["status"] for r in report.rows] == ["applied"] * 6
     assert pq.tree_state(project.settings, "up") == good
@@ -583,9 +585,8 @@ time.sleep(float(sys.argv[2]))
 
 @pytest.mark.parametrize("verb", ["patch", "edit", "export", "rebase"])
 def test_the_writing_verbs_wait_for_the_work_dir_lock(project, capsys, verb):
-    from askbuild import runlock
     pq.edit(project.settings, "patches/up") if verb == "export" else None
-    path = runlock.work_lock_path(project.settings)
+    path = project.settings.run_lock
     holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(path), "1.5"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -751,12 +752,12 @@ def test_patch_state_problem_ignores_a_stale_failure_note_and_sees_interrupted_r
     f.write_bytes(orig.replace(b"clean line 4", b"clean line four"))    # no longer applies
     with pytest.raises(PatchFailed):
         run_patch(project)
-    assert pq.failure_path(project.settings, "up").is_file()
+    assert project.settings.failed_patch_record("up").is_file()
     assert problem(project).startswith("the last `inv patch` of up failed: patch 1 of 6")
     f.write_bytes(orig)              # back to the series the tree holds: nothing to refuse
     assert problem(project) is None
     run_patch(project)
-    assert not pq.failure_path(project.settings, "up").exists()
+    assert not project.settings.failed_patch_record("up").exists()
     (project.tree / ".git" / pq.JOURNAL).write_text('{"verb": "patch"}')
     assert problem(project).startswith(f"an interrupted `inv patch` left {project.tree} "
                                        "half-changed")

@@ -16,6 +16,7 @@ from patchfixtures import Project, make_project, snapshot
 from askbuild import patchqueue as pq
 from askbuild import rebasing
 from askbuild.errors import DirtyTreeError, PatchFailed, UserError
+from askbuild.fsutil import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +70,7 @@ def test_dry_run_reports_every_status_and_changes_nothing(project):
     assert snapshot(project.series_dir) == series_before
     assert project.settings.sources_file.read_bytes() == sources_before
     assert g(project.tree, "rev-parse", "HEAD") == project.upstream.v1
-    assert not rebasing.state_file(project.settings, "up").exists()
+    assert not project.settings.rebase_state("up").exists()
     assert not [p for p in project.settings.work_dir.iterdir() if p.name.startswith("patch-")]
 
 
@@ -133,8 +134,8 @@ def test_rebase_stops_at_the_conflict_then_continue_finishes(project):
     assert "cmm line 12 OURS" in (project.tree / "cmm/src/cmm.c").read_text()
     crlf = (project.tree / "fmc/model.cpp").read_bytes()
     assert b"model line 5 OURS\r\n" in crlf and crlf.count(b"\r\n") == 20
-    assert not rebasing.state_file(project.settings, "up").exists()
-    assert not rebasing.backup_dir(project.settings, "up").exists()
+    assert not project.settings.rebase_state("up").exists()
+    assert not project.settings.rebase_backup("up").exists()
     assert g(project.tree, "branch", "--list", "askbuild/rebase") == ""
     # and the new series is stable: patching again is a no-op
     assert {r["status"] for r in pq.patch(project.settings, ["up"]).rows} == {"unchanged"}
@@ -171,7 +172,7 @@ def test_abort_restores_series_and_pin_byte_for_byte(project):
     assert g(project.tree, "rev-parse", "HEAD") == head_before
     assert g(project.tree, "rev-parse", "askbuild/base") == project.upstream.v1
     assert g(project.tree, "status", "--porcelain", "--untracked-files=no") == ""
-    assert not rebasing.state_file(project.settings, "up").exists()
+    assert not project.settings.rebase_state("up").exists()
     with pytest.raises(UserError, match="no rebase of up is in progress"):
         rebasing.rebase(project.settings, "up", abort=True)
 
@@ -204,7 +205,7 @@ def test_dirty_tree_refuses_to_start(project):
     (project.tree / "README").write_text("edit\n")
     with pytest.raises(DirtyTreeError, match="uncommitted changes"):
         rebasing.rebase(project.settings, "up", onto="v2")
-    assert not rebasing.state_file(project.settings, "up").exists()
+    assert not project.settings.rebase_state("up").exists()
 
 
 def test_cli_rebase_dry_run_and_conflict_exit_codes(project):
@@ -315,7 +316,7 @@ def test_work_on_an_edit_branch_that_was_not_exported_stops_the_rebase(tmp_path)
     assert "askbuild/edit/patches-up (series patches/up): 1 commit(s) not exported" in msg
     assert "inv patches.export patches/up" in msg
     assert f"git -C {project.tree} branch -D askbuild/edit/patches-up" in msg
-    assert not rebasing.state_file(project.settings, "up").exists()
+    assert not project.settings.rebase_state("up").exists()
     assert g(project.tree, "rev-parse", "askbuild/edit/patches-up") == mine
     assert snapshot(project.series_dir) == series_before
     # exported: the rebase carries it, and the (exported) edit branch goes with the old base
@@ -352,10 +353,10 @@ def test_abort_never_writes_through_a_link_planted_in_the_series(project, tmp_pa
 
 def test_skip_is_refused_when_the_rebase_was_interrupted_not_stopped(tmp_path):
     project = make_project(tmp_path, kinds=["clean", "near", "upstream", "rename", "crlf"])
-    st = rebasing.state_file(project.settings, "up")
+    st = project.settings.rebase_state("up")
     st.parent.mkdir(parents=True, exist_ok=True)
     recovery = {"series": {}, "sources_file": str(project.settings.sources_file)}
-    pq.write_json_atomic(st, {"source": "up", "onto": "v2", "phase": "replay", "queue": [],
-                              "recovery": recovery, "pos": 0})
+    write_json_atomic(st, {"source": "up", "onto": "v2", "phase": "replay", "queue": [],
+                           "recovery": recovery, "pos": 0})
     with pytest.raises(UserError, match="no conflict to skip: the rebase was interrupted"):
         rebasing.rebase(project.settings, "up", skip=True)

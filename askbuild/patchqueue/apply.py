@@ -1,0 +1,261 @@
+"""Applying patches: one patch as commit(s), and a source's whole queue.
+
+``git am --3way`` for ``git format-patch`` mails, ``git apply`` (then ``--3way``) plus a commit
+named after the file for plain diffs.  Identities and dates are fixed (taken from the mail, else
+:data:`askbuild.gitutil.FIXED_IDENTITY`), so identical inputs give identical commit ids.  CR
+bytes are kept (``--keep-cr``, no autocrlf).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from unidiff import PatchSet
+
+from .. import gitutil
+from ..errors import PatchFailed
+from ..gitutil import FIXED_IDENTITY
+from ..refs import PATCHED
+from ..report import Report
+from .inputs import PatchInput
+from .record import STATE_SCHEMA
+from .worktree import REPRO, NoSpaceLeft, git_errors, no_space, no_space_error
+
+PATCH_COLUMNS = ["source", "layer", "patch", "status", "commit", "detail"]
+
+
+_HEADER_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9-]*:")
+
+
+def is_mail(data: bytes) -> bool:
+    """A ``git format-patch`` mail (mbox ``From `` line or From:/Subject: headers first)."""
+    lines = data[:16384].split(b"\n")
+    if lines and re.match(rb"^From [^ ]+ ", lines[0]):
+        return True
+    keys = set()
+    for ln in lines:
+        ln = ln.rstrip(b"\r")
+        if not ln:
+            break
+        if ln[:1] in (b" ", b"\t"):
+            continue
+        if not _HEADER_RE.match(ln):
+            return False
+        keys.add(ln.split(b":", 1)[0].lower())
+    return b"from" in keys and b"subject" in keys
+
+
+def _ensure_mail_headers(data: bytes) -> bytes:
+    """Add a fixed ``Date:`` when the mail has none (git would use the current time)."""
+    head, sep, rest = data.partition(b"\n\n")
+    if re.search(rb"(^|\n)Date:", head, re.IGNORECASE):
+        return data
+    date = b"Date: Thu, 1 Jan 1970 00:00:00 +0000"
+    lines = head.split(b"\n")
+    at = 1 if lines and lines[0].startswith(b"From ") else 0
+    lines.insert(at, date)
+    return b"\n".join(lines) + sep + rest
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _ident_env() -> dict[str, str]:
+    return dict(FIXED_IDENTITY)
+
+
+@dataclass
+class Applied:
+    commits: list[str]
+    method: str             # "applied" | "3way"
+
+
+def _hunk_failures(tree: Path, p: PatchInput) -> list[str]:
+    """Which files / hunks of ``p`` do not apply to the tree's HEAD (for messages)."""
+    try:
+        text = p.data.decode("latin-1")
+        pset = PatchSet(io.StringIO(text, newline=""))
+    except Exception:   # noqa: BLE001 - only used to enrich a message
+        return []
+    out: list[str] = []
+    for pf in pset:
+        if pf.is_added_file:
+            target = pf.path
+            if (tree / target).exists():
+                out.append(f"{target}: new file already exists")
+            continue
+        if pf.is_removed_file or pf.is_rename or pf.is_binary_file:
+            continue
+        for i, h in enumerate(pf, start=1):
+            mini = f"--- {pf.source_file}\n+++ {pf.target_file}\n{h}"
+            proc = gitutil.git(["apply", "--check", f"-p{p.strip}", "--whitespace=nowarn", "-"],
+                               cwd=tree, input=mini.encode("latin-1"), check=False)
+            if proc.returncode != 0:
+                hdr = f"@@ -{h.source_start},{h.source_length} +{h.target_start}," \
+                      f"{h.target_length} @@"
+                what = "file missing" if not (tree / pf.path).exists() else "does not match"
+                out.append(f"{pf.path}: hunk #{i} {hdr} {what}")
+    return out
+
+
+def git_error_lines(stderr: str) -> list[str]:
+    keep = []
+    for ln in stderr.splitlines():
+        ln = ln.strip()
+        if ln.startswith(("error:", "CONFLICT", "fatal:")) and "Did you hand edit" not in ln:
+            keep.append(ln)
+    return keep[:12]
+
+
+def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: str,
+                before: str | None = None) -> Applied:
+    """Apply one patch as commit(s) on the current HEAD (``before``, when the caller knows it),
+    or raise PatchFailed with the tree back at the commit it started from (NoSpaceLeft when
+    git ran out of space: then the tree may be left half-done)."""
+    what = f"patch {index} of {total} of {source} ({p.label})"
+    with git_errors(what, tree):
+        return _apply_patch(tree, p, index=index, total=total, source=source, before=before,
+                            what=what)
+
+
+def _apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: str,
+                 before: str | None, what: str) -> Applied:
+    before = before or gitutil.out(["rev-parse", "HEAD"], cwd=tree)
+    applied, err = (_apply_mail if is_mail(p.data) else _apply_diff)(tree, p, before)
+    if applied is not None:
+        return applied
+    gitutil.git(["reset", "-q", "--hard", before], cwd=tree, check=False)
+    if no_space(err):       # not the patch's fault: never "refresh the patch"
+        raise no_space_error(what, tree, "\n".join(git_error_lines(err)) or err)
+    raise _did_not_apply(tree, p, err, index=index, total=total, source=source, before=before)
+
+
+def git_am(tree: Path, data: bytes, strip: int) -> tuple[bool, str]:
+    """``git am --3way`` the mail(s) ``data`` onto the HEAD of ``tree`` (fixed identities,
+    CR bytes kept, the user's git config ignored): (applied, git's output).  A failed am is
+    left in progress."""
+    proc = gitutil.git([*REPRO, "am", "--3way", "--keep-cr", "--keep-non-patch", "--no-scissors",
+                        "--committer-date-is-author-date", "--no-message-id",
+                        "--whitespace=nowarn", "--quoted-cr=nowarn", f"-p{strip}"],
+                       cwd=tree, env=_ident_env(), input=data, check=False)
+    return proc.returncode == 0, _text(proc.stdout) + _text(proc.stderr)
+
+
+def _apply_mail(tree: Path, p: PatchInput, before: str) -> tuple[Applied | None, str]:
+    """A mail with ``git am --3way``: its commit(s), or None and git's output."""
+    ok, out = git_am(tree, _ensure_mail_headers(p.data), p.strip)
+    if ok:
+        commits = gitutil.out(["rev-list", "--reverse", f"{before}..HEAD"], cwd=tree).split()
+        return Applied(commits, "3way" if "3-way merge" in out else "applied"), out
+    gitutil.git(["am", "--abort"], cwd=tree, check=False)
+    return None, out
+
+
+def _apply_diff(tree: Path, p: PatchInput, before: str) -> tuple[Applied | None, str]:
+    """A plain diff with ``git apply`` (then ``--3way``) and a commit named after the file:
+    that commit, or None and git's output."""
+    proc = gitutil.git(["apply", "--index", f"-p{p.strip}", "--whitespace=nowarn", "-"],
+                       cwd=tree, input=p.data, check=False)
+    method = "applied"
+    err = _text(proc.stderr)
+    if proc.returncode != 0 and not no_space(err):
+        proc = gitutil.git(["apply", "--3way", f"-p{p.strip}", "--whitespace=nowarn", "-"],
+                           cwd=tree, input=p.data, check=False)
+        method = "3way"
+        err += _text(proc.stderr)
+    if proc.returncode != 0:
+        return None, err
+    gitutil.git([*REPRO, "commit", "-q", "--no-verify", "--allow-empty", "-m", p.name],
+                cwd=tree, env=_ident_env())
+    return Applied([gitutil.out(["rev-parse", "HEAD"], cwd=tree)], method), err
+
+
+def _did_not_apply(tree: Path, p: PatchInput, err: str, *, index: int, total: int,
+                   source: str, before: str) -> PatchFailed:
+    """The message for a patch that does not apply: series, file, failing hunks, git's words
+    and how to refresh it."""
+    hunks = _hunk_failures(tree, p)
+    lines = [f"patch {index} of {total} of {source} did not apply: {p.name}",
+             f"  series: {p.layer.id} ({p.layer.kind} layer)",
+             f"  patch file: {p.label}"]
+    lines += [f"  failed: {h}" for h in hunks]
+    lines += [f"  git: {e}" for e in git_error_lines(err)]
+    lines.append(f"  the patches before it apply cleanly (up to {before[:12]}); nothing of "
+                 "this patch was applied")
+    fix = ("refresh the patch for the current base: `inv patches.edit "
+           f"{p.layer.dir}` and resolve it with git, then `inv patches.export {p.layer.dir}`"
+           if p.layer.kind == "local" else
+           f"the vendor series of {p.layer.provider} does not fit {source}'s base: pin "
+           f"matching releases in the sources file")
+    return PatchFailed("\n".join(lines), fix=fix)
+
+
+def as_mbox(p: PatchInput) -> bytes:
+    """One mbox message for ``p`` (plain diffs get the headers the patch step would use)."""
+    if is_mail(p.data):
+        data = _ensure_mail_headers(p.data)
+        if not data.startswith(b"From "):
+            data = b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n" \
+                + data
+    else:
+        data = (b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+                b"From: askbuild <askbuild@localhost>\n"
+                b"Date: Thu, 1 Jan 1970 00:00:00 +0000\n"
+                b"Subject: [PATCH] " + p.name.encode() + b"\n\n" + p.data)
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
+def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
+                report: Report | None = None, branch: str | None = PATCHED) -> dict:
+    """Rebuild ``branch`` (detached HEAD when None) from ``base`` with ``inputs`` and return
+    the state record (not written).  Raises PatchFailed at the first failing patch (with
+    ``partial``: what applied before it, and ``head``, the last good commit)."""
+    if branch:
+        gitutil.git(["checkout", "-q", "-B", branch, base], cwd=tree)
+    else:
+        gitutil.git(["checkout", "-q", "--detach", base], cwd=tree)
+    patches: list[dict] = []
+    layers: list[dict] = []
+    total = len(inputs)
+    cur_layer = None
+    head = base
+    for i, p in enumerate(inputs, start=1):
+        if cur_layer != p.layer.id:
+            if layers:
+                layers[-1]["end"] = head
+            layers.append({"id": p.layer.id, "kind": p.layer.kind, "dir": p.layer.dir,
+                           "provider": p.layer.provider, "start": head, "end": head})
+            cur_layer = p.layer.id
+        try:
+            res = apply_patch(tree, p, index=i, total=total, source=source, before=head)
+        except PatchFailed as e:
+            space = isinstance(e, NoSpaceLeft)
+            if not space:       # (a full disk is no failing point to edit from)
+                e.partial = {"layer": p.layer.id, "layer_start": layers[-1]["start"],
+                             "applied": patches, "index": i - 1, "head": head}
+            if report is not None:
+                report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
+                           status="failed", commit=None,
+                           detail="no space left on device" if space else "did not apply")
+                for q in inputs[i:]:
+                    report.add(source=source, layer=q.layer.id, kind=q.layer.kind,
+                               patch=q.name, status="pending", commit=None, detail="")
+            raise
+        if res.commits:
+            head = res.commits[-1]
+        patches.append({"layer": p.layer.id, "kind": p.layer.kind, "file": p.name,
+                        "strip": p.strip, "sha256": p.sha256, "commits": res.commits})
+        if report is not None:
+            report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
+                       status=res.method, commit=res.commits[-1] if res.commits else None,
+                       detail="3-way merge" if res.method == "3way" else "")
+    if layers:
+        layers[-1]["end"] = head
+    return {"schema": STATE_SCHEMA, "source": source, "base": base, "head": head,
+            "layers": layers, "patches": patches}

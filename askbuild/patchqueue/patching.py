@@ -1,0 +1,279 @@
+"""The ``inv patch`` verb: bring each source's work tree to base + its series.
+
+Branch ``askbuild/patched`` starts at the base (tag ``askbuild/base``) and gets one commit per
+patch.  A record that vouches for the tree makes the run a no-op; anything else is rebuilt from
+the base on a detached HEAD (the branch and the record move only when every patch applied, a
+failure puts the tree back as it was), but never over user work (uncommitted edits, a git
+operation in progress, or commits on ``askbuild/patched`` that askbuild did not make raise
+:class:`DirtyTreeError` saying how to save or discard them).  ``keep_going`` tries every source
+and lists every failure at the end (:func:`askbuild.errors.summary_error`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import console, gitutil, runlock
+from ..errors import (
+    AskbuildError,
+    DirtyTreeError,
+    NoSpaceError,
+    PatchFailed,
+    SourceError,
+    summary_error,
+)
+from ..fsutil import write_json_atomic
+from ..refs import BASE_TAG, PATCHED
+from ..report import Report
+from ..settings import Settings
+from ..sources import Source, load_sources, select
+from .apply import PATCH_COLUMNS, apply_queue
+from .inputs import collect_inputs, source_tree
+from .journal import clean_scratch, journalled, recover_tree, scratch_worktree
+from .layers import Layer, load_layers
+from .record import layers_with_empty, record_done, record_matches, tree_state
+from .worktree import (
+    ASKBUILD_COMMITTER,
+    NoSpaceLeft,
+    base_commit,
+    changed_files,
+    git_errors,
+    operation_in_progress,
+    rev,
+)
+from .write import finish_pending_series
+
+
+def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
+                base: str | None = None, *, ignore_rebase: bool = False) -> None:
+    """Refuse (DirtyTreeError) when rebuilding ``tree`` would lose user work."""
+    t = str(tree)
+    rebase_state = settings.rebase_state(name)
+    if rebase_state.exists() and not ignore_rebase:
+        raise DirtyTreeError(f"{tree}: a rebase of {name} is in progress",
+                             fix=f"finish it with `inv rebase {name} --continue` (or --skip), "
+                                 f"or undo it with `inv rebase {name} --abort`")
+    op = operation_in_progress(tree)
+    if op:
+        raise DirtyTreeError(f"{tree}: {op} is in progress in the work tree",
+                             fix=f"finish or abort it first (e.g. `git -C {t} am --abort`, "
+                                 f"`git -C {t} cherry-pick --abort`, `git -C {t} rebase --abort`)")
+    files = changed_files(tree)
+    if files:
+        shown = ", ".join(files[:8]) + (f" (+{len(files) - 8} more)" if len(files) > 8 else "")
+        raise DirtyTreeError(
+            f"{tree} has uncommitted changes that the patch step would throw away: {shown}",
+            fix=f"save them: `git -C {t} stash` (or commit them on an edit branch: "
+                f"`inv patches.edit SERIES`, commit, `inv patches.export SERIES`); "
+                f"or discard them: `git -C {t} reset --hard`")
+    foreign = _foreign_commits(tree, record, base)
+    if foreign:
+        back = (record or {}).get("head") or base or BASE_TAG
+        raise DirtyTreeError(
+            f"{tree}: branch {PATCHED} has commits the patch series did not make: "
+            + "; ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""),
+            fix=f"save them on a branch and hand the branch back: `git -C {t} switch -c my-work "
+                f"{PATCHED} && git -C {t} branch -f {PATCHED} {back[:12]}` (then carry them "
+                f"into a series with `inv patches.edit SERIES` + cherry-pick + "
+                f"`inv patches.export SERIES`); or discard them: "
+                f"`git -C {t} branch -f {PATCHED} {back[:12]}`")
+
+
+def _foreign_commits(tree: Path, record: dict | None, base: str | None) -> list[str]:
+    """``sha subject`` of the commits on ``askbuild/patched`` that askbuild did not make (none
+    when the branch is absent or exactly at the recorded head)."""
+    patched = rev(tree, f"refs/heads/{PATCHED}")
+    if not patched or (record and patched == record.get("head")):
+        return []
+    exclude = [f"^{c}" for c in {base, (record or {}).get("base"), (record or {}).get("head")}
+               if c and rev(tree, c)]
+    lines = gitutil.out(["log", "--format=%H %cn <%ce>%x09%s", patched, *exclude, "--"],
+                        cwd=tree).splitlines()
+    foreign = []
+    for ln in lines:
+        sha_ident, _, subject = ln.partition("\t")
+        sha, _, ident = sha_ident.partition(" ")
+        if ident != ASKBUILD_COMMITTER:
+            foreign.append(f"{sha[:12]} {subject}")
+    return foreign
+
+
+def _check_out_patched(settings: Settings, name: str, tree: Path, patched: str) -> None:
+    head = rev(tree, "HEAD")
+    sym = gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree, check=False).stdout.strip()
+    if head == patched and sym == f"refs/heads/{PATCHED}":
+        return
+    with journalled(settings, name, tree, "patch"):
+        gitutil.git(["checkout", "-q", PATCHED], cwd=tree)
+
+
+def patch_source(settings: Settings, source: Source, *, sources: dict[str, Source],
+                 layers: list[Layer], report: Report, tree: Path | None = None,
+                 ignore_rebase: bool = False, trees: dict[str, Path] | None = None) -> dict:
+    """Bring one source's work tree to base + its series (no-op when the record shows it is
+    there already).  The series is applied on a detached HEAD under a run journal;
+    ``askbuild/patched`` and the record move only when every patch applied.  When a patch
+    fails, the tree goes back to where it was before the run; when the run is killed, the next
+    one does that first (:func:`recover_tree`).  ``trees``: work trees already made (vendor
+    providers).  Success removes the failure note
+    (:meth:`Settings.failed_patch_record`)."""
+    tree = tree or source_tree(settings, source)
+    trees = {**(trees or {}), source.name: tree}
+    skipped: list[Layer] = []
+    inputs = collect_inputs(settings, layers, sources, trees=trees, skipped=skipped)
+    for ly in skipped:
+        report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
+                   commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
+    base = base_commit(tree)
+    record = tree_state(settings, source.name)
+    check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase)
+    if record is not None and record_done(tree, record, base, inputs):
+        _check_out_patched(settings, source.name, tree, record["head"])
+        commits = {(p["layer"], p["file"]): p["commits"] for p in record["patches"]}
+        for p in inputs:
+            c = commits.get((p.layer.id, p.name)) or [None]
+            report.add(source=source.name, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
+                       status="unchanged", commit=c[-1], detail="")
+        settings.failed_patch_record(source.name).unlink(missing_ok=True)
+        return record
+    if record is not None and record_matches(record, base, inputs):
+        console.info(f"patch {source.name}: the record {settings.patch_record(source.name)} "
+                     f"does not match branch {PATCHED} of {tree}: applying the series again")
+    console.step(f"patch {source.name}: {len(inputs)} patch(es) onto {base[:12]}")
+    with journalled(settings, source.name, tree, "patch"):
+        settings.patch_record(source.name).unlink(missing_ok=True)
+        record = apply_queue(tree, base, inputs, source=source.name, report=report,
+                             branch=None)
+        gitutil.git(["checkout", "-q", "-B", PATCHED, record["head"]], cwd=tree)
+        record = layers_with_empty(record, layers)
+        write_json_atomic(settings.patch_record(source.name), record)
+    settings.failed_patch_record(source.name).unlink(missing_ok=True)
+    return record
+
+
+class _Trees:
+    """Work trees of the sources one ``inv patch`` run reads, each made at most once; a tree
+    that cannot be made is remembered with the reason (its dependents are skipped)."""
+
+    def __init__(self, settings: Settings, sources: dict[str, Source]) -> None:
+        self.settings, self.sources = settings, sources
+        self.made: dict[str, Path] = {}
+        self.broken: dict[str, str] = {}
+
+    def get(self, name: str) -> Path:
+        if name in self.broken:
+            raise SourceError(f"source {name}: {self.broken[name]}")
+        if name not in self.made:
+            try:
+                self.made[name] = source_tree(self.settings, self.sources[name])
+            except AskbuildError as e:
+                self.broken[name] = e.headline
+                raise
+        return self.made[name]
+
+    def blocked(self, layers: list[Layer]) -> str | None:
+        """Why a source cannot be patched because a vendor layer's provider has no tree."""
+        for ly in layers:
+            if ly.kind != "vendor" or not ly.provider:
+                continue
+            try:
+                self.get(ly.provider)
+            except AskbuildError:
+                return (f"its vendor layer {ly.id} comes from source {ly.provider}, whose work "
+                        f"tree could not be made ({self.broken[ly.provider]})")
+        return None
+
+
+def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Trees, *,
+               sources: dict[str, Source], report: Report, check: bool) -> None:
+    """Patch (or ``check``) one source; raises what went wrong."""
+    with git_errors(f"patch {src.name}", settings.source_tree(src.name)):
+        if not check:
+            recover_tree(settings, src.name)
+        tree = trees.get(src.name)
+        if not check:
+            patch_source(settings, src, sources=sources, layers=layers, report=report,
+                         tree=tree, trees=trees.made)
+            return
+        inputs = collect_inputs(settings, layers, sources, trees={**trees.made})
+        base = base_commit(tree)
+        with scratch_worktree(tree, base, settings.work_dir) as scratch:
+            apply_queue(scratch, base, inputs, source=src.name, report=report, branch=None)
+
+
+@runlock.exclusive("patch")
+def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bool = False,
+          as_json: bool = False, keep_going: bool = False) -> Report:
+    """The ``inv patch`` verb.  ``check``: apply every series to its locked base in a scratch
+    clone and report, touching no build tree (the CI gate).  Holds the work-dir lock; heals
+    what a killed run left (half-written series, stale scratch trees, half-patched trees).
+
+    Without ``keep_going`` the first failing source stops the verb (with ``check``, a patch
+    that does not apply does not: every source is checked).  With ``keep_going`` every source
+    is tried: one whose vendor layer comes from a source that cannot be fetched is skipped with
+    that reason, and the error at the end lists every failure
+    (:func:`askbuild.errors.summary_error`).  A full disk always stops at once.  A failed (not
+    checked) source leaves its failure note (:meth:`Settings.failed_patch_record`)."""
+    finish_pending_series(settings)
+    clean_scratch(settings)
+    sources = load_sources(settings)
+    chosen = select(sources, list(names), settings)
+    all_layers = load_layers(settings, sources)
+    report = Report("patch-check" if check else "patch",
+                    "patch check (scratch clones)" if check else "patch", PATCH_COLUMNS,
+                    subject={"sources": [s.name for s in chosen]})
+    trees = _Trees(settings, sources)
+    failures: list[tuple[str, AskbuildError]] = []
+    skipped: list[tuple[str, str]] = []
+    for src in chosen:
+        layers = all_layers.get(src.name, [])
+        mark = len(report.rows)
+        try:
+            if keep_going and (why := trees.blocked(layers)):
+                skipped.append((src.name, why))
+                report.add(source=src.name, layer="", kind="", patch="", status="skipped",
+                           commit=None, detail=why)
+                continue
+            _patch_one(settings, src, layers, trees, sources=sources, report=report,
+                       check=check)
+        except (NoSpaceLeft, NoSpaceError):
+            _emit_failed(report, as_json)
+            raise
+        except AskbuildError as e:
+            _note_failure(settings, report, src.name, e, since=mark, check=check)
+            failures.append((src.name, e))
+            if not keep_going and not (check and isinstance(e, PatchFailed)):
+                _emit_failed(report, as_json)
+                raise
+    report.ok = not failures and not skipped
+    report.emit(as_json=as_json)
+    if failures or skipped:
+        raise _final_error(failures, skipped, check=check, keep_going=keep_going)
+    return report
+
+
+def _emit_failed(report: Report, as_json: bool) -> None:
+    report.ok = False
+    report.emit(as_json=as_json)
+
+
+def _note_failure(settings: Settings, report: Report, name: str, e: AskbuildError, *,
+                  since: int, check: bool) -> None:
+    """A failed row for source ``name`` (unless a patch row from row ``since`` on says it
+    already) and, unless ``check``, its failure note."""
+    if not any(r.get("status") == "failed" for r in report.rows[since:]):
+        report.add(source=name, layer="", kind="", patch="", status="failed",
+                   commit=None, detail=e.headline)
+    if not check:
+        write_json_atomic(settings.failed_patch_record(name),
+                          {"source": name, "error": e.message, "fix": e.fix})
+
+
+def _final_error(failures: list[tuple[str, AskbuildError]], skipped: list[tuple[str, str]],
+                 *, check: bool, keep_going: bool) -> AskbuildError:
+    """The one error ending a run where sources failed or were skipped."""
+    if check and not keep_going and all(isinstance(e, PatchFailed) for _, e in failures) \
+            and len(failures) > 1:
+        return PatchFailed("\n".join(e.message for _, e in failures),
+                           fix="refresh the failing patches (inv patches.edit SERIES)")
+    return summary_error("inv patch --check" if check else "inv patch", failures, skipped)

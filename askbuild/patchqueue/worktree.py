@@ -1,0 +1,143 @@
+"""What a work tree looks like to git, and git failures as messages.
+
+Read-only queries of a source's work tree (its base, refs, git dir, changed files, an operation
+in progress) shared by the patch, edit, export and rebase verbs, and :func:`git_errors`, which
+turns an unexpected :class:`GitError` into a :class:`PatchFailed` naming what askbuild was doing
+(a full disk is :class:`NoSpaceLeft`, never "refresh the patch").
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from .. import gitutil
+from ..errors import PatchFailed, free_space
+from ..gitutil import FIXED_IDENTITY, GitError
+from ..refs import BASE_REF
+
+#: Who askbuild's own commits are committed by (commits by anyone else are the user's work).
+ASKBUILD_COMMITTER = (f"{FIXED_IDENTITY['GIT_COMMITTER_NAME']} "
+                      f"<{FIXED_IDENTITY['GIT_COMMITTER_EMAIL']}>")
+# Config that would make commits or diffs depend on the user's git configuration.
+REPRO = ["-c", "commit.gpgSign=false", "-c", "i18n.commitEncoding=UTF-8",
+         "-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false",
+         "-c", "diff.relative=false", "-c", "mailinfo.scissors=false"]
+NO_SPACE = ("No space left on device", "Disk quota exceeded")
+
+
+def has_base(tree: Path) -> bool:
+    """Whether ``tree`` is a git work tree with its base tag (fetch made it completely)."""
+    if not (tree / ".git").exists():
+        return False
+    proc = gitutil.git(["rev-parse", "-q", "--verify", f"{BASE_REF}^{{commit}}"],
+                       cwd=tree, check=False)
+    return proc.returncode == 0
+
+
+def base_commit(tree: Path) -> str:
+    """The commit of the ``askbuild/base`` tag of ``tree``."""
+    return gitutil.out(["rev-parse", "--verify", f"{BASE_REF}^{{commit}}"], cwd=tree)
+
+
+def _git_dir(tree: Path) -> Path:
+    return Path(gitutil.out(["rev-parse", "--absolute-git-dir"], cwd=tree))
+
+
+def git_dir(tree: Path) -> Path:
+    """The git dir of a work tree (``.git`` is a directory in the trees fetch makes)."""
+    dot = tree / ".git"
+    return dot if dot.is_dir() else _git_dir(tree)
+
+
+def rev(tree: Path, ref: str) -> str | None:
+    """The commit ``ref`` names in ``tree`` (None when there is none)."""
+    proc = gitutil.git(["rev-parse", "-q", "--verify", f"{ref}^{{commit}}"], cwd=tree,
+                       check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def operation_in_progress(tree: Path) -> str | None:
+    """Which git operation (am, rebase, merge...) is stopped half-way in ``tree``, if any."""
+    gd = _git_dir(tree)
+    for marker, what in (("rebase-apply", "a git am/rebase"), ("rebase-merge", "a git rebase"),
+                         ("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick"),
+                         ("REVERT_HEAD", "a revert")):
+        if (gd / marker).exists():
+            return what
+    return None
+
+
+def changed_files(tree: Path) -> list[str]:
+    """Tracked files with uncommitted changes (staged or not)."""
+    raw = gitutil.git(["status", "--porcelain=v1", "-z", "--untracked-files=no"], cwd=tree).stdout
+    return [e[3:] for e in raw.split("\0") if len(e) > 3]
+
+
+def uncommitted(tree: Path) -> list[str]:
+    """Changed tracked files and untracked files (not ignored) of ``tree``; nothing written
+    (``--no-optional-locks``)."""
+    raw = gitutil.git(["--no-optional-locks", "status", "--porcelain=v1", "-z",
+                       "--untracked-files=normal"], cwd=tree).stdout
+    fields = raw.split("\0")
+    out, i = [], 0
+    while i < len(fields):
+        f = fields[i]
+        i += 1
+        if len(f) > 3:
+            out.append(f[3:] + (" (untracked)" if f.startswith("??") else ""))
+            if f[0] in "RC":
+                i += 1          # the original path of a rename / copy
+    return out
+
+
+class NoSpaceLeft(PatchFailed):
+    """The file system ran full while git worked (not a patch that does not apply)."""
+
+
+def no_space(text: str) -> bool:
+    """Whether git's output says the file system ran full."""
+    return any(n in text for n in NO_SPACE)
+
+
+def no_space_error(what: str, where: Path, detail: str = "") -> NoSpaceLeft:
+    """A :class:`NoSpaceLeft` naming ``what``, the free space at ``where`` and git's words."""
+    lines = [f"{what}: no space left on device ({free_space(where)})"]
+    lines += [f"  git: {ln}" for ln in detail.strip().splitlines()[:4] if ln.strip()]
+    return NoSpaceLeft("\n".join(lines),
+                       fix="free some space (or use another --work-dir), then run the same "
+                           "command again: the interrupted work is redone from a clean state")
+
+
+def git_words(args: list[str]) -> str:
+    """The git subcommand of ``args`` (after any ``-c NAME=VALUE``)."""
+    it = iter(args)
+    for a in it:
+        if a == "-c":
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return " ".join(args[:1])
+
+
+def git_failure(e: GitError, what: str, where: Path | None = None) -> PatchFailed:
+    """A :class:`PatchFailed` naming ``what`` and git's reason for an unexpected git failure."""
+    reason = (e.stderr or e.stdout or "").strip()
+    if no_space(reason):
+        return no_space_error(what, where or Path.cwd(), reason)
+    shown = "; ".join(ln.strip() for ln in reason.splitlines()[-4:] if ln.strip())
+    t = f"git -C {where} status" if where else "git status"
+    return PatchFailed(f"{what}: `git {git_words(e.args_)}` failed: "
+                       f"{shown or f'exit status {e.returncode}'}",
+                       fix=f"see what git says (`{t}`), then run the same command again "
+                           "(askbuild first puts back a tree it left half-changed)")
+
+
+@contextlib.contextmanager
+def git_errors(what: str, where: Path | None = None) -> Iterator[None]:
+    """Turn a :class:`GitError` inside the block into a :class:`PatchFailed` naming ``what``."""
+    try:
+        yield
+    except GitError as e:
+        raise git_failure(e, what, where) from e
