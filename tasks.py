@@ -49,6 +49,8 @@ def verb(*, common: tuple[str, ...] = SOURCES, help: dict[str, str] | None = Non
 
         @functools.wraps(body)
         def run(c, *args, **kwargs):
+            if any(kwargs.get(n) in ("--help", "-h") for n in task_kw.get("positional", ())):
+                return _show_help(body.__name__)       # `inv rebase --help`: not a source name
             opts = {n: kwargs.pop(n) for n in common if n in kwargs and n not in own.parameters}
             call = body(c, *args, **kwargs)
             debug = opts.pop("debug", False)
@@ -58,6 +60,15 @@ def verb(*, common: tuple[str, ...] = SOURCES, help: dict[str, str] | None = Non
         helps = {n: COMMON[n][1] for n in common if n not in own.parameters}
         return task(help={**helps, **(help or {})}, **task_kw)(run)
     return wrap
+
+
+def _show_help(name: str) -> None:
+    """Print ``inv --help NAME`` (Invoke hands ``--help`` after a verb with a positional
+    argument to that argument)."""
+    from invoke import Program
+    dotted = {"patches_edit": "patches.edit", "patches_export": "patches.export",
+              "image_test": "image.test"}.get(name, name)
+    Program(namespace=ns, binary="inv").run(["inv", "--help", dotted], exit=True)
 
 
 @verb(common=("debug",), help={"check": "only report what is missing; install nothing"})
@@ -86,11 +97,14 @@ def lock(c, source=None, update=False):
 @verb(iterable=["source"],
       help={"source": "source(s) to fetch (repeat or comma-separate); default: all",
             "keep_going": "fetch every other source after a failure; the summary lists all "
-                          "failures (exit non-zero if any)"})
-def fetch(c, source=None, keep_going=False):
+                          "failures (exit non-zero if any)",
+            "ref": "bring this ref (tag, branch or commit) of the named git source into the "
+                   "cache too, for a later --offline rebase; the pin does not move"})
+def fetch(c, source=None, keep_going=False, ref=""):
     """Fetch pinned sources into the cache and their work trees, verified against the lock."""
     from askbuild import fetching
-    return lambda s: fetching.fetch(s, cli.split_names(source), keep_going=keep_going)
+    return lambda s: fetching.fetch(s, cli.split_names(source), keep_going=keep_going,
+                                    ref=ref or None)
 
 
 @verb(iterable=["source"],
@@ -115,13 +129,14 @@ def patch(c, source=None, check=False, json=False, keep_going=False):
             "continue_": "continue after resolving a conflict (git add the files first)",
             "skip": "drop the conflicting patch and continue",
             "abort": "stop and restore the series files and pin byte for byte",
+            "status": "show where a stopped rebase is, its conflicts and the next commands",
             "json": "print the report as JSON (schema: docs/reports.md)"})
 def rebase(c, source, onto="", dry_run=False, continue_=False, skip=False, abort=False,
-           json=False):
+           status=False, json=False):
     """Replay a source's local series onto a new upstream release and report per patch."""
     from askbuild import rebasing
     return lambda s: rebasing.rebase(s, source, onto=onto, dry_run=dry_run, cont=continue_,
-                                     skip=skip, abort=abort, as_json=json)
+                                     skip=skip, abort=abort, status=status, as_json=json)
 
 
 @verb(positional=["series"],

@@ -56,6 +56,8 @@ DEFAULT_CROSS_COMPILE = "aarch64-linux-gnu-"
 # libraries (/usr/lib/<MULTIARCH>) and the base layer's library directory.  A fact about Debian,
 # not about the toolchain: an ARM toolchain's triplet (aarch64-none-linux-gnu) differs.
 MULTIARCH = "aarch64-linux-gnu"
+# the options of Settings.given that take a value
+VALUE_OPTIONS = ("--work-dir", "--cache-dir", "--profile", "--cross-compile")
 TARGET_ARCH = "arm64"
 CROSS_COMPILE_RE = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
 PROFILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -264,12 +266,21 @@ class Settings:
         self.cache_dir = absolute(self.cache_dir)
         self.work_dir = absolute(self.work_dir)
 
-    def command(self, verb: str, *words: str) -> str:
+    def command(self, verb: str, *words: str, without: tuple[str, ...] = ()) -> str:
         """A command line to print in a message: ``inv VERB WORDS...`` plus the options this run
         was given (``--work-dir``, ``--cache-dir``, ``--profile``, ``--cross-compile``,
         ``--offline``, ``--locked``), shell-quoted, so that pasting it in the same shell acts on
-        the same work directory, cache and profile."""
-        return shlex.join(["inv", verb, *words, *self.given])
+        the same work directory, cache and profile.  ``without``: flags of this run the advice
+        must not repeat (e.g. ``("--offline",)`` in "fetch it online first")."""
+        given: list[str] = []
+        words_given = list(self.given)
+        while words_given:
+            word = words_given.pop(0)
+            takes_value = word in VALUE_OPTIONS
+            value = [words_given.pop(0)] if takes_value and words_given else []
+            if word not in without:
+                given += [word, *value]
+        return shlex.join(["inv", verb, *words, *given])
 
     # -- the cross toolchain ---------------------------------------------------------
     @property

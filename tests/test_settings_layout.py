@@ -67,6 +67,8 @@ def test_printed_commands_repeat_the_options_of_the_run(tmp_path, monkeypatch):
     words = shlex.split(s.command("rebase", "ask", "--continue"))
     assert words == ["inv", "rebase", "ask", "--continue", "--work-dir", str(tmp_path / "my work"),
                      "--cache-dir", str(tmp_path / "c"), "--profile", "example", "--offline"]
+    assert "--offline" not in s.command("fetch", without=("--offline",))
+    assert "--profile example" in s.command("fetch", without=("--offline",))
     plain = Settings.load(project_root=ROOT)
     assert plain.command("patch", "--source", "ask") == "inv patch --source ask"
 
