@@ -253,6 +253,17 @@ def _fix_text(r: Result) -> str:
     return "inv setup   (apt-get install " + " ".join(r.check.packages) + ")"
 
 
+# the run options `inv doctor` does not take (it checks the host and the cross compiler only)
+NOT_DOCTOR_OPTIONS = ("--work-dir", "--cache-dir", "--profile", "--offline", "--locked")
+
+
+def doctor_command(settings: Settings) -> str:
+    """``inv doctor`` as printed in advice: with this run's ``--cross-compile`` (the compiler
+    it checks), without the options it does not take.  (``inv setup`` takes none of the run
+    options, so it is printed bare.)"""
+    return settings.command("doctor", without=NOT_DOCTOR_OPTIONS)
+
+
 def doctor(settings: Settings) -> bool:
     """Print the prerequisite table; return True when every required check passes."""
     results = run_checks(settings)
@@ -362,13 +373,14 @@ def setup(settings: Settings, *, check_only: bool = False) -> bool:
         proc = subprocess.run([*prefix, *cmd], env=env, stdin=subprocess.DEVNULL)
         if proc.returncode != 0 and cmd[0] != "mount":
             raise MissingToolError(f"`{' '.join(cmd)}` failed (exit {proc.returncode})",
-                                   fix="see apt-get's output above; run `inv doctor`")
+                                   fix="see apt-get's output above; run "
+                                       f"`{doctor_command(settings)}`")
     still = [r for r in run_checks(settings) if r.check.required and not r.ok]
     if still:
         raise MissingToolError(
             "after setup these prerequisites are still missing: "
             + ", ".join(f"{r.check.name} ({r.detail})" for r in still),
-            fix="run `inv doctor` and follow the fix column",
+            fix=f"run `{doctor_command(settings)}` and follow the fix column",
         )
     console.info("host prerequisites: installed")
     return True

@@ -117,7 +117,11 @@ def expected_files(settings: Settings, board: str | None = None,
     return out
 
 
-def _config_checks(img, board_label: str | None) -> list[Check]:
+def _config_checks(img, board_label: str | None, settings: Settings | None = None,
+                   tag: str = imaging.DEFAULT_TAG) -> list[Check]:
+    """The checks of the image's configuration and labels.  ``settings`` and ``tag``: the
+    run's, so the advice for a partial image names the commands with their options (without
+    settings it says what to do in words)."""
     attrs = img.attrs
     cfg = attrs.get("Config") or {}
     labels = cfg.get("Labels") or {}
@@ -134,7 +138,7 @@ def _config_checks(img, board_label: str | None) -> list[Check]:
                             labels.get(key) != "unknown", f"got {labels.get(key)!r}"))
     checks.append(Check("image is complete (not built with --partial)", not is_partial(labels),
                         f"a partial image, missing: {labels.get(MISSING_LABEL) or '?'}; "
-                        "not a release candidate: `inv build`, then `inv image`"))
+                        f"not a release candidate: {_remake(settings, tag)}"))
     return checks
 
 
@@ -260,7 +264,16 @@ def _stop_check(container) -> Check:
     return Check(CLEAN_STOP, False, f"{why}; the container said: {_tail(logs)}")
 
 
-def test(settings: Settings, tag: str = "dev") -> TestReport:
+def _remake(settings: Settings | None, tag: str) -> str:
+    """How to make a complete image: the build, then the image, as commands with this run's
+    options (or in words without settings)."""
+    if settings is None:
+        return "build every component, then make the image again"
+    return (f"`{settings.command('build')}`, then "
+            f"`{settings.command('image', *imaging.tag_words(tag))}`")
+
+
+def test(settings: Settings, tag: str = imaging.DEFAULT_TAG) -> TestReport:
     """Check the loaded ``localhost/monok8s/cmm:<tag>`` against the contract."""
     conf = imaging.load_image_toml(settings)
     ref = f"{conf['repository']}:{tag}"
@@ -269,14 +282,16 @@ def test(settings: Settings, tag: str = "dev") -> TestReport:
         raise UserError(f"no Docker engine reachable at {imaging.engine_host()}: cannot run "
                         f"{ref}",
                         fix="start one (dockerd --iptables=false --bridge=none "
-                            "--storage-driver=vfs &) or set DOCKER_HOST, then `inv image`")
+                            "--storage-driver=vfs &) or set DOCKER_HOST, then "
+                            f"`{settings.command('image', *imaging.tag_words(tag))}`")
     try:
         import docker.errors
         try:
             img = client.images.get(ref)
         except docker.errors.ImageNotFound as e:
             raise ImageError(f"{ref} is not loaded in the engine at {imaging.engine_host()}",
-                             fix="run `inv image` first") from e
+                             fix=f"run `{settings.command('image', *imaging.tag_words(tag))}` "
+                                 "first") from e
         labels = (img.attrs.get("Config") or {}).get("Labels") or {}
         board = labels.get(f"{imaging.LABEL_PREFIX}.board")
         board = None if board in (None, "", "default") else board
@@ -286,7 +301,7 @@ def test(settings: Settings, tag: str = "dev") -> TestReport:
         if rec and rec.get("ref") == ref and rec.get("image_id") != img.id:
             console.warn(f"{ref} in the engine is {img.id}, but the last `inv image` "
                          f"built {rec.get('image_id')}")
-        report.checks += _config_checks(img, board)
+        report.checks += _config_checks(img, board, settings, tag)
         if is_partial(labels):
             console.warn(f"{ref} is a partial image (missing: "
                          f"{labels.get(MISSING_LABEL) or '?'}): running the checks, but it "

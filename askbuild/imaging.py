@@ -40,6 +40,7 @@ import hashlib
 import os
 import posixpath
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from .settings import Settings
 
 REQUIRED_BINARIES = ["usr/bin/cmm", "usr/bin/dpa_app", "usr/bin/fmc"]
 REQUIRED_MODULES = ["cdx", "fci", "auto_bridge"]
+DEFAULT_TAG = "dev"      # the tag of `inv image` / `inv image.test` without --tag
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 BOARD_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 VENDOR_RE = re.compile(r"^(?P<src>[a-z0-9][a-z0-9_.-]*)(?P<base>@base)?:(?P<path>[^\0]+)$")
@@ -166,17 +168,27 @@ def _dig(data, *keys):
     return data
 
 
-def kernel_release(staging: Path, manifest: dict) -> str:
-    """From the manifest when it says, else the one ``lib/modules/<release>`` directory."""
-    release = find_kernel_release(staging, manifest)
+def _build_advice(settings: Settings | None) -> str:
+    """The build command to advise: ``inv build`` with this run's options (backticked), or
+    the words "the build" for a caller without settings (library use: no command to paste
+    that could act on another work directory)."""
+    return f"`{settings.command('build')}`" if settings else "the build"
+
+
+def kernel_release(staging: Path, manifest: dict, *, settings: Settings | None = None) -> str:
+    """From the manifest when it says, else the one ``lib/modules/<release>`` directory.
+    ``settings``: the run's, for the advice (see :func:`_build_advice`)."""
+    release = find_kernel_release(staging, manifest, settings=settings)
     if release is None:
         raise ImageError(f"{staging / 'lib' / 'modules'}: no kernel module directory in the "
                          "staging tree",
-                         fix="run `inv build` (the kernel modules cdx, fci, auto_bridge)")
+                         fix=f"run {_build_advice(settings)} (the kernel modules cdx, fci, "
+                             "auto_bridge)")
     return release
 
 
-def find_kernel_release(staging: Path, manifest: dict) -> str | None:
+def find_kernel_release(staging: Path, manifest: dict, *,
+                        settings: Settings | None = None) -> str | None:
     """Like :func:`kernel_release`, but None when the staging tree has no kernel modules
     directory at all (several without a manifest naming one stay an error)."""
     for keys in (("kernel_release",), ("kernel", "release"), ("kernel", "kernel_release"),
@@ -197,7 +209,8 @@ def find_kernel_release(staging: Path, manifest: dict) -> str | None:
         return with_extra[0]
     raise ImageError(f"{mods}: several kernel releases ({', '.join(releases)}) and the build "
                      "manifest names none of them",
-                     fix="remove stale releases from the staging tree (inv build)")
+                     fix=f"remove stale releases from the staging tree "
+                         f"({_build_advice(settings)})")
 
 
 def component_of(path: str) -> str:
@@ -230,9 +243,10 @@ def staging_missing(staging: Path, release: str | None, manifest: dict) -> dict[
     return dict(sorted(missing.items()))
 
 
-def check_modules(staging: Path, release: str) -> None:
-    """Every staged module under ``lib/modules/<release>/extra`` is built for ``release``."""
-    extra = staging / "lib" / "modules" / release / "extra"
+def check_modules(settings: Settings, release: str) -> None:
+    """Every staged module under ``lib/modules/<release>/extra`` of the staging tree is built
+    for ``release``."""
+    extra = settings.staging_dir / "lib" / "modules" / release / "extra"
     for ko in sorted(extra.glob("*.ko")):
         magic = module_vermagic(ko)
         if magic is None:
@@ -241,10 +255,10 @@ def check_modules(staging: Path, release: str) -> None:
             raise ImageError(f"{ko}: built for kernel {magic.split()[0]!r} (vermagic {magic!r}),"
                              f" but the staging tree's modules directory is {release!r}",
                              fix="rebuild the modules against the kernel in the staging tree "
-                                 "(inv build)")
+                                 f"({_build_advice(settings)})")
 
 
-def check_complete(missing: dict[str, str], partial: bool) -> None:
+def check_complete(settings: Settings, missing: dict[str, str], partial: bool) -> None:
     """Without ``--partial`` a missing component is an error naming each one; with it, a
     warning (the image is labelled partial)."""
     if not missing:
@@ -253,9 +267,9 @@ def check_complete(missing: dict[str, str], partial: bool) -> None:
     if not partial:
         raise ImageError(f"the image would be incomplete; missing: {', '.join(missing)}\n"
                          + lines,
-                         fix="run `inv build` first (it fills the staging tree), or "
-                             "`inv image --partial` for an image of what exists, labelled "
-                             f"{LABEL_PREFIX}.partial=true")
+                         fix=f"run {_build_advice(settings)} first (it fills the staging tree), "
+                             f"or `{settings.command('image', '--partial')}` for an "
+                             f"image of what exists, labelled {LABEL_PREFIX}.partial=true")
     console.warn(f"partial image: missing {', '.join(missing)}\n{lines}")
 
 
@@ -311,7 +325,8 @@ def vendor_bytes(settings: Settings, spec: str, where: str) -> tuple[bytes, str]
     rel = m.group("path")
     if not tree.is_dir():
         raise ImageError(f"{where}: the source tree {tree} does not exist",
-                         fix="run `inv fetch` (and `inv patch`) first")
+                         fix=f"run `{settings.command('fetch')}` (and "
+                             f"`{settings.command('patch')}`) first")
     if m.group("base"):
         if _git_rev(tree, BASE_TAG):
             proc = run_git(["cat-file", "blob", f"{BASE_TAG}:{rel}"], cwd=tree, text=False,
@@ -324,7 +339,8 @@ def vendor_bytes(settings: Settings, spec: str, where: str) -> tuple[bytes, str]
     f = tree / rel
     if not f.is_file():
         raise ImageError(f"{where}: {f} does not exist",
-                         fix="run `inv fetch`; check the path in images/cmm/image.toml")
+                         fix=f"run `{settings.command('fetch')}`; check the path in "
+                             "images/cmm/image.toml")
     return f.read_bytes(), f"{m.group('src')}:{rel}"
 
 
@@ -593,8 +609,8 @@ def load_archive(client, archive: Path, ref: str, image_id: str) -> None:
             client.images.load(f)
         except Exception as e:  # noqa: BLE001 - the engine's words go into the message
             raise ImageError(f"the engine at {engine_host()} refused {archive}: {e}",
-                             fix="check the engine's log; `docker load -i` the file to see "
-                                 "the same error") from e
+                             fix=f"check the engine's log; run `docker load -i "
+                                 f"{shlex.quote(str(archive))}` to see the same error") from e
     img = client.images.get(ref)
     arch = img.attrs.get("Architecture")
     if arch != "arm64":
@@ -605,7 +621,7 @@ def load_archive(client, archive: Path, ref: str, image_id: str) -> None:
 
 
 def load_instructions(archive: Path, ref: str) -> str:
-    a = str(archive)
+    a = shlex.quote(str(archive))
     return "\n".join([
         f"no Docker engine reachable at {engine_host()}: the image archive is the result",
         f"  archive: {a}",
@@ -660,7 +676,7 @@ class _Inputs:
 
 
 @runlock.exclusive("image")
-def image(settings: Settings, tag: str = "dev", output: str | Path | None = None,
+def image(settings: Settings, tag: str = DEFAULT_TAG, output: str | Path | None = None,
           load: bool = True, board: str | None = None, partial: bool = False) -> ImageResult:
     """Assemble (and load) the image.  See the module docstring.  Holds the work-dir lock.
 
@@ -702,9 +718,16 @@ def image(settings: Settings, tag: str = "dev", output: str | Path | None = None
         extra={"base_packages": base.packages, "vendor_files": origin})
     loaded = load_image(dest, ref, archive.image_id) if load else False
     if not load:
-        console.info(f"not loaded (--no-load); load it with: docker load -i {dest}")
+        console.info(f"not loaded (--no-load); load it with: docker load -i "
+                     f"{shlex.quote(str(dest))}")
     return ImageResult(dest, archive.sha256, archive.image_id, ref, loaded, layers, labels,
                        base.packages, inputs.release or "", inputs.epoch)
+
+
+def tag_words(tag: str) -> tuple[str, ...]:
+    """The ``--tag`` words of a printed ``inv image``/``inv image.test`` command for image tag
+    ``tag`` (none for the default tag)."""
+    return () if tag == DEFAULT_TAG else ("--tag", tag)
 
 
 def check_tag(tag: str) -> None:
@@ -721,13 +744,13 @@ def read_inputs(settings: Settings, partial: bool) -> _Inputs:
     staging = settings.staging_dir
     if not staging.is_dir():
         raise ImageError(f"the staging tree {staging} does not exist",
-                         fix="run `inv build` first")
+                         fix=f"run {_build_advice(settings)} first")
     manifest = read_manifest(settings)
-    release = find_kernel_release(staging, manifest)
+    release = find_kernel_release(staging, manifest, settings=settings)
     missing = staging_missing(staging, release, manifest)
-    check_complete(missing, partial)
+    check_complete(settings, missing, partial)
     if release is not None:
-        check_modules(staging, release)
+        check_modules(settings, release)
     return _Inputs(staging, manifest, release, missing, source_epoch(settings))
 
 
@@ -813,7 +836,8 @@ def write_archive_and_record(settings: Settings, dest: Path,
     console.info(f"image id: {archive.image_id}")
     if inputs.missing:
         console.warn(f"{ref} is a PARTIAL image (label {LABEL_PREFIX}.partial=true), missing: "
-                     f"{', '.join(inputs.missing)}; not a release candidate (`inv image.test` "
+                     f"{', '.join(inputs.missing)}; not a release candidate "
+                     f"(`{settings.command('image.test', *tag_words(ref.rpartition(':')[2]))}` "
                      "fails it)")
     return archive, rows
 

@@ -31,6 +31,7 @@ from . import gitutil
 from .errors import BuildFailed, ConfigError
 from .fsutil import write_bytes_atomic
 from .refs import BASE_REF
+from .settings import Settings
 
 BUILD_USER = "askbuild"
 BUILD_HOST = "askbuild"
@@ -228,8 +229,10 @@ def module_vermagic(path: Path) -> str:
     raise BuildFailed(f"{path}: .modinfo has no vermagic")
 
 
-def check_vermagic(modules: list[Path], release: str) -> None:
-    """Every module must have been built for ``release``."""
+def check_vermagic(modules: list[Path], release: str, *,
+                   settings: Settings | None = None) -> None:
+    """Every module must have been built for ``release``.  ``settings``: the run's, so the
+    advice names the build command with its options (without them: in words)."""
     bad = []
     for m in modules:
         vm = module_vermagic(m)
@@ -239,5 +242,7 @@ def check_vermagic(modules: list[Path], release: str) -> None:
         raise BuildFailed(
             f"{len(bad)} module(s) do not match the kernel release {release!r}:\n"
             + "\n".join("  " + b for b in bad),
-            fix="rebuild the modules against this kernel (inv build) or rebuild the kernel",
+            fix="rebuild the modules against this kernel"
+                + (f" (`{settings.command('build')}`)" if settings else "")
+                + " or rebuild the kernel",
         )

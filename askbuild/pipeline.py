@@ -13,7 +13,7 @@ from .settings import Settings
 
 
 @runlock.exclusive("all")
-def run_all(settings: Settings, *, tag: str = "dev", load: bool = True) -> None:
+def run_all(settings: Settings, *, tag: str = imaging.DEFAULT_TAG, load: bool = True) -> None:
     """Every phase in order, each stopping the job on failure; holds the work-dir lock."""
     t0 = time.monotonic()
     console.step(f"host prerequisites (profile {settings.profile})")
@@ -30,5 +30,6 @@ def run_all(settings: Settings, *, tag: str = "dev", load: bool = True) -> None:
         console.step("image test")
         imagetest.test(settings, tag=tag)
     else:
-        console.info("no Docker engine loaded the image: skipping `inv image.test`")
+        console.info("no Docker engine loaded the image: skipping "
+                     f"`{settings.command('image.test', *imaging.tag_words(tag))}`")
     console.info(f"done in {time.monotonic() - t0:.0f} s")

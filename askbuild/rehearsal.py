@@ -339,6 +339,8 @@ def rehearse(settings: Settings, mirrors: str | os.PathLike | None, *,
     :class:`StepFailed` (exit 2) after printing it when any step failed."""
     mirror_dir = _mirror_dir(mirrors)
     work = _work_dir(settings, work_dir)
+    again = settings.command("rehearse", "--mirrors", str(mirror_dir),
+                             *(["--work-dir", str(work)] if work_dir else []))
     rs_settings = rehearsal_settings(settings, mirror_dir, work)
     report = Report("rehearse", f"rehearsal of the default profile against {mirror_dir}",
                     COLUMNS, subject={"mirrors": str(mirror_dir), "work_dir": str(work),
@@ -374,5 +376,5 @@ def rehearse(settings: Settings, mirrors: str | os.PathLike | None, *,
         raise StepFailed(f"rehearsal: {len(failed)} step(s) failed: {', '.join(failed)}",
                          fix=f"read the table (full messages in {saved}); fix the recipes "
                              "(recipes/sources.toml, recipes/patches.toml, the component "
-                             "recipe), then run `inv rehearse` again")
+                             f"recipe), then run `{again}` again")
     return report

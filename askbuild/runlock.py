@@ -72,11 +72,13 @@ def _hold(path: Path, info: Path | None, what: str, who: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def work_dir(settings: Settings, verb: str) -> Iterator[None]:
-    """Hold the work-dir lock of ``settings.work_dir`` for ``verb``."""
+    """Hold the work-dir lock of ``settings.work_dir`` for ``verb``.  The owner file names
+    the holder as ``pid N, inv VERB <its options>`` (:meth:`Settings.command`), so a waiting
+    run shows which run, on which work directory, it waits for."""
     path = settings.run_lock
     first = not _lock_for(path).is_locked
     with _hold(path, path.with_name("askbuild.lock.owner"), f"work directory {settings.work_dir}",
-               f"pid {os.getpid()}, inv {verb}"):
+               f"pid {os.getpid()}, {settings.command(verb)}"):
         if first:  # records half-written by a killed run: nobody else can be writing now
             for d in (settings.work_dir, settings.state_dir):
                 fsutil.sweep_temps(d)

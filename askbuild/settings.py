@@ -58,6 +58,10 @@ DEFAULT_CROSS_COMPILE = "aarch64-linux-gnu-"
 MULTIARCH = "aarch64-linux-gnu"
 # the options of Settings.given that take a value
 VALUE_OPTIONS = ("--work-dir", "--cache-dir", "--profile", "--cross-compile")
+# verbs that accept only some of those options (tasks.py `@verb(common=...)`); every other verb
+# accepts all of them
+VERB_OPTIONS = {"setup": (), "test": (), "doctor": ("--cross-compile",),
+                "rehearse": ("--cache-dir", "--cross-compile")}
 TARGET_ARCH = "arm64"
 CROSS_COMPILE_RE = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
 PROFILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -278,7 +282,8 @@ class Settings:
             word = words_given.pop(0)
             takes_value = word in VALUE_OPTIONS
             value = [words_given.pop(0)] if takes_value and words_given else []
-            if word not in without:
+            accepted = VERB_OPTIONS.get(verb)
+            if word not in without and (accepted is None or word in accepted):
                 given += [word, *value]
         return shlex.join(["inv", verb, *words, *given])
 

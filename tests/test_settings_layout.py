@@ -69,6 +69,9 @@ def test_printed_commands_repeat_the_options_of_the_run(tmp_path, monkeypatch):
                      "--cache-dir", str(tmp_path / "c"), "--profile", "example", "--offline"]
     assert "--offline" not in s.command("fetch", without=("--offline",))
     assert "--profile example" in s.command("fetch", without=("--offline",))
+    assert s.command("setup") == "inv setup"          # verbs that take none of the options
+    assert s.command("rehearse", "--mirrors", "m") == shlex.join(
+        ["inv", "rehearse", "--mirrors", "m", "--cache-dir", str(tmp_path / "c")])
     plain = Settings.load(project_root=ROOT)
     assert plain.command("patch", "--source", "ask") == "inv patch --source ask"
 
@@ -80,3 +83,25 @@ def test_the_cli_takes_cross_compile_and_refuses_a_bad_one(tmp_path):
     assert proc.returncode == 1
     assert "--cross-compile: not a cross toolchain prefix (got 'x y-')" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_printed_commands_only_carry_options_their_verb_accepts(tmp_path, monkeypatch):
+    """Settings.command's idea of which verb takes which option agrees with tasks.py."""
+    import inspect
+
+    sys.path.insert(0, str(ROOT))
+    import tasks
+    monkeypatch.chdir(tmp_path)
+    s = Settings.load(project_root=ROOT, work_dir="w", cache_dir="c", profile="example",
+                      cross_compile="aarch64-linux-gnu-", offline=True, locked=True)
+    flags = {"--work-dir", "--cache-dir", "--profile", "--cross-compile", "--offline",
+             "--locked"}
+    verbs = {**tasks.ns.tasks, **{f"{c}.{n}": t for c, coll in tasks.ns.collections.items()
+                                  for n, t in coll.tasks.items()}}
+    for verb, t in verbs.items():
+        params = {f"--{p.replace('_', '-')}" for p in inspect.signature(t.body).parameters}
+        words = set(shlex.split(s.command(verb))) & flags
+        accepted = flags & params
+        if verb == "rehearse":
+            accepted -= {"--work-dir"}       # its own --work-dir is the rehearsal's
+        assert words == accepted, verb

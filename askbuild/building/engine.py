@@ -10,6 +10,7 @@ components of earlier runs that are still current), the DAG of components, the p
 from __future__ import annotations
 
 import errno
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -90,10 +91,10 @@ def earlier_builds(settings: Settings, plan: Plan) -> tuple[dict[str, dict], dic
             missing[n] = "not built (no done record)"
         elif not up_to_date(rec, plan.keys[n]):
             missing[n] = (f"stale: built from other inputs than the current ones "
-                          f"(`inv build --component {n}`)")
+                          f"(`{settings.command('build', '--component', n)}`)")
         elif needs_restage(settings, rec):
             missing[n] = (f"its staged files are not in the staging tree "
-                          f"(`inv build --component {n}` puts them back)")
+                          f"(`{settings.command('build', '--component', n)}` puts them back)")
         else:
             current[n] = rec
     return current, missing
@@ -159,27 +160,32 @@ def _finish_manifest(man: manifest.Manifest, status: str, b: Build,
         console.warn(f"could not write the final {man.path}: {os_error_message(e)[0]}")
 
 
-def run_depmod(staging: Path, release: str, *, search_path: str | None = None) -> None:
+def run_depmod(staging: Path, release: str, *, search_path: str | None = None,
+               settings: Settings | None = None) -> None:
     """``depmod -b staging -a release``: writes ``modules.dep`` (and the other indexes) for the
     staged modules.  A missing depmod is a :class:`MissingToolError` (the image would ship
     modules without modules.dep), a failing one a :class:`BuildFailed` with its stderr.
-    ``search_path`` replaces the PATH (+ sbin directories) depmod is looked up in."""
+    ``search_path`` replaces the PATH (+ sbin directories) depmod is looked up in.
+    ``settings``: the run's, so the advice names the build command with its options (without
+    them the advice says "build again" in words)."""
+    again = f"run `{settings.command('build')}` again" if settings else "build again"
     depmod = toolchain.find_tool("depmod", search_path)
     if depmod is None:
         raise MissingToolError(
             "depmod not found (package kmod): it writes modules.dep for the kernel modules in "
             f"{staging / 'lib/modules' / release}; without it the image's modules cannot be "
             "loaded by name",
-            fix="inv setup   (or: apt-get install kmod), then run `inv build` again")
+            fix=f"inv setup   (or: apt-get install kmod), then {again}")
     proc = procs.run([depmod, "-b", str(staging), "-a", release], capture_output=True,
                      text=True, stdin=subprocess.DEVNULL)
     dep = staging / "lib/modules" / release / "modules.dep"
     if proc.returncode != 0 or not dep.is_file():
         detail = (proc.stderr or proc.stdout or "").strip() or f"exit status {proc.returncode}"
-        raise BuildFailed(f"depmod -b {staging} -a {release} failed"
+        shown = shlex.join(["depmod", "-b", str(staging), "-a", release])
+        raise BuildFailed(f"{shown} failed"
                           f"{'' if dep.is_file() else ' (no modules.dep written)'}:\n{detail}",
-                          fix="read depmod's message above; check the staged modules, then run "
-                              "`inv build` again")
+                          fix=f"read depmod's message above; check the staged modules, then "
+                              f"{again}")
 
 
 def _post_checks(settings: Settings, b: Build) -> BuildFailed | MissingToolError | None:
@@ -197,9 +203,9 @@ def _post_checks(settings: Settings, b: Build) -> BuildFailed | MissingToolError
     built = any(b.results[n]["status"] == "built" or b.results[n].get("restaged")
                 for n in b.plan.names)
     try:
-        kernel.check_vermagic(mods, krel)
+        kernel.check_vermagic(mods, krel, settings=settings)
         if mods and (built or not (moddir / "modules.dep").exists()):
-            run_depmod(settings.staging_dir, krel)
+            run_depmod(settings.staging_dir, krel, settings=settings)
     except (BuildFailed, MissingToolError) as e:
         return e
     return None
@@ -233,4 +239,5 @@ def failure(settings: Settings, b: Build) -> Exception:
     return BuildFailed(f"build failed ({len(failed)} component(s)):\n" + "\n".join(parts)
                        + tail,
                        fix=f"read the log(s) in {settings.logs_dir}; fix the recipe or patch, "
-                           "then run `inv build` again (finished components are kept)")
+                           f"then run `{settings.command('build')}` again (finished components "
+                           "are kept)")

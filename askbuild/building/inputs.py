@@ -84,7 +84,8 @@ def _fetch_and_patch(settings: Settings, names: list[str], keep_going: bool) -> 
             fetching.fetch(settings, [n])
             patchqueue.patch(settings, [n])
         except (AskbuildError, gitutil.GitError) as e:
-            why[n] = f"`inv fetch`/`inv patch` of it failed: {getattr(e, 'message', str(e))}"
+            why[n] = (f"`{settings.command('fetch')}`/`{settings.command('patch')}` of it "
+                     f"failed: {getattr(e, 'message', str(e))}")
             console.warn(f"source {n}: {why[n]}")
     return why
 
@@ -100,7 +101,7 @@ def _check_patch_states(settings: Settings, names: list[str], why: dict[str, str
         problem = patchqueue.patch_state_problem(settings, n)
         if problem:
             why[n] = (f"its work tree is not the current patch series on the current lock: "
-                      f"{problem} (run `inv patch --source {n}`)")
+                      f"{problem} (run `{settings.command('patch', '--source', n)}`)")
             console.warn(f"source {n}: {why[n]}")
 
 
@@ -138,11 +139,13 @@ def input_errors(settings: Settings, r: Recipe, unavailable: dict[str, str],
         desc = described.get(src)
         origin = f"from {desc}, source {src}" if desc else f"source {src}"
         wanted = f"{r.name} needs {src}:{', '.join(paths)} ({origin})"
-        again = f"`inv fetch --source {src} && inv patch --source {src}`"
+        again = (f"`{settings.command('fetch', '--source', src)} && "
+                 f"{settings.command('patch', '--source', src)}`")
         if src in unavailable or not is_tree(tree):   # (a failed patch leaves a tree)
             reason = unavailable.get(src) or f"its work tree {tree} does not exist"
             errors.append(MissingInputs(f"{wanted}: {reason}",
-                                        fix=f"run `inv fetch && inv patch` (or only this "
+                                        fix=f"run `{settings.command('fetch')} && "
+                                            f"{settings.command('patch')}` (or only this "
                                             f"source: {again})"))
             continue
         try:

@@ -107,6 +107,7 @@ def not_startable(plan: Plan) -> AskbuildError:
     err = one_error([plan.blocked[n] for n in sorted(plan.blocked)], MissingInputs)
     others = sorted(n for n in plan.names if n not in plan.blocked
                     and not set(plan.rs.closure([n])) & set(plan.blocked))
-    rest = (f"\nnothing was built; `inv build --keep-going` builds what does not need "
+    keep_going = plan.settings.command("build", "--keep-going")
+    rest = (f"\nnothing was built; `{keep_going}` builds what does not need "
             f"{', '.join(sorted(plan.blocked))} ({', '.join(others)})" if others else "")
     return type(err)(err.message + rest, fix=err.fix)

@@ -106,7 +106,8 @@ def restage(settings: Settings, rec: dict) -> bool:
         raise ConfigError(
             f"{settings.build_record(rec.get('component', '?'))}: cannot put back a staged "
             f"file: {e}; refused", fix="remove the symlink in the staging tree that points out "
-            f"of it (or delete {settings.staging_dir}), then run `inv build` again") from None
+            f"of it (or delete {settings.staging_dir}), then run "
+            f"`{settings.command('build')}` again") from None
     return bool(files or tree)
 
 
