@@ -13,6 +13,30 @@ its target.  Every error names the file and the line.
 
 Vendor patch directories may have no ``series`` file: then every ``*.patch`` file of the
 directory applies, in sorted order (see :func:`load_dir`).
+
+Rewriting a series (:func:`rewrite`, used by ``inv patches.export`` and ``inv rebase``) keeps
+its comments byte for byte by this rule.  The file is read as *paragraphs*: runs of non-blank
+lines, separated by runs of blank lines (white space only).
+
+* An *entry line* keeps its own inline comment (``name -pN  # ...``) and its line ending.
+* The comment lines directly above an entry, back to the previous entry of the same paragraph,
+  are that entry's *own comments*: they stay, move and go with it.
+* The comment lines of a paragraph before its first entry (and those after its last entry)
+  are the paragraph's *section header*: kept while at least one entry of the paragraph is
+  kept.
+* A paragraph without entries (the leading block, a trailing block, a header followed by a
+  blank line) belongs to no entry: it is always kept, as are the blank lines between kept
+  paragraphs.
+* A paragraph that loses all its entries disappears with its header and the blank-line run
+  before it (the one after it when it is the first paragraph).
+* An entry whose ``-pN`` changed has its name and option rewritten; its indentation and inline
+  comment stay.  When the kept entries come in a new order, the k-th kept entry slot takes the
+  k-th kept entry with its own comments.  A new entry is written on its own line right after the
+  entry before it in the new list (before the first kept entry when it comes first; in place
+  of the first dropped paragraph, or at the end, when no entry is kept).
+
+So ``rewrite(text, parse(text)) == text``, and dropping an entry removes exactly its line and
+its own comments (and its section, when that was its last entry).
 """
 
 from __future__ import annotations
@@ -113,6 +137,139 @@ def render(entries: list[SeriesEntry], *, head: str = "") -> str:
     if head and not head.endswith("\n"):
         head += "\n"
     return head + "".join(e.format() + "\n" for e in entries)
+
+
+_COMMENT_RE = re.compile(r"(^|\s)#")
+
+
+def _split_lines(text: str) -> list[str]:
+    """The lines of ``text`` with their ``\n`` (only ``\n`` ends a line, as in :func:`parse`)."""
+    return re.findall(r"[^\n]*\n|[^\n]+$", text)
+
+
+def _kind(raw: str) -> str:
+    """``"blank"``, ``"comment"`` (a line that is only a comment) or ``"entry"``."""
+    line = raw.rstrip("\n").removesuffix("\r")
+    m = _COMMENT_RE.search(line)
+    words = (line[:m.start()] if m else line).split()
+    if words:
+        return "entry"
+    return "comment" if m else "blank"
+
+
+@dataclass
+class _Unit:
+    """An entry line with the comment lines it owns (directly above it in its paragraph)."""
+
+    name: str
+    comments: list[str]
+    line: str
+
+
+def _entry_line(old: str, entry: SeriesEntry) -> str:
+    """``old`` (an entry line) naming ``entry``: indentation, inline comment and line ending
+    kept; the name and ``-pN`` rewritten only when they differ."""
+    end = old[len(old.rstrip("\r\n")):]
+    body = old[:len(old) - len(end)]
+    m = _COMMENT_RE.search(body)
+    words_part, comment = (body[:m.start()], body[m.start():]) if m else (body, "")
+    words = words_part.split()
+    if words and parse(" ".join(words) + "\n")[0] == SeriesEntry(entry.name, entry.strip, 1):
+        return old
+    indent = words_part[:len(words_part) - len(words_part.lstrip())]
+    gap = words_part[len(words_part.rstrip()):]         # the comment starts with a blank
+    return f"{indent}{entry.format()}{gap if comment else ''}{comment}{end}"
+
+
+def _paragraphs(text: str) -> list[tuple[list[str], list]]:
+    """``text`` as (blank lines before, items) paragraphs; items are header comment lines
+    (``str``) and :class:`_Unit` entries.  A final element may have only blank lines."""
+    out: list[tuple[list[str], list]] = []
+    blanks: list[str] = []
+    items: list = []
+    pending: list[str] = []          # comment lines not yet given to an entry
+    for raw in _split_lines(text):
+        kind = _kind(raw)
+        if kind == "blank":
+            if items or pending:
+                out.append((blanks, items + pending))
+                blanks, items, pending = [], [], []
+            blanks.append(raw)
+        elif kind == "comment":
+            pending.append(raw)
+        else:
+            name = parse(raw.rstrip("\n").removesuffix("\r") + "\n")[0].name
+            if not any(isinstance(i, _Unit) for i in items):
+                items, pending = items + pending, []      # the section header
+            items.append(_Unit(name, pending, raw))
+            pending = []
+    if items or pending or blanks:
+        out.append((blanks, items + pending))
+    return out
+
+
+def rewrite(text: str, entries: list[SeriesEntry]) -> str:
+    """The series file ``text`` listing ``entries`` instead, every comment and blank line of
+    a kept entry or section kept byte for byte (the rule is in the module docstring)."""
+    parse(text)                                       # refuse an invalid file with its line
+    wanted = {e.name: e for e in entries}
+    paras = _paragraphs(text)
+    units = [i for _, items in paras for i in items if isinstance(i, _Unit)]
+    by_name = {u.name: u for u in units}
+    kept_old = [u for u in units if u.name in wanted]
+    kept_new = [by_name[e.name] for e in entries if e.name in by_name]
+    slot = {id(u): n for u, n in zip(kept_old, kept_new, strict=True)}
+    new_after: dict[str | None, list[SeriesEntry]] = {}
+    prev: str | None = None
+    for e in entries:
+        if e.name in by_name:
+            prev = e.name
+        else:
+            new_after.setdefault(prev, []).append(e)
+
+    def unit_pieces(u: _Unit) -> list[str]:
+        line = _entry_line(u.line, wanted[u.name])
+        return [*u.comments, line, *(e.format() + _eol(u.line)
+                                     for e in new_after.get(u.name, []))]
+
+    pieces: list[str] = []
+    lead: list[str] | None = None       # blank lines before a dropped first paragraph
+    placed_first = not new_after.get(None)
+    for blanks, items in paras:
+        body: list[str] = []
+        had = alive = False
+        for item in items:
+            if not isinstance(item, _Unit):
+                body.append(item)
+                continue
+            had = True
+            if id(item) in slot:
+                if not placed_first:
+                    body += [e.format() + "\n" for e in new_after[None]]
+                    placed_first = True
+                body += unit_pieces(slot[id(item)])
+                alive = True
+        if had and not alive:
+            if not kept_old and not placed_first:   # every entry new: they take its place
+                pieces += [*blanks, *(e.format() + "\n" for e in new_after[None])]
+                placed_first = True
+            elif not pieces and lead is None:
+                lead = blanks
+            continue
+        if lead is not None:
+            blanks, lead = lead, None
+        pieces += [*blanks, *body]
+    if not placed_first:
+        pieces += [e.format() + "\n" for e in new_after[None]]
+    return "".join(_ensure_nl(p) for p in pieces[:-1]) + "".join(pieces[-1:])
+
+
+def _eol(line: str) -> str:
+    return "\r\n" if line.endswith("\r\n") else "\n"
+
+
+def _ensure_nl(text: str) -> str:
+    return text if not text or text.endswith("\n") else text + "\n"
 
 
 def _inside(path: Path, directory: Path) -> bool:

@@ -15,6 +15,8 @@ importing only the ones above it in this list:
 * :mod:`.journal`: crash safety: the run journal, :func:`recover_tree`, scratch work trees.
 * :mod:`.apply`: one patch as commit(s) (:func:`apply_patch`), a whole queue
   (:func:`apply_queue`).
+* :mod:`.style`: a patch file's own format (mail headers, diffstat, index abbreviation,
+  signature; plain diffs), so a re-written patch looks like the one it replaces.
 * :mod:`.write`: commits back as a series directory, all or nothing (:func:`write_series`).
 * :mod:`.patching`: the ``inv patch`` verb (:func:`patch`, :func:`patch_source`).
 * :mod:`.state`: is a work tree exactly the current series on the current lock?

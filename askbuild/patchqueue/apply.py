@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ..errors import PatchFailed
 from ..gitutil import FIXED_IDENTITY
 from ..refs import PATCHED
 from ..report import Report
+from ..settings import Settings
 from .inputs import PatchInput
 from .record import STATE_SCHEMA
 from .worktree import REPRO, NoSpaceLeft, git_errors, no_space, no_space_error
@@ -113,19 +115,26 @@ def git_error_lines(stderr: str) -> list[str]:
     return keep[:12]
 
 
+def command(settings: Settings | None, verb: str, *words: str) -> str:
+    """The command to print for the user: :meth:`Settings.command` (it carries the run's
+    options) when the caller passed its settings."""
+    return settings.command(verb, *words) if settings else shlex.join(["inv", verb, *words])
+
+
 def apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: str,
-                before: str | None = None) -> Applied:
+                before: str | None = None, settings: Settings | None = None) -> Applied:
     """Apply one patch as commit(s) on the current HEAD (``before``, when the caller knows it),
     or raise PatchFailed with the tree back at the commit it started from (NoSpaceLeft when
-    git ran out of space: then the tree may be left half-done)."""
+    git ran out of space: then the tree may be left half-done).  ``settings``: the run's, so
+    the commands the error prints carry its options."""
     what = f"patch {index} of {total} of {source} ({p.label})"
     with git_errors(what, tree):
         return _apply_patch(tree, p, index=index, total=total, source=source, before=before,
-                            what=what)
+                            what=what, settings=settings)
 
 
 def _apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: str,
-                 before: str | None, what: str) -> Applied:
+                 before: str | None, what: str, settings: Settings | None) -> Applied:
     before = before or gitutil.out(["rev-parse", "HEAD"], cwd=tree)
     applied, err = (_apply_mail if is_mail(p.data) else _apply_diff)(tree, p, before)
     if applied is not None:
@@ -133,7 +142,8 @@ def _apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: s
     gitutil.git(["reset", "-q", "--hard", before], cwd=tree, check=False)
     if no_space(err):       # not the patch's fault: never "refresh the patch"
         raise no_space_error(what, tree, "\n".join(git_error_lines(err)) or err)
-    raise _did_not_apply(tree, p, err, index=index, total=total, source=source, before=before)
+    raise _did_not_apply(tree, p, err, index=index, total=total, source=source, before=before,
+                         settings=settings)
 
 
 def git_am(tree: Path, data: bytes, strip: int) -> tuple[bool, str]:
@@ -177,7 +187,7 @@ def _apply_diff(tree: Path, p: PatchInput, before: str) -> tuple[Applied | None,
 
 
 def _did_not_apply(tree: Path, p: PatchInput, err: str, *, index: int, total: int,
-                   source: str, before: str) -> PatchFailed:
+                   source: str, before: str, settings: Settings | None) -> PatchFailed:
     """The message for a patch that does not apply: series, file, failing hunks, git's words
     and how to refresh it."""
     hunks = _hunk_failures(tree, p)
@@ -188,8 +198,9 @@ def _did_not_apply(tree: Path, p: PatchInput, err: str, *, index: int, total: in
     lines += [f"  git: {e}" for e in git_error_lines(err)]
     lines.append(f"  the patches before it apply cleanly (up to {before[:12]}); nothing of "
                  "this patch was applied")
-    fix = ("refresh the patch for the current base: `inv patches.edit "
-           f"{p.layer.dir}` and resolve it with git, then `inv patches.export {p.layer.dir}`"
+    fix = ("refresh the patch for the current base: "
+           f"`{command(settings, 'patches.edit', p.layer.dir)}` and resolve it with git, then "
+           f"`{command(settings, 'patches.export', p.layer.dir)}`"
            if p.layer.kind == "local" else
            f"the vendor series of {p.layer.provider} does not fit {source}'s base: pin "
            f"matching releases in the sources file")
@@ -212,7 +223,8 @@ def as_mbox(p: PatchInput) -> bytes:
 
 
 def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
-                report: Report | None = None, branch: str | None = PATCHED) -> dict:
+                report: Report | None = None, branch: str | None = PATCHED,
+                settings: Settings | None = None) -> dict:
     """Rebuild ``branch`` (detached HEAD when None) from ``base`` with ``inputs`` and return
     the state record (not written).  Raises PatchFailed at the first failing patch (with
     ``partial``: what applied before it, and ``head``, the last good commit)."""
@@ -233,7 +245,8 @@ def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
                            "provider": p.layer.provider, "start": head, "end": head})
             cur_layer = p.layer.id
         try:
-            res = apply_patch(tree, p, index=i, total=total, source=source, before=head)
+            res = apply_patch(tree, p, index=i, total=total, source=source, before=head,
+                              settings=settings)
         except PatchFailed as e:
             space = isinstance(e, NoSpaceLeft)
             if not space:       # (a full disk is no failing point to edit from)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from .. import console, gitutil, runlock
@@ -64,7 +65,7 @@ def _edit(settings: Settings, layer: Layer) -> str:
     sources = load_sources(settings)
     src = sources[layer.source]
     tree = source_tree(settings, src)
-    t = str(tree)
+    t = shlex.quote(str(tree))
     layers = load_layers(settings, sources).get(layer.source, [])
     branch = edit_branch(layer)
     existing = rev(tree, f"refs/heads/{branch}")
@@ -80,7 +81,7 @@ def _edit(settings: Settings, layer: Layer) -> str:
             gitutil.git(["checkout", "-q", branch], cwd=tree)
         console.info(f"resuming the existing edit branch {branch} "
                      f"(delete it with `git -C {t} branch -D {branch}` to start over)")
-        _edit_help(layer, tree, branch, erec["start"], None)
+        _edit_help(settings, layer, tree, branch, erec["start"], None)
         return branch
     if existing:
         raise DirtyTreeError(
@@ -93,7 +94,7 @@ def _edit(settings: Settings, layer: Layer) -> str:
     try:
         record = patch_source(settings, src, sources=sources, layers=layers, report=scratch,
                               tree=tree)
-        rl = record_layer(record, layer)
+        rl = record_layer(settings, record, layer)
         start, at = rl["start"], rl["end"]
         entries = [{"file": p["file"], "strip": p["strip"], "sha256": p["sha256"],
                     "commits": p["commits"]} for p in record["patches"] if p["layer"] == layer.id]
@@ -116,24 +117,25 @@ def _edit(settings: Settings, layer: Layer) -> str:
             stopped = (rest[0].name, _am_rest(tree, rest))
         write_json_atomic(erec_path, {"source": layer.source, "layer": layer.id,
                                       "start": start, "entries": entries})
-    _edit_help(layer, tree, branch, start, stopped)
+    _edit_help(settings, layer, tree, branch, start, stopped)
     return branch
 
 
-def _edit_help(layer: Layer, tree: Path, branch: str, start: str,
+def _edit_help(settings: Settings, layer: Layer, tree: Path, branch: str, start: str,
                stopped: tuple[str, str | None] | None) -> None:
-    t = str(tree)
+    t = shlex.quote(str(tree))
+    export = f"`{settings.command('patches.export', layer.dir)}`"
     n = len(gitutil.out(["rev-list", f"{start}..{branch}"], cwd=tree).split())
     msg = (f"{layer.dir}: {tree} is on branch {branch}: {n} commit(s) on top of {start[:12]}.\n"
-           f"  change them with git (commit --amend, `git rebase -i {start[:12]}`, new "
-           f"commits), then run `inv patches.export {layer.dir}`")
+           f"  change them with git (commit --amend, `git -C {t} rebase -i {start[:12]}`, new "
+           f"commits), then run {export}")
     if stopped and stopped[1] is not None:
         msg += (f"\n  {stopped[0]} does not apply: `git am --3way` stopped at it:\n    "
                 + stopped[1].replace("\n", "\n    ") +
                 f"\n  resolve the files (or apply the patch by hand: `git -C {t} apply --reject "
                 f".git/rebase-apply/patch`), `git -C {t} add -- FILES`, "
                 f"`git -C {t} am --continue` (or `git -C {t} am --skip` to drop it); "
-                f"then `inv patches.export {layer.dir}`")
+                f"then {export}")
     console.info(msg)
 
 

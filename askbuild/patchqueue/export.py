@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,11 @@ def export(settings: Settings, what: str) -> Report:
         if settings.rebase_state(layer.source).exists():
             raise DirtyTreeError(f"a rebase of {layer.source} is in progress: it rewrites "
                                  f"{layer.dir} when it completes",
-                                 fix=f"finish it (`inv rebase {layer.source} --continue`) or "
-                                     f"undo it (`inv rebase {layer.source} --abort`) first")
+                                 fix="finish it (`"
+                                     + settings.command("rebase", layer.source, "--continue")
+                                     + "`) or undo it (`"
+                                     + settings.command("rebase", layer.source, "--abort")
+                                     + "`) first")
         recover_tree(settings, layer.source, tree)
         return _export(settings, layer, tree)
 
@@ -41,7 +45,7 @@ def _export(settings: Settings, layer: Layer, tree: Path) -> Report:
     """Export in phases: what to export from, refuse what would lose work, plan, write."""
     src = _source(settings, layer, tree)
     directory = settings.project_root / layer.dir
-    _refuse_changed_series(layer, directory, src, tree)
+    _refuse_changed_series(settings, layer, directory, src, tree)
     _refuse_unfinished_edits(tree, src)
     commits = _straight_line(tree, src)
     plan = plan_series(directory, tree, commits,
@@ -85,27 +89,29 @@ def _source(settings: Settings, layer: Layer, tree: Path) -> _From:
     record = tree_state(settings, layer.source)
     if record is None or not has_base(tree):
         raise UserError(f"{layer.dir}: {layer.source} has not been patched yet",
-                        fix=f"run `inv patches.edit {layer.dir}` first")
-    rl = record_layer(record, layer)
+                        fix=f"run `{settings.command('patches.edit', layer.dir)}` first")
+    rl = record_layer(settings, record, layer)
     entries = [{"file": p["file"], "strip": p["strip"], "sha256": p["sha256"],
                 "commits": p["commits"]} for p in record["patches"] if p["layer"] == layer.id]
     return _From(branch, rl["start"], rl["end"], entries, None)
 
 
-def _refuse_changed_series(layer: Layer, directory: Path, src: _From, tree: Path) -> None:
+def _refuse_changed_series(settings: Settings, layer: Layer, directory: Path, src: _From,
+                           tree: Path) -> None:
     """Refuse when the series files are not the ones the exported commits came from."""
     now = [[e.name, e.strip, hashlib.sha256((directory / e.name).read_bytes()).hexdigest()]
            for e in series_mod.load(directory)]
     if now == [[p["file"], p["strip"], p["sha256"]] for p in src.entries]:
         return
-    t, branch = str(tree), src.branch
+    t, branch = shlex.quote(str(tree)), src.branch
+    edit = f"`{settings.command('patches.edit', layer.dir)}`"
     raise UserError(f"{layer.dir}: the series files changed since the "
                     f"{'edit branch was made' if src.on_branch else 'tree was patched'}; "
                     "exporting would overwrite them",
                     fix=(f"save what you need from {branch}, delete it (`git -C {t} branch "
-                         f"-D {branch}`) and run `inv patches.edit {layer.dir}` again"
+                         f"-D {branch}`) and run {edit} again"
                          if src.on_branch else
-                         f"run `inv patches.edit {layer.dir}` so the tree matches the "
+                         f"run {edit} so the tree matches the "
                          "files, then edit and export"))
 
 
@@ -120,7 +126,8 @@ def _refuse_unfinished_edits(tree: Path, src: _From) -> None:
         raise DirtyTreeError(
             f"{tree}: uncommitted changes on {src.branch} would not be exported: "
             f"{', '.join(files[:8]) or str(op) + ' is in progress'}",
-            fix=f"finish it / commit them (`git -C {tree} status` tells what is going on), "
+            fix=f"finish it / commit them (`git -C {shlex.quote(str(tree))} status` tells what "
+                "is going on), "
                 "then export")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -122,7 +123,8 @@ def _matches_nothing(settings: Settings, ly: Layer, tree: Path, why: str) -> Con
                f"file(s) {shown(patches_there, 4)} itself (no version subdirectory)")
     else:
         fix = (f"point dir at the directory of {ly.provider}'s tree that holds the patches for "
-               f"{ly.source} (`git -C {tree} ls-tree -r --name-only {BASE_TAG} -- patches/`); "
+               f"{ly.source} (`git -C {shlex.quote(str(tree))} ls-tree -r --name-only {BASE_TAG} "
+               "-- patches/`); "
                f"if this release of {ly.provider} carries no patches for {ly.source} any more, "
                "remove the entry")
     return ConfigError("\n".join(lines), fix=fix)
@@ -274,4 +276,5 @@ def check_competing(settings: Settings, ly: Layer, inputs: list[PatchInput]) -> 
         fix=(f"say which patch(es) of {ly.dir}/ apply to [{ly.source}] in "
              f"{layers_file(settings)}, e.g. vendor = [{{ from = \"{ly.provider}\", "
              f"dir = \"{ly.dir}\", patches = [{names}] }}] (the one written for "
-             f"{ly.source}'s version; `inv patch --check` tells whether it applies)"))
+             f"{ly.source}'s version; `{settings.command('patch', '--check')}` tells whether "
+             "it applies)"))

@@ -11,6 +11,7 @@ and lists every failure at the end (:func:`askbuild.errors.summary_error`).
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from .. import console, gitutil, runlock
@@ -47,12 +48,14 @@ from .write import finish_pending_series
 def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
                 base: str | None = None, *, ignore_rebase: bool = False) -> None:
     """Refuse (DirtyTreeError) when rebuilding ``tree`` would lose user work."""
-    t = str(tree)
+    t = shlex.quote(str(tree))
     rebase_state = settings.rebase_state(name)
     if rebase_state.exists() and not ignore_rebase:
+        cont, skip, abort = (settings.command("rebase", name, m)
+                             for m in ("--continue", "--skip", "--abort"))
         raise DirtyTreeError(f"{tree}: a rebase of {name} is in progress",
-                             fix=f"finish it with `inv rebase {name} --continue` (or --skip), "
-                                 f"or undo it with `inv rebase {name} --abort`")
+                             fix=f"finish it with `{cont}` (or `{skip}`), "
+                                 f"or undo it with `{abort}`")
     op = operation_in_progress(tree)
     if op:
         raise DirtyTreeError(f"{tree}: {op} is in progress in the work tree",
@@ -64,9 +67,11 @@ def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
         raise DirtyTreeError(
             f"{tree} has uncommitted changes that the patch step would throw away: {shown}",
             fix=f"save them: `git -C {t} stash` (or commit them on an edit branch: "
-                f"`inv patches.edit SERIES`, commit, `inv patches.export SERIES`); "
+                f"`{settings.command('patches.edit', 'SERIES')}`, commit, "
+                f"`{settings.command('patches.export', 'SERIES')}`); "
                 f"or discard them: `git -C {t} reset --hard`")
     foreign = _foreign_commits(tree, record, base)
+    edit = settings.command("patches.edit", "SERIES")
     if foreign:
         back = (record or {}).get("head") or base or BASE_TAG
         raise DirtyTreeError(
@@ -74,8 +79,8 @@ def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
             + "; ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""),
             fix=f"save them on a branch and hand the branch back: `git -C {t} switch -c my-work "
                 f"{PATCHED} && git -C {t} branch -f {PATCHED} {back[:12]}` (then carry them "
-                f"into a series with `inv patches.edit SERIES` + cherry-pick + "
-                f"`inv patches.export SERIES`); or discard them: "
+                f"into a series with `{edit}` + cherry-pick + "
+                f"`{settings.command('patches.export', 'SERIES')}`); or discard them: "
                 f"`git -C {t} branch -f {PATCHED} {back[:12]}`")
 
 
@@ -143,7 +148,7 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     with journalled(settings, source.name, tree, "patch"):
         settings.patch_record(source.name).unlink(missing_ok=True)
         record = apply_queue(tree, base, inputs, source=source.name, report=report,
-                             branch=None)
+                             branch=None, settings=settings)
         gitutil.git(["checkout", "-q", "-B", PATCHED, record["head"]], cwd=tree)
         record = layers_with_empty(record, layers)
         write_json_atomic(settings.patch_record(source.name), record)
@@ -198,7 +203,8 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
         inputs = collect_inputs(settings, layers, sources, trees={**trees.made})
         base = base_commit(tree)
         with scratch_worktree(tree, base, settings.work_dir) as scratch:
-            apply_queue(scratch, base, inputs, source=src.name, report=report, branch=None)
+            apply_queue(scratch, base, inputs, source=src.name, report=report, branch=None,
+                        settings=settings)
 
 
 @runlock.exclusive("patch")
@@ -248,7 +254,7 @@ def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bo
     report.ok = not failures and not skipped
     report.emit(as_json=as_json)
     if failures or skipped:
-        raise _final_error(failures, skipped, check=check, keep_going=keep_going)
+        raise _final_error(settings, failures, skipped, check=check, keep_going=keep_going)
     return report
 
 
@@ -269,11 +275,13 @@ def _note_failure(settings: Settings, report: Report, name: str, e: AskbuildErro
                           {"source": name, "error": e.message, "fix": e.fix})
 
 
-def _final_error(failures: list[tuple[str, AskbuildError]], skipped: list[tuple[str, str]],
-                 *, check: bool, keep_going: bool) -> AskbuildError:
+def _final_error(settings: Settings, failures: list[tuple[str, AskbuildError]],
+                 skipped: list[tuple[str, str]], *, check: bool,
+                 keep_going: bool) -> AskbuildError:
     """The one error ending a run where sources failed or were skipped."""
     if check and not keep_going and all(isinstance(e, PatchFailed) for _, e in failures) \
             and len(failures) > 1:
         return PatchFailed("\n".join(e.message for _, e in failures),
-                           fix="refresh the failing patches (inv patches.edit SERIES)")
+                           fix="refresh the failing patches "
+                               f"(`{settings.command('patches.edit', 'SERIES')}`)")
     return summary_error("inv patch --check" if check else "inv patch", failures, skipped)

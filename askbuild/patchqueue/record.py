@@ -74,10 +74,10 @@ def layers_with_empty(record: dict, layers: list[Layer]) -> dict:
     return record
 
 
-def record_layer(record: dict, layer: Layer) -> dict:
+def record_layer(settings: Settings, record: dict, layer: Layer) -> dict:
     """The entry of ``layer`` in the record (start and end commit)."""
     for ly in record.get("layers", []):
         if ly["id"] == layer.id:
             return ly
     raise UserError(f"series {layer.id} is not in the patch record of {layer.source}",
-                    fix=f"run `inv patch --source {layer.source}` first")
+                    fix=f"run `{settings.command('patch', '--source', layer.source)}` first")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from .. import gitutil
@@ -54,9 +55,10 @@ def patch_state_problem(settings: Settings, name: str) -> str | None:
                 f"{settings.source_tree(name)}: {reason[-1] if reason else e.returncode}")
 
 
-def _lock_problem(source: Source, tree: Path, base: str) -> str | None:
+def _lock_problem(settings: Settings, source: Source, tree: Path, base: str) -> str | None:
     """Why ``tree`` (base ``base``) is not at ``source``'s lock."""
-    again = f"run `inv fetch --source {source.name}` then `inv patch`"
+    again = (f"run `{settings.command('fetch', '--source', source.name)}` then "
+             f"`{settings.command('patch')}`")
     if not source.locked:
         return (f"source {source.name} has no lock entry, so its tree {tree} cannot be "
                 f"vouched for: {again} (fetch records the lock)")
@@ -99,25 +101,25 @@ def _state_problem(settings: Settings, name: str) -> str | None:
     if name not in sources:
         return f"no source named {name!r} in {settings.sources_file}"
     tree = settings.source_tree(name)
-    run = f"`inv patch --source {name}`"
-    problem = _tree_problem(sources[name], tree, run)
+    run = f"`{settings.command('patch', '--source', name)}`"
+    problem = _tree_problem(settings, sources[name], tree, run)
     if problem:
         return problem
     record = tree_state(settings, name)
     return (_series_problem(settings, sources, name, record, run)
-            or _checkout_problem(tree, str((record or {}).get("head")), run))
+            or _checkout_problem(settings, tree, str((record or {}).get("head")), run))
 
 
-def _tree_problem(src: Source, tree: Path, run: str) -> str | None:
+def _tree_problem(settings: Settings, src: Source, tree: Path, run: str) -> str | None:
     """The work tree exists, no interrupted run left it half-changed, it is at the lock."""
     if not has_base(tree):
-        return (f"source {src.name} has no work tree at {tree}: run `inv fetch --source "
-                f"{src.name}` and {run}")
+        return (f"source {src.name} has no work tree at {tree}: run "
+                f"`{settings.command('fetch', '--source', src.name)}` and {run}")
     if (git_dir(tree) / JOURNAL).exists():
         verb = (read_json(git_dir(tree) / JOURNAL) or {}).get("verb", "patch")
         return (f"an interrupted `inv {verb}` left {tree} half-changed: run {run} (it puts "
                 "the tree back first)")
-    return _lock_problem(src, tree, base_commit(tree))
+    return _lock_problem(settings, src, tree, base_commit(tree))
 
 
 def _series_problem(settings: Settings, sources: dict[str, Source], name: str,
@@ -168,33 +170,36 @@ def _provider_trees(settings: Settings, sources: dict[str, Source], name: str,
         ptree = settings.source_tree(ly.provider)
         if not has_base(ptree):
             return trees, (f"vendor layer {ly.id} of {name}: source {ly.provider} has no work "
-                           f"tree at {ptree}: run `inv fetch --source {ly.provider}` and {run}")
-        problem = _lock_problem(sources[ly.provider], ptree, base_commit(ptree))
+                           f"tree at {ptree}: run "
+                           f"`{settings.command('fetch', '--source', ly.provider)}` and {run}")
+        problem = _lock_problem(settings, sources[ly.provider], ptree, base_commit(ptree))
         if problem:
             return trees, f"vendor layer {ly.id} of {name}: {problem}"
         trees[ly.provider] = ptree
     return trees, None
 
 
-def _checkout_problem(tree: Path, head: str, run: str) -> str | None:
+def _checkout_problem(settings: Settings, tree: Path, head: str, run: str) -> str | None:
     """HEAD is at the patched head, no git operation is in progress, nothing uncommitted."""
+    t = shlex.quote(str(tree))
+    edit = f"`{settings.command('patches.edit', 'SERIES')}`"
+    export = f"`{settings.command('patches.export', 'SERIES')}`"
     cur = rev(tree, "HEAD") or "?"
     if cur != head:
         sym = gitutil.git(["symbolic-ref", "-q", "--short", "HEAD"], cwd=tree,
                           check=False).stdout.strip()
         where = f"branch {sym}" if sym else f"a detached HEAD at {cur[:12]}"
-        fix = (f"export the edits (`inv patches.export SERIES`) and run {run}"
+        fix = (f"export the edits ({export}) and run {run}"
                if sym.startswith(EDIT_PREFIX) else
-               f"`git -C {tree} checkout {PATCHED}`, or run {run}")
+               f"`git -C {t} checkout {PATCHED}`, or run {run}")
         return (f"{tree} is on {where}, not on the patched series ({PATCHED} at "
                 f"{head[:12]}): {fix}")
     op = operation_in_progress(tree)
     if op:
-        return f"{op} is in progress in {tree}: finish or abort it (`git -C {tree} status`)"
+        return f"{op} is in progress in {tree}: finish or abort it (`git -C {t} status`)"
     dirty = uncommitted(tree)
     if dirty:
         return (f"uncommitted edits in {tree}: {shown(dirty, 6)}; the build reads committed "
-                f"files only: commit them into a series (`inv patches.edit SERIES`, commit, "
-                f"`inv patches.export SERIES`, {run}) or discard them (`git -C {tree} reset "
-                f"--hard && git -C {tree} clean -fd`)")
+                f"files only: commit them into a series ({edit}, commit, {export}, {run}) "
+                f"or discard them (`git -C {t} reset --hard && git -C {t} clean -fd`)")
     return None

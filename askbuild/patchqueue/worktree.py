@@ -9,6 +9,7 @@ turns an unexpected :class:`GitError` into a :class:`PatchFailed` naming what as
 from __future__ import annotations
 
 import contextlib
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def git_failure(e: GitError, what: str, where: Path | None = None) -> PatchFaile
     if no_space(reason):
         return no_space_error(what, where or Path.cwd(), reason)
     shown = "; ".join(ln.strip() for ln in reason.splitlines()[-4:] if ln.strip())
-    t = f"git -C {where} status" if where else "git status"
+    t = f"git -C {shlex.quote(str(where))} status" if where else "git status"
     return PatchFailed(f"{what}: `git {git_words(e.args_)}` failed: "
                        f"{shown or f'exit status {e.returncode}'}",
                        fix=f"see what git says (`{t}`), then run the same command again "

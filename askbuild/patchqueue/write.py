@@ -19,6 +19,7 @@ from .. import console, gitutil
 from .. import series as series_mod
 from ..fsutil import read_json, write_json_atomic
 from ..settings import Settings
+from . import style as patch_style
 from .apply import is_mail
 from .worktree import REPRO
 
@@ -31,16 +32,10 @@ def _slug(subject: str) -> str:
 
 
 def format_patch(tree: Path, commit: str) -> bytes:
-    """Stable ``git format-patch`` text of one commit: zero From line, no signature, no stat,
-    full index lines, ``[PATCH]`` without numbers; the user's git config is ignored."""
-    env = {"GIT_CONFIG_GLOBAL": "/dev/null"}
-    return gitutil.git(
-        ["-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false", "-c",
-         "diff.renames=true", "-c", "diff.algorithm=myers", "-c", "format.signature=",
-         "format-patch", "-1", "--stdout", "--no-signature", "--zero-commit", "--no-stat",
-         "--full-index", "--no-numbered", "--no-cover-letter", "--no-thread", "--unified=3",
-         "-M", "--encoding=UTF-8", commit, "--"],
-        cwd=tree, env=env, text=False).stdout
+    """Stable ``git format-patch`` text of one commit (the format of a new patch,
+    :data:`.style.DEFAULT`): zero From line, no signature, no stat, full index lines,
+    ``[PATCH]`` without numbers; the user's git config is ignored."""
+    return patch_style.render(tree, commit)
 
 
 def _patch_id(tree: Path, commit: str) -> str:
@@ -198,29 +193,45 @@ def _contents(known: _OldSeries, tree: Path, commits: list[str], placed: _Placed
     rows, writes, entries = [], {}, []
     for (f, status, rewrite), c in zip(placed, commits, strict=True):
         target = known.directory / f
-        data = format_patch(tree, c) if rewrite else None
-        if data is not None:
+        data, strip = None, known.strips.get(f, 1)
+        if rewrite:
+            data, strip = _rewritten(known, tree, f, c)
             if target.is_file() and not target.is_symlink() and target.read_bytes() == data:
                 status = "unchanged"
             else:
                 writes[f] = data
         body = data if data is not None else target.read_bytes()
-        entries.append((f, known.strips.get(f, 1) if data is None else 1,
-                        hashlib.sha256(body).hexdigest(), c))
+        entries.append((f, strip, hashlib.sha256(body).hexdigest(), c))
         rows.append({"patch": f, "status": status, "commit": c})
     return rows, writes, entries
 
 
+def _rewritten(known: _OldSeries, tree: Path, name: str, commit: str) -> tuple[bytes, int]:
+    """The bytes and ``-pN`` of file ``name`` written from ``commit``: in the format of the
+    old file of that name (:mod:`.style`: a mail stays a mail with its headers, diffstat,
+    index abbreviation and signature, a plain diff a plain diff with its ``-pN``), else in
+    the format of a new patch."""
+    old = known.directory / name
+    if name not in known.strips or not old.is_file():
+        return format_patch(tree, commit), 1
+    strip = known.strips[name]
+    style = patch_style.detect(old.read_bytes(), strip)
+    old_meta = known.info.get(name, ("", "", ""))[1]
+    same = bool(old_meta) and old_meta == _meta(tree, commit)
+    return patch_style.render(tree, commit, style, same_message=same), strip
+
+
 def _series_text(directory: Path, entries: list[tuple[str, int, str, str]],
                  old: list[tuple[str, int, list[str]]]) -> str | None:
-    """Phase 4: the new ``series`` file (its comment head kept), None when the list of
-    files and -pN is unchanged."""
-    new = [(f, strip) for f, strip, _, _ in entries]
+    """Phase 4: the new ``series`` file, None when the list of files and -pN is unchanged.
+    Its comments and blank lines are kept by the rule of :func:`askbuild.series.rewrite`."""
+    new = [series_mod.SeriesEntry(f, strip) for f, strip, _, _ in entries]
     sfile = directory / series_mod.SERIES_FILE
-    if new == [(f, s) for f, s, _ in old] and sfile.exists():
+    if [(e.name, e.strip) for e in new] == [(f, s) for f, s, _ in old] and sfile.exists():
         return None
-    head = series_mod.header(sfile.read_text()) if sfile.exists() else ""
-    return series_mod.render([series_mod.SeriesEntry(f, s) for f, s in new], head=head)
+    if not sfile.is_file():
+        return series_mod.render(new)
+    return series_mod.rewrite(sfile.read_bytes().decode("utf-8"), new)
 
 
 def _pending_path(settings: Settings, directory: Path) -> Path:
