@@ -199,13 +199,14 @@ def _fetch_file(url: str, fh, h, update, limit) -> int:
 
 
 def download(url: str, directory: Path, *, what: str, filename: str = "download",
-             expected_size: int | None = None) -> Downloaded:
+             expected_size: int | None = None, update_command: str = "") -> Downloaded:
     """Download ``url`` into a new temporary file in ``directory`` (created if needed).
 
     Retries connection errors, 5xx answers and bodies cut short, ``ATTEMPTS`` times in all; the
     result only exists once every byte the server announced (and, with ``expected_size``, every
     byte the lock records) has arrived.  With ``expected_size`` (the lock), a body growing past
-    it is stopped (:class:`VerificationError`).  ``what`` names the source in messages.  Raises
+    it is stopped (:class:`VerificationError`; its advice prints ``update_command``, the
+    ``inv lock --update`` of this run, when given).  ``what`` names the source in messages.  Raises
     :class:`NetworkError` when it cannot be completed, :class:`NoSpaceError` when the disk is
     full.  A partial file is always deleted.
     """
@@ -236,7 +237,8 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
                     f"source {what}: {url} sends more than the {expected_size} bytes the lock "
                     f"records; stopped at {e.args[0]} bytes, nothing kept",
                     fix="check the URL and mirrors; if upstream re-released the file on "
-                        f"purpose, review it and run `inv lock --update --source {what}`") from e
+                        f"purpose, review it and run "
+                        f"`{update_command or f'inv lock --update --source {what}'}`") from e
             except _WriteFailed as e:
                 tmp.unlink(missing_ok=True)
                 raise _local_error(what, url, directory, e.args[0]) from e

@@ -11,6 +11,12 @@ Cache (``settings.cache_dir``, shared by all work dirs, checkouts and profiles):
   kept reachable by ``refs/askbuild/keep/<sha>``, so the cache never forgets a pin and later
   fetches only send what is new.  An incomplete commit is fetched again, a damaged repository
   is rebuilt (one line says so): it is a cache.
+* Other refs (:func:`fetch_ref`: ``--onto``, ``inv fetch --ref``, ``inv lock``): a tag or
+  branch is fetched shallow and remembered as ``refs/askbuild/seen/<ref>``; an abbreviated
+  SHA (4+ hex, when no tag or branch has that name) is looked up among the cache's commits and
+  upstream's branch and tag tips, and when that cannot settle it, in the whole history of
+  every upstream branch and tag (fetched once into ``refs/askbuild/upstream/``).  ``--offline``
+  answers from these refs: what upstream had on the last online contact.
 * ``tarballs/<sha256>/<file>``: verified release tarballs, downloaded into
   ``tarballs/.incoming/<name>/`` and moved into place only once verified;
   ``tarballs/quarantine/``: files that failed verification, kept for inspection and never used.
@@ -45,6 +51,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -62,6 +69,7 @@ from .download import (
 )
 from .errors import (
     AskbuildError,
+    ConfigError,
     DirtyTreeError,
     NetworkError,
     OfflineError,
@@ -71,8 +79,8 @@ from .errors import (
     summary_error,
 )
 from .fsutil import read_json, sha256_file, write_json_atomic
-from .gitutil import GitError, check_ref, is_sha
-from .refs import BASE_REF, BASE_TAG, KEEP_PREFIX
+from .gitutil import GitError, check_ref, is_abbrev, is_sha
+from .refs import BASE_REF, BASE_TAG, KEEP_PREFIX, SEEN_PREFIX, UPSTREAM_PREFIX
 from .settings import Settings
 from .sources import Source, load_sources, select, write_lock
 from .urls import apply_mirrors, check_url
@@ -330,11 +338,13 @@ def _fetch_failure(source: Source, url: str, repo: Path, err: GitError) -> Excep
 
 
 def _git_fetch(source: Source, repo: Path, url: str, opts: list[str], refs: list[str],
-               label: str) -> None:
-    """``git fetch --progress --no-tags OPTS -- URL REFS`` with a progress display.
-    ``opts`` are askbuild's own; ``refs`` (user values, validated) come after ``--``."""
+               label: str, *, specs: list[str] | None = None) -> None:
+    """``git fetch --progress --no-tags OPTS -- URL REFS SPECS`` with a progress display.
+    ``opts`` and ``specs`` (refspecs) are askbuild's own; ``refs`` (user values, validated)
+    come after ``--``."""
     for ref in refs:
         check_ref(ref, what=f"source {source.name} ref")
+    refs = [*refs, *(specs or [])]
     args = ["fetch", "--progress", "--no-tags"]
     with progress(f"fetch {source.name}: {label}", None, unit="objects") as update:
         def on_progress(phase: str, done: int, total: int | None) -> None:
@@ -345,11 +355,16 @@ def _git_fetch(source: Source, repo: Path, url: str, opts: list[str], refs: list
                              on_progress=on_progress)
 
 
-def _offline_error(source: Source, what: str, where: Path) -> OfflineError:
+def _offline_error(settings: Settings, source: Source, what: str, where: Path,
+                   *, ref: str | None = None) -> OfflineError:
+    """``--offline`` and ``what`` is not in the cache: fetch it once online (``ref``: the
+    command brings that ref in with ``--ref``)."""
+    words = ["--source", source.name, *(["--ref", ref] if ref else [])]
+    cmd = settings.command("fetch", *words, without=("--offline",))
     return OfflineError(
         f"source {source.name}: --offline, and {what} is not in the cache ({where})",
-        fix=f"run `inv fetch --source {source.name}` once with network access (or a mirror), "
-            "then --offline works; or drop --offline")
+        fix=f"run `{cmd}` once with network access (or a mirror), then --offline works; "
+            "or drop --offline")
 
 
 def fetch_commit(settings: Settings, source: Source, sha: str) -> None:
@@ -366,7 +381,7 @@ def fetch_commit(settings: Settings, source: Source, sha: str) -> None:
             _sync_shallow(settings, source)
             return
         if settings.offline:
-            raise _offline_error(source, f"the locked commit {sha}", repo)
+            raise _offline_error(settings, source, f"the locked commit {sha}", repo)
         url = remote_url(settings, source)
         with _git_errors(source, url, repo):
             _init_cache(repo)
@@ -427,46 +442,216 @@ def _fetch_pin(settings: Settings, source: Source, repo: Path, url: str, sha: st
             f"source {source.name}: the locked commit {sha} is not available from {url}, "
             f"and its ref {source.ref!r} now points at {ref_tip}: the tag was moved or the "
             f"history rewritten upstream; askbuild does not follow it",
-            fix=f"if the new commit is intended, review it and run `inv lock --update "
-                f"--source {source.name}`; otherwise fetch from a mirror that still has "
+            fix=f"if the new commit is intended, review it and run "
+                f"`{_lock_command(settings, source, update=True)}`; otherwise fetch from a "
+                "mirror that still has "
                 f"{_short(sha)} (ASKBUILD_MIRRORS)")
     detail = _git_detail(last) if last else ""
     raise SourceError(
         f"source {source.name}: cannot fetch commit {sha} or ref {source.ref!r} from "
         f"{url}: {detail}",
         fix="check the ref and URL in the sources file, or lock again with "
-            f"`inv lock --update --source {source.name}`")
+            f"`{_lock_command(settings, source, update=True)}`")
 
 
-def _fetch_ref_once(source: Source, repo: Path, url: str, ref: str) -> str:
-    """Fetch ``ref`` (depth 1) into ``repo``; return its commit, complete."""
+def _fetch_ref_once(source: Source, repo: Path, url: str, ref: str) -> str | None:
+    """Fetch the tag or branch ``ref`` (depth 1) into ``repo``; return its commit, complete,
+    or ``None`` when upstream has no such ref."""
     try:
         _git_fetch(source, repo, url, ["--depth", "1"], [ref], ref)
     except GitError as e:
         failure = _fetch_failure(source, url, repo, e)
         if failure is not None:
             raise failure from e
-        raise SourceError(
-            f"source {source.name}: ref {ref!r} not found at {url}",
-            fix="check the tag/branch name (git ls-remote URL) and the sources file") from e
+        return None
     sha = gitutil.out(["rev-parse", "--verify", "FETCH_HEAD^{commit}"], cwd=repo)
     if not has_commit(repo, sha):
         raise _Damaged(f"commit {_short(sha)} of {ref} is incomplete after a fetch")
     return sha
 
 
+def _remember(repo: Path, ref: str, sha: str) -> None:
+    """Record what upstream's ``ref`` points at (``refs.SEEN_PREFIX``), for ``--offline``.
+    A name git cannot store under that prefix is simply not remembered."""
+    gitutil.git(["update-ref", f"{SEEN_PREFIX}{ref}", sha], cwd=repo, check=False)
+
+
+def _remembered(repo: Path, ref: str) -> str | None:
+    """The complete commit ``ref`` pointed at on the last online contact: as resolved by name
+    (``SEEN_PREFIX``), else as an upstream tag or branch (``UPSTREAM_PREFIX``); ``None``."""
+    if not _valid_repo(repo):
+        return None
+    for name in (f"{SEEN_PREFIX}{ref}", f"{UPSTREAM_PREFIX}tags/{ref}",
+                 f"{UPSTREAM_PREFIX}heads/{ref}"):
+        sha = gitutil.out(["rev-parse", "-q", "--verify", f"{name}^{{commit}}"], cwd=repo,
+                          check=False)
+        if sha and has_commit(repo, sha):
+            return sha
+    return None
+
+
+def _not_found(settings: Settings, source: Source, url: str, ref: str) -> SourceError:
+    return SourceError(
+        f"source {source.name}: {url} has no tag or branch {ref!r}"
+        + (", and it is not an abbreviated commit SHA (4 to 39 hex digits) either"
+           if not is_abbrev(ref) else ""),
+        fix=f"check the name (`git ls-remote {shlex.quote(url)}` lists tags and branches), or "
+            "give a full 40-hex commit SHA")
+
+
+def _remote_tips(source: Source, url: str) -> dict[str, list[str]]:
+    """Upstream's branches and tags by ``git ls-remote``: ``{commit: [names]}`` (annotated
+    tags peeled)."""
+    try:
+        listing = gitutil.out(["ls-remote", "--heads", "--tags", "--", url])
+    except GitError as e:
+        raise _network_error(source, url, e) from e
+    target: dict[str, str] = {}
+    for line in listing.splitlines():
+        sha, _, name = line.partition("\t")
+        if name.endswith("^{}"):
+            target[name[:-3]] = sha                 # the peeled line wins over the tag object
+        else:
+            target.setdefault(name, sha)
+    tips: dict[str, list[str]] = {}
+    for name, sha in sorted(target.items()):
+        short = name.removeprefix("refs/heads/").removeprefix("refs/tags/")
+        tips.setdefault(sha, []).append(short)
+    return tips
+
+
+def _fetch_all_history(settings: Settings, source: Source, repo: Path, url: str,
+                       why: str) -> None:
+    """Every branch and tag of upstream with its whole history into ``UPSTREAM_PREFIX``
+    (pruned: what upstream deleted goes), so the cache can answer for any commit."""
+    console.info(f"source {source.name}: {why}: fetching the history of every branch and tag "
+                 f"of {url} (once; later fetches bring only what is new)")
+    specs = [f"+refs/heads/*:{UPSTREAM_PREFIX}heads/*", f"+refs/tags/*:{UPSTREAM_PREFIX}tags/*"]
+    opts = ["--prune", *(["--unshallow"] if (repo / "shallow").exists() else [])]
+    try:
+        _git_fetch(source, repo, url, opts, [], "every branch and tag", specs=specs)
+    except GitError as e:
+        failure = _fetch_failure(source, url, repo, e)
+        if failure is not None:
+            raise failure from e
+        raise _git_failure(source, url, repo, e) from e
+    _forget_shadowed(repo)
+    _sync_shallow(settings, source)
+
+
+def _forget_shadowed(repo: Path) -> None:
+    """Drop the names remembered one by one (``SEEN_PREFIX``) that the complete listing just
+    fetched also has: the listing is newer, and :func:`_remembered` reads ``SEEN_PREFIX``
+    first."""
+    seen = gitutil.out(["for-each-ref", "--format=%(refname)", SEEN_PREFIX], cwd=repo)
+    have = set(gitutil.out(["for-each-ref", "--format=%(refname)", UPSTREAM_PREFIX],
+                           cwd=repo).splitlines())
+    stale = [r for r in seen.splitlines()
+             if {f"{UPSTREAM_PREFIX}tags/{r.removeprefix(SEEN_PREFIX)}",
+                 f"{UPSTREAM_PREFIX}heads/{r.removeprefix(SEEN_PREFIX)}"} & have]
+    if stale:
+        gitutil.git(["update-ref", "--stdin"], cwd=repo,
+                    input="".join(f"delete {r}\n" for r in stale))
+
+
+def _describe(repo: Path, sha: str, names: list[str]) -> str:
+    """``<sha> (tag/branch names) <subject>`` for a list of candidates."""
+    subject = gitutil.out(["log", "-1", "--format=%s", sha, "--"], cwd=repo, check=False)
+    named = f" ({', '.join(names)})" if names else ""
+    return f"{sha}{named}{' ' + subject if subject else ''}"
+
+
+def _ambiguous(settings: Settings, source: Source, repo: Path, prefix: str,
+               candidates: list[str], tips: dict[str, list[str]]) -> SourceError:
+    shown = "; ".join(_describe(repo, c, tips.get(c, [])) for c in candidates[:10])
+    more = f" and {len(candidates) - 10} more" if len(candidates) > 10 else ""
+    return SourceError(
+        f"source {source.name}: the abbreviated commit {prefix!r} is ambiguous: "
+        f"{len(candidates)} commits start with it: {shown}{more}",
+        fix="give more hex digits (or the full 40-hex SHA), or a tag or branch name")
+
+
+def _unknown(settings: Settings, source: Source, prefix: str, where: str) -> SourceError:
+    return SourceError(
+        f"source {source.name}: no tag, branch or commit matches {prefix!r}: no commit "
+        f"{where} starts with it",
+        fix="give a full 40-hex commit SHA, or a tag or branch name of the source "
+            "(check for a typo)")
+
+
+def _resolve_abbrev_online(settings: Settings, source: Source, repo: Path, url: str,
+                           prefix: str) -> str:
+    """The one commit of upstream whose SHA starts with ``prefix``.  Cache lock held.
+
+    Candidates are the cache's commits and upstream's branch and tag tips; a unique one of 7
+    or more digits is taken at once.  Otherwise (none, or a short prefix that interior commits
+    may share) the history of every branch and tag is fetched and the cache decides."""
+    tips = _remote_tips(source, url)
+    candidates = sorted(set(gitutil.commits_with_prefix(repo, prefix))
+                        | {sha for sha in tips if sha.startswith(prefix)})
+    if len(candidates) > 1:
+        raise _ambiguous(settings, source, repo, prefix, candidates, tips)
+    if not (len(candidates) == 1 and len(prefix) >= 7):
+        _fetch_all_history(settings, source, repo, url,
+                           f"{prefix!r} is no tag or branch, looking for the commit")
+        candidates = gitutil.commits_with_prefix(repo, prefix)
+        if len(candidates) > 1:
+            raise _ambiguous(settings, source, repo, prefix, candidates, tips)
+        if not candidates:
+            raise _unknown(settings, source, prefix,
+                           f"of any branch or tag of {url} (or in the cache)")
+    sha = candidates[0]
+    fetch_commit(settings, source, sha)
+    console.info(f"source {source.name}: {prefix} is commit {sha}")
+    return sha
+
+
+def _resolve_offline(settings: Settings, source: Source, ref: str) -> str:
+    """``--offline``: ``ref`` as upstream had it on the last online contact, or an abbreviated
+    SHA of a complete commit in the cache."""
+    repo = cache_repo(settings, source)
+    with runlock.cache(settings, source.name):
+        _tidy_cache(settings, source)
+        sha = _remembered(repo, ref)
+        if sha:
+            _keep(repo, sha)
+            _sync_shallow(settings, source)
+            console.info(f"source {source.name}: --offline: {ref} is {sha}, as upstream had it "
+                         "when askbuild last fetched it")
+            return sha
+        candidates = [c for c in gitutil.commits_with_prefix(repo, ref)
+                      if has_commit(repo, c)] if _valid_repo(repo) else []
+        if len(candidates) > 1:
+            raise _ambiguous(settings, source, repo, ref, candidates, {})
+        if candidates:
+            _keep(repo, candidates[0])
+            _sync_shallow(settings, source)
+            return candidates[0]
+    kind = "tag, branch or commit" if is_abbrev(ref) else "tag or branch"
+    what = f"the {kind} {ref!r} (never resolved online with this cache)"
+    raise _offline_error(settings, source, what, repo, ref=ref)
+
+
 def fetch_ref(settings: Settings, source: Source, ref: str) -> str:
-    """Bring ``ref`` (tag, branch or full SHA) of a git source into its cache repository and
-    return the full commit SHA (annotated tags peeled).  Mirrors and ``--offline`` honoured."""
+    """Bring ``ref`` of a git source into its cache repository and return the full commit
+    SHA (annotated tags peeled).  Mirrors honoured.
+
+    ``ref`` is a tag or branch (remembered under ``refs.SEEN_PREFIX`` for ``--offline``), a
+    full SHA, or an abbreviated SHA (4+ hex digits, when no tag or branch has that name):
+    resolved against the cache and upstream's branches and tags; an ambiguous or unknown one is
+    a :class:`SourceError` listing the candidates or saying a full SHA is needed.  With
+    ``--offline``: what the last online contact saw, else an :class:`OfflineError` printing the
+    ``inv fetch --source S --ref REF`` to run online."""
     check_ref(ref, what=f"source {source.name} ref")
     if source.kind != "git":
-        raise SourceError(f"source {source.name} is a {source.kind} source, not git")
+        raise SourceError(f"source {source.name} is a {source.kind} source, not git",
+                          fix="--ref and --onto name refs of git sources only")
     repo = cache_repo(settings, source)
     if is_sha(ref):
         fetch_commit(settings, source, ref)
         return ref
     if settings.offline:
-        raise _offline_error(source, f"ref {ref!r} (refs are resolved upstream)", repo)
+        return _resolve_offline(settings, source, ref)
     url = remote_url(settings, source)
     with runlock.cache(settings, source.name), _git_errors(source, url, repo):
         _tidy_cache(settings, source)
@@ -479,9 +664,21 @@ def fetch_ref(settings: Settings, source: Source, ref: str) -> str:
                 sha = _fetch_ref_once(source, repo, url, ref)
             except _Damaged as again:
                 raise _broken_upstream(source, url, f"ref {ref!r}", str(again)) from again
+        if sha is None:
+            if not is_abbrev(ref):
+                raise _not_found(settings, source, url, ref)
+            return _resolve_abbrev_online(settings, source, repo, url, ref)
         _keep(repo, sha)
+        _remember(repo, ref, sha)
         _sync_shallow(settings, source)
     return sha
+
+
+def recorded_ref(ref: str, sha: str) -> str:
+    """The ref to write in the sources file for ``ref`` resolved (by :func:`fetch_ref`) to
+    ``sha``: the full SHA when ``ref`` is an abbreviation of it (an abbreviation can become
+    ambiguous as upstream grows), else ``ref`` itself."""
+    return sha if is_abbrev(ref) and sha.startswith(ref) else ref
 
 
 def remote_ref(settings: Settings, source: Source, ref: str) -> str | None:
@@ -606,11 +803,12 @@ def _check_clean(settings: Settings, source: Source, tree: Path, old: str | None
         return
     shown = ", ".join(line[3:] for line in status[:5]) + (" ..." if len(status) > 5 else "")
     t = _rel(settings, tree)
+    q = shlex.quote(t)
     raise DirtyTreeError(
         f"source {source.name}: work tree {t} has uncommitted changes ({shown}) and its base "
         f"must move from {_short(old) or '(none)'} to {_short(new)}; refusing to touch it",
-        fix=f"save them (`git -C {t} stash -u`, or commit them on a branch) or discard them "
-            f"(`git -C {t} reset --hard && git -C {t} clean -fd`), then run again")
+        fix=f"save them (`git -C {q} stash -u`, or commit them on a branch) or discard them "
+            f"(`git -C {q} reset --hard && git -C {q} clean -fd`), then run again")
 
 
 def _verify_checkout(source: Source, tree: Path, commit: str) -> None:
@@ -721,14 +919,15 @@ def _resume_move(settings: Settings, source: Source, tree: Path, commit: str) ->
         (tree / ".git" / lock).unlink(missing_ok=True)      # the killed checkout's
     foreign, ours_untracked = _changes_since(tree, known)
     t = _rel(settings, tree)
+    q = shlex.quote(t)
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise DirtyTreeError(
             f"source {source.name}: a run moving the base of {t} to "
             f"{_short(data.get('to'))} was interrupted, and {shown} changed since; refusing "
             "to touch the tree",
-            fix=f"save those changes (`git -C {t} stash -u`) or discard them (`git -C {t} "
-                f"checkout -f HEAD && git -C {t} clean -fd`), then run again")
+            fix=f"save those changes (`git -C {q} stash -u`) or discard them (`git -C {q} "
+                f"checkout -f HEAD && git -C {q} clean -fd`), then run again")
     console.warn(f"source {source.name}: finishing the interrupted base move of {t} "
                  f"({_short(data.get('from'))} -> {_short(commit)})")
     _remove([tree / p for p in ours_untracked])
@@ -884,13 +1083,15 @@ def _verify_tarball(settings: Settings, source: Source, path: Path, url: str,
         f"{source.sha256} ({source.size} bytes), got {sha} ({size} bytes); the file was moved "
         f"to {q} and is not used",
         fix="if upstream re-released the file on purpose, check why, then record the new hash "
-            f"with `inv lock --update --source {source.name}`; if a mirror served it, fix the "
+            f"with `{_lock_command(settings, source, update=True)}`; if a mirror served it, "
+            "fix the "
             "mirror")
 
 
 def _download(settings: Settings, source: Source, url: str, *, locked: bool):
     return download(url, settings.tarball_incoming(source.name), what=source.name,
-                    filename=source.filename, expected_size=source.size if locked else None)
+                    filename=source.filename, expected_size=source.size if locked else None,
+                    update_command=_lock_command(settings, source, update=True))
 
 
 def _move_in(got_path: Path, dest: Path) -> None:
@@ -914,7 +1115,8 @@ def fetch_tarball(settings: Settings, source: Source) -> Path:
             console.warn(f"source {source.name}: the cached {dest} does not match the lock "
                          f"(damaged?); moved to {q}, downloading it again")
         if settings.offline:
-            raise _offline_error(source, f"{source.filename} (sha256 {_short(source.sha256)})",
+            raise _offline_error(settings, source,
+                                 f"{source.filename} (sha256 {_short(source.sha256)})",
                                  settings.tarball_cache)
         url = remote_url(settings, source)
         got = _download(settings, source, url, locked=True)
@@ -927,7 +1129,7 @@ def resolve_tarball(settings: Settings, source: Source) -> tuple[str, int, Path]
     """Download a tarball source (ignoring its lock) and put it in the cache under its
     content hash.  Returns ``(sha256, size, path)``."""
     if settings.offline:
-        raise _offline_error(source, f"{source.filename} (not locked yet: it must be "
+        raise _offline_error(settings, source, f"{source.filename} (not locked yet: it must be "
                              "downloaded to learn its hash)", settings.tarball_cache)
     url = remote_url(settings, source)
     with runlock.cache(settings, source.name):
@@ -940,22 +1142,33 @@ def resolve_tarball(settings: Settings, source: Source) -> tuple[str, int, Path]
 
 # -- the verb ------------------------------------------------------------------------------
 
+def _lock_command(settings: Settings, source: Source, *, update: bool = False) -> str:
+    """``inv lock [--update] --source NAME`` with this run's options (not --locked/--offline:
+    locking resolves upstream)."""
+    return settings.command("lock", *(["--update"] if update else []), "--source", source.name,
+                            without=("--locked", "--offline"))
+
+
 def _unlocked(settings: Settings, source: Source) -> None:
     if settings.locked:
         raise UnlockedSourceError(
             f"source {source.name} has no lock entry in {settings.sources_file} and --locked "
             f"forbids resolving it",
-            fix=f"run `inv lock --source {source.name}` (online) and commit the sources file")
+            fix=f"run `{_lock_command(settings, source)}` (online) and commit the sources "
+                "file")
 
 
 def resolve_unlocked(settings: Settings, source: Source) -> Source:
     """Resolve and record the lock of an unlocked source (the Cargo.lock rule)."""
     _unlocked(settings, source)
     if source.kind == "git":
-        sha = fetch_ref(settings, source, source.ref)
-        source = record_lock(settings, source, commit=sha)
-        console.info(f"source {source.name}: not locked; resolved {source.ref} to {sha} and "
-                     f"recorded it in {settings.sources_file}")
+        ref = source.ref
+        sha = fetch_ref(settings, source, ref)
+        full = {"ref": sha} if recorded_ref(ref, sha) != ref else {}
+        source = record_lock(settings, source, commit=sha, **full)
+        console.info(f"source {source.name}: not locked; resolved {ref} to {sha} and "
+                     f"recorded it in {settings.sources_file}"
+                     + (" (the full SHA replaces the abbreviated ref)" if full else ""))
     else:
         sha, size, _ = resolve_tarball(settings, source)
         source = record_lock(settings, source, sha256=sha, size=size)
@@ -991,24 +1204,56 @@ def ensure_source(settings: Settings, source: Source) -> Path:
                 return _tarball_work_tree(settings, source, archive)
 
 
+def _fetch_one_ref(settings: Settings, sources: list[Source], ref: str) -> dict[str, Path]:
+    """``inv fetch --source S --ref REF``: bring ``ref`` of the one git source ``S`` into the
+    cache (remembered for ``--offline``); the pin and the work tree do not move."""
+    if len(sources) != 1 or sources[0].kind != "git":
+        named = ", ".join(s.name for s in sources) or "none"
+        raise ConfigError(
+            f"--ref {ref} needs exactly one git source named with --source (named: {named}"
+            + (f", a {sources[0].kind} source" if len(sources) == 1 else "") + ")",
+            fix="name one git source: "
+                f"`{settings.command('fetch', '--source', 'NAME', '--ref', ref)}`")
+    source = sources[0]
+    console.step(f"fetch {source.name} {ref}")
+    sha = fetch_ref(settings, source, ref)
+    pin = f"the pin stays at {_short(source.commit)}" if source.locked else "not locked yet"
+    console.info(f"source {source.name}: {ref} is {sha}, in the cache for later --offline use "
+                 f"({pin}; to move to it: "
+                 f"`{settings.command('rebase', source.name, '--onto', ref)}`)")
+    return {source.name: cache_repo(settings, source)}
+
+
+def _refuse_unlocked(settings: Settings, selected: list[Source]) -> None:
+    """``--locked`` without ``keep_going``: refuse before anything if a source has no lock."""
+    missing = [s.name for s in selected if not s.locked]
+    if missing:
+        words = [w for m in missing for w in ("--source", m)] if len(missing) <= 3 else []
+        raise UnlockedSourceError(
+            f"source(s) {', '.join(missing)} have no lock entry in {settings.sources_file} "
+            f"and --locked forbids resolving them",
+            fix=f"run `{settings.command('lock', *words, without=('--locked', '--offline'))}` "
+                "(online) and commit the sources file")
+
+
 @runlock.exclusive("fetch")
 def fetch(settings: Settings, names: list[str] | tuple[str, ...] | None = None,
-          keep_going: bool = False) -> dict[str, Path]:
+          keep_going: bool = False, ref: str | None = None) -> dict[str, Path]:
     """``inv fetch``: every named source (all when none) ready in its work tree.
 
     Without ``keep_going`` the first source that cannot be fetched stops the verb (and
     ``--locked`` refuses before anything when a source has no lock).  With ``keep_going``
     every source is tried; the error at the end lists each failure with its reason
-    (``errors.summary_error``; exit 1).  A full disk always stops at once."""
+    (``errors.summary_error``; exit 1).  A full disk always stops at once.
+
+    With ``ref`` (``--ref``): exactly one git source must be named; only that ref is brought
+    into its cache repository (:func:`fetch_ref`), for a later ``--offline`` rebase; the pin,
+    the sources file and the work tree do not change.  Returns ``{name: cache repository}``."""
     selected = select(load_sources(settings), names, settings)
+    if ref is not None:
+        return _fetch_one_ref(settings, selected if names else [], ref)
     if settings.locked and not keep_going:
-        missing = [s.name for s in selected if not s.locked]
-        if missing:
-            opts = "".join(f" --source {m}" for m in missing) if len(missing) <= 3 else ""
-            raise UnlockedSourceError(
-                f"source(s) {', '.join(missing)} have no lock entry in {settings.sources_file} "
-                f"and --locked forbids resolving them",
-                fix=f"run `inv lock{opts}` (online) and commit the sources file")
+        _refuse_unlocked(settings, selected)
     trees: dict[str, Path] = {}
     failures: list[tuple[str, AskbuildError]] = []
     for source in selected:

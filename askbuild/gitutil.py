@@ -80,6 +80,7 @@ FIXED_IDENTITY = {
 }
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_ABBREV_RE = re.compile(r"^[0-9a-f]{4,39}$")
 _REF_BAD = re.compile(r"(^-)|(\.\.)|([\x00-\x20~^:?*\[\\])|(@\{)|(^/)|(/$)|(\.lock$)|(^@$)")
 
 
@@ -152,6 +153,26 @@ def out(args: Sequence[str], **kw) -> str:
 
 def is_sha(value: str) -> bool:
     return bool(_SHA_RE.match(value or ""))
+
+
+def is_abbrev(value: str) -> bool:
+    """Whether ``value`` can be an abbreviated commit SHA (4 to 39 lower-case hex digits,
+    git's own minimum).  A tag or branch of that name, if there is one, takes precedence."""
+    return bool(_ABBREV_RE.match(value or ""))
+
+
+def commits_with_prefix(repo: str | Path, prefix: str) -> list[str]:
+    """The full SHAs of the commits in ``repo`` whose id starts with ``prefix`` (an
+    :func:`is_abbrev` value), sorted; objects of other types do not count."""
+    if not is_abbrev(prefix):
+        return []
+    found = git(["rev-parse", f"--disambiguate={prefix}"], cwd=repo, check=False).stdout.split()
+    if not found:
+        return []
+    listing = git(["cat-file", "--batch-check=%(objectname) %(objecttype)"], cwd=repo,
+                  input="".join(f"{sha}\n" for sha in found), check=False).stdout
+    return sorted(sha for sha, _, kind in (line.partition(" ") for line in listing.splitlines())
+                  if kind == "commit")
 
 
 def check_ref(ref: str, *, what: str) -> str:

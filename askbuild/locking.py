@@ -16,7 +16,15 @@ from __future__ import annotations
 
 from . import console, runlock
 from .errors import ConfigError, NetworkError, OfflineError
-from .fetching import fetch_ref, record_lock, remote_ref, resolve_tarball, upstream_log
+from .fetching import (
+    fetch_ref,
+    record_lock,
+    recorded_ref,
+    remote_ref,
+    resolve_tarball,
+    upstream_log,
+)
+from .gitutil import is_abbrev, is_sha
 from .settings import Settings
 from .sources import Source, load_sources, select
 
@@ -33,15 +41,19 @@ def lock(settings: Settings, names: list[str] | tuple[str, ...] | None = None,
     """Lock the named sources (all when none).  Returns ``{name: identity}``.  Holds the
     work-dir lock: loading a profile may publish the example upstreams into the work dir."""
     selected = select(load_sources(settings), names, settings)
+    words = [*(["--update"] if update else []), *(w for n in names or () for w in ("--source", n))]
     if settings.locked and (update or any(not s.locked for s in selected)):
-        raise ConfigError("`inv lock` with --locked: --locked forbids resolving refs",
-                          fix="drop --locked (it is for fetch/build runs in CI)")
+        raise ConfigError(
+            "lock with --locked: --locked forbids resolving refs",
+            fix="drop --locked (it is for fetch/build runs in CI): "
+                f"`{settings.command('lock', *words, without=('--locked',))}`")
     todo = [s for s in selected if update or not s.locked]
     if settings.offline and todo:
         raise OfflineError(
             f"cannot lock {', '.join(s.name for s in todo)} with --offline: refs are resolved "
             "and tarballs hashed upstream",
-            fix="run `inv lock` with network access (or a mirror)")
+            fix=f"run `{settings.command('lock', *words, without=('--offline',))}` with "
+                "network access (or a mirror)")
     result: dict[str, str] = {}
     for source in selected:
         if source in todo:
@@ -52,8 +64,9 @@ def lock(settings: Settings, names: list[str] | tuple[str, ...] | None = None,
 
 
 def _check_one(settings: Settings, source: Source) -> str:
-    """A locked source and no --update: keep the pin; say if the ref moved away from it."""
-    if source.kind != "git" or settings.offline:
+    """A locked source and no --update: keep the pin; say if the ref moved away from it.  A ref
+    that is the pinned commit itself (full or abbreviated SHA) cannot move."""
+    if source.kind != "git" or settings.offline or _names_commit(source):
         console.info(f"{source.name}: locked at {source.identity} (unchanged)")
         return source.identity
     try:
@@ -68,11 +81,17 @@ def _check_one(settings: Settings, source: Source) -> str:
     elif now != source.commit:
         console.warn(
             f"{source.name}: ref {source.ref!r} now points at {now}, not at the locked "
-            f"{source.commit} (tag moved or branch advanced upstream); pin kept. "
-            f"To move it: inv lock --update --source {source.name}")
+            f"{source.commit} (tag moved or branch advanced upstream); pin kept. To move it: "
+            f"`{settings.command('lock', '--update', '--source', source.name)}`")
     else:
         console.info(f"{source.name}: locked at {source.commit} = {source.ref} (unchanged)")
     return str(source.commit)
+
+
+def _names_commit(source: Source) -> bool:
+    """The source's ref is its pinned commit, written as a full or abbreviated SHA."""
+    ref, commit = source.ref, source.commit or ""
+    return is_sha(ref) and ref == commit or is_abbrev(ref) and commit.startswith(ref)
 
 
 def _lock_one(settings: Settings, source: Source) -> str:
@@ -85,6 +104,11 @@ def _lock_one(settings: Settings, source: Source) -> str:
 def _lock_git(settings: Settings, source: Source) -> str:
     old = source.commit
     new = fetch_ref(settings, source, source.ref)
+    abbrev = source.ref
+    if recorded_ref(abbrev, new) != abbrev:
+        source = record_lock(settings, source, ref=new, commit=new)
+        console.info(f"{source.name}: the abbreviated ref {abbrev} is recorded as the full "
+                     f"commit SHA {new} in {settings.sources_file}")
     if old == new:
         console.info(f"{source.name}: no change ({source.ref} is {new})")
         return new

@@ -13,6 +13,12 @@ Cache repository (``Settings.git_cache_repo``):
 
 * ``refs/askbuild/keep/<sha>``: keeps every pinned commit reachable, so the cache never
   forgets a pin.
+* ``refs/askbuild/seen/<ref>``: what the tag or branch ``<ref>`` (as the user or the sources
+  file named it) pointed at upstream when askbuild last resolved it online, so ``--offline``
+  can resolve it again (``fetching.fetch_ref``).
+* ``refs/askbuild/upstream/heads/*``, ``refs/askbuild/upstream/tags/*``: every branch and tag
+  of upstream, with history, as of the last fetch that needed them all (finding the commit of
+  an abbreviated SHA); also read by ``--offline``.
 """
 
 BASE_TAG = "askbuild/base"
@@ -21,3 +27,5 @@ PATCHED = "askbuild/patched"
 EDIT_PREFIX = "askbuild/edit/"
 REBASE_BRANCH = "askbuild/rebase"
 KEEP_PREFIX = "refs/askbuild/keep/"
+SEEN_PREFIX = "refs/askbuild/seen/"
+UPSTREAM_PREFIX = "refs/askbuild/upstream/"

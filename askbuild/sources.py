@@ -118,14 +118,15 @@ def _string(table: dict, key: str, where: str, *, required: bool) -> str | None:
     return value
 
 
-def _hex(table: dict, key: str, where: str, pattern: re.Pattern, digits: int) -> str | None:
+def _hex(table: dict, key: str, where: str, pattern: re.Pattern, digits: int,
+         lock_cmd: str = "inv lock") -> str | None:
     value = table.get(key)
     if value is None:
         return None
     if not (isinstance(value, str) and pattern.fullmatch(value)):
         raise ConfigError(f"{where} {key}: must be {digits} lower-case hex digits "
                           f"(got {got(value)})",
-                          fix=f"remove the {key} line and run `inv lock` to record it again")
+                          fix=f"remove the {key} line and run `{lock_cmd}` to record it again")
     return value
 
 
@@ -164,15 +165,16 @@ def _parse(name: str, table: object, path: Path, settings: Settings) -> Source:
                           fix='write description = "..." (quoted)')
     url = _expand(raw_url, settings)
     check_url(url, kind=kind, what=f"{where} url")
+    lock_cmd = settings.command("lock", "--source", name, without=("--locked", "--offline"))
     if kind == "git":
         check_ref(ref, what=f"{where} ref")
-        commit = _hex(table, "commit", where, COMMIT_RE, 40)
+        commit = _hex(table, "commit", where, COMMIT_RE, 40, lock_cmd)
         return Source(name, kind, url, ref, commit=commit, description=description)
-    sha = _hex(table, "sha256", where, SHA256_RE, 64)
+    sha = _hex(table, "sha256", where, SHA256_RE, 64, lock_cmd)
     size = _int(table, "size", where, 1, None)
     if (sha is None) != (size is None):
         raise ConfigError(f"{where}: sha256 and size are locked together; give both or neither",
-                          fix="remove both lines and run `inv lock` to record them")
+                          fix=f"remove both lines and run `{lock_cmd}` to record them")
     strip = _int(table, "strip_components", where, 0, MAX_STRIP)
     return Source(name, kind, url, ref, sha256=sha, size=size,
                   strip_components=1 if strip is None else strip, description=description)
@@ -275,7 +277,7 @@ def write_lock(settings: Settings, name: str, **fields: object) -> None:
             doc = tomlkit.parse(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomlkit.exceptions.TOMLKitError) as e:
             raise ConfigError(f"{path}: cannot update the lock of [{name}]: {e}",
-                              fix="correct the file (it must load with `inv lock`)") from None
+                              fix="correct the file: it must be valid TOML") from None
         table = doc.get(name)
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: no source table named [{name}]")
