@@ -8,10 +8,18 @@ that upstream moved).  Each patch is reported as
 * ``clean``: the patch applies as it is (``git apply --check`` on the new tree);
 * ``3way``: it needed the merge (context changed, or its files moved);
 * ``upstream``: the merge left no change (upstream already has it): dropped;
-* ``conflict``: the merge conflicts.  Later ``resolved`` or ``skipped``.
+* ``conflict``: the merge conflicts.  Later ``resolved`` or ``skipped``.  Each conflicting
+  file is classified as git does (:func:`classify_conflicts`: ``content``, ``modify/delete``,
+  ``rename/delete``, ``add/add``, ...) with git's own ``CONFLICT (...)`` line, and the advice
+  fits the kind (:func:`_advice`: a file the new release deleted gets ``git rm`` or
+  ``--skip``, never ``git add``).  A resolution that turns a patch into one re-adding a whole
+  file is flagged in the report's messages.
 
 ``--dry-run`` does all of that in a scratch clone, never stops (a conflicting patch is reported
-and skipped) and touches neither the series, the pin nor the work tree.
+and skipped) and touches neither the series, the pin nor the work tree; it is allowed while a
+rebase is in progress.  ``--status`` (:func:`rebase_status`) shows where a rebase is, its
+conflicts with their kind and the next commands, and changes nothing.  Every command printed
+comes from :meth:`Settings.command`, so it carries the run's options.
 
 Otherwise the work of the rebase happens on branch ``askbuild/rebase`` of the source's work tree.
 Before anything changes a recovery point is written (``state/rebase-<name>.json`` plus copies of
@@ -35,6 +43,8 @@ branch (``inv patches.edit``) holds commits that were not exported: they would b
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -72,6 +82,16 @@ def fetch_onto(settings: Settings, src: Source, tree: Path, onto: str) -> str:
     return sha
 
 
+def recorded_ref(onto: str, sha: str) -> str:
+    """The ``ref`` the sources file records for ``--onto onto`` that resolved to ``sha``: the
+    full SHA when ``onto`` is an abbreviation of it (a prefix never names the commit for
+    good: it may become ambiguous), else ``onto`` as given (a tag or branch)."""
+    lowered = onto.lower()
+    if 4 <= len(onto) < 40 and re.fullmatch(r"[0-9a-f]+", lowered) and sha.startswith(lowered):
+        return sha
+    return onto
+
+
 # ---------------------------------------------------------------------------------------------
 # state
 
@@ -79,7 +99,7 @@ def _load_state(settings: Settings, name: str) -> dict:
     path = settings.rebase_state(name)
     if not path.exists():
         raise UserError(f"no rebase of {name} is in progress",
-                        fix=f"start one with `inv rebase {name} --onto REF`")
+                        fix=f"start one with `{settings.command('rebase', name, '--onto', 'REF')}`")
     st = read_json(path)
     if not st or not isinstance(st.get("queue"), list) or not _recovery_ok(st.get("recovery")) \
             or st.get("source") != name:
@@ -234,6 +254,133 @@ def _finish_state(settings: Settings, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# conflicts, classified as git does
+
+# git's tag in ``CONFLICT (<tag>): ...`` -> the kind the report names (docs/reports.md)
+CONFLICT_KINDS = {
+    "content": "content", "add/add": "add/add", "modify/delete": "modify/delete",
+    "rename/delete": "rename/delete", "rename/rename": "rename/rename",
+    "rename/add": "rename/add", "rename involved in collision": "rename/add",
+    "file/directory": "file/directory", "distinct types": "file/directory",
+    "directory/file": "file/directory", "file location": "directory rename",
+    "directory rename split": "directory rename", "implicit dir rename": "directory rename",
+    "submodule": "submodule", "binary": "binary",
+}
+_CONFLICT_LINE = re.compile(r"^CONFLICT \(([^)]+)\): (.*)$", re.M)
+
+
+def _stages(tree: Path) -> dict[str, set[int]]:
+    """``{unmerged path: the index stages it has}`` (1 base, 2 ours = HEAD, 3 theirs = the
+    patch)."""
+    raw = gitutil.git(["ls-files", "-u", "-z"], cwd=tree).stdout
+    out: dict[str, set[int]] = {}
+    for entry in raw.split("\0"):
+        if entry:
+            meta, _, path = entry.partition("\t")
+            out.setdefault(path, set()).add(int(meta.split()[2]))
+    return out
+
+
+def _mentions(message: str, path: str) -> bool:
+    return re.search(rf"(?:^|\s){re.escape(path)}(?=[\s.,;:)]|$)", message) is not None
+
+
+def _kind_from_stages(stages: set[int]) -> tuple[str, str]:
+    """A kind and a description in git's status words, for a file git's output did not name."""
+    if stages == {1, 3}:
+        return "modify/delete", "deleted by us (HEAD), modified by the patch"
+    if stages == {1, 2}:
+        return "modify/delete", "modified by us (HEAD), deleted by the patch"
+    if stages == {2, 3}:
+        return "add/add", "both added"
+    if stages == {1, 2, 3}:
+        return "content", "both modified"
+    return "other", "unmerged"
+
+
+def classify_conflicts(tree: Path, output: str) -> list[dict]:
+    """The unmerged files of ``tree`` after a failed merge whose output is ``output``: one
+    ``{file, kind, message, gone}`` each, ``message`` being git's own ``CONFLICT (...)`` line
+    for that file (or git's status words when the output named none) and ``gone`` true when
+    the file is not in HEAD (the new base deleted or moved it) while the patch changes it."""
+    found = _CONFLICT_LINE.findall(output)
+    binary = {m.group(1) for m in re.finditer(r"Cannot merge binary files: (\S+)", output)}
+    result = []
+    for path, stages in sorted(_stages(tree).items()):
+        hit = next(((tag, text) for tag, text in found if _mentions(text, path)), None)
+        if hit:
+            kind = CONFLICT_KINDS.get(hit[0], "other")
+            message = f"CONFLICT ({hit[0]}): {hit[1].strip()}"
+        else:
+            kind, words = _kind_from_stages(stages)
+            message = f"{path}: {words}"
+        if path in binary and kind == "content":
+            kind = "binary"
+        result.append({"file": path, "kind": kind, "message": message,
+                       "gone": 2 not in stages and 3 in stages})
+    return result
+
+
+def _public(conflicts: list[dict]) -> list[dict]:
+    """The report's view of :func:`classify_conflicts` (``file``, ``kind``, ``message``)."""
+    return [{k: c[k] for k in ("file", "kind", "message")} for c in conflicts]
+
+
+def _advice(settings: Settings, name: str, tree: Path, conflicts: list[dict]) -> list[str]:
+    """What to do about each kind of conflict, then how to go on; every command ready to paste.
+    A file upstream deleted is never to be ``git add``-ed back: that re-adds the whole file."""
+    t = shlex.quote(str(tree))
+    parts = []
+    merge = [c["file"] for c in conflicts if not c.get("gone") and c["kind"] != "modify/delete"]
+    if merge:
+        files = " ".join(shlex.quote(f) for f in merge)
+        parts.append(f"edit the conflicting files ({', '.join(merge)}: resolve the conflict "
+                     f"markers), then `git -C {t} add -- {files}`")
+    for c in conflicts:
+        f = shlex.quote(c["file"])
+        if c.get("gone"):
+            parts.append(
+                f"{c['file']} is not in the new release (upstream deleted or moved it) and this "
+                f"patch changes it: if the change is no longer needed there, remove it: "
+                f"`git -C {t} rm -- {f}` (if the code moved to another file, make the change "
+                f"there and git add that file); do not git add {c['file']}: that brings back the "
+                f"whole file and the patch would re-add the whole file")
+        elif c["kind"] == "modify/delete":
+            parts.append(f"{c['file']}: this patch deletes it and upstream changed it: "
+                         f"`git -C {t} rm -- {f}` keeps the deletion, "
+                         f"`git -C {t} add -- {f}` keeps upstream's version")
+    cmd = settings.command
+    return [*parts, f"then `{cmd('rebase', name, '--continue')}`",
+            f"or drop this whole patch: `{cmd('rebase', name, '--skip')}`",
+            f"or undo the whole rebase: `{cmd('rebase', name, '--abort')}`",
+            f"`{cmd('rebase', name, '--status')}` shows this again"]
+
+
+def _readded_files(tree: Path, old: str, new: str) -> list[str]:
+    """Files the commit ``new`` adds whole while the patch's old commit ``old`` did not add
+    them (a resolution that brought back a file upstream deleted)."""
+    def added(commit: str) -> set[str]:
+        return set(gitutil.out(["diff-tree", "--no-commit-id", "--name-only", "-r",
+                                "--no-renames", "--diff-filter=A", commit, "--"],
+                               cwd=tree).splitlines())
+    return sorted(added(new) - added(old))
+
+
+def _readd_warning(settings: Settings, tree: Path, item: dict) -> str:
+    """The report message for a resolution that turned a patch into one re-adding whole files
+    ("" when it did not)."""
+    files = _readded_files(tree, item["old"], item["new"])
+    if not files:
+        return ""
+    series = item["layer"]
+    return (f"warning: {series}/{item['file']}: the resolution turned the patch into one that "
+            f"re-adds the whole file {', '.join(files)} (the patch only changed it; the new "
+            f"release does not have it); if that is not intended, once the rebase is complete "
+            f"drop or redo the patch: `{settings.command('patches.edit', series)}`, then "
+            f"`{settings.command('patches.export', series)}`")
+
+
+# ---------------------------------------------------------------------------------------------
 # replaying one patch
 
 def _head(tree: Path) -> str:
@@ -273,10 +420,11 @@ def _moved_detail(tree: Path, old: str, new: str) -> str:
     return ""
 
 
-def _replay(tree: Path, item: dict) -> tuple[str, str | None, str, list[str]]:
-    """Replay ``item["old"]`` onto HEAD: (status, new commit, detail, conflicting files).
+def _replay(tree: Path, item: dict) -> dict:
+    """Replay ``item["old"]`` onto HEAD: ``{status, new, detail, files, conflicts}`` (the new
+    commit; the conflicting files and :func:`classify_conflicts` of them).
 
-    On ``conflict`` the tree is left in conflict state."""
+    On ``conflict`` the tree is left in conflict state; ``detail`` is git's own words."""
     old = item["old"]
     diff = gitutil.git([*pq.REPRO, "diff-tree", "-p", "--binary", "--full-index", "-M",
                         f"{old}^", old, "--"], cwd=tree, text=False).stdout
@@ -286,21 +434,28 @@ def _replay(tree: Path, item: dict) -> tuple[str, str | None, str, list[str]]:
                         "cherry-pick", "--no-commit", "--strategy=ort", old], cwd=tree,
                        env=dict(FIXED_IDENTITY), check=False)
     if proc.returncode != 0:
-        files = _unmerged(tree)
-        if not files:
+        conflicts = classify_conflicts(tree, f"{proc.stdout}\n{proc.stderr}")
+        if not conflicts:
             raise PatchFailed(f"replaying {item['layer']}/{item['file']} failed: "
                               f"{proc.stderr.strip()}",
                               fix="check the work tree for untracked files in the way")
-        return "conflict", None, "conflict in " + ", ".join(files), files
+        return _outcome("conflict", detail="; ".join(c["message"] for c in conflicts),
+                        files=[c["file"] for c in conflicts], conflicts=conflicts)
     if gitutil.git(["diff", "--cached", "--quiet", "HEAD", "--"], cwd=tree,
                    check=False).returncode == 0:
         gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
-        return "upstream", None, "already upstream (became empty): dropped", []
+        return _outcome("upstream", detail="already upstream (became empty): dropped")
     new = _commit_like(tree, old)
     moved = _moved_detail(tree, old, new)
     if clean and not moved:
-        return "clean", new, "", []
-    return "3way", new, moved or "3-way merge", []
+        return _outcome("clean", new=new)
+    return _outcome("3way", new=new, detail=moved or "3-way merge")
+
+
+def _outcome(status: str, *, new: str | None = None, detail: str = "",
+             files: list[str] | None = None, conflicts: list[dict] | None = None) -> dict:
+    return {"status": status, "new": new, "detail": detail, "files": files or [],
+            "conflicts": conflicts or []}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,13 +468,18 @@ def _report(st: dict, *, dry_run: bool) -> Report:
                  subject={"source": st["source"], "onto": st["onto"],
                           "old_base": st["old_base"], "new_base": st["new_base"],
                           "dry_run": dry_run})
+    name = st["source"]
     for v in st.get("vendor", []):
-        rep.add(layer=v["layer"], kind="vendor", patch=v["file"], status=v["status"],
-                commit=v.get("commit"), detail=v.get("detail", ""), files=[])
+        rep.add(source=name, layer=v["layer"], kind="vendor", patch=v["file"],
+                status=v["status"], commit=v.get("commit"), detail=v.get("detail", ""),
+                files=[], conflicts=[])
     for it in st["queue"]:
-        rep.add(layer=it["layer"], kind="local", patch=it["file"],
+        rep.add(source=name, layer=it["layer"], kind="local", patch=it["file"],
                 status=it.get("status") or "pending", commit=it.get("new"),
-                detail=it.get("detail", ""), files=it.get("files", []))
+                detail=it.get("detail", ""), files=it.get("files", []),
+                conflicts=_public(it.get("conflicts", [])))
+        if it.get("warning"):
+            rep.messages.append(it["warning"])
     rep.ok = not any(r["status"] in ("conflict", "failed") for r in rep.rows)
     return rep
 
@@ -330,9 +490,10 @@ def _run(settings: Settings, st: dict, tree: Path, *, dry_run: bool) -> bool:
     queue = st["queue"]
     while st["pos"] < len(queue):
         item = queue[st["pos"]]
-        status, new, detail, files = _replay(tree, item)
-        item.update(status=status, new=new, detail=detail, files=files)
-        if status == "conflict":
+        outcome = _replay(tree, item)
+        item.update(outcome)
+        new = outcome["new"]
+        if outcome["status"] == "conflict":
             if not dry_run:
                 st["phase"] = "stopped"
                 st["head_at_stop"] = _head(tree)
@@ -346,27 +507,53 @@ def _run(settings: Settings, st: dict, tree: Path, *, dry_run: bool) -> bool:
     return True
 
 
-def _stop_message(settings: Settings, st: dict, tree: Path) -> PatchFailed:
+def _where(st: dict) -> str:
+    """``stopped at patch N of M: layer/file`` of a stopped rebase."""
+    item = st["queue"][st["pos"]]
+    return (f"stopped at patch {st['pos'] + 1} of {len(st['queue'])}: "
+            f"{item['layer']}/{item['file']}")
+
+
+def _conflict_lines(conflicts: list[dict], unresolved: set[str] | None = None) -> list[str]:
+    """One line per conflicting file: file, kind, git's words (and, with ``unresolved``,
+    whether it is still unmerged)."""
+    lines = []
+    for c in conflicts:
+        state = ""
+        if unresolved is not None:
+            state = " (unresolved)" if c["file"] in unresolved else " (marked resolved)"
+        gone = ", deleted upstream" if c.get("gone") else ""
+        lines.append(f"  {c['file']}: {c['kind']}{gone}{state}: {c['message']}")
+    return lines
+
+
+def _stop_text(settings: Settings, st: dict, tree: Path) -> tuple[str, str]:
+    """(message, fix) of a rebase stopped at a conflict: where, the conflicts in git's words,
+    and the advice that fits each kind of conflict."""
     item = st["queue"][st["pos"]]
     name = st["source"]
-    t = str(tree)
-    files = item.get("files") or []
-    return PatchFailed(
-        f"rebase of {name} onto {st['onto']} stopped at patch {st['pos'] + 1} of "
-        f"{len(st['queue'])}: {item['layer']}/{item['file']} conflicts in "
-        f"{', '.join(files)}\n"
-        f"  the work tree {t} is in conflict state on branch {REBASE_BRANCH}; the series files "
-        f"and the pin are unchanged until the rebase completes",
-        fix=f"edit the conflicting files, `git -C {t} add -- {' '.join(files)}`, then "
-            f"`inv rebase {name} --continue`; or drop this patch: `inv rebase {name} --skip`; "
-            f"or undo the whole rebase: `inv rebase {name} --abort`")
+    conflicts = item.get("conflicts") or [
+        {"file": f, "kind": "content", "message": f"conflict in {f}"} for f in item["files"]]
+    message = "\n".join([
+        f"rebase of {name} onto {st['onto']} {_where(st)} conflicts in "
+        f"{', '.join(item['files'])}",
+        *_conflict_lines(conflicts),
+        f"  the work tree {tree} is in conflict state on branch {REBASE_BRANCH}; the series "
+        "files and the pin are unchanged until the rebase completes"])
+    return message, ";\n       ".join(_advice(settings, name, tree, conflicts))
+
+
+def _stop_message(settings: Settings, st: dict, tree: Path) -> PatchFailed:
+    message, fix = _stop_text(settings, st, tree)
+    return PatchFailed(message, fix=fix)
 
 
 def _vendor_onto(settings: Settings, tree: Path, vendor_inputs: list[pq.PatchInput],
                  name: str) -> list[dict]:
     rows = []
     for i, p in enumerate(vendor_inputs, start=1):
-        res = pq.apply_patch(tree, p, index=i, total=len(vendor_inputs), source=name)
+        res = pq.apply_patch(tree, p, index=i, total=len(vendor_inputs), source=name,
+                             settings=settings)
         rows.append({"layer": p.layer.id, "file": p.name,
                      "status": res.method, "commit": res.commits[-1] if res.commits else None,
                      "detail": "vendor patch"})
@@ -409,7 +596,8 @@ def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
         prefer = {it["new"]: it["file"] for it in items if it.get("new")}
         rows_by_layer[ly.id] = pq.write_series(settings, settings.project_root / ly.dir, tree,
                                                commits, old, prefer=prefer)
-    write_lock(settings, name, commit=st["new_base"], ref=st["onto"])
+    ref = recorded_ref(st["onto"], st["new_base"])
+    write_lock(settings, name, commit=st["new_base"], ref=ref)
     gitutil.git(["tag", "-f", BASE_TAG, st["new_base"]], cwd=tree)
     sources = load_sources(settings)
     scratch = Report("patch", "patch", pq.PATCH_COLUMNS)
@@ -428,7 +616,7 @@ def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
                for r in rows if r["status"] != "unchanged"]
     rep.messages.append(f"series exported ({len(changed)} file(s) changed"
                         + (": " + "; ".join(changed) if changed else "") + ")")
-    rep.messages.append(f"pin of {name} moved to {st['new_base']} (ref {st['onto']}) in "
+    rep.messages.append(f"pin of {name} moved to {st['new_base']} (ref {ref}) in "
                         f"{settings.sources_file}")
     rep.subject["exported"] = rows_by_layer
     return rep
@@ -436,21 +624,22 @@ def _complete(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
 
 @runlock.exclusive("rebase")
 def rebase(settings: Settings, source: str, onto: str = "", dry_run: bool = False,
-           cont: bool = False, skip: bool = False, abort: bool = False,
+           cont: bool = False, skip: bool = False, abort: bool = False, status: bool = False,
            as_json: bool = False) -> Report | None:
-    """The ``inv rebase`` verb (see the module documentation).  Holds the work-dir lock."""
-    modes = [m for m, on in (("--continue", cont), ("--skip", skip), ("--abort", abort)) if on]
+    """The ``inv rebase`` verb (see the module documentation).  Holds the work-dir lock.
+    ``status``: say where a rebase is (:func:`status`), changing nothing."""
+    modes = [m for m, on in (("--continue", cont), ("--skip", skip), ("--abort", abort),
+                             ("--status", status)) if on]
     if len(modes) > 1:
         raise UserError(f"rebase: {' and '.join(modes)} cannot be combined")
     if modes and (onto or dry_run):
         raise UserError(f"rebase: {modes[0]} takes no --onto/--dry-run",
-                        fix=f"run `inv rebase {source} {modes[0]}`")
+                        fix=f"run `{settings.command('rebase', source, modes[0])}`")
+    if status:
+        return rebase_status(settings, source, as_json=as_json)
     pq.finish_pending_series(settings)
     pq.clean_scratch(settings)
-    sources = load_sources(settings)
-    if source not in sources:
-        raise UserError(f"unknown source {source!r} in {settings.sources_file}",
-                        fix=f"known sources: {', '.join(sources)}")
+    sources = _known_sources(settings, source)
     layers = pq.load_layers(settings, sources).get(source, [])
     tree = settings.source_tree(source)
     what = f"rebase {source}" + (f" onto {onto}" if onto else "")
@@ -460,11 +649,20 @@ def rebase(settings: Settings, source: str, onto: str = "", dry_run: bool = Fals
                        skip=skip, abort=abort, as_json=as_json)
 
 
+def _known_sources(settings: Settings, source: str) -> dict[str, Source]:
+    sources = load_sources(settings)
+    if source not in sources:
+        raise UserError(f"unknown source {source!r} in {settings.sources_file}",
+                        fix=f"known sources: {', '.join(sources)}")
+    return sources
+
+
 def _rebase(settings: Settings, sources: dict[str, Source], layers: list[pq.Layer], tree: Path,
             *, onto: str, dry_run: bool, cont: bool, skip: bool, abort: bool,
             as_json: bool) -> Report | None:
     name = tree.name
     src = sources[name]
+    cmd = settings.command
     if abort:
         return _abort(settings, name)
     if cont or skip:
@@ -474,28 +672,37 @@ def _rebase(settings: Settings, sources: dict[str, Source], layers: list[pq.Laye
         if skip:
             raise UserError(f"rebase {name}: there is no conflict to skip: the rebase was "
                             "interrupted, not stopped",
-                            fix=f"`inv rebase {name} --continue` resumes it, "
-                                f"`inv rebase {name} --abort` undoes it")
+                            fix=f"`{cmd('rebase', name, '--continue')}` resumes it, "
+                                f"`{cmd('rebase', name, '--abort')}` undoes it")
         console.info(f"resuming the interrupted rebase of {name} onto {st['onto']}")
         return _advance(settings, st, tree, layers, sources, as_json=as_json)
     if not onto:
         raise UserError("rebase: --onto REF is required",
-                        fix=f"e.g. `inv rebase {name} --onto <new release tag>`")
+                        fix=f"e.g. `{cmd('rebase', name, '--onto', 'REF')}` (REF: the new "
+                            "release's tag, a branch or a commit)")
     if src.kind != "git":
         raise UserError(f"rebase: {name} is a {src.kind} source; only git sources can be "
-                        "rebased", fix="change its url/ref and run `inv lock --update` instead")
-    if settings.rebase_state(name).exists():
-        st = _load_state(settings, name)
-        if _phase(st) != "stopped" and st["onto"] == onto and not dry_run:
-            console.info(f"resuming the interrupted rebase of {name} onto {onto}")
-            return _advance(settings, st, tree, layers, sources, as_json=as_json)
-        raise DirtyTreeError(f"a rebase of {name} is already in progress",
-                             fix=f"`inv rebase {name} --continue`, `--skip` or `--abort`")
+                        "rebased",
+                        fix=f"change its url/ref and run `{cmd('lock', '--update')}` instead")
     if not any(ly.kind == "local" for ly in layers):
         raise UserError(f"rebase: {name} has no local series in {pq.layers_file(settings)}")
+    in_progress = settings.rebase_state(name).exists()
+    if dry_run:                         # changes nothing: also while a rebase is in progress
+        if in_progress:
+            console.info(f"a rebase of {name} is in progress; this dry run does not touch it")
+        return _dry_run(settings, src, pq.source_tree(settings, src), onto, layers, sources,
+                        as_json=as_json)
+    if in_progress:
+        st = _load_state(settings, name)
+        if _phase(st) != "stopped" and st["onto"] == onto:
+            console.info(f"resuming the interrupted rebase of {name} onto {onto}")
+            return _advance(settings, st, tree, layers, sources, as_json=as_json)
+        raise DirtyTreeError(
+            f"a rebase of {name} onto {st['onto']} is already in progress",
+            fix=f"`{cmd('rebase', name, '--status')}` shows where it is; go on with "
+                f"`{cmd('rebase', name, '--continue')}` or `{cmd('rebase', name, '--skip')}`, "
+                f"or undo it with `{cmd('rebase', name, '--abort')}`")
     tree = pq.source_tree(settings, src)
-    if dry_run:
-        return _dry_run(settings, src, tree, onto, layers, sources, as_json=as_json)
     _refuse_unexported(settings, tree, layers)
     scratch = Report("patch", "patch", pq.PATCH_COLUMNS)
     record = pq.patch_source(settings, src, sources=sources, layers=layers, report=scratch,
@@ -511,19 +718,56 @@ def _rebase(settings: Settings, sources: dict[str, Source], layers: list[pq.Laye
     return _advance(settings, st, tree, layers, sources, as_json=as_json)
 
 
+def rebase_status(settings: Settings, name: str, *, as_json: bool = False) -> Report | None:
+    """``inv rebase NAME --status``: where the rebase of ``name`` is (the report so far), the
+    conflicted files with their kind and whether they are still unmerged, and the exact next
+    commands.  Reads only: changes nothing (no recovery, no pending series completed).  Without
+    a rebase in progress it says so and returns None."""
+    _known_sources(settings, name)
+    if not settings.rebase_state(name).exists():
+        console.info(f"no rebase of {name} is in progress "
+                     f"(start one with `{settings.command('rebase', name, '--onto', 'REF')}`)")
+        return None
+    st = _load_state(settings, name)
+    tree = settings.source_tree(name)
+    rep = _report(st, dry_run=False)
+    rep.title = f"rebase {name} onto {st['onto']} ({st['new_base'][:12]}) [status]"
+    rep.messages += _status_lines(settings, st, tree)
+    rep.emit(as_json=as_json)
+    return rep
+
+
+def _status_lines(settings: Settings, st: dict, tree: Path) -> list[str]:
+    name = st["source"]
+    cmd = settings.command
+    if _phase(st) != "stopped":
+        return [f"the rebase of {name} onto {st['onto']} was interrupted (phase {_phase(st)}, "
+                f"{st['pos']} of {len(st['queue'])} patch(es) through)",
+                f"next: `{cmd('rebase', name, '--continue')}` resumes it, "
+                f"`{cmd('rebase', name, '--abort')}` undoes it"]
+    item = st["queue"][st["pos"]]
+    conflicts = item.get("conflicts") or [
+        {"file": f, "kind": "content", "message": f"conflict in {f}"} for f in item["files"]]
+    unresolved = set(_unmerged(tree)) if (tree / ".git").exists() else set()
+    lines = [f"rebase of {name} onto {st['onto']} {_where(st)}",
+             f"conflicts in {tree}:", *_conflict_lines(conflicts, unresolved)]
+    return lines + ["next:", *(f"  {part}" for part in _advice(settings, name, tree, conflicts))]
+
+
 def _refuse_unexported(settings: Settings, tree: Path, layers: list[pq.Layer]) -> None:
     """A rebase rewrites the series from the patched branch: work that only lives on an edit
     branch would be lost."""
     stale = pq.unexported_edits(settings, tree, layers)
     if not stale:
         return
-    t = str(tree)
+    t = shlex.quote(str(tree))
     raise DirtyTreeError(
         f"rebase {tree.name}: not started: work on edit branch(es) is not in the series yet "
         "and the rebase would drop it: "
         + "; ".join(f"{branch} (series {ly.dir}): {what}" for ly, branch, what in stale),
         fix="export it into the series first: "
-            + ", ".join(f"`inv patches.export {ly.dir}`" for ly, _, _ in stale)
+            + ", ".join(f"`{settings.command('patches.export', ly.dir)}`"
+                        for ly, _, _ in stale)
             + "; or, to throw that work away, delete the branch: "
             + ", ".join(f"`git -C {t} branch -D {branch}`" for _, branch, _ in stale))
 
@@ -561,8 +805,12 @@ def _advance(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
                 _save_state(settings, st)
         if not done:                    # stopped at a conflict: the tree is the user's now
             rep = _report(st, dry_run=False)
+            error = _stop_message(settings, st, tree)
+            if as_json:                 # the JSON carries what stderr says (docs/reports.md)
+                text = f"{error.message}\nfix: {error.fix}"
+                rep.messages += [line.strip() for line in text.splitlines() if line.strip()]
             rep.emit(as_json=as_json)
-            raise _stop_message(settings, st, tree)
+            raise error
     rep = _complete(settings, st, tree, layers, sources)
     rep.emit(as_json=as_json)
     return rep
@@ -595,7 +843,8 @@ def _resume(settings: Settings, name: str, layers: list[pq.Layer],
     """After a stop at a conflict: take the user's resolution (or skip) and go on."""
     st = _load_state(settings, name)
     tree = settings.source_tree(name)
-    t = str(tree)
+    t = shlex.quote(str(tree))
+    cmd = settings.command
     item = st["queue"][st["pos"]]
     if skip:
         gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
@@ -604,14 +853,19 @@ def _resume(settings: Settings, name: str, layers: list[pq.Layer],
     else:
         left = _unmerged(tree)
         if left:
-            raise UserError(f"rebase {name}: still unresolved: {', '.join(left)}",
-                            fix=f"resolve them and `git -C {t} add -- <file>` each, then "
-                                f"`inv rebase {name} --continue` again")
+            kinds = {c["file"]: c["kind"] for c in item.get("conflicts", [])}
+            raise UserError(f"rebase {name}: still unresolved: "
+                            + ", ".join(f"{f} ({kinds[f]})" if f in kinds else f for f in left),
+                            fix=f"resolve them as `{cmd('rebase', name, '--status')}` says "
+                                f"(git add or git rm each), then "
+                                f"`{cmd('rebase', name, '--continue')}` again")
         unstaged = gitutil.out(["diff", "--name-only"], cwd=tree)
+        files = " ".join(shlex.quote(f) for f in unstaged.splitlines())
         if unstaged:
             raise UserError(f"rebase {name}: changes not added: {unstaged.replace(chr(10), ', ')}",
-                            fix=f"`git -C {t} add` them (or `git -C {t} checkout -- FILE` to "
-                                f"drop them), then `inv rebase {name} --continue`")
+                            fix=f"add them (`git -C {t} add -- {files}`) or drop them "
+                                f"(`git -C {t} checkout -- {files}`), then "
+                                f"`{cmd('rebase', name, '--continue')}`")
         head = _head(tree)
         if head != st.get("head_at_stop"):
             new = head          # the user committed the resolution themselves
@@ -623,6 +877,9 @@ def _resume(settings: Settings, name: str, layers: list[pq.Layer],
         item.update(status="resolved", new=new,
                     detail=("conflict resolved" if new else
                             "conflict resolved to no change: dropped"))
+        warning = _readd_warning(settings, tree, item) if new else ""
+        if warning:
+            item.update(warning=warning, detail="conflict resolved; re-adds whole file(s)")
     st["pos"] += 1
     st.update(phase="replay", head=_head(tree))
     _save_state(settings, st)

@@ -360,3 +360,96 @@ def test_skip_is_refused_when_the_rebase_was_interrupted_not_stopped(tmp_path):
                            "recovery": recovery, "pos": 0})
     with pytest.raises(UserError, match="no conflict to skip: the rebase was interrupted"):
         rebasing.rebase(project.settings, "up", skip=True)
+
+
+# -- conflicts classified as git does (issue 10, point 1) -------------------------------------
+
+def _two_sides(tmp_path: Path, base: dict, ours: dict, theirs: dict) -> tuple[Path, str]:
+    """A repository at ``ours`` (HEAD) and a commit ``theirs`` (the patch), both on ``base``;
+    a ``None`` value deletes the file."""
+    from askbuild import gitutil
+    repo = tmp_path / "two-sides"
+    repo.mkdir()
+    env = dict(gitutil.FIXED_IDENTITY)
+
+    def commit(files: dict, message: str) -> str:
+        for name, text in files.items():
+            if text is None:
+                g(repo, "rm", "-q", "--", name)
+            else:
+                (repo / name).parent.mkdir(parents=True, exist_ok=True)
+                (repo / name).write_text(text)
+                g(repo, "add", "--", name)
+        gitutil.git(["commit", "-q", "-m", message], cwd=repo, env=env)
+        return g(repo, "rev-parse", "HEAD")
+
+    g(repo, "init", "-q", "-b", "main")
+    root = commit(base, "base")
+    theirs_commit = commit(theirs, "the patch")
+    g(repo, "checkout", "-q", "--detach", root)
+    commit(ours, "upstream")
+    return repo, theirs_commit
+
+
+LINES = "".join(f"line {i}\n" for i in range(1, 21))
+
+
+def test_conflicts_are_classified_in_gits_words_with_fitting_advice(tmp_path, project):
+    """content, add/add and a modify/delete where the PATCH deleted the file (upstream changed
+    it): each file gets its kind and git's own line; the advice for the patch-side deletion
+    offers both `git rm` (keep the deletion) and `git add` (keep upstream's version)."""
+    changed = LINES.replace("line 5\n", "line 5 upstream\n")
+    repo, patch = _two_sides(
+        tmp_path, {"a.c": LINES, "gone.c": LINES},
+        ours={"a.c": LINES.replace("line 10\n", "line 10 OURS\n"), "gone.c": changed,
+              "new.c": "upstream's new file\n"},
+        theirs={"a.c": LINES.replace("line 10\n", "line 10 THEIRS\n"), "gone.c": None,
+                "new.c": "our new file\n"})
+    from askbuild import gitutil
+    proc = gitutil.git(["cherry-pick", "--no-commit", "--strategy=ort", patch], cwd=repo,
+                       check=False, env=dict(gitutil.FIXED_IDENTITY))
+    assert proc.returncode != 0
+    found = rebasing.classify_conflicts(repo, proc.stdout + proc.stderr)
+    kinds = {c["file"]: c["kind"] for c in found}
+    assert kinds == {"a.c": "content", "gone.c": "modify/delete", "new.c": "add/add"}
+    words = {c["file"]: c["message"] for c in found}
+    assert words["a.c"] == "CONFLICT (content): Merge conflict in a.c"
+    assert words["new.c"] == "CONFLICT (add/add): Merge conflict in new.c"
+    assert words["gone.c"].startswith("CONFLICT (modify/delete): gone.c deleted in ")
+    assert not any(c["gone"] for c in found)        # upstream has every file
+    advice = " ".join(rebasing._advice(project.settings, "up", repo, found))
+    assert f"`git -C {repo} add -- a.c new.c`" in advice
+    assert f"`git -C {repo} rm -- gone.c` keeps the deletion" in advice
+    assert f"`git -C {repo} add -- gone.c` keeps upstream's version" in advice
+
+
+def test_content_conflict_rows_and_json_carry_the_kind(project, capsys):
+    """A stopped rebase: the conflicting row's `conflicts` names the kind (content) in git's
+    words, and the JSON `messages` say where it stopped and the next commands."""
+    with pytest.raises(PatchFailed):
+        rebasing.rebase(project.settings, "up", onto="v2", as_json=True)
+    data = json.loads(capsys.readouterr().out)
+    row = next(r for r in data["rows"] if r["patch"] == "0003-conflict.patch")
+    assert row["conflicts"] == [{"file": "lib/conflict.c", "kind": "content",
+                                 "message": "CONFLICT (content): Merge conflict in lib/conflict.c"}]
+    assert all(r["source"] == "up" for r in data["rows"])
+    text = "\n".join(data["messages"])
+    assert "stopped at patch 3 of 6: patches/up/0003-conflict.patch" in text
+    assert f"git -C {project.tree} add -- lib/conflict.c" in text
+    assert "inv rebase up --continue" in text
+
+
+def test_status_of_an_interrupted_rebase_and_combined_modes(project, capsys):
+    """--status of a rebase killed mid-replay (state in phase ``replay``) says it was
+    interrupted and how to resume; --status with another mode is refused."""
+    with pytest.raises(PatchFailed):
+        rebasing.rebase(project.settings, "up", onto="v2")
+    path = project.settings.rebase_state("up")
+    st = json.loads(path.read_text())
+    st["phase"] = "replay"
+    write_json_atomic(path, st)
+    report = rebasing.rebase(project.settings, "up", status=True)
+    text = "\n".join(report.messages)
+    assert "was interrupted" in text and "inv rebase up --continue" in text
+    with pytest.raises(UserError, match="cannot be combined"):
+        rebasing.rebase(project.settings, "up", status=True, abort=True)
