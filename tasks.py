@@ -188,11 +188,13 @@ def image_test(c, tag="dev"):
 
 
 @verb(common=(*SOURCES, "jobs"),
-      help={"tag": "image tag (default: dev)", "no_load": "only write the image archive"})
-def all(c, tag="dev", no_load=False):
+      help={"tag": "image tag (default: dev)", "no_load": "only write the image archive",
+            "retest": "run image.test even when this exact image id already passed it in "
+                      "this engine"})
+def all(c, tag="dev", no_load=False, retest=False):
     """The main job: setup (when needed), fetch, patch, build, image, image test."""
     from askbuild import pipeline
-    return lambda s: pipeline.run_all(s, tag=tag, load=not no_load)
+    return lambda s: pipeline.run_all(s, tag=tag, load=not no_load, retest=retest)
 
 
 @verb(common=("cache_dir", "cross_compile", "jobs", "debug"),

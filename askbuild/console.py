@@ -1,6 +1,10 @@
 """Terminal output: rich on a terminal, plain lines when not a TTY or under CI.
 
 Use :func:`get_console` everywhere; never ``print`` directly from the engine.
+
+``rich`` costs tens of milliseconds to import, so it is imported only when output goes to an
+interactive terminal; plain output (CI, pipes, tests, ``ASKBUILD_PLAIN``) is written by
+:class:`PlainConsole`, which takes the same ``print`` calls the engine makes.
 """
 
 from __future__ import annotations
@@ -8,9 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from functools import lru_cache
-
-from rich.console import Console
-from rich.markup import escape
+from typing import Any
 
 
 def is_interactive() -> bool:
@@ -22,13 +24,31 @@ def is_interactive() -> bool:
     return sys.stderr.isatty()
 
 
+class PlainConsole:
+    """The non-interactive console: ``print`` writes plain text lines to the current
+    ``sys.stderr`` (no colour, no markup, no wrapping).  Only strings and objects whose
+    ``str()`` is their text are printed (the engine draws tables only when interactive)."""
+
+    is_terminal = False
+
+    def print(self, *objects: Any, sep: str = " ", end: str = "\n", **_: Any) -> None:
+        stream = sys.stderr
+        stream.write(sep.join(str(o) for o in objects) + end)
+        stream.flush()
+
+    @property
+    def file(self):
+        return sys.stderr
+
+
 @lru_cache(maxsize=1)
-def get_console() -> Console:
-    """The shared console (stderr).  Plain (no colour, no live views) when not interactive."""
+def get_console() -> Any:
+    """The shared console (stderr): a rich ``Console`` on an interactive terminal, else a
+    :class:`PlainConsole` (no colour, no live views, rich not imported)."""
     if is_interactive():
+        from rich.console import Console
         return Console(stderr=True)
-    return Console(stderr=True, force_terminal=False, no_color=True, highlight=False,
-                   soft_wrap=True, width=200)
+    return PlainConsole()
 
 
 def reset_console() -> None:
@@ -42,10 +62,11 @@ def info(message: str) -> None:
 
 def _prefixed(prefix: str, style: str, message: str) -> None:
     con = get_console()
-    if is_interactive():
-        con.print(f"[{style}]{prefix}[/] {escape(message)}", highlight=False)
+    if isinstance(con, PlainConsole):
+        con.print(f"{prefix} {message}")
     else:
-        con.print(f"{prefix} {message}", markup=False, highlight=False)
+        from rich.markup import escape
+        con.print(f"[{style}]{prefix}[/] {escape(message)}", highlight=False)
 
 
 def step(message: str) -> None:

@@ -25,11 +25,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from . import console
 from .errors import (
@@ -39,6 +36,9 @@ from .errors import (
     VerificationError,
     os_error_message,
 )
+
+if TYPE_CHECKING:             # requests (~0.1 s to import) is loaded only when downloading
+    import requests
 
 CHUNK = 1 << 16
 #: Attempts per download (connection errors, 5xx answers and bodies cut short all count).
@@ -122,6 +122,9 @@ def progress(label: str, total: int | None, *, unit: str = "bytes") -> Iterator[
 
 
 def _session() -> requests.Session:
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
     retry = Retry(total=ATTEMPTS - 1, connect=ATTEMPTS - 1, read=ATTEMPTS - 1,
                   status=ATTEMPTS - 1, backoff_factor=BACKOFF,
                   status_forcelist=(429, 500, 502, 503, 504),
@@ -210,6 +213,7 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
     :class:`NetworkError` when it cannot be completed, :class:`NoSpaceError` when the disk is
     full.  A partial file is always deleted.
     """
+    import requests
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -293,6 +297,7 @@ def _local_error(what: str, url: str, directory: Path, e: OSError) -> Exception:
 
 
 def _describe(e: requests.RequestException, url: str) -> str:
+    import requests
     host = urlsplit(url).hostname or "?"
     if isinstance(e, requests.Timeout):
         return f"{host} did not answer in time"

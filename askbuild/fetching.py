@@ -58,6 +58,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import console, gitutil, runlock
+from . import sources as sources_mod
 from .archive import safe_extract
 from .download import (
     NoSpaceError,
@@ -1183,7 +1184,17 @@ def ensure_source(settings: Settings, source: Source) -> Path:
 
     Holds the work-dir lock (re-entrant: callers of a verb already hold it), cleans what
     killed runs left for this source, repairs the cache and finishes interrupted base moves.
-    """
+    No-op fast path: when the fetch stamp (``sources.fetched``) proves nothing changed since
+    the last successful fetch, no git process runs."""
+    with runlock.work_dir(settings, "fetch"):
+        if sources_mod.fetched(settings, source):
+            return settings.source_tree(source.name)
+        tree = _ensure_source(settings, source)
+        sources_mod.stamp_fetched(settings, source)     # (unlocked: stamped next time)
+        return tree
+
+
+def _ensure_source(settings: Settings, source: Source) -> Path:
     with runlock.work_dir(settings, "fetch"):
         _clean_work_leftovers(settings, source)
         if not source.locked:
@@ -1268,7 +1279,7 @@ def fetch(settings: Settings, names: list[str] | tuple[str, ...] | None = None,
             console.error(f"source {source.name}: {e.message}")
             failures.append((source.name, e))
             continue
-        base = _base_of(tree)
+        base = sources_mod.fetched(settings, source) or _base_of(tree)
         console.info(f"source {source.name}: {_rel(settings, tree)} at {base}")
         trees[source.name] = tree
     if failures:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from . import console, imaging
 from .errors import ImageError, UserError
+from .fsutil import read_json, write_json_atomic
 from .settings import Settings
 
 REQUIRED_LABELS = [
@@ -273,6 +274,43 @@ def _remake(settings: Settings | None, tag: str) -> str:
             f"`{settings.command('image', *imaging.tag_words(tag))}`")
 
 
+def engine_id(client) -> str:
+    """The engine's own ID (``docker info``), else its address."""
+    try:
+        return str(client.info().get("ID") or imaging.engine_host())
+    except Exception:  # noqa: BLE001 - an engine without info: its address names it
+        return imaging.engine_host()
+
+
+def _remember_pass(settings: Settings, client, image_id: str) -> None:
+    path = settings.image_tests_record
+    rec = read_json(path) or {}
+    engine = engine_id(client)
+    ids = [i for i in rec.get(engine, []) if isinstance(i, str) and i != image_id]
+    rec[engine] = (ids + [image_id])[-20:]
+    write_json_atomic(path, rec)
+
+
+def already_passed(settings: Settings, ref: str, image_id: str) -> bool:
+    """True when ``ref`` in the reachable engine is exactly ``image_id`` and that image id
+    passed :func:`test` in this engine before (the image test of ``inv all`` is skipped)."""
+    rec = read_json(settings.image_tests_record) or {}
+    if not any(image_id in ids for ids in rec.values() if isinstance(ids, list)):
+        return False
+    client = imaging.docker_client()
+    if client is None:
+        return False
+    try:
+        try:
+            loaded = client.images.get(ref).id
+        except Exception:  # noqa: BLE001 - not there: test it
+            return False
+        ids = rec.get(engine_id(client))
+        return loaded == image_id and isinstance(ids, list) and image_id in ids
+    finally:
+        client.close()
+
+
 def test(settings: Settings, tag: str = imaging.DEFAULT_TAG) -> TestReport:
     """Check the loaded ``localhost/monok8s/cmm:<tag>`` against the contract."""
     conf = imaging.load_image_toml(settings)
@@ -309,14 +347,15 @@ def test(settings: Settings, tag: str = imaging.DEFAULT_TAG) -> TestReport:
         expected = expected_files(settings, board, partial=is_partial(labels))
         report.checks += run_checks(client, ref, expected)
         report.checks += foreground_checks(client, ref)
+        for c in report.checks:
+            console.info(f"  {'ok  ' if c.ok else 'FAIL'} {c.name}"
+                         + (f": {c.detail}" if not c.ok and c.detail else ""))
+        if report.failed:
+            raise ImageError(f"{ref}: {len(report.failed)} of {len(report.checks)} contract "
+                             "checks failed: " + "; ".join(c.name for c in report.failed),
+                             fix="see the FAIL lines above")
+        _remember_pass(settings, client, img.id)
     finally:
         client.close()
-    for c in report.checks:
-        console.info(f"  {'ok  ' if c.ok else 'FAIL'} {c.name}"
-                     + (f": {c.detail}" if not c.ok and c.detail else ""))
-    if report.failed:
-        raise ImageError(f"{ref}: {len(report.failed)} of {len(report.checks)} contract checks "
-                         "failed: " + "; ".join(c.name for c in report.failed),
-                         fix="see the FAIL lines above")
     console.info(f"{ref}: all {len(report.checks)} contract checks passed")
     return report

@@ -8,37 +8,86 @@
   cache entry (bare repository, tarball) is read or changed, so checkouts sharing one cache
   (CI fleets) never corrupt it.  ``_``-prefixed names are for the cache's own shared files.
 
-Both are :mod:`filelock` locks (``flock``): the kernel drops them when a process dies, even
-under ``kill -9``, so a stale lock never blocks the next run.  They are re-entrant within one
+Both are ``flock`` locks (taken here with :mod:`fcntl`: the ``filelock`` package cost every
+verb ~40 ms of imports): the kernel drops them when a process dies, even under ``kill -9``, so
+a stale lock never blocks the next run.  They are re-entrant within one
 process (the main job takes the work-dir lock once and calls the verbs, which take it again).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from filelock import FileLock, Timeout
-
 from . import console, fsutil
 from .settings import Settings
 
-_LOCKS: dict[Path, FileLock] = {}
-_GUARD = threading.Lock()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _lock_for(path: Path) -> FileLock:
+class Timeout(Exception):
+    """The lock was not acquired within the timeout."""
+
+
+class _Flock:
+    """A re-entrant ``flock`` on one file, shared by every thread of this process (the
+    build's worker threads share the main thread's hold); released when the outermost hold
+    ends (or the process dies)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.count = 0
+        self.guard = threading.Lock()
+
+    @property
+    def is_locked(self) -> bool:
+        return self.count > 0
+
+    def acquire(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self.guard:
+                if self.count:
+                    self.count += 1
+                    return
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                else:
+                    self.fd, self.count = fd, 1
+                    return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(str(self.path))
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        with self.guard:
+            self.count -= 1
+            if self.count == 0 and self.fd is not None:
+                fd, self.fd = self.fd, None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+
+_LOCKS: dict[Path, _Flock] = {}
+_GUARD = threading.Lock()
+
+
+def _lock_for(path: Path) -> _Flock:
     with _GUARD:
         lock = _LOCKS.get(path)
         if lock is None:
-            # thread_local=False: the build's worker threads share the main thread's hold.
-            lock = _LOCKS[path] = FileLock(str(path), thread_local=False)
+            lock = _LOCKS[path] = _Flock(path)
         return lock
 
 

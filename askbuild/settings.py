@@ -356,6 +356,11 @@ class Settings:
         """What ``inv rebase --abort`` restores: the series and sources file as they were."""
         return self.state_dir / f"rebase-{name}"
 
+    def fetch_stamp(self, name: str) -> Path:
+        """What the last successful fetch of ``name`` saw (stat signatures): a no-op fetch
+        answers from it without running git."""
+        return self.state_dir / f"fetch-{name}.json"
+
     def build_record(self, name: str) -> Path:
         """The done record of component ``name`` (its content key and staged files)."""
         return self.state_dir / f"build-{name}.json"
@@ -410,6 +415,11 @@ class Settings:
     @property
     def image_record(self) -> Path:
         return self.image_dir / "image.json"
+
+    @property
+    def image_tests_record(self) -> Path:
+        """``{engine id: [image ids that passed image.test]}`` (``inv all`` skips a passed id)."""
+        return self.image_dir / "image-tests.json"
 
     @property
     def example_upstreams_dir(self) -> Path:

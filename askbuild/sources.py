@@ -40,9 +40,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomlkit
-import tomlkit.exceptions
-
 from .errors import ConfigError
 from .fsutil import read_toml, write_bytes_atomic
 from .gitutil import check_ref
@@ -267,6 +264,9 @@ def write_lock(settings: Settings, name: str, **fields: object) -> None:
     comments and layout; atomic replace (a killed run leaves the old file or the new one),
     serialised against other askbuild processes writing the same file.  ``ref`` may be passed
     too (rebase moves it)."""
+    import tomlkit  # only here: the import costs every other verb ~15-40 ms
+    import tomlkit.exceptions
+
     path = settings.sources_file
     _check_lock_fields(path, name, fields)
     with _locked_file(path) as fd:
@@ -284,3 +284,65 @@ def write_lock(settings: Settings, name: str, **fields: object) -> None:
         for key, value in fields.items():
             table[key] = value
         write_bytes_atomic(path, tomlkit.dumps(doc).encode("utf-8"))
+
+
+# -- the fetch stamp: a no-op fetch without git ---------------------------------------------
+
+def stat_sig(path: Path) -> list[int] | None:
+    """``[size, mtime_ns, ctime_ns, inode]`` of ``path`` (not followed), None when absent.
+    ``ctime`` moves on every write, even one that restores size and mtime."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _fetch_facts(settings: Settings, source: Source) -> dict | None:
+    """Everything a fetch of ``source`` depends on, read with stats and one small read: the
+    lock entry, the base tag's loose ref (its content), the work tree's ``.git`` directory
+    (any rename in it: a base-move marker, ``packed-refs``, ``HEAD``, ``shallow``...), the
+    alternates file, and for git sources the cache repository's object directories.  None
+    when the tree has no loose base ref (then only git can tell)."""
+    tree = settings.source_tree(source.name)
+    git = tree / ".git"
+    try:
+        base = (git / "refs" / "tags" / "askbuild" / "base").read_text().strip()
+    except OSError:
+        return None
+    facts: dict = {"kind": source.kind, "identity": source.identity, "url": source.url,
+                   "base": base, "git": stat_sig(git),
+                   "refs": stat_sig(git / "refs" / "tags" / "askbuild"),
+                   "info": stat_sig(git / "objects" / "info"),
+                   "alternates": stat_sig(git / "objects" / "info" / "alternates")}
+    if source.kind == "git":
+        repo = settings.git_cache_repo(source.name)
+        facts["cache"] = [stat_sig(p) for p in (repo, repo / "objects", repo / "objects" / "pack",
+                                                 repo / "shallow")]
+    return facts
+
+
+def fetched(settings: Settings, source: Source) -> str | None:
+    """The base commit of ``source``'s work tree when the fetch stamp proves that nothing a
+    fetch looks at changed since the last successful fetch (no git process); else None."""
+    if not source.locked:
+        return None
+    from .fsutil import read_json
+    stamp = read_json(settings.fetch_stamp(source.name))
+    if not stamp:
+        return None
+    facts = _fetch_facts(settings, source)
+    if facts is None or stamp != facts:
+        return None
+    return facts["base"]
+
+
+def stamp_fetched(settings: Settings, source: Source) -> None:
+    """Record what the fetch of ``source`` that just succeeded sees (after it, never for a
+    failed one; a stale stamp only ever costs the full check)."""
+    from .fsutil import write_json_atomic
+    facts = _fetch_facts(settings, source) if source.locked else None
+    if facts is None:
+        settings.fetch_stamp(source.name).unlink(missing_ok=True)
+    else:
+        write_json_atomic(settings.fetch_stamp(source.name), facts)
