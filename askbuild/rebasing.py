@@ -392,17 +392,32 @@ def _unmerged(tree: Path) -> list[str]:
     return sorted({x for x in raw.split("\0") if x})
 
 
-def _commit_like(tree: Path, old: str) -> str:
+def _commit_like(tree: Path, old: str, date: str | None = None, *,
+                 allow_empty: bool = True) -> str | None:
     """Commit the index with ``old``'s message and author; committer fixed, dated like the
-    author (reproducible)."""
-    date = gitutil.out(["show", "-s", "--format=%ad", "--date=raw", old], cwd=tree)
+    author (``date``: ``old``'s raw author date, when the caller read it already).  Returns
+    the new commit; with ``allow_empty=False`` nothing is committed when the index has no
+    change (then None, and no ``rev-parse``: the caller reads the commits later)."""
+    date = date or gitutil.out(["show", "-s", "--format=%ad", "--date=raw", old], cwd=tree)
     env = {**FIXED_IDENTITY, "GIT_COMMITTER_DATE": date}
     env.pop("GIT_AUTHOR_NAME")
     env.pop("GIT_AUTHOR_EMAIL")
     env.pop("GIT_AUTHOR_DATE")
-    gitutil.git([*pq.REPRO, "commit", "-q", "--no-verify", "--allow-empty", "-C", old], cwd=tree,
-                env=env)
-    return _head(tree)
+    args = [*pq.REPRO, "commit", "-q", "--no-verify", "-C", old]
+    if allow_empty:
+        gitutil.git([*args[:-2], "--allow-empty", *args[-2:]], cwd=tree, env=env)
+        return _head(tree)
+    proc = gitutil.git(args, cwd=tree, env=env, check=False)
+    if proc.returncode == 0:
+        return ""
+    if _index_unchanged(tree):
+        return None
+    raise gitutil.GitError(args, proc.returncode, proc.stdout, proc.stderr)
+
+
+def _index_unchanged(tree: Path) -> bool:
+    return gitutil.git(["diff", "--cached", "--quiet", "HEAD", "--"], cwd=tree,
+                       check=False).returncode == 0
 
 
 def _paths(tree: Path, commit: str) -> list[str]:
@@ -411,7 +426,11 @@ def _paths(tree: Path, commit: str) -> list[str]:
 
 
 def _moved_detail(tree: Path, old: str, new: str) -> str:
-    before, after = _paths(tree, old), _paths(tree, new)
+    return _moved(_paths(tree, old), _paths(tree, new))
+
+
+def _moved(before: list[str], after: list[str]) -> str:
+    """``followed a rename: a -> b`` when the files a patch changes moved ("" otherwise)."""
     gone = [p for p in before if p not in after]
     came = [p for p in after if p not in before]
     if gone and came:
@@ -420,14 +439,49 @@ def _moved_detail(tree: Path, old: str, new: str) -> str:
     return ""
 
 
+def _old_diff(tree: Path, old: str) -> bytes:
+    return gitutil.git([*pq.REPRO, "diff-tree", "-p", "--binary", "--full-index", "-M",
+                        f"{old}^", old, "--"], cwd=tree, text=False).stdout
+
+
+def _per_commit(tree: Path, commits: list[str], args: list[str]) -> dict[str, bytes]:
+    """``git diff-tree --stdin --always ARGS`` for ``commits`` (each against its parent) in ONE
+    process, split back per commit: git prints each commit's id on a line before its part."""
+    raw = gitutil.git([*pq.REPRO, "diff-tree", "--stdin", "--always", *args], cwd=tree,
+                      input="".join(f"{c}\n" for c in commits).encode(), text=False).stdout
+    out: dict[str, bytes] = {}
+    pos = 0
+    for i, c in enumerate(commits):
+        head = c.encode() + b"\n"
+        if raw[pos:pos + len(head)] != head:
+            raise gitutil.GitError(["diff-tree", "--stdin"], 0, "", f"unexpected output at {c}")
+        pos += len(head)
+        nxt = raw.find(b"\n" + commits[i + 1].encode() + b"\n", pos - 1) \
+            if i + 1 < len(commits) else len(raw) - 1
+        end = nxt + 1 if nxt >= 0 else len(raw)
+        out[c], pos = raw[pos:end], end
+    return out
+
+
 def _replay(tree: Path, item: dict) -> dict:
     """Replay ``item["old"]`` onto HEAD: ``{status, new, detail, files, conflicts}`` (the new
     commit; the conflicting files and :func:`classify_conflicts` of them).
 
     On ``conflict`` the tree is left in conflict state; ``detail`` is git's own words."""
     old = item["old"]
-    diff = gitutil.git([*pq.REPRO, "diff-tree", "-p", "--binary", "--full-index", "-M",
-                        f"{old}^", old, "--"], cwd=tree, text=False).stdout
+    out, clean = _pick(tree, item, _old_diff(tree, old), None, allow_empty=True)
+    if out is not None:
+        return out
+    new = _head(tree)
+    return _picked(new, clean, _moved_detail(tree, old, new))
+
+
+def _pick(tree: Path, item: dict, diff: bytes, date: str | None, *,
+          allow_empty: bool) -> tuple[dict | None, bool]:
+    """Cherry-pick ``item["old"]`` (whose patch is ``diff``) onto HEAD and commit it like the
+    old one: (the outcome of a conflict or of a patch upstream has, None when a commit was
+    made; whether ``diff`` applied as it is)."""
+    old = item["old"]
     clean = bool(diff) and gitutil.git(["apply", "--check", "--whitespace=nowarn", "-"],
                                        cwd=tree, input=diff, check=False).returncode == 0
     proc = gitutil.git([*pq.REPRO, "-c", "merge.directoryRenames=true", "-c", "merge.renames=true",
@@ -440,13 +494,18 @@ def _replay(tree: Path, item: dict) -> dict:
                               f"{proc.stderr.strip()}",
                               fix="check the work tree for untracked files in the way")
         return _outcome("conflict", detail="; ".join(c["message"] for c in conflicts),
-                        files=[c["file"] for c in conflicts], conflicts=conflicts)
-    if gitutil.git(["diff", "--cached", "--quiet", "HEAD", "--"], cwd=tree,
-                   check=False).returncode == 0:
+                        files=[c["file"] for c in conflicts], conflicts=conflicts), clean
+    if allow_empty and _index_unchanged(tree):
+        made = None
+    else:
+        made = _commit_like(tree, old, date, allow_empty=allow_empty)
+    if made is None:
         gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
-        return _outcome("upstream", detail="already upstream (became empty): dropped")
-    new = _commit_like(tree, old)
-    moved = _moved_detail(tree, old, new)
+        return _outcome("upstream", detail="already upstream (became empty): dropped"), clean
+    return None, clean
+
+
+def _picked(new: str, clean: bool, moved: str) -> dict:
     if clean and not moved:
         return _outcome("clean", new=new)
     return _outcome("3way", new=new, detail=moved or "3-way merge")
@@ -505,6 +564,45 @@ def _run(settings: Settings, st: dict, tree: Path, *, dry_run: bool) -> bool:
             st["head"] = new or _head(tree)
             _save_state(settings, st)
     return True
+
+
+def _dry_replay(st: dict, tree: Path) -> None:
+    """The dry run's replay of the whole queue onto HEAD of the scratch ``tree``, never
+    stopping (a conflict is reported and dropped), with the same outcomes and commits as
+    :func:`_replay` one by one, in fewer git processes: the old patches, their author dates
+    and the files every old and new commit touches are read in one batched call each, and
+    the new commits in one ``rev-list`` at the end; per patch only ``apply --check``,
+    ``cherry-pick`` and ``commit`` run."""
+    queue = st["queue"][st["pos"]:]
+    olds = [it["old"] for it in queue]
+    if not olds:
+        return
+    diffs = _per_commit(tree, olds, ["-p", "--binary", "--full-index", "-M"])
+    dates = dict(ln.split(" ", 1) for ln in gitutil.out(
+        ["show", "-s", "--format=%H %ad", "--date=raw", *olds], cwd=tree).splitlines())
+    start = st.get("start") or _head(tree)
+    picked: list[tuple[dict, bool]] = []
+    for item in queue:
+        out, clean = _pick(tree, item, diffs[item["old"]], dates[item["old"]],
+                           allow_empty=False)
+        if out is None:
+            picked.append((item, clean))
+        else:
+            item.update(out)
+            if out["status"] == "conflict":
+                gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
+        st["pos"] += 1
+    news = gitutil.out(["rev-list", "--reverse", f"{start}..HEAD", "--"], cwd=tree).split()
+    if len(news) != len(picked):
+        raise PatchFailed(f"rebase dry run of {st['source']}: {len(picked)} patch(es) were "
+                          f"committed but {len(news)} commit(s) are on the scratch tree",
+                          fix="run the dry run again; report it if it happens again")
+    names = _per_commit(tree, [it["old"] for it, _ in picked] + news,
+                        ["--name-only", "-r", "--no-renames"]) if news else {}
+    for (item, clean), new in zip(picked, news, strict=True):
+        paths = [names[c].decode("utf-8", "surrogateescape").splitlines()
+                 for c in (item["old"], new)]
+        item.update(_picked(new, clean, _moved(*paths)))
 
 
 def _where(st: dict) -> str:
@@ -827,12 +925,13 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
               "pos": 0, "queue": _queue_from_record(record), "vendor": []}
         gitutil.git(["checkout", "-q", "--detach", new_base], cwd=scratch)
         vendor = [p for p in inputs if p.layer.kind == "vendor"]
+        st["start"] = None if vendor else new_base
         try:
             st["vendor"] = _vendor_onto(settings, scratch, vendor, src.name)
         except PatchFailed as e:
             st["vendor"] = [{"layer": vendor[0].layer.id if vendor else "", "file": "",
                              "status": "failed", "detail": e.message.splitlines()[0]}]
-        _run(settings, st, scratch, dry_run=True)
+        _dry_replay(st, scratch)
     rep = _report(st, dry_run=True)
     rep.emit(as_json=as_json)
     return rep

@@ -246,7 +246,8 @@ def scratch_worktree(tree: Path, base: str, parent: Path) -> Iterator[Path]:
         gitutil.git(["worktree", "add", "-q", "--detach", "--", str(scratch), base], cwd=tree)
         yield scratch
     finally:
-        gitutil.git(["worktree", "remove", "--force", "--", str(scratch)], cwd=tree,
-                    check=False)
+        gone = gitutil.git(["worktree", "remove", "--force", "--", str(scratch)], cwd=tree,
+                           check=False).returncode == 0
         shutil.rmtree(scratch, ignore_errors=True)
-        gitutil.git(["worktree", "prune"], cwd=tree, check=False)
+        if not gone:        # (remove drops the worktree's metadata itself when it works)
+            gitutil.git(["worktree", "prune"], cwd=tree, check=False)
