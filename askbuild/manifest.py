@@ -69,6 +69,8 @@ def _apply_record(d: dict, name: str, rec: dict) -> None:
     ]
     if rec.get("staged_tree"):
         c["staged_tree"] = rec["staged_tree"]["dest"]
+    if rec.get("build_tree"):
+        c["build_tree"] = rec["build_tree"]        # incremental, or why it was a clean build
     if rec.get("kernel_release"):
         d["kernel"] = {"component": name, "release": rec["kernel_release"]}
 

@@ -18,11 +18,16 @@ How a build runs (details and the reasons in docs/build.md), module by module:
    skipped) and everything else is built.
 5. Write the early manifest (:mod:`askbuild.manifest`; it also lists the components of earlier
    runs whose done records are still current), then :mod:`.schedule` runs components as a DAG
-   (``graphlib`` + a thread pool) within the job budget.  An unchanged key with its artifacts
-   in place is skipped instantly.  :mod:`.component` builds one component; its "done" record
+   (``graphlib`` + a thread pool) within the job budget: one GNU make jobserver for the whole
+   build (:mod:`.jobserver`), each running component holding a token, the longest expected
+   chain first.  An unchanged key with its artifacts in place is skipped instantly; a changed
+   one is rebuilt in its kept build tree with only the changed files brought in
+   (:mod:`.buildtree`; a clean build when the recipe, flags, toolchain or a dependency changed,
+   or the last build did not finish).  :mod:`.component` builds one component; its "done" record
    (:mod:`.records`, ``settings.build_record``) is removed before it runs and written
    atomically after its artifacts are verified and staged (:mod:`.staging`), so a kill at any
-   point leaves no record and the next run redoes the step from a clean build tree.
+   point leaves no record (and a dirty build tree) and the next run redoes the step from a
+   clean build tree.
 6. Check every staged module's vermagic, run ``depmod`` (a missing depmod is an error, never a
    silent skip), write the final manifest atomically, and raise the build's error: a
    :class:`~askbuild.errors.BuildFailed` (exit 2) with each failing step's last lines and log

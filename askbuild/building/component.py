@@ -7,17 +7,17 @@ modules_install), collect and verify the declared artifacts, stage them, write t
 
 from __future__ import annotations
 
-import io
 import shutil
-import tarfile
 import time
 from pathlib import Path
 
-from .. import archive, gitutil, kernel, manifest, recipes
+from .. import gitutil, kernel, manifest, recipes
 from ..errors import BuildFailed, ConfigError
 from ..fsutil import sha256_file, write_json_atomic
 from ..recipes import Recipe
 from ..settings import Settings
+from .buildtree import BuildTree, fingerprint
+from .jobserver import JobServer
 from .keys import Plan
 from .records import trusted_record, unstage
 from .runner import Runner, Steps, base_env
@@ -30,12 +30,13 @@ class Components:
     """How the components of ``plan`` are built (one :meth:`build` per worker thread)."""
 
     def __init__(self, settings: Settings, plan: Plan, steps: Steps,
-                 ccache_bin: Path | None) -> None:
+                 ccache_bin: Path | None, jobserver: JobServer | None = None) -> None:
         self.settings = settings
         self.plan = plan
         self.rs = plan.rs
         self.steps = steps
         self.ccache_bin = ccache_bin
+        self.jobserver = jobserver
 
     # -- placeholders --------------------------------------------------------------
     def dirs(self, name: str) -> dict[str, Path]:
@@ -119,30 +120,41 @@ class Components:
 
     # -- one component ---------------------------------------------------------------
     def build(self, name: str, jobs: int) -> dict:
-        """Build component ``name`` with ``jobs`` make jobs; returns its done record, written
-        last (a failure or a kill leaves none)."""
+        """Build component ``name`` with ``jobs`` as its ``{jobs}``; returns its done record,
+        written last (a failure or a kill leaves none).  A parallel component's steps run under
+        the build's jobserver (a make takes the jobs that are free at each moment)."""
         s, r = self.settings, self.rs.recipes[name]
         self.steps.check_cancel()
         self._forget_previous(name)
         dirs = self.dirs(name)
         t0 = time.monotonic()
-        with Runner(self.steps, name, s.log_file(name)) as run:
+        js = self.jobserver if r.parallel else None
+        with Runner(self.steps, name, s.log_file(name), jobserver=js) as run:
             run.note(f"component {name} key {self.plan.keys[name]}")
             run.note(f"recipe {r.file}")
             values = self.values(name, jobs)
-            env = self._env(r, values)
+            own_env = self._recipe_env(r, values)
+            env = {**base_env(s, self.ccache_bin), **own_env}
+            if js:
+                flags = " ".join(x for x in (own_env.get("MAKEFLAGS", ""),
+                                             js.env()["MAKEFLAGS"]) if x)
+                env["MAKEFLAGS"] = flags
+                run.note(f"jobserver: MAKEFLAGS={flags}")
             self._fresh_dirs(dirs)
-            release, staged_tree = None, None
+            release, staged_tree, tree = None, None, None
             if r.kind == "kernel":
                 release, staged_tree = self._build_kernel(run, r, dirs, values, env, jobs)
             else:
-                self._run_steps(run, r, dirs, values, env)
+                tree = self._run_steps(run, name, r, dirs, values, env, own_env)
             arts = self._collect(run, r, dirs, values)
             self.steps.check_cancel()
             self._stage(r, arts, staged_tree)
             self.steps.check_cancel()
             rec = self._record(name, arts, staged_tree, release, time.monotonic() - t0,
                                run.log_path)
+            if tree is not None:
+                tree[0].mark_clean([Path(a["file"]) for a in arts])
+                rec["build_tree"] = tree[1]
             run.note(f"done in {rec['duration_s']}s")
         write_json_atomic(s.build_record(name), rec)
         return rec
@@ -155,11 +167,10 @@ class Components:
         if old:
             unstage(self.settings, old)
 
-    def _env(self, r: Recipe, values: dict) -> dict[str, str]:
-        env = base_env(self.settings, self.ccache_bin)
-        for k, val in r.env.items():
-            env[k] = recipes.expand(val, values, where=f"{r.file}: env.{k}")
-        return env
+    def _recipe_env(self, r: Recipe, values: dict) -> dict[str, str]:
+        """The recipe's ``env``, expanded (it goes over :func:`base_env`)."""
+        return {k: recipes.expand(val, values, where=f"{r.file}: env.{k}")
+                for k, val in r.env.items()}
 
     def _fresh_dirs(self, dirs: dict[str, Path]) -> None:
         """An empty install directory; the shared sysroot."""
@@ -168,26 +179,28 @@ class Components:
         dirs["install"].mkdir(parents=True)
         self.settings.sysroot_dir.mkdir(parents=True, exist_ok=True)
 
-    def _export_tree(self, r: Recipe, dest: Path) -> None:
-        """A clean copy of ``r``'s input paths at HEAD of its source tree in ``dest``."""
+    def _export(self, r: Recipe) -> bytes:
+        """A tar of ``r``'s input paths at HEAD of its source tree (``git archive``)."""
         src = self.settings.source_tree(r.source)
         paths = [] if any(p in (".", "") for p in r.inputs) else r.inputs
-        proc = gitutil.git(["archive", "--format=tar", "HEAD", "--", *paths], cwd=src,
-                           text=False)
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tf:
-            archive.extract_all(tf, dest, tf.getmembers())
+        return gitutil.git(["archive", "--format=tar", "HEAD", "--", *paths], cwd=src,
+                           text=False).stdout
 
-    def _run_steps(self, run: Runner, r: Recipe, dirs: dict[str, Path], values: dict,
-                   env: dict[str, str]) -> None:
-        run.note(f"export {r.source}:{' '.join(r.inputs)} -> {dirs['src']}")
+    def _run_steps(self, run: Runner, name: str, r: Recipe, dirs: dict[str, Path],
+                   values: dict, env: dict[str, str],
+                   own_env: dict[str, str]) -> tuple[BuildTree, str]:
+        """Bring the inputs into the build tree (only what changed, when the previous tree
+        can be trusted: :mod:`.buildtree`), then run the steps.  Returns the tree (marked
+        clean by the caller once the component succeeded) and what was done to it."""
         self.steps.check_cancel()
-        self._export_tree(r, dirs["src"])
+        tree = BuildTree(dirs["src"], dirs["out"] / "tree-state.json",
+                         fingerprint(self.plan.key_inputs[name], own_env))
+        how = tree.update(self._export(r))
+        run.note(f"export {r.source}:{' '.join(r.inputs)} -> {dirs['src']}: {how}")
         for i, step in enumerate(r.steps):
             args = recipes.expand_args(step, values, where=f"{r.file}: steps[{i}]")
             run.run(args, cwd=dirs["src"], env=env)
+        return tree, how
 
     def _collect(self, run: Runner, r: Recipe, dirs: dict[str, Path], values: dict) -> list:
         """The declared artifacts with their digests (every staging path checked); a missing

@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import procs
 from ..errors import BuildFailed
 from ..settings import Settings
+from .jobserver import JobServer, strip_jobs
 
 TAIL_LINES = 25
 #: Inherited environment variables that would silently change a build: dropped, so that only
@@ -144,10 +145,12 @@ class Steps:
 class Runner:
     """Runs the steps of one component, logging to its log file (``settings.log_file``)."""
 
-    def __init__(self, steps: Steps, name: str, log_path: Path) -> None:
+    def __init__(self, steps: Steps, name: str, log_path: Path, *,
+                 jobserver: JobServer | None = None) -> None:
         self.steps = steps
         self.name = name
         self.log_path = log_path
+        self.jobserver = jobserver
         self.log = None
         self.step_start = 0
 
@@ -177,13 +180,20 @@ class Runner:
         self.steps.check_cancel()
         self.log.flush()
         self.step_start = self.log.tell()
+        extra = {}
+        if self.jobserver:
+            args, dropped = strip_jobs(args)
+            if dropped:
+                self.note(f"{' '.join(dropped)} dropped: make takes its jobs from the "
+                          "build's jobserver (MAKEFLAGS)")
+            extra["pass_fds"] = self.jobserver.fds
         self.note(f"$ {' '.join(args)}   (in {cwd})")
         why = find_program(args, cwd, env)
         if why:
             self.note(f"cannot run {args[0] if args else ''!r}: {why}")
             raise self.failed(f"cannot run {args[0] if args else ''!r}: {why}")
         proc = self.steps.start(self.name, args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=self.log, stderr=subprocess.STDOUT)
+                                stdout=self.log, stderr=subprocess.STDOUT, **extra)
         rc = self.steps.wait(self.name, proc)
         if rc != 0:
             self.note(f"exit status {rc}")

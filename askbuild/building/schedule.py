@@ -4,26 +4,61 @@ A component whose dependencies failed is skipped, one that cannot start fails al
 key is unchanged with its artifacts in place is ``cached`` at once (its staged files put back if
 they went missing); the others are built by :class:`~askbuild.building.component.Components`.
 Without ``keep_going`` the first failure stops every running step and cancels the rest.
+
+The budget is one GNU make jobserver (:mod:`.jobserver`): a component starts when it gets a
+token and gives it back however it ends; its makes take the other free tokens job by job.  Of the
+ready components the one with the longest expected path to the end of the build starts first
+(:func:`expected_costs`: the durations of the previous build, a kernel first on a cold build).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import graphlib
+import select
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from .. import console, manifest
 from ..errors import AskbuildError, BuildFailed, os_error_message
 from ..settings import Settings
 from .component import Components
+from .jobserver import JobServer
 from .keys import Plan
-from .records import restage, trusted_record, up_to_date
+from .records import read_record, restage, trusted_record, up_to_date
 from .runner import Cancelled, Steps
 
+#: Expected seconds of a component never built before: a kernel dwarfs everything else.
+COLD_COST = {"kernel": 3600.0, "make": 10.0}
+#: How often the scheduler looks for a free token while components wait for one.
+TOKEN_POLL_S = 0.05
+
 STATES = ("pending", "running", "built", "cached", "failed", "skipped", "cancelled")
+
+
+def _seconds(value: object) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return float(value) if ok else None
+
+
+def expected_costs(settings: Settings, plan: Plan) -> dict[str, float]:
+    """{component: expected seconds from its start to the end of the build along its longest
+    chain of dependents}: its own duration last time (its done record, else the manifest,
+    else :data:`COLD_COST`) plus the longest such chain after it."""
+    previous = (manifest.read(settings) or {}).get("components")
+    previous = previous if isinstance(previous, dict) else {}
+    own: dict[str, float] = {}
+    for n in plan.names:
+        last = previous.get(n)
+        own[n] = (_seconds((read_record(settings, n) or {}).get("duration_s"))
+                  or _seconds(last.get("duration_s") if isinstance(last, dict) else None)
+                  or COLD_COST.get(plan.rs.recipes[n].kind, COLD_COST["make"]))
+    chain: dict[str, float] = {}
+    for n in reversed(plan.names):         # dependents come after their dependencies
+        after = [chain[m] for m in plan.names if m in chain and n in plan.rs.recipes[m].depends]
+        chain[n] = own[n] + max(after, default=0.0)
+    return chain
 
 
 def describe(error: Exception) -> str:
@@ -110,6 +145,9 @@ class Build:
         self.steps = Steps()
         self.components = Components(settings, plan, self.steps, ccache_bin)
         self.results: dict[str, dict] = {n: {"status": "pending"} for n in plan.names}
+        self.cost = expected_costs(settings, plan)
+        self.order = {n: i for i, n in enumerate(plan.names)}
+        self.jobserver: JobServer | None = None
 
     def stop(self) -> None:
         """Start nothing new and stop every running step (:meth:`Steps.stop`)."""
@@ -129,13 +167,16 @@ class Build:
         wait for them first)."""
         pool = cf.ThreadPoolExecutor(max_workers=max(1, self.settings.jobs),
                                      thread_name_prefix="askbuild-build")
+        self.jobserver = self.components.jobserver = JobServer(self.settings.jobs)
         try:
             self._schedule(pool, rep)
         except BaseException:
             self.stop()
             pool.shutdown(wait=False, cancel_futures=True)
+            self.jobserver.close()
             raise
         pool.shutdown(wait=True)
+        self.jobserver.close()
 
     # -- outcomes ---------------------------------------------------------------------
     def _fail(self, n: str, rep: Reporter, error: Exception, *, log: Path | None) -> None:
@@ -185,9 +226,14 @@ class Build:
             return True
         return False
 
-    def _task(self, name: str, jobs: int, rep: Reporter) -> dict:
-        rep.set(name, "running", f"(-j{jobs})")
-        return self.components.build(name, jobs)
+    def _task(self, name: str, jobs: int, token: bytes, rep: Reporter) -> dict:
+        """Build ``name`` holding ``token``, given back however the component ends."""
+        try:
+            rep.set(name, "running", "(jobserver)" if self.rs.recipes[name].parallel
+                    else "(-j1)")
+            return self.components.build(name, jobs)
+        finally:
+            self.jobserver.release(token)
 
     # -- the DAG ----------------------------------------------------------------------
     def _share(self, n: str, running: int, waiting: int) -> int:
@@ -204,10 +250,12 @@ class Build:
         ts = graphlib.TopologicalSorter({n: [d for d in self.rs.recipes[n].depends
                                              if d in wanted] for n in self.plan.names})
         ts.prepare()
-        ready: deque[str] = deque()
+        ready: list[str] = []
         futures: dict[cf.Future, str] = {}
         idle_rounds = 0
         while ts.is_active():
+            if not futures:             # no make runs: every token is back (or was lost)
+                self.jobserver.reconcile()
             progressed = self._settle_ready(ts, ready, rep)
             progressed = self._start_ready(ts, ready, futures, pool, rep) or progressed
             if not futures:
@@ -215,13 +263,24 @@ class Build:
                 if idle_rounds > 2:  # nothing runs, nothing can start: cannot happen
                     raise BuildFailed("build scheduler stalled (internal error)")
                 continue
-            done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+            done = self._wait(futures, waiting=bool(ready))
             for fut in done:
                 n = futures.pop(fut)
                 self._finished(n, fut, rep)
                 ts.done(n)
 
-    def _settle_ready(self, ts: graphlib.TopologicalSorter, ready: deque[str],
+    def _wait(self, futures: dict[cf.Future, str], *, waiting: bool) -> set[cf.Future]:
+        """The finished futures once one finished, or (when components wait for a token)
+        as soon as a token may be free."""
+        if not waiting:
+            return cf.wait(futures, return_when=cf.FIRST_COMPLETED)[0]
+        done = {f for f in futures if f.done()}
+        if not done:
+            select.select([self.jobserver.wait_fd], [], [], TOKEN_POLL_S)
+            done = {f for f in futures if f.done()}
+        return done
+
+    def _settle_ready(self, ts: graphlib.TopologicalSorter, ready: list[str],
                       rep: Reporter) -> bool:
         """Settle every ready component that needs no work (skipped, cancelled, up to date;
         settling may make more ready); queue the others in ``ready``.  True if any settled."""
@@ -235,20 +294,27 @@ class Build:
                     ready.append(n)
         return progressed
 
-    def _start_ready(self, ts: graphlib.TopologicalSorter, ready: deque[str],
+    def _start_ready(self, ts: graphlib.TopologicalSorter, ready: list[str],
                      futures: dict[cf.Future, str], pool: cf.ThreadPoolExecutor,
                      rep: Reporter) -> bool:
-        """Start queued components while the budget allows, each with its share of it.  True
-        if any was started (or settled because the build is stopping)."""
+        """Start queued components, the most expensive chain first, while a jobserver token
+        is free (each running component holds one).  True if any was started (or settled
+        because the build is stopping)."""
         progressed = False
-        while ready and len(futures) < max(1, self.settings.jobs):
-            n = ready.popleft()
-            progressed = True
+        ready.sort(key=lambda n: (-self.cost[n], self.order[n]))
+        while ready:
             if self.steps.cancel.is_set():
+                n = ready.pop(0)
                 self._settle(n, rep)
                 ts.done(n)
+                progressed = True
                 continue
+            token = self.jobserver.acquire()
+            if token is None:
+                break
+            n = ready.pop(0)
+            progressed = True
             share = self._share(n, len(futures), len(ready))
             self.results[n].update(status="running", jobs=share, started=manifest.now())
-            futures[pool.submit(self._task, n, share, rep)] = n
+            futures[pool.submit(self._task, n, share, token, rep)] = n
         return progressed

@@ -1,0 +1,135 @@
+"""Build speed (issue 9 points 1 and 6), on the fixture userspace (tests/buildfixtures.py).
+
+* cold build of the example-like userspace (cmm, dpa_app, fmc and their libraries) vs the
+  critical-path bound max(longest component alone at full -j, sum of the components' CPU time /
+  cores) -- the CPU time is that of every process the build waited for (``RUSAGE_CHILDREN``);
+  the longest component is rebuilt alone (its dependencies cached) to time it;
+* a one-file edit of cmm (``cmm/src/rules.c``) rebuilt by ``inv build`` vs plain ``make`` of the
+  same edit in a copy of the same build tree, with the recipe's own command and environment.
+
+    .venv/bin/python -m benchmarks.bench_build [--rounds 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("CI", "true")      # plain progress lines
+
+import buildfixtures as bf  # noqa: E402
+
+from askbuild import building, recipes  # noqa: E402
+from askbuild.building.component import Components  # noqa: E402
+from askbuild.building.engine import make_plan  # noqa: E402
+from askbuild.building.runner import Steps, base_env  # noqa: E402
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _cold(tmp: Path, jobs: int) -> tuple[float, float, float, str]:
+    """(wall s, CPU s of the build's processes, longest component alone s, its name)."""
+    project = bf.make_project(tmp / "project")
+    s = bf.settings_for(tmp, project, jobs=jobs)
+    bf.make_fixture_sources(s)
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    man = building.build(s, bf.USERSPACE, prepare=False)
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+    longest = max(man["components"], key=lambda n: man["components"][n]["duration_s"] or 0)
+    shutil.rmtree(s.out_tree(longest))
+    s.build_record(longest).unlink()
+    alone = building.build(s, [longest], prepare=False)["components"][longest]["duration_s"]
+    return wall, cpu, alone, longest
+
+
+def _edit(path: Path, n: int) -> None:
+    path.write_text(path.read_text() + f"\nint bench_edit_{n}(void) {{ return {n}; }}\n")
+
+
+def _edit_rounds(tmp: Path, rounds: int) -> tuple[list[float], list[float]]:
+    """Times of ``inv build --component cmm`` and of plain ``make`` after a one-line edit."""
+    project = bf.make_project(tmp / "project")
+    s = bf.settings_for(tmp, project)
+    bf.make_fixture_sources(s)
+    building.build(s, ["cmm"], prepare=False)
+    plan = make_plan(s, ["cmm"], keep_going=False, ccache=False, prepare=False)
+    comps = Components(s, plan, Steps(), None)
+    r = plan.rs.recipes["cmm"]
+    values = comps.values("cmm", 1)
+    env = {**base_env(s, None), **{k: recipes.expand(v, values, where="env")
+                                   for k, v in r.env.items()}}
+    args = recipes.expand_args(r.steps[0], values, where="steps[0]")
+    plain = tmp / "plain"
+    shutil.copytree(s.out_dir / "cmm/src", plain, symlinks=True)
+    ask = s.src_dir / "ask"
+    ours, theirs = [], []
+    for i in range(rounds):
+        _edit(ask / "cmm/src/rules.c", i)
+        bf.commit_all(ask, f"edit {i}")
+        t0 = time.perf_counter()
+        man = building.build(s, ["cmm"], prepare=False)
+        ours.append(time.perf_counter() - t0)
+        assert man["components"]["cmm"]["status"] == "built"
+        _edit(plain / "cmm/src/rules.c", i)
+        t0 = time.perf_counter()
+        subprocess.run(args, cwd=plain, env=env, check=True, capture_output=True)
+        theirs.append(time.perf_counter() - t0)
+    return ours, theirs
+
+
+def measure(args) -> list[dict]:
+    rounds = max(1, 2 if args.quick else args.rounds)
+    cold_rounds = 1 if args.quick else min(rounds, 3)
+    jobs = os.cpu_count() or 1
+    cold = []
+    for _ in range(cold_rounds):
+        with tempfile.TemporaryDirectory(prefix="askbuild-bench-build-") as d:
+            cold.append(_cold(Path(d), jobs))
+    with tempfile.TemporaryDirectory(prefix="askbuild-bench-edit-") as d:
+        ours, theirs = _edit_rounds(Path(d), rounds)
+    wall = statistics.median(c[0] for c in cold)
+    bounds = [max(c[2], c[1] / jobs) for c in cold]
+    bound = statistics.median(bounds)
+    longest = cold[0][3]
+    t_ours, t_make = statistics.median(ours), statistics.median(theirs)
+    return [
+        {"measure": f"cold fixture userspace build (-j{jobs})", "askbuild_s": round(wall, 3),
+         "anchor": "max(longest component alone, CPU time / cores)",
+         "anchor_s": round(bound, 3), "ratio": round(wall / bound, 2), "target": "<= 1.15x",
+         "met": wall / bound <= 1.15,
+         "notes": f"median of {cold_rounds}; longest component {longest} "
+                  f"{statistics.median(c[2] for c in cold):.2f}s alone, CPU "
+                  f"{statistics.median(c[1] for c in cold):.2f}s on {jobs} cores"},
+        {"measure": "one-file edit of cmm rebuilt", "askbuild_s": round(t_ours, 3),
+         "anchor": "plain make of the same edit", "anchor_s": round(t_make, 3),
+         "ratio": round(t_ours / t_make, 2), "target": "<= 2x", "met": t_ours / t_make <= 2,
+         "notes": f"median of {rounds}; inv build includes keys, cached deps, staging"},
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    for row in measure(ap.parse_args()):
+        print(f"{row['measure']}: askbuild {row['askbuild_s']}s, {row['anchor']} "
+              f"{row['anchor_s']}s, ratio {row['ratio']} (target {row['target']}, "
+              f"{'met' if row['met'] else 'NOT met'}; {row['notes']})")
+
+
+if __name__ == "__main__":
+    main()
