@@ -170,14 +170,18 @@ def shell_project(tmp_path: Path, recipes: dict[str, str], jobs: int = 2,
 # -- a cross-compiled fixture for the fault suite ---------------------------------------------
 # Source "app": a static library of several compile units (one of them waits FIXTURE_SLEEP
 # seconds before compiling, long enough to be killed), a program linking it, and a data file.
-# FIXTURE_SLEEP comes from the environment, so it is not part of any key.
+# FIXTURE_SLEEP comes from the environment, so it is not part of any key.  FIXTURE_GATE (a
+# path): that unit also waits until the file exists, for tests that need a step held open.
 
 FAULT_FILES = {
     "conf/app.conf": "# fixture configuration\nmode = fast\n",
     "lib/Makefile": (
         "OBJS = u1.o u2.o u3.o u4.o slow.o\n"
         "liba.a: $(OBJS)\n\t$(AR) rcsD $@ $(OBJS)\n"
-        "slow.o: slow.c\n\tsleep $${FIXTURE_SLEEP:-0}\n\t$(CC) -O1 -c -o $@ slow.c\n"
+        "slow.o: slow.c\n\tsleep $${FIXTURE_SLEEP:-0}\n"
+        "\twhile [ -n \"$${FIXTURE_GATE:-}\" ] && [ ! -e \"$${FIXTURE_GATE:-}\" ]; "
+        "do sleep 0.1; done\n"
+        "\t$(CC) -O1 -c -o $@ slow.c\n"
         "%.o: %.c\n\t$(CC) -O1 -c -o $@ $<\n"),
     **{f"lib/u{i}.c": f"int u{i}(int x) {{ return x * {i} + {i * 7}; }}\n" for i in range(1, 5)},
     "lib/slow.c": "int slow(int x) { return x - 1; }\n",

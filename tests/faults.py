@@ -46,6 +46,18 @@ def start(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.P
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def read_until(stream, needle: str) -> str:
+    """Lines of a child's text ``stream`` up to and including the first one holding ``needle``
+    (all of it when the child ends first): for tests that must act once a child says
+    something, whatever the machine's load."""
+    seen = []
+    for line in iter(stream.readline, ""):
+        seen.append(line)
+        if needle in line:
+            break
+    return "".join(seen)
+
+
 def kill_after(delay: float, *args: str, sig: int = signal.SIGKILL, group: bool | None = None,
                env: dict | None = None, cwd: Path = ROOT,
                timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:

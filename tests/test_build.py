@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -142,11 +141,9 @@ def test_incremental_rebuilds_exactly_the_dependent_set(tmp_path):
     first = building.build(s, USERSPACE, prepare=False)
     assert set(statuses(first).values()) == {"built"}
 
-    # No-op: nothing runs, nothing is rewritten, and it is quick.
+    # No-op: nothing runs and nothing is rewritten (its speed: benchmarks/bench_build.py).
     before = _snapshot(s)
-    t0 = time.monotonic()
     again = building.build(s, USERSPACE, prepare=False)
-    assert time.monotonic() - t0 < 3
     assert set(statuses(again).values()) == {"cached"}
     assert _snapshot(s) == before
     assert {n: c["key"] for n, c in again["components"].items()} == \

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import faults
 import pytest
 from buildfixtures import REPO, shell_project, shell_recipe
 
@@ -249,10 +250,11 @@ def test_second_build_in_same_work_dir_waits_for_the_first(tmp_path):
     with runlock.work_dir(s, "fetch"):
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env)
-        time.sleep(2.0)
-        assert proc.poll() is None, proc.communicate()
+        said = faults.read_until(proc.stderr, "waiting")     # it waits while we hold the lock
+        assert proc.poll() is None, (said, proc.communicate())
         assert not (s.work_dir / "build-manifest.json").exists()
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
+    err = said + err
     assert proc.returncode == 0, err
     assert f"pid {os.getpid()}, inv fetch" in err and "waiting" in err
     assert out.strip() == "success"

@@ -204,15 +204,22 @@ def test_kill_9_of_the_group_at_seeded_points_then_rerun_heals(tmp_path, fixture
 def test_two_builds_at_once_one_waits(tmp_path, fixture, reaper):
     project, reference = fixture
     work = fresh_work(tmp_path)
-    first = start_build(work, project, sleep=1.5)
+    gate = tmp_path / "gate"            # the first build's step runs until the gate exists
+    first = faults.start("build", "--work-dir", str(work), "--cache-dir",
+                         str(work.parent / "cache"), "--jobs", "2",
+                         env={**_env(project, 0), "FIXTURE_GATE": str(gate)})
     reaper(work, first)
-    wait_for_process(work, "sleep 1.5", first)
-    second = build(work, project)
-    out, err = first.communicate(timeout=60)
+    wait_for_process(work, "sleep 0.1", first)
+    second = faults.start("build", "--work-dir", str(work), "--cache-dir",
+                          str(work.parent / "cache"), "--jobs", "2", env=_env(project, 0))
+    said = faults.read_until(second.stderr, "waiting for another askbuild run")
+    gate.touch()
+    out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
-    assert second.returncode == 0, second.stderr
-    assert "waiting for another askbuild run" in second.stderr
-    assert f"pid {first.pid}" in second.stderr
+    _, rest = second.communicate(timeout=120)
+    assert second.returncode == 0, said + rest
+    assert "waiting for another askbuild run" in said
+    assert f"pid {first.pid}" in said
     st = {n: c["status"] for n, c in manifest(work)["components"].items()}
     assert set(st.values()) == {"cached"}            # the second found everything done
     assert artifacts(work) == reference

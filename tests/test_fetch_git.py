@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from askbuild import fetching, gitutil, refs
@@ -52,23 +50,19 @@ def test_fetch_checks_out_the_locked_commit_shallow(project, upstream):
     assert (tree / ".git/objects/info/alternates").read_text().strip() == str(cache / "objects")
 
 
-def test_refetch_of_same_pin_uses_no_network_and_is_fast(project, upstream):
+def test_refetch_of_same_pin_uses_no_network(project, upstream):
     sha = upstream.rev("v1.0")
     project.add_git("widget", upstream.url, "v1.0", sha)
     s = project.settings()
     fetching.fetch(s, ["widget"])
 
     upstream.remove()            # any network access would now fail
-    start = time.monotonic()
     fetching.fetch(s, ["widget"])
-    assert time.monotonic() - start < 0.5
 
     # Even a lost work tree is rebuilt from the cache alone.
     import shutil
     shutil.rmtree(s.src_dir / "widget")
-    start = time.monotonic()
     tree = fetching.fetch(s, ["widget"])["widget"]
-    assert time.monotonic() - start < 1.0
     assert _git(tree, "rev-parse", "HEAD") == sha
 
 

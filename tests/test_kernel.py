@@ -276,9 +276,7 @@ def test_kernel_and_modules(kernel_build, linux_tree):
 @pytest.mark.slow
 def test_kernel_noop_rebuild(kernel_build):
     s, _, _ = kernel_build
-    t0 = time.monotonic()
     man = building.build(s, ["cdx", "fci", "auto_bridge"], prepare=False)
-    assert time.monotonic() - t0 < 10
     assert {c["status"] for c in man["components"].values()} == {"cached"}
 
 
