@@ -640,10 +640,14 @@ def load_instructions(archive: Path, ref: str) -> str:
 
 def read_record(settings: Settings) -> dict | None:
     """``image/image.json`` when it describes the archive it names (same size and sha256),
-    else None (missing, damaged, or the archive was replaced or removed since)."""
+    else None (missing, damaged, or the archive was replaced or removed since).  The archive
+    is hashed only when its stat signature differs from the one the image stamp took right
+    after writing it (:func:`_archive_vouched`)."""
     rec = read_json(settings.image_record)
     if not rec or not isinstance(rec.get("archive"), str):
         return None
+    if _archive_vouched(settings, rec):
+        return rec
     try:
         digest, size = sha256_file(Path(rec["archive"]))
     except OSError:
@@ -684,11 +688,19 @@ def image(settings: Settings, tag: str = DEFAULT_TAG, output: str | Path | None 
     error naming each one; with ``partial`` the image is built from what exists and labelled
     ``io.monok8s.askbuild.partial=true`` and ``io.monok8s.askbuild.missing=<names>``.
 
-    Phases: check the tag, read the inputs, collect the application entries, the base layer,
-    the library check, the application layer, labels and config, archive + record, load."""
+    Phases: check the tag, the no-op answer (:func:`unchanged`: nothing the image is made
+    from changed since the last one, by stat signatures), read the inputs, collect the
+    application entries, the base layer, the library check, the application layer, labels and
+    config, archive + record + stamp, load."""
     check_tag(tag)
     conf = load_image_toml(settings)
     ref = f"{conf['repository']}:{tag}"
+    dest = Path(output) if output else settings.image_dir / "cmm.tar"
+    facts = stamp_facts(settings, conf, tag=tag, dest=dest, board=board, partial=partial)
+    done = unchanged(settings, facts, dest)
+    if done is not None:
+        return _unchanged_result(done, dest, ref, load)
+    settings.image_stamp.unlink(missing_ok=True)
     inputs = read_inputs(settings, partial)
     console.step(f"image {ref} (kernel {inputs.release or 'none'}, SOURCE_DATE_EPOCH "
                  f"{inputs.epoch}{', partial' if partial else ''})")
@@ -698,7 +710,6 @@ def image(settings: Settings, tag: str = DEFAULT_TAG, output: str | Path | None 
     compression = str(conf.get("layers", {}).get("compression", "gzip"))
     base = base_layer(settings, conf, entries, inputs.epoch, compression)
     app = check_libraries(base, entries)
-    dest = Path(output) if output else settings.image_dir / "cmm.tar"
     _clean_leftovers(settings.image_dir, dest)
     suffix = ".gz" if compression == "gzip" else ""
     app_layer = oci.write_layer(
@@ -716,6 +727,7 @@ def image(settings: Settings, tag: str = DEFAULT_TAG, output: str | Path | None 
         settings, dest, [("base", base.layer), ("app", app_layer)], config, ref=ref,
         inputs=inputs, labels=labels,
         extra={"base_packages": base.packages, "vendor_files": origin})
+    write_stamp(settings, facts, dest, archive.sha256)
     loaded = load_image(dest, ref, archive.image_id) if load else False
     if not load:
         console.info(f"not loaded (--no-load); load it with: docker load -i "
@@ -855,3 +867,140 @@ def load_image(dest: Path, ref: str, image_id: str) -> bool:
         return True
     finally:
         client.close()
+
+
+# -- the image stamp: a no-op without rebuilding ----------------------------------------------
+#
+# ``image/image-stamp.json`` (:attr:`Settings.image_stamp`), written right after an archive and
+# its record: everything the image is made from, as stat signatures (``[size, mtime_ns,
+# ctime_ns, inode]``: ``ctime`` moves on any write, even one restoring size and mtime) and
+# loose ref contents, plus the options.  Not seen (as before the stamp, the full path reads
+# them only through the inputs above): the host's package database behind the base layer's
+# library mapping, and the user's git configuration outside ``~/.gitconfig``.
+
+IMAGE_STAMP_SCHEMA = 1
+
+
+def _sig(path: Path) -> list[int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _walk_sigs(root: Path) -> dict[str, list[int] | None]:
+    """The stat signature of ``root`` and of every file, link and directory under it (links
+    not followed)."""
+    out = {".": _sig(root)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, root)] = _sig(Path(p))
+    return out
+
+
+def _loose_ref(tree: Path, ref: str) -> str | None:
+    try:
+        return (tree / ".git" / ref).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _vendor_specs(conf: dict) -> list[str]:
+    """Every ``SOURCE[@base]:PATH`` the image reads (``[vendor]`` and every board: the full
+    path reads all boards, to ship their dpa-configs)."""
+    specs = list(conf["vendor"].values())
+    for table in (conf.get("boards") or {}).values():
+        specs += list(table.values())
+    return specs
+
+
+def stamp_facts(settings: Settings, conf: dict, *, tag: str, dest: Path, board: str | None,
+                partial: bool) -> dict | None:
+    """What an image made now would be made from, by stats and small reads (no git, no
+    hashing): the options, ``SOURCE_DATE_EPOCH``, ``images/cmm/``, the build manifest, the
+    staging tree, the patch records and sources file (labels), the project's git config
+    (the source label), the base ref of the ASK tree and of every tree a vendor file is read
+    from, and each vendor file in its work tree.  None when only git can tell (a tree with
+    no loose base ref)."""
+    state = settings.patch_record("*")
+    facts: dict = {
+        "schema": IMAGE_STAMP_SCHEMA,
+        "options": {"tag": tag, "output": os.path.abspath(dest), "board": board,
+                    "partial": partial},
+        "epoch_env": os.environ.get("SOURCE_DATE_EPOCH"),
+        "inputs": _walk_sigs(image_inputs_dir(settings)),
+        "manifest": _sig(settings.build_manifest),
+        "staging": _walk_sigs(settings.staging_dir),
+        "sources_file": _sig(settings.sources_file),
+        "patch_records": {p.name: _sig(p) for p in sorted(state.parent.glob(state.name))},
+        "git_config": [_sig(settings.project_root / ".git" / "config"),
+                       _sig(Path.home() / ".gitconfig")],
+        "trees": {}, "vendor": {}}
+    names = {"ask"}
+    for spec in _vendor_specs(conf):
+        m = VENDOR_RE.match(spec)
+        if not m:
+            return None
+        names.add(m.group("src"))
+        facts["vendor"][spec] = _sig(settings.source_tree(m.group("src")) / m.group("path"))
+    for name in sorted(names):
+        tree = settings.source_tree(name)
+        if not (tree / ".git").exists():
+            facts["trees"][name] = None
+            continue
+        base = _loose_ref(tree, f"refs/tags/{BASE_TAG}")
+        if base is None:
+            return None
+        facts["trees"][name] = base
+    return facts
+
+
+def unchanged(settings: Settings, facts: dict | None, dest: Path) -> dict | None:
+    """The image record when the stamp shows the same ``facts`` and the archive and record
+    are the very files written with it (stat signatures); else None (then the image is
+    made again)."""
+    stamp = read_json(settings.image_stamp)
+    if facts is None or not stamp or stamp.get("facts") != facts:
+        return None
+    rec = read_json(settings.image_record)
+    if (not rec or rec.get("archive") != str(dest) or _sig(dest) != stamp.get("archive")
+            or _sig(settings.image_record) != stamp.get("record")
+            or rec.get("archive_sha256") != stamp.get("archive_sha256")):
+        return None
+    return rec
+
+
+def _archive_vouched(settings: Settings, rec: dict) -> bool:
+    """Whether the image stamp took the stat of exactly this record and archive."""
+    stamp = read_json(settings.image_stamp)
+    return bool(stamp) and stamp.get("archive_sha256") == rec.get("archive_sha256") \
+        and stamp.get("archive") == _sig(Path(rec["archive"])) \
+        and stamp.get("record") == _sig(settings.image_record)
+
+
+def write_stamp(settings: Settings, facts: dict | None, dest: Path, sha256: str) -> None:
+    """Stamp the archive just written and its record with the ``facts`` taken before the
+    image was made (an input that changed meanwhile makes the next run rebuild)."""
+    if facts is None:
+        settings.image_stamp.unlink(missing_ok=True)
+        return
+    write_json_atomic(settings.image_stamp,
+                      {"facts": facts, "archive": _sig(dest), "archive_sha256": sha256,
+                       "record": _sig(settings.image_record)})
+
+
+def _unchanged_result(rec: dict, dest: Path, ref: str, load: bool) -> ImageResult:
+    """The no-op answer: say so, load the archive when asked (the engine check stays), and
+    return what the record says."""
+    console.info(f"image {ref} unchanged: {dest} (image id {rec.get('image_id')}; nothing it "
+                 "is made from changed since it was written)")
+    loaded = load_image(dest, ref, rec["image_id"]) if load else False
+    if not load:
+        console.info(f"not loaded (--no-load); load it with: docker load -i "
+                     f"{shlex.quote(str(dest))}")
+    return ImageResult(dest, rec["archive_sha256"], rec["image_id"], ref, loaded,
+                       rec.get("layers", []), rec.get("labels", {}),
+                       rec.get("base_packages", []), rec.get("kernel_release", ""),
+                       rec.get("source_date_epoch", 0))

@@ -361,6 +361,18 @@ class Settings:
         answers from it without running git."""
         return self.state_dir / f"fetch-{name}.json"
 
+    def patch_stamp(self, name: str) -> Path:
+        """What the last successful ``inv patch`` of ``name`` saw (ref contents and stat
+        signatures, ``patchqueue.record``): a no-op patch and ``patch_state_problem`` answer
+        from it without running git."""
+        return self.state_dir / f"stamp-patch-{name}.json"
+
+    @property
+    def image_stamp(self) -> Path:
+        """What the last ``inv image`` saw (stat signatures of its inputs and archive, the
+        options): a no-op ``inv image --no-load`` answers from it (``imaging``)."""
+        return self.image_dir / "image-stamp.json"
+
     def build_record(self, name: str) -> Path:
         """The done record of component ``name`` (its content key and staged files)."""
         return self.state_dir / f"build-{name}.json"

@@ -1,8 +1,11 @@
 """Issue 9 point 2/3: no-op verbs and ``inv --list`` against ``python -c pass``, and the peak
 RSS of a no-op verb.  Inputs: a temporary project with one git source (tests/upstreams.py).
 
-Only ``inv fetch`` has a fast no-op path so far; rows for patch/build/image are to be added
-when theirs land (see the report of issue 9)."""
+Rows: ``inv --list``, no-op ``inv fetch``, no-op ``inv patch`` (a two-patch local series,
+tests/patchfixtures.py) and no-op ``inv image --no-load`` (a fixture staging tree,
+tests/imagefixtures.py; needs the cross compiler, else the row says so), each with the number
+of git processes it spawned (a ``git`` wrapper on PATH counts them).  The build row is to be
+added when its no-op path lands."""
 
 from __future__ import annotations
 
@@ -37,6 +40,66 @@ def _row(measure: str, s: float, anchor: str, a: float, limit: float, target: st
             "target": target, "met": s - a <= limit, "notes": notes}
 
 
+def _git_counter(tmp: Path, env: dict) -> tuple[dict, Path]:
+    """``env`` with a ``git`` first on PATH that logs each call to the returned file."""
+    import shutil
+    bindir = tmp / "gitlog-bin"
+    bindir.mkdir(exist_ok=True)
+    log = tmp / "git-calls.log"
+    wrapper = bindir / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which("git")} "$@"\n')
+    wrapper.chmod(0o755)
+    return {**env, "PATH": f"{bindir}:{env['PATH']}"}, log
+
+
+def _git_calls(cmd: list[str], env: dict, log: Path) -> int:
+    log.unlink(missing_ok=True)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    n = len(log.read_text().splitlines()) if log.exists() else 0
+    log.unlink(missing_ok=True)
+    return n
+
+
+def _noop_patch(env: dict, rounds: int, anchor: float) -> dict:
+    from patchfixtures import make_project
+    with tempfile.TemporaryDirectory() as tmp:
+        project = make_project(Path(tmp), kinds=["clean", "near"])
+        s = project.settings
+        cmd = [*INV, "patch", "--work-dir", str(s.work_dir), "--cache-dir", str(s.cache_dir)]
+        env = {**env, "ASKBUILD_PROJECT_ROOT": str(project.root)}
+        for _ in range(3):      # apply, then settle (racily clean index entries once)
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+        genv, log = _git_counter(Path(tmp), env)
+        calls = _git_calls(cmd, genv, log)
+        t = _time(cmd, env, rounds)
+    return _row("no-op inv patch (1 source, 2 patches)", t, "python -c pass", anchor, 0.125,
+                "<= +0.125 s (a quarter of the 0.5 s budget)", f"git processes: {calls}")
+
+
+def _noop_image(env: dict, rounds: int, anchor: float) -> dict:
+    import shutil
+
+    import imagefixtures as fx
+    measure_name = "no-op inv image --no-load (fixture staging tree)"
+    if not shutil.which(fx.CC):
+        return {"measure": measure_name, "askbuild_s": 0.0, "anchor": "python -c pass",
+                "anchor_s": anchor, "ratio": 0.0, "target": "<= +0.125 s", "met": False,
+                "notes": f"not measured: {fx.CC} is not installed"}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "work"
+        fx.make_work(work, fx.compile_programs(Path(tmp) / "programs"))
+        cmd = [*INV, "image", "--no-load", "--tag", "bench", "--work-dir", str(work),
+               "--cache-dir", str(fx.shared_cache_dir())]
+        env = {**env, "DOCKER_HOST": f"unix://{tmp}/no-such.sock"}
+        env["ASKBUILD_PROJECT_ROOT"] = str(ROOT)
+        subprocess.run(cmd, env=env, check=True, capture_output=True)    # stamp it
+        genv, log = _git_counter(Path(tmp), env)
+        calls = _git_calls(cmd, genv, log)
+        t = _time(cmd, env, rounds)
+    return _row(measure_name, t, "python -c pass", anchor, 0.125,
+                "<= +0.125 s (a quarter of the 0.5 s budget)", f"git processes: {calls}")
+
+
 def measure(args) -> list[dict]:
     from upstreams import GitUpstream, Project
     rounds = 3 if args.quick else args.rounds
@@ -58,10 +121,15 @@ def measure(args) -> list[dict]:
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         subprocess.run(fetch, env=env, check=True, capture_output=True)
         rss_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        env.pop("ASKBUILD_PROJECT_ROOT", None)
+    patch_row = _noop_patch(env, rounds, anchor)
+    image_row = _noop_image(env, rounds, anchor)
     return [
         _row("inv --list", t_list, "python -c pass", anchor, 0.125, "<= +0.125 s"),
         _row("no-op inv fetch (1 git source)", t_fetch, "python -c pass", anchor, 0.125,
              "<= +0.125 s (a quarter of the 0.5 s budget)"),
+        patch_row,
+        image_row,
         {"measure": "peak RSS, no-op inv fetch", "askbuild_s": 0.0, "anchor": "150 MB",
          "anchor_s": 0.0, "ratio": round(rss_mb / 150, 2), "target": "< 150 MB",
          "met": rss_mb < 150, "notes": f"{rss_mb:.0f} MB (max RSS of children so far)"},

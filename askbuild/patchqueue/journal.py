@@ -249,5 +249,23 @@ def scratch_worktree(tree: Path, base: str, parent: Path) -> Iterator[Path]:
         gone = gitutil.git(["worktree", "remove", "--force", "--", str(scratch)], cwd=tree,
                            check=False).returncode == 0
         shutil.rmtree(scratch, ignore_errors=True)
-        if not gone:        # (remove drops the worktree's metadata itself when it works)
+        # remove drops the worktree's metadata itself when it works; prune what it did not,
+        # and what scratch trees of killed runs left (clean_scratch removed their files)
+        if not gone or _stale_worktrees(tree):
             gitutil.git(["worktree", "prune"], cwd=tree, check=False)
+
+
+def _stale_worktrees(tree: Path) -> bool:
+    """Whether ``tree``'s git dir lists a worktree whose directory no longer exists (read from
+    ``.git/worktrees/*/gitdir``, without running git)."""
+    meta = tree / ".git" / "worktrees"
+    if not meta.is_dir():
+        return False
+    for entry in meta.iterdir():
+        try:
+            gitdir = (entry / "gitdir").read_text().strip()
+        except OSError:
+            return True
+        if not Path(gitdir).exists():
+            return True
+    return False

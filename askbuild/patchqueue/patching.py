@@ -1,7 +1,8 @@
 """The ``inv patch`` verb: bring each source's work tree to base + its series.
 
 Branch ``askbuild/patched`` starts at the base (tag ``askbuild/base``) and gets one commit per
-patch.  A record that vouches for the tree makes the run a no-op; anything else is rebuilt from
+patch.  A record that vouches for the tree makes the run a no-op (answered without any git
+process when the patch stamp proves nothing changed: :mod:`.record`); anything else is rebuilt from
 the base on a detached HEAD (the branch and the record move only when every patch applied, a
 failure puts the tree back as it was), but never over user work (uncommitted edits, a git
 operation in progress, or commits on ``askbuild/patched`` that askbuild did not make raise
@@ -32,7 +33,15 @@ from .apply import PATCH_COLUMNS, apply_queue
 from .inputs import collect_inputs, source_tree
 from .journal import clean_scratch, journalled, recover_tree, scratch_worktree
 from .layers import Layer, load_layers
-from .record import layers_with_empty, record_done, record_matches, tree_state
+from .record import (
+    drop_stamp,
+    layers_with_empty,
+    record_done,
+    record_matches,
+    stamp_current,
+    tree_state,
+    write_stamp,
+)
 from .worktree import (
     ASKBUILD_COMMITTER,
     NoSpaceLeft,
@@ -189,16 +198,39 @@ class _Trees:
         return None
 
 
+def unchanged_from_stamp(settings: Settings, src: Source, layers: list[Layer],
+                         sources: dict[str, Source], report: Report) -> bool:
+    """The no-op answer without git: when the patch stamp proves nothing changed since the
+    last full check (:func:`~.record.stamp_current`), report every patch ``unchanged`` as
+    :func:`patch_source` does for a done tree and return True."""
+    record = stamp_current(settings, src.name, layers, sources)
+    if record is None:
+        return False
+    kinds = {ly.id: ly.kind for ly in layers}
+    for p in record["patches"]:
+        report.add(source=src.name, layer=p["layer"], kind=kinds.get(p["layer"], p.get("kind")),
+                   patch=p["file"], status="unchanged", commit=(p.get("commits") or [None])[-1],
+                   detail="")
+    settings.failed_patch_record(src.name).unlink(missing_ok=True)
+    return True
+
+
 def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Trees, *,
                sources: dict[str, Source], report: Report, check: bool) -> None:
-    """Patch (or ``check``) one source; raises what went wrong."""
+    """Patch (or ``check``) one source the full way; raises what went wrong.  (The caller
+    first tries :func:`unchanged_from_stamp`.)  After a run that leaves the tree done and
+    skipped no optional layer (whose warning only this path prints), a new stamp."""
     with git_errors(f"patch {src.name}", settings.source_tree(src.name)):
         if not check:
+            drop_stamp(settings, src.name)
             recover_tree(settings, src.name)
         tree = trees.get(src.name)
         if not check:
+            mark = len(report.rows)
             patch_source(settings, src, sources=sources, layers=layers, report=report,
                          tree=tree, trees=trees.made)
+            if not any(r.get("status") == "skipped" for r in report.rows[mark:]):
+                write_stamp(settings, src.name, layers, sources)
             return
         inputs = collect_inputs(settings, layers, sources, trees={**trees.made})
         base = base_commit(tree)
@@ -235,6 +267,8 @@ def patch(settings: Settings, names: list[str] | tuple[str, ...] = (), check: bo
         layers = all_layers.get(src.name, [])
         mark = len(report.rows)
         try:
+            if not check and unchanged_from_stamp(settings, src, layers, sources, report):
+                continue
             if keep_going and (why := trees.blocked(layers)):
                 skipped.append((src.name, why))
                 report.add(source=src.name, layer="", kind="", patch="", status="skipped",

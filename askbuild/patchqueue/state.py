@@ -17,7 +17,7 @@ from ..sources import Source, load_sources
 from .inputs import PatchInput, collect_inputs, shown
 from .journal import JOURNAL
 from .layers import Layer, load_layers
-from .record import record_done, tree_state
+from .record import record_done, save_stamp, stamp_current, take_stamp, tree_state
 from .worktree import (
     base_commit,
     git_dir,
@@ -42,9 +42,13 @@ def patch_state_problem(settings: Settings, name: str) -> str | None:
     reads committed files only).  When the tree is not the current series and the last
     ``inv patch`` of the source failed, that failure is the answer.
 
-    Cheap: ``git rev-parse``/``ls-tree``/``cat-file``, sha256 of the series files and one
-    ``git status`` (no ``git am``, no fetch, nothing written).  Never raises for a bad state:
-    an unreadable file or a git failure is a problem line too."""
+    Cheap: no git process at all when the patch stamp (:func:`~.record.stamp_current`, the
+    same one a no-op ``inv patch`` answers from) proves that nothing changed since a full
+    check that also saw no untracked file; otherwise ``git rev-parse``/``ls-tree``/
+    ``cat-file``, sha256 of the series files and one ``git status`` (no ``git am``, no fetch;
+    the only thing written is the stamp, taken before that check and kept when it finds the
+    tree current).  Never raises for a bad state: an unreadable file or a git failure is a
+    problem line too."""
     try:
         return _state_problem(settings, name)
     except AskbuildError as e:
@@ -100,6 +104,22 @@ def _state_problem(settings: Settings, name: str) -> str | None:
     sources = load_sources(settings)
     if name not in sources:
         return f"no source named {name!r} in {settings.sources_file}"
+    try:
+        layers = load_layers(settings, sources).get(name, [])
+    except AskbuildError:
+        layers = None               # (the full check below names the problem in its turn)
+    if layers is not None and stamp_current(settings, name, layers, sources, untracked=True):
+        return None
+    stamp = take_stamp(settings, name, layers, sources, untracked=False) \
+        if layers is not None else None
+    problem = _full_problem(settings, sources, name)
+    if problem is None:
+        save_stamp(settings, name, stamp)
+    return problem
+
+
+def _full_problem(settings: Settings, sources: dict[str, Source], name: str) -> str | None:
+    """The checks of :func:`patch_state_problem` with git (no stamp)."""
     tree = settings.source_tree(name)
     run = f"`{settings.command('patch', '--source', name)}`"
     problem = _tree_problem(settings, sources[name], tree, run)
