@@ -57,9 +57,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import console, gitutil, runlock
+from . import console, gitutil, runlock, tarimport
 from . import sources as sources_mod
-from .archive import safe_extract
 from .download import (
     NoSpaceError,
     download,
@@ -86,7 +85,7 @@ from .settings import Settings
 from .sources import Source, load_sources, select, write_lock
 from .urls import apply_mirrors, check_url
 
-SHA256_TRAILER = "Askbuild-Sha256"
+SHA256_TRAILER = tarimport.SHA256_TRAILER
 #: In a work tree's ``.git``: a base move in progress (``{"from": sha, "to": sha}``).
 MOVE_MARKER = "askbuild-base-move.json"
 
@@ -1015,17 +1014,12 @@ def _tarball_settled(settings: Settings, source: Source, tree: Path) -> bool:
 
 
 def _import_tarball(settings: Settings, source: Source, archive: Path, dest: Path) -> str:
-    """Extract ``archive`` into the new directory ``dest`` and commit it; return the commit."""
-    safe_extract(archive, dest, strip_components=source.strip_components, what=source.name)
-    # The user's global git config (filters, attributes, ...) must not change the commit.
-    env = {"GIT_CONFIG_GLOBAL": os.devnull}
-    gitutil.git(["init", "-q", "--", str(dest)], env=env)
-    gitutil.git(["add", "-A", "-f", "--", "."], cwd=dest, env=env)
-    message = (f"Import {source.filename} ({source.name} {source.ref})\n\n"
-               f"{SHA256_TRAILER}: {source.sha256}\n")
-    gitutil.git(["commit", "-q", "--allow-empty", "--no-verify", "-m", message], cwd=dest,
-                env={**gitutil.FIXED_IDENTITY, **env})
-    return gitutil.out(["rev-parse", "HEAD"], cwd=dest)
+    """Extract ``archive`` into the new directory ``dest`` and commit it; return the commit
+    (:func:`askbuild.tarimport.import_tarball`: the same commit id as every earlier import)."""
+    message = tarimport.import_message(source.filename, source.name, str(source.ref),
+                                       str(source.sha256))
+    return tarimport.import_tarball(archive, dest, strip_components=source.strip_components,
+                                    what=source.name, message=message)
 
 
 def _tarball_work_tree(settings: Settings, source: Source, archive: Path) -> Path:
