@@ -378,6 +378,12 @@ class Settings:
         return self.state_dir / f"build-{name}.json"
 
     @property
+    def build_stamp(self) -> Path:
+        """What a no-op build answers from without git, gcc or dpkg-query (tree ids by commit,
+        the toolchain and package versions by stat signatures)."""
+        return self.state_dir / "stamp-build.json"
+
+    @property
     def run_lock(self) -> Path:
         """The work-dir lock file (``runlock.work_dir``)."""
         return self.state_dir / "askbuild.lock"

@@ -11,6 +11,10 @@ every arm64 ``-dev`` package a recipe lists in ``host_libs`` must have its heade
 :func:`lib_problems`), and host tools a kernel build needs (``depmod``) must be found
 (:func:`find_tool`, :func:`tool_problems`).  A miss is a :class:`MissingToolError` carrying the
 command that fixes it.
+
+What those answers depend on is given by stat signatures (:func:`compiler_signature`,
+:func:`packages_signature`): the build keeps the answers with them and asks again only when
+one differs (:mod:`askbuild.building.stamp`), so a no-op build runs no compiler or dpkg-query.
 """
 
 from __future__ import annotations
@@ -51,6 +55,23 @@ class Toolchain:
     gcc_version: str              # e.g. 12.2.0
     versions: dict[str, str] = field(default_factory=dict)  # tool -> first --version line
     packages: dict[str, str] = field(default_factory=dict)  # Debian package -> version
+
+    def to_json(self) -> dict:
+        """The fields, for a stamp (:func:`from_json` reads them back)."""
+        return {"prefix": self.prefix, "gcc": self.gcc, "gcc_version": self.gcc_version,
+                "versions": dict(self.versions), "packages": dict(self.packages)}
+
+    @classmethod
+    def from_json(cls, data: object) -> Toolchain | None:
+        """A toolchain from :meth:`to_json` data; None when it is not that."""
+        try:
+            tc = cls(prefix=data["prefix"], gcc=data["gcc"], gcc_version=data["gcc_version"],
+                     versions=dict(data["versions"]), packages=dict(data["packages"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+        fields = [tc.prefix, tc.gcc, tc.gcc_version, *tc.versions, *tc.versions.values(),
+                  *tc.packages, *tc.packages.values()]
+        return tc if all(isinstance(f, str) for f in fields) else None
 
     def identity(self, host_libs: list[str] = ()) -> dict:
         """What goes into a component's content key: the compiler and tools, and the versions
@@ -165,6 +186,44 @@ def check_compiler(settings: Settings) -> Toolchain:
         tc.versions[prefix + tool] = _first_line([prefix + tool, "--version"])
     tc.versions["make"] = _first_line(["make", "--version"])
     return tc
+
+
+# -- what the checks above depend on, by stat (a no-op build runs none of them) ------------
+
+#: The package database: any package installed, upgraded or removed rewrites it.
+DPKG_STATUS = Path("/var/lib/dpkg/status")
+
+
+def stat_sig(path: str | Path | None) -> list | None:
+    """``[path, size, mtime_ns, ctime_ns, inode]`` of ``path`` (symlinks followed: a link
+    moved to another compiler shows), None when absent.  ``ctime`` moves on every write, even
+    one that restores size and mtime."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def compiler_signature(settings: Settings) -> dict:
+    """What :func:`check_compiler`'s answer depends on: the prefix, PATH, and the stat
+    signature of every tool it runs as resolved on PATH (the compiler, binutils, make) and of
+    ``ccache`` and the package database.  Equal signatures: the same answer."""
+    prefix = settings.cross_compile
+    tools = [settings.cross_gcc, *(prefix + t for t in ("g++", "ld", "ar")), "make", "ccache"]
+    return {"prefix": prefix, "path": os.environ.get("PATH", os.defpath),
+            "tools": {t: stat_sig(shutil.which(t)) for t in tools},
+            "dpkg_status": stat_sig(DPKG_STATUS)}
+
+
+def packages_signature(packages: list[str]) -> dict:
+    """What :func:`package_versions` of ``packages`` depends on (the package database,
+    ``dpkg-query`` itself, PATH)."""
+    return {"packages": sorted(packages), "path": os.environ.get("PATH", os.defpath),
+            "dpkg_query": stat_sig(shutil.which("dpkg-query")),
+            "dpkg_status": stat_sig(DPKG_STATUS)}
 
 
 def lib_problems(names: list[str], *, root: Path = Path("/"),

@@ -1,7 +1,8 @@
 """``inv build``: :func:`build` reads as its phases.
 
 Plan (nothing runs yet): load the recipes, make the missing source trees, check the cross
-compiler, compute the keys, check each component's preconditions (fail-fast unless
+compiler, compute the keys (both from the build stamp when what they depend on is unchanged,
+:mod:`.stamp`), check each component's preconditions (fail-fast unless
 ``keep_going``).  Run: the ccache links, the up-front staging check, the early manifest (with the
 components of earlier runs that are still current), the DAG of components, the post checks
 (vermagic, depmod), the final manifest, then the result: the manifest or one error.
@@ -24,6 +25,7 @@ from .keys import Plan, check_preconditions, compute_keys, not_startable
 from .records import needs_restage, trusted_record, up_to_date
 from .runner import StepError, base_env
 from .schedule import Build, Reporter
+from .stamp import BuildStamp
 
 
 @runlock.exclusive("build")
@@ -54,9 +56,12 @@ def make_plan(settings: Settings, components: list[str] | None, *, keep_going: b
     rs = recipes.load(settings)
     names = rs.order(components or None)
     unavailable = prepare_sources(settings, _sources_read(rs, names), prepare, keep_going)
-    plan = Plan(settings, rs, names, _toolchain(settings, rs), ccache=ccache)
+    stamp = BuildStamp(settings)
+    plan = Plan(settings, rs, names, _toolchain(settings, rs, stamp), ccache=ccache,
+                stamp=stamp)
     compute_keys(plan, unavailable)
     check_preconditions(plan)
+    stamp.save()
     return plan
 
 
@@ -66,13 +71,11 @@ def _sources_read(rs: RecipeSet, names: list[str]) -> list[str]:
     return sorted({r.source for r in read} | {u for r in read for u in r.uses})
 
 
-def _toolchain(settings: Settings, rs: RecipeSet) -> toolchain.Toolchain:
+def _toolchain(settings: Settings, rs: RecipeSet, stamp: BuildStamp) -> toolchain.Toolchain:
     """The cross compiler (checked: every component needs it) and the versions of the arm64
-    packages any recipe links against."""
-    tc = toolchain.check_compiler(settings)
-    tc.packages = toolchain.package_versions(sorted(
+    packages any recipe links against (from ``stamp`` when nothing they depend on changed)."""
+    return stamp.toolchain(settings, sorted(
         {toolchain.KNOWN_LIBS[lib][0] for r in rs.recipes.values() for lib in r.host_libs}))
-    return tc
 
 
 def earlier_builds(settings: Settings, plan: Plan) -> tuple[dict[str, dict], dict[str, str]]:
@@ -142,7 +145,10 @@ def _start_manifest(settings: Settings, plan: Plan, keep_going: bool) -> manifes
     srcs = [n for n in _sources_read(plan.rs, [*plan.names, *current])
             if is_tree(settings.source_tree(n))]
     man = manifest.Manifest(settings)
-    man.start(plan=plan, sources={n: source_info(settings, n) for n in srcs},
+    stamp = plan.stamp or BuildStamp(settings)
+    infos = {n: source_info(settings, n, stamp) for n in srcs}
+    stamp.save()
+    man.start(plan=plan, sources=infos,
               options={"keep_going": keep_going, "ccache": plan.ccache, "jobs": settings.jobs,
                        "components": plan.names}, earlier=current, outside=outside)
     return man

@@ -14,8 +14,8 @@ from .. import console, fetching, gitutil, patchqueue
 from ..errors import AskbuildError, SourceError, UserError
 from ..fsutil import read_toml
 from ..recipes import Recipe
-from ..refs import BASE_REF
 from ..settings import Settings
+from .stamp import BuildStamp
 
 
 class MissingInputs(UserError):
@@ -35,21 +35,6 @@ def one_error(errors: list[AskbuildError], default=UserError) -> AskbuildError:
 def is_tree(path: Path) -> bool:
     """Whether ``path`` is a work tree (a git repository)."""
     return (path / ".git").exists()
-
-
-def _tree_ids(src: Path, paths: list[str]) -> tuple[dict[str, str], list[str]]:
-    """({path: git tree/blob id at HEAD}, [paths that do not exist at HEAD]) for the declared
-    input paths of a source work tree."""
-    revs = ["HEAD^{tree}" if p in (".", "") else f"HEAD:{p.rstrip('/')}" for p in paths]
-    proc = gitutil.git(["rev-parse", *revs], cwd=src, check=False)
-    if proc.returncode == 0:
-        return dict(zip(paths, proc.stdout.split(), strict=True)), []
-    missing = [p for p, rev in zip(paths, revs, strict=True)
-               if gitutil.git(["rev-parse", "--verify", "--quiet", rev], cwd=src,
-                              check=False).returncode != 0]
-    if not missing:
-        raise SourceError(f"{src}: git rev-parse failed: {proc.stderr.strip()}")
-    return {}, missing
 
 
 # -- making the trees -------------------------------------------------------------------
@@ -127,9 +112,11 @@ def source_descriptions(settings: Settings) -> dict[str, str]:
 
 # -- reading them ---------------------------------------------------------------------
 def input_errors(settings: Settings, r: Recipe, unavailable: dict[str, str],
-                 described: dict[str, str]) -> tuple[dict[str, dict], list[MissingInputs]]:
+                 described: dict[str, str], stamp: BuildStamp
+                 ) -> tuple[dict[str, dict], list[MissingInputs]]:
     """The git ids of every input of recipe ``r`` ({source: {path: id}}: its own source first,
-    then its ``uses``), and an error for each source whose tree or paths are not there, saying
+    then its ``uses``; from ``stamp`` when it knows them for the commit HEAD is at), and an
+    error for each source whose tree or paths are not there, saying
     where they come from: ``fmlib needs linux:include/uapi/linux/fmd (from NXP LSDK 6.18
     kernel, source linux): not in <tree> at HEAD``."""
     ids: dict[str, dict[str, str]] = {}
@@ -149,7 +136,7 @@ def input_errors(settings: Settings, r: Recipe, unavailable: dict[str, str],
                                             f"source: {again})"))
             continue
         try:
-            ids[src], gone = _tree_ids(tree, paths)
+            ids[src], gone = stamp.tree_ids(tree, paths)
         except SourceError as e:          # a damaged repository, not a missing path
             errors.append(MissingInputs(f"{wanted}: {e.message}", fix=f"run {again}"))
             continue
@@ -163,15 +150,15 @@ def input_errors(settings: Settings, r: Recipe, unavailable: dict[str, str],
     return ids, errors
 
 
-def source_info(settings: Settings, name: str) -> dict:
-    """What the manifest says about one source: commits and the applied patches."""
+def source_info(settings: Settings, name: str, stamp: BuildStamp) -> dict:
+    """What the manifest says about one source: commits and the applied patches (what git
+    would say; from ``stamp`` when it knows it for these commits)."""
     src = settings.source_tree(name)
     info: dict = {"path": str(src)}
-    info["head"] = gitutil.out(["rev-parse", "HEAD"], cwd=src)
-    info["tree"] = gitutil.out(["rev-parse", "HEAD^{tree}"], cwd=src)
-    base = gitutil.git(["rev-parse", "--verify", "--quiet", f"{BASE_REF}^{{commit}}"],
-                       cwd=src, check=False)
-    info["base"] = base.stdout.strip() or None
+    info["head"] = stamp.head(src)
+    ids, _ = stamp.tree_ids(src, ["."])
+    info["tree"] = ids.get(".")
+    info["base"] = stamp.base(src)
     state = None
     try:
         state = patchqueue.tree_state(settings, name)
@@ -181,10 +168,8 @@ def source_info(settings: Settings, name: str) -> dict:
         info["patch_state"] = state
         info["patches"] = state.get("patches", [])
     elif info["base"]:
-        log = gitutil.out(["log", "--reverse", "--format=%H %s", f"{info['base']}..HEAD", "--"],
-                          cwd=src)
-        info["patches"] = [{"commit": ln.split(" ", 1)[0], "subject": ln.partition(" ")[2]}
-                           for ln in log.splitlines() if ln]
+        info["patches"] = [{"commit": c, "subject": subject}
+                           for c, subject in stamp.log(src, info["base"], info["head"])]
     else:
         info["patches"] = []
     return info

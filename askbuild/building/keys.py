@@ -1,7 +1,8 @@
 """The plan of a build: content keys and per-component preconditions.
 
 The key of a component is a sha256 over: the git tree ids of its declared input paths at HEAD
-(so a patch touching ``cmm/`` changes only the keys of the components reading ``cmm/``), its
+(from the build stamp when it holds them for that commit, :mod:`.stamp`; so a patch touching
+``cmm/`` changes only the keys of the components reading ``cmm/``), its
 recipe, the shared variables it uses, the project files it reads (kernel fragments), the
 toolchain identity (with the package versions of its own ``host_libs``) and its dependencies'
 keys.  An unchanged key with the artifacts in place means "nothing to do".
@@ -18,6 +19,7 @@ from ..errors import AskbuildError, ConfigError
 from ..recipes import Recipe, RecipeSet
 from ..settings import Settings
 from .inputs import MissingInputs, input_errors, one_error, source_descriptions
+from .stamp import BuildStamp
 
 KEY_SCHEMA = 2
 
@@ -39,6 +41,7 @@ class Plan:
     unknown: dict[str, str] = field(default_factory=dict)
     input_errors: dict[str, list[AskbuildError]] = field(default_factory=dict)
     blocked: dict[str, AskbuildError] = field(default_factory=dict)
+    stamp: BuildStamp | None = None        # what earlier builds learnt (:mod:`.stamp`)
 
 
 def _project_inputs(settings: Settings, r: Recipe) -> dict[str, str]:
@@ -55,6 +58,7 @@ def compute_keys(plan: Plan, unavailable: dict[str, str] | None = None) -> None:
     """The key of every recipe whose inputs can be read (``unavailable``: {source: why its
     tree is missing}, from :func:`askbuild.building.inputs.prepare_sources`)."""
     s, rs = plan.settings, plan.rs
+    stamp = plan.stamp or BuildStamp(s)
     described = source_descriptions(s)
     for name in rs.order():
         r = rs.recipes[name]
@@ -62,7 +66,7 @@ def compute_keys(plan: Plan, unavailable: dict[str, str] | None = None) -> None:
         if lost:
             plan.unknown[name] = f"the inputs of {', '.join(lost)} cannot be read"
             continue
-        ids, errors = input_errors(s, r, unavailable or {}, described)
+        ids, errors = input_errors(s, r, unavailable or {}, described, stamp)
         try:
             project = _project_inputs(s, r)
         except ConfigError as e:

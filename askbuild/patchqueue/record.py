@@ -8,6 +8,7 @@ exactly its commits between base and head.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import struct
@@ -193,11 +194,14 @@ _NS = 10**9
 _REG = {0o100644: False, 0o100755: True}
 
 
-def _entries_unchanged(root: bytes, entries: list[tuple[bytes, tuple]]) -> bool:
+def _entries_unchanged(root: bytes, entries: list[tuple[bytes, tuple, bytes, bool]]) -> bool:
     """Whether git would take each index entry as unchanged from its file's ``lstat``
-    (ctime, mtime, inode, size, type and executable bit)."""
+    (ctime, mtime, inode, size, type and executable bit).  A racily clean entry (written in
+    the second the index was) is unchanged only when its content still hashes to the entry's
+    blob id, as git itself checks it (a file git converts on the way in, CRLF or a filter,
+    hashes differently: then git is asked)."""
     lstat, islnk, isreg = os.lstat, stat.S_ISLNK, stat.S_ISREG
-    for name, (cs, cn, ms, mn, _dev, ino, mode, _uid, _gid, size) in entries:
+    for name, (cs, cn, ms, mn, _dev, ino, mode, _uid, _gid, size), sha, racy in entries:
         try:
             st = lstat(root + name)
         except OSError:
@@ -213,14 +217,25 @@ def _entries_unchanged(root: bytes, entries: list[tuple[bytes, tuple]]) -> bool:
                 or (c // _NS) & _M32 != cs or st.st_ino & _M32 != ino
                 or st.st_size & _M32 != size):
             return False
+        if racy and _blob_id(root + name, islnk(st.st_mode)) != sha:
+            return False
     return True
 
 
-def _read_index(tree: Path) -> list[tuple[bytes, tuple]] | None:
-    """The entries of ``tree``'s index (format 2 or 3, sha1) as ``(path, stat fields)``, or
-    None when it holds anything this reader does not vouch for: assume-unchanged, skip-
-    worktree or intent-to-add entries, a conflict, a racily clean entry (modified in or after
-    the second the index was written: only the content could tell), an extension that
+def _blob_id(path: bytes, link: bool) -> bytes | None:
+    """The git blob id (sha1) of a file's content or a symbolic link's target."""
+    try:
+        data = os.fsencode(os.readlink(path)) if link else Path(os.fsdecode(path)).read_bytes()
+    except OSError:
+        return None
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).digest()
+
+
+def _read_index(tree: Path) -> list[tuple[bytes, tuple, bytes, bool]] | None:
+    """The entries of ``tree``'s index (format 2 or 3, sha1) as ``(path, stat fields, blob
+    id, racy)`` (racy: modified in or after the second the index was written, so only the
+    content can tell), or None when it holds anything this reader does not vouch for:
+    assume-unchanged, skip-worktree or intent-to-add entries, a conflict, an extension that
     changes the entries (split index, sparse directories), another version."""
     index = tree / ".git" / "index"
     try:
@@ -239,11 +254,11 @@ def _read_index(tree: Path) -> list[tuple[bytes, tuple]] | None:
     for _ in range(count):
         if pos + 62 > end:
             return None
-        *fields, _sha, flags = unpack(data, pos)
+        *fields, sha, flags = unpack(data, pos)
         nul = data.find(b"\0", pos + 62)
-        if flags & 0xF000 or nul < 0 or fields[2] >= index_mtime_s:
+        if flags & 0xF000 or nul < 0:
             return None
-        out.append((data[pos + 62:nul], tuple(fields)))
+        out.append((data[pos + 62:nul], tuple(fields), sha, fields[2] >= index_mtime_s))
         pos += (nul - pos + 8) & ~7
     while pos + 8 <= end:               # extensions: refuse those that change the entries
         sig, size = data[pos:pos + 4], struct.unpack_from(">I", data, pos + 4)[0]
