@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -118,13 +117,19 @@ def measure(args) -> list[dict]:
         anchor = _time([sys.executable, "-c", "pass"], env, rounds)
         t_list = _time([*INV, "--list"], env, rounds)
         t_fetch = _time(fetch, env, rounds)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run(fetch, env=env, check=True, capture_output=True)
-        rss_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        # peak RSS of one no-op fetch alone: measured by a fresh process that runs only it
+        probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+                 "capture_output=True); "
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        rss_mb = int(subprocess.run([sys.executable, "-c", probe, *fetch], env=env, check=True,
+                                    capture_output=True, text=True).stdout) / 1024
         env.pop("ASKBUILD_PROJECT_ROOT", None)
     patch_row = _noop_patch(env, rounds, anchor)
     image_row = _noop_image(env, rounds, anchor)
+    verbs = t_fetch + patch_row["askbuild_s"] + image_row["askbuild_s"]
     return [
+        _row("no-op fetch + patch + image --no-load (3 CLI runs)", verbs, "python -c pass",
+             anchor, 0.5, "<= +0.5 s (the issue counts build too: not measured here)"),
         _row("inv --list", t_list, "python -c pass", anchor, 0.125, "<= +0.125 s"),
         _row("no-op inv fetch (1 git source)", t_fetch, "python -c pass", anchor, 0.125,
              "<= +0.125 s (a quarter of the 0.5 s budget)"),
@@ -132,7 +137,7 @@ def measure(args) -> list[dict]:
         image_row,
         {"measure": "peak RSS, no-op inv fetch", "askbuild_s": 0.0, "anchor": "150 MB",
          "anchor_s": 0.0, "ratio": round(rss_mb / 150, 2), "target": "< 150 MB",
-         "met": rss_mb < 150, "notes": f"{rss_mb:.0f} MB (max RSS of children so far)"},
+         "met": rss_mb < 150, "notes": f"{rss_mb:.0f} MB (largest process of one no-op fetch)"},
     ]
 
 
