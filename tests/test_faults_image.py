@@ -39,9 +39,10 @@ def settings(work: Path) -> Settings:
 
 
 def leftovers(work: Path) -> list[str]:
-    """Files in ``<work>/image`` other than the archive, its record and the app layer."""
+    """Files in ``<work>/image`` other than the archive, its record, its stamp, the app layer
+    and the record of image ids that passed image.test."""
     d = work / "image"
-    keep = {"cmm.tar", "image.json", "app-layer.tar.gz"}
+    keep = {"cmm.tar", "image.json", "app-layer.tar.gz", "image-stamp.json", "image-tests.json"}
     return sorted(p.name for p in d.iterdir() if p.name not in keep) if d.is_dir() else []
 
 

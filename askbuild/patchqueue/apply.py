@@ -150,17 +150,11 @@ def git_am(tree: Path, data: bytes, strip: int) -> tuple[bool, str]:
     """``git am --3way`` the mail(s) ``data`` onto the HEAD of ``tree`` (fixed identities,
     CR bytes kept, the user's git config ignored): (applied, git's output).  A failed am is
     left in progress."""
-    ok, stdout, stderr = _git_am(tree, data, strip)
-    return ok, stdout + stderr
-
-
-def _git_am(tree: Path, data: bytes, strip: int) -> tuple[bool, str, str]:
-    """:func:`git_am` with git's stdout and stderr apart."""
     proc = gitutil.git([*REPRO, "am", "--3way", "--keep-cr", "--keep-non-patch", "--no-scissors",
                         "--committer-date-is-author-date", "--no-message-id",
                         "--whitespace=nowarn", "--quoted-cr=nowarn", f"-p{strip}"],
                        cwd=tree, env=_ident_env(), input=data, check=False)
-    return proc.returncode == 0, _text(proc.stdout), _text(proc.stderr)
+    return proc.returncode == 0, _text(proc.stdout) + _text(proc.stderr)
 
 
 def _apply_mail(tree: Path, p: PatchInput, before: str) -> tuple[Applied | None, str]:
@@ -228,148 +222,53 @@ def as_mbox(p: PatchInput) -> bytes:
     return data if data.endswith(b"\n") else data + b"\n"
 
 
-def _single_message(p: PatchInput) -> bool:
-    """Whether ``p`` is one mail that :func:`as_mbox` passes to ``git am`` unchanged but for a
-    leading ``From `` line: it can join a batch and gives exactly one commit."""
-    data = p.data
-    if not data.endswith(b"\n") or not is_mail(data):
-        return False
-    return b"\nFrom " not in data
-
-
-def _batch_at(inputs: list[PatchInput], i: int) -> list[PatchInput]:
-    """The longest run of patches from ``i`` on that one ``git am`` can apply together: single
-    mails with the same strip level."""
-    run: list[PatchInput] = []
-    for p in inputs[i:]:
-        if not _single_message(p) or (run and p.strip != run[0].strip):
-            break
-        run.append(p)
-    return run
-
-
-def _methods(stdout: str) -> list[str]:
-    """Per message of a ``git am`` run, in order: "3way" or "applied", read from git's
-    ``Applying:`` sections of ``stdout`` (the test :func:`_apply_mail` makes on a whole
-    output)."""
-    sections = [s for s in re.split(r"(?m)^(?=Applying: )", stdout) if s.startswith("Applying: ")]
-    return ["3way" if "3-way merge" in s else "applied" for s in sections]
-
-
-def apply_batch(tree: Path, run: list[PatchInput], before: str) -> list[Applied] | None:
-    """Apply the single-mail patches ``run`` with ONE ``git am --3way`` onto ``before`` (the
-    HEAD of ``tree``), verified with one ``rev-list``: one :class:`Applied` per patch that
-    applied, in order, exactly as :func:`apply_patch` one by one would make them (same commits,
-    same "applied"/"3way").  When a patch fails, HEAD is left on the last one that applied and
-    the list is shorter than ``run`` (the caller applies the failing one alone for its
-    message).  None when git's output cannot be matched to the patches one to one: the tree
-    is back at ``before`` and the caller goes one patch at a time."""
-    ok, stdout, stderr = _git_am(tree, b"".join(as_mbox(p) for p in run), run[0].strip)
-    if not ok:
-        gitutil.git(["am", "--quit"], cwd=tree, check=False)
-    commits = gitutil.git(["rev-list", "--reverse", f"{before}..HEAD", "--"], cwd=tree,
-                          check=False).stdout.split()
-    methods = _methods(stdout)
-    if ok:
-        sane = len(commits) == len(run) == len(methods) and "3-way merge" not in stderr
-    else:       # the failing patch may or may not have printed its "Applying:"
-        sane = len(commits) < len(run) and len(methods) in (len(commits), len(commits) + 1)
-    if not sane:
-        gitutil.git(["reset", "-q", "--hard", before], cwd=tree)
-        return None
-    if not ok:
-        gitutil.git(["reset", "-q", "--hard", commits[-1] if commits else before], cwd=tree)
-    return [Applied([c], m) for c, m in zip(commits, methods, strict=False)]
-
-
-class _Queue:
-    """The record of a queue being applied: patches, layers (start/end commits), report rows."""
-
-    def __init__(self, base: str, source: str, report: Report | None) -> None:
-        self.base = self.head = base
-        self.source, self.report = source, report
-        self.patches: list[dict] = []
-        self.layers: list[dict] = []
-
-    def enter(self, p: PatchInput) -> None:
-        """Start ``p``'s layer when it is not the current one."""
-        if not self.layers or self.layers[-1]["id"] != p.layer.id:
-            if self.layers:
-                self.layers[-1]["end"] = self.head
-            self.layers.append({"id": p.layer.id, "kind": p.layer.kind, "dir": p.layer.dir,
-                                "provider": p.layer.provider, "start": self.head,
-                                "end": self.head})
-
-    def applied(self, p: PatchInput, res: Applied) -> None:
-        self.enter(p)
-        if res.commits:
-            self.head = res.commits[-1]
-        self.patches.append({"layer": p.layer.id, "kind": p.layer.kind, "file": p.name,
-                             "strip": p.strip, "sha256": p.sha256, "commits": res.commits})
-        if self.report is not None:
-            self.report.add(source=self.source, layer=p.layer.id, kind=p.layer.kind,
-                            patch=p.name, status=res.method,
-                            commit=res.commits[-1] if res.commits else None,
-                            detail="3-way merge" if res.method == "3way" else "")
-
-    def failed(self, e: PatchFailed, p: PatchInput, rest: list[PatchInput]) -> None:
-        self.enter(p)
-        space = isinstance(e, NoSpaceLeft)
-        if not space:       # (a full disk is no failing point to edit from)
-            e.partial = {"layer": p.layer.id, "layer_start": self.layers[-1]["start"],
-                         "applied": self.patches, "index": len(self.patches),
-                         "head": self.head}
-        if self.report is None:
-            return
-        self.report.add(source=self.source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
-                        status="failed", commit=None,
-                        detail="no space left on device" if space else "did not apply")
-        for q in rest:
-            self.report.add(source=self.source, layer=q.layer.id, kind=q.layer.kind,
-                            patch=q.name, status="pending", commit=None, detail="")
-
-    def result(self) -> dict:
-        if self.layers:
-            self.layers[-1]["end"] = self.head
-        return {"schema": STATE_SCHEMA, "source": self.source, "base": self.base,
-                "head": self.head, "layers": self.layers, "patches": self.patches}
-
-
 def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
                 report: Report | None = None, branch: str | None = PATCHED,
-                settings: Settings | None = None, batch: bool = True) -> dict:
+                settings: Settings | None = None) -> dict:
     """Rebuild ``branch`` (detached HEAD when None) from ``base`` with ``inputs`` and return
     the state record (not written).  Raises PatchFailed at the first failing patch (with
-    ``partial``: what applied before it, and ``head``, the last good commit).
-
-    Runs of single-mail patches go through one ``git am`` each (:func:`apply_batch`); a patch
-    that fails there, and every other patch, is applied alone (:func:`apply_patch`), so the
-    commits, rows and messages are those of one patch at a time (``batch=False`` forces
-    that)."""
+    ``partial``: what applied before it, and ``head``, the last good commit)."""
     if branch:
         gitutil.git(["checkout", "-q", "-B", branch, base], cwd=tree)
     else:
         gitutil.git(["checkout", "-q", "--detach", base], cwd=tree)
-    q = _Queue(base, source, report)
+    patches: list[dict] = []
+    layers: list[dict] = []
     total = len(inputs)
-    i = 0
-    while i < total:
-        run = _batch_at(inputs, i) if batch else []
-        if len(run) > 1:
-            with git_errors(f"patches {i + 1} to {i + len(run)} of {total} of {source}", tree):
-                results = apply_batch(tree, run, q.head)
-            for p, res in zip(run, results or [], strict=False):
-                q.applied(p, res)
-            i += len(results or [])
-            if results is not None and len(results) == len(run):
-                continue
-        p = inputs[i]
+    cur_layer = None
+    head = base
+    for i, p in enumerate(inputs, start=1):
+        if cur_layer != p.layer.id:
+            if layers:
+                layers[-1]["end"] = head
+            layers.append({"id": p.layer.id, "kind": p.layer.kind, "dir": p.layer.dir,
+                           "provider": p.layer.provider, "start": head, "end": head})
+            cur_layer = p.layer.id
         try:
-            res = apply_patch(tree, p, index=i + 1, total=total, source=source, before=q.head,
+            res = apply_patch(tree, p, index=i, total=total, source=source, before=head,
                               settings=settings)
         except PatchFailed as e:
-            q.failed(e, p, inputs[i + 1:])
+            space = isinstance(e, NoSpaceLeft)
+            if not space:       # (a full disk is no failing point to edit from)
+                e.partial = {"layer": p.layer.id, "layer_start": layers[-1]["start"],
+                             "applied": patches, "index": i - 1, "head": head}
+            if report is not None:
+                report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
+                           status="failed", commit=None,
+                           detail="no space left on device" if space else "did not apply")
+                for q in inputs[i:]:
+                    report.add(source=source, layer=q.layer.id, kind=q.layer.kind,
+                               patch=q.name, status="pending", commit=None, detail="")
             raise
-        q.applied(p, res)
-        i += 1
-    return q.result()
+        if res.commits:
+            head = res.commits[-1]
+        patches.append({"layer": p.layer.id, "kind": p.layer.kind, "file": p.name,
+                        "strip": p.strip, "sha256": p.sha256, "commits": res.commits})
+        if report is not None:
+            report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
+                       status=res.method, commit=res.commits[-1] if res.commits else None,
+                       detail="3-way merge" if res.method == "3way" else "")
+    if layers:
+        layers[-1]["end"] = head
+    return {"schema": STATE_SCHEMA, "source": source, "base": base, "head": head,
+            "layers": layers, "patches": patches}
