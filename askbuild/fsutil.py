@@ -107,3 +107,14 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, data: object, *, indent: int = 2) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=indent, sort_keys=True) + "\n").encode())
+
+
+def stat_sig(path: Path) -> list[int] | None:
+    """``[size, mtime_ns, ctime_ns, inode]`` of ``path`` (not followed), None when absent: what
+    the no-op stamps compare.  ``ctime`` moves on every write, even one that restores size and
+    mtime."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]

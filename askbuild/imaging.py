@@ -46,7 +46,7 @@ from pathlib import Path
 
 from . import baselayer, console, elfcheck, oci, runlock
 from .errors import ConfigError, ImageError, UserError
-from .fsutil import read_json, read_toml, sha256_file, write_json_atomic
+from .fsutil import read_json, read_toml, sha256_file, stat_sig, write_json_atomic
 from .gitutil import GitError
 from .gitutil import git as run_git
 from .refs import BASE_TAG
@@ -881,22 +881,14 @@ def load_image(dest: Path, ref: str, image_id: str) -> bool:
 IMAGE_STAMP_SCHEMA = 1
 
 
-def _sig(path: Path) -> list[int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
 def _walk_sigs(root: Path) -> dict[str, list[int] | None]:
     """The stat signature of ``root`` and of every file, link and directory under it (links
     not followed)."""
-    out = {".": _sig(root)}
+    out = {".": stat_sig(root)}
     for dirpath, dirnames, filenames in os.walk(root):
         for n in dirnames + filenames:
             p = os.path.join(dirpath, n)
-            out[os.path.relpath(p, root)] = _sig(Path(p))
+            out[os.path.relpath(p, root)] = stat_sig(Path(p))
     return out
 
 
@@ -931,12 +923,12 @@ def stamp_facts(settings: Settings, conf: dict, *, tag: str, dest: Path, board: 
                     "partial": partial},
         "epoch_env": os.environ.get("SOURCE_DATE_EPOCH"),
         "inputs": _walk_sigs(image_inputs_dir(settings)),
-        "manifest": _sig(settings.build_manifest),
+        "manifest": stat_sig(settings.build_manifest),
         "staging": _walk_sigs(settings.staging_dir),
-        "sources_file": _sig(settings.sources_file),
-        "patch_records": {p.name: _sig(p) for p in sorted(state.parent.glob(state.name))},
-        "git_config": [_sig(settings.project_root / ".git" / "config"),
-                       _sig(Path.home() / ".gitconfig")],
+        "sources_file": stat_sig(settings.sources_file),
+        "patch_records": {p.name: stat_sig(p) for p in sorted(state.parent.glob(state.name))},
+        "git_config": [stat_sig(settings.project_root / ".git" / "config"),
+                       stat_sig(Path.home() / ".gitconfig")],
         "trees": {}, "vendor": {}}
     names = {"ask"}
     for spec in _vendor_specs(conf):
@@ -944,7 +936,7 @@ def stamp_facts(settings: Settings, conf: dict, *, tag: str, dest: Path, board: 
         if not m:
             return None
         names.add(m.group("src"))
-        facts["vendor"][spec] = _sig(settings.source_tree(m.group("src")) / m.group("path"))
+        facts["vendor"][spec] = stat_sig(settings.source_tree(m.group("src")) / m.group("path"))
     for name in sorted(names):
         tree = settings.source_tree(name)
         if not (tree / ".git").exists():
@@ -965,8 +957,8 @@ def unchanged(settings: Settings, facts: dict | None, dest: Path) -> dict | None
     if facts is None or not stamp or stamp.get("facts") != facts:
         return None
     rec = read_json(settings.image_record)
-    if (not rec or rec.get("archive") != str(dest) or _sig(dest) != stamp.get("archive")
-            or _sig(settings.image_record) != stamp.get("record")
+    if (not rec or rec.get("archive") != str(dest) or stat_sig(dest) != stamp.get("archive")
+            or stat_sig(settings.image_record) != stamp.get("record")
             or rec.get("archive_sha256") != stamp.get("archive_sha256")):
         return None
     return rec
@@ -976,8 +968,8 @@ def _archive_vouched(settings: Settings, rec: dict) -> bool:
     """Whether the image stamp took the stat of exactly this record and archive."""
     stamp = read_json(settings.image_stamp)
     return bool(stamp) and stamp.get("archive_sha256") == rec.get("archive_sha256") \
-        and stamp.get("archive") == _sig(Path(rec["archive"])) \
-        and stamp.get("record") == _sig(settings.image_record)
+        and stamp.get("archive") == stat_sig(Path(rec["archive"])) \
+        and stamp.get("record") == stat_sig(settings.image_record)
 
 
 def write_stamp(settings: Settings, facts: dict | None, dest: Path, sha256: str) -> None:
@@ -987,8 +979,8 @@ def write_stamp(settings: Settings, facts: dict | None, dest: Path, sha256: str)
         settings.image_stamp.unlink(missing_ok=True)
         return
     write_json_atomic(settings.image_stamp,
-                      {"facts": facts, "archive": _sig(dest), "archive_sha256": sha256,
-                       "record": _sig(settings.image_record)})
+                      {"facts": facts, "archive": stat_sig(dest), "archive_sha256": sha256,
+                       "record": stat_sig(settings.image_record)})
 
 
 def _unchanged_result(rec: dict, dest: Path, ref: str, load: bool) -> ImageResult:

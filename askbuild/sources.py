@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .fsutil import read_toml, write_bytes_atomic
+from .fsutil import read_toml, stat_sig, write_bytes_atomic
 from .gitutil import check_ref
 from .settings import Settings, got
 from .urls import check_url
@@ -287,16 +287,6 @@ def write_lock(settings: Settings, name: str, **fields: object) -> None:
 
 
 # -- the fetch stamp: a no-op fetch without git ---------------------------------------------
-
-def stat_sig(path: Path) -> list[int] | None:
-    """``[size, mtime_ns, ctime_ns, inode]`` of ``path`` (not followed), None when absent.
-    ``ctime`` moves on every write, even one that restores size and mtime."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
 
 def _fetch_facts(settings: Settings, source: Source) -> dict | None:
     """Everything a fetch of ``source`` depends on, read with stats and one small read: the

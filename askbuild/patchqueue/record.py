@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import gitutil
 from ..errors import UserError
-from ..fsutil import read_json, write_json_atomic
+from ..fsutil import read_json, stat_sig, write_json_atomic
 from ..refs import BASE_REF, PATCHED
 from ..settings import Settings
 from ..sources import Source
@@ -117,15 +117,6 @@ _OPERATIONS = ("rebase-apply", "rebase-merge", "MERGE_HEAD", "CHERRY_PICK_HEAD",
 _KNOWN_EXTENSIONS = {b"TREE", b"REUC", b"UNTR", b"FSMN", b"EOIE", b"IEOT"}
 
 
-def _sig(path: Path) -> list[int] | None:
-    """``[size, mtime_ns, ctime_ns, inode]`` of ``path`` (not followed); None when absent."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
 def _loose(gd: Path, ref: str) -> str | None:
     try:
         return (gd / ref).read_text()
@@ -158,8 +149,8 @@ def _stamp_facts(settings: Settings, name: str, layers: list[Layer],
     if None in refs.values() or (gd / "config").read_text().find("objectformat") >= 0:
         return None
     facts: dict = {
-        "refs": refs, "record": _sig(settings.patch_record(name)),
-        "git": {f: _sig(gd / f) for f in ("index", "packed-refs", "config", "info/exclude")},
+        "refs": refs, "record": stat_sig(settings.patch_record(name)),
+        "git": {f: stat_sig(gd / f) for f in ("index", "packed-refs", "config", "info/exclude")},
         "layers": [[ly.kind, ly.dir, ly.provider, ly.optional,
                     list(ly.patches) if ly.patches is not None else None] for ly in layers],
         "lock": [sources[name].kind, sources[name].identity], "local": {}, "providers": {}}
@@ -167,7 +158,7 @@ def _stamp_facts(settings: Settings, name: str, layers: list[Layer],
         if ly.kind == "local":
             d = settings.project_root / ly.dir
             files = [p["file"] for p in record.get("patches", []) if p.get("layer") == ly.id]
-            facts["local"][ly.dir] = {f: _sig(d / f) for f in [".", "series", *files]}
+            facts["local"][ly.dir] = {f: stat_sig(d / f) for f in [".", "series", *files]}
         elif ly.provider and ly.provider not in facts["providers"]:
             src = sources.get(ly.provider)
             base = _loose(settings.source_tree(ly.provider) / ".git", BASE_REF)
@@ -185,7 +176,7 @@ def _tree_dirs(tree: Path) -> dict[str, list[int] | None]:
     for dirpath, dirnames, _ in os.walk(tree):
         if dirpath == str(tree) and ".git" in dirnames:
             dirnames.remove(".git")
-        out[os.path.relpath(dirpath, tree)] = _sig(Path(dirpath))
+        out[os.path.relpath(dirpath, tree)] = stat_sig(Path(dirpath))
     return out
 
 
@@ -296,7 +287,7 @@ def stamp_current(settings: Settings, name: str, layers: list[Layer],
     if facts is None or facts != stamp.get("facts") or not index_clean(tree):
         return None
     dirs = stamp.get("dirs") or {}
-    if not dirs or any(_sig(tree / d) != sig for d, sig in dirs.items()):
+    if not dirs or any(stat_sig(tree / d) != sig for d, sig in dirs.items()):
         return None
     return record
 
