@@ -149,6 +149,10 @@ PROGRAMS: dict[str, tuple[str, str, bool]] = {
     "sh": ("dash", "recipe and image scripts", True),
     "dockerd": ("docker.io", "the Docker engine the tests start", True),
     "ctr": ("containerd", "imports the image archive (tests)", True),
+    "docker-registry": ("docker-registry",
+                        "the OCI registry the push and shared-cache tests start", True),
+    "redis-server": ("redis-server", "the Redis the ccache remote-storage tests start", True),
+    "skopeo": ("skopeo", "pushes the image archive to a registry (inv image --push)", True),
     "podman": ("podman", "loads the image archive through Podman (optional test)", False),
     "sudo": ("sudo", "inv setup when not root (optional)", False),
 }
