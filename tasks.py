@@ -33,6 +33,14 @@ COMMON = {
                           "cross_compile, or aarch64-linux-gnu-)"),
     "jobs": ("", "job budget shared by parallel components (default: nproc)"),
     "debug": (False, "show tracebacks behind error messages"),
+    # beyond this machine (docs/fleet.md); verbs that use them name them in @verb(common=...)
+    "cache_remote": ("", "shared build cache oci://HOST[:PORT]/REPO (default: ASKBUILD_CACHE_REMOTE"
+                         " or [cache] remote)"),
+    "cache_push": (False, "upload what this run builds to the shared build cache"),
+    "ccache_remote": ("", "ccache remote storage, e.g. redis://HOST:6379 (default: "
+                          "ASKBUILD_CCACHE_REMOTE or [ccache] remote)"),
+    "insecure": ("", "registry HOST[:PORT] allowed over plain HTTP (comma-separated; "
+                     "127.0.0.1 and localhost always are)"),
 }
 SOURCES = ("profile", "offline", "locked", "work_dir", "cache_dir", "cross_compile", "debug")
 

@@ -50,7 +50,17 @@ from .fsutil import read_toml
 from .urls import check_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-KNOWN_CONFIG_KEYS = {"cache_dir", "work_dir", "profile", "mirrors", "cross_compile"}
+KNOWN_CONFIG_KEYS = {"cache_dir", "work_dir", "profile", "mirrors", "cross_compile",
+                     "cache", "ccache", "registry"}
+# the config tables of the machines beyond this one (docs/fleet.md): key -> (type, example)
+REMOTE_TABLES: dict[str, dict[str, tuple[type, str]]] = {
+    "cache": {"remote": (str, '"oci://registry.example:5000/askbuild/cache"'),
+              "push": (bool, "true")},
+    "ccache": {"remote": (str, '"redis://redis.example:6379"')},
+    "registry": {"insecure": (list, '["registry.example:5000"]')},
+}
+CACHE_REMOTE_SCHEMES = ("oci",)
+CCACHE_REMOTE_SCHEMES = ("redis", "redis+unix", "http", "https", "file")
 DEFAULT_CROSS_COMPILE = "aarch64-linux-gnu-"
 # Debian's multiarch tuple of the target (arm64): where the arm64 -dev packages put headers and
 # libraries (/usr/lib/<MULTIARCH>) and the base layer's library directory.  A fact about Debian,
@@ -65,6 +75,8 @@ VERB_OPTIONS = {"setup": (), "test": (), "doctor": ("--cross-compile",),
 TARGET_ARCH = "arm64"
 CROSS_COMPILE_RE = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
 PROFILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+REGISTRY_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
+REPO_RE = re.compile(r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*")
 MAX_SHOWN = 60
 
 
@@ -118,6 +130,14 @@ def _check_config(path: Path, data: dict) -> dict:
         check_profile(data["profile"], f"{path}: profile")
     if "cross_compile" in data:
         check_cross_compile(data["cross_compile"], f"{path}: cross_compile")
+    for table, keys in REMOTE_TABLES.items():
+        _check_table(path, table, data.get(table), keys)
+    if "remote" in data.get("cache", {}):
+        check_cache_remote(data["cache"]["remote"], f"{path}: cache.remote")
+    if "remote" in data.get("ccache", {}):
+        check_ccache_remote(data["ccache"]["remote"], f"{path}: ccache.remote")
+    for i, host in enumerate(data.get("registry", {}).get("insecure", [])):
+        check_registry_host(host, f"{path}: registry.insecure[{i}]")
     mirrors = data.get("mirrors", {})
     if not isinstance(mirrors, dict):
         raise ConfigError(f"{path}: mirrors: must be a table of URL prefix = \"replacement\" "
@@ -125,6 +145,60 @@ def _check_config(path: Path, data: dict) -> dict:
     for prefix, repl in mirrors.items():
         check_mirror(prefix, repl, f"{path}: mirrors.{prefix!r}")
     return data
+
+
+def _check_table(path: Path, table: str, value: object,
+                 keys: dict[str, tuple[type, str]]) -> None:
+    """``[table]`` of a config file: a table of the known ``keys``, each of its type."""
+    if value is None:
+        return
+    example = "\n".join(f"{k} = {ex}" for k, (_t, ex) in keys.items())
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {table}: must be a table (got {got(value)})",
+                          fix=f"e.g.\n[{table}]\n{example}")
+    for key, item in value.items():
+        if key not in keys:
+            raise ConfigError(f"{path}: {table}.{key}: unknown key",
+                              fix=f"[{table}] knows: {', '.join(keys)}")
+        want = keys[key][0]
+        if not isinstance(item, want) or (want is int and isinstance(item, bool)):
+            raise ConfigError(f"{path}: {table}.{key}: must be a {want.__name__} "
+                              f"(got {got(item)})", fix=f"e.g. {key} = {keys[key][1]}")
+
+
+def _scheme(value: object) -> str:
+    return value.partition("://")[0] if isinstance(value, str) and "://" in value else ""
+
+
+def check_cache_remote(value: object, where: str) -> str:
+    """The shared build cache: ``oci://HOST[:PORT]/REPO`` (an OCI distribution registry
+    repository; docs/fleet.md)."""
+    rest = value.partition("://")[2] if isinstance(value, str) else ""
+    host, _, repo = rest.partition("/")
+    if _scheme(value) not in CACHE_REMOTE_SCHEMES or not host or not repo \
+            or not REGISTRY_HOST_RE.fullmatch(host) or not REPO_RE.fullmatch(repo):
+        raise ConfigError(f"{where}: not an OCI cache location (got {got(value)})",
+                          fix="oci://HOST[:PORT]/REPOSITORY, e.g. "
+                              "oci://registry.example:5000/askbuild/cache")
+    return value
+
+
+def check_ccache_remote(value: object, where: str) -> str:
+    """ccache's remote storage (``CCACHE_REMOTE_STORAGE``): one URL, ``redis://`` usually."""
+    if _scheme(value) not in CCACHE_REMOTE_SCHEMES or any(c.isspace() for c in value) \
+            or value.startswith("-"):
+        raise ConfigError(f"{where}: not a ccache remote storage URL (got {got(value)})",
+                          fix="e.g. redis://redis.example:6379 (schemes: "
+                              + ", ".join(CCACHE_REMOTE_SCHEMES) + ")")
+    return value
+
+
+def check_registry_host(value: object, where: str) -> str:
+    """A registry named by ``HOST[:PORT]`` (``[registry] insecure``, ``--insecure``)."""
+    if not isinstance(value, str) or not REGISTRY_HOST_RE.fullmatch(value):
+        raise ConfigError(f"{where}: not a registry HOST[:PORT] (got {got(value)})",
+                          fix="e.g. registry.example:5000")
+    return value
 
 
 MIRROR_FIX = ('e.g. [mirrors] "https://github.com/" = "file:///srv/git-mirrors/github.com/"')
@@ -261,6 +335,12 @@ class Settings:
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     debug: bool = False
     cross_compile: str = DEFAULT_CROSS_COMPILE
+    # beyond this machine (docs/fleet.md): the shared build cache, whether this run uploads to
+    # it, ccache's remote storage, registries allowed over plain HTTP
+    cache_remote: str = ""
+    cache_push: bool = False
+    ccache_remote: str = ""
+    insecure_registries: tuple[str, ...] = ()
     # the options given on the command line that shape the settings, as words (absolute paths):
     # what a printed command must repeat to act on the same work dir, cache and profile
     given: tuple[str, ...] = ()
@@ -501,6 +581,10 @@ class Settings:
         jobs: int | str | None = None,
         debug: bool = False,
         cross_compile: str | None = None,
+        cache_remote: str | None = None,
+        cache_push: bool = False,
+        ccache_remote: str | None = None,
+        insecure: str | list[str] | None = None,
     ) -> Settings:
         """Resolve every setting (option > environment > config files > default), check it and
         make paths absolute (see the module docstring for the rule)."""
@@ -527,6 +611,13 @@ class Settings:
             jobs=parse_jobs(jobs) or (os.cpu_count() or 1),
             debug=bool(debug),
             cross_compile=_pick_cross_compile(cross_compile, merged, origin),
+            cache_remote=_pick_remote(cache_remote, "--cache-remote", "ASKBUILD_CACHE_REMOTE",
+                                      merged.get("cache", {}), check_cache_remote),
+            cache_push=bool(cache_push) or merged.get("cache", {}).get("push", False),
+            ccache_remote=_pick_remote(ccache_remote, "--ccache-remote",
+                                       "ASKBUILD_CCACHE_REMOTE", merged.get("ccache", {}),
+                                       check_ccache_remote),
+            insecure_registries=_pick_insecure(insecure, merged.get("registry", {})),
         )
         if not s.sources_file.is_file():
             profiles = sorted(p.stem for p in (s.recipes_dir / "profiles").glob("*.toml"))
@@ -568,6 +659,8 @@ def _merge_config_files(root: Path) -> tuple[dict, dict[str, Path]]:
                                                "unset it") from None
             raise
         merged["mirrors"].update(data.pop("mirrors", {}))
+        for table in REMOTE_TABLES:         # later files win key by key, not table by table
+            merged.setdefault(table, {}).update(data.pop(table, {}))
         for key, value in data.items():
             merged[key] = value
             origin[key] = f
@@ -614,6 +707,26 @@ def _pick_cross_compile(arg: str | None, merged: dict, origin: dict[str, Path]) 
     if "cross_compile" in merged:
         return merged["cross_compile"]
     return DEFAULT_CROSS_COMPILE
+
+
+def _pick_remote(arg: str | None, option: str, env_name: str, table: dict,
+                 check) -> str:
+    """A remote location: option > environment > config table's ``remote`` > none."""
+    if arg not in (None, ""):
+        return check(arg, option)
+    if os.environ.get(env_name):
+        return check(os.environ[env_name], env_name)
+    return table.get("remote", "")
+
+
+def _pick_insecure(arg: str | list[str] | None, table: dict) -> tuple[str, ...]:
+    """Registries allowed over plain HTTP: ``--insecure HOST[:PORT]`` (repeatable or
+    comma-separated) plus ``[registry] insecure``.  127.0.0.1 and localhost always are."""
+    given = [arg] if isinstance(arg, str) else list(arg or [])
+    hosts = [h.strip() for a in given for h in a.split(",") if h.strip()]
+    for h in hosts:
+        check_registry_host(h, "--insecure")
+    return tuple(dict.fromkeys([*table.get("insecure", []), *hosts]))
 
 
 def _pick_profile(arg: str | None, merged: dict) -> str:
