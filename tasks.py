@@ -75,7 +75,8 @@ def _show_help(name: str) -> None:
     argument to that argument)."""
     from invoke import Program
     dotted = {"patches_edit": "patches.edit", "patches_export": "patches.export",
-              "image_test": "image.test"}.get(name, name)
+              "image_test": "image.test", "image_push": "image.push",
+              "manifests_rehearse": "manifests.rehearse"}.get(name, name)
     Program(namespace=ns, binary="inv").run(["inv", "--help", dotted], exit=True)
 
 
@@ -163,7 +164,8 @@ def patches_export(c, series):
     return lambda s: patchqueue.export(s, series)
 
 
-@verb(common=(*SOURCES, "jobs"), iterable=["component"],
+@verb(common=(*SOURCES, "jobs", "cache_remote", "cache_push", "ccache_remote", "insecure"),
+      iterable=["component"],
       help={"component": "component(s) to build with their dependencies; default: all",
             "keep_going": "build what can be built after a failure",
             "ccache": "use ccache (CCACHE_* settings, e.g. remote storage, pass through)"})
@@ -174,18 +176,36 @@ def build(c, component=None, keep_going=False, ccache=False):
                                     ccache=ccache)
 
 
-@verb(help={"tag": "image tag (default: dev)",
+@verb(common=(*SOURCES, "insecure"),
+      help={"tag": "image tag (default: dev)",
             "output": "where to write the image archive (default: <work>/image/cmm.tar)",
             "no_load": "only write the archive; do not load it into a Docker engine",
             "board": "dpa configuration profile baked in as the default (e.g. gateway-dk)",
             "partial": "build from what the staging tree holds even when components are "
                        "missing; labelled io.monok8s.askbuild.partial=true with the missing "
-                       "list (for iterating on userspace; never a release)"})
-def image(c, tag="dev", output="", no_load=False, board="", partial=False):
+                       "list (for iterating on userspace; never a release)",
+            "push": "then push the archive to REGISTRY/REPO[:TAG] (same manifest digest)"})
+def image(c, tag="dev", output="", no_load=False, board="", partial=False, push=""):
     """Assemble the reproducible arm64 localhost/monok8s/cmm image from the staging tree."""
-    from askbuild import imaging
-    return lambda s: imaging.image(s, tag=tag, output=output or None, load=not no_load,
-                                   board=board or None, partial=partial)
+    from askbuild import imaging, registry
+
+    def call(s):
+        built = imaging.image(s, tag=tag, output=output or None, load=not no_load,
+                              board=board or None, partial=partial)
+        if push:
+            registry.push_image(s, push, tag=tag, archive=output or None)
+        return built
+    return call
+
+
+@verb(common=("work_dir", "cache_dir", "insecure", "debug"), positional=["destination"],
+      help={"destination": "REGISTRY/REPO[:TAG] to push to (TAG default: the image's tag)",
+            "tag": "the built image to push (default: dev)",
+            "archive": "push this image archive instead (default: the one inv image wrote)"})
+def image_push(c, destination, tag="dev", archive=""):
+    """Push the built image archive to an OCI registry; its digest there equals the local one."""
+    from askbuild import registry
+    return lambda s: registry.push_image(s, destination, tag=tag, archive=archive or None)
 
 
 @verb(help={"tag": "image tag to test (default: dev)"})
@@ -195,7 +215,7 @@ def image_test(c, tag="dev"):
     return lambda s: imagetest.test(s, tag=tag)
 
 
-@verb(common=(*SOURCES, "jobs"),
+@verb(common=(*SOURCES, "jobs", "cache_remote", "cache_push", "ccache_remote", "insecure"),
       help={"tag": "image tag (default: dev)", "no_load": "only write the image archive",
             "retest": "run image.test even when this exact image id already passed it in "
                       "this engine"})
@@ -217,6 +237,47 @@ def rehearse(c, mirrors="", work_dir="", json=False):
     return lambda s: rehearsal.rehearse(s, mirrors, work_dir=work_dir or None, as_json=json)
 
 
+@verb(iterable=["source"],
+      help={"output": "directory to write the mirror into (served by any static HTTP server "
+                      "or file share)",
+            "source": "source(s) to mirror (repeat or comma-separate); default: all"})
+def mirror(c, output, source=None):
+    """Write the locked sources (bare git repos, verified tarballs) as a mirror for a fleet;
+    prints the ASKBUILD_MIRRORS line that points runners at it."""
+    from askbuild import mirroring
+    return lambda s: mirroring.write_mirror(s, output, cli.split_names(source))
+
+
+@verb(common=(*SOURCES,),
+      help={"tag": "the built image the manifests run (default: dev)",
+            "output": "write the YAML to this file (default: stdout)",
+            "no_namespace": "leave the Namespace mono-system out",
+            "max_connections": "CMM_MAX_CONNECTIONS (default 131072)",
+            "dpa_configs": "directory of extra DPA XML sets, DIR/<name>/{cdx_cfg.xml,"
+                           "cdx_pcd.xml,hxs_pdl_v3.xml,cdx_sp.xml}",
+            "by_label": "one DaemonSet per hardware profile, selected by this node label "
+                        "(e.g. monok8s.io/hardware-profile); default: select by node name",
+            "check": "validate every object against the Kubernetes schema, offline"})
+def manifests(c, tag="dev", output="", no_namespace=False, max_connections=131072,
+              dpa_configs="", by_label="", check=False):
+    """Write the Kubernetes objects that run the built image (DaemonSet cmm, its ConfigMap)."""
+    from askbuild import manifests as engine
+    return lambda s: engine.write(s, tag=tag, output=output or None,
+                                  namespace=not no_namespace, max_connections=max_connections,
+                                  dpa_configs=dpa_configs or None, by_label=by_label or None,
+                                  check=check)
+
+
+@verb(common=(*SOURCES,),
+      help={"tag": "the built image to rehearse (default: dev)",
+            "dpa_configs": "extra DPA XML sets, as for inv manifests"})
+def manifests_rehearse(c, tag="dev", dpa_configs=""):
+    """Run the generated pod spec under the Docker engine (init container, then cmm), in
+    node-name and by-label mode and for a node with no config."""
+    from askbuild import manifests_rehearsal
+    return lambda s: manifests_rehearsal.rehearse(s, tag=tag, dpa_configs=dpa_configs or None)
+
+
 @verb(common=("debug",),
       help={"k": "only tests matching this pytest -k expression",
             "fast": "skip tests marked slow (the real kernel build)",
@@ -227,9 +288,14 @@ def test(c, k="", fast=False, pytest_args=""):
     return lambda s: testing.run_tests(s, k=k, fast=fast, extra=pytest_args)
 
 
-ns = Collection(setup, doctor, lock, fetch, patch, rebase, build, all, test, rehearse)
+ns = Collection(setup, doctor, lock, fetch, patch, rebase, build, all, test, rehearse, mirror)
 ns.add_collection(Collection("patches", edit=patches_edit, export=patches_export))
 _image = Collection("image")
 _image.add_task(image, name="build", default=True)
 _image.add_task(image_test, name="test")
+_image.add_task(image_push, name="push")
 ns.add_collection(_image)
+_manifests = Collection("manifests")
+_manifests.add_task(manifests, name="write", default=True)
+_manifests.add_task(manifests_rehearse, name="rehearse")
+ns.add_collection(_manifests)

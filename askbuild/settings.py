@@ -71,6 +71,7 @@ VALUE_OPTIONS = ("--work-dir", "--cache-dir", "--profile", "--cross-compile")
 # verbs that accept only some of those options (tasks.py `@verb(common=...)`); every other verb
 # accepts all of them
 VERB_OPTIONS = {"setup": (), "test": (), "doctor": ("--cross-compile",),
+                "image.push": ("--work-dir", "--cache-dir"),
                 "rehearse": ("--cache-dir", "--cross-compile")}
 TARGET_ARCH = "arm64"
 CROSS_COMPILE_RE = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
