@@ -259,3 +259,39 @@ def test_stamped_ids_are_used_for_their_commit_only(tmp_path, monkeypatch):
     assert BuildStamp(s).tree_ids(tree, ["lib"]) == ({"lib": _git(tree, "rev-parse",
                                                                   "HEAD:lib")}, [])
     assert BuildStamp(s).tree_ids(tree, ["nope"]) == ({}, ["nope"])
+
+
+def test_after_a_new_commit_one_git_call_answers_every_path_asked_before(tmp_path, monkeypatch):
+    """After an edit, the paths every recipe asked for at the previous commit are resolved
+    in one ``git rev-parse``: the recipes that come next need no git process of their own.
+    A path the new commit deleted is still reported missing (and costs its own check)."""
+    from askbuild.building.stamp import BuildStamp
+    from askbuild.settings import Settings
+    s = Settings(project_root=tmp_path, work_dir=tmp_path / "work", cache_dir=tmp_path / "c")
+    tree = s.source_tree("t")
+    for d in ("lib", "app", "docs"):
+        (tree / d).mkdir(parents=True)
+        (tree / d / "f").write_text(d)
+    _git(tree, "init", "-q")
+    _git(tree, "add", "-A")
+    _git(tree, "commit", "-q", "-m", "one")
+    stamp = BuildStamp(s)
+    for paths in (["lib"], ["app", "lib"], ["docs"], ["."]):      # four recipes' questions
+        stamp.tree_ids(tree, paths)
+    stamp.save()
+    (tree / "lib" / "f").write_text("edited")
+    _git(tree, "commit", "-q", "-am", "two")
+    stamp = BuildStamp(s)
+    assert stamp.tree_ids(tree, ["lib"]) == ({"lib": _git(tree, "rev-parse", "HEAD:lib")}, [])
+    want = {"app": _git(tree, "rev-parse", "HEAD:app"),
+            "docs": _git(tree, "rev-parse", "HEAD:docs"),
+            ".": _git(tree, "rev-parse", "HEAD^{tree}")}
+    with monkeypatch.context() as m:            # no git on PATH: the first call answered all
+        m.setenv("PATH", str(tmp_path / "nothing"))
+        assert stamp.tree_ids(tree, ["app", "docs", "."]) == (want, [])
+    stamp.save()
+    _git(tree, "rm", "-q", "-r", "docs")
+    _git(tree, "commit", "-q", "-m", "three")
+    stamp = BuildStamp(s)
+    assert stamp.tree_ids(tree, ["lib"]) == ({"lib": _git(tree, "rev-parse", "HEAD:lib")}, [])
+    assert stamp.tree_ids(tree, ["docs"]) == ({}, ["docs"])

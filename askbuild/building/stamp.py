@@ -6,7 +6,9 @@ or ``dpkg-query`` process).
   read at: an id is a function of the commit and the path, and the commit HEAD is at is read
   from git's files (:mod:`.headfiles`; the build refuses a tree that is not exactly the
   current series, so uncommitted edits never count).  Another commit, or a HEAD the files do
-  not tell for sure: git is asked (``git rev-parse <commit>:<path>``).
+  not tell for sure: git is asked (``git rev-parse <commit>:<path>...``), once per tree for
+  every path the previous commit's entry knew (the paths every recipe asked for last time),
+  not once per recipe: after an edit, one git process per changed tree.
 - The peeled base commit, recorded with the base ref's value.
 - The base..HEAD log of a tree without a patch record, recorded with both commits.
 - The cross toolchain (:func:`askbuild.toolchain.check_compiler`) and the package versions
@@ -49,6 +51,8 @@ class BuildStamp:
             if not isinstance(self.data.get(k), dict):
                 self.data[k] = {}
         self.changed = False
+        # {tree: paths the previous commit's entry knew}: asked for together on the first miss
+        self.wanted: dict[str, list[str]] = {}
 
     def save(self) -> None:
         """Write the stamp when something was learnt (a failed write only costs a check)."""
@@ -71,6 +75,9 @@ class BuildStamp:
         if not isinstance(entry, dict) or entry.get("head") != head \
                 or not isinstance(entry.get("ids"), dict):
             base = entry.get("base") if isinstance(entry, dict) else None
+            old = entry.get("ids") if isinstance(entry, dict) else None
+            self.wanted[key] = [p for p in old if isinstance(p, str)] \
+                if isinstance(old, dict) else []
             entry = {"head": head, "ids": {}, **({"base": base} if base else {})}
             self.data["trees"][key] = entry
         return entry
@@ -85,6 +92,15 @@ class BuildStamp:
         if all(isinstance(known.get(p), str) for p in paths):
             return {p: known[p] for p in paths}, []
         at = head or "HEAD"
+        extra = [p for p in self.wanted.pop(str(tree), []) if p not in paths and p not in known]
+        if extra and entry is not None:
+            both = [*paths, *extra]
+            proc = gitutil.git(["rev-parse", *(at + _rev(p) for p in both)], cwd=tree,
+                               check=False)
+            if proc.returncode == 0:              # (else a path is gone: ask for ours alone)
+                known.update(zip(both, proc.stdout.split(), strict=True))
+                self.changed = True
+                return {p: known[p] for p in paths}, []
         revs = [at + _rev(p) for p in paths]
         proc = gitutil.git(["rev-parse", *revs], cwd=tree, check=False)
         if proc.returncode == 0:
