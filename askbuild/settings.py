@@ -47,7 +47,7 @@ import platformdirs
 
 from .errors import ConfigError
 from .fsutil import read_toml
-from .urls import check_url
+from .urls import check_url, redact
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KNOWN_CONFIG_KEYS = {"cache_dir", "work_dir", "profile", "mirrors", "cross_compile",
@@ -188,7 +188,8 @@ def check_ccache_remote(value: object, where: str) -> str:
     """ccache's remote storage (``CCACHE_REMOTE_STORAGE``): one URL, ``redis://`` usually."""
     if _scheme(value) not in CCACHE_REMOTE_SCHEMES or any(c.isspace() for c in value) \
             or value.startswith("-"):
-        raise ConfigError(f"{where}: not a ccache remote storage URL (got {got(value)})",
+        shown = got(redact(value)) if isinstance(value, str) else got(value)
+        raise ConfigError(f"{where}: not a ccache remote storage URL (got {shown})",
                           fix="e.g. redis://redis.example:6379 (schemes: "
                               + ", ".join(CCACHE_REMOTE_SCHEMES) + ")")
     return value

@@ -76,3 +76,16 @@ def apply_mirrors(url: str, mirrors: dict[str, str]) -> str:
     if not best:
         return url
     return mirrors[best] + url[len(best):]
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/\s|]*)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``SCHEME://[USER:]PASSWORD@`` in it replaced by
+    ``***`` (``redis://:pw@h`` -> ``redis://:***@h``, ``redis://u:pw@h`` -> ``redis://u:***@h``,
+    ``redis://pw@h`` -> ``redis://***@h``: ccache reads a lone userinfo as the password)."""
+    def hide(m: re.Match) -> str:
+        user, sep, _ = m["user"].rpartition(":")
+        return f"{m['scheme']}{user}{sep}***@" if sep else f"{m['scheme']}***@"
+    return _USERINFO.sub(hide, text)

@@ -67,3 +67,9 @@ def test_bad_option_names_the_option(tmp_path, monkeypatch):
         _load(tmp_path, monkeypatch, ccache_remote="redis://a b")
     with pytest.raises(ConfigError, match="--insecure"):
         _load(tmp_path, monkeypatch, insecure="bad host")
+
+
+def test_a_bad_ccache_url_never_shows_its_password(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, monkeypatch, ccache_remote="redis://:s3cret@host:6379 x")
+    assert "s3cret" not in str(e.value) and "***" in str(e.value)

@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import procs
 from ..errors import BuildFailed
 from ..settings import Settings
+from . import ccache
 from .jobserver import JobServer, strip_jobs
 
 TAIL_LINES = 25
@@ -64,7 +65,9 @@ def tail(log: Path, lines: int = TAIL_LINES, start: int = 0) -> str:
 
 def base_env(settings: Settings, ccache_bin: Path | None) -> dict[str, str]:
     """The environment of every step: askbuild's own, without :data:`SCRUBBED_ENV` and
-    ``KBUILD_BUILD_*``, in the C locale; with ``ccache_bin`` first on PATH for ``--ccache``."""
+    ``KBUILD_BUILD_*``, in the C locale; with ``ccache_bin`` first on PATH for ``--ccache``,
+    and then ``settings.ccache_remote`` as ``CCACHE_REMOTE_STORAGE`` (it wins over an
+    inherited one; without it, an inherited one passes through)."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV
            and not k.startswith("KBUILD_BUILD_")}
     env["LC_ALL"] = "C"
@@ -73,6 +76,7 @@ def base_env(settings: Settings, ccache_bin: Path | None) -> dict[str, str]:
         env["PATH"] = f"{ccache_bin}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("CCACHE_DIR", str(settings.ccache_dir))
         env.setdefault("CCACHE_BASEDIR", str(settings.work_dir))
+        env.update(ccache.remote_env(settings))
     return env
 
 
