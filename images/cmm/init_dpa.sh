@@ -15,6 +15,9 @@
 #    exported to dpa_app, and a file other than the default is also linked at the default path,
 #    so dpa_app finds it whether or not it reads the variables (needs a writable /etc).
 #
+# Dry run of the whole container (no FMan, no module loading; `inv manifests.rehearse` sets it,
+# the generated manifests never do): DPA_DRY_RUN=1 does everything above but prints the module
+# commands and the dpa_app command line instead of running them, then exits 0.
 # For tests and dry runs: INIT_DPA_SKIP_MODULES=1 skips step 1; INIT_DPA_DRY_RUN=1 prints the
 # module commands instead of running them; INIT_DPA_PROC_MODULES names the list of loaded
 # modules (default /proc/modules, plus /sys/module); DPA_APP is the program run in step 2
@@ -33,6 +36,10 @@ if [ -z "${ASK_MODULE_DIR:-}" ]; then
     fi
 fi
 PROC_MODULES=${INIT_DPA_PROC_MODULES:-/proc/modules}
+if [ "${DPA_DRY_RUN:-0}" = 1 ]; then
+    INIT_DPA_DRY_RUN=1
+    log "dry run (DPA_DRY_RUN=1): printing the module and dpa_app commands instead of running them"
+fi
 DPA_APP=${DPA_APP:-/usr/bin/dpa_app}
 
 is_loaded() {
@@ -113,5 +120,10 @@ bind CDX_PDL_FILE /etc/fmc/config/hxs_pdl_v3.xml
 bind CDX_SP_FILE /etc/cdx_sp.xml
 
 [ -x "$DPA_APP" ] || die "$DPA_APP is missing or not executable (DPA_APP)"
+if [ "${DPA_DRY_RUN:-0}" = 1 ]; then
+    log "would run: $DPA_APP${*:+ $*} (CDX_CFG_FILE=$CDX_CFG_FILE CDX_PCD_FILE=$CDX_PCD_FILE CDX_PDL_FILE=$CDX_PDL_FILE CDX_SP_FILE=$CDX_SP_FILE)"
+    log "dry run complete"
+    exit 0
+fi
 log "running: $DPA_APP${*:+ $*}"
 exec "$DPA_APP" "$@"

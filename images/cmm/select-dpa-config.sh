@@ -8,7 +8,8 @@
 # exported as CDX_CFG_FILE, CDX_PCD_FILE, CDX_SP_FILE or CDX_PDL_FILE (files absent keep
 # init_dpa.sh's defaults).  The image ships a `default` profile and one per board; mount a
 # ConfigMap or hostPath over the root for per-node files.  A missing directory is an error.
-# Arguments are passed on to init_dpa.sh.
+# Arguments are passed on to init_dpa.sh; so is DPA_DRY_RUN=1 (init_dpa.sh's dry run: print the
+# module and dpa_app commands instead of running them).
 set -u
 
 die() { echo "select-dpa-config: error: $*" >&2; exit 1; }
