@@ -1,83 +1,23 @@
-"""askbuild verbs.  Thin: each task parses its own options and names one engine function.
+"""askbuild verbs.  Thin: each verb parses its own options and names one engine function.
 
-Run ``inv --list`` for the verbs and ``inv --help VERB`` for a verb's options.  Options every
-verb that reads sources takes (added by :func:`verb`): ``--profile`` (sources profile: default,
-example), ``--offline`` (cache only), ``--locked`` (refuse to resolve unlocked sources),
-``--work-dir``/``--cache-dir``, ``--cross-compile`` (toolchain prefix), ``--debug``.
+Run ``inv --list`` (or ``askbuild --list``) for the verbs and ``inv --help VERB`` for a verb's
+options.  Options every verb that reads sources takes (added by ``@verb``,
+askbuild/verbs.py): ``--profile`` (sources profile: default, example), ``--offline`` (cache
+only), ``--locked`` (refuse to resolve unlocked sources), ``--work-dir``/``--cache-dir``,
+``--cross-compile`` (toolchain prefix), ``--debug``.
 
-A verb's body returns the engine call as a function of the ``Settings``; :func:`verb` turns the
+A verb's body returns the engine call as a function of the ``Settings``; ``@verb`` turns the
 common options into those settings and runs the call through ``askbuild.cli.main`` (one message
-and exit code per failure, never a traceback).  Engine modules are imported inside the bodies so
-that ``inv --list`` stays fast.
+and exit code per failure, never a traceback).  This file imports neither Invoke nor an engine
+module: engine modules are imported inside the bodies, and the Invoke ``Collection`` (``ns``)
+is built only when Invoke asks for it, so that ``askbuild VERB`` (askbuild/__main__.py) runs a
+verb without Invoke's start-up and ``inv --list`` stays fast.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable
-
-from invoke import Collection, task
-
 from askbuild import cli
-
-# name -> (default, help): the options that become Settings (see askbuild/settings.py)
-COMMON = {
-    "profile": ("", "sources profile: 'default' (recipes/sources.toml) or a recipes/profiles/ "
-                    "name"),
-    "offline": (False, "use only the download cache; never touch the network"),
-    "locked": (False, "refuse to resolve unlocked sources (CI): every source needs a lock entry"),
-    "work_dir": ("", "work directory (default: ./build or ASKBUILD_WORK_DIR)"),
-    "cache_dir": ("", "shared download cache (default: the user cache dir or ASKBUILD_CACHE_DIR)"),
-    "cross_compile": ("", "cross toolchain prefix (default: CROSS_COMPILE, the config's "
-                          "cross_compile, or aarch64-linux-gnu-)"),
-    "jobs": ("", "job budget shared by parallel components (default: nproc)"),
-    "debug": (False, "show tracebacks behind error messages"),
-    # beyond this machine (docs/fleet.md); verbs that use them name them in @verb(common=...)
-    "cache_remote": ("", "shared build cache oci://HOST[:PORT]/REPO (default: ASKBUILD_CACHE_REMOTE"
-                         " or [cache] remote)"),
-    "cache_push": (False, "upload what this run builds to the shared build cache"),
-    "ccache_remote": ("", "ccache remote storage, e.g. redis://HOST:6379 (default: "
-                          "ASKBUILD_CCACHE_REMOTE or [ccache] remote)"),
-    "insecure": ("", "registry HOST[:PORT] allowed over plain HTTP (comma-separated; "
-                     "127.0.0.1 and localhost always are)"),
-}
-SOURCES = ("profile", "offline", "locked", "work_dir", "cache_dir", "cross_compile", "debug")
-
-
-def verb(*, common: tuple[str, ...] = SOURCES, help: dict[str, str] | None = None,
-         **task_kw) -> Callable:
-    """``@verb(...)`` on ``def name(c, <own options>) -> Callable[[Settings], Any]``: adds the
-    ``common`` options (names of :data:`COMMON`) to the task's signature and help, and runs the
-    returned engine call under ``cli.main`` with the settings those options give."""
-    def wrap(body: Callable) -> Callable:
-        own = inspect.signature(body)
-        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=COMMON[n][0])
-                 for n in common if n not in own.parameters]
-
-        @functools.wraps(body)
-        def run(c, *args, **kwargs):
-            if any(kwargs.get(n) in ("--help", "-h") for n in task_kw.get("positional", ())):
-                return _show_help(body.__name__)       # `inv rebase --help`: not a source name
-            opts = {n: kwargs.pop(n) for n in common if n in kwargs and n not in own.parameters}
-            call = body(c, *args, **kwargs)
-            debug = opts.pop("debug", False)
-            return cli.main(call, debug=debug, **{k: v or None for k, v in opts.items()})
-
-        run.__signature__ = own.replace(parameters=[*own.parameters.values(), *extra])
-        helps = {n: COMMON[n][1] for n in common if n not in own.parameters}
-        return task(help={**helps, **(help or {})}, **task_kw)(run)
-    return wrap
-
-
-def _show_help(name: str) -> None:
-    """Print ``inv --help NAME`` (Invoke hands ``--help`` after a verb with a positional
-    argument to that argument)."""
-    from invoke import Program
-    dotted = {"patches_edit": "patches.edit", "patches_export": "patches.export",
-              "image_test": "image.test", "image_push": "image.push",
-              "manifests_rehearse": "manifests.rehearse"}.get(name, name)
-    Program(namespace=ns, binary="inv").run(["inv", "--help", dotted], exit=True)
+from askbuild.verbs import SOURCES, Verbs, verb
 
 
 @verb(common=("debug",), help={"check": "only report what is missing; install nothing"})
@@ -187,12 +127,13 @@ def build(c, component=None, keep_going=False, ccache=False):
             "push": "then push the archive to REGISTRY/REPO[:TAG] (same manifest digest)"})
 def image(c, tag="dev", output="", no_load=False, board="", partial=False, push=""):
     """Assemble the reproducible arm64 localhost/monok8s/cmm image from the staging tree."""
-    from askbuild import imaging, registry
+    from askbuild import imaging
 
     def call(s):
         built = imaging.image(s, tag=tag, output=output or None, load=not no_load,
                               board=board or None, partial=partial)
         if push:
+            from askbuild import registry
             registry.push_image(s, push, tag=tag, archive=output or None)
         return built
     return call
@@ -288,14 +229,17 @@ def test(c, k="", fast=False, pytest_args=""):
     return lambda s: testing.run_tests(s, k=k, fast=fast, extra=pytest_args)
 
 
-ns = Collection(setup, doctor, lock, fetch, patch, rebase, build, all, test, rehearse, mirror)
-ns.add_collection(Collection("patches", edit=patches_edit, export=patches_export))
-_image = Collection("image")
-_image.add_task(image, name="build", default=True)
-_image.add_task(image_test, name="test")
-_image.add_task(image_push, name="push")
-ns.add_collection(_image)
-_manifests = Collection("manifests")
-_manifests.add_task(manifests, name="write", default=True)
-_manifests.add_task(manifests_rehearse, name="rehearse")
-ns.add_collection(_manifests)
+VERBS = Verbs(
+    [setup, doctor, lock, fetch, patch, rebase, build, all, test, rehearse, mirror],
+    {"patches": {"edit": patches_edit, "export": patches_export},
+     "image": {"build": image, "test": image_test, "push": image_push},
+     "manifests": {"write": manifests, "rehearse": manifests_rehearse}},
+    defaults={"image": "build", "manifests": "write"})
+
+
+def __getattr__(name: str):
+    """``ns`` (what Invoke's loader looks for): the Invoke Collection, built on first use, so
+    that ``askbuild VERB`` (askbuild/__main__.py) loads this file without importing Invoke."""
+    if name in ("ns", "namespace"):
+        return VERBS.collection()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -83,6 +82,7 @@ def main(fn: Callable[[Settings], Any], *, debug: bool = False, **settings_opts:
 
 def _fail(debug: bool, message: str, code: int) -> None:
     if debug:
+        import traceback
         traceback.print_exc()
     procs.terminate_all(grace=0.5)
     console.error(message)

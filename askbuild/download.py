@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,6 +58,7 @@ def no_space_error(what: str, doing: str, path: Path | str) -> NoSpaceError:
 
 def unique_name(prefix: str) -> str:
     """``PREFIX<pid>-<random>``: a temporary name no other run (or thread) can pick."""
+    import secrets
     return f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
 
 
@@ -273,6 +272,7 @@ def download(url: str, directory: Path, *, what: str, filename: str = "download"
 def _attempt(session: requests.Session | None, url: str, tmp: Path, *, label: str,
              expected_size: int | None) -> Downloaded:
     """One try: the whole body into the new file ``tmp``, flushed to disk."""
+    import hashlib
     h = hashlib.sha256()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "wb") as fh, progress(label, expected_size) as update:

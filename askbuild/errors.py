@@ -13,7 +13,6 @@ A traceback is never the message; ``--debug`` shows it in addition.
 from __future__ import annotations
 
 import errno
-import shutil
 from pathlib import Path
 
 
@@ -135,6 +134,7 @@ def summary_error(verb: str, failures: list[tuple[str, AskbuildError]],
 
 def free_space(path: str | Path | None) -> str:
     """``N MiB free on the file system of P`` for the nearest existing parent of ``path``."""
+    import shutil
     p = Path(path) if path else Path.cwd()
     for cand in (p, *p.parents):
         try:

@@ -7,7 +7,6 @@ one, never half of one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -59,6 +58,7 @@ def read_json(path: Path) -> dict | None:
 
 def sha256_file(path: Path) -> tuple[str, int]:
     """``(hex sha256, size)`` of a file, read in chunks."""
+    import hashlib
     h = hashlib.sha256()
     size = 0
     with path.open("rb") as f:

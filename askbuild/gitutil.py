@@ -45,12 +45,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import procs
 from .errors import UnsafeInputError
+
+if TYPE_CHECKING:
+    import subprocess
 
 SAFE_CONFIG = [
     "-c", "core.hooksPath=/dev/null",
@@ -132,6 +135,7 @@ def git(
 
     Raises :class:`GitError` when ``check`` and git fails.
     """
+    import subprocess
     cmd = ["git", *SAFE_CONFIG, *args]
     if input is not None and text and isinstance(input, bytes):
         text = False
@@ -200,6 +204,7 @@ def git_progress(
     git's stderr is read as it comes and each progress line (``Receiving objects:  45%
     (450/1000)``) is passed to ``on_progress(phase, done, total)`` (``total`` is ``None`` when
     git does not know it).  Raises :class:`GitError` on failure, with the full stderr."""
+    import subprocess
     cmd = ["git", *SAFE_CONFIG, *args]
     proc = procs.popen(cmd, cwd=cwd, env=base_env(env), stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -25,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
-
 from . import gitutil
 from .errors import BuildFailed, ConfigError
 from .fsutil import write_bytes_atomic
@@ -218,6 +216,7 @@ def modules_install(run: Callable[[list[str]], None], *, src: Path, build: Path,
 
 def module_vermagic(path: Path) -> str:
     """The ``vermagic`` string of a kernel module (``.modinfo`` section)."""
+    from elftools.elf.elffile import ELFFile  # (only here: ~0.1 s on every build's start)
     with path.open("rb") as f:
         elf = ELFFile(f)
         sec = elf.get_section_by_name(".modinfo")

@@ -10,23 +10,31 @@ group (make and all its compilers), waits a moment and then SIGKILLs what is lef
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 _PR_SET_PDEATHSIG = 1
 _REGISTRY: set[subprocess.Popen] = set()
 _LOCK = threading.Lock()
 
-try:
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-except OSError:  # pragma: no cover - not Linux
-    _LIBC = None
+_LIBC = None     # libc for prctl, loaded by popen before its first fork (not at start-up)
+
+
+def _load_libc() -> None:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes  # ~3 ms: only when a child is started
+        try:
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        except OSError:  # pragma: no cover - not Linux
+            _LIBC = False
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -35,7 +43,7 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 def _child_setup() -> None:
     """Runs in the child between fork and exec: die with the parent."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    if _LIBC is not None:
+    if _LIBC:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
@@ -46,6 +54,8 @@ def popen(args: Sequence[str], **kw: Any) -> subprocess.Popen:
     inside fork (Python's at-fork handlers) would otherwise be reported as "ignored" and lost,
     and a child created but not yet registered would escape :func:`terminate_all`.  The signal
     is delivered right after."""
+    import subprocess
+    _load_libc()
     kw.setdefault("start_new_session", True)
     kw.setdefault("preexec_fn", _child_setup)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -73,7 +83,7 @@ SUPERVISOR = (
 def _term_with_parent() -> None:
     """Between fork and exec: SIGTERM (which the supervisor traps) when askbuild dies."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    if _LIBC is not None:
+    if _LIBC:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
@@ -105,6 +115,7 @@ def run(args: Sequence[str], *, input: bytes | str | None = None, timeout: float
         check: bool = False, **kw: Any) -> subprocess.CompletedProcess:
     """Like ``subprocess.run``, through :func:`popen`; on any exception (an interrupt
     included) the child's whole group is killed before the exception goes on."""
+    import subprocess
     if input is not None:
         kw["stdin"] = subprocess.PIPE
     capture = kw.pop("capture_output", False)
@@ -129,6 +140,7 @@ def run(args: Sequence[str], *, input: bytes | str | None = None, timeout: float
 
 def terminate_all(grace: float = 1.5) -> None:
     """SIGTERM every registered child group; SIGKILL what still runs after ``grace`` s."""
+    import subprocess
     with _LOCK:
         procs = list(_REGISTRY)
     for p in procs:

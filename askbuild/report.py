@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from . import console
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 SCHEMA = "askbuild.report/1"
 
@@ -96,6 +97,7 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def table(self) -> Table:
+        from rich.table import Table  # (only for a terminal)
         t = Table(title=self.title, title_justify="left")
         for c in self.columns:
             t.add_column(c)

@@ -1,26 +1,41 @@
-"""Issue 9 point 2/3: no-op verbs and ``inv --list`` against ``python -c pass``, and the peak
-RSS of a no-op verb.  Inputs: a temporary project with one git source (tests/upstreams.py).
+"""Issue 9 points 2/3: no-op verbs and the task list against ``python -c pass``, through both
+entry points, and the peak RSS of a no-op verb.
 
-Rows: ``inv --list``, no-op ``inv fetch``, no-op ``inv patch`` (a two-patch local series,
-tests/patchfixtures.py) and no-op ``inv image --no-load`` (a fixture staging tree,
-tests/imagefixtures.py; needs the cross compiler, else the row says so), each with the number
-of git processes it spawned (a ``git`` wrapper on PATH counts them).  The build row is to be
-added when its no-op path lands."""
+Entry points: ``askbuild VERB`` (``python -m askbuild``: one known verb parsed without
+importing Invoke; what ``./run`` runs) and ``inv VERB`` (Invoke's binary: pays Invoke's
+start-up).  Verbs, each a no-op on a stamped fixture: ``fetch`` (a temporary project with one
+git source, tests/upstreams.py), ``patch`` (a two-patch local series, tests/patchfixtures.py),
+``build`` (one component of that series, tests/test_noop_build.py's project; needs the cross
+compiler, dpkg-query and libxml2-dev:arm64, else the row says so) and ``image --no-load`` (a
+fixture staging tree, tests/imagefixtures.py; needs the cross compiler).  Each askbuild row
+gives the number of git processes the verb spawned (a ``git`` wrapper on PATH counts them).
+
+Python's bytecode: the runs use a temporary ``PYTHONPYCACHEPREFIX`` with askbuild and
+tasks.py compiled into it first (``PYTHONDONTWRITEBYTECODE`` dropped), so that every row
+reads ``.pyc`` files as a user's checkout does after its first run; Invoke turns bytecode
+writing off for what it imports, so without this ``inv`` would compile askbuild on every run.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 INV = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
+FAST = [sys.executable, "-m", "askbuild"]
+ENTRIES = {"askbuild": FAST, "inv": INV}
+PER_VERB = 0.125            # a quarter of the 0.5 s budget of four verbs
 
 
 def _time(cmd: list[str], env: dict, rounds: int) -> float:
@@ -39,9 +54,14 @@ def _row(measure: str, s: float, anchor: str, a: float, limit: float, target: st
             "target": target, "met": s - a <= limit, "notes": notes}
 
 
+def _not_measured(measure: str, anchor: float, why: str) -> dict:
+    return {"measure": measure, "askbuild_s": 0.0, "anchor": "python -c pass",
+            "anchor_s": round(anchor, 4), "ratio": 0.0, "target": "<= +0.125 s",
+            "met": False, "notes": f"not measured: {why}"}
+
+
 def _git_counter(tmp: Path, env: dict) -> tuple[dict, Path]:
     """``env`` with a ``git`` first on PATH that logs each call to the returned file."""
-    import shutil
     bindir = tmp / "gitlog-bin"
     bindir.mkdir(exist_ok=True)
     log = tmp / "git-calls.log"
@@ -59,50 +79,22 @@ def _git_calls(cmd: list[str], env: dict, log: Path) -> int:
     return n
 
 
-def _noop_patch(env: dict, rounds: int, anchor: float) -> dict:
-    from patchfixtures import make_project
-    with tempfile.TemporaryDirectory() as tmp:
-        project = make_project(Path(tmp), kinds=["clean", "near"])
-        s = project.settings
-        cmd = [*INV, "patch", "--work-dir", str(s.work_dir), "--cache-dir", str(s.cache_dir)]
-        env = {**env, "ASKBUILD_PROJECT_ROOT": str(project.root)}
-        for _ in range(3):      # apply, then settle (racily clean index entries once)
-            subprocess.run(cmd, env=env, check=True, capture_output=True)
-        genv, log = _git_counter(Path(tmp), env)
-        calls = _git_calls(cmd, genv, log)
-        t = _time(cmd, env, rounds)
-    return _row("no-op inv patch (1 source, 2 patches)", t, "python -c pass", anchor, 0.125,
-                "<= +0.125 s (a quarter of the 0.5 s budget)", f"git processes: {calls}")
+def _bytecode_env(pycache: Path) -> dict:
+    """The environment of every run: plain output, bytecode read from (and written to) a
+    private prefix where askbuild and tasks.py are compiled already."""
+    env = dict(os.environ, CI="true", ASKBUILD_PLAIN="1", PYTHONPYCACHEPREFIX=str(pycache))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("ASKBUILD_PROJECT_ROOT", None)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "askbuild"),
+                    str(ROOT / "tasks.py")], env=env, check=True, capture_output=True)
+    return env
 
 
-def _noop_image(env: dict, rounds: int, anchor: float) -> dict:
-    import shutil
+# -- the no-op fixtures: each yields (verb argv, env, a scratch dir) once the verb is a no-op --
 
-    import imagefixtures as fx
-    measure_name = "no-op inv image --no-load (fixture staging tree)"
-    if not shutil.which(fx.CC):
-        return {"measure": measure_name, "askbuild_s": 0.0, "anchor": "python -c pass",
-                "anchor_s": anchor, "ratio": 0.0, "target": "<= +0.125 s", "met": False,
-                "notes": f"not measured: {fx.CC} is not installed"}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp) / "work"
-        fx.make_work(work, fx.compile_programs(Path(tmp) / "programs"))
-        cmd = [*INV, "image", "--no-load", "--tag", "bench", "--work-dir", str(work),
-               "--cache-dir", str(fx.shared_cache_dir())]
-        env = {**env, "DOCKER_HOST": f"unix://{tmp}/no-such.sock"}
-        env["ASKBUILD_PROJECT_ROOT"] = str(ROOT)
-        subprocess.run(cmd, env=env, check=True, capture_output=True)    # stamp it
-        genv, log = _git_counter(Path(tmp), env)
-        calls = _git_calls(cmd, genv, log)
-        t = _time(cmd, env, rounds)
-    return _row(measure_name, t, "python -c pass", anchor, 0.125,
-                "<= +0.125 s (a quarter of the 0.5 s budget)", f"git processes: {calls}")
-
-
-def measure(args) -> list[dict]:
+@contextmanager
+def _fetch_fixture(env: dict) -> Iterator[tuple[list[str], dict, Path]]:
     from upstreams import GitUpstream, Project
-    rounds = 3 if args.quick else args.rounds
-    env = dict(os.environ, CI="true", ASKBUILD_PLAIN="1")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         (base / "up").mkdir()
@@ -110,35 +102,130 @@ def measure(args) -> list[dict]:
         up.release("v1", {"a.c": "int a;\n"})
         project = Project(base)
         project.add_git("g", up.url, "v1", up.rev("v1"))
-        env["ASKBUILD_PROJECT_ROOT"] = str(project.root)
-        fetch = [*INV, "fetch", "--work-dir", str(project.work), "--cache-dir", str(project.cache)]
-        for _ in range(2):
-            subprocess.run(fetch, env=env, check=True, capture_output=True)   # stamp it
-        anchor = _time([sys.executable, "-c", "pass"], env, rounds)
-        t_list = _time([*INV, "--list"], env, rounds)
-        t_fetch = _time(fetch, env, rounds)
-        # peak RSS of one no-op fetch alone: measured by a fresh process that runs only it
-        probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
-                 "capture_output=True); "
-                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-        rss_mb = int(subprocess.run([sys.executable, "-c", probe, *fetch], env=env, check=True,
-                                    capture_output=True, text=True).stdout) / 1024
-        env.pop("ASKBUILD_PROJECT_ROOT", None)
-    patch_row = _noop_patch(env, rounds, anchor)
-    image_row = _noop_image(env, rounds, anchor)
-    verbs = t_fetch + patch_row["askbuild_s"] + image_row["askbuild_s"]
-    return [
-        _row("no-op fetch + patch + image --no-load (3 CLI runs)", verbs, "python -c pass",
-             anchor, 0.5, "<= +0.5 s (the issue counts build too: not measured here)"),
-        _row("inv --list", t_list, "python -c pass", anchor, 0.125, "<= +0.125 s"),
-        _row("no-op inv fetch (1 git source)", t_fetch, "python -c pass", anchor, 0.125,
-             "<= +0.125 s (a quarter of the 0.5 s budget)"),
-        patch_row,
-        image_row,
-        {"measure": "peak RSS, no-op inv fetch", "askbuild_s": 0.0, "anchor": "150 MB",
-         "anchor_s": 0.0, "ratio": round(rss_mb / 150, 2), "target": "< 150 MB",
-         "met": rss_mb < 150, "notes": f"{rss_mb:.0f} MB (largest process of one no-op fetch)"},
-    ]
+        argv = ["fetch", "--work-dir", str(project.work), "--cache-dir", str(project.cache)]
+        yield argv, {**env, "ASKBUILD_PROJECT_ROOT": str(project.root)}, base
+
+
+@contextmanager
+def _patch_fixture(env: dict) -> Iterator[tuple[list[str], dict, Path]]:
+    from patchfixtures import make_project
+    with tempfile.TemporaryDirectory() as tmp:
+        project = make_project(Path(tmp), kinds=["clean", "near"])
+        s = project.settings
+        argv = ["patch", "--work-dir", str(s.work_dir), "--cache-dir", str(s.cache_dir)]
+        yield argv, {**env, "ASKBUILD_PROJECT_ROOT": str(project.root)}, Path(tmp)
+
+
+@contextmanager
+def _build_fixture(env: dict) -> Iterator[tuple[list[str], dict, Path]]:
+    from test_noop_build import Project
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Project(Path(tmp))
+        argv = ["build", "--work-dir", str(project.work), "--cache-dir", str(project.cache)]
+        yield argv, {**env, "ASKBUILD_PROJECT_ROOT": str(project.root)}, Path(tmp)
+
+
+@contextmanager
+def _image_fixture(env: dict) -> Iterator[tuple[list[str], dict, Path]]:
+    import imagefixtures as fx
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "work"
+        fx.make_work(work, fx.compile_programs(Path(tmp) / "programs"))
+        argv = ["image", "--no-load", "--tag", "bench", "--work-dir", str(work),
+                "--cache-dir", str(fx.shared_cache_dir())]
+        yield argv, {**env, "DOCKER_HOST": f"unix://{tmp}/no-such.sock",
+                     "ASKBUILD_PROJECT_ROOT": str(ROOT)}, Path(tmp)
+
+
+def _why_not(verb: str) -> str | None:
+    """Why a verb's fixture cannot be made on this machine (None: it can)."""
+    if verb in ("build", "image") and not shutil.which("aarch64-linux-gnu-gcc"):
+        return "aarch64-linux-gnu-gcc is not installed"
+    if verb == "build":
+        from test_noop_build import needs_toolchain
+        if needs_toolchain.args[0]:
+            return needs_toolchain.kwargs["reason"]
+    return None
+
+
+VERBS: dict[str, tuple[str, Callable]] = {
+    "fetch": ("1 git source", _fetch_fixture),
+    "patch": ("1 source, 2 patches", _patch_fixture),
+    "build": ("1 component, 1 patched source", _build_fixture),
+    "image": ("fixture staging tree", _image_fixture),
+}
+
+
+def _noop_rows(verb: str, env: dict, rounds: int, anchor: float) -> dict[str, dict]:
+    """``{entry: row}``: the no-op ``verb`` through each entry point."""
+    what, fixture = VERBS[verb]
+    label = "image --no-load" if verb == "image" else verb
+    why = _why_not(verb)
+    if why:
+        return {e: _not_measured(f"no-op {e} {label} ({what})", anchor, why) for e in ENTRIES}
+    rows = {}
+    with fixture(env) as (argv, venv, tmp):
+        for _ in range(3):      # do it, then settle (racily clean index entries once)
+            subprocess.run([*FAST, *argv], env=venv, check=True, capture_output=True)
+        genv, log = _git_counter(tmp, venv)
+        for entry, prefix in ENTRIES.items():
+            cmd = [*prefix, *argv]
+            subprocess.run(cmd, env=venv, check=True, capture_output=True)     # warm up
+            calls = _git_calls(cmd, genv, log)
+            rows[entry] = _row(f"no-op {entry} {label} ({what})", _time(cmd, venv, rounds),
+                               "python -c pass", anchor, PER_VERB,
+                               "<= +0.125 s (a quarter of the 0.5 s budget)",
+                               f"git processes: {calls}")
+    return rows
+
+
+def _rss_mb(cmd: list[str], env: dict) -> float:
+    """Peak RSS of ``cmd`` (the largest process of one run), in MB."""
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+             "capture_output=True); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    return int(subprocess.run([sys.executable, "-c", probe, *cmd], env=env, check=True,
+                              capture_output=True, text=True).stdout) / 1024
+
+
+def measure(args) -> list[dict]:
+    rounds = 3 if args.quick else args.rounds
+    with tempfile.TemporaryDirectory() as pycache:
+        env = _bytecode_env(Path(pycache))
+        pass_cmd = [sys.executable, "-c", "pass"]
+        subprocess.run(pass_cmd, env=env, check=True)                          # warm up
+        anchor = _time(pass_cmd, env, rounds)
+        lists = {}
+        for entry, prefix in ENTRIES.items():
+            subprocess.run([*prefix, "--list"], env=env, check=True, capture_output=True)
+            lists[entry] = _time([*prefix, "--list"], env, rounds)
+        by_verb = {v: _noop_rows(v, env, rounds, anchor) for v in VERBS}
+        with _fetch_fixture(env) as (argv, venv, _):
+            subprocess.run([*FAST, *argv], env=venv, check=True, capture_output=True)
+            rss = {e: _rss_mb([*p, *argv], venv) for e, p in ENTRIES.items()}
+    rows = []
+    for entry in ENTRIES:
+        got = [by_verb[v][entry] for v in VERBS]
+        total = sum(r["askbuild_s"] for r in got)
+        missing = [v for v, r in zip(VERBS, got, strict=True) if not r["askbuild_s"]]
+        rows.append(_row(
+            f"no-op {entry} fetch + patch + build + image --no-load (4 runs)", total,
+            "python -c pass", anchor, 0.5, "<= +0.5 s (all four together vs one python -c pass)",
+            (f"not measured: {', '.join(missing)}; " if missing else "")
+            + f"vs four python -c pass: +{total - 4 * anchor:.3f} s"))
+    for entry in ENTRIES:
+        rows.append(_row(f"{entry} --list", lists[entry], "python -c pass", anchor, PER_VERB,
+                         "<= +0.125 s",
+                         "handed to Invoke unchanged" if entry == "askbuild" else ""))
+    for verb in VERBS:
+        rows.extend(by_verb[verb][e] for e in ENTRIES)
+    for entry in ENTRIES:
+        mb = rss[entry]
+        rows.append({"measure": f"peak RSS, no-op {entry} fetch", "askbuild_s": 0.0,
+                     "anchor": "150 MB", "anchor_s": 0.0, "ratio": round(mb / 150, 2),
+                     "target": "< 150 MB", "met": mb < 150,
+                     "notes": f"{mb:.0f} MB (largest process of one no-op fetch)"})
+    return rows
 
 
 if __name__ == "__main__":
