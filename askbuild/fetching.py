@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import re
 import shlex
@@ -57,7 +56,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import console, gitutil, runlock, tarimport
+from . import console, gitutil, runlock
 from . import sources as sources_mod
 from .download import (
     NoSpaceError,
@@ -83,9 +82,18 @@ from .gitutil import GitError, check_ref, is_abbrev, is_sha
 from .refs import BASE_REF, BASE_TAG, KEEP_PREFIX, SEEN_PREFIX, UPSTREAM_PREFIX
 from .settings import Settings
 from .sources import Source, load_sources, select, write_lock
-from .urls import apply_mirrors, check_url
+from .urls import apply_mirrors, check_url, scheme_of
 
-SHA256_TRAILER = tarimport.SHA256_TRAILER
+
+def __getattr__(name: str):
+    """``SHA256_TRAILER`` is tarimport's (imported here only when asked for: tarimport brings
+    tarfile and the download code, which a fetch of git sources does not need)."""
+    if name == "SHA256_TRAILER":
+        from .tarimport import SHA256_TRAILER
+        return SHA256_TRAILER
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: In a work tree's ``.git``: a base move in progress (``{"from": sha, "to": sha}``).
 MOVE_MARKER = "askbuild-base-move.json"
 
@@ -124,6 +132,14 @@ def remote_url(settings: Settings, source: Source) -> str:
     if url != source.url:
         check_url(url, kind=source.kind, what=f"source {source.name} (mirror of {source.url})")
     return url
+
+
+def local_mirror(settings: Settings, source: Source) -> bool:
+    """Whether a mirror rewrites ``source`` to a ``file://`` URL: ``--offline`` still reads
+    the locked commit or tarball from it (no network: a fleet runner with ``inv mirror``'s
+    directory on a share, docs/mirror.md).  Refs are never resolved from it offline."""
+    url = apply_mirrors(source.url, settings.mirrors)
+    return url != source.url and scheme_of(url) == "file"
 
 
 def record_lock(settings: Settings, source: Source, **fields: object) -> Source:
@@ -380,7 +396,7 @@ def fetch_commit(settings: Settings, source: Source, sha: str) -> None:
             _keep(repo, sha)
             _sync_shallow(settings, source)
             return
-        if settings.offline:
+        if settings.offline and not local_mirror(settings, source):
             raise _offline_error(settings, source, f"the locked commit {sha}", repo)
         url = remote_url(settings, source)
         with _git_errors(source, url, repo):
@@ -862,6 +878,7 @@ def _move_base(settings: Settings, source: Source, tree: Path, base: str, commit
 
 
 def _blob_id(data: bytes) -> str:
+    import hashlib
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
@@ -1002,6 +1019,7 @@ def _git_work_tree(settings: Settings, source: Source, commit: str) -> Path:
 
 
 def _tarball_base_sha256(tree: Path) -> str | None:
+    from .tarimport import SHA256_TRAILER
     msg = _tree_git(tree, ["show", "-s", "--format=%B", BASE_REF],
                     check=False).stdout
     m = re.search(rf"^{SHA256_TRAILER}: ([0-9a-f]{{64}})$", msg, re.MULTILINE)
@@ -1016,6 +1034,7 @@ def _tarball_settled(settings: Settings, source: Source, tree: Path) -> bool:
 def _import_tarball(settings: Settings, source: Source, archive: Path, dest: Path) -> str:
     """Extract ``archive`` into the new directory ``dest`` and commit it; return the commit
     (:func:`askbuild.tarimport.import_tarball`: the same commit id as every earlier import)."""
+    from . import tarimport
     message = tarimport.import_message(source.filename, source.name, str(source.ref),
                                        str(source.sha256))
     return tarimport.import_tarball(archive, dest, strip_components=source.strip_components,
@@ -1109,7 +1128,7 @@ def fetch_tarball(settings: Settings, source: Source) -> Path:
             q = _quarantine(settings, dest, source.filename)
             console.warn(f"source {source.name}: the cached {dest} does not match the lock "
                          f"(damaged?); moved to {q}, downloading it again")
-        if settings.offline:
+        if settings.offline and not local_mirror(settings, source):
             raise _offline_error(settings, source,
                                  f"{source.filename} (sha256 {_short(source.sha256)})",
                                  settings.tarball_cache)

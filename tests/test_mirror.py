@@ -53,8 +53,8 @@ def _line_value(proc: subprocess.CompletedProcess) -> str:
     return m.group(1)
 
 
-def _machine_b(tmp_path: Path, project, mirrors: str, *words: str):
-    work, cache = tmp_path / "b-work", tmp_path / "b-cache"
+def _machine_b(tmp_path: Path, project, mirrors: str, *words: str, name: str = "b"):
+    work, cache = tmp_path / f"{name}-work", tmp_path / f"{name}-cache"
     return inv("fetch", "--work-dir", str(work), "--cache-dir", str(cache), *words,
                env=_env(project, ASKBUILD_MIRRORS=mirrors, HOME=str(tmp_path / "b-home")),
                timeout=300), work
@@ -127,6 +127,27 @@ def test_mirror_feeds_a_fresh_machine_over_file_and_then_offline(tmp_path, proje
     offline, _ = _machine_b(tmp_path, project, line, "--offline")
     assert offline.returncode == 0, offline.stderr
     _assert_trees(work, sha)
+
+
+def test_offline_reads_a_file_mirror_and_nothing_else(tmp_path, project, git_upstream,
+                                                      http_server, static_http):
+    """A runner with the mirror on a share and ``--offline`` from its first run: the locked
+    commit and tarball come from the file:// mirror; an http:// mirror is network, which
+    --offline refuses (naming the source and the cache)."""
+    up, sha, _ = _fixture(project, git_upstream, http_server)
+    out = tmp_path / "mirror"
+    line = _line_value(_mirror(project, out))
+    up.remove()
+    http_server.stop()
+    fetched, work = _machine_b(tmp_path, project, line, "--offline", "--locked", name="c")
+    assert fetched.returncode == 0, fetched.stderr
+    _assert_trees(work, sha)
+    served = static_http(out)
+    over_http = " ".join(f"{prefix}={served}{Path(repl.removeprefix('file://')).relative_to(out)}/"
+                         for prefix, repl in (p.split("=", 1) for p in line.split()))
+    refused, _ = _machine_b(tmp_path, project, over_http, "--offline", name="d")
+    assert refused.returncode != 0
+    assert_clean_message(refused, "--offline", "not in the cache")
 
 
 def test_mirror_served_by_a_static_http_server(tmp_path, project, git_upstream, http_server,
