@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 INV = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
@@ -82,6 +83,19 @@ def test_example_profile_runs_the_whole_pipeline(tmp_path, engine):
         manifest2 = json.loads((work / "build-manifest.json").read_text())
         assert {c["status"] for c in manifest2["components"].values()} == {"cached"}
         assert docker_engine.images.get(f"localhost/monok8s/cmm:{tag}").id == image.id
+
+        # The Kubernetes objects of this build are schema-valid and their pod spec runs: the
+        # init container picks the node's DPA set, cmm stays in the foreground (issue 11).
+        dirs = ("--work-dir", str(work), "--cache-dir", str(cache))
+        objs = inv("manifests", "--profile", "example", "--tag", tag, "--check", *dirs, env=env)
+        assert objs.returncode == 0, objs.stderr[-6000:]
+        daemonsets = [d for d in yaml.safe_load_all(objs.stdout) if d["kind"] == "DaemonSet"]
+        pod = daemonsets[0]["spec"]["template"]
+        assert pod["spec"]["containers"][0]["image"] == f"localhost/monok8s/cmm:{tag}"
+        assert image.id in pod["metadata"]["annotations"].values()
+        rehearsed = inv("manifests.rehearse", "--profile", "example", "--tag", tag, *dirs,
+                        env=env)
+        assert rehearsed.returncode == 0, rehearsed.stdout[-3000:] + rehearsed.stderr[-3000:]
     finally:
         try:
             docker_engine.images.remove(f"localhost/monok8s/cmm:{tag}", force=True)
