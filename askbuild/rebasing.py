@@ -920,7 +920,8 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
     old_base = pq.base_commit(tree)
     new_base = fetch_onto(settings, src, tree, onto)
     with pq.scratch_worktree(tree, old_base, settings.work_dir) as scratch:
-        record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None)
+        record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None,
+                                batch=True)
         st = {"source": src.name, "onto": onto, "new_base": new_base, "old_base": old_base,
               "pos": 0, "queue": _queue_from_record(record), "vendor": []}
         gitutil.git(["checkout", "-q", "--detach", new_base], cwd=scratch)

@@ -14,8 +14,6 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from unidiff import PatchSet
-
 from .. import gitutil
 from ..errors import PatchFailed
 from ..gitutil import FIXED_IDENTITY
@@ -27,9 +25,16 @@ from .record import STATE_SCHEMA
 from .worktree import REPRO, NoSpaceLeft, git_errors, no_space, no_space_error
 
 PATCH_COLUMNS = ["source", "layer", "patch", "status", "commit", "detail"]
+#: Whether :func:`apply_queue` applies runs of mails with one ``git am`` when the caller does
+#: not say.  Off: ``inv patch`` on a work tree stays one ``git am`` per patch (the fault suite's
+#: timed kill points and its "two runs at once" assume a run that long, see docs/benchmarks.md);
+#: the scratch-tree callers (``inv patch --check``, the rebase dry run) pass ``batch=True``.
+BATCH = True
 
 
 _HEADER_RE = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9-]*:")
+# git am's own line when it falls back to the 3-way merge (not a subject saying "3-way merge")
+_THREE_WAY = re.compile(r"(?m)^(?!Applying: ).*3-way merge")
 
 
 def is_mail(data: bytes) -> bool:
@@ -82,6 +87,7 @@ def _hunk_failures(tree: Path, p: PatchInput) -> list[str]:
     """Which files / hunks of ``p`` do not apply to the tree's HEAD (for messages)."""
     try:
         text = p.data.decode("latin-1")
+        from unidiff import PatchSet  # (only when a patch is read)
         pset = PatchSet(io.StringIO(text, newline=""))
     except Exception:   # noqa: BLE001 - only used to enrich a message
         return []
@@ -146,13 +152,15 @@ def _apply_patch(tree: Path, p: PatchInput, *, index: int, total: int, source: s
                          settings=settings)
 
 
-def git_am(tree: Path, data: bytes, strip: int) -> tuple[bool, str]:
-    """``git am --3way`` the mail(s) ``data`` onto the HEAD of ``tree`` (fixed identities,
-    CR bytes kept, the user's git config ignored): (applied, git's output).  A failed am is
-    left in progress."""
-    proc = gitutil.git([*REPRO, "am", "--3way", "--keep-cr", "--keep-non-patch", "--no-scissors",
-                        "--committer-date-is-author-date", "--no-message-id",
-                        "--whitespace=nowarn", "--quoted-cr=nowarn", f"-p{strip}"],
+def git_am(tree: Path, data: bytes, strip: int, *, three_way: bool = True) -> tuple[bool, str]:
+    """``git am --3way`` (``three_way=False``: ``--no-3way``, a patch that does not apply as
+    it is stops the am) the mail(s) ``data`` onto the HEAD of ``tree`` (fixed identities, CR
+    bytes kept, the user's git config ignored): (applied, git's output).  A failed am is left
+    in progress."""
+    proc = gitutil.git([*REPRO, "am", "--3way" if three_way else "--no-3way", "--keep-cr",
+                        "--keep-non-patch", "--no-scissors", "--committer-date-is-author-date",
+                        "--no-message-id", "--whitespace=nowarn", "--quoted-cr=nowarn",
+                        f"-p{strip}"],
                        cwd=tree, env=_ident_env(), input=data, check=False)
     return proc.returncode == 0, _text(proc.stdout) + _text(proc.stderr)
 
@@ -162,7 +170,7 @@ def _apply_mail(tree: Path, p: PatchInput, before: str) -> tuple[Applied | None,
     ok, out = git_am(tree, _ensure_mail_headers(p.data), p.strip)
     if ok:
         commits = gitutil.out(["rev-list", "--reverse", f"{before}..HEAD"], cwd=tree).split()
-        return Applied(commits, "3way" if "3-way merge" in out else "applied"), out
+        return Applied(commits, "3way" if _THREE_WAY.search(out) else "applied"), out
     gitutil.git(["am", "--abort"], cwd=tree, check=False)
     return None, out
 
@@ -222,53 +230,140 @@ def as_mbox(p: PatchInput) -> bytes:
     return data if data.endswith(b"\n") else data + b"\n"
 
 
+def _single_message(p: PatchInput) -> bool:
+    """Whether ``p`` is one mail that :func:`as_mbox` passes to ``git am`` unchanged but for a
+    leading ``From `` line: it can join a run and gives exactly one commit."""
+    data = p.data
+    return data.endswith(b"\n") and is_mail(data) and b"\nFrom " not in data
+
+
+def _run_at(inputs: list[PatchInput], i: int) -> list[PatchInput]:
+    """The longest run of patches from ``i`` on that one ``git am`` can apply together: single
+    mails with the same strip level."""
+    run: list[PatchInput] = []
+    for p in inputs[i:]:
+        if not _single_message(p) or (run and p.strip != run[0].strip):
+            break
+        run.append(p)
+    return run
+
+
+def apply_run(tree: Path, run: list[PatchInput], before: str, what: str) -> list[Applied]:
+    """Apply the single mails ``run`` onto ``before`` (the HEAD of ``tree``) with ONE
+    ``git am --no-3way``, and read the commits with one ``rev-list``: one :class:`Applied`
+    ("applied", one commit) per leading patch that applies as it is, exactly the commit
+    ``git am --3way`` of that patch alone makes (am tries the plain apply first and falls back
+    to the 3-way merge only when it fails).  The am stops at the first patch that does not
+    apply as it is: HEAD is left on the last one that did, no am in progress, and the list is
+    shorter than ``run`` (the caller applies that patch alone, with the 3-way fallback and the
+    per-patch message).  Nothing here moves a branch: the caller's journal owns the tree.
+    Raises :class:`NoSpaceLeft` (naming ``what``) when git ran out of space."""
+    ok, out = git_am(tree, b"".join(as_mbox(p) for p in run), run[0].strip, three_way=False)
+    if not ok:
+        gitutil.git(["am", "--quit"], cwd=tree, check=False)
+        gitutil.git(["reset", "-q", "--hard"], cwd=tree, check=False)
+        if no_space(out):
+            raise no_space_error(what, tree, "\n".join(git_error_lines(out)) or out)
+    commits = gitutil.out(["rev-list", "--reverse", f"{before}..HEAD", "--"], cwd=tree).split()
+    if len(commits) > len(run) or (ok and len(commits) != len(run)):
+        # (not one commit per mail: never guess which commit is whose)
+        gitutil.git(["reset", "-q", "--hard", before], cwd=tree)
+        return []
+    return [Applied([c], "applied") for c in commits]
+
+
+class _Queue:
+    """The record of a queue being applied: patches, layers (start/end commits), report rows."""
+
+    def __init__(self, base: str, source: str, report: Report | None) -> None:
+        self.base = self.head = base
+        self.source, self.report = source, report
+        self.patches: list[dict] = []
+        self.layers: list[dict] = []
+
+    def enter(self, p: PatchInput) -> None:
+        """Start ``p``'s layer when it is not the current one."""
+        if not self.layers or self.layers[-1]["id"] != p.layer.id:
+            if self.layers:
+                self.layers[-1]["end"] = self.head
+            self.layers.append({"id": p.layer.id, "kind": p.layer.kind, "dir": p.layer.dir,
+                                "provider": p.layer.provider, "start": self.head,
+                                "end": self.head})
+
+    def applied(self, p: PatchInput, res: Applied) -> None:
+        self.enter(p)
+        if res.commits:
+            self.head = res.commits[-1]
+        self.patches.append({"layer": p.layer.id, "kind": p.layer.kind, "file": p.name,
+                             "strip": p.strip, "sha256": p.sha256, "commits": res.commits})
+        if self.report is not None:
+            self.report.add(source=self.source, layer=p.layer.id, kind=p.layer.kind,
+                            patch=p.name, status=res.method,
+                            commit=res.commits[-1] if res.commits else None,
+                            detail="3-way merge" if res.method == "3way" else "")
+
+    def failed(self, e: PatchFailed, p: PatchInput, rest: list[PatchInput]) -> None:
+        self.enter(p)
+        space = isinstance(e, NoSpaceLeft)
+        if not space:       # (a full disk is no failing point to edit from)
+            e.partial = {"layer": p.layer.id, "layer_start": self.layers[-1]["start"],
+                         "applied": self.patches, "index": len(self.patches),
+                         "head": self.head}
+        if self.report is None:
+            return
+        self.report.add(source=self.source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
+                        status="failed", commit=None,
+                        detail="no space left on device" if space else "did not apply")
+        for q in rest:
+            self.report.add(source=self.source, layer=q.layer.id, kind=q.layer.kind,
+                            patch=q.name, status="pending", commit=None, detail="")
+
+    def result(self) -> dict:
+        if self.layers:
+            self.layers[-1]["end"] = self.head
+        return {"schema": STATE_SCHEMA, "source": self.source, "base": self.base,
+                "head": self.head, "layers": self.layers, "patches": self.patches}
+
+
 def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
                 report: Report | None = None, branch: str | None = PATCHED,
-                settings: Settings | None = None) -> dict:
+                settings: Settings | None = None, batch: bool | None = None) -> dict:
     """Rebuild ``branch`` (detached HEAD when None) from ``base`` with ``inputs`` and return
     the state record (not written).  Raises PatchFailed at the first failing patch (with
-    ``partial``: what applied before it, and ``head``, the last good commit)."""
+    ``partial``: what applied before it, and ``head``, the last good commit).
+
+    With ``batch`` (default :data:`BATCH`), runs of single-mail patches go through one
+    ``git am`` each (:func:`apply_run`); the patch a run stops at, and every other patch, is
+    applied alone (:func:`apply_patch`), so the commits, rows and messages are those of one
+    patch at a time (tests/test_patch_batch.py).  Nothing here moves ``askbuild/patched`` or
+    writes a record: the caller does that once the whole queue applied, and until then its run
+    journal owns the tree (a killed run is undone by the next one)."""
+    batch = BATCH if batch is None else batch
     if branch:
         gitutil.git(["checkout", "-q", "-B", branch, base], cwd=tree)
     else:
         gitutil.git(["checkout", "-q", "--detach", base], cwd=tree)
-    patches: list[dict] = []
-    layers: list[dict] = []
+    q = _Queue(base, source, report)
     total = len(inputs)
-    cur_layer = None
-    head = base
-    for i, p in enumerate(inputs, start=1):
-        if cur_layer != p.layer.id:
-            if layers:
-                layers[-1]["end"] = head
-            layers.append({"id": p.layer.id, "kind": p.layer.kind, "dir": p.layer.dir,
-                           "provider": p.layer.provider, "start": head, "end": head})
-            cur_layer = p.layer.id
+    i = 0
+    while i < total:
+        run = _run_at(inputs, i) if batch else []
+        if len(run) > 1:
+            what = f"patches {i + 1} to {i + len(run)} of {total} of {source}"
+            with git_errors(what, tree):
+                done = apply_run(tree, run, q.head, what)
+            for p, res in zip(run, done, strict=False):
+                q.applied(p, res)
+            i += len(done)
+            if len(done) == len(run):
+                continue
+        p = inputs[i]
         try:
-            res = apply_patch(tree, p, index=i, total=total, source=source, before=head,
+            res = apply_patch(tree, p, index=i + 1, total=total, source=source, before=q.head,
                               settings=settings)
         except PatchFailed as e:
-            space = isinstance(e, NoSpaceLeft)
-            if not space:       # (a full disk is no failing point to edit from)
-                e.partial = {"layer": p.layer.id, "layer_start": layers[-1]["start"],
-                             "applied": patches, "index": i - 1, "head": head}
-            if report is not None:
-                report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
-                           status="failed", commit=None,
-                           detail="no space left on device" if space else "did not apply")
-                for q in inputs[i:]:
-                    report.add(source=source, layer=q.layer.id, kind=q.layer.kind,
-                               patch=q.name, status="pending", commit=None, detail="")
+            q.failed(e, p, inputs[i + 1:])
             raise
-        if res.commits:
-            head = res.commits[-1]
-        patches.append({"layer": p.layer.id, "kind": p.layer.kind, "file": p.name,
-                        "strip": p.strip, "sha256": p.sha256, "commits": res.commits})
-        if report is not None:
-            report.add(source=source, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
-                       status=res.method, commit=res.commits[-1] if res.commits else None,
-                       detail="3-way merge" if res.method == "3way" else "")
-    if layers:
-        layers[-1]["end"] = head
-    return {"schema": STATE_SCHEMA, "source": source, "base": base, "head": head,
-            "layers": layers, "patches": patches}
+        q.applied(p, res)
+        i += 1
+    return q.result()

@@ -16,8 +16,6 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from unidiff import PatchSet
-
 from .. import console, fetching, gitutil
 from .. import series as series_mod
 from ..errors import ConfigError
@@ -226,6 +224,7 @@ def patch_files(data: bytes) -> PatchFiles | None:
     """The files a patch touches and creates (read with ``unidiff``); None when it cannot be
     read as a unified diff."""
     try:
+        from unidiff import PatchSet  # (only when a patch is read)
         pset = PatchSet(io.StringIO(data.decode("latin-1"), newline=""))
     except Exception:   # noqa: BLE001 - an unreadable patch is judged by git when applied
         return None

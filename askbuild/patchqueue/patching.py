@@ -236,7 +236,7 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
         base = base_commit(tree)
         with scratch_worktree(tree, base, settings.work_dir) as scratch:
             apply_queue(scratch, base, inputs, source=src.name, report=report, branch=None,
-                        settings=settings)
+                        settings=settings, batch=True)
 
 
 @runlock.exclusive("patch")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from .. import gitutil
 from ..errors import AskbuildError
-from ..fetching import SHA256_TRAILER
 from ..fsutil import read_json
 from ..gitutil import GitError
 from ..refs import EDIT_PREFIX, PATCHED
@@ -72,6 +71,7 @@ def _lock_problem(settings: Settings, source: Source, tree: Path, base: str) -> 
                     f"{tree} is at {base[:12]} (fetched at another lock): {again}")
         return None
     msg = gitutil.out(["show", "-s", "--format=%B", base], cwd=tree)
+    from ..tarimport import SHA256_TRAILER  # (tarimport brings tarfile: only here)
     m = re.search(rf"^{SHA256_TRAILER}: ([0-9a-f]{{64}})$", msg, re.MULTILINE)
     if not m or m.group(1) != source.sha256:
         got = m.group(1)[:12] if m else "an unknown tarball"
