@@ -19,8 +19,9 @@ content hashes, so storage and compression cannot change them; files the tree's
 git routes exactly those through its ordinary path.  The tests compare the commit id with the
 plain import on fixtures with symlinks, executables, hard links, empty directories, long and
 pax names and converting attributes (``tests/test_tarimport.py``).  What remains on a kernel
-tree is hashing and deflating 1.3 GB (~47 s CPU, one core) and, larger, the Python
-extraction itself (~3x GNU ``tar -x``): the next thing to make faster.
+tree is hashing and deflating 1.3 GB (~47 s CPU, one core); the extraction itself is GNU tar's
+after Python checked every member (:mod:`askbuild.archive`: 68 s CPU against 107 s for
+Python's own extraction and 20 s for a bare ``tar -x``, same run).
 
 Considered and not done: ``git fast-import`` fed from the tar stream would have to re-implement
 what ``git add`` does to the extracted files (attribute conversions, which of two same-named
