@@ -7,15 +7,18 @@ modules_install), collect and verify the declared artifacts, stage them, write t
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
-from .. import gitutil, kernel, manifest, recipes
+from .. import archive, gitutil, kernel, manifest, oci, recipes
 from ..errors import BuildFailed, ConfigError
 from ..fsutil import sha256_file, write_json_atomic
 from ..recipes import Recipe
 from ..settings import Settings
+from . import remote
 from .buildtree import BuildTree, fingerprint
 from .jobserver import JobServer
 from .keys import Plan
@@ -142,22 +145,82 @@ class Components:
                 run.note(f"jobserver: MAKEFLAGS={flags}")
             self._fresh_dirs(dirs)
             release, staged_tree, tree = None, None, None
+            before = remote.sysroot_snapshot(s)
             if r.kind == "kernel":
                 release, staged_tree = self._build_kernel(run, r, dirs, values, env, jobs)
             else:
                 tree = self._run_steps(run, name, r, dirs, values, env, own_env)
+            sysroot_files = remote.sysroot_changes(s, before)
             arts = self._collect(run, r, dirs, values)
             self.steps.check_cancel()
             self._stage(r, arts, staged_tree)
             self.steps.check_cancel()
             rec = self._record(name, arts, staged_tree, release, time.monotonic() - t0,
                                run.log_path)
+            rec["sysroot_files"] = sysroot_files
+            rec["origin"] = {"kind": "built"}
             if tree is not None:
                 tree[0].mark_clean([Path(a["file"]) for a in arts])
                 rec["build_tree"] = tree[1]
             run.note(f"done in {rec['duration_s']}s")
         write_json_atomic(s.build_record(name), rec)
         return rec
+
+    # -- the shared build cache (:mod:`.remote`) -------------------------------------------
+    def take(self, name: str, jobs: int, pulled: remote.Pulled) -> dict:
+        """Install the verified remote artifact ``pulled`` of ``name`` as a local build of the
+        same key would have left it: the build tree holds the export of its inputs plus its
+        artifacts (no objects: its next local build is a clean one), the install tree, the
+        kernel build tree's parts, its sysroot files, the staged files; then the done record
+        (``origin`` remote).  Nothing is compiled."""
+        s, r = self.settings, self.rs.recipes[name]
+        self.steps.check_cancel()
+        self._forget_previous(name)
+        dirs = self.dirs(name)
+        t0 = time.monotonic()
+        with Runner(self.steps, name, s.log_file(name)) as run:
+            run.note(f"component {name} key {self.plan.keys[name]}: taken from the shared "
+                     f"build cache {pulled.location} ({pulled.digest}); nothing compiled")
+            out = s.out_tree(name)
+            if out.exists():
+                shutil.rmtree(out)
+            self._fresh_dirs(dirs)
+            if r.kind != "kernel":
+                dirs["src"].mkdir(parents=True, exist_ok=True)
+                with tarfile.open(fileobj=io.BytesIO(self._export(r))) as tf:
+                    archive.extract_all(tf, dirs["src"], tf.getmembers())
+            sysroot_files = remote.unpack(s, pulled.layer, out)
+            values = self.values(name, jobs)
+            release, staged_tree = None, None
+            if r.kind == "kernel":
+                release = kernel.kernel_release(dirs["build"])
+                values["kernel_release"] = release
+                staged_tree = {"from": str(dirs["install"] / "lib/modules" / release),
+                               "dest": _modules_dir(r, s, release)}
+            arts = self._collect(run, r, dirs, values)
+            self.steps.check_cancel()
+            self._stage(r, arts, staged_tree)
+            rec = self._record(name, arts, staged_tree, release, time.monotonic() - t0,
+                               run.log_path)
+            rec["sysroot_files"] = [f for f in sysroot_files
+                                    if f not in {_rel_to(a["file"], s.sysroot_dir)
+                                                 for a in arts}]
+            rec["origin"] = {"kind": "remote", "remote": pulled.location,
+                             "digest": pulled.digest}
+            rec["build_tree"] = ("taken from the shared build cache: the export of its inputs "
+                                 "and its artifacts, no objects (its next local build is a "
+                                 "clean build)")
+        write_json_atomic(s.build_record(name), rec)
+        return rec
+
+    def outputs(self, rec: dict) -> list[oci.Entry]:
+        """The layer entries of the shared build cache's artifact of ``rec`` (a done record
+        of this run's recipes); :class:`remote.Unusable` when it cannot be one."""
+        name = rec["component"]
+        r, dirs = self.rs.recipes[name], self.dirs(name)
+        files = remote.output_files(self.settings, rec, install=dirs["install"],
+                                    kernel_build=dirs["build"] if r.kind == "kernel" else None)
+        return remote.layer_entries(self.settings, files)
 
     def _forget_previous(self, name: str) -> None:
         """No "done" record while the step runs (a kill at any point means "redo"); then
@@ -284,6 +347,13 @@ class Components:
         values["kernel_release"] = release
         return release, {"from": str(dest / "lib/modules" / release),
                          "dest": _modules_dir(r, s, release)}
+
+
+def _rel_to(path: str, root: Path) -> str | None:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return None
 
 
 def _modules_dir(r: Recipe, settings: Settings, release: str) -> str:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from .. import console, kernel, manifest, procs, recipes, runlock, toolchain
 from ..errors import BuildFailed, MissingToolError, UserError, os_error_message
+from ..fsutil import write_json_atomic
 from ..recipes import RecipeSet
 from ..settings import Settings
-from . import ccache
+from . import ccache, remote
 from .inputs import is_tree, one_error, prepare_sources, source_info
 from .keys import Plan, check_preconditions, compute_keys, not_startable
 from .records import needs_restage, trusted_record, up_to_date
@@ -41,6 +42,7 @@ def build(settings: Settings, components: list[str] | None = None, *, keep_going
 
     Holds the work-dir lock for the whole run: a second build (or any other verb) in the same
     work directory waits for this one."""
+    ccache = ccache or bool(settings.ccache_remote)     # remote storage implies --ccache
     plan = make_plan(settings, components, keep_going=keep_going, ccache=ccache,
                      prepare=prepare)
     if plan.blocked and not keep_going:
@@ -108,7 +110,8 @@ def run_plan(settings: Settings, plan: Plan, *, keep_going: bool) -> dict:
     """Run ``plan`` (the work-dir lock is held) and return the manifest, or raise the error
     of the build (:func:`failure`)."""
     ccache_bin = ccache.setup(settings) if plan.ccache else None
-    b = Build(settings, plan, keep_going=keep_going, ccache_bin=ccache_bin)
+    shared = remote.RemoteCache(settings) if settings.cache_remote else None
+    b = Build(settings, plan, keep_going=keep_going, ccache_bin=ccache_bin, remote=shared)
     b.components.check_stages()
     man = _start_manifest(settings, plan, keep_going)
     env = base_env(settings, ccache_bin)
@@ -120,6 +123,8 @@ def run_plan(settings: Settings, plan: Plan, *, keep_going: bool) -> dict:
             b.run(rep)
         post_error = None if b.with_status("failed") else _post_checks(settings, b)
         status = "failed" if b.with_status("failed") or post_error else "success"
+        if shared is not None and settings.cache_push:
+            _upload(b, shared)
     except BaseException as e:  # KeyboardInterrupt, cli.Terminated (SIGTERM), a bug
         status = "failed" if isinstance(e, Exception) else "interrupted"
         b.stop()
@@ -129,13 +134,48 @@ def run_plan(settings: Settings, plan: Plan, *, keep_going: bool) -> dict:
         if stats_before is not None and status != "interrupted":
             after = ccache.stats(env)
             counted = {k: after[k] - stats_before[k] for k in after}
+            counted.update(ccache.report(settings, counted))
         _finish_manifest(man, status, b, counted)
     if status != "success":
         raise post_error or failure(settings, b)
+    taken = [n for n in b.plan.names if b.results[n].get("origin") == "remote"]
+    from_remote = f", from the shared build cache {len(taken)}" if shared is not None else ""
     console.info(f"built {len(b.with_status('built'))}, up to date "
-                 f"{len(b.with_status('cached'))}; staging {settings.staging_dir}; "
-                 f"manifest {man.path}")
+                 f"{len(b.with_status('cached')) - len(taken)}{from_remote}; staging "
+                 f"{settings.staging_dir}; manifest {man.path}")
     return man.data
+
+
+def _upload(b: Build, shared: remote.RemoteCache) -> None:
+    """``--cache-push``: upload every component of this run that the shared build cache lacks
+    (built now, or current from an earlier run); one failure is a warning, never the build's.
+    Uploads run in parallel (the job budget's worth)."""
+    import concurrent.futures as cf
+
+    todo = [n for n in b.with_status("built", "cached")
+            if b.results[n].get("origin") != "remote"]
+    if not todo:
+        return
+
+    def one(n: str) -> None:
+        rec = b.results[n]["record"]
+        key = b.plan.keys[n]
+        if rec.get("key") != key or shared.has(n, key) is not False:
+            return
+        try:
+            entries = b.components.outputs(rec)
+        except (remote.Unusable, OSError) as e:
+            console.warn(f"{n} is not uploaded to the shared build cache: {e}")
+            return
+        digest = shared.put(n, key, entries)
+        if digest:
+            b.results[n]["pushed"] = {"location": shared.location(remote.tag_for(n, key)),
+                                      "digest": digest}
+            console.info(f"uploaded {n} to {b.results[n]['pushed']['location']} ({digest})")
+
+    console.step(f"upload to the shared build cache {shared.settings.cache_remote}")
+    with cf.ThreadPoolExecutor(max_workers=max(1, b.settings.jobs)) as pool:
+        list(pool.map(one, todo))
 
 
 def _start_manifest(settings: Settings, plan: Plan, keep_going: bool) -> manifest.Manifest:
@@ -160,10 +200,29 @@ def _finish_manifest(man: manifest.Manifest, status: str, b: Build,
     failing to write it is a warning, so the user sees the first cause, not this one."""
     try:
         man.finish(status=status, results=b.results, ccache=ccache_stats)
+        _record_origins(man, b)
     except OSError as e:
         if status == "success":
             raise
         console.warn(f"could not write the final {man.path}: {os_error_message(e)[0]}")
+
+
+def _record_origins(man: manifest.Manifest, b: Build) -> None:
+    """Where each component's files come from, in the manifest: ``origin`` built | cached |
+    remote (``remote``: the location and manifest digest it was taken from; ``pushed``: where
+    this run uploaded it).  Components of earlier runs (``current``): from their records."""
+    comps = man.data.get("components", {})
+    for n, c in comps.items():
+        res = b.results.get(n)
+        if res is None:                 # current from an earlier run: cached here
+            c["origin"] = "cached"
+            continue
+        if res.get("origin"):
+            c["origin"] = res["origin"]
+        for k in ("remote", "pushed"):
+            if res.get(k):
+                c[k] = res[k]
+    write_json_atomic(man.path, man.data)
 
 
 def run_depmod(staging: Path, release: str, *, search_path: str | None = None,

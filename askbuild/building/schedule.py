@@ -27,6 +27,7 @@ from .component import Components
 from .jobserver import JobServer
 from .keys import Plan
 from .records import read_record, restage, trusted_record, up_to_date
+from .remote import RemoteCache, Unusable
 from .runner import Cancelled, Steps
 
 #: Expected seconds of a component never built before: a kernel dwarfs everything else.
@@ -137,8 +138,9 @@ class Build:
     (skipped/cancelled), "jobs"}}."""
 
     def __init__(self, settings: Settings, plan: Plan, *, keep_going: bool,
-                 ccache_bin: Path | None) -> None:
+                 ccache_bin: Path | None, remote: RemoteCache | None = None) -> None:
         self.settings = settings
+        self.remote = remote
         self.plan = plan
         self.rs = plan.rs
         self.keep_going = keep_going
@@ -199,8 +201,14 @@ class Build:
         except Exception as e:  # noqa: BLE001 - any error fails this step; the message says
             self._fail(n, rep, e, log=self.settings.log_file(n))
         else:
-            res.update(status="built", record=rec)
-            rep.set(n, "built")
+            origin = rec.get("origin") or {}
+            if origin.get("kind") == "remote":     # nothing compiled; its files just staged
+                res.update(status="cached", record=rec, origin="remote", restaged=True,
+                           remote={"location": origin["remote"], "digest": origin["digest"]})
+                rep.set(n, "cached", f"from {origin['remote']} ({origin['digest'][:19]})")
+            else:
+                res.update(status="built", record=rec, origin="built")
+                rep.set(n, "built")
 
     def _settle(self, n: str, rep: Reporter) -> bool:
         """Decide ``n`` without running anything if possible (True when decided)."""
@@ -221,19 +229,38 @@ class Build:
             return True
         rec = trusted_record(self.settings, n)
         if up_to_date(rec, self.plan.keys[n]):
-            res.update(status="cached", record=rec, restaged=restage(self.settings, rec))
+            res.update(status="cached", record=rec, restaged=restage(self.settings, rec),
+                       origin="cached")
             rep.set(n, "cached")
             return True
         return False
 
     def _task(self, name: str, jobs: int, token: bytes, rep: Reporter) -> dict:
-        """Build ``name`` holding ``token``, given back however the component ends."""
+        """Build ``name`` holding ``token``, given back however the component ends: from the
+        shared build cache when it holds the key (:meth:`_from_remote`), else locally."""
         try:
             rep.set(name, "running", "(jobserver)" if self.rs.recipes[name].parallel
                     else "(-j1)")
-            return self.components.build(name, jobs)
+            rec = self._from_remote(name, jobs)
+            return rec if rec is not None else self.components.build(name, jobs)
         finally:
             self.jobserver.release(token)
+
+    def _from_remote(self, name: str, jobs: int) -> dict | None:
+        """``name`` installed from the shared build cache (its done record), or None: no
+        remote, not there, refused (a warning said why) or not installable."""
+        if self.remote is None:
+            return None
+        pulled = self.remote.take(name, self.plan.keys[name])
+        if pulled is None:
+            return None
+        try:
+            return self.components.take(name, jobs, pulled)
+        except (Unusable, AskbuildError, OSError) as e:
+            why = str(e) if isinstance(e, Unusable) else describe(e)
+            console.warn(f"could not install {name} from {pulled.location}: {why}; "
+                         f"building {name} locally")
+            return None
 
     # -- the DAG ----------------------------------------------------------------------
     def _share(self, n: str, running: int, waiting: int) -> int:
