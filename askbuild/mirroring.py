@@ -302,15 +302,19 @@ def _common_dir(paths: list[str]) -> str:
 
 def mirror_map(index: dict, base: str) -> dict[str, str]:
     """``{URL prefix: replacement}``: one entry per scheme and host of the mirrored URLs,
-    narrowed to the directory they all share, pointing below ``base`` (``file:///DIR/`` or
+    narrowed to the directory they all share (``file://`` URLs: one per directory), pointing below ``base`` (``file:///DIR/`` or
     the URL a static HTTP server serves ``DIR`` at, with a trailing ``/``)."""
     groups: dict[tuple[str, str], list[str]] = {}
     for entry in index["entries"].values():
         groups.setdefault((entry["prefix"], entry["root"]), []).append(entry["path"])
     result = {}
     for (prefix, root), paths in sorted(groups.items()):
-        common = _common_dir(paths)
-        result[f"{prefix}{common}"] = f"{base}{root}/{common}"
+        # Local paths are the machine's own (a work dir, /usr/src): one entry per directory,
+        # never a prefix as wide as "file:///" that would take over every other file:// URL.
+        local = prefix.startswith("file:")
+        for common in sorted({_common_dir([p]) for p in paths}) if local \
+                else [_common_dir(paths)]:
+            result[f"{prefix}{common}"] = f"{base}{root}/{common}"
     return result
 
 

@@ -247,3 +247,18 @@ def test_a_killed_mirror_run_leaves_no_entry_and_a_rerun_completes_it(tmp_path, 
     assert _line_value(again).replace(str(out), "") == \
         _line_value(reference).replace(str(ref_out), "")
     assert mirroring.read_index(out) == mirroring.read_index(ref_out)
+
+
+def test_local_paths_get_one_entry_per_directory_never_file_root():
+    """Sources under unrelated local directories (a work dir, /usr/src) must not make the line
+    map ``file:///`` (every file:// URL on the runner, its own work dir's included)."""
+    index = {"entries": {
+        "a": {"prefix": "file:///", "root": "file", "path": "work/example-upstreams/ask.git"},
+        "b": {"prefix": "file:///", "root": "file", "path": "usr/src/linux.tar.xz"},
+        "c": {"prefix": "https://github.com/", "root": "github.com", "path": "nxp/fmc.git"},
+        "d": {"prefix": "https://github.com/", "root": "github.com", "path": "nxp/fmlib.git"},
+    }}
+    assert mirroring.mirror_map(index, "file:///m/") == {
+        "file:///usr/src/": "file:///m/file/usr/src/",
+        "file:///work/example-upstreams/": "file:///m/file/work/example-upstreams/",
+        "https://github.com/nxp/": "file:///m/github.com/nxp/"}
