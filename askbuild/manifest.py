@@ -96,7 +96,7 @@ class Manifest:
         s = self.settings
         comps = {name: _component(plan, name, s, "pending") for name in plan.names}
         for name in earlier or {}:
-            comps[name] = _component(plan, name, s, "current")
+            comps[name] = {**_component(plan, name, s, "current"), "origin": "cached"}
         self.data = {
             "schema": SCHEMA,
             "status": "running",
@@ -147,7 +147,9 @@ class Manifest:
             if st == "running":
                 st = "interrupted"
             c["status"] = st
-            for k in ("error", "reason", "jobs"):
+            # origin: built | cached | remote (the shared build cache: ``remote`` says where
+            # from; ``pushed``: where this run uploaded it)
+            for k in ("error", "reason", "jobs", "origin", "remote", "pushed"):
                 if res.get(k) is not None:
                     c[k] = res[k]
             if res.get("record"):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from .. import console, kernel, manifest, procs, recipes, runlock, toolchain
 from ..errors import BuildFailed, MissingToolError, UserError, os_error_message
-from ..fsutil import write_json_atomic
 from ..recipes import RecipeSet
 from ..settings import Settings
 from . import ccache, remote
@@ -200,29 +199,10 @@ def _finish_manifest(man: manifest.Manifest, status: str, b: Build,
     failing to write it is a warning, so the user sees the first cause, not this one."""
     try:
         man.finish(status=status, results=b.results, ccache=ccache_stats)
-        _record_origins(man, b)
     except OSError as e:
         if status == "success":
             raise
         console.warn(f"could not write the final {man.path}: {os_error_message(e)[0]}")
-
-
-def _record_origins(man: manifest.Manifest, b: Build) -> None:
-    """Where each component's files come from, in the manifest: ``origin`` built | cached |
-    remote (``remote``: the location and manifest digest it was taken from; ``pushed``: where
-    this run uploaded it).  Components of earlier runs (``current``): from their records."""
-    comps = man.data.get("components", {})
-    for n, c in comps.items():
-        res = b.results.get(n)
-        if res is None:                 # current from an earlier run: cached here
-            c["origin"] = "cached"
-            continue
-        if res.get("origin"):
-            c["origin"] = res["origin"]
-        for k in ("remote", "pushed"):
-            if res.get(k):
-                c[k] = res[k]
-    write_json_atomic(man.path, man.data)
 
 
 def run_depmod(staging: Path, release: str, *, search_path: str | None = None,
