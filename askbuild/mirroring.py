@@ -302,8 +302,9 @@ def _common_dir(paths: list[str]) -> str:
 
 def mirror_map(index: dict, base: str) -> dict[str, str]:
     """``{URL prefix: replacement}``: one entry per scheme and host of the mirrored URLs,
-    narrowed to the directory they all share (``file://`` URLs: one per directory), pointing below ``base`` (``file:///DIR/`` or
-    the URL a static HTTP server serves ``DIR`` at, with a trailing ``/``)."""
+    narrowed to the directory they all share (``file://`` URLs: one per directory), pointing
+    below ``base`` (``file:///DIR/`` or the URL a static HTTP server serves ``DIR`` at, with a
+    trailing ``/``)."""
     groups: dict[tuple[str, str], list[str]] = {}
     for entry in index["entries"].values():
         groups.setdefault((entry["prefix"], entry["root"]), []).append(entry["path"])

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import procs
 from .errors import ImageError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -54,16 +55,6 @@ def temp_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clean_partials(directory: Path, names: Iterable[str] = ()) -> list[Path]:
@@ -75,7 +66,7 @@ def clean_partials(directory: Path, names: Iterable[str] = ()) -> list[Path]:
         return removed
     for p in directory.iterdir():
         m = _TEMP_RE.match(p.name)
-        stale = (m is not None and not _alive(int(m.group("pid")))) or \
+        stale = (m is not None and not procs.pid_alive(int(m.group("pid")))) or \
             any(p.name == f"{n}.part" for n in names)
         if stale and p.is_file() and not p.is_symlink():
             p.unlink(missing_ok=True)

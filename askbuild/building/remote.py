@@ -39,7 +39,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .. import __version__, console, oci
+from .. import __version__, console, oci, procs
 from ..errors import AskbuildError
 from ..registry import Client, RegistryError, digest_of, parse_cache_remote
 from ..settings import Settings
@@ -85,19 +85,19 @@ def _marks(settings: Settings) -> list[tuple[bytes, bytes]]:
 
 def relocatable(settings: Settings, data: bytes) -> bytes:
     """``data`` with this machine's paths replaced by their marks (text only)."""
-    if b"\0" in data:
-        return data
-    for path, mark in _marks(settings):
-        data = data.replace(path, mark)
-    return data
+    return _swap(settings, data, to_marks=True)
 
 
 def localised(settings: Settings, data: bytes) -> bytes:
     """``data`` with the marks replaced by this machine's paths (text only)."""
-    if b"\0" in data:
+    return _swap(settings, data, to_marks=False)
+
+
+def _swap(settings: Settings, data: bytes, *, to_marks: bool) -> bytes:
+    if b"\0" in data:                  # binary: left as it is
         return data
     for path, mark in _marks(settings):
-        data = data.replace(mark, path)
+        data = data.replace(path, mark) if to_marks else data.replace(mark, path)
     return data
 
 
@@ -352,7 +352,7 @@ class RemoteCache:
         base.mkdir(parents=True, exist_ok=True)
         for old in base.glob(".remote-*"):      # left by killed runs
             pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not procs.pid_alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
         d = base / f".remote-{os.getpid()}-{secrets.token_hex(4)}"
         d.mkdir()
@@ -429,15 +429,3 @@ class RemoteCache:
             return None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
