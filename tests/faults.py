@@ -170,3 +170,89 @@ def assert_clean_message(proc: subprocess.CompletedProcess, *needles: str) -> No
     assert "Traceback" not in proc.stderr, proc.stderr
     for n in needles:
         assert n in proc.stderr, f"{n!r} not in:\n{proc.stderr}"
+
+
+# A `git` first on PATH for deterministic fault points inside `git am`, whatever the
+# machine's speed: for every `git am` it swaps askbuild's `core.hooksPath=/dev/null` for a
+# hooks directory whose `post-applypatch` counts the commits made by all the ams of the run;
+# at the STOP_AT-th it writes the am's pid to MARK and waits for GATE (ending by itself when
+# its git am dies).  The am is then really in progress: alive, `.git/rebase-apply` on disk,
+# HEAD STOP_AT commits on, one am for the whole series or one per patch alike.
+_GATED_GIT = r"""#!/bin/sh
+case " $* " in
+  *" am "*)
+    n=$#
+    for a in "$@"; do
+      [ "$a" = core.hooksPath=/dev/null ] && a="core.hooksPath=$ASKBUILD_TEST_HOOKS"
+      set -- "$@" "$a"
+    done
+    shift "$n" ;;
+esac
+exec "$ASKBUILD_TEST_REAL_GIT" "$@"
+"""
+
+_POST_APPLYPATCH = r"""#!/bin/sh
+n=$(( $(cat "$ASKBUILD_TEST_COUNT" 2>/dev/null || echo 0) + 1 ))
+echo "$n" > "$ASKBUILD_TEST_COUNT"
+[ "$n" -eq "$ASKBUILD_TEST_STOP_AT" ] || exit 0
+echo "$PPID" > "$ASKBUILD_TEST_MARK.tmp" && mv "$ASKBUILD_TEST_MARK.tmp" "$ASKBUILD_TEST_MARK"
+while [ ! -e "$ASKBUILD_TEST_GATE" ]; do
+  read -r _ _ _ pp _ < /proc/$$/stat
+  [ "$pp" = "$PPID" ] || exit 1          # the git am died: so does its hook
+  sleep 0.02
+done
+"""
+
+
+class GatedAm:
+    """A gated ``git am`` (see :data:`_GATED_GIT`) for the processes started with
+    :attr:`env`: :meth:`wait_inside` blocks until a run's am has made ``stop_at`` commits and
+    is held there; :meth:`release` lets it go on."""
+
+    def __init__(self, tmp: Path, stop_at: int) -> None:
+        real = next(Path(d) / "git" for d in os.environ["PATH"].split(os.pathsep)
+                    if (Path(d) / "git").is_file())
+        tmp.mkdir(parents=True, exist_ok=True)
+        bindir, hooks = tmp / "bin", tmp / "hooks"
+        bindir.mkdir()
+        hooks.mkdir()
+        for path, text in ((bindir / "git", _GATED_GIT),
+                           (hooks / "post-applypatch", _POST_APPLYPATCH)):
+            path.write_text(text)
+            path.chmod(0o755)
+        self.mark, self.gate = tmp / "in-am", tmp / "gate"
+        self.env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+                    "ASKBUILD_TEST_REAL_GIT": str(real), "ASKBUILD_TEST_HOOKS": str(hooks),
+                    "ASKBUILD_TEST_COUNT": str(tmp / "count"),
+                    "ASKBUILD_TEST_STOP_AT": str(stop_at),
+                    "ASKBUILD_TEST_MARK": str(self.mark), "ASKBUILD_TEST_GATE": str(self.gate)}
+
+    def wait_inside(self, proc: subprocess.Popen, timeout: float = 120) -> int:
+        """Wait until ``proc``'s ``git am`` is held at the gate; the am's pid."""
+        t0 = time.monotonic()
+        while not self.mark.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before its git am reached the gate:\n"
+                            f"{proc.communicate()[1]}")
+            if time.monotonic() - t0 > timeout:
+                pytest.fail(f"no git am at the gate after {timeout} s")
+            time.sleep(0.01)
+        return int(self.mark.read_text())
+
+    def release(self) -> None:
+        self.gate.touch()
+
+    def close(self) -> None:
+        """Release the gate and kill a held ``git am`` still alive (a failed test leaves
+        nothing running)."""
+        self.release()
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(self.mark.read_text()), signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists and is not a zombie."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

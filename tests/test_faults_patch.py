@@ -3,17 +3,21 @@ signals (``kill -9`` of the whole process group, SIGTERM, SIGINT), real stale gi
 runs at once, a real full tmpfs.  After every fault a PLAIN re-run must give exactly what an
 uninterrupted run gives (commit ids are deterministic), with no manual step.
 
-Kill points are either time-based (seeded delays once ``git am`` runs) or exact: a child
-``inv`` with an audit hook that SIGKILLs its own process group at its k-th process start or
-file rename (``KILLER``), k seeded over the whole run."""
+Kill points are exact, whatever the machine's speed: inside ``git am`` through a gated
+``git`` (:class:`faults.GatedAm`: the am is held after its k-th commit until the test lets it
+go, one batched am or one am per patch alike), or a child ``inv`` with an audit hook that
+SIGKILLs its own process group at its k-th process start or file rename (``KILLER``), k seeded
+over the whole run; only the ``slow`` tests also use seeded delays."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import faults
@@ -32,7 +36,8 @@ from patchfixtures import (
 from askbuild import patchqueue as pq
 from askbuild.fsutil import read_json
 
-N = 60                  # patches of the long series: `git am` of all of them takes seconds
+N = 60                  # patches of the long series
+STOP_AT = 20           # commits a gated `git am` makes before it is held
 REBASE_KINDS = ["clean", "near", "upstream", "rename", "crlf"]      # no conflict: one command
 
 # Runs the real CLI in this process, SIGKILLing the whole process group at the k-th process
@@ -102,10 +107,6 @@ def wait_until(cond, proc: subprocess.Popen, what: str, timeout: float = 120) ->
         time.sleep(0.005)
 
 
-def am_running(project: Project):
-    return lambda: (project.tree / ".git" / "rebase-apply").exists()
-
-
 def wait_no_process_in(path: Path, timeout: float = 5) -> list[str]:
     """Processes still working in ``path`` (children die with askbuild: give them a moment)."""
     t0 = time.monotonic()
@@ -140,19 +141,40 @@ def assert_like_reference(project: Project, ref: dict) -> None:
 
 # -- inv patch ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("seed", ["am-1"])
-def test_kill_9_during_git_am_then_a_plain_rerun_heals(tmp_path, reference, seed):
+@pytest.fixture
+def gate(tmp_path) -> Iterator[faults.GatedAm]:
+    """A gated ``git am`` holding after ``STOP_AT`` commits; released (its am killed) at the
+    end of the test."""
+    gate = faults.GatedAm(tmp_path / "gate", STOP_AT)
+    yield gate
+    gate.close()
+
+
+def start_gated(project: Project, gate: faults.GatedAm, *args: str) -> subprocess.Popen:
+    """``inv ARGS`` started with the gated ``git am``."""
+    return faults.start(*args, *common(project), env={**env(project), **gate.env})
+
+
+def assert_held_inside_am(project: Project, ref: dict, am: int) -> None:
+    """The run's ``git am`` is alive, in progress, ``STOP_AT`` commits on."""
+    assert faults.pid_alive(am)
+    assert (project.tree / ".git" / "rebase-apply").is_dir()
+    assert len(g(project.tree, "rev-list", f"{ref['base']}..HEAD").split()) == STOP_AT
+
+
+def test_kill_9_during_git_am_then_a_plain_rerun_heals(tmp_path, reference, gate):
     project = make_long_project(tmp_path, N)
-    proc = start(project, "patch", "--source", "up")
-    wait_until(am_running(project), proc, "git am")
-    time.sleep(faults.kill_points(seed, 1, 0.0, 1.0)[0])
+    proc = start_gated(project, gate, "patch", "--source", "up")
+    am = gate.wait_inside(proc)
+    assert_held_inside_am(project, reference, am)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    assert wait_no_process_in(project.tree) == []
+    assert wait_no_process_in(project.tree) == []       # the git am died with askbuild
     # the fault hit: a half-applied tree, no record
     assert pq.tree_state(project.settings, "up") is None
     assert (project.tree / ".git" / pq.JOURNAL).exists()
+    assert (project.tree / ".git" / "rebase-apply").exists()
     again = run(project, "patch", "--source", "up")
     assert again.returncode == 0, again.stderr
     assert "was interrupted while changing" in again.stderr
@@ -180,20 +202,22 @@ def test_kill_9_at_seeded_points_of_a_long_patch_run(tmp_path):
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"),
                                              (signal.SIGINT, 130, "interrupted")])
-def test_sigterm_and_sigint_stop_quickly_and_the_rerun_heals(tmp_path, reference, sig, code,
-                                                             word):
+def test_sigterm_and_sigint_stop_quickly_and_the_rerun_heals(tmp_path, reference, gate, sig,
+                                                             code, word):
     project = make_long_project(tmp_path, N)
-    proc = start(project, "patch")
-    wait_until(am_running(project), proc, "git am")
-    time.sleep(0.3)
+    proc = start_gated(project, gate, "patch")
+    am = gate.wait_inside(proc)
+    assert_held_inside_am(project, reference, am)
     t0 = time.monotonic()
-    proc.send_signal(sig)
+    proc.send_signal(sig)                           # askbuild alone, as a user or CI would
     _, err = proc.communicate(timeout=60)
     took = time.monotonic() - t0
     assert proc.returncode == code, err
     assert took < 3.0, f"took {took:.1f} s to stop"
     faults.assert_clean_message(subprocess.CompletedProcess([], code, "", err), word)
     assert wait_no_process_in(project.tree, timeout=1) == []
+    assert not faults.pid_alive(am)
+    assert pq.tree_state(project.settings, "up") is None
     again = run(project, "patch")
     assert again.returncode == 0, again.stderr
     assert_like_reference(project, reference)
@@ -226,18 +250,24 @@ def test_a_lock_held_by_a_live_process_is_left_alone(tmp_path):
     lock.unlink()
 
 
-def test_two_patch_runs_at_once_serialize_and_agree(tmp_path, reference):
+def test_two_patch_runs_at_once_serialize_and_agree(tmp_path, reference, gate):
+    """Run A is held inside its ``git am`` until run B says it waits for A's work-dir lock:
+    B then finds A's result (all unchanged) and the tree is the reference."""
     project = make_long_project(tmp_path, N)
-    a = start(project, "patch", "--json")
-    time.sleep(0.2)
-    b = start(project, "patch", "--json")
+    a = start_gated(project, gate, "patch", "--json")
+    am = gate.wait_inside(a)
+    b = start_gated(project, gate, "patch", "--json")
+    said = faults.read_until(b.stderr, "waiting for another askbuild run")
+    held = faults.pid_alive(am)                     # A was still inside its am
+    gate.release()
     (out_a, err_a), (out_b, err_b) = a.communicate(timeout=300), b.communicate(timeout=300)
+    assert held
+    waits = f"work directory {project.settings.work_dir}: waiting for another askbuild run"
+    assert waits in said, said + err_b
     assert a.returncode == 0, err_a
-    assert b.returncode == 0, err_b
-    assert "waiting for another askbuild run" in err_a + err_b
-    import json
-    summaries = sorted(json.dumps(json.loads(o)["summary"]) for o in (out_a, out_b))
-    assert summaries == sorted([json.dumps({"applied": N}), json.dumps({"unchanged": N})])
+    assert b.returncode == 0, said + err_b
+    assert json.loads(out_a)["summary"] == {"applied": N}
+    assert json.loads(out_b)["summary"] == {"unchanged": N}
     assert_like_reference(project, reference)
 
 

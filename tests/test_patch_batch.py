@@ -7,9 +7,9 @@ a real work tree: a run killed inside or right after the batched ``git am`` (det
 kill points: a ``git`` wrapper kills askbuild) or stopped by a full disk leaves the tree to
 the run journal, and a PLAIN re-run gives what an uninterrupted run gives.
 
-``inv patch --check`` and the rebase dry run (scratch trees) use the batched apply; ``inv
-patch`` on a work tree does not by default (:data:`askbuild.patchqueue.apply.BATCH`, see
-docs/benchmarks.md), so the crash tests force it in the child process.
+``inv patch --check`` and the rebase dry run (scratch trees) always use the batched apply;
+``inv patch`` on a work tree does when :data:`askbuild.patchqueue.apply.BATCH` says so (the
+default), and the crash tests here force it in the child process whatever the default.
 """
 
 from __future__ import annotations

@@ -26,9 +26,8 @@ from .worktree import REPRO, NoSpaceLeft, git_errors, no_space, no_space_error
 
 PATCH_COLUMNS = ["source", "layer", "patch", "status", "commit", "detail"]
 #: Whether :func:`apply_queue` applies runs of mails with one ``git am`` when the caller does
-#: not say.  Off: ``inv patch`` on a work tree stays one ``git am`` per patch (the fault suite's
-#: timed kill points and its "two runs at once" assume a run that long, see docs/benchmarks.md);
-#: the scratch-tree callers (``inv patch --check``, the rebase dry run) pass ``batch=True``.
+#: not say (``inv patch`` on a work tree; the scratch-tree callers, ``inv patch --check`` and the
+#: rebase dry run, pass ``batch=True``).  See docs/benchmarks.md.
 BATCH = True
 
 
