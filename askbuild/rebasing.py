@@ -993,8 +993,8 @@ def _abort(settings: Settings, name: str, *, quiet: bool = False) -> None:
     tree = settings.source_tree(name)
     _restore_recovery(settings, st)
     if (tree / ".git").exists():
-        gitutil.git(["cherry-pick", "--abort"], cwd=tree, check=False)
-        gitutil.git(["am", "--abort"], cwd=tree, check=False)
+        gitutil.git(["cherry-pick", "--abort"], cwd=tree, env=dict(FIXED_IDENTITY), check=False)
+        gitutil.git(["am", "--abort"], cwd=tree, env=dict(FIXED_IDENTITY), check=False)
         gitutil.git(["reset", "-q", "--hard"], cwd=tree)
         gitutil.git(["tag", "-f", BASE_TAG, st["old_base"]], cwd=tree)
         gitutil.git(["checkout", "-q", "-f", "-B", PATCHED, st["old_head"]], cwd=tree)

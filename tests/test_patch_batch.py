@@ -88,7 +88,24 @@ def _calls(log: Path, word: str) -> int:
 
 # -- the same commits, rows and messages as one patch at a time -----------------------------
 
-def test_batched_queue_gives_the_same_commits_rows_and_failure_as_one_by_one(tmp_path):
+@pytest.fixture(params=["user's git identity", "no git identity"])
+def identity(request, tmp_path, monkeypatch):
+    """Run with the developer's git config, and as on a fresh CI runner: no user.name or
+    user.email anywhere (``git am --abort`` / ``--quit`` refuse to run then unless askbuild
+    gives them its identity)."""
+    if request.param == "no git identity":
+        home = tmp_path / "empty-home"
+        home.mkdir()
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+        for var in ("EMAIL", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                    "GIT_COMMITTER_EMAIL"):
+            monkeypatch.delenv(var, raising=False)
+    return request.param
+
+
+def test_batched_queue_gives_the_same_commits_rows_and_failure_as_one_by_one(tmp_path,
+                                                                              identity):
     """On v2 the series has an applied patch, a 3-way patch and then a failing one: the
     batched run and the per-patch run give the same rows (3way included), the same commits,
     the same failure message (failing hunk, git's words, the partial record) and leave HEAD

@@ -73,6 +73,8 @@ def _text(value: str | bytes | None) -> str:
 
 
 def _ident_env() -> dict[str, str]:
+    """Every ``git am`` (also ``--abort`` / ``--quit``, which refuse to run on a machine with no
+    user.name / user.email configured, as a fresh CI runner is) runs with the fixed identity."""
     return dict(FIXED_IDENTITY)
 
 
@@ -170,7 +172,7 @@ def _apply_mail(tree: Path, p: PatchInput, before: str) -> tuple[Applied | None,
     if ok:
         commits = gitutil.out(["rev-list", "--reverse", f"{before}..HEAD"], cwd=tree).split()
         return Applied(commits, "3way" if _THREE_WAY.search(out) else "applied"), out
-    gitutil.git(["am", "--abort"], cwd=tree, check=False)
+    gitutil.git(["am", "--abort"], cwd=tree, env=_ident_env(), check=False)
     return None, out
 
 
@@ -259,7 +261,7 @@ def apply_run(tree: Path, run: list[PatchInput], before: str, what: str) -> list
     Raises :class:`NoSpaceLeft` (naming ``what``) when git ran out of space."""
     ok, out = git_am(tree, b"".join(as_mbox(p) for p in run), run[0].strip, three_way=False)
     if not ok:
-        gitutil.git(["am", "--quit"], cwd=tree, check=False)
+        gitutil.git(["am", "--quit"], cwd=tree, env=_ident_env(), check=False)
         gitutil.git(["reset", "-q", "--hard"], cwd=tree, check=False)
         if no_space(out):
             raise no_space_error(what, tree, "\n".join(git_error_lines(out)) or out)
