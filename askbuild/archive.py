@@ -181,8 +181,12 @@ def _replaced(m: tarfile.TarInfo, changes: dict) -> tarfile.TarInfo:
 
 
 def _data_like(m: tarfile.TarInfo) -> tarfile.TarInfo:
+    """The ``data`` filter's modes: no setuid/setgid/sticky, no group/other write; a file its
+    owner cannot execute loses every execute bit; files are owner read+write."""
     mode = m.mode & 0o755
     if m.isreg():
+        if not mode & 0o100:
+            mode &= ~0o111
         mode |= 0o600
     return _replaced(m, {"uid": os.geteuid(), "gid": os.getegid(), "uname": "", "gname": "",
                          "mode": mode})

@@ -48,6 +48,11 @@ def _both(tmp_path: Path, data: bytes, monkeypatch, strip: int = 1, name: str = 
         m.setattr(archive_mod, "_gnu_tar", lambda: None)
         py = _snapshot(safe_extract(archive, tmp_path / "py", strip_components=strip,
                                     what="t"))
+        # and as on a Python without the data filter (Debian bookworm's 3.11.2)
+        m.setattr(archive_mod, "HAS_DATA_FILTER", False)
+        old_py = _snapshot(safe_extract(archive, tmp_path / "py-3.11.2",
+                                        strip_components=strip, what="t"))
+    assert _dirs_755(old_py) == _dirs_755(py)
     return gnu, py
 
 
