@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import console, imagetest, imaging, manifests, runlock
@@ -66,22 +66,9 @@ class StartError(RehearsalError):
     the image): a failed check of that scenario, not the end of the rehearsal."""
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str = ""
-
-
-@dataclass
-class RehearsalReport:
-    ref: str
-    image_id: str
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok]
+#: One check and the report of them: the same shape as ``inv image.test``'s.
+Check = imagetest.Check
+RehearsalReport = imagetest.TestReport
 
 
 @dataclass
