@@ -12,19 +12,23 @@ import shutil
 import tarfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import archive, gitutil, kernel, manifest, oci, recipes
+from .. import archive, gitutil, kernel, manifest, recipes
 from ..errors import BuildFailed, ConfigError
 from ..fsutil import sha256_file, write_json_atomic
 from ..recipes import Recipe
 from ..settings import Settings
-from . import remote
 from .buildtree import BuildTree, fingerprint
 from .jobserver import JobServer
 from .keys import Plan
 from .records import trusted_record, unstage
 from .runner import Runner, Steps, base_env
 from .staging import OutsideStaging, copy_tree, in_staging, stage_file
+
+if TYPE_CHECKING:
+    from .. import oci
+    from .remote import Pulled
 
 ARCH = "arm64"
 
@@ -145,6 +149,7 @@ class Components:
                 run.note(f"jobserver: MAKEFLAGS={flags}")
             self._fresh_dirs(dirs)
             release, staged_tree, tree = None, None, None
+            from . import remote  # (only when something is built or taken)
             before = remote.sysroot_snapshot(s)
             if r.kind == "kernel":
                 release, staged_tree = self._build_kernel(run, r, dirs, values, env, jobs)
@@ -167,7 +172,7 @@ class Components:
         return rec
 
     # -- the shared build cache (:mod:`.remote`) -------------------------------------------
-    def take(self, name: str, jobs: int, pulled: remote.Pulled) -> dict:
+    def take(self, name: str, jobs: int, pulled: Pulled) -> dict:
         """Install the verified remote artifact ``pulled`` of ``name`` as a local build of the
         same key would have left it: the build tree holds the export of its inputs plus its
         artifacts (no objects: its next local build is a clean one), the install tree, the
@@ -189,6 +194,7 @@ class Components:
                 dirs["src"].mkdir(parents=True, exist_ok=True)
                 with tarfile.open(fileobj=io.BytesIO(self._export(r))) as tf:
                     archive.extract_all(tf, dirs["src"], tf.getmembers())
+            from . import remote
             sysroot_files = remote.unpack(s, pulled.layer, out)
             values = self.values(name, jobs)
             release, staged_tree = None, None
@@ -216,6 +222,7 @@ class Components:
     def outputs(self, rec: dict) -> list[oci.Entry]:
         """The layer entries of the shared build cache's artifact of ``rec`` (a done record
         of this run's recipes); :class:`remote.Unusable` when it cannot be one."""
+        from . import remote
         name = rec["component"]
         r, dirs = self.rs.recipes[name], self.dirs(name)
         files = remote.output_files(self.settings, rec, install=dirs["install"],

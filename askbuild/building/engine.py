@@ -14,18 +14,22 @@ import errno
 import shlex
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import console, kernel, manifest, procs, recipes, runlock, toolchain
 from ..errors import BuildFailed, MissingToolError, UserError, os_error_message
 from ..recipes import RecipeSet
 from ..settings import Settings
-from . import ccache, remote
+from . import ccache
 from .inputs import is_tree, one_error, prepare_sources, source_info
 from .keys import Plan, check_preconditions, compute_keys, not_startable
 from .records import needs_restage, trusted_record, up_to_date
 from .runner import StepError, base_env
 from .schedule import Build, Reporter
 from .stamp import BuildStamp
+
+if TYPE_CHECKING:
+    from .remote import RemoteCache
 
 
 @runlock.exclusive("build")
@@ -109,7 +113,10 @@ def run_plan(settings: Settings, plan: Plan, *, keep_going: bool) -> dict:
     """Run ``plan`` (the work-dir lock is held) and return the manifest, or raise the error
     of the build (:func:`failure`)."""
     ccache_bin = ccache.setup(settings) if plan.ccache else None
-    shared = remote.RemoteCache(settings) if settings.cache_remote else None
+    shared = None
+    if settings.cache_remote:         # (the registry client only when it is used)
+        from . import remote
+        shared = remote.RemoteCache(settings)
     b = Build(settings, plan, keep_going=keep_going, ccache_bin=ccache_bin, remote=shared)
     b.components.check_stages()
     man = _start_manifest(settings, plan, keep_going)
@@ -145,11 +152,13 @@ def run_plan(settings: Settings, plan: Plan, *, keep_going: bool) -> dict:
     return man.data
 
 
-def _upload(b: Build, shared: remote.RemoteCache) -> None:
+def _upload(b: Build, shared: RemoteCache) -> None:
     """``--cache-push``: upload every component of this run that the shared build cache lacks
     (built now, or current from an earlier run); one failure is a warning, never the build's.
     Uploads run in parallel (the job budget's worth)."""
     import concurrent.futures as cf
+
+    from . import remote
 
     todo = [n for n in b.with_status("built", "cached")
             if b.results[n].get("origin") != "remote"]

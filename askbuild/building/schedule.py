@@ -19,6 +19,7 @@ import select
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import console, manifest
 from ..errors import AskbuildError, BuildFailed, os_error_message
@@ -27,8 +28,10 @@ from .component import Components
 from .jobserver import JobServer
 from .keys import Plan
 from .records import read_record, restage, trusted_record, up_to_date
-from .remote import RemoteCache, Unusable
 from .runner import Cancelled, Steps
+
+if TYPE_CHECKING:
+    from .remote import RemoteCache
 
 #: Expected seconds of a component never built before: a kernel dwarfs everything else.
 COLD_COST = {"kernel": 3600.0, "make": 10.0}
@@ -251,6 +254,7 @@ class Build:
         remote, not there, refused (a warning said why) or not installable."""
         if self.remote is None:
             return None
+        from .remote import Unusable  # (only with a remote cache)
         pulled = self.remote.take(name, self.plan.keys[name])
         if pulled is None:
             return None
