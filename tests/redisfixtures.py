@@ -13,14 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from registryfixtures import free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -32,7 +27,7 @@ class RedisServer:
             pytest.skip("redis-server is not installed (inv setup)")
         directory.mkdir(parents=True, exist_ok=True)
         self.password = password
-        self.port = _free_port()
+        self.port = free_port()
         args = [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
                 "--appendonly", "no", "--dir", str(directory), "--daemonize", "no",
                 "--logfile", str(directory / "redis.log")]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from faults import assert_clean_message, inv, read_until, start
+from registryfixtures import free_port
 from upstreams import random_bytes, release_tarball, slow_git_config
 
 from askbuild import gitutil, locking, mirroring
@@ -67,12 +68,6 @@ def _assert_trees(work: Path, sha: str) -> None:
     assert (work / "src" / "beta" / "beta.c").read_text() == "int beta;\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def static_http():
     """Factory: ``static_http(DIR)`` -> base URL of ``python -m http.server`` serving DIR
@@ -80,7 +75,7 @@ def static_http():
     started: list[subprocess.Popen] = []
 
     def start(directory: Path) -> str:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
                                  "127.0.0.1", "--directory", str(directory)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
