@@ -77,20 +77,26 @@ def _apply_record(d: dict, name: str, rec: dict) -> None:
 
 class Manifest:
     """The manifest of one build: :meth:`start` writes the early part, :meth:`finish` the
-    whole; ``data`` is what was written last, ``path`` where (``settings.build_manifest``)."""
+    whole; ``data`` is this run's manifest, ``path`` where it is written
+    (``settings.build_manifest``).  A run that changes nothing (``start(quiet=True)`` and the
+    same build as the file describes) leaves the file as it is."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = settings.build_manifest
         self.data: dict = {}
+        self._quiet = False
         self._t0 = 0.0
         self._outside: dict[str, str] = {}
 
     def start(self, *, plan, sources: dict, options: dict, earlier: dict[str, dict] | None = None,
-              outside: dict[str, str] | None = None) -> None:
+              outside: dict[str, str] | None = None, quiet: bool = False) -> None:
         """The early manifest.  ``earlier``: {component: current done record} of components
         not in this run; ``outside``: {component: why the staging tree has no current build}
-        for the other components not in this run."""
+        for the other components not in this run.  ``quiet``: every component of the run is
+        expected current: write nothing now, and at :meth:`finish` only if the manifest says
+        something else than the one on disk (a no-op build leaves it as it is)."""
+        self._quiet = quiet
         self._t0 = time.monotonic()
         self._outside = dict(outside or {})
         s = self.settings
@@ -124,7 +130,8 @@ class Manifest:
         for name, rec in (earlier or {}).items():
             _apply_record(self.data, name, rec)
         self._set_missing()
-        write_json_atomic(self.path, self.data)
+        if not quiet:
+            write_json_atomic(self.path, self.data)
 
     def _set_missing(self) -> None:
         d = self.data
@@ -157,7 +164,31 @@ class Manifest:
         if ccache is not None:
             d["ccache"].update(ccache)
         self._set_missing()
+        if self._quiet and _same_build(d, read_json(self.path)):
+            return          # the file keeps describing the build that made the staging tree
         write_json_atomic(self.path, d)
+
+
+# what differs between two runs that built the same staging tree from the same inputs
+_RUN_FIELDS = ("started", "finished", "duration_s")
+_RUN_COMPONENT_FIELDS = ("origin", "jobs")
+
+
+def _same_build(new: dict, old: dict | None) -> bool:
+    """``new`` (a successful run's manifest) describes the staging tree as ``old`` does: the
+    same components, records, sources and options; only the run's times and where each
+    component came from this time (built now or current already) differ."""
+    if not old or new.get("status") != "success" or old.get("status") != "success":
+        return False
+
+    def strip(d: dict) -> dict:
+        out = {k: v for k, v in d.items() if k not in _RUN_FIELDS}
+        out["components"] = {
+            n: {k: ("present" if k == "status" and v in ("built", "cached") else v)
+                for k, v in c.items() if k not in _RUN_COMPONENT_FIELDS}
+            for n, c in d.get("components", {}).items()}
+        return out
+    return strip(new) == strip(old)
 
 
 def _rel(path: Path, root: Path) -> str:

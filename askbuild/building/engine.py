@@ -196,9 +196,12 @@ def _start_manifest(settings: Settings, plan: Plan, keep_going: bool) -> manifes
     stamp = plan.stamp or BuildStamp(settings)
     infos = {n: source_info(settings, n, stamp) for n in srcs}
     stamp.save()
+    quiet = not plan.unknown and not plan.ccache and not settings.cache_remote and all(
+        (rec := trusted_record(settings, n)) is not None and up_to_date(rec, plan.keys[n])
+        and not needs_restage(settings, rec) for n in plan.names)
     man.start(plan=plan, sources=infos,
               options={"keep_going": keep_going, "ccache": plan.ccache, "jobs": settings.jobs,
-                       "components": plan.names}, earlier=current, outside=outside)
+                       "components": plan.names}, earlier=current, outside=outside, quiet=quiet)
     return man
 
 
