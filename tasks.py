@@ -43,7 +43,7 @@ def lock(c, source=None, update=False):
     return lambda s: locking.lock(s, cli.split_names(source), update=update)
 
 
-@verb(iterable=["source"],
+@verb(memo=True, iterable=["source"],
       help={"source": "source(s) to fetch (repeat or comma-separate); default: all",
             "keep_going": "fetch every other source after a failure; the summary lists all "
                           "failures (exit non-zero if any)",
@@ -56,7 +56,7 @@ def fetch(c, source=None, keep_going=False, ref=""):
                                     ref=ref or None)
 
 
-@verb(iterable=["source"],
+@verb(memo=True, iterable=["source"],
       help={"source": "source(s) to patch (repeat or comma-separate); default: all",
             "check": "apply every series to its locked base in a scratch place and report; "
                      "build trees are not touched (the CI gate)",
@@ -105,7 +105,7 @@ def patches_export(c, series):
 
 
 @verb(common=(*SOURCES, "jobs", "cache_remote", "cache_push", "ccache_remote", "insecure"),
-      iterable=["component"],
+      memo=True, iterable=["component"],
       help={"component": "component(s) to build with their dependencies; default: all",
             "keep_going": "build what can be built after a failure",
             "ccache": "use ccache (CCACHE_* settings, e.g. remote storage, pass through)"})
@@ -116,7 +116,7 @@ def build(c, component=None, keep_going=False, ccache=False):
                                     ccache=ccache)
 
 
-@verb(common=(*SOURCES, "insecure"),
+@verb(memo=True, common=(*SOURCES, "insecure"),
       help={"tag": "image tag (default: dev)",
             "output": "where to write the image archive (default: <work>/image/cmm.tar)",
             "no_load": "only write the archive; do not load it into a Docker engine",

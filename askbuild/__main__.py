@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Any
 
+from askbuild import noopmemo
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = os.path.join(ROOT, "tasks.py")
 
@@ -138,12 +140,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # a command line that does not start with a verb (--list, --help, core options, none)
         # is Invoke's whatever tasks.py holds: no need to load it twice
-        tasks = load_tasks() if argv and not argv[0].startswith("-") else None
+        verb_first = bool(argv) and not argv[0].startswith("-")
+        listing = argv in (["--list"], ["-l"])
+        if (verb_first or listing) and noopmemo.replay(argv):
+            return                  # a no-op answered from its record (askbuild/noopmemo.py)
+        tasks = load_tasks() if verb_first else None
         parsed = parse(tasks.VERBS.names(), argv) if tasks is not None else None
         if parsed is None:
+            if listing and noopmemo.enabled():
+                with noopmemo.Recorder(argv):
+                    return hand_over(argv)
             return hand_over(argv)
         spec, kwargs = parsed
-        spec.run(None, **kwargs)
+        if spec.memo and noopmemo.enabled():
+            with noopmemo.Recorder(argv):
+                spec.run(None, **kwargs)
+        else:
+            spec.run(None, **kwargs)
     except KeyboardInterrupt:
         sys.exit(1)                 # as Invoke's program does outside a verb's cli.main
 

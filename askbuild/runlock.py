@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import console, fsutil
+from . import console, fsutil, noopmemo
 from .settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,6 +101,7 @@ def _holder(info: Path) -> str:
 
 @contextlib.contextmanager
 def _hold(path: Path, info: Path | None, what: str, who: str) -> Iterator[None]:
+    noopmemo.bookkeeping(*(p for p in (path, info) if p is not None))
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock_for(path)
     first = not lock.is_locked

@@ -61,6 +61,7 @@ class VerbSpec:
         self.task_kw = dict(task_kw)
         self.name = body.__name__
         self.table: Verbs | None = None
+        self.memo = False                   # see verb()
         self.__doc__ = body.__doc__
         own = inspect.signature(body)
         self._own = own
@@ -131,12 +132,16 @@ class VerbSpec:
 
 
 def verb(*, common: tuple[str, ...] = SOURCES, help: dict[str, str] | None = None,
-         **task_kw: Any) -> Callable[[Callable], VerbSpec]:
+         memo: bool = False, **task_kw: Any) -> Callable[[Callable], VerbSpec]:
     """``@verb(...)`` on ``def name(c, <own options>) -> Callable[[Settings], Any]``: the
     verb with the ``common`` options (names of :data:`COMMON`) added to its signature and
-    help; ``task_kw`` (``iterable=``, ``positional=``) as for Invoke's ``@task``."""
+    help; ``task_kw`` (``iterable=``, ``positional=``) as for Invoke's ``@task``.  ``memo``:
+    a run of it through ``askbuild`` that changes nothing is recorded, and the next identical
+    run answered from that record (:mod:`askbuild.noopmemo`)."""
     def wrap(body: Callable) -> VerbSpec:
-        return VerbSpec(body, common, help or {}, task_kw)
+        spec = VerbSpec(body, common, help or {}, task_kw)
+        spec.memo = memo
+        return spec
     return wrap
 
 
