@@ -6,8 +6,9 @@ engine (~0.1-0.2 s) to get there.  This module is how make and ninja answer a no
 time a memoizable verb (``@verb(memo=True)`` in tasks.py) runs and changes nothing, it records
 
 * the **key**: the command line, the working directory, the whole environment (but ``_``,
-  ``OLDPWD``, ``SHLVL``, ``PWD``), the interpreter, the user, and whether stdout/stderr are
-  terminals (with the terminal's size);
+  ``OLDPWD``, ``SHLVL``, ``PWD``), the interpreter, the user, the host name, the number of
+  CPUs it may use (the default job budget), and whether stdout/stderr are terminals (with the
+  terminal's size);
 * the **witnesses**: every file and directory the run looked at, with its stat signature
   (inode, size, mode, mtime and ctime in ns; or "absent"), found by tracing the run:
   ``os.stat``/``os.lstat``/``os.access``/``os.readlink`` (so ``pathlib`` and ``os.path``
@@ -111,7 +112,8 @@ def key(argv: list[str]) -> tuple:
     """Everything besides files that a verb's output may depend on."""
     env = tuple(sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE_ENV))
     return (VERSION, tuple(argv), os.getcwd(), env, sys.executable, sys.version,
-            os.getuid(), os.getgid(), _terminal(1), _terminal(2))
+            os.getuid(), os.getgid(), _terminal(1), _terminal(2), os.uname().nodename,
+            len(os.sched_getaffinity(0)))
 
 
 def _path(k: tuple) -> str:

@@ -140,6 +140,13 @@ def test_environment_and_options_are_part_of_the_key(project, xdg):
                                  cwd=ROOT, env=env, capture_output=True, text=True)
     assert with_source.returncode == 0
     assert "memo: replayed" not in with_source.stderr
+    if len(os.sched_getaffinity(0)) > 1:            # fewer CPUs: another default job budget
+        one_cpu = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))),
+                                  *ASKBUILD, "patch", "--work-dir", str(s.work_dir),
+                                  "--cache-dir", str(s.cache_dir)],
+                                 cwd=ROOT, env=env, capture_output=True, text=True)
+        assert one_cpu.returncode == 0 and "memo: replayed" not in one_cpu.stderr
+    assert "memo: replayed" in _patch(project, env).stderr
 
 
 def test_a_witness_changed_just_before_the_run_is_not_trusted(project, xdg):
