@@ -10,6 +10,11 @@ compiler, dpkg-query and libxml2-dev:arm64, else the row says so) and ``image --
 fixture staging tree, tests/imagefixtures.py; needs the cross compiler).  Each askbuild row
 gives the number of git processes the verb spawned (a ``git`` wrapper on PATH counts them).
 
+A no-op through ``askbuild`` is answered from its no-op record once one was written
+(askbuild/noopmemo.py): the rows measure that steady state (the fixture's first runs, the
+warm-up, write it), which is what a user's second identical command gets.  ``inv`` always
+runs the engine.
+
 Python's bytecode: the runs use a temporary ``PYTHONPYCACHEPREFIX`` with askbuild and
 tasks.py compiled into it first (``PYTHONDONTWRITEBYTECODE`` dropped), so that every row
 reads ``.pyc`` files as a user's checkout does after its first run; Invoke turns bytecode
