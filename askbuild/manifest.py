@@ -78,8 +78,8 @@ def _apply_record(d: dict, name: str, rec: dict) -> None:
 class Manifest:
     """The manifest of one build: :meth:`start` writes the early part, :meth:`finish` the
     whole; ``data`` is this run's manifest, ``path`` where it is written
-    (``settings.build_manifest``).  A run that changes nothing (``start(quiet=True)`` and the
-    same build as the file describes) leaves the file as it is."""
+    (``settings.build_manifest``).  A run that changes nothing (``start(quiet=True)``) and
+    whose manifest says what the file says but for its times leaves the file as it is."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -95,7 +95,8 @@ class Manifest:
         not in this run; ``outside``: {component: why the staging tree has no current build}
         for the other components not in this run.  ``quiet``: every component of the run is
         expected current: write nothing now, and at :meth:`finish` only if the manifest says
-        something else than the one on disk (a no-op build leaves it as it is)."""
+        something else than the one on disk but for the times (a repeated no-op build leaves
+        it as it is)."""
         self._quiet = quiet
         self._t0 = time.monotonic()
         self._outside = dict(outside or {})
@@ -165,30 +166,23 @@ class Manifest:
             d["ccache"].update(ccache)
         self._set_missing()
         if self._quiet and _same_build(d, read_json(self.path)):
-            return          # the file keeps describing the build that made the staging tree
+            return          # a no-op that changes nothing, the file included
         write_json_atomic(self.path, d)
 
 
-# what differs between two runs that built the same staging tree from the same inputs
+# what differs between two runs that did the same (here: nothing) to the same staging tree
 _RUN_FIELDS = ("started", "finished", "duration_s")
-_RUN_COMPONENT_FIELDS = ("origin", "jobs")
 
 
 def _same_build(new: dict, old: dict | None) -> bool:
-    """``new`` (a successful run's manifest) describes the staging tree as ``old`` does: the
-    same components, records, sources and options; only the run's times and where each
-    component came from this time (built now or current already) differ."""
-    if not old or new.get("status") != "success" or old.get("status") != "success":
+    """``new`` (this run's manifest) says what ``old`` (the file) says but for the run's
+    times: same components, statuses and origins, records, sources and options.  So the first
+    no-op after a build still writes (its components are ``cached``, not ``built``); the next
+    ones leave the file as it is."""
+    if not old or new.get("status") != "success":
         return False
-
-    def strip(d: dict) -> dict:
-        out = {k: v for k, v in d.items() if k not in _RUN_FIELDS}
-        out["components"] = {
-            n: {k: ("present" if k == "status" and v in ("built", "cached") else v)
-                for k, v in c.items() if k not in _RUN_COMPONENT_FIELDS}
-            for n, c in d.get("components", {}).items()}
-        return out
-    return strip(new) == strip(old)
+    return ({k: v for k, v in new.items() if k not in _RUN_FIELDS}
+            == {k: v for k, v in old.items() if k not in _RUN_FIELDS})
 
 
 def _rel(path: Path, root: Path) -> str:

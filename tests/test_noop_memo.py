@@ -4,6 +4,7 @@ makes the next run do the work again (askbuild/noopmemo.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -204,9 +205,11 @@ def test_noop_build_keeps_its_manifest_and_is_replayed(tmp_path, xdg):
 
     assert "built 1" in build().stderr
     manifest = proj.work / "build-manifest.json"
+    first_noop = build()
+    assert json.loads(manifest.read_text())["components"]["app"]["status"] == "cached"
     built = manifest.read_bytes(), manifest.stat().st_ino
-    runs = [build() for _ in range(4)]
-    # a build that changes nothing leaves the manifest of the build that made the staging tree
+    runs = [first_noop, *(build() for _ in range(3))]
+    # a repeated no-op leaves the manifest as the first no-op wrote it (same bytes, same file)
     assert (manifest.read_bytes(), manifest.stat().st_ino) == built
     assert all("build app: cached" in r.stderr and "built 0, up to date 1" in r.stderr
                for r in runs)
