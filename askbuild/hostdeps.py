@@ -144,6 +144,7 @@ PROGRAMS: dict[str, tuple[str, str, bool]] = {
                             True),
     "mount": ("mount", "binfmt_misc; tmpfs for the fault tests", True),
     "umount": ("mount", "tmpfs for the fault tests", True),
+    "taskset": ("util-linux", "fewer CPUs for one run (tests)", True),
     "tar": ("tar", "archives (tests)", True),
     "ln": ("coreutils", "recipe steps", True),
     "sh": ("dash", "recipe and image scripts", True),
