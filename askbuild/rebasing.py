@@ -17,8 +17,11 @@ that upstream moved).  Each patch is reported as
 
 ``--dry-run`` does all of that in a scratch clone, never stops (a conflicting patch is reported
 and skipped) and touches neither the series, the pin nor the work tree; it is allowed while a
-rebase is in progress.  ``--status`` (:func:`rebase_status`) shows where a rebase is, its
-conflicts with their kind and the next commands, and changes nothing.  Every command printed
+rebase is in progress.  It replays the commits ``inv patch`` recorded (when the record is for
+the same series and base) with one ``git rebase -i`` (:func:`_dry_replay`: the same merge,
+commits and statuses as one ``cherry-pick`` per patch).  ``--status``
+(:func:`rebase_status`) shows where a rebase is, its conflicts with their kind and the next
+commands, and changes nothing.  Every command printed
 comes from :meth:`Settings.command`, so it carries the run's options.
 
 Otherwise the work of the rebase happens on branch ``askbuild/rebase`` of the source's work tree.
@@ -53,7 +56,7 @@ from . import patchqueue as pq
 from .errors import ConfigError, DirtyTreeError, PatchFailed, UserError
 from .fsutil import read_json, write_json_atomic
 from .gitutil import FIXED_IDENTITY
-from .refs import BASE_TAG, PATCHED, REBASE_BRANCH
+from .refs import BASE_REF, BASE_TAG, PATCHED, REBASE_BRANCH
 from .report import Report
 from .settings import Settings
 from .sources import Source, load_sources, write_lock
@@ -298,15 +301,17 @@ def _kind_from_stages(stages: set[int]) -> tuple[str, str]:
     return "other", "unmerged"
 
 
-def classify_conflicts(tree: Path, output: str) -> list[dict]:
+def classify_conflicts(tree: Path, output: str,
+                       unmerged: dict[str, set[int]] | None = None) -> list[dict]:
     """The unmerged files of ``tree`` after a failed merge whose output is ``output``: one
     ``{file, kind, message, gone}`` each, ``message`` being git's own ``CONFLICT (...)`` line
     for that file (or git's status words when the output named none) and ``gone`` true when
-    the file is not in HEAD (the new base deleted or moved it) while the patch changes it."""
+    the file is not in HEAD (the new base deleted or moved it) while the patch changes it.
+    ``unmerged``: :func:`_stages` of the tree, when the caller has just read it."""
     found = _CONFLICT_LINE.findall(output)
     binary = {m.group(1) for m in re.finditer(r"Cannot merge binary files: (\S+)", output)}
     result = []
-    for path, stages in sorted(_stages(tree).items()):
+    for path, stages in sorted((_stages(tree) if unmerged is None else unmerged).items()):
         hit = next(((tag, text) for tag, text in found if _mentions(text, path)), None)
         if hit:
             kind = CONFLICT_KINDS.get(hit[0], "other")
@@ -566,18 +571,179 @@ def _run(settings: Settings, st: dict, tree: Path, *, dry_run: bool) -> bool:
     return True
 
 
+#: Whether the dry run replays the queue with ONE ``git rebase -i`` (the sequencer:
+#: :func:`_dry_replay`) or with one ``cherry-pick`` per patch (:func:`_dry_replay_per_patch`,
+#: the reference the batched replay is tested against: tests/test_rebase_batch.py).
+BATCH_REPLAY = True
+
+_DIFF_ARGS = ["-p", "--binary", "--full-index", "-M"]       # (as :func:`_old_diff`)
+_NAME_ARGS = ["--name-only", "-r", "--no-renames"]            # (as :func:`_paths`)
+_REPLAY_CONFIG = ["-c", "merge.directoryRenames=true", "-c", "merge.renames=true"]
+# what a user's rebase configuration must not change in the sequencer's run
+_SEQUENCER_CONFIG = [
+    "-c", "rebase.autoSquash=false", "-c", "rebase.autoStash=false",
+    "-c", "rebase.updateRefs=false", "-c", "rebase.missingCommitsCheck=ignore",
+    "-c", "rebase.abbreviateCommands=false", "-c", "rebase.rescheduleFailedExec=false",
+    "-c", "rebase.forkPoint=false"]
+
+
 def _dry_replay(st: dict, tree: Path) -> None:
     """The dry run's replay of the whole queue onto HEAD of the scratch ``tree``, never
     stopping (a conflict is reported and dropped), with the same outcomes and commits as
-    :func:`_replay` one by one, in fewer git processes: the old patches, their author dates
-    and the files every old and new commit touches are read in one batched call each, and
-    the new commits in one ``rev-list`` at the end; per patch only ``apply --check``,
-    ``cherry-pick`` and ``commit`` run."""
+    :func:`_replay` one by one (:func:`_dry_replay_per_patch`), in a constant number of git
+    processes when every patch applies: the old patches are read with one ``diff-tree``, the
+    queue is replayed by ONE ``git rebase -i`` whose todo picks exactly the queue's commits
+    (the merge of ``cherry-pick``, each commit made as :func:`_commit_like` makes it:
+    message and author of the old one, askbuild's committer dated like the author), which
+    stops only at a patch that conflicts or became empty (classified as :func:`_pick` does,
+    then ``rebase --skip`` goes on); the new commits and their patches are read with one
+    ``rev-list`` and one ``diff-tree``.
+
+    ``clean`` (the old patch applies to the tree before it as it is, ``git apply --check``)
+    is answered without a process when the new commit's patch is the old one but for blob
+    ids, line numbers and the function names of the hunk headers (a hunk said to start at
+    line 0 or 1 must start there in both, as ``git apply`` anchors it; then the files are
+    the same too: nothing moved).  Only for the others (a 3-way merge, context that changed
+    or moved, a rename followed) the tree before the patch is checked out and
+    ``git apply --check`` asked, as :func:`_pick` asks it, and the files of the old and new
+    commits read (one ``diff-tree`` for all).  An old commit with no change sends the queue
+    the per-patch way."""
     queue = st["queue"][st["pos"]:]
     olds = [it["old"] for it in queue]
     if not olds:
         return
-    diffs = _per_commit(tree, olds, ["-p", "--binary", "--full-index", "-M"])
+    diffs = _per_commit(tree, olds, _DIFF_ARGS)
+    if not BATCH_REPLAY or not all(diffs[o] for o in olds) or len(set(olds)) != len(olds):
+        _dry_replay_per_patch(st, tree, diffs)
+        return
+    start = st.get("start") or _head(tree)
+    picked = _sequence(st, tree, queue, start)
+    news = gitutil.out(["rev-list", "--reverse", f"{start}..HEAD", "--"], cwd=tree).split()
+    if len(news) != len(picked):
+        raise PatchFailed(f"rebase dry run of {st['source']}: {len(picked)} patch(es) were "
+                          f"committed but {len(news)} commit(s) are on the scratch tree",
+                          fix="run the dry run again; report it if it happens again")
+    if not news:
+        return
+    new_diffs = _per_commit(tree, news, _DIFF_ARGS)
+    same = []
+    for item, new in zip(picked, news, strict=True):
+        shape = _change_shape(diffs[item["old"]])
+        same.append(shape is not None and shape == _change_shape(new_diffs[new]))
+        if same[-1]:                # (the same files, too: nothing moved)
+            item.update(_picked(new, True, ""))
+    moved = [(item, new) for item, new, s in zip(picked, news, same, strict=True) if not s]
+    if not moved:
+        return
+    names = _per_commit(tree, [it["old"] for it, _ in moved] + [n for _, n in moved],
+                        _NAME_ARGS)
+    for item, new in moved:
+        gitutil.git(["checkout", "-q", "--detach", f"{new}^"], cwd=tree)
+        clean = gitutil.git(["apply", "--check", "--whitespace=nowarn", "-"], cwd=tree,
+                            input=diffs[item["old"]], check=False).returncode == 0
+        paths = [names[c].decode("utf-8", "surrogateescape").splitlines()
+                 for c in (item["old"], new)]
+        item.update(_picked(new, clean, _moved(*paths)))
+
+
+def _sequence(st: dict, tree: Path, queue: list[dict], start: str) -> list[dict]:
+    """Replay ``queue`` onto ``start`` (HEAD of the scratch ``tree``) with one
+    ``git rebase -i`` and a ``rebase --skip`` after each stop: a conflicting patch gets its
+    ``conflict`` outcome, one that became empty ``upstream``; st["pos"] moves past the
+    queue.  Returns the items that made a commit, in order."""
+    gd = _scratch_git_dir(tree)
+    todo = gd / "askbuild-dry-run-todo"
+    todo.write_text("".join(f"pick {it['old']}\n" for it in queue))
+    # (the todo is put in place by the "editor"; the environment's editor would win over
+    # a sequence.editor setting)
+    env = {"GIT_COMMITTER_NAME": FIXED_IDENTITY["GIT_COMMITTER_NAME"],
+           "GIT_COMMITTER_EMAIL": FIXED_IDENTITY["GIT_COMMITTER_EMAIL"],
+           "GIT_SEQUENCE_EDITOR": f"cp -- {shlex.quote(str(todo))}"}
+    base = [*pq.REPRO, *_REPLAY_CONFIG, *_SEQUENCER_CONFIG]
+    proc = gitutil.git([*base, "rebase", "-i", "--committer-date-is-author-date",
+                        "--empty=ask", "--strategy=ort", start], cwd=tree, env=env, check=False)
+    stopped: set[int] = set()
+    while (gd / "rebase-merge").is_dir():
+        k = _stopped_at(gd, queue)
+        item = queue[k]
+        if k in stopped:                # (the skip did not get past it)
+            gitutil.git(["rebase", "--abort"], cwd=tree, env=env, check=False)
+            raise gitutil.GitError(["rebase", "--skip"], proc.returncode, proc.stdout,
+                                   _git_words(proc.stderr))
+        out = f"{proc.stdout}\n{proc.stderr}".replace("\r", "\n")
+        stages = _stages(tree)
+        if stages:
+            conflicts = classify_conflicts(tree, out, stages)
+            item.update(_outcome("conflict", detail="; ".join(c["message"] for c in conflicts),
+                                 files=[c["file"] for c in conflicts], conflicts=conflicts))
+        elif "is now empty" in out and _index_unchanged(tree):
+            item.update(_outcome("upstream", detail="already upstream (became empty): dropped"))
+        else:
+            gitutil.git(["rebase", "--abort"], cwd=tree, env=env, check=False)
+            raise PatchFailed(f"replaying {item['layer']}/{item['file']} failed: "
+                              f"{_git_words(proc.stderr)}",
+                              fix="check the work tree for untracked files in the way")
+        stopped.add(k)
+        proc = gitutil.git([*base, "rebase", "--skip"], cwd=tree, env=env, check=False)
+    if proc.returncode != 0:
+        raise gitutil.GitError(["rebase"], proc.returncode, proc.stdout,
+                               _git_words(proc.stderr))
+    st["pos"] += len(queue)
+    return [it for i, it in enumerate(queue) if i not in stopped]
+
+
+def _git_words(stderr: str) -> str:
+    """What the sequencer said, without its progress lines and hints."""
+    lines = stderr.replace("\r", "\n").splitlines()
+    return "\n".join(ln for ln in lines if ln.strip()
+                     and not ln.startswith(("Rebasing (", "hint:"))).strip()
+
+
+def _scratch_git_dir(tree: Path) -> Path:
+    """The git dir of a scratch worktree (its ``.git`` file names it)."""
+    dot = tree / ".git"
+    if dot.is_file():
+        text = dot.read_text()
+        if text.startswith("gitdir: "):
+            gd = Path(text[len("gitdir: "):].strip())
+            return gd if gd.is_absolute() else (tree / gd).resolve()
+    return pq.git_dir(tree)
+
+
+def _stopped_at(gd: Path, queue: list[dict]) -> int:
+    """The index in ``queue`` of the pick the sequencer stopped at (the last one done)."""
+    done = [ln.split()[1] for ln in (gd / "rebase-merge" / "done").read_text().splitlines()
+            if ln.startswith("pick ")]
+    k = len(done) - 1
+    if k < 0 or k >= len(queue) or not queue[k]["old"].startswith(done[-1]):
+        raise gitutil.GitError(["rebase"], 1, "", f"the rebase stopped at an unexpected "
+                               f"place ({done[-1:] or 'nothing done'})")
+    return k
+
+
+_HUNK_HEADER = re.compile(rb"^@@ -(\d+)(,\d+)? \+\d+(,\d+)? @@.*$", re.M)
+_BLOB_LINES = re.compile(rb"^(?:index [0-9a-f]+\.\.[0-9a-f]+.*|(?:dis)?similarity index \d+%)$",
+                         re.M)
+
+
+def _change_shape(diff: bytes) -> bytes | None:
+    """``diff`` (``diff-tree -p --binary --full-index -M``) without what does not decide
+    whether ``git apply`` takes it: blob ids, similarity, line numbers (a hunk starting at
+    line 0 or 1 keeps it: apply anchors such a hunk at the start), function names.  None for
+    a binary patch (apply checks its blob ids)."""
+    if b"GIT binary patch" in diff:
+        return None
+    diff = _BLOB_LINES.sub(b"", diff)
+    return _HUNK_HEADER.sub(lambda m: b"@@ -" + (m[1] if int(m[1]) <= 1 else b"n")
+                            + (m[2] or b"") + b" +" + (m[3] or b"") + b" @@", diff)
+
+
+def _dry_replay_per_patch(st: dict, tree: Path, diffs: dict[str, bytes]) -> None:
+    """The dry run's replay one patch at a time (``apply --check``, ``cherry-pick``,
+    ``commit`` per patch; ``diffs``: the old patches): what :func:`_replay` does for each, a
+    conflict reported and dropped."""
+    queue = st["queue"][st["pos"]:]
+    olds = [it["old"] for it in queue]
     dates = dict(ln.split(" ", 1) for ln in gitutil.out(
         ["show", "-s", "--format=%H %ad", "--date=raw", *olds], cwd=tree).splitlines())
     start = st.get("start") or _head(tree)
@@ -597,8 +763,8 @@ def _dry_replay(st: dict, tree: Path) -> None:
         raise PatchFailed(f"rebase dry run of {st['source']}: {len(picked)} patch(es) were "
                           f"committed but {len(news)} commit(s) are on the scratch tree",
                           fix="run the dry run again; report it if it happens again")
-    names = _per_commit(tree, [it["old"] for it, _ in picked] + news,
-                        ["--name-only", "-r", "--no-renames"]) if news else {}
+    names = _per_commit(tree, [it["old"] for it, _ in picked] + news, _NAME_ARGS) \
+        if news else {}
     for (item, clean), new in zip(picked, news, strict=True):
         paths = [names[c].decode("utf-8", "surrogateescape").splitlines()
                  for c in (item["old"], new)]
@@ -788,8 +954,10 @@ def _rebase(settings: Settings, sources: dict[str, Source], layers: list[pq.Laye
     if dry_run:                         # changes nothing: also while a rebase is in progress
         if in_progress:
             console.info(f"a rebase of {name} is in progress; this dry run does not touch it")
-        return _dry_run(settings, src, pq.source_tree(settings, src), onto, layers, sources,
-                        as_json=as_json)
+        refs: dict[str, str | None] = {}
+        tree = pq.source_tree(settings, src, refs=refs)
+        return _dry_run(settings, src, tree, onto, layers, sources, as_json=as_json,
+                        old_base=refs.get(BASE_REF))
     if in_progress:
         st = _load_state(settings, name)
         if _phase(st) != "stopped" and st["onto"] == onto:
@@ -915,16 +1083,24 @@ def _advance(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
 
 
 def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: list[pq.Layer],
-             sources: dict[str, Source], *, as_json: bool) -> Report:
+             sources: dict[str, Source], *, as_json: bool, old_base: str | None = None
+             ) -> Report:
+    """The dry run in a scratch worktree: the old series' commits (those ``inv patch``
+    recorded for this very series and base, else the series applied again onto the old
+    base), the vendor layers onto the new base, then the replay (:func:`_dry_replay`).
+    ``old_base``: the base commit of ``tree`` when the caller has just read it."""
     inputs = pq.collect_inputs(settings, layers, sources, trees={src.name: tree})
-    old_base = pq.base_commit(tree)
+    old_base = old_base or pq.base_commit(tree)
     new_base = fetch_onto(settings, src, tree, onto)
-    with pq.scratch_worktree(tree, old_base, settings.work_dir) as scratch:
-        record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None,
-                                batch=True)
+    record = _recorded_series(settings, src.name, tree, old_base, inputs)
+    with pq.scratch_worktree(tree, new_base if record else old_base,
+                             settings.work_dir) as scratch:
+        if record is None:
+            record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None,
+                                    batch=True, detached_at=old_base)
+            gitutil.git(["checkout", "-q", "--detach", new_base], cwd=scratch)
         st = {"source": src.name, "onto": onto, "new_base": new_base, "old_base": old_base,
               "pos": 0, "queue": _queue_from_record(record), "vendor": []}
-        gitutil.git(["checkout", "-q", "--detach", new_base], cwd=scratch)
         vendor = [p for p in inputs if p.layer.kind == "vendor"]
         st["start"] = None if vendor else new_base
         try:
@@ -936,6 +1112,24 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
     rep = _report(st, dry_run=True)
     rep.emit(as_json=as_json)
     return rep
+
+
+def _recorded_series(settings: Settings, name: str, tree: Path, base: str,
+                     inputs: list[pq.PatchInput]) -> dict | None:
+    """The patch record of ``name`` when it was made from exactly ``inputs`` on ``base`` and
+    its commits are in ``tree``, one after the other from ``base`` (one ``rev-list``): the
+    old series need not be applied again.  None otherwise."""
+    record = pq.tree_state(settings, name)
+    if not pq.record_matches(record, base, inputs):
+        return None
+    head = record.get("head")
+    want = [c for p in record["patches"] for c in p.get("commits") or []]
+    if not all(isinstance(c, str) and gitutil.is_sha(c) for c in [head, *want]) \
+            or (want[-1] if want else base) != head:
+        return None
+    chain = gitutil.git(["rev-list", "--reverse", f"{base}..{head}", "--"], cwd=tree,
+                        check=False)
+    return record if chain.returncode == 0 and chain.stdout.split() == want else None
 
 
 def _resume(settings: Settings, name: str, layers: list[pq.Layer],

@@ -37,13 +37,17 @@ def _calls(log: Path, word: str) -> int:
 
 def test_dry_run_predicts_the_commits_the_rebase_makes(tmp_path, monkeypatch):
     """The batched dry run's rows (status, commit, detail) are those of the real rebase, which
-    replays one patch at a time (the conflicting patch skipped there); per patch the dry run
-    runs only apply --check, cherry-pick and commit."""
+    replays one patch at a time (the conflicting patch skipped there).  The dry run replays
+    the six patches with ONE ``git rebase -i`` and one ``rebase --skip`` per stop (the
+    conflict, the patch already upstream), and asks ``git apply --check`` only for the three
+    patches whose change moved (3-way)."""
     project = make_project(tmp_path)
     log = _git_logger(tmp_path, monkeypatch)
     dry = rebasing.rebase(project.settings, "up", onto="v2", dry_run=True)
-    assert _calls(log, "cherry-pick") == 6
-    assert _calls(log, "diff-tree") == 2           # old patches, then the files of old and new
+    assert _calls(log, "cherry-pick") == 0
+    assert _calls(log, "rebase") == 3              # rebase -i, then --skip after each stop
+    assert _calls(log, "apply") == 3
+    assert _calls(log, "diff-tree") == 3           # old patches, new patches, files of both
     with pytest.raises(PatchFailed):
         rebasing.rebase(project.settings, "up", onto="v2")
     real = rebasing.rebase(project.settings, "up", skip=True)

@@ -47,17 +47,17 @@ from .journal import (
 )
 from .layers import Layer, edit_branch, layers_file, load_layers, resolve_layer
 from .patching import patch, patch_source
-from .record import tree_state
+from .record import record_matches, tree_state
 from .state import patch_state_problem
-from .worktree import REPRO, NoSpaceLeft, base_commit, git_errors
+from .worktree import REPRO, NoSpaceLeft, base_commit, git_dir, git_errors
 from .write import finish_pending_series, format_patch, write_series
 
 __all__ = [
     "JOURNAL", "PATCH_COLUMNS", "REPRO", "Layer", "NoSpaceLeft", "PatchFiles", "PatchInput",
     "apply_patch", "apply_queue", "base_commit", "clean_scratch",
     "clear_stale_locks", "collect_inputs", "competing", "edit", "edit_branch", "export",
-    "finish_pending_series", "format_patch", "git_errors", "journalled", "layers_file",
+    "finish_pending_series", "format_patch", "git_dir", "git_errors", "journalled", "layers_file",
     "load_layers", "patch", "patch_files", "patch_source", "patch_state_problem",
-    "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",
+    "record_matches", "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",
     "tree_state", "unexported_edits", "write_series",
 ]

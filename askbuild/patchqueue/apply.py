@@ -328,7 +328,8 @@ class _Queue:
 
 def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
                 report: Report | None = None, branch: str | None = PATCHED,
-                settings: Settings | None = None, batch: bool | None = None) -> dict:
+                settings: Settings | None = None, batch: bool | None = None,
+                detached_at: str | None = None) -> dict:
     """Rebuild ``branch`` (detached HEAD when None) from ``base`` with ``inputs`` and return
     the state record (not written).  Raises PatchFailed at the first failing patch (with
     ``partial``: what applied before it, and ``head``, the last good commit).
@@ -338,11 +339,14 @@ def apply_queue(tree: Path, base: str, inputs: list[PatchInput], *, source: str,
     applied alone (:func:`apply_patch`), so the commits, rows and messages are those of one
     patch at a time (tests/test_patch_batch.py).  Nothing here moves ``askbuild/patched`` or
     writes a record: the caller does that once the whole queue applied, and until then its run
-    journal owns the tree (a killed run is undone by the next one)."""
+    journal owns the tree (a killed run is undone by the next one).
+
+    ``detached_at``: the commit the caller just saw HEAD detached at, in a tree with no
+    uncommitted change; when it is ``base`` (and ``branch`` is None), no checkout is needed."""
     batch = BATCH if batch is None else batch
     if branch:
         gitutil.git(["checkout", "-q", "-B", branch, base], cwd=tree)
-    else:
+    elif detached_at != base:
         gitutil.git(["checkout", "-q", "--detach", base], cwd=tree)
     q = _Queue(base, source, report)
     total = len(inputs)

@@ -19,11 +19,12 @@ from pathlib import Path, PurePosixPath
 from .. import console, fetching, gitutil
 from .. import series as series_mod
 from ..errors import ConfigError
+from ..gitutil import GitError
 from ..refs import BASE_REF, BASE_TAG
 from ..settings import Settings
 from ..sources import Source
 from .layers import Layer, layers_file
-from .worktree import base_commit, has_base, rev
+from .worktree import PATCHED_REF, read_refs, rev
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,22 @@ class PatchInput:
         return [self.layer.id, self.name, self.strip, self.sha256]
 
 
-def source_tree(settings: Settings, source: Source) -> Path:
+def source_tree(settings: Settings, source: Source, *,
+                refs: dict[str, str | None] | None = None) -> Path:
     """The work tree of ``source`` at its locked base (via ``fetching.ensure_source`` unless a
-    git tree already sits on its locked commit)."""
+    git tree already sits on its locked commit).  ``refs``: filled, when that was answered
+    from the tree as it is, with what :func:`~.worktree.read_refs` says of the base tag,
+    ``askbuild/patched`` and ``HEAD`` (one git process for the three)."""
     tree = settings.source_tree(source.name)
-    if (source.kind == "git" and source.commit and has_base(tree)
-            and base_commit(tree) == source.commit):
-        return tree
+    if source.kind == "git" and source.commit and (tree / ".git").exists():
+        try:
+            seen = read_refs(tree, [BASE_REF, PATCHED_REF, "HEAD"])
+        except GitError:            # (not a usable repository: fetch repairs it)
+            seen = {}
+        if seen.get(BASE_REF) == source.commit:
+            if refs is not None:
+                refs.update(seen)
+            return tree
     return fetching.ensure_source(settings, source)
 
 

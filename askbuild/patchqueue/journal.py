@@ -77,19 +77,29 @@ def _untracked(tree: Path) -> list[str]:
 
 def _position(settings: Settings, name: str, tree: Path) -> dict:
     sym = gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree, check=False).stdout.strip()
-    return {"head": rev(tree, "HEAD"), "symref": sym or None,
-            "patched": rev(tree, f"refs/heads/{PATCHED}"), "record": tree_state(settings, name)}
+    return position(rev(tree, "HEAD"), sym or None, rev(tree, f"refs/heads/{PATCHED}"),
+                    tree_state(settings, name))
 
 
-def journal_begin(settings: Settings, name: str, tree: Path, verb: str, **extra: object) -> None:
+def position(head: str | None, symref: str | None, patched: str | None,
+             record: dict | None) -> dict:
+    """Where a tree is, as a journal records it (``prev`` of :func:`journal_begin`): the
+    commit of HEAD, the branch HEAD is on (None: detached), ``askbuild/patched`` and the
+    patch record."""
+    return {"head": head, "symref": symref, "patched": patched, "record": record}
+
+
+def journal_begin(settings: Settings, name: str, tree: Path, verb: str, *,
+                  prev: dict | None = None, **extra: object) -> None:
     """Say (in the tree's git dir) that askbuild starts changing the clean ``tree``.  Until
     :func:`journal_end`, every uncommitted change, git operation, new untracked file and lock
     file in the tree is askbuild's own: when the run dies, the next one undoes them and puts
     HEAD, ``askbuild/patched`` and the patch record back as they were here
-    (:func:`recover_tree`).  ``extra``: ``created_branch`` / ``edit_record`` (deleted on
-    recovery)."""
+    (:func:`recover_tree`).  ``prev``: that position (:func:`position`) when the caller has
+    just read it (under the work-dir lock, nothing changed since), else it is read here.
+    ``extra``: ``created_branch`` / ``edit_record`` (deleted on recovery)."""
     journal = {"schema": 1, "verb": verb, "pid": os.getpid(), "source": name,
-               "started": time.time(), "prev": _position(settings, name, tree),
+               "started": time.time(), "prev": prev or _position(settings, name, tree),
                "untracked": _untracked(tree), **extra}
     write_json_atomic(_journal_path(tree), journal)
 
@@ -100,13 +110,14 @@ def journal_end(tree: Path) -> None:
 
 
 @contextlib.contextmanager
-def journalled(settings: Settings, name: str, tree: Path, verb: str,
-               **extra: object) -> Iterator[None]:
-    """Run the block under a run journal (:func:`journal_begin`).  On success the journal
-    goes.  On an error the tree is put back at once (a PatchFailed says so in its message);
-    when even that fails, or the run is killed or interrupted, the journal stays and the next
-    run puts the tree back first (:func:`recover_tree`)."""
-    journal_begin(settings, name, tree, verb, **extra)
+def journalled(settings: Settings, name: str, tree: Path, verb: str, *,
+               prev: dict | None = None, **extra: object) -> Iterator[None]:
+    """Run the block under a run journal (:func:`journal_begin`; ``prev``: the position the
+    caller just read).  On success the journal goes.  On an error the tree is put back at
+    once (a PatchFailed says so in its message); when even that fails, or the run is killed
+    or interrupted, the journal stays and the next run puts the tree back first
+    (:func:`recover_tree`)."""
+    journal_begin(settings, name, tree, verb, prev=prev, **extra)
     try:
         yield
     except Exception as e:

@@ -13,6 +13,7 @@ and lists every failure at the end (:func:`askbuild.errors.summary_error`).
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import console, gitutil, runlock
@@ -25,13 +26,13 @@ from ..errors import (
     summary_error,
 )
 from ..fsutil import write_json_atomic
-from ..refs import BASE_TAG, PATCHED
+from ..refs import BASE_REF, BASE_TAG, PATCHED
 from ..report import Report
 from ..settings import Settings
 from ..sources import Source, load_sources, select
 from .apply import PATCH_COLUMNS, apply_queue
 from .inputs import collect_inputs, source_tree
-from .journal import clean_scratch, journalled, recover_tree, scratch_worktree
+from .journal import clean_scratch, journalled, position, recover_tree, scratch_worktree
 from .layers import Layer, load_layers
 from .record import (
     drop_stamp,
@@ -44,19 +45,45 @@ from .record import (
 )
 from .worktree import (
     ASKBUILD_COMMITTER,
+    PATCHED_REF,
     NoSpaceLeft,
+    TreeStatus,
     base_commit,
-    changed_files,
     git_errors,
     operation_in_progress,
-    rev,
+    read_refs,
+    tree_status,
 )
 from .write import finish_pending_series
 
 
+@dataclass(frozen=True)
+class TreeView:
+    """What :func:`patch_source` knows of a work tree before it changes anything: the base,
+    ``askbuild/patched``, HEAD and its branch, the changed tracked files (read in two git
+    processes: :func:`read_view`)."""
+    base: str
+    patched: str | None
+    status: TreeStatus
+
+
+def read_view(tree: Path, refs: dict[str, str | None] | None = None) -> TreeView:
+    """The :class:`TreeView` of ``tree``: ``refs`` (what :func:`~.inputs.source_tree` read of
+    the base tag and ``askbuild/patched`` a moment ago, under the same lock) or one
+    ``cat-file``, and one ``git status``."""
+    if not refs or refs.get(BASE_REF) is None or PATCHED_REF not in refs:
+        refs = read_refs(tree, [BASE_REF, PATCHED_REF])
+    base = refs[BASE_REF]
+    if base is None:        # (what base_commit says of a tree without its base tag)
+        base = base_commit(tree)
+    return TreeView(base, refs[PATCHED_REF], tree_status(tree))
+
+
 def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
-                base: str | None = None, *, ignore_rebase: bool = False) -> None:
-    """Refuse (DirtyTreeError) when rebuilding ``tree`` would lose user work."""
+                base: str | None = None, *, ignore_rebase: bool = False,
+                view: TreeView | None = None) -> None:
+    """Refuse (DirtyTreeError) when rebuilding ``tree`` would lose user work.  ``view``:
+    the tree as :func:`read_view` just read it (else it is read here)."""
     t = shlex.quote(str(tree))
     rebase_state = settings.rebase_state(name)
     if rebase_state.exists() and not ignore_rebase:
@@ -70,7 +97,8 @@ def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
         raise DirtyTreeError(f"{tree}: {op} is in progress in the work tree",
                              fix=f"finish or abort it first (e.g. `git -C {t} am --abort`, "
                                  f"`git -C {t} cherry-pick --abort`, `git -C {t} rebase --abort`)")
-    files = changed_files(tree)
+    view = view or read_view(tree)
+    files = view.status.changed
     if files:
         shown = ", ".join(files[:8]) + (f" (+{len(files) - 8} more)" if len(files) > 8 else "")
         raise DirtyTreeError(
@@ -79,7 +107,7 @@ def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
                 f"`{settings.command('patches.edit', 'SERIES')}`, commit, "
                 f"`{settings.command('patches.export', 'SERIES')}`); "
                 f"or discard them: `git -C {t} reset --hard`")
-    foreign = _foreign_commits(tree, record, base)
+    foreign = _foreign_commits(tree, record, base or view.base, view.patched)
     edit = settings.command("patches.edit", "SERIES")
     if foreign:
         back = (record or {}).get("head") or base or BASE_TAG
@@ -93,16 +121,19 @@ def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
                 f"`git -C {t} branch -f {PATCHED} {back[:12]}`")
 
 
-def _foreign_commits(tree: Path, record: dict | None, base: str | None) -> list[str]:
-    """``sha subject`` of the commits on ``askbuild/patched`` that askbuild did not make (none
-    when the branch is absent or exactly at the recorded head)."""
-    patched = rev(tree, f"refs/heads/{PATCHED}")
+def _foreign_commits(tree: Path, record: dict | None, base: str | None,
+                     patched: str | None) -> list[str]:
+    """``sha subject`` of the commits on ``askbuild/patched`` (at ``patched``) that askbuild
+    did not make (none when the branch is absent or exactly at the recorded head).  One
+    ``git log``: the base and the record's base and head are left out as far as they are
+    commits of the tree (``--ignore-missing``)."""
     if not patched or (record and patched == record.get("head")):
         return []
-    exclude = [f"^{c}" for c in {base, (record or {}).get("base"), (record or {}).get("head")}
-               if c and rev(tree, c)]
-    lines = gitutil.out(["log", "--format=%H %cn <%ce>%x09%s", patched, *exclude, "--"],
-                        cwd=tree).splitlines()
+    exclude = [f"^{c}^{{commit}}" for c in
+               dict.fromkeys([base, (record or {}).get("base"), (record or {}).get("head")])
+               if isinstance(c, str) and gitutil.is_sha(c)]
+    lines = gitutil.out(["log", "--ignore-missing", "--format=%H %cn <%ce>%x09%s", patched,
+                         *exclude, "--"], cwd=tree).splitlines()
     foreign = []
     for ln in lines:
         sha_ident, _, subject = ln.partition("\t")
@@ -112,37 +143,49 @@ def _foreign_commits(tree: Path, record: dict | None, base: str | None) -> list[
     return foreign
 
 
-def _check_out_patched(settings: Settings, name: str, tree: Path, patched: str) -> None:
-    head = rev(tree, "HEAD")
-    sym = gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree, check=False).stdout.strip()
-    if head == patched and sym == f"refs/heads/{PATCHED}":
+def _check_out_patched(settings: Settings, name: str, tree: Path, patched: str,
+                       view: TreeView) -> None:
+    st = view.status
+    if st.head == patched and st.symref == PATCHED_REF:
         return
-    with journalled(settings, name, tree, "patch"):
+    with journalled(settings, name, tree, "patch", prev=_prev(settings, name, view)):
         gitutil.git(["checkout", "-q", PATCHED], cwd=tree)
+
+
+def _prev(settings: Settings, name: str, view: TreeView) -> dict:
+    """The journal's ``prev`` from what :func:`read_view` read (the record read now)."""
+    return position(view.status.head, view.status.symref, view.patched,
+                    tree_state(settings, name))
 
 
 def patch_source(settings: Settings, source: Source, *, sources: dict[str, Source],
                  layers: list[Layer], report: Report, tree: Path | None = None,
-                 ignore_rebase: bool = False, trees: dict[str, Path] | None = None) -> dict:
+                 ignore_rebase: bool = False, trees: dict[str, Path] | None = None,
+                 refs: dict[str, str | None] | None = None) -> dict:
     """Bring one source's work tree to base + its series (no-op when the record shows it is
     there already).  The series is applied on a detached HEAD under a run journal;
     ``askbuild/patched`` and the record move only when every patch applied.  When a patch
     fails, the tree goes back to where it was before the run; when the run is killed, the next
     one does that first (:func:`recover_tree`).  ``trees``: work trees already made (vendor
-    providers).  Success removes the failure note
+    providers).  ``refs``: what :func:`~.inputs.source_tree` read of ``tree`` just now (it
+    saves a git process).  Success removes the failure note
     (:meth:`Settings.failed_patch_record`)."""
-    tree = tree or source_tree(settings, source)
+    if tree is None:
+        refs = {}
+        tree = source_tree(settings, source, refs=refs)
     trees = {**(trees or {}), source.name: tree}
     skipped: list[Layer] = []
     inputs = collect_inputs(settings, layers, sources, trees=trees, skipped=skipped)
     for ly in skipped:
         report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
                    commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
-    base = base_commit(tree)
+    view = read_view(tree, refs)
+    base = view.base
     record = tree_state(settings, source.name)
-    check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase)
-    if record is not None and record_done(tree, record, base, inputs):
-        _check_out_patched(settings, source.name, tree, record["head"])
+    check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase,
+                view=view)
+    if record is not None and record_done(tree, record, base, inputs, patched=view.patched):
+        _check_out_patched(settings, source.name, tree, record["head"], view)
         commits = {(p["layer"], p["file"]): p["commits"] for p in record["patches"]}
         for p in inputs:
             c = commits.get((p.layer.id, p.name)) or [None]
@@ -154,10 +197,12 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         console.info(f"patch {source.name}: the record {settings.patch_record(source.name)} "
                      f"does not match branch {PATCHED} of {tree}: applying the series again")
     console.step(f"patch {source.name}: {len(inputs)} patch(es) onto {base[:12]}")
-    with journalled(settings, source.name, tree, "patch"):
+    detached = view.status.head if view.status.symref is None else None
+    with journalled(settings, source.name, tree, "patch", prev=_prev(settings, source.name,
+                                                                     view)):
         settings.patch_record(source.name).unlink(missing_ok=True)
         record = apply_queue(tree, base, inputs, source=source.name, report=report,
-                             branch=None, settings=settings)
+                             branch=None, settings=settings, detached_at=detached)
         gitutil.git(["checkout", "-q", "-B", PATCHED, record["head"]], cwd=tree)
         record = layers_with_empty(record, layers)
         write_json_atomic(settings.patch_record(source.name), record)
@@ -174,12 +219,14 @@ class _Trees:
         self.made: dict[str, Path] = {}
         self.broken: dict[str, str] = {}
 
-    def get(self, name: str) -> Path:
+    def get(self, name: str, refs: dict[str, str | None] | None = None) -> Path:
+        """The work tree of ``name``; ``refs`` filled as :func:`~.inputs.source_tree` fills
+        it when the tree was looked at now (not when an earlier call made it)."""
         if name in self.broken:
             raise SourceError(f"source {name}: {self.broken[name]}")
         if name not in self.made:
             try:
-                self.made[name] = source_tree(self.settings, self.sources[name])
+                self.made[name] = source_tree(self.settings, self.sources[name], refs=refs)
             except AskbuildError as e:
                 self.broken[name] = e.headline
                 raise
@@ -224,11 +271,12 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
         if not check:
             drop_stamp(settings, src.name)
             recover_tree(settings, src.name)
-        tree = trees.get(src.name)
+        refs: dict[str, str | None] = {}
+        tree = trees.get(src.name, refs)
         if not check:
             mark = len(report.rows)
             patch_source(settings, src, sources=sources, layers=layers, report=report,
-                         tree=tree, trees=trees.made)
+                         tree=tree, trees=trees.made, refs=refs)
             if not any(r.get("status") == "skipped" for r in report.rows[mark:]):
                 write_stamp(settings, src.name, layers, sources)
             return

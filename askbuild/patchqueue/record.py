@@ -47,15 +47,22 @@ def record_matches(record: dict | None, base: str, inputs: list[PatchInput]) -> 
     return old == [p.key() for p in inputs]
 
 
+_UNREAD = object()
+
+
 def record_done(tree: Path, record: dict | None, base: str,
-                inputs: list[PatchInput]) -> bool:
+                inputs: list[PatchInput], *, patched: object = _UNREAD) -> bool:
     """Whether ``record`` can be trusted as "this tree is done": the same base and patch bytes,
     ``askbuild/patched`` exactly at its head, and the commits from the base to that head
-    exactly the recorded ones (a record never vouches for a branch another run changed)."""
+    exactly the recorded ones (a record never vouches for a branch another run changed).
+    ``patched``: the commit of ``askbuild/patched`` (None: no such branch) when the caller
+    has just read it."""
     if not record or not record_matches(record, base, inputs):
         return False
     head = record.get("head")
-    if not isinstance(head, str) or rev(tree, f"refs/heads/{PATCHED}") != head:
+    if patched is _UNREAD:
+        patched = rev(tree, f"refs/heads/{PATCHED}")
+    if not isinstance(head, str) or patched != head:
         return False
     chain = gitutil.git(["rev-list", "--reverse", f"{base}..{head}", "--"], cwd=tree,
                         check=False)

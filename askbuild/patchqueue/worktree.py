@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import gitutil
 from ..errors import PatchFailed, free_space
 from ..gitutil import FIXED_IDENTITY, GitError
-from ..refs import BASE_REF
+from ..refs import BASE_REF, PATCHED
+
+PATCHED_REF = f"refs/heads/{PATCHED}"
 
 #: Who askbuild's own commits are committed by (commits by anyone else are the user's work).
 ASKBUILD_COMMITTER = (f"{FIXED_IDENTITY['GIT_COMMITTER_NAME']} "
@@ -59,9 +62,62 @@ def rev(tree: Path, ref: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def read_refs(tree: Path, names: Sequence[str]) -> dict[str, str | None]:
+    """What :func:`rev` answers for each of ``names`` (refs, ``HEAD`` or SHAs: the commit it
+    names, None when none), in ONE ``git cat-file --batch-check``."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        return {}
+    if any(not n or "\n" in n or n.startswith("-") for n in names):
+        raise ValueError(f"not a ref: {names!r}")
+    args = ["cat-file", "--batch-check=%(objectname) %(objecttype)"]
+    lines = gitutil.out(args, cwd=tree,
+                        input="".join(f"{n}^{{commit}}\n" for n in names)).splitlines()
+    if len(lines) != len(names):
+        raise GitError(args, 0, "\n".join(lines), f"{len(lines)} answers for {len(names)} refs")
+    found = {}
+    for name, line in zip(names, lines, strict=True):
+        sha, _, kind = line.rpartition(" ")
+        found[name] = sha if kind == "commit" and gitutil.is_sha(sha) else None
+    return found
+
+
+@dataclass(frozen=True)
+class TreeStatus:
+    """Where HEAD is and what is uncommitted (:func:`tree_status`)."""
+    head: str | None            # the commit of HEAD (None: no commit yet)
+    symref: str | None          # the branch HEAD is on (``refs/heads/...``), None: detached
+    changed: list[str]          # tracked files with uncommitted changes (staged or not)
+
+
+def tree_status(tree: Path) -> TreeStatus:
+    """HEAD, its branch and :func:`changed_files`, from ONE ``git status`` (what
+    ``rev-parse HEAD``, ``symbolic-ref -q HEAD`` and :func:`changed_files` answer)."""
+    raw = gitutil.git(["status", "--porcelain=v2", "--branch", "--no-ahead-behind", "-z",
+                       "--untracked-files=no"], cwd=tree).stdout
+    head = symref = None
+    changed: list[str] = []
+    fields = iter(raw.split("\0"))
+    for f in fields:
+        if f.startswith("# branch.oid "):
+            head = f[len("# branch.oid "):] if gitutil.is_sha(f[len("# branch.oid "):]) else None
+        elif f.startswith("# branch.head "):
+            name = f[len("# branch.head "):]
+            if name.startswith("refs/"):        # (not under refs/heads/: git says it whole)
+                symref = gitutil.git(["symbolic-ref", "-q", "HEAD"], cwd=tree,
+                                     check=False).stdout.strip() or None
+            elif name != "(detached)":
+                symref = f"refs/heads/{name}"
+        elif f[:2] in ("1 ", "2 ", "u "):
+            changed.append(f.split(" ", {"1": 8, "2": 9, "u": 10}[f[0]])[-1])
+            if f[0] == "2":
+                next(fields, None)          # the original path of a rename / copy
+    return TreeStatus(head, symref, changed)
+
+
 def operation_in_progress(tree: Path) -> str | None:
     """Which git operation (am, rebase, merge...) is stopped half-way in ``tree``, if any."""
-    gd = _git_dir(tree)
+    gd = git_dir(tree)
     for marker, what in (("rebase-apply", "a git am/rebase"), ("rebase-merge", "a git rebase"),
                          ("MERGE_HEAD", "a merge"), ("CHERRY_PICK_HEAD", "a cherry-pick"),
                          ("REVERT_HEAD", "a revert")):

@@ -1,0 +1,101 @@
+"""``inv patch`` asks git each question once (issue 9 item 4), with the same answers.
+
+The checks before a re-patch read the base tag, ``askbuild/patched`` and HEAD with one
+``git cat-file --batch-check`` and HEAD's branch and the uncommitted files with one
+``git status``; a logging ``git`` on PATH counts them.  The answers are the ones the
+one-question-per-process checks gave: a staged rename or a deleted file still stops the run
+naming the file, a branch with a user's commit still stops it, and the record and branch
+after the run are those of a first run.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from patchfixtures import DEV, Project, commit_all, g, make_project
+
+from askbuild import patchqueue as pq
+from askbuild.errors import DirtyTreeError
+
+
+def _git_logger(tmp: Path, monkeypatch) -> Path:
+    """A ``git`` first on PATH that logs each call's arguments, then runs the real git."""
+    real = next(Path(d) / "git" for d in os.environ["PATH"].split(os.pathsep)
+                if (Path(d) / "git").is_file())
+    bindir, log = tmp / "bin", tmp / "git.log"
+    bindir.mkdir()
+    wrapper = bindir / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def _words(log: Path) -> list[str]:
+    """The git subcommand of each logged call (after the ``-c`` options)."""
+    out = []
+    for ln in log.read_text().splitlines():
+        args = iter(ln.split())
+        for a in args:
+            if a == "-c":
+                next(args, None)
+            elif not a.startswith("-"):
+                out.append(a)
+                break
+    return out
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return make_project(tmp_path)
+
+
+def test_a_repatch_asks_each_question_once_and_gives_the_first_runs_result(project, tmp_path,
+                                                                           monkeypatch):
+    """Without its record, the tree is patched again with 8 git processes (refs, status, the
+    foreign-commit log, the journal's untracked list, checkout, am, rev-list, checkout) and
+    ends exactly as the first run left it."""
+    settings = project.settings
+    pq.patch(settings, ["up"])
+    first = pq.tree_state(settings, "up")
+    head = g(project.tree, "rev-parse", "askbuild/patched")
+    settings.patch_record("up").unlink()
+    log = _git_logger(tmp_path, monkeypatch)
+    pq.patch(settings, ["up"])
+    words = _words(log)
+    assert words.count("cat-file") == 1 and words.count("status") == 1
+    assert "rev-parse" not in words and "symbolic-ref" not in words
+    assert len(words) == 8, words
+    assert pq.tree_state(settings, "up") == first
+    assert g(project.tree, "symbolic-ref", "HEAD") == "refs/heads/askbuild/patched"
+    assert g(project.tree, "rev-parse", "HEAD") == head
+
+
+def test_a_staged_rename_and_a_deleted_file_stop_the_run_by_name(project):
+    """``git status`` entries of every kind (rename: new path; deletion) are named."""
+    settings = project.settings
+    pq.patch(settings, ["up"])
+    settings.patch_record("up").unlink()
+    tree = project.tree
+    g(tree, "mv", "lib/clean.c", "lib/moved.c")
+    (tree / "README").unlink()
+    with pytest.raises(DirtyTreeError) as e:
+        pq.patch(settings, ["up"])
+    assert "lib/moved.c" in e.value.message and "README" in e.value.message
+    assert (tree / "lib/moved.c").exists()          # nothing thrown away
+
+
+def test_a_users_commit_on_the_patched_branch_stops_the_run(project):
+    """Also when the record is gone (the branch is then checked with one ``git log``)."""
+    settings = project.settings
+    pq.patch(settings, ["up"])
+    settings.patch_record("up").unlink()
+    (project.tree / "mine.txt").write_text("mine\n")
+    commit_all(project.tree, "my own work", who=DEV)
+    with pytest.raises(DirtyTreeError) as e:
+        pq.patch(settings, ["up"])
+    assert "my own work" in e.value.message
+    assert g(project.tree, "log", "-1", "--format=%s") == "my own work"

@@ -1,0 +1,217 @@
+"""The batched rebase dry run (issue 9 item 4) gives exactly what the per-patch dry run gives.
+
+:data:`askbuild.rebasing.BATCH_REPLAY` chooses between ONE ``git rebase -i`` for the queue
+(stopping only at a conflict or a patch that became empty) and one ``apply --check`` +
+``cherry-pick`` + ``commit`` per patch.  On a series built to hit every way a patch can
+meet a new release (clean at the same place, clean at an offset, a hunk anchored at line 1
+that moved, two hunks that now share context, a conflict in the middle, a patch already
+upstream, a new file, a later patch of a file an earlier one changed), both give the same
+rows, commits, details, files and conflicts.  When ``inv patch`` recorded the series on this
+base, the dry run reuses its commits (no ``git am``) with the same result.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from patchfixtures import (
+    DEV,
+    Project,
+    Upstream,
+    commit_all,
+    g,
+    lines,
+    make_tree,
+    put,
+    write_sources,
+)
+
+from askbuild import patchqueue as pq
+from askbuild import rebasing
+from askbuild.settings import Settings
+
+# (file, 1-based line, new text, subject) of our series, in order
+SERIES = [
+    ("a.c", 4, "a line 4 OURS", "a: hunk anchored at line 1"),
+    ("b.c", 15, "b line 15 OURS", "b: clean at an offset"),
+    ("c.c", 10, "c line 10 OURS", "c: conflicts with upstream"),
+    ("d.c", 5, "d line 5 OURS", "d: two hunks, now closer"),
+    ("e.c", 3, "e line 3 fixed", "e: sent upstream"),
+    ("f.c", 0, "new file\n", "f: a new file"),
+    ("a.c", 20, "a line 20 OURS", "a: a later change of a.c"),
+]
+EXPECTED = ["3way", "clean", "conflict", "clean", "upstream", "clean", "clean"]
+
+
+def _change(repo: Path, rel: str, n: int, new: str) -> None:
+    p = repo / rel
+    text = p.read_text().split("\n")
+    text[n - 1] = new
+    p.write_text("\n".join(text))
+
+
+def _our_commits(work: Path) -> list[str]:
+    out = []
+    for i, (rel, n, new, subject) in enumerate(SERIES, start=1):
+        if n == 0:
+            put(work, rel, new)
+        else:
+            _change(work, rel, n, new)
+            if rel == "d.c":
+                _change(work, rel, 20, "d line 20 OURS")
+        out.append(commit_all(work, subject, date=f"2026-03-0{i}T00:00:00Z"))
+    return out
+
+
+def _upstream_v2(work: Path) -> None:
+    """v2: lines on top of a.c and b.c, the very line of c.c we change, the eight lines of
+    d.c between our two hunks' contexts gone (the new patch has one hunk), our e.c fix."""
+    for rel in ("a.c", "b.c"):
+        p = work / rel
+        p.write_text("".join(f"{rel} upstream top {i}\n" for i in range(5)) + p.read_text())
+    _change(work, "c.c", 10, "c line 10 THEIRS")
+    d = (work / "d.c").read_text().split("\n")
+    (work / "d.c").write_text("\n".join(d[:8] + d[16:]))
+    _change(work, "e.c", 3, "e line 3 fixed")
+
+
+def make_series_project(tmp: Path) -> Project:
+    """An upstream with v1 and v2 and our series of format-patch mails, as patchfixtures'
+    projects are laid out (source ``up`` locked to v1, its work tree made as fetch would)."""
+    work = tmp / "up-work"
+    work.mkdir(parents=True)
+    g(work, "init", "-q")
+    for name in ("a", "b", "c", "d", "e"):
+        put(work, f"{name}.c", lines(name, 30))
+    v1 = commit_all(work, "release v1", who={**DEV, "GIT_AUTHOR_NAME": "Upstream"})
+    g(work, "tag", "v1")
+    ours = _our_commits(work)
+    root = tmp / "project"
+    series = root / "patches" / "up"
+    series.mkdir(parents=True)
+    names = []
+    for i, c in enumerate(ours, start=1):
+        names.append(f"{i:04d}-patch.patch")
+        (series / names[-1]).write_bytes(pq.format_patch(work, c))
+    (series / "series").write_text("".join(f"{n}\n" for n in names))
+    g(work, "checkout", "-q", "--detach", v1)
+    _upstream_v2(work)
+    v2 = commit_all(work, "release v2", date="2026-02-01T00:00:00Z")
+    g(work, "tag", "v2")
+    bare = tmp / "up.git"
+    g(tmp, "clone", "-q", "--bare", "--", str(work), str(bare))
+    up = Upstream(bare, f"file://{bare}", v1, v2)
+    write_sources(root, {"up": (up.url, "v1", v1)})
+    (root / "recipes" / "patches.toml").write_text('[up]\nlocal = ["patches/up"]\n')
+    settings = Settings(project_root=root, work_dir=tmp / "work", cache_dir=tmp / "cache")
+    make_tree(settings, "up", up.url, v1)
+    return Project(root, settings, up)
+
+
+def _git_logger(tmp: Path, monkeypatch) -> Path:
+    """A ``git`` first on PATH that logs each call's arguments, then runs the real git."""
+    real = next(Path(d) / "git" for d in os.environ["PATH"].split(os.pathsep)
+                if (Path(d) / "git").is_file())
+    bindir, log = tmp / "bin", tmp / "git.log"
+    bindir.mkdir()
+    wrapper = bindir / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def _calls(log: Path, word: str) -> int:
+    text = log.read_text() if log.exists() else ""
+    return sum(1 for ln in text.splitlines() if f" {word} " in f" {ln} ")
+
+
+def _dry(project: Project, monkeypatch, *, batch: bool, onto: str = "v2") -> list[tuple]:
+    monkeypatch.setattr(rebasing, "BATCH_REPLAY", batch)
+    rep = rebasing.rebase(project.settings, "up", onto=onto, dry_run=True)
+    return [(r["patch"], r["status"], r["commit"], r["detail"], r["files"],
+             r["conflicts"]) for r in rep.rows]
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return make_series_project(tmp_path)
+
+
+def test_batched_dry_run_equals_the_per_patch_dry_run(project, monkeypatch, tmp_path):
+    """Every kind of patch, a conflict in the middle: the same rows, commits, details, files
+    and conflicts as one patch at a time; the batched run replays with one ``rebase -i`` and
+    a ``--skip`` per stop, and asks ``apply --check`` only where the change moved."""
+    per_patch = _dry(project, monkeypatch, batch=False)
+    assert [r[1] for r in per_patch] == EXPECTED
+    log = _git_logger(tmp_path, monkeypatch)
+    batched = _dry(project, monkeypatch, batch=True)
+    assert batched == per_patch
+    assert _calls(log, "cherry-pick") == 0
+    assert _calls(log, "rebase") == 3               # rebase -i, --skip after the 2 stops
+    assert _calls(log, "apply") == 2                # the anchored hunk, the closer hunks
+    conflict = batched[2]
+    assert conflict[4] == ["c.c"] and "CONFLICT (content)" in conflict[3]
+
+
+def test_the_batched_dry_run_changes_nothing(project, monkeypatch):
+    """Series files, pin, work tree, branch and record stay as they were; no scratch tree or
+    rebase state is left."""
+    pq.patch(project.settings, ["up"])
+    tree = project.tree
+    before = (g(tree, "rev-parse", "HEAD", "askbuild/patched"),
+              project.settings.sources_file.read_bytes(),
+              project.settings.patch_record("up").read_bytes())
+    _dry(project, monkeypatch, batch=True)
+    after = (g(tree, "rev-parse", "HEAD", "askbuild/patched"),
+             project.settings.sources_file.read_bytes(),
+             project.settings.patch_record("up").read_bytes())
+    assert after == before
+    assert g(tree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert g(tree, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+
+
+def test_the_commits_inv_patch_recorded_are_reused(project, monkeypatch, tmp_path):
+    """After ``inv patch`` the dry run replays the recorded commits (no ``git am``), with the
+    rows of a dry run that applies the series again; a record whose commits are not in the
+    tree is not trusted (the series is applied again, same rows)."""
+    fresh = _dry(project, monkeypatch, batch=True)
+    pq.patch(project.settings, ["up"])
+    log = _git_logger(tmp_path, monkeypatch)
+    assert _dry(project, monkeypatch, batch=True) == fresh
+    assert _calls(log, "am") == 0
+    record = project.settings.patch_record("up")
+    text = record.read_text()
+    head = pq.tree_state(project.settings, "up")["head"]
+    record.write_text(text.replace(head, "0" * 40))
+    log.unlink()
+    assert _dry(project, monkeypatch, batch=True) == fresh
+    assert _calls(log, "am") == 1
+
+
+def test_a_later_base_gives_the_same_rows_both_ways(project, monkeypatch):
+    """Onto v1 itself (every patch applies where it was written) both ways agree too, and
+    every patch is clean with the commit ``inv patch`` made."""
+    pq.patch(project.settings, ["up"])
+    batched = _dry(project, monkeypatch, batch=True, onto="v1")
+    assert batched == _dry(project, monkeypatch, batch=False, onto="v1")
+    made = [p["commits"][-1] for p in pq.tree_state(project.settings, "up")["patches"]]
+    assert [(r[1], r[2]) for r in batched] == [("clean", c) for c in made]
+
+
+def test_the_users_rebase_settings_and_editor_change_nothing(project, monkeypatch, tmp_path):
+    """A user whose environment names a sequence editor that fails, and whose git config
+    abbreviates todo commands, squashes ``fixup!`` commits and checks for missing ones, gets
+    the rows the per-patch replay gives."""
+    per_patch = _dry(project, monkeypatch, batch=False)
+    config = tmp_path / "user.gitconfig"
+    config.write_text("[rebase]\n\tabbreviateCommands = true\n\tautoSquash = true\n"
+                      "\tmissingCommitsCheck = error\n\tinstructionFormat = %s%n\n"
+                      "\tupdateRefs = true\n[sequence]\n\teditor = false\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("GIT_SEQUENCE_EDITOR", "false")
+    assert _dry(project, monkeypatch, batch=True) == per_patch
