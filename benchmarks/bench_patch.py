@@ -1,10 +1,23 @@
-"""Patch queue speed (issue 9 item 4): ``inv patch`` (the engine call and the CLI) and
-``inv rebase --dry-run`` against plain ``git am -3`` of the same series onto the same commit,
-measured in the same run, for a 5-patch and a generated 300-patch series (``--quick``: 5 and
-50).  Target: within 1.5x of ``git am -3``.  The engine rows are measured in-process (for 5
-patches Python's own start-up alone is more than 1.5x of ``git am -3``); the CLI rows include
-it.  One more engine row forces the batched ``git am`` (:data:`askbuild.patchqueue.apply.BATCH`,
-off by default for work trees) to show what it would give.
+"""Patch queue speed (issue 9 item 4): ``inv patch`` and ``inv rebase --dry-run`` against
+plain ``git am -3`` of the same series onto the same commit, measured in the same run (the
+rounds of the engine and dry-run rows interleaved with their anchor's), for a 5-patch and a
+generated 300-patch series (``--quick``: 5 and 50).  Target: within 1.5x of ``git am -3``.
+
+Rows per series:
+
+* the engine (``patchqueue.patch`` in-process, no Python start-up) as shipped
+  (:data:`askbuild.patchqueue.apply.BATCH`: a run of mails through one ``git am``): the row
+  the target is about;
+* the same with ``BATCH = False`` (one ``git am -3`` per patch), for comparison (the shipped
+  value is restored after it);
+* the CLI through ``python -m askbuild`` (what ``./run`` runs) and through ``inv``: they
+  include Python's and the CLI's start-up (informational);
+* the dry run (``rebasing.rebase(dry_run=True)`` in-process) onto ``v2`` after ``inv patch``
+  (its recorded commits are reused), and without a patch record (the old series is applied
+  again in the scratch tree first).
+
+The notes give the git processes one run spawns (a logging ``git`` first on PATH, outside the
+timed rounds).
 
     .venv/bin/python -m benchmarks.bench_patch [--rounds 5] [--quick]
 
@@ -38,6 +51,7 @@ from askbuild.patchqueue import apply as pq_apply  # noqa: E402
 
 TARGET = 1.5
 INV = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
+ASKBUILD = [sys.executable, "-m", "askbuild"]
 
 
 def _median(fn, rounds: int, before=None) -> float:
@@ -68,8 +82,8 @@ def _add_v2(project: pf.Project) -> None:
     pf.g(work, "push", "-q", "origin", "HEAD:refs/heads/main", "v2")
 
 
-def _git_am_anchor(project: pf.Project, onto: str, rounds: int) -> float:
-    """Median of plain ``git am -3`` of the series files onto ``onto`` in a clone."""
+def _git_am_anchor(project: pf.Project, onto: str):
+    """Plain ``git am -3`` of the series files onto ``onto`` in a clone: (run, reset)."""
     clone = project.root.parent / "anchor"
     if not clone.exists():
         pf.g(project.root.parent, "clone", "-q", "--", str(project.upstream.bare), str(clone))
@@ -85,7 +99,17 @@ def _git_am_anchor(project: pf.Project, onto: str, rounds: int) -> float:
     def am() -> None:
         subprocess.run(["git", "-C", str(clone), "am", "-q", "-3", *files], check=True, env=env,
                        stdout=subprocess.DEVNULL)
-    return _median(am, rounds, reset)
+    return am, reset
+
+
+def _paired(fn, before, anchor, anchor_before, rounds: int) -> tuple[float, float]:
+    """Medians of ``fn`` and of its anchor, their rounds interleaved (on a shared machine the
+    load then weighs on both alike)."""
+    mine, theirs = [], []
+    for _ in range(rounds):
+        mine.append(_median(fn, 1, before))
+        theirs.append(_median(anchor, 1, anchor_before))
+    return statistics.median(mine), statistics.median(theirs)
 
 
 def _row(measure: str, s: float, a: float, anchor: str, notes: str) -> dict:
@@ -93,6 +117,43 @@ def _row(measure: str, s: float, a: float, anchor: str, notes: str) -> dict:
     return {"measure": measure, "askbuild_s": round(s, 4), "anchor": anchor,
             "anchor_s": round(a, 4), "ratio": round(ratio, 2), "target": f"<= {TARGET}x",
             "met": bool(a) and ratio <= TARGET, "notes": notes}
+
+
+@contextlib.contextmanager
+def _git_log(tmp: Path):
+    """A ``git`` first on PATH that logs each call (then runs the real git): yields the log."""
+    real = shutil.which("git")
+    bindir = tmp / "git-log-bin"
+    bindir.mkdir(exist_ok=True)
+    log = tmp / "git.log"
+    wrapper = bindir / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    log.unlink(missing_ok=True)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = f"{bindir}{os.pathsep}{old}"
+    try:
+        yield log
+    finally:
+        os.environ["PATH"] = old
+
+
+def _git_processes(fn, tmp: Path) -> int:
+    """How many git processes one call of ``fn`` spawns."""
+    with _git_log(tmp) as log:
+        fn()
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def _cli_env(project: pf.Project, tmp: Path) -> dict:
+    """Plain output, the project root, and bytecode compiled once into a private prefix (an
+    inherited ``PYTHONDONTWRITEBYTECODE`` would compile askbuild from source on every run)."""
+    env = dict(os.environ, CI="true", ASKBUILD_PLAIN="1", ASKBUILD_PROJECT_ROOT=str(project.root),
+               PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "askbuild"),
+                    str(ROOT / "tasks.py")], env=env, check=True, capture_output=True)
+    return env
 
 
 def _measure_series(n: int, rounds: int, tmp: Path) -> list[dict]:
@@ -104,35 +165,56 @@ def _measure_series(n: int, rounds: int, tmp: Path) -> list[dict]:
     def unpatched() -> None:
         record.unlink(missing_ok=True)
 
-    anchor_v1 = _git_am_anchor(project, "v1", rounds)
-    engine = _median(_quiet(lambda: patchqueue.patch(settings, ["up"])), rounds, unpatched)
-    pq_apply.BATCH = True
-    try:
-        batched = _median(_quiet(lambda: patchqueue.patch(settings, ["up"])), rounds, unpatched)
-    finally:
-        pq_apply.BATCH = False
-    env = dict(os.environ, CI="true", ASKBUILD_PLAIN="1", ASKBUILD_PROJECT_ROOT=str(project.root))
-    cli_args = [*INV, "patch", "--source", "up", "--work-dir", str(settings.work_dir),
-                "--cache-dir", str(settings.cache_dir)]
-
-    def cli() -> None:
-        subprocess.run(cli_args, env=env, check=True, capture_output=True, cwd=ROOT)
-    cli_s = _median(cli, rounds, unpatched)
+    patch = _quiet(lambda: patchqueue.patch(settings, ["up"]))
     dry = _quiet(lambda: rebasing.rebase(settings, "up", onto="v2", dry_run=True))
+    am_v1, at_v1 = _git_am_anchor(project, "v1")
+    shipped = pq_apply.BATCH
+    engine, anchor_v1 = _paired(patch, unpatched, am_v1, at_v1, rounds)
+    unpatched()
+    engine_git = _git_processes(patch, tmp)
+    try:
+        pq_apply.BATCH = False
+        unpatched()
+        per_patch_git = _git_processes(patch, tmp)
+        per_patch = _median(patch, rounds, unpatched)
+    finally:
+        pq_apply.BATCH = shipped
+    env = _cli_env(project, tmp)
+    common = ["patch", "--source", "up", "--work-dir", str(settings.work_dir),
+              "--cache-dir", str(settings.cache_dir)]
+
+    def cli(entry: list[str]):
+        def run() -> None:
+            subprocess.run([*entry, *common], env=env, check=True, capture_output=True,
+                           cwd=ROOT)
+        return run
+    cli_fast = _median(cli(ASKBUILD), rounds, unpatched)
+    cli_inv = _median(cli(INV), rounds, unpatched)
+    patch()                                     # the record the dry run reuses
     dry()                                       # warm: v2 into the cache repository
-    dry_s = _median(dry, rounds)
-    anchor_v2 = _git_am_anchor(project, "v2", rounds)
+    dry_git = _git_processes(dry, tmp)
+    am_v2, at_v2 = _git_am_anchor(project, "v2")
+    dry_s, anchor_v2 = _paired(dry, None, am_v2, at_v2, rounds)
+    unpatched()
+    dry_fresh_git = _git_processes(dry, tmp)
+    dry_fresh = _median(dry, rounds, unpatched)
     what = f"{n} patches"
     return [
         _row(f"inv patch, {what} (engine)", engine, anchor_v1, "git am -3",
-             "series re-applied, in-process (no Python start-up), one git am per patch"),
-        _row(f"inv patch, {what} (engine, batched git am: off by default)", batched, anchor_v1,
-             "git am -3", "apply.BATCH forced on: one git am for the run of mails"),
-        _row(f"inv patch, {what} (CLI)", cli_s, anchor_v1, "git am -3",
-             "includes Python + invoke start-up"),
+             f"in-process (no Python start-up), as shipped: one git am for the run of mails; "
+             f"{engine_git} git processes"),
+        _row(f"inv patch, {what} (engine, one git am per patch)", per_patch, anchor_v1,
+             "git am -3", f"apply.BATCH = False, for comparison; {per_patch_git} git processes"),
+        _row(f"askbuild patch, {what} (CLI)", cli_fast, anchor_v1, "git am -3",
+             "python -m askbuild (what ./run runs): includes Python start-up"),
+        _row(f"inv patch, {what} (CLI)", cli_inv, anchor_v1, "git am -3",
+             "includes Python + Invoke start-up"),
         _row(f"inv rebase --dry-run, {what} (engine)", dry_s, anchor_v2, "git am -3 onto v2",
-             "scratch worktree, old series re-applied with one git am, replay one "
-             "cherry-pick per patch"),
+             "after inv patch: its recorded commits replayed with one git rebase -i in a "
+             f"scratch worktree (fetch of v2 included); {dry_git} git processes"),
+        _row(f"inv rebase --dry-run, {what} (engine, no patch record)", dry_fresh, anchor_v2,
+             "git am -3 onto v2", "the old series applied again (one git am) before the "
+             f"replay; {dry_fresh_git} git processes"),
     ]
 
 
@@ -156,8 +238,9 @@ def main() -> None:
     if args.quick:
         args.rounds = min(args.rounds, 3)
     for r in measure(args):
-        print(f"{r['measure']:45} {r['askbuild_s']:8.3f}s  {r['anchor']:18} "
-              f"{r['anchor_s']:8.3f}s  {r['ratio']:5.2f}x  {'met' if r['met'] else 'NOT met'}")
+        print(f"{r['measure']:58} {r['askbuild_s']:8.3f}s  {r['anchor']:18} "
+              f"{r['anchor_s']:8.3f}s  {r['ratio']:5.2f}x  {'met' if r['met'] else 'NOT met'}"
+              f"  ({r['notes']})")
 
 
 if __name__ == "__main__":
