@@ -22,7 +22,9 @@ the fault suite (tests/test_faults_patch.py).
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,3 +300,23 @@ def make_long_project(tmp: Path, n: int = 150, *, with_tree: bool = True) -> Pro
     if with_tree:
         make_tree(settings, "up", up.url, up.v1)
     return Project(root, settings, up)
+
+
+def git_logger(tmp: Path, monkeypatch) -> Path:
+    """A ``git`` first on PATH that logs each call's arguments, then runs the real git: the
+    log file (tests count git processes with :func:`git_calls`)."""
+    real = next(Path(d) / "git" for d in os.environ["PATH"].split(os.pathsep)
+                if (Path(d) / "git").is_file())
+    bindir, log = tmp / "bin", tmp / "git.log"
+    bindir.mkdir()
+    wrapper = bindir / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def git_calls(log: Path, word: str) -> int:
+    """How many logged git calls have ``word`` among their arguments."""
+    text = log.read_text() if log.exists() else ""
+    return sum(1 for ln in text.splitlines() if f" {word} " in f" {ln} ")

@@ -7,32 +7,11 @@ the batching really happens (a ``git`` wrapper on PATH logs every call).
 
 from __future__ import annotations
 
-import os
-import stat
-from pathlib import Path
-
 import pytest
-from patchfixtures import make_project
+from patchfixtures import git_calls, git_logger, make_project
 
 from askbuild import rebasing
 from askbuild.errors import PatchFailed
-
-
-def _git_logger(tmp: Path, monkeypatch) -> Path:
-    """A ``git`` first on PATH that logs each call's arguments, then runs the real git."""
-    real = next(Path(d) / "git" for d in os.environ["PATH"].split(os.pathsep)
-                if (Path(d) / "git").is_file())
-    bindir, log = tmp / "bin", tmp / "git.log"
-    bindir.mkdir()
-    wrapper = bindir / "git"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    return log
-
-
-def _calls(log: Path, word: str) -> int:
-    return sum(1 for ln in log.read_text().splitlines() if f" {word} " in f" {ln} ")
 
 
 def test_dry_run_predicts_the_commits_the_rebase_makes(tmp_path, monkeypatch):
@@ -42,12 +21,12 @@ def test_dry_run_predicts_the_commits_the_rebase_makes(tmp_path, monkeypatch):
     conflict, the patch already upstream), and asks ``git apply --check`` only for the three
     patches whose change moved (3-way)."""
     project = make_project(tmp_path)
-    log = _git_logger(tmp_path, monkeypatch)
+    log = git_logger(tmp_path, monkeypatch)
     dry = rebasing.rebase(project.settings, "up", onto="v2", dry_run=True)
-    assert _calls(log, "cherry-pick") == 0
-    assert _calls(log, "rebase") == 3              # rebase -i, then --skip after each stop
-    assert _calls(log, "apply") == 3
-    assert _calls(log, "diff-tree") == 3           # old patches, new patches, files of both
+    assert git_calls(log, "cherry-pick") == 0
+    assert git_calls(log, "rebase") == 3              # rebase -i, then --skip after each stop
+    assert git_calls(log, "apply") == 3
+    assert git_calls(log, "diff-tree") == 3           # old patches, new patches, files of both
     with pytest.raises(PatchFailed):
         rebasing.rebase(project.settings, "up", onto="v2")
     real = rebasing.rebase(project.settings, "up", skip=True)

@@ -10,28 +10,13 @@ after the run are those of a first run.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import pytest
-from patchfixtures import DEV, Project, commit_all, g, make_project
+from patchfixtures import DEV, Project, commit_all, g, git_logger, make_project
 
 from askbuild import patchqueue as pq
 from askbuild.errors import DirtyTreeError
-
-
-def _git_logger(tmp: Path, monkeypatch) -> Path:
-    """A ``git`` first on PATH that logs each call's arguments, then runs the real git."""
-    real = next(Path(d) / "git" for d in os.environ["PATH"].split(os.pathsep)
-                if (Path(d) / "git").is_file())
-    bindir, log = tmp / "bin", tmp / "git.log"
-    bindir.mkdir()
-    wrapper = bindir / "git"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    return log
 
 
 def _words(log: Path) -> list[str]:
@@ -63,7 +48,7 @@ def test_a_repatch_asks_each_question_once_and_gives_the_first_runs_result(proje
     first = pq.tree_state(settings, "up")
     head = g(project.tree, "rev-parse", "askbuild/patched")
     settings.patch_record("up").unlink()
-    log = _git_logger(tmp_path, monkeypatch)
+    log = git_logger(tmp_path, monkeypatch)
     pq.patch(settings, ["up"])
     words = _words(log)
     assert words.count("cat-file") == 1 and words.count("status") == 1

@@ -12,8 +12,6 @@ base, the dry run reuses its commits (no ``git am``) with the same result.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,8 @@ from patchfixtures import (
     Upstream,
     commit_all,
     g,
+    git_calls,
+    git_logger,
     lines,
     make_tree,
     put,
@@ -111,22 +111,6 @@ def make_series_project(tmp: Path) -> Project:
     return Project(root, settings, up)
 
 
-def _git_logger(tmp: Path, monkeypatch) -> Path:
-    """A ``git`` first on PATH that logs each call's arguments, then runs the real git."""
-    real = next(Path(d) / "git" for d in os.environ["PATH"].split(os.pathsep)
-                if (Path(d) / "git").is_file())
-    bindir, log = tmp / "bin", tmp / "git.log"
-    bindir.mkdir()
-    wrapper = bindir / "git"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    return log
-
-
-def _calls(log: Path, word: str) -> int:
-    text = log.read_text() if log.exists() else ""
-    return sum(1 for ln in text.splitlines() if f" {word} " in f" {ln} ")
 
 
 def _dry(project: Project, monkeypatch, *, batch: bool, onto: str = "v2") -> list[tuple]:
@@ -147,12 +131,12 @@ def test_batched_dry_run_equals_the_per_patch_dry_run(project, monkeypatch, tmp_
     a ``--skip`` per stop, and asks ``apply --check`` only where the change moved."""
     per_patch = _dry(project, monkeypatch, batch=False)
     assert [r[1] for r in per_patch] == EXPECTED
-    log = _git_logger(tmp_path, monkeypatch)
+    log = git_logger(tmp_path, monkeypatch)
     batched = _dry(project, monkeypatch, batch=True)
     assert batched == per_patch
-    assert _calls(log, "cherry-pick") == 0
-    assert _calls(log, "rebase") == 3               # rebase -i, --skip after the 2 stops
-    assert _calls(log, "apply") == 2                # the anchored hunk, the closer hunks
+    assert git_calls(log, "cherry-pick") == 0
+    assert git_calls(log, "rebase") == 3               # rebase -i, --skip after the 2 stops
+    assert git_calls(log, "apply") == 2                # the anchored hunk, the closer hunks
     conflict = batched[2]
     assert conflict[4] == ["c.c"] and "CONFLICT (content)" in conflict[3]
 
@@ -181,16 +165,16 @@ def test_the_commits_inv_patch_recorded_are_reused(project, monkeypatch, tmp_pat
     tree is not trusted (the series is applied again, same rows)."""
     fresh = _dry(project, monkeypatch, batch=True)
     pq.patch(project.settings, ["up"])
-    log = _git_logger(tmp_path, monkeypatch)
+    log = git_logger(tmp_path, monkeypatch)
     assert _dry(project, monkeypatch, batch=True) == fresh
-    assert _calls(log, "am") == 0
+    assert git_calls(log, "am") == 0
     record = project.settings.patch_record("up")
     text = record.read_text()
     head = pq.tree_state(project.settings, "up")["head"]
     record.write_text(text.replace(head, "0" * 40))
     log.unlink()
     assert _dry(project, monkeypatch, batch=True) == fresh
-    assert _calls(log, "am") == 1
+    assert git_calls(log, "am") == 1
 
 
 def test_a_later_base_gives_the_same_rows_both_ways(project, monkeypatch):
