@@ -122,6 +122,13 @@ def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+#: git commands that only read (or, like ``update-ref``, change one thing atomically under a
+#: lock) and end by themselves: started the cheap way (:func:`askbuild.procs.popen` ``quick``).
+QUICK = frozenset({"cat-file", "status", "log", "rev-list", "rev-parse", "ls-files", "ls-tree",
+                   "symbolic-ref", "show-ref", "for-each-ref", "merge-base", "diff-tree",
+                   "update-ref", "var", "version"})
+
+
 def git(
     args: Sequence[str],
     *,
@@ -141,6 +148,7 @@ def git(
         text = False
     proc = procs.run(
         cmd, cwd=cwd, env=base_env(env), input=input, capture_output=True, text=text,
+        quick=bool(args) and args[0] in QUICK,
         **({} if input is not None else {"stdin": subprocess.DEVNULL}),
     )
     if check and proc.returncode != 0:

@@ -121,6 +121,24 @@ def test_sigterm_stops_the_run_and_its_children_at_once(fetched, tmp_path):
     assert not any(faults.group_alive(g) for g in children), "a child survived SIGTERM"
 
 
+@pytest.mark.parametrize("quick", [False, True])
+def test_children_start_with_no_signal_held_back_and_are_stopped_by_terminate_all(quick):
+    """A child started the cheap way (``quick``: vfork, no PDEATHSIG) is still registered,
+    and neither kind inherits the SIGINT/SIGTERM mask askbuild holds while it starts one."""
+    from askbuild import procs
+    proc = procs.popen(["sleep", "300"], quick=quick)
+    try:
+        status = dict(ln.split(":\t", 1) for ln in
+                      open(f"/proc/{proc.pid}/status").read().splitlines() if ":\t" in ln)
+        assert int(status["SigBlk"], 16) == 0, status["SigBlk"]
+        t0 = time.monotonic()
+        procs.terminate_all()
+        assert proc.poll() == -signal.SIGTERM and time.monotonic() - t0 < 1
+    finally:
+        procs.kill_group(proc, signal.SIGKILL)
+        procs.forget(proc)
+
+
 def test_sigint_exits_130_without_a_traceback(fetched, tmp_path):
     proc = _start_sleeping_verb(fetched, tmp_path)
     time.sleep(1.0)

@@ -203,7 +203,10 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         settings.patch_record(source.name).unlink(missing_ok=True)
         record = apply_queue(tree, base, inputs, source=source.name, report=report,
                              branch=None, settings=settings, detached_at=detached)
-        gitutil.git(["checkout", "-q", "-B", PATCHED, record["head"]], cwd=tree)
+        # (= checkout -B PATCHED HEAD: the tree is at the head already; two quick processes)
+        gitutil.git(["update-ref", "-m", "askbuild: patch", PATCHED_REF, record["head"]],
+                    cwd=tree)
+        gitutil.git(["symbolic-ref", "HEAD", PATCHED_REF], cwd=tree)
         record = layers_with_empty(record, layers)
         write_json_atomic(settings.patch_record(source.name), record)
     settings.failed_patch_record(source.name).unlink(missing_ok=True)
