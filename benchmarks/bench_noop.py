@@ -67,13 +67,9 @@ def _not_measured(measure: str, anchor: float, why: str) -> dict:
 
 def _git_counter(tmp: Path, env: dict) -> tuple[dict, Path]:
     """``env`` with a ``git`` first on PATH that logs each call to the returned file."""
-    bindir = tmp / "gitlog-bin"
-    bindir.mkdir(exist_ok=True)
-    log = tmp / "git-calls.log"
-    wrapper = bindir / "git"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which("git")} "$@"\n')
-    wrapper.chmod(0o755)
-    return {**env, "PATH": f"{bindir}:{env['PATH']}"}, log
+    from patchfixtures import logging_git
+    path, log = logging_git(tmp, env["PATH"])
+    return {**env, "PATH": path}, log
 
 
 def _git_calls(cmd: list[str], env: dict, log: Path) -> int:

@@ -122,16 +122,8 @@ def _row(measure: str, s: float, a: float, anchor: str, notes: str) -> dict:
 @contextlib.contextmanager
 def _git_log(tmp: Path):
     """A ``git`` first on PATH that logs each call (then runs the real git): yields the log."""
-    real = shutil.which("git")
-    bindir = tmp / "git-log-bin"
-    bindir.mkdir(exist_ok=True)
-    log = tmp / "git.log"
-    wrapper = bindir / "git"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
-    wrapper.chmod(0o755)
-    log.unlink(missing_ok=True)
     old = os.environ["PATH"]
-    os.environ["PATH"] = f"{bindir}{os.pathsep}{old}"
+    os.environ["PATH"], log = pf.logging_git(tmp)
     try:
         yield log
     finally:

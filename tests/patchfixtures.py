@@ -211,6 +211,11 @@ def _template(kinds: list[str] | None) -> tuple[Path, Upstream]:
 def make_project(tmp: Path, *, kinds: list[str] | None = None, with_tree: bool = True
                  ) -> Project:
     base, tup = _template(kinds)
+    return _project_from(base, tup, tmp, with_tree)
+
+
+def _project_from(base: Path, tup: Upstream, tmp: Path, with_tree: bool) -> Project:
+    """A project in ``tmp`` from a template (``base``: its upstreams and series)."""
     shutil.copytree(base / "upstreams", tmp / "upstreams", symlinks=True)
     bare = tmp / "upstreams" / tup.bare.name
     up = Upstream(bare, f"file://{bare}", tup.v1, tup.v2)
@@ -289,30 +294,29 @@ def make_long_project(tmp: Path, n: int = 150, *, with_tree: bool = True) -> Pro
         (sdir / "series").write_text("".join(f"{name}\n" for name in names))
         _TEMPLATES[key] = (base, Upstream(bare, f"file://{bare}", v1, v1))
     base, tup = _TEMPLATES[key]
-    shutil.copytree(base / "upstreams", tmp / "upstreams", symlinks=True)
-    bare = tmp / "upstreams" / tup.bare.name
-    up = Upstream(bare, f"file://{bare}", tup.v1, tup.v2)
-    root = tmp / "project"
-    write_sources(root, {"up": (up.url, "v1", up.v1)})
-    (root / "recipes" / "patches.toml").write_text('[up]\nlocal = ["patches/up"]\n')
-    settings = Settings(project_root=root, work_dir=tmp / "work", cache_dir=tmp / "cache")
-    shutil.copytree(base / "series", root / "patches" / "up")
-    if with_tree:
-        make_tree(settings, "up", up.url, up.v1)
-    return Project(root, settings, up)
+    return _project_from(base, tup, tmp, with_tree)
+
+
+def logging_git(tmp: Path, path: str | None = None, body: str = "") -> tuple[str, Path]:
+    """A ``git`` (in a new directory under ``tmp``) that logs each call's arguments, then runs
+    ``body`` (shell, ``$REAL`` the real git found on ``path``, default ``$PATH``; default body:
+    exec the real git): that ``path`` with the wrapper first, and the log file (tests count git
+    processes with :func:`git_calls`; the benchmarks too)."""
+    path = os.environ["PATH"] if path is None else path
+    real = next(Path(d) / "git" for d in path.split(os.pathsep) if (Path(d) / "git").is_file())
+    bindir = Path(tempfile.mkdtemp(prefix="git-log-", dir=tmp))
+    log = bindir / "git.log"
+    wrapper = bindir / "git"
+    wrapper.write_text(f'#!/bin/sh\nREAL="{real}"\necho "$*" >> "{log}"\n'
+                       + (body or 'exec "$REAL" "$@"\n'))
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return f"{bindir}{os.pathsep}{path}", log
 
 
 def git_logger(tmp: Path, monkeypatch) -> Path:
-    """A ``git`` first on PATH that logs each call's arguments, then runs the real git: the
-    log file (tests count git processes with :func:`git_calls`)."""
-    real = next(Path(d) / "git" for d in os.environ["PATH"].split(os.pathsep)
-                if (Path(d) / "git").is_file())
-    bindir, log = tmp / "bin", tmp / "git.log"
-    bindir.mkdir()
-    wrapper = bindir / "git"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{real}" "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    """:func:`logging_git` first on the test's ``PATH``: the log file."""
+    path, log = logging_git(tmp)
+    monkeypatch.setenv("PATH", path)
     return log
 
 

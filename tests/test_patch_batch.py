@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import faults
 import pytest
-from patchfixtures import Project, g, make_long_project, make_project
+from patchfixtures import Project, g, logging_git, make_long_project, make_project
 
 from askbuild import gitutil, rebasing
 from askbuild import patchqueue as pq
@@ -68,17 +67,9 @@ def _queue(project: Project, base: str, *, batch: bool) -> tuple[list[dict], dic
 
 
 def _git_logger(tmp: Path, monkeypatch, body: str = "") -> Path:
-    """A ``git`` first on PATH that logs each call's arguments (then runs ``body``, shell,
-    with ``$REAL`` the real git; default: exec the real git)."""
-    real = next(Path(d) / "git" for d in os.environ["PATH"].split(os.pathsep)
-                if (Path(d) / "git").is_file())
-    bindir, log = tmp / "bin", tmp / "git.log"
-    bindir.mkdir()
-    wrapper = bindir / "git"
-    wrapper.write_text(f'#!/bin/sh\nREAL="{real}"\necho "$*" >> "{log}"\n'
-                       + (body or 'exec "$REAL" "$@"\n'))
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    """:func:`patchfixtures.logging_git` first on the test's PATH (running ``body``)."""
+    path, log = logging_git(tmp, body=body)
+    monkeypatch.setenv("PATH", path)
     return log
 
 
