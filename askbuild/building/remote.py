@@ -366,33 +366,39 @@ class RemoteCache:
                              f"{e.message}; building locally"
                              + (f" (fix: {e.fix})" if e.fix else ""))
 
+    @contextlib.contextmanager
+    def _layout(self, name: str, key: str):
+        """(tag, location, scratch layout dir) of ``name``/``key``; the scratch goes after."""
+        tag = tag_for(name, key)
+        scratch = self._scratch()
+        try:
+            yield tag, self.location(tag), scratch / "l"
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
     def take(self, name: str, key: str) -> Pulled | None:
         """The verified artifact of ``name``/``key``, or None (absent, refused with a
         warning, or the remote is down)."""
         if self.down is not None:
             return None
-        tag = tag_for(name, key)
-        loc = self.location(tag)
-        scratch = self._scratch()
-        try:
+        with self._layout(name, key) as (tag, loc, layout):
             try:
-                self.client.copy(self.repo.with_tag(tag).docker(), f"oci:{scratch / 'l'}:{tag}",
-                                 what=f"take {name} from {loc}", src_remote=True)
-            except RegistryError as e:
-                if e.kind == "absent":
+                try:
+                    self.client.copy(self.repo.with_tag(tag).docker(), f"oci:{layout}:{tag}",
+                                     what=f"take {name} from {loc}", src_remote=True)
+                except RegistryError as e:
+                    if e.kind == "absent":
+                        return None
+                    if e.kind == "tampered":
+                        raise Unusable(e.message) from None
+                    self._unreachable(e)
                     return None
-                if e.kind == "tampered":
-                    raise Unusable(e.message) from None
-                self._unreachable(e)
+                digest, config, layer = verify_layout(layout, name=name, key=key)
+                return Pulled(loc, digest, config, layer)
+            except Unusable as e:
+                console.warn(f"refusing the shared build cache's artifact of {name} (key {key}) "
+                             f"at {loc}: {e}; building {name} locally")
                 return None
-            digest, config, layer = verify_layout(scratch / "l", name=name, key=key)
-            return Pulled(loc, digest, config, layer)
-        except Unusable as e:
-            console.warn(f"refusing the shared build cache's artifact of {name} (key {key}) "
-                         f"at {loc}: {e}; building {name} locally")
-            return None
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     def has(self, name: str, key: str) -> bool | None:
         """Whether the remote holds ``name``/``key`` (None when it cannot be asked)."""
@@ -410,22 +416,18 @@ class RemoteCache:
         said why)."""
         if self.down is not None:
             return None
-        tag = tag_for(name, key)
-        loc = self.location(tag)
-        scratch = self._scratch()
-        try:
-            digest = write_layout(scratch / "l", name=name, key=key, tag=tag, entries=entries)
-            self.client.copy(f"oci:{scratch / 'l'}:{tag}", self.repo.with_tag(tag).docker(),
-                             what=f"upload {name} to {loc}", dest_remote=True, retries=1)
-            return digest
-        except (RegistryError, OSError, AskbuildError) as e:
-            msg = e.message if isinstance(e, AskbuildError) else str(e)
-            console.warn(f"could not upload {name} (key {key}) to {loc}: {msg}; the local "
-                         "build is unaffected")
-            if isinstance(e, RegistryError) and e.kind in ("unreachable", "auth",
-                                                            "plain-http", "tls"):
-                with self.lock:
-                    self.down = self.down or e.message
-            return None
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        with self._layout(name, key) as (tag, loc, layout):
+            try:
+                digest = write_layout(layout, name=name, key=key, tag=tag, entries=entries)
+                self.client.copy(f"oci:{layout}:{tag}", self.repo.with_tag(tag).docker(),
+                                 what=f"upload {name} to {loc}", dest_remote=True, retries=1)
+                return digest
+            except (RegistryError, OSError, AskbuildError) as e:
+                msg = e.message if isinstance(e, AskbuildError) else str(e)
+                console.warn(f"could not upload {name} (key {key}) to {loc}: {msg}; the local "
+                             "build is unaffected")
+                if isinstance(e, RegistryError) and e.kind in ("unreachable", "auth",
+                                                                "plain-http", "tls"):
+                    with self.lock:
+                        self.down = self.down or e.message
+                return None
