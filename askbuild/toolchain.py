@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,13 +112,33 @@ def tools_error(missing: list[str], who: str = "") -> MissingToolError:
                             fix=f"inv setup   (or: apt-get install {pkgs})")
 
 
-def _first_line(cmd: list[str]) -> str:
-    try:
-        proc = procs.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    lines = (proc.stdout or proc.stderr).strip().splitlines()
-    return lines[0] if lines else ""
+def _first_lines(cmds: list[list[str]]) -> list[str]:
+    """The first output line of each command (\"\" when it cannot run), the commands run at
+    the same time (short read-only probes such as ``--version``: quick children)."""
+    started: list[subprocess.Popen | None] = []
+    for cmd in cmds:
+        try:
+            started.append(procs.popen(cmd, quick=True, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True))
+        except OSError:
+            started.append(None)
+    lines = []
+    for proc in started:
+        if proc is None:
+            lines.append("")
+            continue
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            procs.kill_group(proc, signal.SIGKILL)
+            proc.communicate()
+            out = err = ""
+        finally:
+            procs.forget(proc)
+        text = (out or err).strip().splitlines()
+        lines.append(text[0] if text else "")
+    return lines
 
 
 def package_versions(packages: list[str]) -> dict[str, str]:
@@ -125,7 +146,7 @@ def package_versions(packages: list[str]) -> dict[str, str]:
     if not packages or not shutil.which("dpkg-query"):
         return {}
     proc = procs.run(["dpkg-query", "-W", "-f=${binary:Package} ${Version}\n", "--",
-                      *packages], capture_output=True, text=True)
+                      *packages], capture_output=True, text=True, quick=True)
     out = {}
     for line in proc.stdout.splitlines():
         name, _, version = line.partition(" ")
@@ -165,7 +186,8 @@ def check_compiler(settings: Settings) -> Toolchain:
     if missing:
         raise MissingToolError(f"cross compiler {missing}", fix=compiler_fix(settings))
     gcc = str(shutil.which(settings.cross_gcc))
-    proc = procs.run([gcc, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True)
+    proc = procs.run([gcc, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True,
+                     quick=True)
     version = proc.stdout.strip()
     m = re.match(r"(\d+)\.(\d+)", version)
     if proc.returncode != 0 or not m:
@@ -176,15 +198,15 @@ def check_compiler(settings: Settings) -> Toolchain:
             f"{gcc} is version {version}; askbuild needs GCC "
             f"{MIN_GCC[0]}.{MIN_GCC[1]} or newer",
             fix=compiler_fix(settings))
-    machine = procs.run([gcc, "-dumpmachine"], capture_output=True, text=True).stdout
+    machine = procs.run([gcc, "-dumpmachine"], capture_output=True, text=True,
+                        quick=True).stdout
     if not machine.strip().startswith("aarch64"):
         raise MissingToolError(f"{gcc} targets {machine.strip()!r}, not aarch64",
                                fix=f"set the prefix ({PREFIX_SETTING}) to an aarch64 "
                                    "toolchain")
     tc = Toolchain(prefix=prefix, gcc=gcc, gcc_version=version)
-    for tool in ("gcc", "g++", "ld", "ar"):
-        tc.versions[prefix + tool] = _first_line([prefix + tool, "--version"])
-    tc.versions["make"] = _first_line(["make", "--version"])
+    tools = [prefix + t for t in ("gcc", "g++", "ld", "ar")] + ["make"]
+    tc.versions.update(zip(tools, _first_lines([[t, "--version"] for t in tools]), strict=True))
     return tc
 
 
