@@ -3,7 +3,9 @@
 * cold build of the example-like userspace (cmm, dpa_app, fmc and their libraries) vs the
   critical-path bound max(longest component alone at full -j, sum of the components' CPU time /
   cores) -- the CPU time is that of every process the build waited for (``RUSAGE_CHILDREN``);
-  the longest component is rebuilt alone (its dependencies cached) to time it;
+  every component is rebuilt alone (its dependencies cached) to time it at full -j; a second
+  row takes the longest dependency chain (each component alone) instead of the longest
+  component, the bound no schedule can beat when components wait for each other;
 * a one-file edit of cmm (``cmm/src/rules.c``) rebuilt by ``inv build`` vs plain ``make`` of the
   same edit in a copy of the same build tree, with the recipe's own command and environment.
 
@@ -41,19 +43,40 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _cold(tmp: Path, jobs: int) -> tuple[float, float, float, str]:
-    """(wall s, CPU s of the build's processes, longest component alone s, its name)."""
+def _cold(tmp: Path, jobs: int) -> tuple[float, float, float, str, float, list[str]]:
+    """(wall s, CPU s of the build's processes, longest component alone s, its name, the
+    longest dependency chain with each component alone s, that chain).  Each component is
+    then rebuilt alone (its dependencies cached) to time it at full -j."""
     project = bf.make_project(tmp / "project")
     s = bf.settings_for(tmp, project, jobs=jobs)
     bf.make_fixture_sources(s)
     cpu0, t0 = _children_cpu(), time.perf_counter()
     man = building.build(s, bf.USERSPACE, prepare=False)
     wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
-    longest = max(man["components"], key=lambda n: man["components"][n]["duration_s"] or 0)
-    shutil.rmtree(s.out_tree(longest))
-    s.build_record(longest).unlink()
-    alone = building.build(s, [longest], prepare=False)["components"][longest]["duration_s"]
-    return wall, cpu, alone, longest
+    alone: dict[str, float] = {}
+    for name in man["components"]:
+        shutil.rmtree(s.out_tree(name))
+        s.build_record(name).unlink()
+        alone[name] = building.build(s, [name], prepare=False)["components"][name]["duration_s"]
+    longest = max(alone, key=alone.__getitem__)
+    depends = {n: r.depends for n, r in recipes.load(s).recipes.items() if n in alone}
+    chain_s, chain = _longest_chain(depends, alone)
+    return wall, cpu, alone[longest], longest, chain_s, chain
+
+
+def _longest_chain(depends: dict[str, list[str]], alone: dict[str, float]
+                   ) -> tuple[float, list[str]]:
+    """The dependency chain whose components, each alone, take longest: (seconds, names from
+    the first built to the last)."""
+    best: dict[str, tuple[float, list[str]]] = {}
+
+    def walk(n: str) -> tuple[float, list[str]]:
+        if n not in best:
+            before = max((walk(d) for d in depends.get(n, []) if d in alone),
+                         default=(0.0, []), key=lambda t: t[0])
+            best[n] = (before[0] + alone[n], [*before[1], n])
+        return best[n]
+    return max((walk(n) for n in alone), key=lambda t: t[0])
 
 
 def _edit(path: Path, n: int) -> None:
@@ -104,16 +127,25 @@ def measure(args) -> list[dict]:
     wall = statistics.median(c[0] for c in cold)
     bounds = [max(c[2], c[1] / jobs) for c in cold]
     bound = statistics.median(bounds)
-    longest = cold[0][3]
+    dag = statistics.median(max(c[4], c[1] / jobs) for c in cold)
+    longest, chain = cold[0][3], cold[0][5]
     t_ours, t_make = statistics.median(ours), statistics.median(theirs)
+    cpu_note = f"CPU {statistics.median(c[1] for c in cold):.2f}s on {jobs} cores"
     return [
         {"measure": f"cold fixture userspace build (-j{jobs})", "askbuild_s": round(wall, 3),
          "anchor": "max(longest component alone, CPU time / cores)",
          "anchor_s": round(bound, 3), "ratio": round(wall / bound, 2), "target": "<= 1.15x",
          "met": wall / bound <= 1.15,
          "notes": f"median of {cold_rounds}; longest component {longest} "
-                  f"{statistics.median(c[2] for c in cold):.2f}s alone, CPU "
-                  f"{statistics.median(c[1] for c in cold):.2f}s on {jobs} cores"},
+                  f"{statistics.median(c[2] for c in cold):.2f}s alone, {cpu_note}"},
+        {"measure": f"cold fixture userspace build (-j{jobs}), dependencies counted",
+         "askbuild_s": round(wall, 3),
+         "anchor": "max(longest dependency chain, each component alone; CPU time / cores)",
+         "anchor_s": round(dag, 3), "ratio": round(wall / dag, 2), "target": "<= 1.15x",
+         "met": wall / dag <= 1.15,
+         "notes": f"median of {cold_rounds}; chain {' -> '.join(chain)} "
+                  f"{statistics.median(c[4] for c in cold):.2f}s (no schedule can be shorter: "
+                  f"each waits for the one before); {cpu_note}"},
         {"measure": "one-file edit of cmm rebuilt", "askbuild_s": round(t_ours, 3),
          "anchor": "plain make of the same edit", "anchor_s": round(t_make, 3),
          "ratio": round(t_ours / t_make, 2), "target": "<= 2x", "met": t_ours / t_make <= 2,
