@@ -61,13 +61,17 @@ def _cpu() -> float:
 
 
 def _timed(fn, work: Path, rounds: int) -> tuple[float, float, str]:
-    """Median wall time and median CPU time of ``fn(dest)`` into a fresh ``dest``; the last
+    """Median wall time and median CPU time of ``fn(dest)`` into a fresh ``dest``, up to its
+    data on disk (``sync`` before and after: ``tar -x`` returns with its 1.3 GB still in the
+    page cache, whose write-back would otherwise slow the next measure down); the last
     result.  CPU time is in the notes: on a shared machine it moves less than wall time."""
     runs, cpus, result = [], [], ""
     for i in range(rounds):
         dest = work / f"r{i}"
+        os.sync()                   # (no write-back of an earlier run left to pay for)
         t, c = time.perf_counter(), _cpu()
         result = fn(dest)
+        os.sync()                   # (each pays for its own writes: tar -x returns before)
         runs.append(time.perf_counter() - t)
         cpus.append(_cpu() - c)
         shutil.rmtree(dest)
