@@ -147,6 +147,7 @@ PROGRAMS: dict[str, tuple[str, str, bool]] = {
     "taskset": ("util-linux", "fewer CPUs for one run (tests)", True),
     "tar": ("tar", "archives (tests)", True),
     "ln": ("coreutils", "recipe steps", True),
+    "sleep": ("coreutils", "a long child for the signal tests", True),
     "sh": ("dash", "recipe and image scripts", True),
     "dockerd": ("docker.io", "the Docker engine the tests start", True),
     "ctr": ("containerd", "imports the image archive (tests)", True),
