@@ -1,8 +1,8 @@
 """Safe extraction of release tarballs.
 
-Three layers: our own member checks (:func:`iter_checked`) run on every member before it is
-written, then :mod:`tarfile`'s PEP 706 ``data`` filter runs as it is extracted, then the
-extracted tree is walked and every symbolic link resolved against all the others
+Three layers: our own member checks (:func:`iter_checked`) run on every member before any
+byte of it is written, then :mod:`tarfile`'s PEP 706 ``data`` filter runs as it is extracted,
+then the extracted tree is walked and every symbolic link resolved against all the others
 (:func:`check_links`), so the result does not depend on the order of the members.
 Refused: absolute names, ``..`` components, symbolic or hard links whose target leaves the
 tree (also through other links of the archive, earlier or later ones), members written through
@@ -15,29 +15,41 @@ run), which is renamed into place only when everything was extracted and checked
 failed archive leaves nothing behind.  A full disk is a :class:`~askbuild.errors.NoSpaceError`
 (the path and the free space), not a "corrupt archive".
 
-How (issue 9: Python's own extraction was ~3.5x GNU ``tar -x`` on a kernel tree): a compressed
-archive is decompressed once, by Python, into a temporary plain tar beside the destination;
-*every* member of it is checked first (:func:`iter_checked`, reading headers only), and only
-then does GNU tar extract it (``--no-same-owner``, exact modes, directories' times restored
-last).  GNU tar itself refuses ``..`` names and makes links whose targets are absolute or hold
-``..`` only after every other member, so no member can be written through them.  Afterwards
-the tree is walked: a path no checked member accounts for (a member the two tar readers would
-see differently) refuses the archive; modes are made what the ``data`` filter gives (no
-setuid/setgid/sticky, no group/other write, owner read+write on files, no execute bits on a
-file its owner cannot execute); then :func:`check_links`.  Without GNU tar, Python extracts
-(:func:`extract_all`).
+How (issue 9: Python's own extraction was ~3.5x GNU ``tar -x`` on a kernel tree): one
+streaming pass with three processes at once.  The decompressor (``xz``/``gzip``/``bzip2 -dc``,
+by the archive's magic number; Python's own module when the program is missing) feeds
+Python's tar reader, which checks each member as it reaches it (:func:`iter_checked`) and
+passes the archive's bytes on to GNU tar (``--no-same-owner``, exact modes, directories' times
+restored last) only up to the end of the last member it checked (:class:`_Gate`): GNU tar
+never sees a byte of a member before its check, and a refused member stops everything (the
+temporary directory with what was extracted so far is removed).  After the last member only
+the end-of-archive marker and zero padding may follow: a header Python's reader rejects in the
+middle (where it would stop quietly) or a second archive appended is refused, so both readers
+have seen the same members.  No decompressed copy is written to disk.  GNU tar itself refuses
+``..`` names and makes links whose targets are absolute or hold ``..`` only after every other
+member, so no member can be written through them.  Afterwards the tree is walked: a path no
+checked member accounts for (a member the two tar readers would see differently) refuses the
+archive; modes are made what the ``data`` filter gives (no setuid/setgid/sticky, no
+group/other write, owner read+write on files, no execute bits on a file its owner cannot
+execute); then :func:`check_links`.  A name GNU tar's ``--strip-components`` would count
+differently (``./pkg/x``, ``a//b``) and a host without GNU tar: Python extracts
+(:func:`extract_all`), checking each member just before it writes it.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import copy
 import gzip
 import lzma
 import os
 import shutil
+import signal
 import stat
+import subprocess
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -219,38 +231,204 @@ def check_links(root: Path, archive: Path, *, what: str) -> None:
                           "archive's other links) points outside the tree")
 
 
-_OPENERS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
+#: Compressions by magic number: the program that decompresses it in a process of its own
+#: (so decompressing and checking members take two cores), and Python's module when that
+#: program is missing.
+_DECOMPRESSORS = ((b"\x1f\x8b", "gzip", gzip.open), (b"BZh", "bzip2", bz2.open),
+                  (b"\xfd7zXZ\x00", "xz", lzma.open))
+
+class _NotCanonical(Exception):
+    """A member name GNU tar's ``--strip-components`` would count differently."""
 
 
-def _plain_tar(archive: Path, scratch: Path) -> Path:
-    """``archive`` itself when it is an uncompressed tar, else ``scratch``: the archive
-    decompressed (gzip, bzip2 or xz, by their magic numbers; Python's own decompressors)."""
-    with open(archive, "rb") as f:
-        magic = f.read(6)
-    opener = next((o for m, o in _OPENERS if magic.startswith(m)), None)
-    if opener is None:
-        return archive
-    with opener(archive, "rb") as src, open(scratch, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
-    return scratch
+def _canonical(name: str) -> bool:
+    return all(p not in ("", ".") for p in name.rstrip("/").split("/"))
 
 
-def _checked_names(plain: Path, archive: Path, *, strip_components: int,
-                   what: str) -> set[str] | None:
-    """Check every member of the plain tar ``plain`` (:func:`iter_checked`; headers only) and
-    return the paths extraction may create: the members' stripped names and their parents.
-    None when a name is not canonical (``./pkg/x``, ``a//b``): GNU tar's
-    ``--strip-components`` counts the ``.`` that the checks ignore, so Python extracts it."""
+class _Gate:
+    """The archive's bytes on their way from the decompressor to GNU tar: Python's tar reader
+    reads them through here, and they are passed on only up to the end of the last member it
+    checked (:meth:`allow`), so GNU tar never sees a byte of a member before its check."""
+
+    def __init__(self, src, sink) -> None:
+        self._src = src
+        self._sink = sink
+        self._held: list[bytes] = []   # read by Python, not yet passed on
+        self._start = 0                # archive offset of the first held byte
+        self._limit = 0                # bytes before this offset may be passed on
+        self.eof = False
+
+    def read(self, n: int) -> bytes:
+        b = self._src.read(n)
+        while b is not None and 0 < len(b) < n:   # a pipe gives what it has
+            more = self._src.read(n - len(b))
+            if not more:
+                break
+            b += more
+        if not b:
+            self.eof = True
+            return b""
+        self._held.append(b)
+        self._pass()
+        return b
+
+    def allow(self, upto: int) -> None:
+        self._limit = max(self._limit, upto)
+        self._pass()
+
+    def _pass(self) -> None:
+        held = self._held
+        while held and self._start < self._limit:
+            chunk = held[0]
+            k = min(len(chunk), self._limit - self._start)
+            if k < len(chunk):
+                self._sink.write(chunk[:k])
+                held[0] = chunk[k:]
+            else:
+                self._sink.write(chunk)
+                held.pop(0)
+            self._start += k
+
+    def finish(self, end: int) -> int | None:
+        """Pass on the rest of the archive after ``end`` (where Python's reader stopped) when
+        it is the end-of-archive marker and zero padding; else return the offset of the first
+        byte that is not zero (and pass nothing more on)."""
+        self.allow(end)
+        pos = self._start
+        while True:
+            if not self._held and not self.read(1 << 16):
+                return None
+            for chunk in self._held:
+                nonzero = chunk.strip(b"\0")
+                if nonzero:
+                    return pos + chunk.index(nonzero[:1])
+                pos += len(chunk)
+            self.allow(pos)
+
+
+def _decompressed(archive: Path, stack: contextlib.ExitStack) -> tuple[object, object]:
+    """A readable stream of the plain tar in ``archive`` and the decompressing process (None
+    when Python decompresses, or the archive is not compressed)."""
+    raw = stack.enter_context(open(archive, "rb", buffering=0))
+    magic = os.pread(raw.fileno(), 6, 0)
+    found = next(((prog, opener) for m, prog, opener in _DECOMPRESSORS
+                  if magic.startswith(m)), None)
+    if found is None:
+        return raw, None
+    prog, opener = found
+    if shutil.which(prog) is None:
+        return stack.enter_context(opener(raw, "rb")), None
+    errfile = stack.enter_context(tempfile.TemporaryFile())
+    proc = procs.popen([prog, "-dc"], stdin=raw, stdout=subprocess.PIPE, bufsize=0,
+                       stderr=errfile)
+    proc.errfile = errfile
+    return proc.stdout, proc
+
+
+def _stderr(proc) -> str:
+    proc.errfile.seek(0)
+    return proc.errfile.read().decode(errors="replace").strip()
+
+
+def _child_error(proc, prog: str) -> str:
+    """The reason ``proc`` gave on its standard error (a temporary file): its last line but
+    GNU tar's closing "Exiting with failure status", else its exit status."""
+    lines = [ln for ln in _stderr(proc).splitlines() if "Exiting with failure status" not in ln]
+    line = lines[-1] if lines else f"exit status {proc.returncode}"
+    argv0 = f"{proc.args[0]}:"
+    if line.startswith(argv0):
+        line = f"{prog}:{line[len(argv0):]}"
+    return line if line.startswith(f"{prog}:") else f"{prog}: {line}"
+
+
+def _failed(unpack, gate: _Gate) -> bool:
+    """Whether the decompressor failed (it has ended when its output did)."""
+    if unpack is None:
+        return False
+    if gate.eof:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            unpack.wait(timeout=10)
+    return unpack.poll() not in (None, 0)
+
+
+def _unpack_error(proc, archive: Path, what: str) -> SourceError:
+    return SourceError(f"source {what}: cannot extract {archive.name}: "
+                       f"{_child_error(proc, Path(proc.args[0]).name)}",
+                       fix="the file is corrupt or not a compressed tar archive")
+
+
+def _stop(proc) -> None:
+    procs.kill_group(proc, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=5)
+    procs.forget(proc)
+
+
+def _stream_extract(tar: str, archive: Path, tmp: Path, *, strip_components: int,
+                    what: str) -> set[str]:
+    """Decompress ``archive`` (its own process), check each member as Python's tar reader
+    reaches it and pass its bytes on to GNU tar extracting into ``tmp`` (:class:`_Gate`).
+    Returns the paths extraction may create (the members' stripped names and their parents);
+    raises :class:`_NotCanonical` when a name is ``./pkg/x`` or ``a//b`` (``tmp`` then holds
+    a partial extraction)."""
     names: set[str] = set()
-    canonical = True
-    with tarfile.open(plain, mode="r:") as tar:
-        for m in tar:
-            canonical = canonical and all(p not in ("", ".")
-                                          for p in m.name.rstrip("/").split("/"))
-        for m in iter_checked(tar.getmembers(), archive, strip_components=strip_components,
-                              what=what):
-            names.update(_prefixes(_parts(m.name)))
-    return names if canonical else None
+    with contextlib.ExitStack() as stack:
+        src, unpack = _decompressed(archive, stack)
+        tar_err = stack.enter_context(tempfile.TemporaryFile())
+        untar = procs.popen([tar, "-x", "-f", "-", "-C", str(tmp),
+                             f"--strip-components={strip_components}", "--no-same-owner",
+                             "--same-permissions", "--delay-directory-restore", "--no-acls",
+                             "--no-selinux", "--no-xattrs"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=tar_err,
+                            env={**os.environ, "LC_ALL": "C"})
+        untar.errfile = tar_err
+        children = [p for p in (unpack, untar) if p is not None]
+        try:
+            gate = _Gate(src, untar.stdin)
+            try:
+                with tarfile.open(fileobj=gate, mode="r|") as tf:
+                    def members() -> Iterator[tarfile.TarInfo]:
+                        for m in tf:
+                            if not _canonical(m.name):
+                                raise _NotCanonical(m.name)
+                            yield m
+                    for m in iter_checked(members(), archive,
+                                          strip_components=strip_components, what=what):
+                        names.update(_prefixes(_parts(m.name)))
+                        gate.allow(tf.offset)   # this member, its header and its data
+                    bad = gate.finish(tf.offset)
+                if bad is not None:
+                    raise SourceError(
+                        f"source {what}: cannot extract {archive.name}: byte {bad} of the tar "
+                        "is neither a member header Python's tar reader accepts nor the end of "
+                        "the archive (a corrupt header, or data after the end)",
+                        fix="the file is corrupt or not a tar archive")
+            except BrokenPipeError:
+                pass                                # tar stopped reading: its status says why
+            except BaseException:
+                if _failed(unpack, gate):
+                    raise _unpack_error(unpack, archive, what) from None
+                raise
+            with contextlib.suppress(BrokenPipeError):
+                untar.stdin.close()
+            if untar.wait() != 0:
+                if _failed(unpack, gate):
+                    raise _unpack_error(unpack, archive, what)
+                err = _stderr(untar)
+                if "No space left on device" in err or "Disk quota exceeded" in err:
+                    raise OSError(NO_SPACE[0], "No space left on device", str(tmp))
+                raise SourceError(f"source {what}: cannot extract {archive.name}: "
+                                  f"{_child_error(untar, 'tar')}",
+                                  fix="the file is corrupt or not a tar archive")
+            if unpack is not None:
+                while src.read(1 << 16):            # to its end: the decompressor checks it
+                    pass
+                if unpack.wait() != 0:
+                    raise _unpack_error(unpack, archive, what)
+        finally:
+            for p in children:
+                _stop(p)
+    return names
 
 
 def _gnu_tar() -> str | None:
@@ -259,23 +437,6 @@ def _gnu_tar() -> str | None:
         return None
     proc = procs.run([tar, "--version"], capture_output=True, text=True)
     return tar if proc.returncode == 0 and "GNU tar" in proc.stdout else None
-
-
-def _tar_extract(tar: str, plain: Path, tmp: Path, archive: Path, *, strip_components: int,
-                 what: str) -> None:
-    """GNU tar extracts the checked plain tar into ``tmp``."""
-    proc = procs.run([tar, "-x", "-f", str(plain), "-C", str(tmp),
-                      f"--strip-components={strip_components}", "--no-same-owner",
-                      "--same-permissions", "--delay-directory-restore", "--no-acls",
-                      "--no-selinux", "--no-xattrs"],
-                     capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
-    if proc.returncode != 0:
-        err = proc.stderr.strip()
-        if "No space left on device" in err or "Disk quota exceeded" in err:
-            raise OSError(NO_SPACE[0], "No space left on device", str(tmp))
-        raise SourceError(f"source {what}: cannot extract {archive.name}: tar: "
-                          f"{err.splitlines()[-1] if err else f'exit status {proc.returncode}'}",
-                          fix="the file is corrupt or not a tar archive")
 
 
 def _data_mode(st: os.stat_result) -> int | None:
@@ -307,25 +468,20 @@ def _settle(tmp: Path, names: set[str], archive: Path, *, what: str) -> None:
 
 def _extract(archive: Path, tmp: Path, *, strip_components: int, what: str) -> None:
     tar = _gnu_tar()
-    if tar is None:
-        # One streaming pass: each member is checked just before Python extracts it.
-        with tarfile.open(archive, mode="r|*") as tf:
-            extract_all(tf, tmp, iter_checked(
-                tf, archive, strip_components=strip_components, what=what))
-        return
-    scratch = tmp.parent / unique_name(f".{tmp.name}.tar-")
-    try:
-        plain = _plain_tar(archive, scratch)
-        names = _checked_names(plain, archive, strip_components=strip_components, what=what)
-        if names is None:
-            with tarfile.open(plain, mode="r:") as tf:
-                extract_all(tf, tmp, iter_checked(
-                    tf.getmembers(), archive, strip_components=strip_components, what=what))
+    if tar is not None:
+        try:
+            names = _stream_extract(tar, archive, tmp, strip_components=strip_components,
+                                    what=what)
+        except _NotCanonical:
+            shutil.rmtree(tmp)
+            tmp.mkdir()
+        else:
+            _settle(tmp, names, archive, what=what)
             return
-        _tar_extract(tar, plain, tmp, archive, strip_components=strip_components, what=what)
-    finally:
-        scratch.unlink(missing_ok=True)
-    _settle(tmp, names, archive, what=what)
+    # One streaming pass: each member is checked just before Python extracts it.
+    with tarfile.open(archive, mode="r|*") as tf:
+        extract_all(tf, tmp, iter_checked(
+            tf, archive, strip_components=strip_components, what=what))
 
 
 def safe_extract(archive: Path, dest: Path, *, strip_components: int = 1, what: str) -> Path:

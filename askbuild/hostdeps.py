@@ -145,7 +145,12 @@ PROGRAMS: dict[str, tuple[str, str, bool]] = {
     "mount": ("mount", "binfmt_misc; tmpfs for the fault tests", True),
     "umount": ("mount", "tmpfs for the fault tests", True),
     "taskset": ("util-linux", "fewer CPUs for one run (tests)", True),
-    "tar": ("tar", "archives (tests)", True),
+    "tar": ("tar", "extracts tarball sources (and archives for the tests)", True),
+    # Decompress tarball sources in a process of their own, beside the member checks
+    # (askbuild.archive; Python's own modules, on one core, when one is missing).
+    "xz": ("xz-utils", "decompresses .tar.xz sources (libnetfilter_conntrack, kernel)", True),
+    "gzip": ("gzip", "decompresses .tar.gz sources", True),
+    "bzip2": ("bzip2", "decompresses .tar.bz2 sources (libnfnetlink)", True),
     "ln": ("coreutils", "recipe steps", True),
     "sleep": ("coreutils", "a long child for the signal tests", True),
     "sh": ("dash", "recipe and image scripts", True),

@@ -1,4 +1,5 @@
-"""Safe extraction: every hostile member kind is refused before anything is written."""
+"""Safe extraction: every hostile member kind is refused before it is written, and nothing is
+left behind."""
 
 from __future__ import annotations
 
