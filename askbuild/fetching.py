@@ -1033,12 +1033,16 @@ def _tarball_settled(settings: Settings, source: Source, tree: Path) -> bool:
 
 def _import_tarball(settings: Settings, source: Source, archive: Path, dest: Path) -> str:
     """Extract ``archive`` into the new directory ``dest`` and commit it; return the commit
-    (:func:`askbuild.tarimport.import_tarball`: the same commit id as every earlier import)."""
+    (:func:`askbuild.tarimport.import_tarball`: the same commit id as every earlier import,
+    from the objects of an earlier import of the tarball when the cache has them)."""
     from . import tarimport
+    from .importcache import ImportCache
     message = tarimport.import_message(source.filename, source.name, str(source.ref),
                                        str(source.sha256))
+    cache = ImportCache(settings.tarball_import(str(source.sha256)), source.name,
+                        lock=lambda: runlock.cache(settings, source.name))
     return tarimport.import_tarball(archive, dest, strip_components=source.strip_components,
-                                    what=source.name, message=message)
+                                    what=source.name, message=message, cache=cache)
 
 
 def _tarball_work_tree(settings: Settings, source: Source, archive: Path) -> Path:

@@ -543,11 +543,17 @@ class Settings:
     @property
     def tarball_cache(self) -> Path:
         """Verified tarballs at ``<sha256>/<file>``; ``.incoming/<name>/`` while downloading,
-        ``quarantine/`` for files that failed verification."""
+        ``quarantine/`` for files that failed verification, ``imports/<sha256>/`` for the
+        objects of their imports."""
         return self.cache_dir / "tarballs"
 
     def tarball_file(self, sha256: str, filename: str) -> Path:
         return self.tarball_cache / sha256 / filename
+
+    def tarball_import(self, sha256: str) -> Path:
+        """The cached import of the tarball ``sha256``: the git objects its first import made
+        (:mod:`askbuild.importcache`)."""
+        return self.tarball_cache / "imports" / sha256
 
     def tarball_incoming(self, name: str) -> Path:
         return self.tarball_cache / ".incoming" / name

@@ -24,12 +24,14 @@ streaming pass of ``xz -dc``, Python's member checks and GNU tar at once
 (:mod:`askbuild.archive`: ~18 s on the kernel tarball, against 16 s decompressing to a
 scratch tar, 7 s checking it and 8-12 s extracting it one after the other before).
 
+Every import after the first of a tarball starts from the objects the first one stored in
+the download cache (:mod:`askbuild.importcache`): ``git add`` then only hashes the files.
+
 Considered and not done: ``git fast-import`` fed from the tar stream would have to re-implement
 what ``git add`` does to the extracted files (attribute conversions, which of two same-named
 members or hard-link modes wins on disk); measured on 20k files it saved no time over the bulk
-check-in.  A cached import per tarball sha256 shared between work dirs would skip only this
-``git add`` step (the work tree must still be extracted to keep the archive's timestamps and
-empty directories, which a git checkout would lose).
+check-in, and fed beside GNU tar from the same stream (its blobs only as a head start for the
+``git add``) it made the kernel import slower on 2 cores (tar's system time tripled).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pathlib import Path
 
 from . import gitutil
 from .archive import safe_extract
+from .importcache import ImportCache
 
 #: The commit message trailer naming the tarball's sha256 (fetch reads it back).
 SHA256_TRAILER = "Askbuild-Sha256"
@@ -58,25 +61,32 @@ def import_message(filename: str, name: str, ref: str, sha256: str) -> str:
     return f"Import {filename} ({name} {ref})\n\n{SHA256_TRAILER}: {sha256}\n"
 
 
-def commit_tree(tree: Path, message: str, *, bulk: bool = True) -> str:
+def commit_tree(tree: Path, message: str, *, bulk: bool = True,
+                cache: ImportCache | None = None) -> str:
     """Make the directory ``tree`` a git repository holding every file of it as one commit
     with the fixed identity; returns the commit id.  ``bulk=False`` is the plain ``git add``
-    of the first askbuilds (one loose object per file; the benchmark's "before")."""
+    of the first askbuilds (one loose object per file; the benchmark's "before").  With a
+    ``cache``, the repository starts with the objects of an earlier import of the same
+    tarball when there is one (``git add`` then only hashes: the bulk check-in would deflate
+    every file again), and keeps its own objects there when there is none."""
     gitutil.git(["init", "-q", "--", str(tree)], env=_NO_USER_CONFIG)
-    gitutil.git([*(BULK_ADD if bulk else []), "add", "-A", "-f", "--", "."], cwd=tree,
-                env=_NO_USER_CONFIG)
+    cached = cache is not None and cache.take(tree / ".git")
+    gitutil.git([*(BULK_ADD if bulk and not cached else []), "add", "-A", "-f", "--", "."],
+                cwd=tree, env=_NO_USER_CONFIG)
     gitutil.git([*(BULK_ADD[2:] if bulk else []), "commit", "-q", "--allow-empty",
                  "--no-verify", "-m", message], cwd=tree,
                 env={**gitutil.FIXED_IDENTITY, **_NO_USER_CONFIG})
+    if cache is not None and not cached:
+        cache.put(tree / ".git")
     return gitutil.out(["rev-parse", "HEAD"], cwd=tree)
 
 
 def import_tarball(archive: Path, dest: Path, *, strip_components: int, what: str,
-                   message: str, bulk: bool = True) -> str:
+                   message: str, bulk: bool = True, cache: ImportCache | None = None) -> str:
     """Extract ``archive`` safely into the new directory ``dest`` and commit it; returns the
-    commit id.  Refusals and failures are those of :func:`askbuild.archive.safe_extract`
-    (nothing is left at ``dest`` when extraction fails); a failed ``git`` step raises
-    :class:`~askbuild.gitutil.GitError` and the caller throws ``dest`` away (it builds the
-    import under a temporary name)."""
+    commit id (``cache``: :func:`commit_tree`).  Refusals and failures are those of
+    :func:`askbuild.archive.safe_extract` (nothing is left at ``dest`` when extraction
+    fails); a failed ``git`` step raises :class:`~askbuild.gitutil.GitError` and the caller
+    throws ``dest`` away (it builds the import under a temporary name)."""
     safe_extract(archive, dest, strip_components=strip_components, what=what)
-    return commit_tree(dest, message, bulk=bulk)
+    return commit_tree(dest, message, bulk=bulk, cache=cache)
