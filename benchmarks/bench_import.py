@@ -19,7 +19,6 @@ import io
 import os
 import random
 import resource
-import shutil
 import statistics
 import subprocess
 import tarfile
@@ -63,21 +62,45 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _timed(fn, work: Path, rounds: int) -> tuple[float, float, str]:
-    """Median wall time and median CPU time of ``fn(dest)`` into a fresh ``dest``, up to its
-    data on disk (``sync`` before and after: ``tar -x`` returns with its 1.3 GB still in the
-    page cache, whose write-back would otherwise slow the next measure down); the last
-    result.  CPU time is in the notes: on a shared machine it moves less than wall time."""
+def _settle_disk(path: Path, quiet: float = 3.0, limit: float = 240.0) -> float:
+    """Wait until the block device holding ``path`` has done no I/O for ``quiet`` seconds
+    (its ``/sys/dev/block/M:m/stat`` counters unchanged; at most ``limit`` s); returns the
+    seconds waited.  Deletions on a file system mounted with ``discard`` go on discarding
+    after ``sync`` returns, and writes meanwhile are several times slower."""
+    dev = os.stat(path).st_dev
+    stat = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat")
+    if not stat.is_file():
+        return 0.0
+    start = last_change = time.monotonic()
+    before = stat.read_text().split()
+    while time.monotonic() - last_change < quiet and time.monotonic() - start < limit:
+        time.sleep(0.5)
+        now = stat.read_text().split()
+        if now != before:
+            before, last_change = now, time.monotonic()
+    return time.monotonic() - start
+
+
+def _timed(fn, work: Path, rounds: int, label: str) -> tuple[float, float, str]:
+    """Median wall time and median CPU time of ``fn(dest)`` into a fresh ``dest``
+    (``work/<label>-r<i>``), up to its data on disk (``sync`` before and after: ``tar -x``
+    returns with its 1.3 GB still in the page cache, whose write-back would otherwise slow the
+    next measure down); the last result.  CPU time is in the notes: on a shared machine it
+    moves less than wall time.  The trees are kept until the whole topic is done: on a file
+    system mounted with ``discard`` (this machine's), deleting 1.3 GB slows every write that
+    follows for a minute (measured: an extraction right after such a delete took 59 s instead
+    of 25 s), which would fall on whichever measure came next; before each run the disk is
+    left to settle (:func:`_settle_disk`)."""
     runs, cpus, result = [], [], ""
     for i in range(rounds):
-        dest = work / f"r{i}"
+        dest = work / f"{label}-r{i}"
         os.sync()                   # (no write-back of an earlier run left to pay for)
+        _settle_disk(work)          # (nor discards of an earlier topic's deletions)
         t, c = time.perf_counter(), _cpu()
         result = fn(dest)
         os.sync()                   # (each pays for its own writes: tar -x returns before)
         runs.append(time.perf_counter() - t)
         cpus.append(_cpu() - c)
-        shutil.rmtree(dest)
     return statistics.median(runs), statistics.median(cpus), result
 
 
@@ -112,12 +135,13 @@ def measure(args) -> list[dict]:
         else:
             archive = make_tarball(work / "bench.tar.gz", files)
             what = f"{files} generated files"
-        anchor, anchor_cpu, _ = _timed(_tar_x(archive), work, rounds)
+        anchor, anchor_cpu, _ = _timed(_tar_x(archive), work, rounds, "tar")
         # cold: each run stores a new cached import (what a first import pays)
-        new, new_cpu, commit = _timed(_import(archive, True, work / "cache"), work, rounds)
+        new, new_cpu, commit = _timed(_import(archive, True, work / "cache"), work, rounds,
+                                      "cold")
         again, again_cpu, again_commit = _timed(_import(archive, True, work / "cache",
-                                                        entry="r0"), work, rounds)
-        old, old_cpu, old_commit = _timed(_import(archive, bulk=False), work, rounds)
+                                                        entry="cold-r0"), work, rounds, "again")
+        old, old_cpu, old_commit = _timed(_import(archive, bulk=False), work, rounds, "plain")
     same = "same commit id" if commit == old_commit == again_commit else \
         f"COMMIT IDS DIFFER ({commit[:12]} vs {old_commit[:12]} vs {again_commit[:12]})"
     return [
