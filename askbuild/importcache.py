@@ -107,14 +107,19 @@ class ImportCache:
         """Give the new repository ``git_dir`` the entry's packs; False when there is no usable
         entry (a damaged one is removed, with a warning)."""
         with self.lock():
+            self._sweep()
             return self._take(git_dir)
 
     def put(self, git_dir: Path) -> None:
         """Keep the packs of the finished import ``git_dir`` as the entry (when there is none)."""
         with self.lock():
-            for p in leftovers(self.entry):
-                shutil.rmtree(p, ignore_errors=True)
+            self._sweep()
             self._put(git_dir)
+
+    def _sweep(self) -> None:
+        """Remove what killed runs left beside the entry (the lock is held: none is live)."""
+        for p in leftovers(self.entry):
+            shutil.rmtree(p, ignore_errors=True)
 
     def _take(self, git_dir: Path) -> bool:
         if not self.entry.exists():

@@ -75,6 +75,7 @@ def leftovers(work: Path, cache: Path) -> list[str]:
         found += [p for p in src.iterdir() if p.name.startswith(".")]
     found += list(cache.rglob("*.part"))
     found += [p for p in (cache / "tarballs" / ".incoming").rglob("*") if p.is_file()]
+    found += list((cache / "tarballs" / "imports").glob(".import.*"))
     git = cache / "git"
     if git.is_dir():
         found += [p for p in git.iterdir() if p.name.startswith(".")]

@@ -125,6 +125,10 @@ def test_a_killed_runs_half_written_entry_is_never_used_and_is_removed(tmp_path,
     assert "reusing" not in capsys.readouterr().err
     assert sorted(p.name for p in entry.parent.iterdir()) == ["entry"]
     assert commit == _oracle(archive, tmp_path / "oracle", 1, MESSAGE)
+    half.mkdir()                                    # killed again, beside a complete entry
+    assert _import(archive, tmp_path / "b", cache) == commit
+    assert "reusing" in capsys.readouterr().err
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["entry"]
 
 
 def test_a_full_disk_while_keeping_the_entry_is_a_warning_not_a_failure(tmp_path, archive,
