@@ -237,6 +237,7 @@ def check_links(root: Path, archive: Path, *, what: str) -> None:
 _DECOMPRESSORS = ((b"\x1f\x8b", "gzip", gzip.open), (b"BZh", "bzip2", bz2.open),
                   (b"\xfd7zXZ\x00", "xz", lzma.open))
 
+
 class _NotCanonical(Exception):
     """A member name GNU tar's ``--strip-components`` would count differently."""
 
