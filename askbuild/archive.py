@@ -45,7 +45,6 @@ import gzip
 import lzma
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import tarfile
@@ -354,15 +353,8 @@ def _failed(unpack, gate: _Gate) -> bool:
 
 def _unpack_error(proc, archive: Path, what: str) -> SourceError:
     return SourceError(f"source {what}: cannot extract {archive.name}: "
-                       f"{_child_error(proc, Path(proc.args[0]).name)}",
+                       f"{_child_error(proc, proc.args[0])}",
                        fix="the file is corrupt or not a compressed tar archive")
-
-
-def _stop(proc) -> None:
-    procs.kill_group(proc, signal.SIGKILL)
-    with contextlib.suppress(Exception):
-        proc.wait(timeout=5)
-    procs.forget(proc)
 
 
 def _stream_extract(tar: str, archive: Path, tmp: Path, *, strip_components: int,
@@ -428,7 +420,7 @@ def _stream_extract(tar: str, archive: Path, tmp: Path, *, strip_components: int
                     raise _unpack_error(unpack, archive, what)
         finally:
             for p in children:
-                _stop(p)
+                procs.stop(p)
     return names
 
 

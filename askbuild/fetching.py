@@ -77,7 +77,7 @@ from .errors import (
     VerificationError,
     summary_error,
 )
-from .fsutil import read_json, sha256_file, write_json_atomic
+from .fsutil import discard, read_json, sha256_file, write_json_atomic
 from .gitutil import GitError, check_ref, is_abbrev, is_sha
 from .refs import BASE_REF, BASE_TAG, KEEP_PREFIX, SEEN_PREFIX, UPSTREAM_PREFIX
 from .settings import Settings
@@ -260,14 +260,6 @@ def _valid_repo(repo: Path) -> bool:
         (repo / "refs").is_dir()
 
 
-def _discard(repo: Path) -> None:
-    """Move ``repo`` out of the way (one rename), then delete it; a kill in between leaves a
-    ``.<name>.old-*`` leftover that the next run removes."""
-    aside = repo.parent / unique_name(f".{repo.name}.old-")
-    os.replace(repo, aside)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 def _init_cache(repo: Path) -> None:
     """Make ``repo`` a valid bare repository (built under a unique name, renamed into place);
     anything invalid in its place is discarded first."""
@@ -275,7 +267,7 @@ def _init_cache(repo: Path) -> None:
         return
     if repo.exists() or repo.is_symlink():
         console.warn(f"the cache repository {repo} is not a valid git repository; rebuilding it")
-        _discard(repo)
+        discard(repo)
     repo.parent.mkdir(parents=True, exist_ok=True)
     tmp = repo.parent / unique_name(f".{repo.name}.tmp-")
     try:
@@ -289,7 +281,7 @@ def _init_cache(repo: Path) -> None:
 def _rebuild_cache(source: Source, repo: Path, why: str) -> None:
     console.warn(f"source {source.name}: the cache repository {repo} is damaged ({why}); "
                  "rebuilding it")
-    _discard(repo)
+    discard(repo)
     _init_cache(repo)
 
 
@@ -300,7 +292,7 @@ def _tidy_cache(settings: Settings, source: Source) -> None:
     if source.kind == "git" and repo.exists() and not _valid_repo(repo):
         console.warn(f"source {source.name}: the cache repository {repo} is not a valid git "
                      "repository; it will be rebuilt")
-        _discard(repo)
+        discard(repo)
 
 
 def _has_object(repo: Path, sha: str) -> bool:

@@ -92,6 +92,18 @@ def sweep_temps(directory: Path) -> int:
     return n
 
 
+def discard(path: Path, aside_prefix: str | None = None) -> None:
+    """Move ``path`` out of the way (one rename, to ``<aside_prefix><pid>-<random>``, by default
+    ``.<name>.old-...``), then delete it; a kill in between leaves a leftover under that name
+    for the owner's next run to remove."""
+    import shutil
+
+    from .download import unique_name
+    aside = path.parent / unique_name(aside_prefix or f".{path.name}.old-")
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)

@@ -3,7 +3,7 @@
 The first import of a tarball hashes and deflates every file into one pack (the bulk
 check-in of :mod:`askbuild.tarimport`: ~40 s of one core for a kernel tree).  Its pack files
 are then kept in the download cache, beside the tarball they came from
-(``<tarball cache>/<sha256>/import/``, :meth:`askbuild.settings.Settings.tarball_import`),
+(``<tarball cache>/imports/<sha256>/``, :meth:`askbuild.settings.Settings.tarball_import`),
 with a record of each file's sha256.  Every later import of the same tarball (another work
 directory, a work tree thrown away, a second checkout of askbuild sharing the cache) still
 extracts the archive (the work tree keeps the archive's times, modes and empty directories)
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from . import console
 from .download import unique_name
-from .fsutil import read_json, sha256_file, write_json_atomic
+from .fsutil import discard, read_json, sha256_file, write_json_atomic
 
 #: The record inside an entry: ``{"version": 1, "files": {pack file name: sha256}}``.
 RECORD = "import.json"
@@ -69,10 +69,8 @@ def _place(src: Path, dest: Path) -> None:
 
 
 def _discard(path: Path) -> None:
-    aside = path.with_name(unique_name(".import.old-"))
     with contextlib.suppress(OSError):
-        os.replace(path, aside)
-        shutil.rmtree(aside, ignore_errors=True)
+        discard(path, ".import.old-")
 
 
 @dataclass(frozen=True)
@@ -84,24 +82,24 @@ class ImportCache:
     what: str
     lock: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
-    def _damage(self) -> str | None:
-        """Why the entry cannot be used (None: it can)."""
+    def _files(self) -> tuple[list[str], str]:
+        """The entry's pack files, packs before indexes, or why the entry cannot be used."""
         record = read_json(self.entry / RECORD)
         if record is None:
-            return f"{RECORD} is missing or unreadable"
+            return [], f"{RECORD} is missing or unreadable"
         files = record.get("files")
         if record.get("version") != VERSION or not isinstance(files, dict) or not files:
-            return f"{RECORD} is not a version {VERSION} record"
+            return [], f"{RECORD} is not a version {VERSION} record"
         for name, sha in files.items():
             if not _PACK_FILE.fullmatch(str(name)) or not isinstance(sha, str):
-                return f"{RECORD} names {name!r}, which is not a pack file"
+                return [], f"{RECORD} names {name!r}, which is not a pack file"
             try:
                 got, _ = sha256_file(self.entry / name)
             except OSError as e:
-                return f"{name}: {e.strerror or e}"
+                return [], f"{name}: {e.strerror or e}"
             if got != sha:
-                return f"{name} no longer matches its recorded sha256"
-        return None
+                return [], f"{name} no longer matches its recorded sha256"
+        return sorted(files, key=lambda n: n.endswith(".idx")), ""
 
     def take(self, git_dir: Path) -> bool:
         """Give the new repository ``git_dir`` the entry's packs; False when there is no usable
@@ -124,14 +122,12 @@ class ImportCache:
     def _take(self, git_dir: Path) -> bool:
         if not self.entry.exists():
             return False
-        why = self._damage()
-        if why is not None:
+        names, why = self._files()
+        if why:
             console.warn(f"source {self.what}: the cached import {self.entry} is damaged "
                          f"({why}); removing it and importing without it")
             _discard(self.entry)
             return False
-        names = sorted(read_json(self.entry / RECORD)["files"],     # packs before indexes
-                       key=lambda n: n.endswith(".idx"))
         pack_dir = git_dir / "objects" / "pack"
         try:
             for name in names:

@@ -124,6 +124,14 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
                 proc.send_signal(sig)
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Kill ``proc``'s whole group, reap it (at most 5 s) and unregister it."""
+    kill_group(proc, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=5)
+    forget(proc)
+
+
 def run(args: Sequence[str], *, input: bytes | str | None = None, timeout: float | None = None,
         check: bool = False, **kw: Any) -> subprocess.CompletedProcess:
     """Like ``subprocess.run``, through :func:`popen` (``quick=`` goes there); on any exception
