@@ -164,28 +164,42 @@ def _code_witnesses() -> dict[tuple[str, bool], tuple | None]:
 
 # -- replay -------------------------------------------------------------------------------------
 
-def replay(argv: list[str]) -> bool:
-    """Print the recorded output of ``argv`` and return True when a record with this key exists
-    and every witness is unchanged; False (nothing printed) otherwise."""
+def recorded_output(argv: list[str]) -> tuple | None:
+    """The recorded output of ``argv`` (``((stream, text), ...)``, stream 1 or 2) when a record
+    with this key exists and every witness is unchanged; None otherwise."""
     if not enabled():
-        return False
+        return None
     k = key(argv)
     try:
         with open(_path(k), "rb") as f:
             memo = marshal.load(f)
     except (OSError, EOFError, ValueError, TypeError):
-        return False
+        return None
     if not isinstance(memo, dict) or memo.get("key") != k:
-        return False
+        return None
     for (path, follow), sig in memo["witnesses"]:
         if _look(path, follow) != sig:
             _debug(f"not replayed: {path} changed")
-            return False
-    for stream, text in memo["output"]:
+            return None
+    _debug(f"replayed ({len(memo['witnesses'])} witnesses unchanged)")
+    return memo["output"]
+
+
+def write_output(output: tuple) -> None:
+    """Print a record's output as the run printed it."""
+    for stream, text in output:
         out = sys.stdout if stream == 1 else sys.stderr
         out.write(text)
         out.flush()
-    _debug(f"replayed ({len(memo['witnesses'])} witnesses unchanged)")
+
+
+def replay(argv: list[str]) -> bool:
+    """Print the recorded output of ``argv`` and return True when :func:`recorded_output`
+    has it; False (nothing printed) otherwise."""
+    output = recorded_output(argv)
+    if output is None:
+        return False
+    write_output(output)
     return True
 
 

@@ -3,7 +3,8 @@ entry points, and the peak RSS of a no-op verb.
 
 Entry points: ``askbuild VERB`` (``python -m askbuild``: one known verb parsed without
 importing Invoke; what ``./run`` runs) and ``inv VERB`` (Invoke's binary: pays Invoke's
-start-up).  Verbs, each a no-op on a stamped fixture: ``fetch`` (a temporary project with one
+start-up, but answers a no-op from the same record before importing it:
+askbuild/invhook.py).  Every command runs in the checkout, as a user types it.  Verbs, each a no-op on a stamped fixture: ``fetch`` (a temporary project with one
 git source, tests/upstreams.py), ``patch`` (a two-patch local series, tests/patchfixtures.py),
 ``build`` (one component of that series, tests/test_noop_build.py's project; needs the cross
 compiler, dpkg-query and libxml2-dev:arm64, else the row says so) and ``image --no-load`` (a
@@ -12,8 +13,8 @@ gives the number of git processes the verb spawned (a ``git`` wrapper on PATH co
 
 A no-op through ``askbuild`` is answered from its no-op record once one was written
 (askbuild/noopmemo.py): the rows measure that steady state (the fixture's first runs, the
-warm-up, write it), which is what a user's second identical command gets.  ``inv`` always
-runs the engine.
+warm-up, write it), which is what a user's second identical command gets, through either
+entry point.
 
 Python's bytecode: the runs use a temporary ``PYTHONPYCACHEPREFIX`` with askbuild and
 tasks.py compiled into it first (``PYTHONDONTWRITEBYTECODE`` dropped), so that every row
@@ -37,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-INV = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
+INV = [str(Path(sys.executable).with_name("inv"))]         # Invoke's binary in the venv
 FAST = [sys.executable, "-m", "askbuild"]
 ENTRIES = {"askbuild": FAST, "inv": INV}
 PER_VERB = 0.125            # a quarter of the 0.5 s budget of four verbs
@@ -47,7 +48,7 @@ def _time(cmd: list[str], env: dict, rounds: int) -> float:
     runs = []
     for _ in range(rounds):
         t = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=ROOT)
         runs.append(time.perf_counter() - t)
     return statistics.median(runs)
 
@@ -74,7 +75,7 @@ def _git_counter(tmp: Path, env: dict) -> tuple[dict, Path]:
 
 def _git_calls(cmd: list[str], env: dict, log: Path) -> int:
     log.unlink(missing_ok=True)
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=ROOT)
     n = len(log.read_text().splitlines()) if log.exists() else 0
     log.unlink(missing_ok=True)
     return n
@@ -167,13 +168,14 @@ def _noop_rows(verb: str, env: dict, rounds: int, anchor: float) -> dict[str, di
     rows = {}
     with fixture(env) as (argv, venv, tmp):
         for _ in range(3):      # do it, then settle (racily clean index entries once)
-            subprocess.run([*FAST, *argv], env=venv, check=True, capture_output=True)
+            subprocess.run([*FAST, *argv], env=venv, check=True, capture_output=True,
+                           cwd=ROOT)
         genv, log = _git_counter(tmp, venv)
         for entry, prefix in ENTRIES.items():
             cmd = [*prefix, *argv]
             calls = _git_calls(cmd, genv, log)
             for _ in range(2):      # warm up (the counting run's PATH is another toolchain)
-                subprocess.run(cmd, env=venv, check=True, capture_output=True)
+                subprocess.run(cmd, env=venv, check=True, capture_output=True, cwd=ROOT)
             rows[entry] = _row(f"no-op {entry} {label} ({what})", _time(cmd, venv, rounds),
                                "python -c pass", anchor, PER_VERB,
                                "<= +0.125 s (a quarter of the 0.5 s budget)",
@@ -187,7 +189,7 @@ def _rss_mb(cmd: list[str], env: dict) -> float:
              "capture_output=True); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     return int(subprocess.run([sys.executable, "-c", probe, *cmd], env=env, check=True,
-                              capture_output=True, text=True).stdout) / 1024
+                              capture_output=True, text=True, cwd=ROOT).stdout) / 1024
 
 
 def measure(args) -> list[dict]:
@@ -199,11 +201,13 @@ def measure(args) -> list[dict]:
         anchor = _time(pass_cmd, env, rounds)
         lists = {}
         for entry, prefix in ENTRIES.items():
-            subprocess.run([*prefix, "--list"], env=env, check=True, capture_output=True)
+            subprocess.run([*prefix, "--list"], env=env, check=True, capture_output=True,
+                           cwd=ROOT)
             lists[entry] = _time([*prefix, "--list"], env, rounds)
         by_verb = {v: _noop_rows(v, env, rounds, anchor) for v in VERBS}
         with _fetch_fixture(env) as (argv, venv, _):
-            subprocess.run([*FAST, *argv], env=venv, check=True, capture_output=True)
+            subprocess.run([*FAST, *argv], env=venv, check=True, capture_output=True,
+                           cwd=ROOT)
             rss = {e: _rss_mb([*p, *argv], venv) for e, p in ENTRIES.items()}
     rows = []
     for entry in ENTRIES:

@@ -1,0 +1,152 @@
+"""``inv VERB`` answered from its no-op record before Invoke is imported.
+
+Invoke's ``inv`` imports Invoke (~0.25 s) before it reads ``tasks.py``, so a no-op ``inv
+build`` could never be answered in well under a second by anything ``tasks.py`` does.  ``./run``
+therefore installs one line into the virtual environment's site-packages,
+``askbuild-inv.pth`` (:data:`PTH`; Python runs an ``import`` line of a ``.pth`` file at start-up,
+as setuptools' own ``distutils-precedence.pth`` does).  That line does nothing unless the
+program is ``inv``/``invoke``; then it calls :func:`main`, which replays the no-op record of
+the same command line (:mod:`askbuild.noopmemo`, the one ``./run``/``askbuild`` replays) and
+ends the process, or returns and Invoke runs as usual.
+
+It replays only when ``inv`` would run THIS checkout's ``tasks.py`` exactly as ``askbuild``
+does (:func:`invoke_runs_this_checkout`):
+
+* the first directory from the working directory upwards that holds a ``tasks.py`` or a
+  ``tasks/__init__.py`` (Invoke's ``FilesystemLoader``) is this checkout;
+* no Invoke configuration file (``/etc/invoke.*``, ``~/.invoke.*``, ``invoke.*`` beside
+  ``tasks.py``) exists and no ``INVOKE_*`` variable is set: they could change the collection
+  Invoke loads or how it parses;
+
+and a record exists only for a command line ``askbuild`` itself parses as one verb with its
+long options (or ``--list``), which Invoke runs the same way (askbuild/__main__.py).  A run
+through ``inv`` that changes nothing is recorded as well (:func:`record_argv`, used by
+:meth:`askbuild.verbs.VerbSpec.task`), so ``inv`` alone gets its no-ops answered.
+
+Anything unexpected here (no record, a changed witness, an unreadable directory, an error)
+leaves the run to Invoke.  ``ASKBUILD_NO_MEMO=1`` turns it off with the records.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from askbuild import noopmemo
+
+PTH = "askbuild-inv.pth"
+# one line: cheap for every other program the interpreter runs (a name test), and silent when
+# askbuild is gone from the environment (`site` would print an import error of a .pth line)
+PTH_LINE = ("import sys; exec('try:\\n from askbuild.invhook import main\\nexcept Exception:\\n"
+            " pass\\nelse:\\n main()') if (getattr(sys, 'argv', None) or [''])[0].rpartition('/')[2]"
+            " in ('inv', 'invoke') else None\n")
+PROGRAMS = ("inv", "invoke")
+CONFIG_EXTS = ("yaml", "yml", "json", "py")
+ROOT = os.path.dirname(noopmemo.ROOT)
+
+_done = False
+
+
+def _config_files() -> list[str]:
+    """Invoke's configuration files that would apply to this checkout (its system, user and
+    project levels)."""
+    home = os.path.expanduser("~")
+    return [p for ext in CONFIG_EXTS for p in (f"/etc/invoke.{ext}",
+                                                os.path.join(home, f".invoke.{ext}"),
+                                                os.path.join(ROOT, f"invoke.{ext}"))]
+
+
+def _finds_tasks(directory: str) -> bool:
+    """Whether Invoke's loader stops at ``directory`` (a ``tasks.py``, or a ``tasks``
+    package); OSError when it cannot be listed (Invoke would stop there with an error)."""
+    names = os.listdir(directory)
+    return "tasks.py" in names or ("tasks" in names and os.path.exists(
+        os.path.join(directory, "tasks", "__init__.py")))
+
+
+def invoke_runs_this_checkout() -> bool:
+    """Whether ``inv`` started here loads this checkout's ``tasks.py`` with no configuration
+    that could make it run a verb differently from ``askbuild``."""
+    if not os.path.isfile(os.path.join(ROOT, "tasks.py")):
+        return False
+    if any(k.startswith("INVOKE_") for k in os.environ):
+        return False
+    try:
+        if any(os.path.exists(p) for p in _config_files()):
+            return False
+        here = os.getcwd()
+        while True:
+            if _finds_tasks(here):
+                return os.path.samefile(here, ROOT)
+            up = os.path.dirname(here)
+            if up == here:
+                return False
+            here = up
+    except OSError:
+        return False
+
+
+def _candidate(argv: list[str]) -> bool:
+    """A command line a record can exist for: a verb first, or ``--list``."""
+    return (bool(argv) and not argv[0].startswith("-")) or argv in (["--list"], ["-l"])
+
+
+def main() -> None:
+    """At start-up of ``inv``/``invoke``: replay the record of this command line and exit 0,
+    or return (Invoke then runs)."""
+    global _done
+    if _done:                       # a site dir listed twice (lib64 -> lib) runs the line twice
+        return
+    _done = True
+    try:
+        argv = sys.argv[1:]
+        if not (noopmemo.enabled() and _candidate(argv) and invoke_runs_this_checkout()):
+            return
+        output = noopmemo.recorded_output(argv)
+    except Exception:               # never stand in Invoke's way
+        return
+    if output is None:
+        return
+    # from here on the answer is the record's: SystemExit inside `site` would abort the
+    # interpreter, so the process ends with os._exit (nothing is registered to run at exit yet)
+    try:
+        noopmemo.write_output(output)
+    except OSError as e:            # stdout closed early (`inv --list | head -1`)
+        try:
+            sys.stderr.write(f"inv: {e.strerror or e}\n")
+            sys.stderr.flush()
+        except OSError:
+            pass
+        os._exit(1)
+    os._exit(0)
+
+
+def record_argv() -> list[str] | None:
+    """The command line to record a run under when this process is ``inv`` running this
+    checkout as ``askbuild`` would (None otherwise)."""
+    argv0 = (getattr(sys, "argv", None) or [""])[0]
+    if os.path.basename(argv0) not in PROGRAMS or not noopmemo.enabled():
+        return None
+    argv = sys.argv[1:]
+    return argv if _candidate(argv) and invoke_runs_this_checkout() else None
+
+
+def site_dir() -> str:
+    """The site-packages directory of this interpreter's environment."""
+    import sysconfig
+    return sysconfig.get_paths()["purelib"]
+
+
+def install(directory: str | None = None) -> str:
+    """Write :data:`PTH` into ``directory`` (default: :func:`site_dir`), atomically; return
+    its path."""
+    path = os.path.join(directory or site_dir(), PTH)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(PTH_LINE)
+    os.replace(tmp, path)
+    return path
+
+
+if __name__ == "__main__":
+    print(install())

@@ -1,0 +1,168 @@
+"""``inv VERB`` (Invoke's own binary) answers a no-op from its record before Invoke is imported
+(askbuild/invhook.py: the ``askbuild-inv.pth`` line ``./run`` installs), records its own
+no-ops, and leaves everything else to Invoke: another ``tasks.py`` found first, an Invoke
+configuration file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import patchfixtures as pf
+import pytest
+from test_noop_memo import ASKBUILD, ROOT, _env, _memo_line, _output, _patch, _recorded, _settle
+
+from askbuild import invhook
+
+INV = str(Path(sys.executable).with_name("inv"))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> pf.Project:
+    return pf.make_project(tmp_path, kinds=["clean", "near"])
+
+
+@pytest.fixture
+def xdg(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xdg")
+
+
+def _inv(project: pf.Project, env: dict, *argv: str, cwd: Path = ROOT, python: tuple = ()
+         ) -> subprocess.CompletedProcess:
+    """``inv patch`` (or ``inv ARGV``) on ``project``; ``python``: run the script through
+    ``sys.executable`` with these interpreter options."""
+    s = project.settings
+    inv = [sys.executable, *python, INV] if python else [INV]
+    return subprocess.run([*inv, *(argv or ("patch",)), "--work-dir", str(s.work_dir),
+                           "--cache-dir", str(s.cache_dir)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _imported(proc: subprocess.CompletedProcess) -> set[str]:
+    return {ln.rsplit("|", 1)[1].strip() for ln in proc.stderr.splitlines()
+            if ln.startswith("import time:")}
+
+
+def test_the_venv_runs_the_hook_line_and_other_programs_do_not_import_askbuild():
+    pth = Path(invhook.site_dir()) / invhook.PTH
+    assert pth.is_file(), f"{pth} missing: ./run installs it (python -m askbuild.invhook)"
+    assert pth.read_text() == invhook.PTH_LINE
+    plain = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"],
+                           capture_output=True, text=True, check=True)
+    assert not {m for m in _imported(plain) if m.startswith("askbuild")}
+
+
+def test_inv_replays_the_record_of_askbuild_without_importing_invoke(project, xdg):
+    env = _env(project, xdg)
+    _patch(project, env)
+    noop = _recorded(project, env)              # recorded through `askbuild patch`
+    run = _inv(project, env, python=("-X", "importtime"))
+    assert run.returncode == 0, run.stderr
+    assert _memo_line(run).startswith("askbuild memo: replayed")
+    imported = _imported(run)
+    assert "askbuild.invhook" in imported
+    assert not {m for m in imported if m == "invoke" or m.startswith("invoke.")}
+    assert not imported & {"askbuild.cli", "askbuild.settings", "askbuild.patchqueue"}
+    assert _output(_inv(project, env)) == _output(noop)
+
+
+def test_inv_records_its_own_noop_and_a_changed_patch_is_applied(project, xdg):
+    env = _env(project, xdg)
+    first = _inv(project, env)
+    assert first.returncode == 0 and "not recorded" in _memo_line(first)     # it applied
+    for _ in range(4):
+        _settle()
+        noop = _inv(project, env)
+        assert noop.returncode == 0, noop.stderr
+        if "memo: recorded" in noop.stderr:
+            break
+    else:
+        raise AssertionError(f"inv never recorded its no-op: {noop.stderr}")
+    again = _inv(project, env)
+    assert _memo_line(again).startswith("askbuild memo: replayed")
+    assert _output(again) == _output(noop)
+    # the record of `inv patch` is the one `askbuild patch` replays too: same command line
+    assert _memo_line(_patch(project, env)).startswith("askbuild memo: replayed")
+    patch = project.series_dir / "0002-near.patch"
+    patch.write_text(patch.read_text().replace("\nSubject: ", "\nSubject: (edited) ", 1))
+    edited = _inv(project, env)
+    assert edited.returncode == 0
+    assert "not replayed" in edited.stderr and "0002-near.patch" in edited.stderr
+    assert "applied" in _output(edited)
+
+
+def test_inv_with_core_options_is_invokes_and_not_recorded(project, xdg):
+    env = _env(project, xdg)
+    _patch(project, env)
+    _recorded(project, env)
+    s = project.settings
+    run = subprocess.run([INV, "--echo", "patch", "--work-dir", str(s.work_dir), "--cache-dir",
+                          str(s.cache_dir)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "memo:" not in run.stderr              # neither replayed nor recorded
+
+
+def test_another_tasks_py_found_first_is_run_by_invoke(project, xdg, tmp_path):
+    env = _env(project, xdg)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tasks.py").write_text(
+        "from invoke import task\n\n\n"
+        "@task\ndef patch(c, work_dir='', cache_dir=''):\n    print('the other tasks.py')\n")
+    s = project.settings
+    argv = ["patch", "--work-dir", str(s.work_dir), "--cache-dir", str(s.cache_dir)]
+    for _ in range(4):           # askbuild runs this checkout's verb from there and records it
+        _settle()
+        mine = subprocess.run([*ASKBUILD, *argv], cwd=other, env=env, capture_output=True,
+                              text=True)
+        assert mine.returncode == 0, mine.stderr
+        if "memo: recorded" in mine.stderr:
+            break
+    assert "memo: replayed" in subprocess.run([*ASKBUILD, *argv], cwd=other, env=env,
+                                              capture_output=True, text=True).stderr
+    theirs = _inv(project, env, cwd=other)
+    assert theirs.returncode == 0, theirs.stderr
+    assert theirs.stdout == "the other tasks.py\n"
+    assert "memo:" not in theirs.stderr
+
+
+def test_an_invoke_config_file_leaves_the_run_to_invoke(project, xdg, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _env(project, xdg, HOME=str(home))
+    _patch(project, env)
+    _recorded(project, env)
+    assert _memo_line(_inv(project, env)).startswith("askbuild memo: replayed")
+    (home / ".invoke.yaml").write_text("run:\n  echo: true\n")
+    run = _inv(project, env)
+    assert run.returncode == 0, run.stderr
+    assert "memo: replayed" not in run.stderr and "memo: recorded" not in run.stderr
+
+
+def test_list_through_inv_is_replayed_and_a_closed_pipe_ends_it(tmp_path):
+    env = dict(os.environ, ASKBUILD_MEMO_DEBUG="1", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    env.pop("ASKBUILD_NO_MEMO", None)
+    plain = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT),
+                            "--list"], cwd=ROOT, capture_output=True, text=True)
+    for _ in range(4):
+        _settle()
+        if "memo: recorded" in subprocess.run([*ASKBUILD, "--list"], cwd=ROOT, env=env,
+                                              capture_output=True, text=True).stderr:
+            break
+    listed = subprocess.run([INV, "--list"], cwd=ROOT / "askbuild", env=env,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout == plain.stdout
+    assert "memo: replayed" not in listed.stderr      # another working directory: another key
+    listed = subprocess.run([INV, "--list"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout == plain.stdout
+    assert "memo: replayed" in listed.stderr
+    r, w = os.pipe()
+    os.close(r)                                        # nobody reads: a write fails at once
+    closed = subprocess.run([INV, "--list"], cwd=ROOT, env=env, stdout=w, stderr=subprocess.PIPE,
+                            text=True)
+    os.close(w)
+    assert closed.returncode == 1
+    assert "memo: replayed" in closed.stderr and closed.stderr.rstrip().endswith("Broken pipe")
+    assert "Traceback" not in closed.stderr
