@@ -38,8 +38,8 @@ PTH = "askbuild-inv.pth"
 # one line: cheap for every other program the interpreter runs (a name test), and silent when
 # askbuild is gone from the environment (`site` would print an import error of a .pth line)
 PTH_LINE = ("import sys; exec('try:\\n from askbuild.invhook import main\\nexcept Exception:\\n"
-            " pass\\nelse:\\n main()') if (getattr(sys, 'argv', None) or [''])[0].rpartition('/')[2]"
-            " in ('inv', 'invoke') else None\n")
+            " pass\\nelse:\\n main()') if (getattr(sys, 'argv', None) or [''])[0]"
+            ".rpartition('/')[2] in ('inv', 'invoke') else None\n")
 PROGRAMS = ("inv", "invoke")
 CONFIG_EXTS = ("yaml", "yml", "json", "py")
 ROOT = os.path.dirname(noopmemo.ROOT)

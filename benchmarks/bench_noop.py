@@ -3,23 +3,24 @@ entry points, and the peak RSS of a no-op verb.
 
 Entry points: ``askbuild VERB`` (``python -m askbuild``: one known verb parsed without
 importing Invoke; what ``./run`` runs) and ``inv VERB`` (Invoke's binary: pays Invoke's
-start-up, but answers a no-op from the same record before importing it:
-askbuild/invhook.py).  Every command runs in the checkout, as a user types it.  Verbs, each a no-op on a stamped fixture: ``fetch`` (a temporary project with one
-git source, tests/upstreams.py), ``patch`` (a two-patch local series, tests/patchfixtures.py),
-``build`` (one component of that series, tests/test_noop_build.py's project; needs the cross
-compiler, dpkg-query and libxml2-dev:arm64, else the row says so) and ``image --no-load`` (a
-fixture staging tree, tests/imagefixtures.py; needs the cross compiler).  Each askbuild row
-gives the number of git processes the verb spawned (a ``git`` wrapper on PATH counts them).
+start-up, but answers a no-op from the same record before importing it: askbuild/invhook.py).
+Every command runs in the checkout, as a user types it. Verbs, each a no-op on a stamped
+fixture: ``fetch`` (a temporary project with one git source, tests/upstreams.py), ``patch`` (a
+two-patch local series, tests/patchfixtures.py), ``build`` (one component of that series,
+tests/test_noop_build.py's project; needs the cross compiler, dpkg-query and libxml2-dev:arm64,
+else the row says so) and ``image --no-load`` (a fixture staging tree, tests/imagefixtures.py;
+needs the cross compiler). Each askbuild row gives the number of git processes the verb spawned
+(a ``git`` wrapper on PATH counts them).
 
 A no-op through ``askbuild`` is answered from its no-op record once one was written
 (askbuild/noopmemo.py): the rows measure that steady state (the fixture's first runs, the
-warm-up, write it), which is what a user's second identical command gets, through either
-entry point.
+warm-up, write it), which is what a user's second identical command gets, through either entry
+point.
 
-Python's bytecode: the runs use a temporary ``PYTHONPYCACHEPREFIX`` with askbuild and
-tasks.py compiled into it first (``PYTHONDONTWRITEBYTECODE`` dropped), so that every row
-reads ``.pyc`` files as a user's checkout does after its first run; Invoke turns bytecode
-writing off for what it imports, so without this ``inv`` would compile askbuild on every run.
+Python's bytecode: the runs use a temporary ``PYTHONPYCACHEPREFIX`` with askbuild and tasks.py
+compiled into it first (``PYTHONDONTWRITEBYTECODE`` dropped), so that every row reads ``.pyc``
+files as a user's checkout does after its first run; Invoke turns bytecode writing off for what
+it imports, so without this ``inv`` would compile askbuild on every run.
 """
 
 from __future__ import annotations
