@@ -2,7 +2,8 @@
 Invoke's start-up.
 
 Invoke's ``inv`` imports Invoke (~0.3 s: ``importlib.metadata``, ``unittest.mock``,
-``asyncio``) before it runs any verb.  This entry point loads ``tasks.py`` (the checkout's,
+``asyncio``) before it runs any verb (in this checkout's venv, ``inv`` hands its command line
+here first: askbuild/invhook.py).  This entry point loads ``tasks.py`` (the checkout's,
 next to this package), parses the argv of ONE known verb itself, following Invoke's rules for
 it (``--long-option VALUE``, ``--long-option=VALUE``, boolean flags, an iterable option
 repeated, positional arguments, ``_`` in a parameter name -> ``-`` in its option), and runs

@@ -1,30 +1,32 @@
-"""``inv VERB`` answered from its no-op record before Invoke is imported.
+"""``inv VERB`` run as ``askbuild VERB``, before Invoke is imported.
 
-Invoke's ``inv`` imports Invoke (~0.25 s) before it reads ``tasks.py``, so a no-op ``inv
-build`` could never be answered in well under a second by anything ``tasks.py`` does.  ``./run``
-therefore installs one line into the virtual environment's site-packages,
-``askbuild-inv.pth`` (:data:`PTH`; Python runs an ``import`` line of a ``.pth`` file at start-up,
-as setuptools' own ``distutils-precedence.pth`` does).  That line does nothing unless the
-program is ``inv``/``invoke``; then it calls :func:`main`, which replays the no-op record of
-the same command line (:mod:`askbuild.noopmemo`, the one ``./run``/``askbuild`` replays) and
-ends the process, or returns and Invoke runs as usual.
+Invoke's ``inv`` imports Invoke (0.25-0.4 s) before it reads ``tasks.py``, so no ``tasks.py``
+could make a no-op ``inv build`` answer in well under a second.  ``./run`` therefore installs
+one line into the virtual environment's site-packages, ``askbuild-inv.pth`` (:data:`PTH`;
+Python runs an ``import`` line of a ``.pth`` file at start-up, as setuptools' own
+``distutils-precedence.pth`` does).  That line does nothing unless the program is
+``inv``/``invoke``; then it calls :func:`main`, which
 
-It replays only when ``inv`` would run THIS checkout's ``tasks.py`` exactly as ``askbuild``
-does (:func:`invoke_runs_this_checkout`):
+* replays the no-op record of the same command line (:mod:`askbuild.noopmemo`, the record
+  ``askbuild`` writes and replays) and ends the process; or
+* replaces the process with ``python -P -m askbuild ARGV`` (the same interpreter, with its
+  flags): ``askbuild`` parses one known verb and its long options itself and runs it as the
+  Invoke task would, and hands any other command line to Invoke's own program unchanged
+  (askbuild/__main__.py), so that answer is Invoke's.
+
+It does so only when ``inv`` would run THIS checkout's ``tasks.py`` exactly as ``askbuild``
+does (:func:`invoke_runs_this_checkout`, :func:`_candidate`):
 
 * the first directory from the working directory upwards that holds a ``tasks.py`` or a
   ``tasks/__init__.py`` (Invoke's ``FilesystemLoader``) is this checkout;
 * no Invoke configuration file (``/etc/invoke.*``, ``~/.invoke.*``, ``invoke.*`` beside
   ``tasks.py``) exists and no ``INVOKE_*`` variable is set: they could change the collection
   Invoke loads or how it parses;
+* the command line starts with a verb, or is ``--list``/``-l`` (core options first, or no
+  argument at all: Invoke's).
 
-and a record exists only for a command line ``askbuild`` itself parses as one verb with its
-long options (or ``--list``), which Invoke runs the same way (askbuild/__main__.py).  A run
-through ``inv`` that changes nothing is recorded as well (:func:`record_argv`, used by
-:meth:`askbuild.verbs.VerbSpec.task`), so ``inv`` alone gets its no-ops answered.
-
-Anything unexpected here (no record, a changed witness, an unreadable directory, an error)
-leaves the run to Invoke.  ``ASKBUILD_NO_MEMO=1`` turns it off with the records.
+Otherwise, or when anything here fails, :func:`main` returns and Invoke runs as usual.
+``ASKBUILD_NO_MEMO=1`` turns the replay off (the records), not the hand-over.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ PTH = "askbuild-inv.pth"
 PTH_LINE = ("import sys; exec('try:\\n from askbuild.invhook import main\\nexcept Exception:\\n"
             " pass\\nelse:\\n main()') if (getattr(sys, 'argv', None) or [''])[0]"
             ".rpartition('/')[2] in ('inv', 'invoke') else None\n")
-PROGRAMS = ("inv", "invoke")
 CONFIG_EXTS = ("yaml", "yml", "json", "py")
 ROOT = os.path.dirname(noopmemo.ROOT)
 
@@ -92,23 +93,32 @@ def _candidate(argv: list[str]) -> bool:
 
 
 def main() -> None:
-    """At start-up of ``inv``/``invoke``: replay the record of this command line and exit 0,
-    or return (Invoke then runs)."""
+    """At start-up of ``inv``/``invoke``: replay the record of this command line, or run it
+    as ``askbuild``; return (Invoke then runs) when it is not this checkout's."""
     global _done
     if _done:                       # a site dir listed twice (lib64 -> lib) runs the line twice
         return
     _done = True
     try:
         argv = sys.argv[1:]
-        if not (noopmemo.enabled() and _candidate(argv) and invoke_runs_this_checkout()):
+        if not (_candidate(argv) and invoke_runs_this_checkout()):
             return
         output = noopmemo.recorded_output(argv)
     except Exception:               # never stand in Invoke's way
         return
-    if output is None:
+    if output is not None:
+        _replay(output)
+    try:
+        import subprocess           # (its helper gives the interpreter's own flags)
+        flags = subprocess._args_from_interpreter_flags()
+        os.execv(sys.executable, [sys.executable, *flags, "-P", "-m", "askbuild", *argv])
+    except Exception:
         return
-    # from here on the answer is the record's: SystemExit inside `site` would abort the
-    # interpreter, so the process ends with os._exit (nothing is registered to run at exit yet)
+
+
+def _replay(output: tuple) -> None:
+    """Print a record's output and end the process.  SystemExit inside ``site`` would abort
+    the interpreter, so it ends with os._exit (nothing is registered to run at exit yet)."""
     try:
         noopmemo.write_output(output)
     except OSError as e:            # stdout closed early (`inv --list | head -1`)
@@ -119,16 +129,6 @@ def main() -> None:
             pass
         os._exit(1)
     os._exit(0)
-
-
-def record_argv() -> list[str] | None:
-    """The command line to record a run under when this process is ``inv`` running this
-    checkout as ``askbuild`` would (None otherwise)."""
-    argv0 = (getattr(sys, "argv", None) or [""])[0]
-    if os.path.basename(argv0) not in PROGRAMS or not noopmemo.enabled():
-        return None
-    argv = sys.argv[1:]
-    return argv if _candidate(argv) and invoke_runs_this_checkout() else None
 
 
 def site_dir() -> str:

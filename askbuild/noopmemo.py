@@ -277,7 +277,7 @@ class Recorder:
 
     # what the run looked at
     def saw(self, path, follow: bool = True) -> None:
-        if not self.active or isinstance(path, int):
+        if not self.active or self.impure or isinstance(path, int):
             return
         try:
             p = os.fsdecode(path)
@@ -302,11 +302,14 @@ class Recorder:
                 or os.path.abspath(path) in _BOOKKEEPING)
 
     def taint(self, why: str) -> None:
+        """The run is not a pure observation: it will not be recorded, so stop tracing (a
+        real build or patch run then pays nothing more for the recorder)."""
         if self.active and not self.impure:
             self.impure = why
+            self._unwrap()
 
     def _audit(self, event: str, args: tuple) -> None:
-        if not self.active:
+        if not self.active or self.impure:
             return
         if event == "open":
             path, mode, flags = (tuple(args) + (None, None, None))[:3]
@@ -365,10 +368,14 @@ class Recorder:
         self.active = True
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.active = False
+    @staticmethod
+    def _unwrap() -> None:
         for name, fn in _REAL.items():
             setattr(os, name, fn)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.active = False
+        self._unwrap()
         sys.stdout, sys.stderr = self._streams
         if exc_type is not None:
             code = getattr(exc, "code", 1) if exc_type is SystemExit else 1

@@ -280,15 +280,19 @@ def _inside(path: Path, directory: Path) -> bool:
     return True
 
 
-def check_contained(directory: Path, name: str, where: str) -> None:
+def check_contained(directory: Path, name: str, where: str, top: Path | None = None) -> None:
     """Refuse (SeriesError naming the link and its target) when ``directory/name`` or a
-    directory on the way to it is a symbolic link leading outside ``directory``."""
-    top = directory.resolve()
+    directory on the way to it is a symbolic link leading outside ``directory``.  ``top``:
+    ``directory.resolve()``, when the caller has it already."""
+    top = top or directory.resolve()
     cur = directory
-    for part in PurePosixPath(name).parts:
+    parts = PurePosixPath(name).parts
+    linked = ".." in parts or PurePosixPath(name).is_absolute()
+    for part in parts:
         cur = cur / part
         if not cur.is_symlink():
             continue
+        linked = True
         target = os.readlink(cur)
         try:
             real = cur.resolve()
@@ -302,7 +306,8 @@ def check_contained(directory: Path, name: str, where: str) -> None:
                 + f", outside the series directory {directory}; askbuild does not follow it",
                 fix="copy the file into the series directory (or make the link point inside "
                     "it)")
-    if not _inside((directory / name).resolve(), top):
+    # no link and no "..": directory/name is top/name, inside by construction
+    if linked and not _inside((directory / name).resolve(), top):
         raise SeriesError(f"{where}: {directory / name} leads outside the series directory "
                           f"{directory} ({(directory / name).resolve()})",
                           fix="copy the file into the series directory")
@@ -326,9 +331,10 @@ def load(directory: Path) -> list[SeriesEntry]:
     except OSError as e:
         raise SeriesError(f"{path}: cannot read: {e.strerror or e}") from e
     entries = parse(text, path=path)
+    top = directory.resolve()
     for e in entries:
         where = f"{path}:{e.line}: patch {e.name!r}"
-        check_contained(directory, e.name, where)
+        check_contained(directory, e.name, where, top)
         f = directory / e.name
         if not f.is_file():
             raise SeriesError(f"{path}:{e.line}: patch file {e.name!r} does not exist in "

@@ -106,17 +106,6 @@ class VerbSpec:
 
     __call__ = run
 
-    def inv_record_argv(self, args: tuple, kwargs: dict[str, Any]) -> list[str] | None:
-        """The command line to record this run under when it is ``inv`` running exactly this
-        one call as ``askbuild`` would (askbuild/invhook.py), else None."""
-        from askbuild import invhook
-        argv = invhook.record_argv()
-        if argv is None or args or self.table is None:
-            return None
-        from askbuild.__main__ import parse
-        parsed = parse(self.table.names(), argv)
-        return argv if parsed == (self, kwargs) else None
-
     def show_help(self) -> None:
         """Print ``inv --help NAME`` (Invoke hands ``--help`` after a verb with a positional
         argument to that argument)."""
@@ -132,12 +121,7 @@ class VerbSpec:
 
         @functools.wraps(self.body)
         def run(c, *args, **kwargs):
-            argv = spec.inv_record_argv(args, kwargs) if spec.memo else None
-            if argv is None:
-                return spec.run(c, *args, **kwargs)
-            from askbuild import noopmemo
-            with noopmemo.Recorder(argv):
-                return spec.run(c, *args, **kwargs)
+            return spec.run(c, *args, **kwargs)
 
         extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
                  for n, d in self.extra.items()]
@@ -152,8 +136,8 @@ def verb(*, common: tuple[str, ...] = SOURCES, help: dict[str, str] | None = Non
     """``@verb(...)`` on ``def name(c, <own options>) -> Callable[[Settings], Any]``: the
     verb with the ``common`` options (names of :data:`COMMON`) added to its signature and
     help; ``task_kw`` (``iterable=``, ``positional=``) as for Invoke's ``@task``.  ``memo``:
-    a run of it through ``askbuild`` or ``inv`` that changes nothing is recorded, and the next
-    identical run answered from that record (:mod:`askbuild.noopmemo`,
+    a run of it through ``askbuild`` that changes nothing is recorded, and the next identical
+    run answered from that record (:mod:`askbuild.noopmemo`; ``inv`` runs as ``askbuild``:
     :mod:`askbuild.invhook`)."""
     def wrap(body: Callable) -> VerbSpec:
         spec = VerbSpec(body, common, help or {}, task_kw)

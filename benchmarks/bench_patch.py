@@ -10,8 +10,9 @@ Rows per series:
   the target is about;
 * the same with ``BATCH = False`` (one ``git am -3`` per patch), for comparison (the shipped
   value is restored after it);
-* the CLI through ``python -m askbuild`` (what ``./run`` runs) and through ``inv``: they
-  include Python's and the CLI's start-up (informational);
+* the CLI through ``python -m askbuild`` (what ``./run`` runs) and through ``inv`` (Invoke's
+  binary, which hands a verb to ``askbuild``: askbuild/invhook.py), run in the checkout:
+  they include Python's and the CLI's start-up;
 * the dry run (``rebasing.rebase(dry_run=True)`` in-process) onto ``v2`` after ``inv patch``
   (its recorded commits are reused), and without a patch record (the old series is applied
   again in the scratch tree first).
@@ -50,7 +51,7 @@ from askbuild import patchqueue, rebasing  # noqa: E402
 from askbuild.patchqueue import apply as pq_apply  # noqa: E402
 
 TARGET = 1.5
-INV = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
+INV = [str(Path(sys.executable).with_name("inv"))]     # Invoke's binary, run in the checkout
 ASKBUILD = [sys.executable, "-m", "askbuild"]
 
 
@@ -200,7 +201,7 @@ def _measure_series(n: int, rounds: int, tmp: Path) -> list[dict]:
         _row(f"askbuild patch, {what} (CLI)", cli_fast, anchor_v1, "git am -3",
              "python -m askbuild (what ./run runs): includes Python start-up"),
         _row(f"inv patch, {what} (CLI)", cli_inv, anchor_v1, "git am -3",
-             "includes Python + Invoke start-up"),
+             "Invoke's binary in the checkout (handed to askbuild before Invoke is imported)"),
         _row(f"inv rebase --dry-run, {what} (engine)", dry_s, anchor_v2, "git am -3 onto v2",
              "after inv patch: its recorded commits replayed with one git rebase -i in a "
              f"scratch worktree (fetch of v2 included); {dry_git} git processes"),

@@ -1,7 +1,7 @@
-"""``inv VERB`` (Invoke's own binary) answers a no-op from its record before Invoke is imported
-(askbuild/invhook.py: the ``askbuild-inv.pth`` line ``./run`` installs), records its own
-no-ops, and leaves everything else to Invoke: another ``tasks.py`` found first, an Invoke
-configuration file."""
+"""``inv VERB`` (Invoke's own binary) answers a no-op from its record and runs a verb as
+``askbuild`` does, before Invoke is imported (askbuild/invhook.py: the ``askbuild-inv.pth``
+line ``./run`` installs); another ``tasks.py`` found first, an Invoke configuration file or core
+options leave the run to Invoke."""
 
 from __future__ import annotations
 
@@ -68,10 +68,13 @@ def test_inv_replays_the_record_of_askbuild_without_importing_invoke(project, xd
     assert _output(_inv(project, env)) == _output(noop)
 
 
-def test_inv_records_its_own_noop_and_a_changed_patch_is_applied(project, xdg):
+def test_inv_runs_a_verb_as_askbuild_and_records_its_noop(project, xdg):
     env = _env(project, xdg)
-    first = _inv(project, env)
+    first = _inv(project, env, python=("-X", "importtime"))
     assert first.returncode == 0 and "not recorded" in _memo_line(first)     # it applied
+    imported = _imported(first)                    # (-X importtime reaches askbuild's process)
+    assert "askbuild.patchqueue" in imported
+    assert not {m for m in imported if m == "invoke" or m.startswith("invoke.")}
     for _ in range(4):
         _settle()
         noop = _inv(project, env)
@@ -166,3 +169,15 @@ def test_list_through_inv_is_replayed_and_a_closed_pipe_ends_it(tmp_path):
     assert closed.returncode == 1
     assert "memo: replayed" in closed.stderr and closed.stderr.rstrip().endswith("Broken pipe")
     assert "Traceback" not in closed.stderr
+
+
+def test_what_askbuild_does_not_parse_is_answered_by_invoke(project, xdg):
+    env = _env(project, xdg)
+    plain = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
+    for argv in (["patch", "--no-such-option"], ["patch", "--help"], ["no-such-verb"],
+                 ["--list"]):
+        ours = subprocess.run([INV, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+        theirs = subprocess.run([*plain, *argv], cwd=ROOT, env={**env, "ASKBUILD_NO_MEMO": "1"},
+                                capture_output=True, text=True)
+        assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), argv
+        assert _output(ours) == _output(theirs), argv

@@ -220,3 +220,18 @@ def test_noop_build_keeps_its_manifest_and_is_replayed(tmp_path, xdg):
     assert "not replayed" in edited.stderr and "app.toml" in edited.stderr
     assert "built 1" in edited.stderr
     assert manifest.read_bytes() != built[0]
+
+
+def test_a_tainted_recorder_stops_tracing(tmp_path):
+    """A run that will not be recorded (it spawned, wrote...) pays nothing more for it."""
+    from askbuild import noopmemo
+    (tmp_path / "f").write_text("x")
+    with noopmemo.Recorder(["patch"]) as rec:
+        os.stat(tmp_path / "f")
+        assert os.stat is not noopmemo._REAL["stat"] and len(rec.witnesses) == 1
+        rec.taint("spawned git")
+        assert all(getattr(os, n) is fn for n, fn in noopmemo._REAL.items())
+        os.stat(tmp_path)
+        (tmp_path / "g").write_text("y")
+        assert len(rec.witnesses) == 1 and rec.impure == "spawned git"
+    assert all(getattr(os, n) is fn for n, fn in noopmemo._REAL.items())

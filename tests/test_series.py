@@ -145,3 +145,11 @@ def test_render_parse_round_trip(items):
     entries = [SeriesEntry(n, p) for n, p in items]
     parsed = series.parse(series.render(entries, head="# h\n"))
     assert [(e.name, e.strip) for e in parsed] == items
+
+
+def test_a_dotdot_name_leading_outside_is_refused(tmp_path):
+    d, outside = _series_dir(tmp_path)
+    (d / "series").write_text("../elsewhere/secret.patch\n")
+    with pytest.raises(SeriesError) as e:
+        series.load(d)
+    assert "invalid patch name '../elsewhere/secret.patch'" in str(e.value)
