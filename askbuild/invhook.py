@@ -109,7 +109,7 @@ def main() -> None:
     if output is not None:
         _replay(output)
     try:
-        import subprocess           # (its helper gives the interpreter's own flags)
+        import subprocess  # (its helper gives the interpreter's own flags)
         flags = subprocess._args_from_interpreter_flags()
         os.execv(sys.executable, [sys.executable, *flags, "-P", "-m", "askbuild", *argv])
     except Exception:
