@@ -25,7 +25,9 @@ timed rounds).
 The series is ``tests/patchfixtures.make_long_project`` (one small change per patch, a new file
 every third patch); the dry run goes onto ``v2``, v1 plus one upstream commit.  Each round of
 ``inv patch`` starts from a tree without its patch record (so the series is really applied);
-the dry run's fetch of ``v2`` is warmed once before the rounds.
+the dry run's fetch of ``v2`` is warmed once before the rounds.  Every round starts after a
+``sync`` (untimed): on this machine's disk the writes of the previous round (hundreds of loose
+objects) otherwise land on whichever round comes next.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def _median(fn, rounds: int, before=None) -> float:
     for _ in range(rounds):
         if before:
             before()
+        os.sync()       # the previous round's writes are not this round's to wait for
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
