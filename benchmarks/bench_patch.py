@@ -87,7 +87,8 @@ def _add_v2(project: pf.Project) -> None:
 
 
 def _git_am_anchor(project: pf.Project, onto: str):
-    """Plain ``git am -3`` of the series files onto ``onto`` in a clone: (run, reset)."""
+    """Plain ``git am -3`` of the series files onto ``onto`` in a clone (no automatic gc, as
+    askbuild's own git calls): (run, reset)."""
     clone = project.root.parent / "anchor"
     if not clone.exists():
         pf.g(project.root.parent, "clone", "-q", "--", str(project.upstream.bare), str(clone))
@@ -101,8 +102,10 @@ def _git_am_anchor(project: pf.Project, onto: str):
                        check=True)
 
     def am() -> None:
-        subprocess.run(["git", "-C", str(clone), "am", "-q", "-3", *files], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        # gc.auto=0 as askbuild's own git calls: an automatic gc, which `git am` starts in the
+        # background once loose objects pile up over the rounds, would fall on later rounds
+        subprocess.run(["git", "-C", str(clone), "-c", "gc.auto=0", "am", "-q", "-3", *files],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
     return am, reset
 
 
