@@ -115,15 +115,14 @@ def test_another_tasks_py_found_first_is_run_by_invoke(project, xdg, tmp_path):
         "from invoke import task\n\n\n"
         "@task\ndef patch(c, work_dir='', cache_dir=''):\n    print('the other tasks.py')\n")
     s = project.settings
-    argv = ["patch", "--work-dir", str(s.work_dir), "--cache-dir", str(s.cache_dir)]
+    argv = [*ASKBUILD, "patch", "--work-dir", str(s.work_dir), "--cache-dir", str(s.cache_dir)]
     for _ in range(4):           # askbuild runs this checkout's verb from there and records it
         _settle()
-        mine = subprocess.run([*ASKBUILD, *argv], cwd=other, env=env, capture_output=True,
-                              text=True)
+        mine = subprocess.run(argv, cwd=other, env=env, capture_output=True, text=True)
         assert mine.returncode == 0, mine.stderr
         if "memo: recorded" in mine.stderr:
             break
-    assert "memo: replayed" in subprocess.run([*ASKBUILD, *argv], cwd=other, env=env,
+    assert "memo: replayed" in subprocess.run(argv, cwd=other, env=env,
                                               capture_output=True, text=True).stderr
     theirs = _inv(project, env, cwd=other)
     assert theirs.returncode == 0, theirs.stderr
