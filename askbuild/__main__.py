@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         # is Invoke's whatever tasks.py holds: no need to load it twice
         verb_first = bool(argv) and not argv[0].startswith("-")
         listing = argv in (["--list"], ["-l"])
-        if (verb_first or listing) and noopmemo.replay(argv):
+        if noopmemo.replayable(argv) and noopmemo.replay(argv):
             return                  # a no-op answered from its record (askbuild/noopmemo.py)
         tasks = load_tasks() if verb_first else None
         parsed = parse(tasks.VERBS.names(), argv) if tasks is not None else None

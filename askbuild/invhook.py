@@ -15,7 +15,7 @@ Python runs an ``import`` line of a ``.pth`` file at start-up, as setuptools' ow
   (askbuild/__main__.py), so that answer is Invoke's.
 
 It does so only when ``inv`` would run THIS checkout's ``tasks.py`` exactly as ``askbuild``
-does (:func:`invoke_runs_this_checkout`, :func:`_candidate`):
+does (:func:`invoke_runs_this_checkout`, :func:`askbuild.noopmemo.replayable`):
 
 * the first directory from the working directory upwards that holds a ``tasks.py`` or a
   ``tasks/__init__.py`` (Invoke's ``FilesystemLoader``) is this checkout;
@@ -87,9 +87,6 @@ def invoke_runs_this_checkout() -> bool:
         return False
 
 
-def _candidate(argv: list[str]) -> bool:
-    """A command line a record can exist for: a verb first, or ``--list``."""
-    return (bool(argv) and not argv[0].startswith("-")) or argv in (["--list"], ["-l"])
 
 
 def main() -> None:
@@ -101,7 +98,7 @@ def main() -> None:
     _done = True
     try:
         argv = sys.argv[1:]
-        if not (_candidate(argv) and invoke_runs_this_checkout()):
+        if not (noopmemo.replayable(argv) and invoke_runs_this_checkout()):
             return
         output = noopmemo.recorded_output(argv)
     except Exception:               # never stand in Invoke's way
@@ -140,11 +137,11 @@ def site_dir() -> str:
 def install(directory: str | None = None) -> str:
     """Write :data:`PTH` into ``directory`` (default: :func:`site_dir`), atomically; return
     its path."""
+    from pathlib import Path
+
+    from askbuild.fsutil import write_bytes_atomic
     path = os.path.join(directory or site_dir(), PTH)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(PTH_LINE)
-    os.replace(tmp, path)
+    write_bytes_atomic(Path(path), PTH_LINE.encode("utf-8"))
     return path
 
 

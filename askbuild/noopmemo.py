@@ -164,6 +164,12 @@ def _code_witnesses() -> dict[tuple[str, bool], tuple | None]:
 
 # -- replay -------------------------------------------------------------------------------------
 
+def replayable(argv: list[str]) -> bool:
+    """A command line a record can exist for: a verb first (its options after it), or
+    ``--list``."""
+    return (bool(argv) and not argv[0].startswith("-")) or argv in (["--list"], ["-l"])
+
+
 def recorded_output(argv: list[str]) -> tuple | None:
     """The recorded output of ``argv`` (``((stream, text), ...)``, stream 1 or 2) when a record
     with this key exists and every witness is unchanged; None otherwise."""
