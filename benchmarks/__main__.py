@@ -1,7 +1,8 @@
 """Run askbuild's benchmarks and print one Markdown table (askbuild vs its anchor, the ratio and
 whether the target is met), and write the rows as JSON.
 
-    .venv/bin/python -m benchmarks [--rounds 5] [--quick] [--only noop,patch] [--json FILE]
+    .venv/bin/python -m benchmarks [--rounds 5] [--quick] [--kernel] [--only noop,patch]
+                                   [--json FILE]
 
 Every ``benchmarks/bench_<topic>.py`` module provides ``measure(args) -> list[dict]``, one dict
 per row::
@@ -44,6 +45,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="runs per measure (median taken)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller inputs")
+    ap.add_argument("--kernel", action="store_true",
+                    help="also the measures on Debian's kernel tarball (minutes each): its "
+                         "import, and the cold example build with the kernel")
     ap.add_argument("--only", default="", help=f"comma-separated topics of {topics()}")
     ap.add_argument("--json", default=str(ROOT / "build" / "benchmarks.json"),
                     help="where to write the rows as JSON (default: build/benchmarks.json)")
