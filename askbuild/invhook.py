@@ -87,8 +87,6 @@ def invoke_runs_this_checkout() -> bool:
         return False
 
 
-
-
 def main() -> None:
     """At start-up of ``inv``/``invoke``: replay the record of this command line, or run it
     as ``askbuild``; return (Invoke then runs) when it is not this checkout's."""

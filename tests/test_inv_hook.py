@@ -180,3 +180,25 @@ def test_what_askbuild_does_not_parse_is_answered_by_invoke(project, xdg):
                                 capture_output=True, text=True)
         assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), argv
         assert _output(ours) == _output(theirs), argv
+
+
+def test_a_failed_hand_over_returns_so_invoke_runs_the_command_line(monkeypatch, tmp_path):
+    """When ``exec`` of ``python -m askbuild`` fails (here: the interpreter cannot be run),
+    the hook returns from start-up and Invoke's own program runs the command line."""
+    argv = ["fetch", "--work-dir", str(tmp_path / "w")]
+    monkeypatch.setattr(invhook, "_done", False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))      # no record to replay
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [INV, *argv])
+    tried = []
+
+    def execv(path, args):
+        tried.append((path, args))
+        raise OSError(8, "Exec format error")
+
+    monkeypatch.setattr(os, "execv", execv)
+    assert invhook.invoke_runs_this_checkout()
+    assert invhook.main() is None
+    (path, args), = tried
+    assert path == args[0] == sys.executable
+    assert args[-len(argv) - 3:] == ["-P", "-m", "askbuild", *argv]
