@@ -84,7 +84,9 @@ def _example_cold(tmp: Path, jobs: int) -> tuple[float, float, dict[str, float],
         shutil.copytree(ROOT / name, project / name, symlinks=True)
     s = Settings(project_root=project, work_dir=tmp / "work", cache_dir=tmp / "cache",
                  jobs=jobs, profile="example")
-    env = {**os.environ, "ASKBUILD_PROJECT_ROOT": str(project), "CI": "true"}
+    # cold for real: no user configuration or ASKBUILD_* setting (a shared build cache, ccache)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASKBUILD_")}
+    env.update(ASKBUILD_PROJECT_ROOT=str(project), CI="true", XDG_CONFIG_HOME=str(tmp / "config"))
     common = ["--profile", "example", "--work-dir", str(s.work_dir),
               "--cache-dir", str(s.cache_dir)]
 
