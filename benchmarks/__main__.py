@@ -42,7 +42,8 @@ def topics() -> list[str]:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())       # the first paragraph
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=summary)
     ap.add_argument("--rounds", type=int, default=5, help="runs per measure (median taken)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller inputs")
     ap.add_argument("--kernel", action="store_true",
