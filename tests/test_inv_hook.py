@@ -185,11 +185,11 @@ def test_what_askbuild_does_not_parse_is_answered_by_invoke(project, xdg):
 def test_a_failed_hand_over_returns_so_invoke_runs_the_command_line(monkeypatch, tmp_path):
     """When ``exec`` of ``python -m askbuild`` fails (here: the interpreter cannot be run),
     the hook returns from start-up and Invoke's own program runs the command line."""
-    argv = ["fetch", "--work-dir", str(tmp_path / "w")]
+    monkeypatch.setattr(sys, "argv", [INV, "fetch", "--work-dir", str(tmp_path / "w")])
+    argv = sys.argv[1:]
     monkeypatch.setattr(invhook, "_done", False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))      # no record to replay
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", [INV, *argv])
     tried = []
 
     def execv(path, args):
