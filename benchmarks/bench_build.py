@@ -36,11 +36,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("CI", "true")      # plain progress lines
 
 import buildfixtures as bf  # noqa: E402
+from test_pipeline import copy_project  # noqa: E402
 
 from askbuild import building, recipes  # noqa: E402
 from askbuild.building.component import Components  # noqa: E402
 from askbuild.building.engine import make_plan  # noqa: E402
 from askbuild.building.runner import Steps, base_env  # noqa: E402
+from askbuild.settings import Settings  # noqa: E402
+from benchmarks import KERNEL, kernel_wanted, settle_disk  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -69,19 +72,12 @@ def _cold(tmp: Path, jobs: int) -> tuple[float, float, float, str, float, list[s
     return wall, cpu, alone[longest], longest, chain_s, chain
 
 
-KERNEL_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
-PROJECT_DATA = ("recipes", "patches", "kernel", "images", "examples")
-
-
 def _example_cold(tmp: Path, jobs: int) -> tuple[float, float, dict[str, float], dict]:
     """The example profile's cold build through the CLI, as a user runs it: (wall s, CPU s of
     askbuild and every process it waited for, each component's time alone at full -j, its
     dependencies).  A copy of the project, so recording the unlocked kernel's sha256 never edits
     the checkout."""
-    from askbuild.settings import Settings
-    project = tmp / "project"
-    for name in PROJECT_DATA:
-        shutil.copytree(ROOT / name, project / name, symlinks=True)
+    project = copy_project(tmp / "project")
     s = Settings(project_root=project, work_dir=tmp / "work", cache_dir=tmp / "cache",
                  jobs=jobs, profile="example")
     # cold for real: no user configuration or ASKBUILD_* setting (a shared build cache, ccache)
@@ -117,31 +113,39 @@ def _example_cold(tmp: Path, jobs: int) -> tuple[float, float, dict[str, float],
 def _quiet(path: Path) -> None:
     """``sync``, then wait for the disk to go quiet: a deleted kernel build tree goes on being
     discarded after ``sync`` returns, slowing whatever writes next (docs/benchmarks.md)."""
-    from benchmarks.bench_import import _settle_disk
     os.sync()
-    _settle_disk(path, limit=120.0)
+    settle_disk(path, limit=120.0)
+
+
+def _bound_rows(what: str, wall: float, cpu: float, jobs: int, longest: tuple[str, float],
+                chain: tuple[float, list[str]], notes: str) -> list[dict]:
+    """The two rows of a cold build: against max(longest component alone, CPU time / cores),
+    and against max(longest dependency chain, each component alone; CPU time / cores)."""
+    bound, dag = max(longest[1], cpu / jobs), max(chain[0], cpu / jobs)
+    return [
+        {"measure": f"{what} (-j{jobs})", "askbuild_s": round(wall, 3),
+         "anchor": f"max(longest component alone ({longest[0]}), CPU time / cores)",
+         "anchor_s": round(bound, 3), "ratio": round(wall / bound, 2), "target": "<= 1.15x",
+         "met": wall / bound <= 1.15,
+         "notes": f"{notes}; {longest[0]} {longest[1]:.2f}s alone, CPU {cpu:.2f}s on {jobs} "
+                  "cores"},
+        {"measure": f"{what} (-j{jobs}), dependencies counted", "askbuild_s": round(wall, 3),
+         "anchor": f"max(longest chain {' -> '.join(chain[1])}, each alone; CPU time / cores)",
+         "anchor_s": round(dag, 3), "ratio": round(wall / dag, 2), "target": "<= 1.15x",
+         "met": wall / dag <= 1.15,
+         "notes": f"{notes}; chain {chain[0]:.2f}s (no schedule can be shorter: each waits "
+                  "for the one before)"},
+    ]
 
 
 def _example_rows(tmp: Path, jobs: int) -> list[dict]:
     wall, cpu, alone, depends = _example_cold(tmp, jobs)
     longest = max(alone, key=alone.__getitem__)
-    bound = max(alone[longest], cpu / jobs)
-    chain_s, chain = _longest_chain(depends, alone)
-    dag = max(chain_s, cpu / jobs)
-    note = (f"one round; {longest} {alone[longest]:.1f}s alone, CPU {cpu:.1f}s on {jobs} cores; "
-            f"alone: " + ", ".join(f"{n} {t:.1f}s" for n, t in
-                                   sorted(alone.items(), key=lambda kv: -kv[1])))
-    return [
-        {"measure": f"cold example build, kernel included (`build --profile example`, -j{jobs})",
-         "askbuild_s": round(wall, 3),
-         "anchor": f"max(longest component alone ({longest}), CPU time / cores)",
-         "anchor_s": round(bound, 3), "ratio": round(wall / bound, 2), "target": "<= 1.15x",
-         "met": wall / bound <= 1.15, "notes": note},
-        {"measure": "the same, dependencies counted", "askbuild_s": round(wall, 3),
-         "anchor": f"max(longest chain {' -> '.join(chain)}, each alone; CPU time / cores)",
-         "anchor_s": round(dag, 3), "ratio": round(wall / dag, 2), "target": "<= 1.15x",
-         "met": wall / dag <= 1.15, "notes": f"chain {chain_s:.1f}s"},
-    ]
+    note = "one round; alone: " + ", ".join(
+        f"{n} {t:.1f}s" for n, t in sorted(alone.items(), key=lambda kv: -kv[1]))
+    return _bound_rows("cold example build, kernel included (`build --profile example`)", wall,
+                       cpu, jobs, (longest, alone[longest]), _longest_chain(depends, alone),
+                       note)
 
 
 def _longest_chain(depends: dict[str, list[str]], alone: dict[str, float]
@@ -204,33 +208,16 @@ def measure(args) -> list[dict]:
             cold.append(_cold(Path(d), jobs))
     with tempfile.TemporaryDirectory(prefix="askbuild-bench-edit-") as d:
         ours, theirs = _edit_rounds(Path(d), rounds)
-    wall = statistics.median(c[0] for c in cold)
-    bounds = [max(c[2], c[1] / jobs) for c in cold]
-    bound = statistics.median(bounds)
-    dag = statistics.median(max(c[4], c[1] / jobs) for c in cold)
-    longest, chain = cold[0][3], cold[0][5]
-    t_ours, t_make = statistics.median(ours), statistics.median(theirs)
+    med = statistics.median
     example = []
-    if (getattr(args, "kernel", False) or os.environ.get("ASKBUILD_BENCH_KERNEL") == "1") \
-            and KERNEL_TARBALL.is_file():
+    if kernel_wanted(args):
         with tempfile.TemporaryDirectory(prefix="askbuild-bench-example-") as d:
             example = _example_rows(Path(d), jobs)
-    cpu_note = f"CPU {statistics.median(c[1] for c in cold):.2f}s on {jobs} cores"
+    t_ours, t_make = med(ours), med(theirs)
     return [
-        {"measure": f"cold fixture userspace build (-j{jobs})", "askbuild_s": round(wall, 3),
-         "anchor": "max(longest component alone, CPU time / cores)",
-         "anchor_s": round(bound, 3), "ratio": round(wall / bound, 2), "target": "<= 1.15x",
-         "met": wall / bound <= 1.15,
-         "notes": f"median of {cold_rounds}; longest component {longest} "
-                  f"{statistics.median(c[2] for c in cold):.2f}s alone, {cpu_note}"},
-        {"measure": f"cold fixture userspace build (-j{jobs}), dependencies counted",
-         "askbuild_s": round(wall, 3),
-         "anchor": "max(longest dependency chain, each component alone; CPU time / cores)",
-         "anchor_s": round(dag, 3), "ratio": round(wall / dag, 2), "target": "<= 1.15x",
-         "met": wall / dag <= 1.15,
-         "notes": f"median of {cold_rounds}; chain {' -> '.join(chain)} "
-                  f"{statistics.median(c[4] for c in cold):.2f}s (no schedule can be shorter: "
-                  f"each waits for the one before); {cpu_note}"},
+        *_bound_rows("cold fixture userspace build", med(c[0] for c in cold),
+                     med(c[1] for c in cold), jobs, (cold[0][3], med(c[2] for c in cold)),
+                     (med(c[4] for c in cold), cold[0][5]), f"median of {cold_rounds}"),
         {"measure": "one-file edit of cmm rebuilt", "askbuild_s": round(t_ours, 3),
          "anchor": "plain make of the same edit", "anchor_s": round(t_make, 3),
          "ratio": round(t_ours / t_make, 2), "target": "<= 2x", "met": t_ours / t_make <= 2,
@@ -244,7 +231,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--kernel", action="store_true",
-                    help=f"also the cold example build, kernel included ({KERNEL_TARBALL})")
+                    help=f"also the cold example build, kernel included ({KERNEL})")
     for row in measure(ap.parse_args()):
         print(f"{row['measure']}: askbuild {row['askbuild_s']}s, {row['anchor']} "
               f"{row['anchor_s']}s, ratio {row['ratio']} (target {row['target']}, "

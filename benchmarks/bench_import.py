@@ -28,8 +28,8 @@ from pathlib import Path
 
 from askbuild import tarimport
 from askbuild.importcache import ImportCache
+from benchmarks import KERNEL, kernel_wanted, settle_disk
 
-KERNEL = Path("/usr/src/linux-source-6.1.tar.xz")
 MESSAGE = tarimport.import_message("bench.tar.gz", "bench", "1.0", "0" * 64)
 
 
@@ -62,25 +62,6 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _settle_disk(path: Path, quiet: float = 3.0, limit: float = 240.0) -> float:
-    """Wait until the block device holding ``path`` has done no I/O for ``quiet`` seconds
-    (its ``/sys/dev/block/M:m/stat`` counters unchanged; at most ``limit`` s); returns the
-    seconds waited.  Deletions on a file system mounted with ``discard`` go on discarding
-    after ``sync`` returns, and writes meanwhile are several times slower."""
-    dev = os.stat(path).st_dev
-    stat = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat")
-    if not stat.is_file():
-        return 0.0
-    start = last_change = time.monotonic()
-    before = stat.read_text().split()
-    while time.monotonic() - last_change < quiet and time.monotonic() - start < limit:
-        time.sleep(0.5)
-        now = stat.read_text().split()
-        if now != before:
-            before, last_change = now, time.monotonic()
-    return time.monotonic() - start
-
-
 def _timed(fn, work: Path, rounds: int, label: str) -> tuple[float, float, str]:
     """Median wall time and median CPU time of ``fn(dest)`` into a fresh ``dest``
     (``work/<label>-r<i>``), up to its data on disk (``sync`` before and after: ``tar -x``
@@ -90,12 +71,12 @@ def _timed(fn, work: Path, rounds: int, label: str) -> tuple[float, float, str]:
     system mounted with ``discard`` (this machine's), deleting 1.3 GB slows every write that
     follows for a minute (measured: an extraction right after such a delete took 59 s instead
     of 25 s), which would fall on whichever measure came next; before each run the disk is
-    left to settle (:func:`_settle_disk`)."""
+    left to settle (:func:`settle_disk`)."""
     runs, cpus, result = [], [], ""
     for i in range(rounds):
         dest = work / f"{label}-r{i}"
         os.sync()                   # (no write-back of an earlier run left to pay for)
-        _settle_disk(work)          # (nor discards of an earlier topic's deletions)
+        settle_disk(work)          # (nor discards of an earlier topic's deletions)
         t, c = time.perf_counter(), _cpu()
         result = fn(dest)
         os.sync()                   # (each pays for its own writes: tar -x returns before)
@@ -124,8 +105,7 @@ def _import(archive: Path, bulk: bool, cache: Path | None = None, *, entry: str 
 
 
 def measure(args) -> list[dict]:
-    kernel = (getattr(args, "kernel", False) or os.environ.get("ASKBUILD_BENCH_KERNEL") == "1")
-    kernel = kernel and KERNEL.is_file()
+    kernel = kernel_wanted(args)
     files = 5_000 if args.quick else 20_000
     rounds = 1 if kernel else (3 if args.quick else args.rounds)
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
