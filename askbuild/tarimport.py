@@ -42,8 +42,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import gitutil
+from . import checkin, gitutil
 from .archive import safe_extract
+from .download import NO_SPACE, no_space_error
+from .errors import SourceError
 from .importcache import ImportCache
 
 #: The commit message trailer naming the tarball's sha256 (fetch reads it back).
@@ -57,6 +59,9 @@ BULK_ADD = ["-c", "core.bigFileThreshold=1", "-c", "core.compression=1"]
 #: The user's global git config (filters, attributes, ...) must not change the commit;
 #: gitutil already drops the system config and sets core.autocrlf=false.
 _NO_USER_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull}
+#: Nor the user's attributes file (``$XDG_CONFIG_HOME/git/attributes`` is read even without
+#: a global config): an attribute there could convert what ``git add`` stores.
+_NO_USER_ATTRIBUTES = ["-c", f"core.attributesFile={os.devnull}"]
 
 
 def import_message(filename: str, name: str, ref: str, sha256: str) -> str:
@@ -64,20 +69,43 @@ def import_message(filename: str, name: str, ref: str, sha256: str) -> str:
     return f"Import {filename} ({name} {ref})\n\n{SHA256_TRAILER}: {sha256}\n"
 
 
-def commit_tree(tree: Path, message: str, *, bulk: bool = True,
+def _checked_in(tree: Path) -> bool:
+    """The Python check-in (:func:`askbuild.checkin.check_in`), then git's own look at the
+    result: every file tracked (``ls-files --others`` lists none) and none differing from its
+    index entry (``diff-files``).  False, with what it wrote removed, when ``git add`` must
+    do it."""
+    written = checkin.check_in(tree)
+    if written is None:
+        return False
+    others = gitutil.out([*_NO_USER_ATTRIBUTES, "ls-files", "-z", "--others", "--", "."],
+                         cwd=tree, env=_NO_USER_CONFIG)
+    differ = gitutil.git([*_NO_USER_ATTRIBUTES, "diff-files", "--quiet", "--"], cwd=tree,
+                         env=_NO_USER_CONFIG, check=False).returncode
+    if not others and differ == 0:
+        return True
+    for p in [*written, tree / ".git" / "index"]:
+        p.unlink(missing_ok=True)
+    return False
+
+
+def commit_tree(tree: Path, message: str, *, method: str = "python",
                 cache: ImportCache | None = None) -> str:
     """Make the directory ``tree`` a git repository holding every file of it as one commit
-    with the fixed identity; returns the commit id.  ``bulk=False`` is the plain ``git add``
-    of the first askbuilds (one loose object per file; the benchmark's "before").  With a
-    ``cache``, the repository starts with the objects of an earlier import of the same
-    tarball when there is one (``git add`` then only hashes: the bulk check-in would deflate
-    every file again), and keeps its own objects there when there is none."""
+    with the fixed identity; returns the commit id.  ``method``: ``python`` (the shipped
+    one, :mod:`askbuild.checkin`, falling back to ``bulk`` when the tree needs ``git add``),
+    ``bulk`` (git's bulk check-in into one pack), ``plain`` (the ``git add`` of the first
+    askbuilds: one loose object per file); the last two are the benchmark's "before".  With
+    a ``cache``, the repository starts with the objects of an earlier import of the same
+    tarball when there is one (only the files' ids are then computed: nothing is deflated
+    again), and keeps its own objects there when there is none."""
     gitutil.git(["init", "-q", "--", str(tree)], env=_NO_USER_CONFIG)
     cached = cache is not None and cache.take(tree / ".git")
-    gitutil.git([*(BULK_ADD if bulk and not cached else []), "add", "-A", "-f", "--", "."],
-                cwd=tree, env=_NO_USER_CONFIG)
-    gitutil.git([*(BULK_ADD[2:] if bulk else []), "commit", "-q", "--allow-empty",
-                 "--no-verify", "-m", message], cwd=tree,
+    if not (method == "python" and _checked_in(tree)):
+        bulk = method != "plain" and not cached
+        gitutil.git([*_NO_USER_ATTRIBUTES, *(BULK_ADD if bulk else []), "add", "-A", "-f",
+                     "--", "."], cwd=tree, env=_NO_USER_CONFIG)
+    gitutil.git([*_NO_USER_ATTRIBUTES, *(BULK_ADD[2:] if method != "plain" else []),
+                 "commit", "-q", "--allow-empty", "--no-verify", "-m", message], cwd=tree,
                 env={**gitutil.FIXED_IDENTITY, **_NO_USER_CONFIG})
     if cache is not None and not cached:
         cache.put(tree / ".git")
@@ -85,11 +113,21 @@ def commit_tree(tree: Path, message: str, *, bulk: bool = True,
 
 
 def import_tarball(archive: Path, dest: Path, *, strip_components: int, what: str,
-                   message: str, bulk: bool = True, cache: ImportCache | None = None) -> str:
+                   message: str, method: str = "python", cache: ImportCache | None = None
+                   ) -> str:
     """Extract ``archive`` safely into the new directory ``dest`` and commit it; returns the
     commit id (``cache``: :func:`commit_tree`).  Refusals and failures are those of
     :func:`askbuild.archive.safe_extract` (nothing is left at ``dest`` when extraction
-    fails); a failed ``git`` step raises :class:`~askbuild.gitutil.GitError` and the caller
-    throws ``dest`` away (it builds the import under a temporary name)."""
+    fails); a failed ``git`` step raises :class:`~askbuild.gitutil.GitError`, a full disk
+    while the files are checked in :class:`~askbuild.errors.NoSpaceError`, another failure
+    to write there :class:`~askbuild.errors.SourceError`, and the caller throws ``dest`` away
+    (it builds the import under a temporary name)."""
     safe_extract(archive, dest, strip_components=strip_components, what=what)
-    return commit_tree(dest, message, bulk=bulk, cache=cache)
+    try:
+        return commit_tree(dest, message, method=method, cache=cache)
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            raise no_space_error(what, f"check {archive.name} into git", dest) from e
+        raise SourceError(f"source {what}: cannot check {archive.name} into git in {dest}: "
+                          f"{e.strerror or e}",
+                          fix=f"check that {dest.parent} is writable, then run it again") from e

@@ -1,0 +1,167 @@
+"""The Python check-in of an imported tarball (askbuild.checkin): the commit of ``git add``,
+made without it when the tree allows, and ``git add`` whenever the tree holds what only git
+answers or git finds the result wrong.
+
+Each import is compared with the oracle of test_tarimport (the first askbuild import: plain
+``git add -A -f``); the git commands run are recorded to tell which way the import went."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import faults
+import pytest
+from test_tarimport import MESSAGE, MIXED, _oracle
+from upstreams import random_bytes, tar_bytes
+
+from askbuild import checkin, gitutil, tarimport
+from askbuild.errors import NoSpaceError
+from askbuild.importcache import ImportCache
+
+
+@pytest.fixture
+def git_calls(monkeypatch):
+    """The git subcommands askbuild runs (the word after the ``-c`` settings)."""
+    calls: list[str] = []
+    real = gitutil.git
+
+    def spy(args, *a, **k):
+        words = list(args)
+        while words and words[0] == "-c":
+            words = words[2:]
+        calls.append(words[0])
+        return real(args, *a, **k)
+    monkeypatch.setattr(gitutil, "git", spy)
+    return calls
+
+
+def _import(tmp_path: Path, entries: list[tuple], name: str = "new",
+            cache: ImportCache | None = None) -> tuple[str, Path]:
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    archive.write_bytes(tar_bytes(entries))
+    tree = tmp_path / name
+    return tarimport.import_tarball(archive, tree, strip_components=1, what="pkg",
+                                    message=MESSAGE, cache=cache), tree
+
+
+def _git_ok(tree: Path) -> None:
+    """What git itself says of the result: objects sound, pack index right, tree clean."""
+    for args in (["fsck", "--full", "--strict"], ["status", "--porcelain", "--ignored"]):
+        proc = gitutil.git(args, cwd=tree, check=False)
+        assert proc.returncode == 0 and proc.stdout == "", (args, proc.stdout, proc.stderr)
+    for idx in (tree / ".git" / "objects" / "pack").glob("*.idx"):
+        gitutil.git(["verify-pack", "--", str(idx)], cwd=tree)
+
+
+def _packs(tree: Path) -> list[str]:
+    return sorted(p.name for p in (tree / ".git" / "objects" / "pack").iterdir())
+
+
+# Bigger than one read (the streamed path), and incompressible.
+BIG = random.Random(1).randbytes(3 * (1 << 20) + 17)
+
+
+def test_mixed_archive_is_checked_in_without_git_add(tmp_path, git_calls):
+    entries = [*MIXED, ("file", "pkg-1.0/big.bin", BIG),
+               ("file", "pkg-1.0/.gitattributes", "*.c diff=cpp\n"),      # diff: no conversion
+               ("file", "pkg-1.0/.github/workflow", "on: push\n"),
+               ("file", "pkg-1.0/same-as-readme", "hello\n")]            # one blob, twice
+    commit, tree = _import(tmp_path, entries)
+    assert "add" not in git_calls
+    assert commit == _oracle(tmp_path / "pkg-1.0.tar.gz", tmp_path / "old", 1)
+    _git_ok(tree)
+    # one pack holding every blob once, a loose object only for the trees and the commit
+    assert len([p for p in _packs(tree) if p.endswith(".pack")]) == 1
+    counts = dict(line.split(": ") for line in
+                  gitutil.out(["count-objects", "-v"], cwd=tree).splitlines())
+    blobs = {e.split()[1] for e in gitutil.out(["ls-files", "-s", "-z"], cwd=tree).split("\0")
+             if e}
+    assert int(counts["in-pack"]) == len(blobs)
+    assert gitutil.git(["cat-file", "blob", "HEAD:big.bin"], cwd=tree, text=False).stdout == BIG
+
+
+@pytest.mark.parametrize("entries", [
+    [("file", "pkg-1.0/.gitattributes", "*.txt text\n"), ("file", "pkg-1.0/a.txt", "x\r\n")],
+    [("file", "pkg-1.0/sub/.gitattributes", "[attr]mine eol=lf\n*.c mine\n"),
+     ("file", "pkg-1.0/sub/a.c", "x\r\n")],
+    [("file", "pkg-1.0/git~2/x", "an NTFS short name git may refuse\n")],
+], ids=["text", "macro", "short-name"])
+def test_what_only_git_add_answers_goes_to_git_add(tmp_path, git_calls, entries):
+    commit, tree = _import(tmp_path, [("dir", "pkg-1.0"), *entries])
+    assert "add" in git_calls
+    assert commit == _oracle(tmp_path / "pkg-1.0.tar.gz", tmp_path / "old", 1)
+    _git_ok(tree)
+
+
+def test_user_attributes_file_changes_nothing(tmp_path, monkeypatch):
+    """``$XDG_CONFIG_HOME/git/attributes`` is read by git even with no global config: it
+    must not convert what the import stores (both ways give the attribute-free commit)."""
+    entries = [("dir", "pkg-1.0"), ("file", "pkg-1.0/dos.c", "int a;\r\n")]
+    clean, _ = _import(tmp_path, entries, "before")
+    xdg = tmp_path / "xdg"
+    (xdg / "git").mkdir(parents=True)
+    (xdg / "git" / "attributes").write_text("* text=auto\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    for method in ("python", "bulk", "plain"):
+        archive = tmp_path / "pkg-1.0.tar.gz"
+        tree = tmp_path / method
+        assert tarimport.import_tarball(archive, tree, strip_components=1, what="pkg",
+                                        message=MESSAGE, method=method) == clean
+        assert b"\r" in gitutil.git(["cat-file", "blob", "HEAD:dos.c"], cwd=tree,
+                                     text=False).stdout
+
+
+def test_a_wrong_check_in_is_caught_by_git_and_redone_by_git_add(tmp_path, git_calls,
+                                                                 monkeypatch):
+    """If the index askbuild writes ever missed a file or held a wrong stat, git's own look
+    (``ls-files --others``, ``diff-files``) sends the import to ``git add``: still the right
+    commit, and the pack of the failed attempt is gone."""
+    real = checkin._index_file
+    monkeypatch.setattr(checkin, "_index_file", lambda entries: real(entries[1:]))
+    commit, tree = _import(tmp_path, MIXED)
+    assert git_calls.count("add") == 1
+    assert commit == _oracle(tmp_path / "pkg-1.0.tar.gz", tmp_path / "old", 1)
+    _git_ok(tree)
+    assert len([p for p in _packs(tree) if p.endswith(".pack")]) == 1   # git add's only
+
+
+def test_re_import_from_the_cached_import_writes_no_pack(tmp_path, git_calls):
+    cache = ImportCache(tmp_path / "imports" / "entry", "pkg")
+    first, a = _import(tmp_path, MIXED, "a", cache)
+    again, b = _import(tmp_path, MIXED, "b", cache)
+    assert first == again and "add" not in git_calls
+    assert _packs(a) == _packs(b)               # the cached pack only: no blob written again
+    _git_ok(b)
+
+
+def test_a_refusal_leaves_nothing_behind(tmp_path):
+    """A tree check_in will not take gets neither index nor pack from it."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "x").write_text("x\n")
+    (tree / ".gitattributes").write_text("* ident\n")
+    gitutil.git(["init", "-q", "--", str(tree)])
+    before = sorted(os.listdir(tree / ".git"))
+    assert checkin.check_in(tree) is None
+    assert sorted(os.listdir(tree / ".git")) == before
+    assert _packs(tree) == []
+
+
+def test_full_disk_while_checking_in_says_so(tmp_path):
+    """The extraction fits, the pack does not: a full-disk error naming the source and the
+    place (never a traceback), and no pack half-written under a final name."""
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    archive.write_bytes(tar_bytes([("dir", "pkg-1.0"),
+                                   ("file", "pkg-1.0/blob.bin", random_bytes(600 << 10, 3))]))
+    with faults.tmpfs(tmp_path / "small", "1000k") as small:
+        with pytest.raises(NoSpaceError) as err:
+            tarimport.import_tarball(archive, small / "tree", strip_components=1, what="pkg",
+                                     message=MESSAGE)
+        assert (small / "tree" / "blob.bin").stat().st_size == 600 << 10    # extracted
+        assert "source pkg" in err.value.message and str(small / "tree") in err.value.message
+        assert "no space left" in err.value.message.lower()
+        pack_dir = small / "tree" / ".git" / "objects" / "pack"
+        assert [p.name for p in pack_dir.iterdir()] == []
+        assert not (small / "tree" / ".git" / "index").exists()
