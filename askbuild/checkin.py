@@ -38,6 +38,8 @@ from pathlib import Path
 #: Attributes (and macro definitions) that make ``git add`` store other bytes than the file's.
 _CONVERTS = re.compile(rb"\b(?:text|eol|crlf|ident|filter|working-tree-encoding)\b|\[attr\]")
 _CHUNK = 1 << 20
+#: Files up to this size are read whole; bigger ones a chunk at a time, twice when new.
+_WHOLE = 64 << 20
 #: Files hashed and deflated per batch (bounds the memory of deflated blobs in flight).
 _BATCH = 256
 _LEVEL = 1                          # what ``core.compression=1`` gave the bulk check-in
@@ -88,38 +90,31 @@ def _git_mode(st: os.stat_result) -> int:
     return 0o100755 if st.st_mode & stat.S_IXUSR else 0o100644
 
 
-def _blob(top: bytes, path: bytes, st: os.stat_result, known: set[bytes], store: bool
+def _blob(top: bytes, path: bytes, st: os.stat_result, known: set[bytes]
           ) -> tuple[bytes, bytes | None]:
-    """(blob id, its pack entry: header and deflated bytes, or None when already stored)."""
+    """(blob id, its pack entry: header and deflated bytes, or None when already stored) of a
+    symlink or a file of up to :data:`_WHOLE` bytes."""
     full = os.path.join(top, path)
     if stat.S_ISLNK(st.st_mode):
-        chunks = [os.readlink(full)]
-        size = len(chunks[0])
-    else:
-        size = st.st_size
-        with open(full, "rb") as f:
-            chunks = [f.read()] if size <= _CHUNK else iter(lambda: f.read(_CHUNK), b"")
-            h = hashlib.sha1(b"blob %d\0" % size)
-            z = zlib.compressobj(_LEVEL) if store else None
-            out, got = [], 0
-            for c in chunks:
-                h.update(c)
-                got += len(c)
-                if z is not None:
-                    out.append(z.compress(c))
-            if got != size:
-                raise _Refuse                   # changed while read: let git add answer
-            sha = h.digest()
-            if z is None or sha in known:
-                return sha, None
-            out.append(z.flush())
-            return sha, _pack_header(size) + b"".join(out)
-    h = hashlib.sha1(b"blob %d\0" % size)
-    h.update(chunks[0])
+        return _entry(os.readlink(full), known)
+    with open(full, "rb") as f:
+        data = f.read()
+    if len(data) != st.st_size:
+        raise _Refuse                           # changed since the walk: let git add answer
+    return _entry(data, known)
+
+
+def _chunks(f) -> Iterator[bytes]:
+    return iter(lambda: f.read(_CHUNK), b"")
+
+
+def _entry(data: bytes, known: set[bytes]) -> tuple[bytes, bytes | None]:
+    h = hashlib.sha1(b"blob %d\0" % len(data))
+    h.update(data)
     sha = h.digest()
-    if not store or sha in known:
+    if sha in known:
         return sha, None
-    return sha, _pack_header(size) + zlib.compress(chunks[0], _LEVEL)
+    return sha, _pack_header(len(data)) + zlib.compress(data, _LEVEL)
 
 
 def _pack_header(size: int, kind: int = 3) -> bytes:
@@ -163,6 +158,38 @@ class _PackWriter:
         self.entries.append((sha, self.offset, zlib.crc32(entry)))
         self.f.write(entry)
         self.offset += len(entry)
+
+    def add_big(self, full: bytes, size: int, known: set[bytes]) -> bytes:
+        """A file bigger than :data:`_WHOLE`, a chunk at a time: hashed, then (when its blob is
+        new) deflated straight into the pack and hashed again (it must not have changed)."""
+        h = hashlib.sha1(b"blob %d\0" % size)
+        with open(full, "rb") as f:
+            got = 0
+            for c in _chunks(f):
+                h.update(c)
+                got += len(c)
+            sha = h.digest()
+            if got != size:
+                raise _Refuse
+            if sha in known:
+                return sha
+            f.seek(0)
+            z, again = zlib.compressobj(_LEVEL), hashlib.sha1(b"blob %d\0" % size)
+            start = self.offset
+            crc = self._write(_pack_header(size), 0)
+            for c in _chunks(f):
+                again.update(c)
+                crc = self._write(z.compress(c), crc)
+            crc = self._write(z.flush(), crc)
+        if again.digest() != sha:
+            raise _Refuse                       # changed between the two reads
+        self.entries.append((sha, start, crc))
+        return sha
+
+    def _write(self, data: bytes, crc: int) -> int:
+        self.f.write(data)
+        self.offset += len(data)
+        return zlib.crc32(data, crc)
 
     def finish(self) -> list[Path]:
         """Close the pack; returns the files written (none when nothing was added)."""
@@ -259,8 +286,16 @@ def check_in(tree: Path, *, workers: int | None = None) -> list[Path] | None:
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
             for i in range(0, len(files), _BATCH):
                 batch = files[i:i + _BATCH]
-                for sha, entry in pool.map(lambda e: _blob(top, e[0], e[1], known, True),
-                                           batch):
+                small = [e for e in batch if stat.S_ISLNK(e[1].st_mode) or e[1].st_size <= _WHOLE]
+                done = dict(zip((e[0] for e in small),
+                                pool.map(lambda e: _blob(top, e[0], e[1], known), small),
+                                strict=True))
+                for path, st in batch:
+                    if path not in done:
+                        ids.append(writer.add_big(os.path.join(top, path), st.st_size, known))
+                        known.add(ids[-1])
+                        continue
+                    sha, entry = done[path]
                     ids.append(sha)
                     if entry is not None and sha not in known:
                         known.add(sha)

@@ -1,16 +1,16 @@
 """Cached tarball imports: the git objects of an import, kept beside the tarball (issue 9).
 
-The first import of a tarball hashes and deflates every file into one pack (the bulk
-check-in of :mod:`askbuild.tarimport`: ~40 s of one core for a kernel tree).  Its pack files
+The first import of a tarball hashes and deflates every file into one pack (the check-in of
+:mod:`askbuild.checkin`, or git's bulk check-in: ~20-40 s for a kernel tree).  Its pack files
 are then kept in the download cache, beside the tarball they came from
 (``<tarball cache>/imports/<sha256>/``, :meth:`askbuild.settings.Settings.tarball_import`),
 with a record of each file's sha256.  Every later import of the same tarball (another work
 directory, a work tree thrown away, a second checkout of askbuild sharing the cache) still
 extracts the archive (the work tree keeps the archive's times, modes and empty directories)
-but starts its repository with those packs: ``git add`` then only hashes the files, finds
-every object stored and writes nothing (~7 s instead of ~40 s on the kernel tree).
+but starts its repository with those packs: the check-in then only computes the files' ids,
+finds every object stored and writes no pack (a few seconds on the kernel tree).
 
-The cache never decides the commit: the tree is always what ``git add`` makes of the
+The cache never decides the commit: the tree is always what ``git add`` would make of the
 extracted files, so the commit id is the one every import gives, with or without the entry.
 Objects only an earlier import needed (a file another ``strip_components`` names elsewhere)
 are carried along harmlessly.

@@ -8,25 +8,26 @@ the tree's own ``.gitattributes`` do, the user's and the system's git config do 
 commit with :data:`askbuild.gitutil.FIXED_IDENTITY` and the message of :func:`import_message`.
 Empty directories are not in the commit (git tracks files), but are in the work tree.
 
-How it is stored (issue 9, measured in ``benchmarks/bench_import.py``): ``git add`` runs with
-``core.bigFileThreshold=1``: git's own bulk check-in streams every blob into *one* pack file
-(no per-file object files), deflated at level 1 (``core.compression=1``), the one pack the
-cached import keeps (:mod:`askbuild.importcache`).  On a quiet disk it takes about as long
-as a plain ``git add`` writing one loose object per file (kernel tree: 44-50 s against
-40-44 s); on a disk busy discarding, creating 80k object files made the plain one slower
-(72 s).  Object ids are content hashes, so storage and compression cannot change them; files
-the tree's ``.gitattributes`` convert (``text``, ``eol``, ``ident``, ...) are still
-converted, because git routes exactly those through its ordinary path.  The tests compare
-the commit id with the plain import on fixtures with symlinks, executables, hard links,
-empty directories, long and pax names and converting attributes
-(``tests/test_tarimport.py``).  What remains on a kernel tree is hashing and deflating
-1.3 GB (~35-45 s CPU, one core); the extraction itself is one streaming pass of ``xz -dc``,
-Python's member checks and GNU tar at once (:mod:`askbuild.archive`: ~18 s on the kernel
-tarball, against 16 s decompressing to a scratch tar, 7 s checking it and 8-12 s extracting
-it one after the other before).
+How it is stored (issue 9, measured in ``benchmarks/bench_import.py``): the files are checked
+in by :mod:`askbuild.checkin`, not by ``git add``: Python hashes every file and deflates each
+new blob at level 1 into *one* pack on every core, and writes the index with each file's stat
+data; git's own ``ls-files --others`` and ``diff-files`` then confirm the index holds every
+file unchanged, and ``git commit`` makes the trees and the commit from it as after ``git
+add``.  A tree with content-converting ``.gitattributes`` (``text``, ``eol``, ``ident``, ...)
+or names git treats specially, or a check-in git does not confirm, goes through ``git add``
+as before, with ``core.bigFileThreshold=1`` (git's bulk check-in: also one pack).  Object ids
+are content hashes: storage and compression cannot change them.  The tests compare the
+commit id with the plain import on fixtures with symlinks, executables, hard links, empty
+directories, long and pax names and converting attributes (``tests/test_tarimport.py``,
+``tests/test_checkin.py``).  On Debian's kernel tarball (83k files, 1.24 GB), bench run of
+2026-12-01 14:40: cold import 50.8 s (the bulk ``git add`` 63.9 s, the plain one 71.2 s,
+``tar -x`` 22.5 s); the check-in alone takes 23 s on 2 cores (32.7 s on one), of which
+deflate is most (level 1: ~19 s of CPU; level 0 saved 6 s but wrote a 1.3 GB pack).  The
+extraction is one streaming pass of ``xz -dc``, Python's member checks and GNU tar at once
+(:mod:`askbuild.archive`: 25-30 s).
 
 Every import after the first of a tarball starts from the objects the first one stored in
-the download cache (:mod:`askbuild.importcache`): ``git add`` then only hashes the files.
+the download cache (:mod:`askbuild.importcache`): only the files' ids are then computed.
 
 Considered and not done: ``git fast-import`` fed from the tar stream would have to re-implement
 what ``git add`` does to the extracted files (attribute conversions, which of two same-named
@@ -34,7 +35,9 @@ members or hard-link modes wins on disk); measured on 20k files it saved no time
 check-in, and fed beside GNU tar from the same stream (its blobs only as a head start for the
 ``git add``) it made the kernel import slower on 2 cores (tar's system time tripled); so did
 ``git add`` of each finished directory while tar extracted the rest (72 s against 61 s one
-after the other).
+after the other).  The Python check-in reads the extracted files (from the page cache) after
+the extraction, rather than the bytes in the stream, for the same reason: what is on disk is
+what ``git add`` would have seen.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ from .importcache import ImportCache
 #: The commit message trailer naming the tarball's sha256 (fetch reads it back).
 SHA256_TRAILER = "Askbuild-Sha256"
 
-#: ``git add`` settings that change how objects are *stored*, never their ids: every blob
-#: streamed into one pack (bulk check-in) instead of one loose object file per file, fast
-#: deflate.  ``gc.auto=0`` (in gitutil) keeps a background gc from repacking the new repo.
+#: ``git add`` settings (when it is git that checks the files in) that change how objects are
+#: *stored*, never their ids: every blob streamed into one pack (bulk check-in) instead of one
+#: loose object file per file, fast deflate.  ``gc.auto=0`` (in gitutil) keeps a background gc from repacking the new repo.
 BULK_ADD = ["-c", "core.bigFileThreshold=1", "-c", "core.compression=1"]
 
 #: The user's global git config (filters, attributes, ...) must not change the commit;

@@ -165,3 +165,24 @@ def test_full_disk_while_checking_in_says_so(tmp_path):
         pack_dir = small / "tree" / ".git" / "objects" / "pack"
         assert [p.name for p in pack_dir.iterdir()] == []
         assert not (small / "tree" / ".git" / "index").exists()
+
+
+def test_big_files_go_a_chunk_at_a_time(tmp_path, monkeypatch, git_calls):
+    """A file above the whole-read size is hashed, then deflated straight into the pack (a
+    copy of it is stored once); the cached re-import writes nothing for it."""
+    monkeypatch.setattr(checkin, "_WHOLE", 1 << 20)
+    entries = [("dir", "pkg-1.0"), ("file", "pkg-1.0/big.bin", BIG),
+               ("file", "pkg-1.0/copy/big.bin", BIG, 0o755), ("file", "pkg-1.0/small", "s\n")]
+    cache = ImportCache(tmp_path / "imports" / "entry", "pkg")
+    commit, tree = _import(tmp_path, entries, "a", cache)
+    assert "add" not in git_calls
+    assert commit == _oracle(tmp_path / "pkg-1.0.tar.gz", tmp_path / "old", 1)
+    _git_ok(tree)
+    assert gitutil.git(["cat-file", "blob", "HEAD:copy/big.bin"], cwd=tree,
+                       text=False).stdout == BIG
+    counts = dict(line.split(": ") for line in
+                  gitutil.out(["count-objects", "-v"], cwd=tree).splitlines())
+    assert int(counts["in-pack"]) == 2
+    git_calls.clear()                           # (the oracle ran git add)
+    again, b = _import(tmp_path, entries, "b", cache)
+    assert again == commit and _packs(b) == _packs(tree) and "add" not in git_calls
