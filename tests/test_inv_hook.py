@@ -11,22 +11,14 @@ import sys
 from pathlib import Path
 
 import patchfixtures as pf
-import pytest
+import test_noop_memo
 from test_noop_memo import ASKBUILD, ROOT, _env, _memo_line, _output, _patch, _recorded, _settle
 
 from askbuild import invhook
 
 INV = str(Path(sys.executable).with_name("inv"))
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> pf.Project:
-    return pf.make_project(tmp_path, kinds=["clean", "near"])
-
-
-@pytest.fixture
-def xdg(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("xdg")
+project = test_noop_memo.project                # (the fixtures of test_noop_memo)
+xdg = test_noop_memo.xdg
 
 
 def _inv(project: pf.Project, env: dict, *argv: str, cwd: Path = ROOT, python: tuple = ()
