@@ -56,7 +56,8 @@ SHA256_TRAILER = "Askbuild-Sha256"
 
 #: ``git add`` settings (when it is git that checks the files in) that change how objects are
 #: *stored*, never their ids: every blob streamed into one pack (bulk check-in) instead of one
-#: loose object file per file, fast deflate.  ``gc.auto=0`` (in gitutil) keeps a background gc from repacking the new repo.
+#: loose object file per file, fast deflate.  ``gc.auto=0`` (in gitutil) keeps a background
+#: gc from repacking the new repo.
 BULK_ADD = ["-c", "core.bigFileThreshold=1", "-c", "core.compression=1"]
 
 #: The user's global git config (filters, attributes, ...) must not change the commit;
