@@ -306,16 +306,11 @@ def check_in(tree: Path, *, workers: int | None = None) -> list[Path] | None:
         with open(tmp, "xb") as f:
             f.write(_index_file([(p, st, sha) for (p, st), sha in zip(files, ids, strict=True)]))
         os.rename(tmp, index)
-    except _Refuse:
+    except BaseException as e:
         writer.abort()
-        for p in written:
+        for p in [*written, git_dir / "index.lock"]:
             p.unlink(missing_ok=True)
-        (git_dir / "index.lock").unlink(missing_ok=True)
-        return None
-    except BaseException:
-        writer.abort()
-        for p in written:
-            p.unlink(missing_ok=True)
-        (git_dir / "index.lock").unlink(missing_ok=True)
+        if isinstance(e, _Refuse):
+            return None
         raise
     return written

@@ -186,3 +186,23 @@ def test_big_files_go_a_chunk_at_a_time(tmp_path, monkeypatch, git_calls):
     git_calls.clear()                           # (the oracle ran git add)
     again, b = _import(tmp_path, entries, "b", cache)
     assert again == commit and _packs(b) == _packs(tree) and "add" not in git_calls
+
+
+def test_a_file_changed_while_checked_in_is_left_to_git_add(tmp_path, monkeypatch):
+    """A file whose size is no longer the one the walk saw: check_in gives up (the import's
+    ``git add`` then answers), removing its half-written pack and writing no index."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for name in ("a", "b", "c"):
+        (tree / name).write_text(f"{name}\n")
+    gitutil.git(["init", "-q", "--", str(tree)])
+    real = checkin._walk
+
+    def walk(top):
+        for path, st in real(top):
+            if path == b"b":
+                (tree / "b").write_text("b, longer now\n")
+            yield path, st
+    monkeypatch.setattr(checkin, "_walk", walk)
+    assert checkin.check_in(tree) is None
+    assert _packs(tree) == [] and not (tree / ".git" / "index").exists()
