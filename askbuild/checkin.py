@@ -41,7 +41,7 @@ _CHUNK = 1 << 20
 #: Files up to this size are read whole; bigger ones a chunk at a time, twice when new.
 _WHOLE = 64 << 20
 #: Files hashed and deflated per batch (bounds the memory of deflated blobs in flight).
-_BATCH = 256
+_BATCH = 1024
 _LEVEL = 1                          # what ``core.compression=1`` gave the bulk check-in
 
 
@@ -283,12 +283,15 @@ def check_in(tree: Path, *, workers: int | None = None) -> list[Path] | None:
     written: list[Path] = []
     try:
         ids: list[bytes] = []
-        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        workers = workers or os.cpu_count() or 1
+        with ThreadPoolExecutor(workers) as pool:
             for i in range(0, len(files), _BATCH):
                 batch = files[i:i + _BATCH]
                 small = [e for e in batch if stat.S_ISLNK(e[1].st_mode) or e[1].st_size <= _WHOLE]
-                done = dict(zip((e[0] for e in small),
-                                pool.map(lambda e: _blob(top, e[0], e[1], known), small),
+                n = -(-len(small) // workers)           # one task per worker and batch
+                parts = pool.map(lambda part: [_blob(top, p, st, known) for p, st in part],
+                                 [small[k:k + n] for k in range(0, len(small), n)])
+                done = dict(zip((e[0] for e in small), (r for part in parts for r in part),
                                 strict=True))
                 for path, st in batch:
                     if path not in done:
