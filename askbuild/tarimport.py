@@ -20,9 +20,10 @@ are content hashes: storage and compression cannot change them.  The tests compa
 commit id with the plain import on fixtures with symlinks, executables, hard links, empty
 directories, long and pax names and converting attributes (``tests/test_tarimport.py``,
 ``tests/test_checkin.py``).  On Debian's kernel tarball (83k files, 1.24 GB), bench run of
-2026-12-01 14:40: cold import 50.8 s (the bulk ``git add`` 63.9 s, the plain one 71.2 s,
-``tar -x`` 22.5 s); the check-in alone takes 23 s on 2 cores (32.7 s on one), of which
-deflate is most (level 1: ~19 s of CPU; level 0 saved 6 s but wrote a 1.3 GB pack).  The
+2026-12-01 14:52: cold import 52.8 s (the bulk ``git add`` 60.3 s, the plain one 60.3 s,
+``tar -x`` 34.1 s); phase-timed, the check-in alone takes 19-21 s on 2 cores (32.7 s on
+one; the bulk ``git add`` ~55 s), of which deflate is most (level 1: ~19 s of CPU; level 0
+saved a few seconds but wrote a 1.3 GB pack): docs/benchmarks.md.  The
 extraction is one streaming pass of ``xz -dc``, Python's member checks and GNU tar at once
 (:mod:`askbuild.archive`: 25-30 s).
 
