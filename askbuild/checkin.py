@@ -10,17 +10,19 @@ reading a file again.  ``git commit`` then makes the trees and the commit from t
 exactly as after ``git add``: the same tree, the same commit id.
 
 Only what ``git add`` would do to the bytes untouched takes this path.  :func:`check_in`
-returns False, having written nothing, and the caller runs ``git add``, when the tree holds:
+returns None, having written nothing, and the caller runs ``git add``, when the tree holds:
 
 * a ``.gitattributes`` that may convert content (``text``, ``eol``, ``crlf``, ``ident``,
   ``filter``, ``working-tree-encoding``, or a macro: any ``[attr]`` line);
 * a name git treats specially or may refuse (another ``.git``, ``git~1``, a backslash, a
   ``.gitmodules`` symlink), or a file that is neither regular nor a symlink;
 * a repository that does not record executable bits or symlinks as such
-  (``core.fileMode``/``core.symlinks`` false).
+  (``core.fileMode``/``core.symlinks`` false);
+* a file that changed while it was read.
 
-Every index entry is a file just read; ``git status`` must then find the tree clean and
-complete (:func:`askbuild.tarimport.commit_tree` checks, and falls back when it is not).
+Every index entry is a file just read; git must then find every file tracked and none
+changed (``ls-files --others``, ``diff-files``: :func:`askbuild.tarimport.commit_tree`
+checks, and falls back to ``git add`` when it does not).
 """
 
 from __future__ import annotations
