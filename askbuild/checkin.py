@@ -37,6 +37,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .fsutil import write_bytes_atomic
+
 #: Attributes (and macro definitions) that make ``git add`` store other bytes than the file's.
 _CONVERTS = re.compile(rb"\b(?:text|eol|crlf|ident|filter|working-tree-encoding)\b|\[attr\]")
 _CHUNK = 1 << 20
@@ -203,27 +205,28 @@ class _PackWriter:
             return []
         h = hashlib.sha1()
         with open(self.tmp, "rb") as f:
-            for c in iter(lambda: f.read(_CHUNK), b""):
+            for c in _chunks(f):
                 h.update(c)
         trailer = h.digest()
         with open(self.tmp, "ab") as f:
             f.write(trailer)
             f.flush()
             os.fsync(f.fileno())
-        name = f"pack-{trailer.hex()}"
-        idx_tmp = self.dir / f"tmp_idx_askbuild_{os.getpid()}"
-        idx_tmp.write_bytes(self._index(trailer))
-        pack, idx = self.dir / f"{name}.pack", self.dir / f"{name}.idx"
+        pack = self.dir / f"pack-{trailer.hex()}.pack"
         os.chmod(self.tmp, 0o444)
-        os.chmod(idx_tmp, 0o444)
         os.rename(self.tmp, pack)
-        os.rename(idx_tmp, idx)
+        idx = pack.with_suffix(".idx")              # (after its pack: git looks for the .idx)
+        try:
+            write_bytes_atomic(idx, self._index(trailer))
+            os.chmod(idx, 0o444)
+        except BaseException:
+            pack.unlink(missing_ok=True)
+            raise
         return [pack, idx]
 
     def abort(self) -> None:
         self.f.close()
-        for p in self.dir.glob(f"tmp_*_askbuild_{os.getpid()}"):
-            p.unlink(missing_ok=True)
+        self.tmp.unlink(missing_ok=True)
 
     def _index(self, trailer: bytes) -> bytes:
         entries = sorted(self.entries)
@@ -306,14 +309,11 @@ def check_in(tree: Path, *, workers: int | None = None) -> list[Path] | None:
                         known.add(sha)
                         writer.add(sha, entry)
         written = writer.finish()
-        index = git_dir / "index"
-        tmp = git_dir / "index.lock"
-        with open(tmp, "xb") as f:
-            f.write(_index_file([(p, st, sha) for (p, st), sha in zip(files, ids, strict=True)]))
-        os.rename(tmp, index)
+        write_bytes_atomic(git_dir / "index", _index_file(
+            [(p, st, sha) for (p, st), sha in zip(files, ids, strict=True)]))
     except BaseException as e:
         writer.abort()
-        for p in [*written, git_dir / "index.lock"]:
+        for p in written:
             p.unlink(missing_ok=True)
         if isinstance(e, _Refuse):
             return None
