@@ -7,6 +7,7 @@ Each import is compared with the oracle of test_tarimport (the first askbuild im
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -17,7 +18,7 @@ from test_tarimport import MESSAGE, MIXED, _oracle
 from upstreams import random_bytes, tar_bytes
 
 from askbuild import checkin, gitutil, tarimport
-from askbuild.errors import NoSpaceError
+from askbuild.errors import NoSpaceError, SourceError
 from askbuild.importcache import ImportCache
 
 
@@ -206,3 +207,30 @@ def test_a_file_changed_while_checked_in_is_left_to_git_add(tmp_path, monkeypatc
     monkeypatch.setattr(checkin, "_walk", walk)
     assert checkin.check_in(tree) is None
     assert _packs(tree) == [] and not (tree / ".git" / "index").exists()
+
+
+@pytest.mark.parametrize("what", ["filemode", "fifo"])
+def test_a_repository_or_file_git_add_must_judge_is_refused(tmp_path, what):
+    """No executable bits recorded (``core.fileMode`` false), or a file that is neither
+    regular nor a symlink: check_in writes nothing and leaves it to ``git add``."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "run.sh").write_text("#!/bin/sh\n")
+    (tree / "run.sh").chmod(0o755)
+    gitutil.git(["init", "-q", "--", str(tree)])
+    if what == "filemode":
+        gitutil.git(["config", "core.fileMode", "false"], cwd=tree)
+    else:
+        os.mkfifo(tree / "pipe")
+    assert checkin.check_in(tree) is None
+    assert _packs(tree) == [] and not (tree / ".git" / "index").exists()
+
+
+def test_a_failure_to_write_while_checking_in_names_the_source(tmp_path, monkeypatch):
+    def broken(tree, **_):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(checkin, "check_in", broken)
+    with pytest.raises(SourceError) as err:
+        _import(tmp_path, MIXED)
+    assert err.value.message.startswith("source pkg: cannot check pkg-1.0.tar.gz into git")
+    assert "Input/output error" in err.value.message and "writable" in err.value.fix
