@@ -121,7 +121,7 @@ def write_json_atomic(path: Path, data: object, *, indent: int = 2) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=indent, sort_keys=True) + "\n").encode())
 
 
-def stat_sig(path: Path) -> list[int] | None:
+def stat_sig(path: str | Path) -> list[int] | None:
     """``[size, mtime_ns, ctime_ns, inode]`` of ``path`` (not followed), None when absent: what
     the no-op stamps compare.  ``ctime`` moves on every write, even one that restores size and
     mtime."""
