@@ -45,6 +45,7 @@ branch (``inv patches.edit``) holds commits that were not exported: they would b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -1085,16 +1086,42 @@ def _advance(settings: Settings, st: dict, tree: Path, layers: list[pq.Layer],
 def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: list[pq.Layer],
              sources: dict[str, Source], *, as_json: bool, old_base: str | None = None
              ) -> Report:
-    """The dry run in a scratch worktree: the old series' commits (those ``inv patch``
+    """The dry run in a scratch work tree: the old series' commits (those ``inv patch``
     recorded for this very series and base, else the series applied again onto the old
     base), the vendor layers onto the new base, then the replay (:func:`_dry_replay`).
-    ``old_base``: the base commit of ``tree`` when the caller has just read it."""
+    ``old_base``: the base commit of ``tree`` when the caller has just read it.
+
+    It first runs in a sparse scratch holding only the files the patches name
+    (:func:`~askbuild.patchqueue.apply.touched_paths`): a kernel's scratch is then a few
+    files, not 80k.  Git merges trees, so the replay's commits, conflicts and drops are those
+    of a full tree, and the one question asked of the work tree (``git apply --check`` of an
+    old patch) reads only files the old commits touch.  So the sparse answer stands unless
+    an old commit touches a file outside the scratch (git read a patch differently), a
+    vendor patch failed, or git failed there: then everything is worked out again in a full
+    scratch, whose answer is the one reported."""
     inputs = pq.collect_inputs(settings, layers, sources, trees={src.name: tree})
     old_base = old_base or pq.base_commit(tree)
     new_base = fetch_onto(settings, src, tree, onto)
     record = _recorded_series(settings, src.name, tree, old_base, inputs)
-    with pq.scratch_worktree(tree, new_base if record else old_base,
-                             settings.work_dir) as scratch:
+    st = None
+    paths = pq.touched_paths(tree, inputs)
+    if paths is not None:
+        with contextlib.suppress(PatchFailed, gitutil.GitError, _NotSparse):
+            st = _dry_attempt(settings, src, tree, onto, inputs, record, old_base, new_base,
+                              paths)
+    if st is None:
+        st = _dry_attempt(settings, src, tree, onto, inputs, record, old_base, new_base, None)
+    rep = _report(st, dry_run=True)
+    rep.emit(as_json=as_json)
+    return rep
+
+
+def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
+                 inputs: list[pq.PatchInput], record: dict | None, old_base: str,
+                 new_base: str, paths: set[str] | None) -> dict:
+    """One try of :func:`_dry_run` in a scratch (``paths``: a sparse one): its state."""
+    with pq.scratch_worktree(tree, new_base if record else old_base, settings.work_dir,
+                             paths=paths) as scratch:
         if record is None:
             record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None,
                                     batch=True, detached_at=old_base)
@@ -1106,12 +1133,29 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
         try:
             st["vendor"] = _vendor_onto(settings, scratch, vendor, src.name)
         except PatchFailed as e:
+            if paths is not None:
+                raise _NotSparse from e
             st["vendor"] = [{"layer": vendor[0].layer.id if vendor else "", "file": "",
                              "status": "failed", "detail": e.message.splitlines()[0]}]
+        if paths is not None and _outside(scratch, [it["old"] for it in st["queue"]], paths):
+            raise _NotSparse
         _dry_replay(st, scratch)
-    rep = _report(st, dry_run=True)
-    rep.emit(as_json=as_json)
-    return rep
+    return st
+
+
+class _NotSparse(Exception):
+    """A sparse dry run cannot vouch for its answer (:func:`_dry_run`)."""
+
+
+def _outside(tree: Path, commits: list[str], paths: set[str]) -> bool:
+    """Whether one of ``commits`` touches a file not in ``paths`` (one ``diff-tree``)."""
+    if not commits:
+        return False
+    raw = gitutil.git([*pq.REPRO, "diff-tree", "--stdin", "--always", "-r", "--no-renames",
+                       "--name-only", "-z"], cwd=tree,
+                      input="".join(f"{c}\n" for c in commits).encode(), text=False).stdout
+    ids = {c.encode() for c in commits}     # (each commit's id comes before its files)
+    return any(f and f not in ids and os.fsdecode(f) not in paths for f in raw.split(b"\0"))
 
 
 def _recorded_series(settings: Settings, name: str, tree: Path, base: str,

@@ -26,7 +26,7 @@ Paths come from :class:`~askbuild.settings.Settings` (``patch_record``, ``failed
 ``edit_record``, ``series_pending``), ref names from :mod:`askbuild.refs`.
 """
 
-from .apply import PATCH_COLUMNS, apply_patch, apply_queue
+from .apply import PATCH_COLUMNS, apply_patch, apply_queue, touched_paths
 from .edit import edit, unexported_edits
 from .export import export
 from .inputs import (
@@ -59,5 +59,6 @@ __all__ = [
     "finish_pending_series", "format_patch", "git_dir", "git_errors", "journalled", "layers_file",
     "load_layers", "patch", "patch_files", "patch_source", "patch_state_problem",
     "record_matches", "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",
+    "touched_paths",
     "tree_state", "unexported_edits", "write_series",
 ]

@@ -9,6 +9,7 @@ bytes are kept (``--keep-cr``, no autocrlf).
 from __future__ import annotations
 
 import io
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -193,6 +194,34 @@ def _apply_diff(tree: Path, p: PatchInput, before: str) -> tuple[Applied | None,
     gitutil.git([*REPRO, "commit", "-q", "--no-verify", "--allow-empty", "-m", p.name],
                 cwd=tree, env=_ident_env())
     return Applied([gitutil.out(["rev-parse", "HEAD"], cwd=tree)], method), err
+
+
+def touched_paths(tree: Path, inputs: list[PatchInput]) -> set[str] | None:
+    """Every path the patches ``inputs`` name (both sides of a rename or copy), as git's own
+    patch parser reads them with each patch's strip level: ``git apply --numstat -z`` says
+    the new side and with ``-R`` the old one (two processes per strip level, run in
+    ``tree``, nothing applied).  None when git cannot read them all (the caller then takes
+    the whole tree).  A mail's text is read as it is: a transfer-encoded one names no path
+    here, and what ``git am`` then touches outside the set fails the sparse attempt (see
+    :func:`~.journal.scratch_worktree`)."""
+    by_strip: dict[int, list[bytes]] = {}
+    for p in inputs:
+        by_strip.setdefault(p.strip, []).append(p.data if p.data.endswith(b"\n")
+                                                 else p.data + b"\n")
+    paths: set[str] = set()
+    for strip, datas in by_strip.items():
+        for side in ([], ["-R"]):
+            proc = gitutil.git(["apply", *side, "--numstat", "-z", f"-p{strip}", "-"],
+                               cwd=tree, input=b"".join(datas), check=False)
+            if proc.returncode != 0:
+                return None
+            for line in proc.stdout.split(b"\0"):
+                if line:
+                    fields = line.split(b"\t", 2)
+                    if len(fields) != 3 or not fields[2]:
+                        return None
+                    paths.add(os.fsdecode(fields[2]))
+    return paths
 
 
 def _did_not_apply(tree: Path, p: PatchInput, err: str, *, index: int, total: int,

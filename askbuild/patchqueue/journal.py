@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .. import console, gitutil
@@ -247,12 +247,31 @@ def clean_scratch(settings: Settings) -> None:
 
 
 @contextlib.contextmanager
-def scratch_worktree(tree: Path, base: str, parent: Path) -> Iterator[Path]:
-    """A throw-away ``git worktree`` of ``tree`` at ``base`` (detached HEAD): it shares the
-    object store (borrowed cache objects, a shallow cache) but no branch is moved.  Its name
-    is unique to this run; one left by a killed run goes with :func:`clean_scratch`."""
+def scratch_worktree(tree: Path, base: str, parent: Path, *,
+                     paths: Iterable[str] | None = None) -> Iterator[Path]:
+    """A throw-away work tree of ``tree``'s repository at ``base`` (detached HEAD): no branch
+    or file of ``tree`` is touched.  Its name is unique to this run; one left by a killed run
+    goes with :func:`clean_scratch`.
+
+    Without ``paths``, a ``git worktree``: it shares the object store (borrowed cache objects,
+    a shallow cache) and holds every file.  With ``paths`` (the files the work will touch), a
+    sparse scratch: its own repository borrowing ``tree``'s objects (``alternates``, the
+    ``shallow`` list copied) with only those files checked out (a non-cone sparse checkout),
+    so a scratch of the kernel costs a few files, not 80k.  The commits made there are the
+    same (git merges and applies trees, not the work tree), but a file outside ``paths`` is
+    not there: what the work does with one is not to be trusted (callers redo a run that did
+    not go cleanly in a full scratch).  ``paths`` that no sparse pattern can name (a line
+    break in a name) give a full scratch."""
     parent.mkdir(parents=True, exist_ok=True)
+    patterns = None if paths is None else sparse_patterns(paths)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
+    if patterns is not None:
+        try:
+            _sparse_scratch(tree, scratch, base, patterns)
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     try:
         gitutil.git(["worktree", "add", "-q", "--detach", "--", str(scratch), base], cwd=tree)
         yield scratch
@@ -264,6 +283,33 @@ def scratch_worktree(tree: Path, base: str, parent: Path) -> Iterator[Path]:
         # and what scratch trees of killed runs left (clean_scratch removed their files)
         if not gone or _stale_worktrees(tree):
             gitutil.git(["worktree", "prune"], cwd=tree, check=False)
+
+
+def sparse_patterns(paths: Iterable[str]) -> bytes | None:
+    """Sparse-checkout patterns (gitignore syntax, non-cone) that match exactly ``paths``:
+    each anchored at the top (``/``), with ``\\``, ``*``, ``?``, ``[``, ``]`` and blanks
+    escaped; None when a name holds a line break (no pattern can say it)."""
+    lines = []
+    for p in sorted(set(paths)):
+        if not p or "\n" in p or "\r" in p:
+            return None
+        lines.append("/" + "".join("\\" + c if c in "\\*?[] \t" else c for c in p) + "\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+def _sparse_scratch(tree: Path, scratch: Path, base: str, patterns: bytes) -> None:
+    """Make ``scratch`` a repository borrowing ``tree``'s objects, at ``base``, with only the
+    files ``patterns`` match checked out (:func:`scratch_worktree`)."""
+    gitutil.git(["init", "-q", "--", str(scratch)], cwd=scratch.parent)
+    src, gd = git_dir(tree), scratch / ".git"
+    (gd / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    (gd / "objects" / "info" / "alternates").write_text(f"{(src / 'objects').resolve()}\n")
+    if (src / "shallow").is_file():
+        shutil.copyfile(src / "shallow", gd / "shallow")
+    (gd / "info").mkdir(exist_ok=True)
+    (gd / "info" / "sparse-checkout").write_bytes(patterns)
+    gitutil.git(["config", "core.sparseCheckout", "true"], cwd=scratch)
+    gitutil.git(["checkout", "-q", "--detach", base], cwd=scratch)
 
 
 def _stale_worktrees(tree: Path) -> bool:

@@ -26,12 +26,13 @@ from ..errors import (
     summary_error,
 )
 from ..fsutil import write_json_atomic
+from ..gitutil import GitError
 from ..refs import BASE_REF, BASE_TAG, PATCHED
 from ..report import Report
 from ..settings import Settings
 from ..sources import Source, load_sources, select
-from .apply import PATCH_COLUMNS, apply_queue
-from .inputs import collect_inputs, source_tree
+from .apply import PATCH_COLUMNS, apply_queue, touched_paths
+from .inputs import PatchInput, collect_inputs, source_tree
 from .journal import clean_scratch, journalled, position, recover_tree, scratch_worktree
 from .layers import Layer, load_layers
 from .record import (
@@ -285,9 +286,30 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
             return
         inputs = collect_inputs(settings, layers, sources, trees={**trees.made})
         base = base_commit(tree)
-        with scratch_worktree(tree, base, settings.work_dir) as scratch:
-            apply_queue(scratch, base, inputs, source=src.name, report=report, branch=None,
-                        settings=settings, batch=True)
+        _check_queue(settings, src, tree, base, inputs, report)
+
+
+def _check_queue(settings: Settings, src: Source, tree: Path, base: str,
+                 inputs: list[PatchInput], report: Report) -> None:
+    """``inv patch --check``: the queue applied in a scratch, first a sparse one holding only
+    the files the patches name (:func:`~.apply.touched_paths`); when a patch did not simply
+    apply there, the whole check is done again in a full scratch, whose rows are the ones
+    reported."""
+    paths = touched_paths(tree, inputs)
+    if paths is not None:
+        mark = len(report.rows)
+        try:
+            with scratch_worktree(tree, base, settings.work_dir, paths=paths) as scratch:
+                apply_queue(scratch, base, inputs, source=src.name, report=report,
+                            branch=None, settings=settings, batch=True)
+            if all(r.get("status") == "applied" for r in report.rows[mark:]):
+                return
+        except (PatchFailed, GitError):
+            pass
+        del report.rows[mark:]
+    with scratch_worktree(tree, base, settings.work_dir) as scratch:
+        apply_queue(scratch, base, inputs, source=src.name, report=report, branch=None,
+                    settings=settings, batch=True)
 
 
 @runlock.exclusive("patch")

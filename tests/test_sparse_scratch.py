@@ -1,0 +1,214 @@
+"""Sparse scratch trees (issue 9, item 4 on a big tree): ``inv rebase --dry-run`` and
+``inv patch --check`` work in a scratch that holds only the files the patches name, and their
+answers are the ones a full scratch gives.
+
+* :func:`patchqueue.scratch_worktree` with ``paths``: only those files are checked out (names
+  with blanks and pattern characters included), HEAD at the base, the source tree's
+  repository untouched (no worktree, no config change), nothing left afterwards;
+* :func:`patchqueue.touched_paths`: git's own reading of the patches (both sides of a rename,
+  new and deleted files, the strip level), None for what git cannot read;
+* the dry run and ``inv patch --check``: a sparse attempt whose patches all came out clean
+  stands; anything else (a conflict, a 3-way merge, a followed rename, a failing patch) is
+  worked out again in a full scratch, and the report is the one a full scratch alone gives.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import pytest
+import rebasefixtures as fx
+from patchfixtures import commit_all, g, make_long_project, put
+
+from askbuild import patchqueue, rebasing
+from askbuild.errors import PatchFailed
+from askbuild.patchqueue import journal
+from askbuild.patchqueue.inputs import PatchInput
+
+ODD = ["a b/[x]*.c", "#hash", "!bang", "trail ", "back\\slash", "tab\there"]
+
+
+def _repo(tmp: Path) -> tuple[Path, str]:
+    repo = tmp / "src"
+    repo.mkdir()
+    g(repo, "init", "-q")
+    for rel in [*ODD, "dir/sub/f.c", "dir/other.c", "top.c"]:
+        put(repo, rel, f"{rel}\n")
+    return repo, commit_all(repo, "base")
+
+
+def _files(tree: Path) -> set[str]:
+    return {str(p.relative_to(tree)) for p in tree.rglob("*")
+            if p.is_file() and ".git" not in p.relative_to(tree).parts}
+
+
+def test_sparse_scratch_holds_only_the_named_files(tmp_path):
+    repo, base = _repo(tmp_path)
+    config = (repo / ".git" / "config").read_bytes()
+    want = {*ODD, "dir/sub/f.c", "new/not-yet.c"}
+    with patchqueue.scratch_worktree(repo, base, tmp_path / "work", paths=want) as scratch:
+        assert _files(scratch) == want - {"new/not-yet.c"}
+        assert g(scratch, "rev-parse", "HEAD") == base
+        assert g(scratch, "status", "--porcelain") == ""
+        # the objects are borrowed: a commit made there is in the scratch only
+        put(scratch, "dir/sub/f.c", "changed\n")
+        made = commit_all(scratch, "in the scratch")
+        assert g(scratch, "ls-tree", "-r", "--name-only", made).splitlines() \
+            == g(repo, "ls-tree", "-r", "--name-only", base).splitlines()
+    assert not scratch.exists()
+    assert (repo / ".git" / "config").read_bytes() == config
+    assert len(g(repo, "worktree", "list").splitlines()) == 1
+    assert subprocess.run(["git", "-C", str(repo), "cat-file", "-e", made],
+                          capture_output=True).returncode != 0
+
+
+def test_a_name_no_pattern_can_say_gives_a_full_scratch(tmp_path):
+    repo, base = _repo(tmp_path)
+    assert journal.sparse_patterns(["ok.c", "line\nbreak.c"]) is None
+    with patchqueue.scratch_worktree(repo, base, tmp_path / "work",
+                                     paths={"top.c", "line\nbreak.c"}) as scratch:
+        assert _files(scratch) == _files(repo)
+
+
+def _mail(body: str) -> bytes:
+    return (b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+            b"From: Dev <dev@example.org>\nDate: Sun, 1 Mar 2026 00:00:00 +0000\n"
+            b"Subject: [PATCH] x\n\nmessage\n---\n" + body.encode() + b"--\n2.39.5\n\n")
+
+
+RENAME = ("diff --git a/dir/other.c b/moved/other.c\nsimilarity index 100%\n"
+          "rename from dir/other.c\nrename to moved/other.c\n")
+NEW_AND_GONE = ("diff --git a/top.c b/top.c\ndeleted file mode 100644\n--- a/top.c\n"
+                "+++ /dev/null\n@@ -1 +0,0 @@\n-top.c\n"
+                "diff --git a/fresh.c b/fresh.c\nnew file mode 100644\n--- /dev/null\n"
+                "+++ b/fresh.c\n@@ -0,0 +1 @@\n+fresh\n")
+DEEPER = ("diff --git x/src/dir/sub/f.c y/src/dir/sub/f.c\n--- x/src/dir/sub/f.c\n"
+          "+++ y/src/dir/sub/f.c\n@@ -1 +1 @@\n-dir/sub/f.c\n+changed\n")
+
+
+def test_touched_paths_are_what_git_reads(tmp_path):
+    repo, _ = _repo(tmp_path)
+    inputs = [PatchInput(None, "1.patch", 1, _mail(RENAME)),
+              PatchInput(None, "2.patch", 1, _mail(NEW_AND_GONE)),
+              PatchInput(None, "3.diff", 2, DEEPER.encode())]
+    assert patchqueue.touched_paths(repo, inputs) == \
+        {"dir/other.c", "moved/other.c", "top.c", "fresh.c", "dir/sub/f.c"}
+    assert patchqueue.touched_paths(repo, []) == set()
+    assert patchqueue.touched_paths(repo, [PatchInput(None, "x", 1, b"no patch here\n")]) \
+        is None
+
+
+# -- the verbs: sparse first, full when it did not go cleanly ---------------------------------
+
+@pytest.fixture
+def scratches(monkeypatch):
+    """The ``paths`` each scratch of the run was made with (None: a full one)."""
+    made: list = []
+    real = journal.scratch_worktree
+
+    def spy(tree, base, parent, *, paths=None):
+        made.append(None if paths is None else set(paths))
+        return real(tree, base, parent, paths=paths)
+    monkeypatch.setattr(patchqueue, "scratch_worktree", spy)
+    monkeypatch.setattr("askbuild.patchqueue.patching.scratch_worktree", spy)
+    return made
+
+
+def _full_only(monkeypatch):
+    monkeypatch.setattr(patchqueue, "touched_paths", lambda tree, inputs: None)
+    monkeypatch.setattr("askbuild.patchqueue.patching.touched_paths", lambda tree, inputs: None)
+
+
+def _long(tmp_path):
+    project = make_long_project(tmp_path, 6)
+    work = tmp_path / "upstream-v2"
+    g(tmp_path, "clone", "-q", "--", str(project.upstream.bare), str(work))
+    put(work, "README", "long upstream, v2\n")
+    commit_all(work, "release v2")
+    g(work, "tag", "v2")
+    g(work, "push", "-q", "origin", "HEAD:refs/heads/v2-branch", "v2")
+    return project
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["after-patch", "no-record"])
+def test_a_clean_dry_run_stands_on_the_sparse_scratch(tmp_path, monkeypatch, scratches,
+                                                      record):
+    project = _long(tmp_path)
+    settings = project.settings
+    if record:
+        patchqueue.patch(settings, ["up"])
+    rows = rebasing.rebase(settings, "up", onto="v2", dry_run=True).rows
+    assert [r["status"] for r in rows] == ["clean"] * 6
+    assert len(scratches) == 1 and scratches[0] == \
+        {f"lib/m{i % 10}.c" for i in range(1, 7)} | {"gen/p0003.txt", "gen/p0006.txt"}
+    _full_only(monkeypatch)
+    assert rebasing.rebase(settings, "up", onto="v2", dry_run=True).rows == rows
+    assert scratches[1:] == [None]
+
+
+@pytest.mark.parametrize("onto", ["v2", "v3"])
+@pytest.mark.parametrize("record", [True, False], ids=["after-patch", "no-record"])
+def test_conflicts_drops_and_followed_renames_on_the_sparse_scratch(tmp_path, monkeypatch,
+                                                                    scratches, onto, record):
+    """A conflict (modify/delete), a patch already upstream, 3-way merges and a patch that
+    follows a renamed directory to files outside the scratch: the sparse answer stands, and
+    it is the full scratch's, commit for commit."""
+    project = fx.make_project(tmp_path)
+    settings = project.settings()
+    if record:
+        patchqueue.patch(settings, [fx.NAME])
+    rows = rebasing.rebase(settings, fx.NAME, onto=onto, dry_run=True).rows
+    assert {r["patch"]: r["status"] for r in rows} == fx.EXPECTED[onto]
+    assert len(scratches) == 1 and scratches[0] is not None
+    assert fx.CMM_NEW not in scratches[0]
+    _full_only(monkeypatch)
+    assert rebasing.rebase(settings, fx.NAME, onto=onto, dry_run=True).rows == rows
+    assert scratches[1:] == [None]
+
+
+def _base64_mail(mail: bytes) -> bytes:
+    """The same mail with its body base64-encoded (what ``git am`` decodes and
+    ``git apply`` cannot read)."""
+    head, _, body = mail.partition(b"\n\n")
+    return (head + b"\nMIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n"
+            b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(body))
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["after-patch", "no-record"])
+def test_a_patch_git_apply_cannot_read_sends_the_dry_run_to_a_full_scratch(
+        tmp_path, monkeypatch, scratches, record):
+    project = _long(tmp_path)
+    mail = project.series_dir / "0002-change.patch"
+    mail.write_bytes(_base64_mail(mail.read_bytes()))
+    settings = project.settings
+    if record:
+        assert [r["status"] for r in patchqueue.patch(settings, ["up"]).rows] \
+            == ["applied"] * 6
+    rows = rebasing.rebase(settings, "up", onto="v2", dry_run=True).rows
+    assert [r["status"] for r in rows] == ["clean"] * 6
+    assert "lib/m2.c" not in scratches[0] and scratches[1:] == [None]
+    _full_only(monkeypatch)
+    assert rebasing.rebase(settings, "up", onto="v2", dry_run=True).rows == rows
+
+
+def test_patch_check_stands_on_the_sparse_scratch_and_falls_back(tmp_path, monkeypatch,
+                                                                 scratches):
+    project = make_long_project(tmp_path, 6)
+    rows = patchqueue.patch(project.settings, ["up"], check=True).rows
+    assert [r["status"] for r in rows] == ["applied"] * 6
+    assert len(scratches) == 1 and scratches[0] is not None
+    # a patch that does not apply: the sparse attempt fails, the full one says why
+    (project.series_dir / "0004-change.patch").write_bytes(
+        (project.series_dir / "0004-change.patch").read_bytes().replace(b" m4 block 0 line 2",
+                                                                        b" m4 block 0 line X"))
+    scratches.clear()
+    with pytest.raises(PatchFailed) as sparse_first:
+        patchqueue.patch(project.settings, ["up"], check=True)
+    assert scratches[0] is not None and scratches[1:] == [None]
+    _full_only(monkeypatch)
+    with pytest.raises(PatchFailed) as full_only:
+        patchqueue.patch(project.settings, ["up"], check=True)
+    assert str(sparse_first.value) == str(full_only.value)
+    assert "0004-change.patch" in str(full_only.value)
