@@ -1091,7 +1091,8 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
     base), the vendor layers onto the new base, then the replay (:func:`_dry_replay`).
     ``old_base``: the base commit of ``tree`` when the caller has just read it.
 
-    It first runs in a sparse scratch holding only the files the patches name
+    On a big tree (:func:`~askbuild.patchqueue.journal.sparse_pays`) it first runs in a
+    sparse scratch holding only the files the patches name
     (:func:`~askbuild.patchqueue.apply.touched_paths`): a kernel's scratch is then a few
     files, not 80k.  Git merges trees, so the replay's commits, conflicts and drops are those
     of a full tree, and the one question asked of the work tree (``git apply --check`` of an
@@ -1104,7 +1105,7 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
     new_base = fetch_onto(settings, src, tree, onto)
     record = _recorded_series(settings, src.name, tree, old_base, inputs)
     st = None
-    paths = pq.touched_paths(tree, inputs)
+    paths = pq.touched_paths(tree, inputs) if pq.sparse_pays(tree) else None
     if paths is not None:
         with contextlib.suppress(PatchFailed, gitutil.GitError, _NotSparse):
             st = _dry_attempt(settings, src, tree, onto, inputs, record, old_base, new_base,

@@ -268,10 +268,13 @@ def long_patch(i: int) -> bytes:
             + body + "--\n2.39.5\n\n").encode()
 
 
-def make_long_project(tmp: Path, n: int = 150, *, with_tree: bool = True) -> Project:
+def make_long_project(tmp: Path, n: int = 150, *, with_tree: bool = True,
+                      filler: int = 0) -> Project:
     """A project whose source ``up`` carries a series of ``n`` small generated patches
-    (one commit each; ``git am`` of all of them takes seconds)."""
-    key = ("long", n)
+    (one commit each; ``git am`` of all of them takes seconds).  ``filler``: that many more
+    small files in the upstream (ten per directory, under ``tree/``) that no patch touches,
+    for a tree the size of a real one (the benchmarks)."""
+    key = ("long", n, filler)
     if key not in _TEMPLATES:
         base = Path(tempfile.mkdtemp(prefix="askbuild-longfixture-"))
         atexit.register(shutil.rmtree, base, True)
@@ -281,6 +284,8 @@ def make_long_project(tmp: Path, n: int = 150, *, with_tree: bool = True) -> Pro
         put(work, "README", "long upstream\n")
         for rel, text in _long_v1(n).items():
             put(work, rel, text)
+        for i in range(filler):
+            put(work, f"tree/d{i // 10:05d}/f{i:06d}.c", f"filler file {i}\n")
         v1 = commit_all(work, "release v1", who={**DEV, "GIT_AUTHOR_NAME": "Upstream"})
         g(work, "tag", "v1")
         bare = base / "upstreams" / "up.git"

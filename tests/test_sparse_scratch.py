@@ -104,7 +104,9 @@ def test_touched_paths_are_what_git_reads(tmp_path):
 
 @pytest.fixture
 def scratches(monkeypatch):
-    """The ``paths`` each scratch of the run was made with (None: a full one)."""
+    """The ``paths`` each scratch of the run was made with (None: a full one); the fixture
+    trees are small, so the sparse scratch is made for every size here."""
+    monkeypatch.setattr(journal, "SPARSE_FROM", 0)
     made: list = []
     real = journal.scratch_worktree
 
@@ -114,6 +116,15 @@ def scratches(monkeypatch):
     monkeypatch.setattr(patchqueue, "scratch_worktree", spy)
     monkeypatch.setattr("askbuild.patchqueue.patching.scratch_worktree", spy)
     return made
+
+
+def test_a_small_tree_gets_a_full_scratch(tmp_path, scratches, monkeypatch):
+    project = make_long_project(tmp_path, 3)
+    monkeypatch.setattr(journal, "SPARSE_FROM", 15)     # README + 10 files + 1 new: 12
+    patchqueue.patch(project.settings, ["up"], check=True)
+    monkeypatch.setattr(journal, "SPARSE_FROM", 10)
+    patchqueue.patch(project.settings, ["up"], check=True)
+    assert scratches[0] is None and scratches[1] is not None
 
 
 def _full_only(monkeypatch):

@@ -44,6 +44,7 @@ from .journal import (
     journalled,
     recover_tree,
     scratch_worktree,
+    sparse_pays,
 )
 from .layers import Layer, edit_branch, layers_file, load_layers, resolve_layer
 from .patching import patch, patch_source
@@ -59,6 +60,6 @@ __all__ = [
     "finish_pending_series", "format_patch", "git_dir", "git_errors", "journalled", "layers_file",
     "load_layers", "patch", "patch_files", "patch_source", "patch_state_problem",
     "record_matches", "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",
-    "touched_paths",
+    "sparse_pays", "touched_paths",
     "tree_state", "unexported_edits", "write_series",
 ]

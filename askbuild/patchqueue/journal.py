@@ -271,6 +271,8 @@ def scratch_worktree(tree: Path, base: str, parent: Path, *,
             yield scratch
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            if _stale_worktrees(tree):      # (full scratches of killed runs)
+                gitutil.git(["worktree", "prune"], cwd=tree, check=False)
         return
     try:
         gitutil.git(["worktree", "add", "-q", "--detach", "--", str(scratch), base], cwd=tree)
@@ -283,6 +285,23 @@ def scratch_worktree(tree: Path, base: str, parent: Path, *,
         # and what scratch trees of killed runs left (clean_scratch removed their files)
         if not gone or _stale_worktrees(tree):
             gitutil.git(["worktree", "prune"], cwd=tree, check=False)
+
+
+#: a work tree with fewer files than this gets a full scratch: checking out a few thousand
+#: small files costs less than the few more git processes of a sparse one
+SPARSE_FROM = 2000
+
+
+def sparse_pays(tree: Path) -> bool:
+    """Whether ``tree`` (its index: the file count in its header) is big enough for a
+    sparse scratch (:data:`SPARSE_FROM`); True when the index cannot be read."""
+    try:
+        with open(git_dir(tree) / "index", "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return True
+    return len(head) < 12 or head[:4] != b"DIRC" \
+        or int.from_bytes(head[8:12], "big") >= SPARSE_FROM
 
 
 def sparse_patterns(paths: Iterable[str]) -> bytes | None:

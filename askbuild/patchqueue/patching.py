@@ -33,7 +33,14 @@ from ..settings import Settings
 from ..sources import Source, load_sources, select
 from .apply import PATCH_COLUMNS, apply_queue, touched_paths
 from .inputs import PatchInput, collect_inputs, source_tree
-from .journal import clean_scratch, journalled, position, recover_tree, scratch_worktree
+from .journal import (
+    clean_scratch,
+    journalled,
+    position,
+    recover_tree,
+    scratch_worktree,
+    sparse_pays,
+)
 from .layers import Layer, load_layers
 from .record import (
     drop_stamp,
@@ -291,11 +298,12 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
 
 def _check_queue(settings: Settings, src: Source, tree: Path, base: str,
                  inputs: list[PatchInput], report: Report) -> None:
-    """``inv patch --check``: the queue applied in a scratch, first a sparse one holding only
-    the files the patches name (:func:`~.apply.touched_paths`); when a patch did not simply
+    """``inv patch --check``: the queue applied in a scratch, on a big tree
+    (:func:`~.journal.sparse_pays`) first a sparse one holding only the files the patches
+    name (:func:`~.apply.touched_paths`); when a patch did not simply
     apply there, the whole check is done again in a full scratch, whose rows are the ones
     reported."""
-    paths = touched_paths(tree, inputs)
+    paths = touched_paths(tree, inputs) if sparse_pays(tree) else None
     if paths is not None:
         mark = len(report.rows)
         try:
