@@ -27,14 +27,15 @@ from askbuild.errors import PatchFailed
 from askbuild.patchqueue import journal
 from askbuild.patchqueue.inputs import PatchInput
 
-ODD = ["a b/[x]*.c", "#hash", "!bang", "trail ", "back\\slash", "tab\there"]
+ODD = ["a b/[x]*.c", "#hash", "!bang", "trail ", "back\\slash", "tab\there", "x*y/[1]/f.c"]
+ELSEWHERE = ["other/deep/x.c", "dir/sub2/y.c", "x*y/z.c/g.c"]
 
 
 def _repo(tmp: Path) -> tuple[Path, str]:
     repo = tmp / "src"
     repo.mkdir()
     g(repo, "init", "-q")
-    for rel in [*ODD, "dir/sub/f.c", "dir/other.c", "top.c"]:
+    for rel in [*ODD, "dir/sub/f.c", "dir/other.c", "top.c", *ELSEWHERE]:
         put(repo, rel, f"{rel}\n")
     return repo, commit_all(repo, "base")
 
@@ -49,9 +50,11 @@ def test_sparse_scratch_holds_only_the_named_files(tmp_path):
     config = (repo / ".git" / "config").read_bytes()
     want = {*ODD, "dir/sub/f.c", "new/not-yet.c"}
     with patchqueue.scratch_worktree(repo, base, tmp_path / "work", paths=want) as scratch:
-        assert _files(scratch) == want - {"new/not-yet.c"}
+        # the directories of those files; the files at the top and beside dir/sub
+        assert _files(scratch) == _files(repo) - set(ELSEWHERE)
         assert g(scratch, "rev-parse", "HEAD") == base
         assert g(scratch, "status", "--porcelain") == ""
+        assert {"other/", "dir/sub2/"} <= set(g(scratch, "ls-files", "--sparse").splitlines())
         # the objects are borrowed: a commit made there is in the scratch only
         put(scratch, "dir/sub/f.c", "changed\n")
         made = commit_all(scratch, "in the scratch")

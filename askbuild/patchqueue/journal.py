@@ -256,12 +256,13 @@ def scratch_worktree(tree: Path, base: str, parent: Path, *,
     Without ``paths``, a ``git worktree``: it shares the object store (borrowed cache objects,
     a shallow cache) and holds every file.  With ``paths`` (the files the work will touch), a
     sparse scratch: its own repository borrowing ``tree``'s objects (``alternates``, the
-    ``shallow`` list copied) with only those files checked out (a non-cone sparse checkout),
-    so a scratch of the kernel costs a few files, not 80k.  The commits made there are the
-    same (git merges and applies trees, not the work tree), but a file outside ``paths`` is
-    not there: what the work does with one is not to be trusted (callers redo a run that did
-    not go cleanly in a full scratch).  ``paths`` that no sparse pattern can name (a line
-    break in a name) give a full scratch."""
+    ``shallow`` list copied), a cone-mode sparse checkout of the directories holding those
+    files (and the files at the top and beside each parent directory) with a sparse index,
+    so a kernel's scratch is a few directories and an index of a few hundred entries, not
+    80k files.  The commits made there are the same (git merges and applies trees, not the
+    work tree), but a file outside the cone is not there: callers check that the work
+    touched none (and redo it in a full scratch otherwise).  ``paths`` that no pattern can
+    name (a line break in a name) give a full scratch."""
     parent.mkdir(parents=True, exist_ok=True)
     patterns = None if paths is None else sparse_patterns(paths)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
@@ -305,20 +306,36 @@ def sparse_pays(tree: Path) -> bool:
 
 
 def sparse_patterns(paths: Iterable[str]) -> bytes | None:
-    """Sparse-checkout patterns (gitignore syntax, non-cone) that match exactly ``paths``:
-    each anchored at the top (``/``), with ``\\``, ``*``, ``?``, ``[``, ``]`` and blanks
-    escaped; None when a name holds a line break (no pattern can say it)."""
-    lines = []
-    for p in sorted(set(paths)):
+    """Cone-mode sparse-checkout patterns (as ``git sparse-checkout set --cone`` writes them)
+    for the directories holding ``paths``: the top level's files, each ancestor directory's
+    own files, each directory recursively; ``\\``, ``*``, ``?`` and ``[`` escaped as git
+    escapes them.  None when a name holds a line break (no pattern can say it)."""
+    dirs = set()
+    for p in paths:
         if not p or "\n" in p or "\r" in p:
             return None
-        lines.append("/" + "".join("\\" + c if c in "\\*?[] \t" else c for c in p) + "\n")
-    return "".join(lines).encode("utf-8", "surrogateescape")
+        d = p.rpartition("/")[0]
+        if d:
+            dirs.add(d)
+    # directories taken whole, none inside another; their ancestors, own files only
+    whole = {d for d in dirs if not any(d.startswith(f"{a}/") for a in _ancestors(d) & dirs)}
+    parents = {a for d in whole for a in _ancestors(d)}
+    lines = ["/*", "!/*/"]
+    for d in sorted(whole | parents):
+        e = "".join("\\" + c if c in "\\*?[" else c for c in d)
+        lines += [f"/{e}/", f"!/{e}/*/"] if d in parents else [f"/{e}/"]
+    return "".join(f"{ln}\n" for ln in lines).encode("utf-8", "surrogateescape")
+
+
+def _ancestors(d: str) -> set[str]:
+    """The proper ancestor directories of the directory ``d`` (``a/b/c``: ``a``, ``a/b``)."""
+    parts = d.split("/")
+    return {"/".join(parts[:i]) for i in range(1, len(parts))}
 
 
 def _sparse_scratch(tree: Path, scratch: Path, base: str, patterns: bytes) -> None:
-    """Make ``scratch`` a repository borrowing ``tree``'s objects, at ``base``, with only the
-    files ``patterns`` match checked out (:func:`scratch_worktree`)."""
+    """Make ``scratch`` a repository borrowing ``tree``'s objects, at ``base``, with only what
+    ``patterns`` (cone mode) take checked out and a sparse index (:func:`scratch_worktree`)."""
     gitutil.git(["init", "-q", "--", str(scratch)], cwd=scratch.parent)
     src, gd = git_dir(tree), scratch / ".git"
     (gd / "objects" / "info").mkdir(parents=True, exist_ok=True)
@@ -327,7 +344,9 @@ def _sparse_scratch(tree: Path, scratch: Path, base: str, patterns: bytes) -> No
         shutil.copyfile(src / "shallow", gd / "shallow")
     (gd / "info").mkdir(exist_ok=True)
     (gd / "info" / "sparse-checkout").write_bytes(patterns)
-    gitutil.git(["config", "core.sparseCheckout", "true"], cwd=scratch)
+    with open(gd / "config", "a", encoding="utf-8") as f:
+        f.write("[core]\n\tsparseCheckout = true\n\tsparseCheckoutCone = true\n"
+                "[index]\n\tsparse = true\n")
     gitutil.git(["checkout", "-q", "--detach", base], cwd=scratch)
 
 
