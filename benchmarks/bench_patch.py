@@ -27,10 +27,13 @@ The series is ``tests/patchfixtures.make_long_project`` (one small change per pa
 every third patch); the dry run goes onto ``v2``, v1 plus one upstream commit.  The 5-patch
 series runs twice: on the fixture's 11 files, and on a tree of :data:`BIG_TREE` more files
 (``--quick``: 5k), the size of a real one (ASK has 300 files, the kernel 80k).  Each round of
-``inv patch`` starts from a tree without its patch record (so the series is really applied);
-the dry run's fetch of ``v2`` is warmed once before the rounds.  Every round starts after a
-``sync`` (untimed): on this machine's disk the writes of the previous round (hundreds of loose
-objects) otherwise land on whichever round comes next.
+``inv patch`` starts from a tree without its patch record (so the series is really applied)
+and, like the anchor's clone (``reset --hard``), checked out at the base (untimed: a tree
+fetched onto a new base is there already; after an edit of the series askbuild also goes
+back there first, as a user of ``git am`` must); the dry run's fetch of ``v2`` is warmed
+once before the rounds.  Every round starts after a ``sync`` (untimed): on this machine's
+disk the writes of the previous round (hundreds of loose objects) otherwise land on whichever
+round comes next.
 """
 
 from __future__ import annotations
@@ -169,6 +172,8 @@ def _measure_series(n: int, rounds: int, tmp: Path, filler: int = 0) -> list[dic
 
     def unpatched() -> None:
         record.unlink(missing_ok=True)
+        subprocess.run(["git", "-C", str(project.tree), "checkout", "-q", "--detach",
+                        project.upstream.v1], check=True)
 
     patch = _quiet(lambda: patchqueue.patch(settings, ["up"]))
     dry = _quiet(lambda: rebasing.rebase(settings, "up", onto="v2", dry_run=True))

@@ -1,15 +1,18 @@
 """Sparse scratch trees (issue 9, item 4 on a big tree): ``inv rebase --dry-run`` and
-``inv patch --check`` work in a scratch that holds only the files the patches name, and their
-answers are the ones a full scratch gives.
+``inv patch --check`` work in a scratch that holds only the directories of the files the
+patches name, and their answers are the ones a full scratch gives.
 
-* :func:`patchqueue.scratch_worktree` with ``paths``: only those files are checked out (names
-  with blanks and pattern characters included), HEAD at the base, the source tree's
-  repository untouched (no worktree, no config change), nothing left afterwards;
+* :func:`patchqueue.scratch_worktree` with ``paths``: only those directories are checked out
+  (names with blanks and pattern characters included), with a sparse index, HEAD at the base,
+  the source tree's repository untouched (no worktree, no config change), nothing left;
 * :func:`patchqueue.touched_paths`: git's own reading of the patches (both sides of a rename,
   new and deleted files, the strip level), None for what git cannot read;
-* the dry run and ``inv patch --check``: a sparse attempt whose patches all came out clean
-  stands; anything else (a conflict, a 3-way merge, a followed rename, a failing patch) is
-  worked out again in a full scratch, and the report is the one a full scratch alone gives.
+* the dry run: the sparse answer (clean, conflicts, drops, 3-way merges, a rename followed
+  out of the scratch) stands and equals a full scratch's; a patch git apply cannot read sends
+  it to a full scratch; ``inv patch --check``: the sparse answer stands when every patch
+  applied, a failing patch is worked out again in a full scratch (same message);
+* on a big tree ``inv patch`` lists the untracked files (for its journal) while ``git
+  status`` runs, and a failed run still puts the tree back without touching the user's.
 """
 
 from __future__ import annotations
@@ -226,3 +229,24 @@ def test_patch_check_stands_on_the_sparse_scratch_and_falls_back(tmp_path, monke
         patchqueue.patch(project.settings, ["up"], check=True)
     assert str(sparse_first.value) == str(full_only.value)
     assert "0004-change.patch" in str(full_only.value)
+
+
+def test_on_a_big_tree_the_journal_lists_untracked_files_while_git_status_runs(tmp_path,
+                                                                             monkeypatch):
+    """On a big tree ``inv patch`` lists the untracked files on a thread while ``git status``
+    runs: a run that fails half-way still puts the tree back without touching the user's
+    untracked files, and removes the ones it made."""
+    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    project = make_long_project(tmp_path, 6)
+    tree = project.tree
+    put(tree, "mine.txt", "my notes\n")
+    put(tree, "scratch/dir/keep.o", "build output\n")
+    bad = project.series_dir / "0005-change.patch"
+    bad.write_bytes(bad.read_bytes().replace(b" m5 block 0 line 2", b" m5 block 0 line X"))
+    with pytest.raises(PatchFailed):
+        patchqueue.patch(project.settings, ["up"])
+    assert (tree / "mine.txt").read_text() == "my notes\n"
+    assert (tree / "scratch/dir/keep.o").read_text() == "build output\n"
+    assert not (tree / "gen" / "p0003.txt").exists()           # made by patch 3: gone
+    assert g(tree, "status", "--porcelain", "--untracked-files=all").splitlines() \
+        == ["?? mine.txt", "?? scratch/dir/keep.o"]

@@ -69,8 +69,9 @@ def _journal_path(tree: Path) -> Path:
     return git_dir(tree) / JOURNAL
 
 
-def _untracked(tree: Path) -> list[str]:
-    """Untracked paths (ignored ones included; an untracked directory as ``dir/``)."""
+def untracked_paths(tree: Path) -> list[str]:
+    """Untracked paths (ignored ones included; an untracked directory as ``dir/``): what a
+    journal keeps (:func:`journal_begin`)."""
     raw = gitutil.git(["ls-files", "--others", "--directory", "-z"], cwd=tree).stdout
     return sorted(x for x in raw.split("\0") if x)
 
@@ -90,17 +91,21 @@ def position(head: str | None, symref: str | None, patched: str | None,
 
 
 def journal_begin(settings: Settings, name: str, tree: Path, verb: str, *,
-                  prev: dict | None = None, **extra: object) -> None:
+                  prev: dict | None = None, untracked: list[str] | None = None,
+                  **extra: object) -> None:
     """Say (in the tree's git dir) that askbuild starts changing the clean ``tree``.  Until
     :func:`journal_end`, every uncommitted change, git operation, new untracked file and lock
     file in the tree is askbuild's own: when the run dies, the next one undoes them and puts
     HEAD, ``askbuild/patched`` and the patch record back as they were here
     (:func:`recover_tree`).  ``prev``: that position (:func:`position`) when the caller has
     just read it (under the work-dir lock, nothing changed since), else it is read here.
-    ``extra``: ``created_branch`` / ``edit_record`` (deleted on recovery)."""
+    ``untracked``: :func:`untracked_paths` when the caller has just read it (under the same
+    lock), else it is read here.  ``extra``: ``created_branch`` / ``edit_record`` (deleted on
+    recovery)."""
     journal = {"schema": 1, "verb": verb, "pid": os.getpid(), "source": name,
                "started": time.time(), "prev": prev or _position(settings, name, tree),
-               "untracked": _untracked(tree), **extra}
+               "untracked": untracked_paths(tree) if untracked is None else untracked,
+               **extra}
     write_json_atomic(_journal_path(tree), journal)
 
 
@@ -111,13 +116,14 @@ def journal_end(tree: Path) -> None:
 
 @contextlib.contextmanager
 def journalled(settings: Settings, name: str, tree: Path, verb: str, *,
-               prev: dict | None = None, **extra: object) -> Iterator[None]:
-    """Run the block under a run journal (:func:`journal_begin`; ``prev``: the position the
-    caller just read).  On success the journal goes.  On an error the tree is put back at
-    once (a PatchFailed says so in its message); when even that fails, or the run is killed
-    or interrupted, the journal stays and the next run puts the tree back first
-    (:func:`recover_tree`)."""
-    journal_begin(settings, name, tree, verb, prev=prev, **extra)
+               prev: dict | None = None, untracked: list[str] | None = None,
+               **extra: object) -> Iterator[None]:
+    """Run the block under a run journal (:func:`journal_begin`; ``prev``, ``untracked``: the
+    position and the untracked paths the caller just read).  On success the journal goes.
+    On an error the tree is put back at once (a PatchFailed says so in its message); when
+    even that fails, or the run is killed or interrupted, the journal stays and the next run
+    puts the tree back first (:func:`recover_tree`)."""
+    journal_begin(settings, name, tree, verb, prev=prev, untracked=untracked, **extra)
     try:
         yield
     except Exception as e:
@@ -163,7 +169,7 @@ def _drop_operation(tree: Path) -> None:
 def _remove_new_untracked(tree: Path, before: list[str]) -> None:
     old = set(before)
     old_dirs = tuple(x for x in old if x.endswith("/"))
-    for rel in _untracked(tree):
+    for rel in untracked_paths(tree):
         if rel in old or (old_dirs and rel.startswith(old_dirs)):
             continue
         p = tree / rel

@@ -13,8 +13,11 @@ and lists every failure at the end (:func:`askbuild.errors.summary_error`).
 from __future__ import annotations
 
 import shlex
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .. import console, gitutil, runlock
 from ..errors import (
@@ -40,6 +43,7 @@ from .journal import (
     recover_tree,
     scratch_worktree,
     sparse_pays,
+    untracked_paths,
 )
 from .layers import Layer, load_layers
 from .record import (
@@ -63,6 +67,8 @@ from .worktree import (
     tree_status,
 )
 from .write import finish_pending_series
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,8 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     for ly in skipped:
         report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
                    commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
+    # on a big tree, the untracked files (for the journal) are listed while git status runs
+    untracked = _in_background(untracked_paths, tree) if sparse_pays(tree) else None
     view = read_view(tree, refs)
     base = view.base
     record = tree_state(settings, source.name)
@@ -206,8 +214,9 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
                      f"does not match branch {PATCHED} of {tree}: applying the series again")
     console.step(f"patch {source.name}: {len(inputs)} patch(es) onto {base[:12]}")
     detached = view.status.head if view.status.symref is None else None
-    with journalled(settings, source.name, tree, "patch", prev=_prev(settings, source.name,
-                                                                     view)):
+    with journalled(settings, source.name, tree, "patch",
+                    prev=_prev(settings, source.name, view),
+                    untracked=untracked() if untracked else None):
         settings.patch_record(source.name).unlink(missing_ok=True)
         record = apply_queue(tree, base, inputs, source=source.name, report=report,
                              branch=None, settings=settings, detached_at=detached)
@@ -219,6 +228,27 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         write_json_atomic(settings.patch_record(source.name), record)
     settings.failed_patch_record(source.name).unlink(missing_ok=True)
     return record
+
+
+def _in_background(fn: Callable[..., T], *args: object) -> Callable[[], T]:
+    """Start ``fn(*args)`` on a thread (a git process: it runs while this one waits on
+    another); the returned function waits for its value (or raises its error)."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - raised again by the caller below
+            box["error"] = e
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+    return result
 
 
 class _Trees:

@@ -341,7 +341,7 @@ def save_stamp(settings: Settings, name: str, stamp: dict | None) -> None:
     if stamp is None:
         settings.patch_stamp(name).unlink(missing_ok=True)
     else:
-        write_json_atomic(settings.patch_stamp(name), stamp)
+        write_json_atomic(settings.patch_stamp(name), stamp, indent=None)   # (C encoder)
 
 
 def write_stamp(settings: Settings, name: str, layers: list[Layer],
