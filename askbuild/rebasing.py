@@ -1092,14 +1092,14 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
     ``old_base``: the base commit of ``tree`` when the caller has just read it.
 
     On a big tree (:func:`~askbuild.patchqueue.journal.sparse_pays`) it first runs in a
-    sparse scratch holding only the files the patches name
+    sparse scratch holding only the directories of the files the patches name
     (:func:`~askbuild.patchqueue.apply.touched_paths`): a kernel's scratch is then a few
-    files, not 80k.  Git merges trees, so the replay's commits, conflicts and drops are those
-    of a full tree, and the one question asked of the work tree (``git apply --check`` of an
-    old patch) reads only files the old commits touch.  So the sparse answer stands unless
-    an old commit touches a file outside the scratch (git read a patch differently), a
-    vendor patch failed, or git failed there: then everything is worked out again in a full
-    scratch, whose answer is the one reported."""
+    directories, not 80k files.  Git merges trees, so the replay's commits, conflicts and
+    drops are those of a full tree, and the one question asked of the work tree (``git
+    apply --check`` of an old patch) reads only files the old commits touch.  So the sparse
+    answer stands unless an old commit touches a file outside the scratch (git read a patch
+    differently), a vendor patch failed, or git failed there: then everything is worked out
+    again in a full scratch, whose answer is the one reported."""
     inputs = pq.collect_inputs(settings, layers, sources, trees={src.name: tree})
     old_base = old_base or pq.base_commit(tree)
     new_base = fetch_onto(settings, src, tree, onto)

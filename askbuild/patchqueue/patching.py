@@ -231,8 +231,10 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
 
 
 def _in_background(fn: Callable[..., T], *args: object) -> Callable[[], T]:
-    """Start ``fn(*args)`` on a thread (a git process: it runs while this one waits on
-    another); the returned function waits for its value (or raises its error)."""
+    """Start ``fn(*args)`` on a thread (a git query: it runs while this one waits on
+    another); the returned function waits for its value (or raises its error).  Only for
+    quick git queries (``gitutil.QUICK``): another child gets a parent-death signal, which
+    Linux sends when the thread that started it ends."""
     box: dict = {}
 
     def run() -> None:
@@ -330,9 +332,8 @@ def _check_queue(settings: Settings, src: Source, tree: Path, base: str,
                  inputs: list[PatchInput], report: Report) -> None:
     """``inv patch --check``: the queue applied in a scratch, on a big tree
     (:func:`~.journal.sparse_pays`) first a sparse one holding only the files the patches
-    name (:func:`~.apply.touched_paths`); when a patch did not simply
-    apply there, the whole check is done again in a full scratch, whose rows are the ones
-    reported."""
+    name (:func:`~.apply.touched_paths`); when a patch did not simply apply there, the whole
+    check is done again in a full scratch, whose rows are the ones reported."""
     paths = touched_paths(tree, inputs) if sparse_pays(tree) else None
     if paths is not None:
         mark = len(report.rows)

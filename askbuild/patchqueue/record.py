@@ -182,8 +182,8 @@ def _tree_dirs(tree: Path) -> dict[str, list[int] | None]:
     its path relative to the tree (``.`` the tree itself), as :func:`stat_sig` gives it.  A
     directory that cannot be listed is left out and a symbolic link to one is not followed,
     as ``os.walk`` does.  One ``scandir`` and one ``lstat`` per directory and plain strings:
-    the kernel's 5k directories in a few hundredths of a second (``os.walk`` with ``Path``
-    and ``relpath`` took 0.7 s)."""
+    0.15 s for the kernel's 5k directories, where ``os.walk`` with ``Path`` and ``relpath``
+    took 0.33 s."""
     top = os.fspath(tree)
     out: dict[str, list[int] | None] = {}
     stack = [(top, ".")]
