@@ -12,13 +12,17 @@ patches name, and their answers are the ones a full scratch gives.
   it to a full scratch; ``inv patch --check``: the sparse answer stands when every patch
   applied, a failing patch is worked out again in a full scratch (same message);
 * on a big tree ``inv patch`` lists the untracked files (for its journal) while ``git
-  status`` runs, and a failed run still puts the tree back without touching the user's.
+  status`` runs, and a failed run still puts the tree back without touching the user's; the
+  patch stamp lists again only the directories that changed since the previous stamp.
 """
 
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +254,40 @@ def test_on_a_big_tree_the_journal_lists_untracked_files_while_git_status_runs(t
     assert not (tree / "gen" / "p0003.txt").exists()           # made by patch 3: gone
     assert g(tree, "status", "--porcelain", "--untracked-files=all").splitlines() \
         == ["?? mine.txt", "?? scratch/dir/keep.o"]
+
+
+def test_the_stamp_lists_again_only_the_directories_that_changed(tmp_path, monkeypatch):
+    """The patch stamp's directory signatures, taken with the previous stamp's: the same as
+    a walk of every directory, after directories were added, removed, renamed, changed and
+    given another mode; only the changed ones (and those changed just before the previous
+    stamp, whose signature cannot vouch for them) are listed again."""
+    from askbuild.patchqueue import record
+    tree = tmp_path / "t"
+    for rel in ["a/b/c/f", "a/b/g", "m/n/f", "x/y/z/f", "keep/deep/er/f", "u/v/f"]:
+        put(tree, rel, "x\n")
+    taken = time.time_ns()
+    first = record._tree_dirs(tree)
+    put(tree, "a/b/new.txt", "y\n")                     # a/b changes
+    put(tree, "c/new/deep/f", "z\n")                    # new directories
+    shutil.rmtree(tree / "x" / "y")                     # a directory gone
+    (tree / "m").rename(tree / "m2")                    # a directory renamed
+    (tree / "u" / "v").chmod(0o000)                     # its mode (its ctime) changes
+    listed: list[str] = []
+    real = os.scandir
+
+    def spy(path):
+        listed.append(os.path.relpath(path, tree))
+        return real(path)
+    monkeypatch.setattr(record.os, "scandir", spy)
+    try:
+        full = record._tree_dirs(tree)
+        listed.clear()
+        assert record._tree_dirs(tree, first, taken + 2 * record.RACY_NS) == full
+        assert "keep/deep" not in listed and "keep/deep/er" not in listed
+        assert {".", "a/b", "c", "c/new", "c/new/deep", "m2", "m2/n", "x", "u/v"} <= set(listed)
+        listed.clear()
+        # taken right after those changes: nothing can vouch, everything is listed again
+        assert record._tree_dirs(tree, first, taken) == full
+        assert "keep/deep/er" in listed
+    finally:
+        (tree / "u" / "v").chmod(0o755)

@@ -28,7 +28,7 @@ from ..errors import (
     SourceError,
     summary_error,
 )
-from ..fsutil import write_json_atomic
+from ..fsutil import read_json, write_json_atomic
 from ..gitutil import GitError
 from ..refs import BASE_REF, BASE_TAG, PATCHED
 from ..report import Report
@@ -311,7 +311,9 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
     first tries :func:`unchanged_from_stamp`.)  After a run that leaves the tree done and
     skipped no optional layer (whose warning only this path prints), a new stamp."""
     with git_errors(f"patch {src.name}", settings.source_tree(src.name)):
+        before = None
         if not check:
+            before = read_json(settings.patch_stamp(src.name))
             drop_stamp(settings, src.name)
             recover_tree(settings, src.name)
         refs: dict[str, str | None] = {}
@@ -321,7 +323,8 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
             patch_source(settings, src, sources=sources, layers=layers, report=report,
                          tree=tree, trees=trees.made, refs=refs)
             if not any(r.get("status") == "skipped" for r in report.rows[mark:]):
-                write_stamp(settings, src.name, layers, sources)
+                write_stamp(settings, src.name, layers, sources,
+                            before=before if isinstance(before, dict) else None)
             return
         inputs = collect_inputs(settings, layers, sources, trees={**trees.made})
         base = base_commit(tree)
