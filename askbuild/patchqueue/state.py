@@ -110,7 +110,8 @@ def _state_problem(settings: Settings, name: str) -> str | None:
         layers = None               # (the full check below names the problem in its turn)
     if layers is not None and stamp_current(settings, name, layers, sources, untracked=True):
         return None
-    stamp = take_stamp(settings, name, layers, sources, untracked=False) \
+    stamp = take_stamp(settings, name, layers, sources, untracked=False,
+                       before=read_json(settings.patch_stamp(name))) \
         if layers is not None else None
     problem = _full_problem(settings, sources, name)
     if problem is None:
