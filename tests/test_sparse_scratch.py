@@ -120,9 +120,9 @@ def scratches(monkeypatch):
     made: list = []
     real = journal.scratch_worktree
 
-    def spy(tree, base, parent, *, paths=None):
+    def spy(tree, base, parent, *, paths=None, **kw):
         made.append(None if paths is None else set(paths))
-        return real(tree, base, parent, paths=paths)
+        return real(tree, base, parent, paths=paths, **kw)
     monkeypatch.setattr(patchqueue, "scratch_worktree", spy)
     monkeypatch.setattr("askbuild.patchqueue.patching.scratch_worktree", spy)
     return made

@@ -45,6 +45,7 @@ from .journal import (
     recover_tree,
     scratch_worktree,
     sparse_pays,
+    use_sparse_index,
 )
 from .layers import Layer, edit_branch, layers_file, load_layers, resolve_layer
 from .patching import patch, patch_source
@@ -57,9 +58,10 @@ __all__ = [
     "JOURNAL", "PATCH_COLUMNS", "REPRO", "Layer", "NoSpaceLeft", "PatchFiles", "PatchInput",
     "apply_patch", "apply_queue", "base_commit", "clean_scratch",
     "clear_stale_locks", "collect_inputs", "competing", "edit", "edit_branch", "export",
-    "finish_pending_series", "format_patch", "git_dir", "git_errors", "journalled", "layers_file",
+    "finish_pending_series", "format_patch", "git_dir", "git_errors",
+    "journalled", "layers_file",
     "load_layers", "patch", "patch_files", "patch_source", "patch_state_problem",
     "record_matches", "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",
     "sparse_pays", "touched_paths",
-    "tree_state", "unexported_edits", "write_series",
+    "tree_state", "unexported_edits", "use_sparse_index", "write_series",
 ]

@@ -341,7 +341,8 @@ def _check_queue(settings: Settings, src: Source, tree: Path, base: str,
     if paths is not None:
         mark = len(report.rows)
         try:
-            with scratch_worktree(tree, base, settings.work_dir, paths=paths) as scratch:
+            with scratch_worktree(tree, base, settings.work_dir, paths=paths,
+                                  sparse_index=False) as scratch:     # (git am's)
                 apply_queue(scratch, base, inputs, source=src.name, report=report,
                             branch=None, settings=settings, batch=True)
             if all(r.get("status") == "applied" for r in report.rows[mark:]):
