@@ -1134,11 +1134,22 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
                  new_base: str, paths: set[str] | None) -> dict:
     """One try of :func:`_dry_run` in a scratch (``paths``: a sparse one): its state.
 
-    A sparse scratch that applies the old series with ``git am`` first has a full index
-    until then (``git am`` expands a sparse one on every patch), a sparse one from the
-    checkout of the new base on (the sequencer's)."""
-    with pq.scratch_worktree(tree, new_base if record else old_base, settings.work_dir,
-                             paths=paths, sparse_index=record is not None) as scratch:
+    Without a record, a sparse try makes the old series' commits in a small tree and grafts
+    them onto the old base (:func:`~askbuild.patchqueue.graft.grafted_queue`); when that
+    cannot stand for the full tree it applies the series in the sparse scratch, with a full
+    index until then (``git am`` expands a sparse one on every patch) and a sparse one from
+    the checkout of the new base on (the sequencer's)."""
+    with contextlib.ExitStack() as stack:
+        borrow: list[Path] = []
+        if record is None and paths is not None:
+            grafted = stack.enter_context(pq.grafted_queue(
+                tree, old_base, inputs, paths, settings.work_dir, source=src.name))
+            if grafted is not None:
+                record, objects = grafted
+                borrow.append(objects)
+        scratch = stack.enter_context(pq.scratch_worktree(
+            tree, new_base if record else old_base, settings.work_dir, paths=paths,
+            sparse_index=record is not None, borrow=borrow))
         if record is None:
             record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None,
                                     batch=True, detached_at=old_base)

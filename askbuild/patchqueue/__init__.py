@@ -29,6 +29,7 @@ Paths come from :class:`~askbuild.settings.Settings` (``patch_record``, ``failed
 from .apply import PATCH_COLUMNS, apply_patch, apply_queue, touched_paths
 from .edit import edit, unexported_edits
 from .export import export
+from .graft import grafted_queue
 from .inputs import (
     PatchFiles,
     PatchInput,
@@ -58,7 +59,7 @@ __all__ = [
     "JOURNAL", "PATCH_COLUMNS", "REPRO", "Layer", "NoSpaceLeft", "PatchFiles", "PatchInput",
     "apply_patch", "apply_queue", "base_commit", "clean_scratch",
     "clear_stale_locks", "collect_inputs", "competing", "edit", "edit_branch", "export",
-    "finish_pending_series", "format_patch", "git_dir", "git_errors",
+    "finish_pending_series", "format_patch", "git_dir", "git_errors", "grafted_queue",
     "journalled", "layers_file",
     "load_layers", "patch", "patch_files", "patch_source", "patch_state_problem",
     "record_matches", "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",

@@ -1,0 +1,178 @@
+"""The old series' commits made in a small tree and grafted onto the full base
+(:func:`patchqueue.grafted_queue`, the first pass of ``inv rebase --dry-run`` without a
+patch record on a big tree).
+
+* the record, commit for commit, is the one ``git am`` on the full tree gives (apply_queue in
+  a full scratch), for a series with every kind of change: a line changed, files added in a
+  new directory, deleted, renamed, made executable, a symlink, a binary file, odd names (a
+  blank, a quote, a backslash, a leading colon), a ``.gitattributes`` above a file, a plain
+  diff beside the mails; and the source tree is untouched, nothing is left behind;
+* where the small tree could not stand for the full one it says so (None) and the dry run's
+  answer is the full tree's: a directory above a new file is a file there, a named path is
+  a directory, a patch needs a 3-way merge; a patch that does not apply at all likewise;
+* the dry run without a record on a big tree uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+import pytest
+from patchfixtures import commit_all, g, make_long_project, put
+
+from askbuild import patchqueue, rebasing
+from askbuild.patchqueue import journal
+from askbuild.patchqueue.inputs import PatchInput
+from askbuild.patchqueue.layers import Layer
+
+LAYER = Layer(source="src", kind="local", dir="patches/src")
+ODD = 'odd dir/a "quoted" back\\slash.c'
+LEAD = '"lead quote'
+
+
+def _base(tmp: Path) -> tuple[Path, str]:
+    repo = tmp / "src"
+    g(tmp, "init", "-q", "--", str(repo))
+    put(repo, ".gitattributes", "*.c diff=cpp\n")
+    put(repo, "deep/er/.gitattributes", "*.txt -text\n")
+    for rel in ["deep/er/f.txt", "deep/er/gone.c", "deep/er/old.c", "run.sh", ODD, LEAD,
+                ":colon.c", "untouched/x.c", "untouched/y/z.c", "f"]:
+        put(repo, rel, "".join(f"{rel} line {i}\n" for i in range(1, 12)))
+    put(repo, "blob.bin", bytes(range(256)) * 4)
+    return repo, commit_all(repo, "base")
+
+
+def _move(repo: Path, old: str, new: str) -> None:
+    (repo / new).parent.mkdir(parents=True, exist_ok=True)
+    (repo / old).rename(repo / new)
+
+
+def _series(tmp: Path, repo: Path, base: str) -> list[PatchInput]:
+    """Mails of commits made on ``base`` (then dropped), and a plain diff."""
+    steps = [
+        ("a line changed", lambda: put(repo, "deep/er/f.txt",
+                                       (repo / "deep/er/f.txt").read_text().replace(
+                                           "line 5", "line five"))),
+        ("new files in a new directory", lambda: (put(repo, "new/dir/a.c", "a\n"),
+                                                  put(repo, "new/b.c", "b\n"))),
+        ("a file deleted", lambda: (repo / "deep/er/gone.c").unlink()),
+        ("a file renamed", lambda: _move(repo, "deep/er/old.c", "moved/new.c")),
+        ("made executable", lambda: (repo / "run.sh").chmod(0o755)),
+        ("a symlink", lambda: (repo / "deep/link").symlink_to("er/f.txt")),
+        ("a binary file", lambda: put(repo, "blob.bin", bytes(reversed(range(256))) * 4)),
+        ("odd names", lambda: (put(repo, ODD, "changed\n"), put(repo, ":colon.c", "c\n"),
+                               put(repo, LEAD, "d\n"))),
+    ]
+    for msg, step in steps:
+        step()
+        commit_all(repo, msg)
+    out = tmp / "mails"
+    g(repo, "format-patch", "-q", "-M", "--binary", "-o", str(out), f"{base}..HEAD")
+    inputs = [PatchInput(LAYER, m.name, 1, m.read_bytes()) for m in sorted(out.iterdir())]
+    put(repo, "f", "plain diff\n")
+    diff = g(repo, "diff", "--", "f").encode() + b"\n"
+    g(repo, "checkout", "-q", "-f", "--detach", base)
+    return [*inputs, PatchInput(LAYER, "plain.diff", 1, diff)]
+
+
+def _full_record(repo: Path, base: str, inputs: list[PatchInput], parent: Path) -> dict:
+    with patchqueue.scratch_worktree(repo, base, parent) as scratch:
+        return patchqueue.apply_queue(scratch, base, inputs, source="src", branch=None,
+                                      batch=True)
+
+
+def test_the_grafted_commits_are_the_ones_git_am_makes_on_the_full_tree(tmp_path):
+    repo, base = _base(tmp_path)
+    inputs = _series(tmp_path, repo, base)
+    paths = patchqueue.touched_paths(repo, inputs)
+    assert "untouched/x.c" not in paths and ODD in paths
+    refs = g(repo, "for-each-ref")
+    with patchqueue.grafted_queue(repo, base, inputs, paths, tmp_path / "work",
+                                  source="src") as got:
+        assert got is not None
+        record, objects = got
+        assert objects.is_dir() and Path(objects).is_relative_to(tmp_path / "work")
+    assert list((tmp_path / "work").iterdir()) == []
+    assert g(repo, "for-each-ref") == refs and g(repo, "rev-parse", "HEAD") == base
+    # the commits lived in the scratch only
+    assert subprocess.run(["git", "-C", str(repo), "cat-file", "-e", record["head"]],
+                          capture_output=True).returncode != 0
+    full = _full_record(repo, base, inputs, tmp_path / "work")
+    assert record == full
+    assert len(full["patches"]) == 9 and all(len(p["commits"]) == 1 for p in full["patches"])
+
+
+def _one_mail(tmp: Path, repo: Path, base: str, change) -> list[PatchInput]:
+    change()
+    commit_all(repo, "the change")
+    out = tmp / "one"
+    g(repo, "format-patch", "-q", "--binary", "-o", str(out), f"{base}..HEAD")
+    g(repo, "checkout", "-q", "-f", "--detach", base)
+    return [PatchInput(LAYER, m.name, 1, m.read_bytes()) for m in sorted(out.iterdir())]
+
+
+def _file_for_dir(repo: Path) -> None:
+    """On the base ``f`` is a file; upstream of the patch it became a directory."""
+    (repo / "f").unlink()
+    put(repo, "f/inside.c", "x\n")
+
+
+@pytest.mark.parametrize("case", ["file-above", "path-is-a-directory", "three-way"])
+def test_where_the_small_tree_cannot_stand_for_the_full_one_it_says_so(tmp_path, case):
+    repo, base = _base(tmp_path)
+    if case == "file-above":            # a new f/inside.c where the base has a file f
+        inputs = _one_mail(tmp_path, repo, base, lambda: _file_for_dir(repo))
+    elif case == "path-is-a-directory":  # a new file "untouched" where the base has a dir
+        g(repo, "rm", "-q", "-r", "--", "untouched")
+        inputs = _one_mail(tmp_path, repo, base,
+                           lambda: put(repo, "untouched", "now a file\n"))
+    else:                               # the patch was made on a later commit
+        put(repo, "run.sh", (repo / "run.sh").read_text().replace("line 2", "line TWO"))
+        later = commit_all(repo, "later")     # (in the patch's context, apart from its change)
+        inputs = _one_mail(tmp_path, repo, later, lambda: put(
+            repo, "run.sh", (repo / "run.sh").read_text().replace("line 5", "line FIVE")))
+    g(repo, "checkout", "-q", "-f", "--detach", base)
+    paths = patchqueue.touched_paths(repo, inputs)
+    with patchqueue.grafted_queue(repo, base, inputs, paths, tmp_path / "work",
+                                  source="src") as got:
+        assert got is None
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def _graft_spy(monkeypatch) -> list:
+    """What each grafted_queue of the run yielded (None, or its record)."""
+    seen: list = []
+    real = patchqueue.grafted_queue
+
+    @contextlib.contextmanager
+    def spy(*a, **kw):
+        with real(*a, **kw) as got:
+            seen.append(None if got is None else got[0])
+            yield got
+    monkeypatch.setattr(patchqueue, "grafted_queue", spy)
+    return seen
+
+
+def test_the_dry_run_without_a_record_on_a_big_tree_grafts(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    project = make_long_project(tmp_path, 6)
+    work = tmp_path / "upstream-v2"
+    g(tmp_path, "clone", "-q", "--", str(project.upstream.bare), str(work))
+    put(work, "README", "long upstream, v2\n")
+    commit_all(work, "release v2")
+    g(work, "tag", "v2")
+    g(work, "push", "-q", "origin", "HEAD:refs/heads/v2-branch", "v2")
+    seen = _graft_spy(monkeypatch)
+    rows = rebasing.rebase(project.settings, "up", onto="v2", dry_run=True).rows
+    assert [r["status"] for r in rows] == ["clean"] * 6
+    assert len(seen) == 1 and seen[0] is not None
+    # the record inv patch then writes has the very commits the graft made
+    patchqueue.patch(project.settings, ["up"])
+    recorded = patchqueue.tree_state(project.settings, "up")
+    assert [p["commits"] for p in recorded["patches"]] \
+        == [p["commits"] for p in seen[0]["patches"]]
+    seen.clear()
+    assert rebasing.rebase(project.settings, "up", onto="v2", dry_run=True).rows == rows
+    assert seen == []                   # (a record now: nothing to graft)
