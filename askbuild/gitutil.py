@@ -123,10 +123,19 @@ def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 #: git commands that only read (or, like ``update-ref``, change one thing atomically under a
-#: lock) and end by themselves: started the cheap way (:func:`askbuild.procs.popen` ``quick``).
+#: lock, or, like ``merge-tree``, only add objects) and end by themselves: started the cheap
+#: way (:func:`askbuild.procs.popen` ``quick``).
 QUICK = frozenset({"cat-file", "status", "log", "rev-list", "rev-parse", "ls-files", "ls-tree",
                    "symbolic-ref", "show-ref", "for-each-ref", "merge-base", "diff-tree",
-                   "update-ref", "var", "version"})
+                   "update-ref", "var", "version", "merge-tree"})
+
+
+def _verb(args: Sequence[str]) -> str:
+    """The git command of ``args``, after its leading ``-c NAME=VALUE`` pairs."""
+    i = 0
+    while i + 1 < len(args) and args[i] == "-c":
+        i += 2
+    return args[i] if i < len(args) else ""
 
 
 def git(
@@ -148,7 +157,7 @@ def git(
         text = False
     proc = procs.run(
         cmd, cwd=cwd, env=base_env(env), input=input, capture_output=True, text=text,
-        quick=bool(args) and args[0] in QUICK,
+        quick=_verb(args) in QUICK,
         **({} if input is not None else {"stdin": subprocess.DEVNULL}),
     )
     if check and proc.returncode != 0:

@@ -153,6 +153,7 @@ PROGRAMS: dict[str, tuple[str, str, bool]] = {
     "bzip2": ("bzip2", "decompresses .tar.bz2 sources (libnfnetlink)", True),
     "ln": ("coreutils", "recipe steps", True),
     "sleep": ("coreutils", "a long child for the signal tests", True),
+    "stdbuf": ("coreutils", "the rebase dry run's merges answered one by one", True),
     "sh": ("dash", "recipe and image scripts", True),
     "dockerd": ("docker.io", "the Docker engine the tests start", True),
     "ctr": ("containerd", "imports the image archive (tests)", True),

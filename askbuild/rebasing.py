@@ -52,7 +52,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from . import console, fetching, gitutil, runlock
+from . import console, fetching, gitutil, runlock, treereplay
 from . import patchqueue as pq
 from .errors import ConfigError, DirtyTreeError, PatchFailed, UserError
 from .fsutil import read_json, write_json_atomic
@@ -522,7 +522,7 @@ def _pick(tree: Path, item: dict, diff: bytes, date: str | None, *,
         made = _commit_like(tree, old, date, allow_empty=allow_empty)
     if made is None:
         gitutil.git(["reset", "-q", "--hard", "HEAD"], cwd=tree)
-        return _outcome("upstream", detail="already upstream (became empty): dropped"), clean
+        return _outcome("upstream", detail=UPSTREAM_DETAIL), clean
     return None, clean
 
 
@@ -587,6 +587,13 @@ def _run(settings: Settings, st: dict, tree: Path, *, dry_run: bool) -> bool:
     return True
 
 
+UPSTREAM_DETAIL = "already upstream (became empty): dropped"
+
+#: Whether the dry run replays a queue that picks cleanly as trees, with no work tree
+#: (:func:`askbuild.treereplay.replay_trees`: one ``merge-tree`` per patch), before the
+#: sequencer (which it runs at the first conflict).
+TREE_REPLAY = True
+
 #: Whether the dry run replays the queue with ONE ``git rebase -i`` (the sequencer:
 #: :func:`_dry_replay`) or with one ``cherry-pick`` per patch (:func:`_dry_replay_per_patch`,
 #: the reference the batched replay is tested against: tests/test_rebase_batch.py).
@@ -634,8 +641,22 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
         _dry_replay_per_patch(st, tree, diffs)
         return
     start = st.get("start") or _head(tree)
-    picked = _sequence(st, tree, queue, start)
-    news = gitutil.out(["rev-list", "--reverse", f"{start}..HEAD", "--"], cwd=tree).split()
+    got = treereplay.replay_trees(
+        tree, start, olds, (FIXED_IDENTITY["GIT_COMMITTER_NAME"],
+                            FIXED_IDENTITY["GIT_COMMITTER_EMAIL"]),
+        [*pq.REPRO, *_REPLAY_CONFIG]) if TREE_REPLAY else None
+    if got is not None:                 # (every patch picked cleanly or became empty)
+        for item, new in zip(queue, got, strict=True):
+            if new is None:
+                item.update(_outcome("upstream", detail=UPSTREAM_DETAIL))
+        st["pos"] += len(queue)
+        picked = [item for item, new in zip(queue, got, strict=True) if new]
+        news = [new for new in got if new]
+    else:
+        _check_out(tree, start)
+        picked = _sequence(st, tree, queue, start)
+        news = gitutil.out(["rev-list", "--reverse", f"{start}..HEAD", "--"],
+                           cwd=tree).split()
     if len(news) != len(picked):
         raise PatchFailed(f"rebase dry run of {st['source']}: {len(picked)} patch(es) were "
                           f"committed but {len(news)} commit(s) are on the scratch tree",
@@ -693,7 +714,7 @@ def _sequence(st: dict, tree: Path, queue: list[dict], start: str) -> list[dict]
             item.update(_outcome("conflict", detail="; ".join(c["message"] for c in conflicts),
                                  files=[c["file"] for c in conflicts], conflicts=conflicts))
         elif "is now empty" in out and _index_unchanged(tree):
-            item.update(_outcome("upstream", detail="already upstream (became empty): dropped"))
+            item.update(_outcome("upstream", detail=UPSTREAM_DETAIL))
         else:
             gitutil.git(["rebase", "--abort"], cwd=tree, env=env, check=False)
             raise PatchFailed(f"replaying {item['layer']}/{item['file']} failed: "
@@ -706,6 +727,14 @@ def _sequence(st: dict, tree: Path, queue: list[dict], start: str) -> list[dict]
                                _git_words(proc.stderr))
     st["pos"] += len(queue)
     return [it for i, it in enumerate(queue) if i not in stopped]
+
+
+def _check_out(tree: Path, commit: str) -> None:
+    """HEAD of the scratch ``tree`` detached at ``commit`` (a sparse scratch may have nothing
+    checked out yet)."""
+    head = gitutil.git(["rev-parse", "-q", "--verify", "HEAD"], cwd=tree, check=False)
+    if head.stdout.strip() != commit:
+        gitutil.git(["checkout", "-q", "--detach", commit], cwd=tree)
 
 
 def _git_words(stderr: str) -> str:
@@ -763,6 +792,7 @@ def _dry_replay_per_patch(st: dict, tree: Path, diffs: dict[str, bytes]) -> None
     dates = dict(ln.split(" ", 1) for ln in gitutil.out(
         ["show", "-s", "--format=%H %ad", "--date=raw", *olds], cwd=tree).splitlines())
     start = st.get("start") or _head(tree)
+    _check_out(tree, start)
     picked: list[tuple[dict, bool]] = []
     for item in queue:
         out, clean = _pick(tree, item, diffs[item["old"]], dates[item["old"]],
@@ -1139,6 +1169,7 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
     cannot stand for the full tree it applies the series in the sparse scratch, with a full
     index until then (``git am`` expands a sparse one on every patch) and a sparse one from
     the checkout of the new base on (the sequencer's)."""
+    vendor = [p for p in inputs if p.layer.kind == "vendor"]
     with contextlib.ExitStack() as stack:
         borrow: list[Path] = []
         if record is None and paths is not None:
@@ -1147,9 +1178,12 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
             if grafted is not None:
                 record, objects = grafted
                 borrow.append(objects)
+        # (with the old commits at hand and no vendor patch to apply, a sparse scratch is
+        # checked out only if the replay needs a work tree: _dry_replay)
         scratch = stack.enter_context(pq.scratch_worktree(
             tree, new_base if record else old_base, settings.work_dir, paths=paths,
-            sparse_index=record is not None, borrow=borrow))
+            sparse_index=record is not None, borrow=borrow,
+            checkout=record is None or bool(vendor)))
         if record is None:
             record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None,
                                     batch=True, detached_at=old_base)
@@ -1158,7 +1192,6 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
             gitutil.git(["checkout", "-q", "--detach", new_base], cwd=scratch)
         st = {"source": src.name, "onto": onto, "new_base": new_base, "old_base": old_base,
               "pos": 0, "queue": _queue_from_record(record), "vendor": []}
-        vendor = [p for p in inputs if p.layer.kind == "vendor"]
         st["start"] = None if vendor else new_base
         try:
             st["vendor"] = _vendor_onto(settings, scratch, vendor, src.name)

@@ -7,11 +7,14 @@ meet a new release (clean at the same place, clean at an offset, a hunk anchored
 that moved, two hunks that now share context, a conflict in the middle, a patch already
 upstream, a new file, a later patch of a file an earlier one changed), both give the same
 rows, commits, details, files and conflicts.  When ``inv patch`` recorded the series on this
-base, the dry run reuses its commits (no ``git am``) with the same result.
+base, the dry run reuses its commits (no ``git am``) with the same result.  A queue with no
+conflict is replayed as trees (:data:`askbuild.rebasing.TREE_REPLAY`: one ``merge-tree`` a
+patch, no work tree), again with the same rows and commits.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,7 +33,7 @@ from patchfixtures import (
 )
 
 from askbuild import patchqueue as pq
-from askbuild import rebasing
+from askbuild import rebasing, treereplay
 from askbuild.settings import Settings
 
 # (file, 1-based line, new text, subject) of our series, in order
@@ -199,3 +202,77 @@ def test_the_users_rebase_settings_and_editor_change_nothing(project, monkeypatc
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
     monkeypatch.setenv("GIT_SEQUENCE_EDITOR", "false")
     assert _dry(project, monkeypatch, batch=True) == per_patch
+
+
+def _tag_v3(project: Project, tmp: Path) -> None:
+    """``v3``: v2 without its change of the line our c.c patch changes (no conflict left)."""
+    work = tmp / "v3-work"
+    g(tmp, "clone", "-q", "--", str(project.upstream.bare), str(work))
+    g(work, "checkout", "-q", "--detach", "v2")
+    _change(work, "c.c", 10, "c line 10")
+    commit_all(work, "release v3", date="2026-02-02T00:00:00Z")
+    g(work, "tag", "v3")
+    g(work, "push", "-q", "origin", "v3")
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["full-scratch", "sparse-scratch"])
+def test_a_queue_that_picks_cleanly_is_replayed_as_trees(project, monkeypatch, tmp_path,
+                                                         sparse):
+    """Onto a release where no patch conflicts, the dry run answers from trees alone (one
+    ``merge-tree`` for the queue, no ``rebase``, ``cherry-pick`` or ``commit``): the rows,
+    commits and details of the sequencer and of one patch at a time, the patch already
+    upstream dropped; a sparse scratch is checked out only to ask ``apply --check`` of the
+    patches whose change moved."""
+    _tag_v3(project, tmp_path)
+    if sparse:
+        from askbuild.patchqueue import journal
+        monkeypatch.setattr(journal, "SPARSE_FROM", 0)
+    pq.patch(project.settings, ["up"])
+    per_patch = _dry(project, monkeypatch, batch=False, onto="v3")
+    assert [r[1] for r in per_patch] == ["3way", "clean", "clean", "clean", "upstream",
+                                         "clean", "clean"]
+    monkeypatch.setattr(rebasing, "TREE_REPLAY", False)
+    sequencer = _dry(project, monkeypatch, batch=True, onto="v3")
+    monkeypatch.setattr(rebasing, "TREE_REPLAY", True)
+    log = git_logger(tmp_path, monkeypatch)
+    trees = _dry(project, monkeypatch, batch=True, onto="v3")
+    assert trees == sequencer == per_patch
+    assert git_calls(log, "merge-tree") == 1
+    assert git_calls(log, "rebase") == git_calls(log, "cherry-pick") \
+        == git_calls(log, "commit") == 0
+    # new^ of the 2 moved ones; a sparse scratch had nothing checked out before them (a full
+    # one is made by `worktree add`)
+    assert git_calls(log, "checkout") == 2
+
+
+def _fake_stdbuf(tmp: Path, monkeypatch) -> None:
+    """A ``stdbuf`` first on PATH that runs the command without unbuffering it: git's
+    answers then come only when it ends."""
+    bin_dir = tmp / "fake-stdbuf"
+    bin_dir.mkdir()
+    script = bin_dir / "stdbuf"
+    script.write_text('#!/bin/sh\nshift\nexec "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("how", ["no-stdbuf", "answers-held-back"])
+def test_without_answers_one_by_one_the_sequencer_replays(project, monkeypatch, tmp_path,
+                                                          how):
+    """Without ``stdbuf``, or when ``merge-tree``'s answers do not come one by one (they
+    would come only when it ends), the tree replay gives up within its time limit and the
+    sequencer gives the same rows."""
+    _tag_v3(project, tmp_path)
+    pq.patch(project.settings, ["up"])
+    expected = _dry(project, monkeypatch, batch=True, onto="v3")
+    if how == "no-stdbuf":
+        real = treereplay.shutil.which
+        monkeypatch.setattr(treereplay.shutil, "which",
+                            lambda name, *a, **kw: None if name == "stdbuf" else real(name))
+    else:
+        _fake_stdbuf(tmp_path, monkeypatch)
+        monkeypatch.setattr(treereplay, "MERGE_TIMEOUT", 0.5)
+    log = git_logger(tmp_path, monkeypatch)
+    assert _dry(project, monkeypatch, batch=True, onto="v3") == expected
+    assert git_calls(log, "rebase") == 2     # rebase -i, --skip past the patch upstream has
+    assert git_calls(log, "merge-tree") == (0 if how == "no-stdbuf" else 1)

@@ -255,7 +255,7 @@ def clean_scratch(settings: Settings) -> None:
 @contextlib.contextmanager
 def scratch_worktree(tree: Path, base: str, parent: Path, *,
                      paths: Iterable[str] | None = None, sparse_index: bool = True,
-                     borrow: Iterable[Path] = ()) -> Iterator[Path]:
+                     borrow: Iterable[Path] = (), checkout: bool = True) -> Iterator[Path]:
     """A throw-away work tree of ``tree``'s repository at ``base`` (detached HEAD): no branch
     or file of ``tree`` is touched.  Its name is unique to this run; one left by a killed run
     goes with :func:`clean_scratch`.
@@ -274,13 +274,15 @@ def scratch_worktree(tree: Path, base: str, parent: Path, *,
     callers check that the work touched none (and redo it in a full scratch otherwise).
     ``paths`` that no pattern can name (a line break in a name) give a full scratch.
     ``borrow``: more object directories a sparse scratch borrows from (another scratch's:
-    :func:`~.graft.grafted_queue`)."""
+    :func:`~.graft.grafted_queue`).  ``checkout=False``: a sparse scratch with nothing
+    checked out yet (HEAD unborn), for work on objects alone until a checkout is needed."""
     parent.mkdir(parents=True, exist_ok=True)
     patterns = None if paths is None else sparse_patterns(paths)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
     if patterns is not None:
         try:
-            _sparse_scratch(tree, scratch, base, patterns, sparse_index, borrow)
+            _sparse_scratch(tree, scratch, base if checkout else None, patterns, sparse_index,
+                            borrow)
             yield scratch
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -358,7 +360,7 @@ def borrowing_repo(tree: Path, scratch: Path, borrow: Iterable[Path] = ()) -> No
         shutil.copyfile(src / "shallow", gd / "shallow")
 
 
-def _sparse_scratch(tree: Path, scratch: Path, base: str, patterns: bytes,
+def _sparse_scratch(tree: Path, scratch: Path, base: str | None, patterns: bytes,
                     sparse_index: bool, borrow: Iterable[Path]) -> None:
     """Make ``scratch`` a repository borrowing ``tree``'s objects, at ``base``, with only what
     ``patterns`` (cone mode) take checked out (:func:`scratch_worktree`).  Git is told no file
@@ -372,7 +374,8 @@ def _sparse_scratch(tree: Path, scratch: Path, base: str, patterns: bytes,
         f.write("[core]\n\tsparseCheckout = true\n\tsparseCheckoutCone = true\n"
                 "[sparse]\n\texpectFilesOutsideOfPatterns = true\n")
     use_sparse_index(scratch, sparse_index)
-    gitutil.git(["checkout", "-q", "--detach", base], cwd=scratch)
+    if base is not None:
+        gitutil.git(["checkout", "-q", "--detach", base], cwd=scratch)
 
 
 def use_sparse_index(scratch: Path, on: bool = True) -> None:

@@ -1,0 +1,197 @@
+"""Replay commits onto a new base as trees, with no work tree (the rebase dry run's replay).
+
+A ``cherry-pick`` of a commit C (parent P) onto H is git's ort merge of P's, H's and C's
+trees.  ``git merge-tree --write-tree X C`` (git 2.38+) is the same ort merge with the
+merge base of X and C, so with X a commit that has H's tree and P as its only parent the
+base is P and the result is the cherry-pick's tree, computed from objects alone: no
+checkout of the scratch tree, no index (git 2.39 has no ``--merge-base`` to say it
+directly).  The new commit is then made as the sequencer makes it (C's author and message,
+askbuild's committer dated like the author), so its id is the one ``git rebase -i``
+gives; tests/test_rebase_batch.py and tests/test_sparse_scratch.py compare them.
+
+Only clean picks and picks that became empty are answered here: at the first conflict
+:func:`replay_trees` gives up (None) and the caller runs the sequencer, whose messages the
+report quotes.  The helper commits and the new ones are written as loose objects of the
+scratch repository (SHA-1 repositories only: otherwise None as well).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+from . import gitutil, procs
+
+#: how long one merge may take before the replay gives up (and the sequencer runs): a
+#: kernel's takes tens of milliseconds; a ``merge-tree`` whose answers do not come one by
+#: one (see :func:`_merger`) would otherwise never answer
+MERGE_TIMEOUT = 30.0
+
+
+class _Plain(Exception):
+    """A commit that is not a plain one (tree, one parent, author, committer, message)."""
+
+
+def write_object(objects: Path, kind: bytes, body: bytes) -> str:
+    """Write a loose object into the object directory ``objects`` (as git does: zlib data
+    named after its SHA-1, put in place by a rename); returns its id."""
+    data = b"%s %d\0%s" % (kind, len(body), body)
+    oid = hashlib.sha1(data).hexdigest()
+    path = objects / oid[:2] / oid[2:]
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="tmp_obj_", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(zlib.compress(data, 1))
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return oid
+
+
+def _commit(objects: Path, tree: str, parent: str, author: bytes, committer: bytes,
+            message: bytes) -> str:
+    return write_object(objects, b"commit", b"tree %s\nparent %s\nauthor %s\ncommitter %s\n\n%s"
+                        % (tree.encode(), parent.encode(), author, committer, message))
+
+
+def _read_commits(repo: Path, commits: list[str]) -> list[tuple[str, str, bytes, bytes]]:
+    """(tree, parent, author line, message) of each of ``commits`` (one ``cat-file``)."""
+    raw = gitutil.git(["cat-file", "--batch"], cwd=repo, text=False,
+                      input="".join(f"{c}\n" for c in commits).encode()).stdout
+    out = []
+    pos = 0
+    for c in commits:
+        nl = raw.index(b"\n", pos)
+        oid, kind, size = raw[pos:nl].split(b" ")
+        if oid.decode() != c or kind != b"commit":
+            raise _Plain(c)
+        body = raw[nl + 1:nl + 1 + int(size)]
+        pos = nl + 1 + int(size) + 1
+        head, _, message = body.partition(b"\n\n")
+        fields = [ln.split(b" ", 1) for ln in head.split(b"\n")]
+        if [f[0] for f in fields] != [b"tree", b"parent", b"author", b"committer"]:
+            raise _Plain(c)
+        out.append((fields[0][1].decode(), fields[1][1].decode(), fields[2][1], message))
+    return out
+
+
+def replay_trees(repo: Path, start: str, olds: list[str], committer: tuple[str, str],
+                 config: list[str]) -> list[str | None] | None:
+    """Cherry-pick each of ``olds`` in turn onto ``start`` in ``repo`` (a scratch
+    repository: the new commits are written there), as the sequencer does with
+    ``--committer-date-is-author-date`` and ``committer`` (name, email); ``config``: the
+    ``-c`` options of the sequencer's run.  Returns, per old commit, its new commit or None
+    when it became empty (already upstream: dropped); None for all of it when a pick
+    conflicts, git fails, a commit is not a plain one or the repository is not SHA-1."""
+    if not olds or any(len(c) != 40 for c in [start, *olds]):
+        return None
+    try:
+        olds_read = _read_commits(repo, olds)
+        where, head_tree = gitutil.out(["rev-parse", "--path-format=absolute", "--git-path",
+                                        "objects", f"{start}^{{tree}}"], cwd=repo).split("\n")
+    except (_Plain, ValueError, gitutil.GitError):
+        return None
+    objects = Path(where)
+    head = start
+    name, email = committer
+    # (dated after every commit: git's merge-base walk, by date, meets the common parent
+    # at once instead of walking the whole history below it first)
+    helper_who = b"askbuild <askbuild@localhost> 9999999999 +0000"
+    merger = _merger(repo, config)
+    if merger is None:
+        return None
+    out: list[str | None] = []
+    try:
+        buf = bytearray()
+        for old, (_, parent, author, message) in zip(olds, olds_read, strict=True):
+            # a commit with the tree of HEAD whose only parent is the old commit's parent:
+            # its merge base with the old commit is that parent, as a cherry-pick's
+            helper = _commit(objects, head_tree, parent, helper_who, helper_who, b"")
+            tree = _merge(merger, buf, helper, old)
+            if tree is None:
+                return None             # (a conflict, or git failed)
+            if tree == head_tree:
+                out.append(None)
+                continue
+            date = author.rsplit(b" ", 2)
+            if len(date) != 3 or b">" not in date[0]:
+                return None
+            who = b"%s <%s> %s %s" % (name.encode(), email.encode(), date[1], date[2])
+            head = _commit(objects, tree, head, author, who, message)
+            head_tree = tree
+            out.append(head)
+    finally:
+        _stop(merger)
+    return out
+
+
+def _merger(repo: Path, config: list[str]) -> subprocess.Popen | None:
+    """``git merge-tree --write-tree --stdin -z`` in ``repo``, answering each merge as soon
+    as it is asked: git 2.39 buffers that output until it ends, so it runs under
+    ``stdbuf -o0`` (coreutils); None without ``stdbuf``."""
+    stdbuf = shutil.which("stdbuf")
+    if stdbuf is None:
+        return None
+    return procs.popen([stdbuf, "-o0", "git", *gitutil.SAFE_CONFIG, *config, "merge-tree",
+                        "--write-tree", "--stdin", "-z", "--no-messages"],
+                       cwd=repo, env=gitutil.base_env(), stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def _merge(merger: subprocess.Popen, buf: bytearray, ours: str, theirs: str) -> str | None:
+    """Ask ``merger`` for the merge of ``ours`` and ``theirs``: the tree of a clean merge,
+    None for a conflict, a failure or no answer within :data:`MERGE_TIMEOUT`.  A clean
+    answer is ``1 NUL tree NUL NUL``; anything else ends the replay."""
+    assert merger.stdin is not None and merger.stdout is not None
+    try:
+        merger.stdin.write(f"{ours} {theirs}\n".encode())
+        merger.stdin.flush()
+    except OSError:
+        return None
+    fd = merger.stdout.fileno()
+    deadline = time.monotonic() + MERGE_TIMEOUT
+    while len(buf) < 44:
+        if len(buf) >= 2 and buf[:2] != b"1\0":
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        buf += chunk
+    if buf[:2] != b"1\0" or buf[42:44] != b"\0\0":
+        return None
+    tree = bytes(buf[2:42]).decode("ascii", "replace")
+    del buf[:44]
+    return tree
+
+
+def _stop(merger: subprocess.Popen) -> None:
+    """End ``merger``: its input closed, it ends by itself; killed if it does not (its
+    group: ``stdbuf`` execs git, nothing else runs in it)."""
+    try:
+        for f in (merger.stdin, merger.stdout):
+            with contextlib.suppress(OSError):
+                if f is not None:
+                    f.close()
+        try:
+            merger.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            procs.kill_group(merger, signal.SIGKILL)
+            merger.wait()
+    finally:
+        procs.forget(merger)
