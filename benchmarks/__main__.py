@@ -48,7 +48,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller inputs")
     ap.add_argument("--kernel", action="store_true",
                     help="also the measures on Debian's kernel tarball (minutes each): its "
-                         "import, and the cold example build with the kernel")
+                         "import, the cold example build with the kernel, and 5 patches "
+                         "and the rebase dry run on its tree")
     ap.add_argument("--only", default="", help=f"comma-separated topics of {topics()}")
     ap.add_argument("--json", default=str(ROOT / "build" / "benchmarks.json"),
                     help="where to write the rows as JSON (default: build/benchmarks.json)")

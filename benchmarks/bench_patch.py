@@ -16,7 +16,11 @@ Rows per series:
   they include Python's and the CLI's start-up;
 * the dry run (``rebasing.rebase(dry_run=True)`` in-process) onto ``v2`` after ``inv patch``
   (its recorded commits are reused), and without a patch record (the old series is applied
-  again in the scratch tree first).
+  again first), each interleaved with its anchor.
+
+With ``--kernel`` the 5-patch rows (engine and dry runs) run once more on Debian's kernel
+tarball imported by askbuild (~80k files; a one-line change each in the network core, the
+FMan and DPAA drivers and ``netdevice.h``), 3 rounds, the disk settled before each.
 
 The notes give the git processes one run spawns (a logging ``git`` first on PATH, outside the
 timed rounds).
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import io
 import os
 import shutil
@@ -55,8 +60,10 @@ sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "tests")) if p not in sys.path
 
 import patchfixtures as pf  # noqa: E402
 
-from askbuild import patchqueue, rebasing  # noqa: E402
+from askbuild import patchqueue, rebasing, tarimport  # noqa: E402
 from askbuild.patchqueue import apply as pq_apply  # noqa: E402
+from askbuild.settings import Settings  # noqa: E402
+from benchmarks import KERNEL, kernel_wanted, settle_disk  # noqa: E402
 
 TARGET = 1.5
 #: the files of the big tree the 5-patch series also runs on (``--quick``: 5k): a real tree's
@@ -167,14 +174,24 @@ def _cli_env(project: pf.Project, tmp: Path) -> dict:
 def _measure_series(n: int, rounds: int, tmp: Path, filler: int = 0) -> list[dict]:
     project = pf.make_long_project(tmp / f"n{n}-{filler}", n, filler=filler)
     _add_v2(project)
-    settings = project.settings
-    record = settings.patch_record("up")
+    what = f"{n} patches" + (f", {filler // 1000}k-file tree" if filler else "")
+    return _measure_project(project, rounds, tmp, what)
 
-    def unpatched() -> None:
+
+def _unpatched(project: pf.Project):
+    """Put the tree back at the base without its patch record (untimed before a round)."""
+    record = project.settings.patch_record("up")
+
+    def run() -> None:
         record.unlink(missing_ok=True)
         subprocess.run(["git", "-C", str(project.tree), "checkout", "-q", "--detach",
                         project.upstream.v1], check=True)
+    return run
 
+
+def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str) -> list[dict]:
+    settings = project.settings
+    unpatched = _unpatched(project)
     patch = _quiet(lambda: patchqueue.patch(settings, ["up"]))
     dry = _quiet(lambda: rebasing.rebase(settings, "up", onto="v2", dry_run=True))
     am_v1, at_v1 = _git_am_anchor(project, "v1")
@@ -207,8 +224,7 @@ def _measure_series(n: int, rounds: int, tmp: Path, filler: int = 0) -> list[dic
     dry_s, anchor_v2 = _paired(dry, None, am_v2, at_v2, rounds)
     unpatched()
     dry_fresh_git = _git_processes(dry, tmp)
-    dry_fresh = _median(dry, rounds, unpatched)
-    what = f"{n} patches" + (f", {filler // 1000}k-file tree" if filler else "")
+    dry_fresh, anchor_fresh = _paired(dry, unpatched, am_v2, at_v2, rounds)
     return [
         _row(f"inv patch, {what} (engine)", engine, anchor_v1, "git am -3",
              f"in-process (no Python start-up), as shipped: one git am for the run of mails; "
@@ -220,11 +236,108 @@ def _measure_series(n: int, rounds: int, tmp: Path, filler: int = 0) -> list[dic
         _row(f"inv patch, {what} (CLI)", cli_inv, anchor_v1, "git am -3",
              "Invoke's binary in the checkout (handed to askbuild before Invoke is imported)"),
         _row(f"inv rebase --dry-run, {what} (engine)", dry_s, anchor_v2, "git am -3 onto v2",
-             "after inv patch: its recorded commits replayed with one git rebase -i in a "
-             f"scratch tree, sparse on a big tree (fetch of v2 included); {dry_git} git processes"),
-        _row(f"inv rebase --dry-run, {what} (engine, no patch record)", dry_fresh, anchor_v2,
-             "git am -3 onto v2", "the old series applied again (one git am) before the "
-             f"replay; {dry_fresh_git} git processes"),
+             "after inv patch: its recorded commits replayed as trees (one git merge-tree, "
+             "no work tree; a scratch tree, sparse on a big tree, only for what needs one), "
+             f"fetch of v2 included; {dry_git} git processes"),
+        _row(f"inv rebase --dry-run, {what} (engine, no patch record)", dry_fresh, anchor_fresh,
+             "git am -3 onto v2", "the old series applied again first (one git am; on a big "
+             f"tree in a small one, grafted onto the base); {dry_fresh_git} git processes"),
+    ]
+
+
+#: the kernel files the 5-patch kernel series changes (one line each; the first five of
+#: these the tarball has): the network core, the LS1046A's FMan and DPAA drivers, a header
+KERNEL_FILES = ["net/core/dev.c", "drivers/net/ethernet/freescale/fman/fman.c",
+                "include/linux/netdevice.h", "drivers/net/ethernet/freescale/dpaa/dpaa_eth.c",
+                "net/ipv4/tcp.c", "net/netfilter/nf_conntrack_core.c", "kernel/fork.c"]
+
+
+def _kernel_mail(i: int, path: str, text: str) -> bytes:
+    """Mail ``i``: one line of ``path`` (the first plain ASCII line from line 200 on) with a
+    comment appended, three lines of context (``difflib``, as ``diff -u``)."""
+    lines = text.splitlines(keepends=True)
+    k = next(j for j in range(200, len(lines) - 4)
+             if lines[j].strip() and lines[j].isascii() and lines[j].endswith("\n"))
+    new = [*lines[:k], lines[k][:-1] + f" /* askbuild bench {i} */\n", *lines[k + 1:]]
+    diff = "".join(difflib.unified_diff(lines, new, f"a/{path}", f"b/{path}", n=3))
+    return (f"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+            f"From: Dev <dev@example.org>\nDate: Sun, {i} Mar 2026 00:00:00 +0000\n"
+            f"Subject: [PATCH] kernel change {i}\n\nA one-line change of {path}.\n---\n"
+            f"diff --git a/{path} b/{path}\n{diff}--\n2.39.5\n\n").encode("latin-1")
+
+
+def _kernel_project(tmp: Path) -> pf.Project:
+    """A project whose source ``up`` is Debian's kernel: v1 the tarball imported
+    (askbuild's import), v2 v1 plus a change of the top README, a series of 5 one-line
+    patches; the repository the tarball was imported into is the anchor's clone."""
+    anchor = tmp / "anchor"
+    v1 = tarimport.import_tarball(KERNEL, anchor, strip_components=1, what="bench",
+                                  message="release v1")
+    pf.g(anchor, "tag", "v1")
+    paths = [p for p in KERNEL_FILES if (anchor / p).is_file()][:5]
+    if len(paths) < 5:
+        raise SystemExit(f"bench_patch: {KERNEL} lacks the files the kernel series changes "
+                         f"(found {paths} of {KERNEL_FILES})")
+    series = tmp / "series"
+    series.mkdir()
+    names = []
+    for i, path in enumerate(paths, start=1):
+        names.append(f"{i:04d}-kernel-change.patch")
+        text = (anchor / path).read_bytes().decode("latin-1")
+        (series / names[-1]).write_bytes(_kernel_mail(i, path, text))
+    (series / "series").write_text("".join(f"{n}\n" for n in names))
+    with open(anchor / "README", "a", encoding="utf-8") as f:
+        f.write("\nrelease 2\n")
+    v2 = pf.commit_all(anchor, "release v2", who={**pf.DEV, "GIT_AUTHOR_NAME": "Upstream"})
+    pf.g(anchor, "tag", "v2")
+    pf.g(anchor, "checkout", "-q", "--detach", "v1")
+    bare = tmp / "upstreams" / "up.git"
+    pf.g(tmp, "clone", "-q", "--bare", "--", str(anchor), str(bare))   # (hard links)
+    up = pf.Upstream(bare, f"file://{bare}", v1, v2)
+    root = tmp / "project"
+    pf.write_sources(root, {"up": (up.url, "v1", v1)})
+    (root / "recipes" / "patches.toml").write_text('[up]\nlocal = ["patches/up"]\n')
+    shutil.copytree(series, root / "patches" / "up")
+    settings = Settings(project_root=root, work_dir=tmp / "work", cache_dir=tmp / "cache")
+    pf.make_tree(settings, "up", str(bare), v1)     # (a local clone: hard links)
+    return pf.Project(root, settings, up)
+
+
+def _measure_kernel(rounds: int, tmp: Path) -> list[dict]:
+    """The 5-patch rows on Debian's kernel tree (~80k files), every row interleaved with
+    its anchor; a ``settle_disk`` before each pair (the tree's checkout writes 1.3 GB)."""
+    project = _kernel_project(tmp / "kernel")
+    settings = project.settings
+    unpatched = _unpatched(project)
+    patch = _quiet(lambda: patchqueue.patch(settings, ["up"]))
+    dry = _quiet(lambda: rebasing.rebase(settings, "up", onto="v2", dry_run=True))
+    am_v1, at_v1 = _git_am_anchor(project, "v1")
+    am_v2, at_v2 = _git_am_anchor(project, "v2")
+
+    def settled(before):
+        def run() -> None:
+            if before:
+                before()
+            settle_disk(tmp)
+        return run
+    engine, anchor_v1 = _paired(patch, settled(unpatched), am_v1, settled(at_v1), rounds)
+    unpatched()
+    engine_git = _git_processes(patch, tmp)
+    dry()                                       # warm: v2 into the cache repository
+    dry_git = _git_processes(dry, tmp)
+    dry_s, anchor_v2 = _paired(dry, settled(None), am_v2, settled(at_v2), rounds)
+    unpatched()
+    fresh_git = _git_processes(dry, tmp)
+    fresh, anchor_v2b = _paired(dry, settled(unpatched), am_v2, settled(at_v2), rounds)
+    what = "5 patches, kernel tree (~80k files)"
+    return [
+        _row(f"inv patch, {what} (engine)", engine, anchor_v1, "git am -3",
+             f"in-process, as shipped; Debian's {KERNEL.name}; {engine_git} git processes"),
+        _row(f"inv rebase --dry-run, {what} (engine)", dry_s, anchor_v2, "git am -3 onto v2",
+             f"after inv patch: replayed as trees; {dry_git} git processes"),
+        _row(f"inv rebase --dry-run, {what} (engine, no patch record)", fresh, anchor_v2b,
+             "git am -3 onto v2", "the old series applied in a small tree and grafted onto "
+             f"the base, then replayed as trees; {fresh_git} git processes"),
     ]
 
 
@@ -235,6 +348,8 @@ def measure(args) -> list[dict]:
         rows: list[dict] = []
         for n, filler in sizes:
             rows += _measure_series(n, args.rounds, tmp, filler)
+        if kernel_wanted(args):
+            rows += _measure_kernel(min(args.rounds, 3), tmp)
         return rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -244,6 +359,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_patch")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--kernel", action="store_true",
+                    help=f"also the 5-patch rows on {KERNEL} (minutes)")
     args = ap.parse_args()
     if args.quick:
         args.rounds = min(args.rounds, 3)
