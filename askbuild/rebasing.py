@@ -590,8 +590,8 @@ def _run(settings: Settings, st: dict, tree: Path, *, dry_run: bool) -> bool:
 UPSTREAM_DETAIL = "already upstream (became empty): dropped"
 
 #: Whether the dry run replays a queue that picks cleanly as trees, with no work tree
-#: (:func:`askbuild.treereplay.replay_trees`: one ``merge-tree`` per patch), before the
-#: sequencer (which it runs at the first conflict).
+#: (:func:`askbuild.treereplay.replay_trees`: one ``merge-tree`` process for the queue),
+#: before the sequencer (which it runs instead at the first conflict).
 TREE_REPLAY = True
 
 #: Whether the dry run replays the queue with ONE ``git rebase -i`` (the sequencer:
@@ -614,7 +614,9 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
     """The dry run's replay of the whole queue onto HEAD of the scratch ``tree``, never
     stopping (a conflict is reported and dropped), with the same outcomes and commits as
     :func:`_replay` one by one (:func:`_dry_replay_per_patch`), in a constant number of git
-    processes when every patch applies: the old patches are read with one ``diff-tree``, the
+    processes when every patch applies: the old patches are read with one ``diff-tree``; a
+    queue with no conflict is replayed as trees (:func:`askbuild.treereplay.replay_trees`:
+    one ``merge-tree`` process, no work tree, the same merges and commits); otherwise the
     queue is replayed by ONE ``git rebase -i`` whose todo picks exactly the queue's commits
     (the merge of ``cherry-pick``, each commit made as :func:`_commit_like` makes it:
     message and author of the old one, askbuild's committer dated like the author), which
