@@ -92,16 +92,6 @@ def _quiet(fn):
     return run
 
 
-def _add_v2(project: pf.Project) -> None:
-    """Tag ``v2`` in the project's upstream: v1 plus one change of the README."""
-    work = project.root.parent / "v2-work"
-    pf.g(project.root.parent, "clone", "-q", "--", str(project.upstream.bare), str(work))
-    pf.put(work, "README", "long upstream, release 2\n")
-    pf.commit_all(work, "release v2", who={**pf.DEV, "GIT_AUTHOR_NAME": "Upstream"})
-    pf.g(work, "tag", "v2")
-    pf.g(work, "push", "-q", "origin", "HEAD:refs/heads/main", "v2")
-
-
 def _git_am_anchor(project: pf.Project, onto: str):
     """Plain ``git am -3`` of the series files onto ``onto`` in a clone (no automatic gc, as
     askbuild's own git calls): (run, reset)."""
@@ -173,7 +163,7 @@ def _cli_env(project: pf.Project, tmp: Path) -> dict:
 
 def _measure_series(n: int, rounds: int, tmp: Path, filler: int = 0) -> list[dict]:
     project = pf.make_long_project(tmp / f"n{n}-{filler}", n, filler=filler)
-    _add_v2(project)
+    pf.add_release_v2(project)
     what = f"{n} patches" + (f", {filler // 1000}k-file tree" if filler else "")
     return _measure_project(project, rounds, tmp, what)
 

@@ -302,6 +302,17 @@ def make_long_project(tmp: Path, n: int = 150, *, with_tree: bool = True,
     return _project_from(base, tup, tmp, with_tree)
 
 
+def add_release_v2(project: Project) -> None:
+    """Tag ``v2`` in the project's upstream: v1 plus one change of the README (no patch of a
+    long series meets it)."""
+    work = project.root.parent / "upstream-v2"
+    g(project.root.parent, "clone", "-q", "--", str(project.upstream.bare), str(work))
+    put(work, "README", "long upstream, v2\n")
+    commit_all(work, "release v2", who={**DEV, "GIT_AUTHOR_NAME": "Upstream"})
+    g(work, "tag", "v2")
+    g(work, "push", "-q", "origin", "HEAD:refs/heads/v2-branch", "v2")
+
+
 def logging_git(tmp: Path, path: str | None = None, body: str = "") -> tuple[str, Path]:
     """A ``git`` (in a new directory under ``tmp``) that logs each call's arguments, then runs
     ``body`` (shell, ``$REAL`` the real git found on ``path``, default ``$PATH``; default body:

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from patchfixtures import commit_all, g, make_long_project, put
+from patchfixtures import add_release_v2, commit_all, g, make_long_project, put
 
 from askbuild import patchqueue, rebasing
 from askbuild.patchqueue import journal
@@ -158,12 +158,7 @@ def _graft_spy(monkeypatch) -> list:
 def test_the_dry_run_without_a_record_on_a_big_tree_grafts(tmp_path, monkeypatch):
     monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
     project = make_long_project(tmp_path, 6)
-    work = tmp_path / "upstream-v2"
-    g(tmp_path, "clone", "-q", "--", str(project.upstream.bare), str(work))
-    put(work, "README", "long upstream, v2\n")
-    commit_all(work, "release v2")
-    g(work, "tag", "v2")
-    g(work, "push", "-q", "origin", "HEAD:refs/heads/v2-branch", "v2")
+    add_release_v2(project)
     seen = _graft_spy(monkeypatch)
     rows = rebasing.rebase(project.settings, "up", onto="v2", dry_run=True).rows
     assert [r["status"] for r in rows] == ["clean"] * 6

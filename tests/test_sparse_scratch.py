@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import rebasefixtures as fx
-from patchfixtures import commit_all, g, make_long_project, put
+from patchfixtures import add_release_v2, commit_all, g, make_long_project, put
 
 from askbuild import patchqueue, rebasing
 from askbuild.errors import PatchFailed
@@ -144,12 +144,7 @@ def _full_only(monkeypatch):
 
 def _long(tmp_path):
     project = make_long_project(tmp_path, 6)
-    work = tmp_path / "upstream-v2"
-    g(tmp_path, "clone", "-q", "--", str(project.upstream.bare), str(work))
-    put(work, "README", "long upstream, v2\n")
-    commit_all(work, "release v2")
-    g(work, "tag", "v2")
-    g(work, "push", "-q", "origin", "HEAD:refs/heads/v2-branch", "v2")
+    add_release_v2(project)
     return project
 
 
