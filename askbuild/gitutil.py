@@ -47,7 +47,7 @@ import re
 import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import procs
 from .errors import UnsafeInputError
@@ -170,6 +170,41 @@ def git(
 def out(args: Sequence[str], **kw) -> str:
     """stdout of a git command, stripped."""
     return git(args, **kw).stdout.strip()
+
+
+class PlainCommit(NamedTuple):
+    """A commit with exactly a tree, one parent, an author and a committer (raw lines: name,
+    email, date), and its message bytes."""
+    tree: str
+    parent: str
+    author: bytes
+    committer: bytes
+    message: bytes
+
+
+def plain_commits(repo: str | Path, commits: Sequence[str]) -> list[PlainCommit] | None:
+    """``commits`` read with one ``git cat-file --batch``; None when one is not a plain
+    commit (another header, no parent or several, not a commit)."""
+    raw = git(["cat-file", "--batch"], cwd=repo, text=False,
+              input="".join(f"{c}\n" for c in commits).encode()).stdout
+    out: list[PlainCommit] = []
+    pos = 0
+    for c in commits:
+        nl = raw.find(b"\n", pos)
+        head = raw[pos:nl].split(b" ") if nl >= 0 else []
+        if len(head) != 3 or head[0].decode() != c or head[1] != b"commit":
+            return None
+        size = int(head[2])
+        body = raw[nl + 1:nl + 1 + size]
+        pos = nl + 1 + size + 1
+        headers, _, message = body.partition(b"\n\n")
+        fields = [ln.split(b" ", 1) for ln in headers.split(b"\n")]
+        if [f[0] for f in fields] != [b"tree", b"parent", b"author", b"committer"] \
+                or any(len(f) != 2 for f in fields):
+            return None
+        out.append(PlainCommit(fields[0][1].decode(), fields[1][1].decode(), fields[2][1],
+                               fields[3][1], message))
+    return out
 
 
 def is_sha(value: str) -> bool:

@@ -37,10 +37,6 @@ from . import gitutil, procs
 MERGE_TIMEOUT = 30.0
 
 
-class _Plain(Exception):
-    """A commit that is not a plain one (tree, one parent, author, committer, message)."""
-
-
 def write_object(objects: Path, kind: bytes, body: bytes) -> str:
     """Write a loose object into the object directory ``objects`` (as git does: zlib data
     named after its SHA-1, put in place by a rename); returns its id."""
@@ -67,27 +63,6 @@ def _commit(objects: Path, tree: str, parent: str, author: bytes, committer: byt
                         % (tree.encode(), parent.encode(), author, committer, message))
 
 
-def _read_commits(repo: Path, commits: list[str]) -> list[tuple[str, str, bytes, bytes]]:
-    """(tree, parent, author line, message) of each of ``commits`` (one ``cat-file``)."""
-    raw = gitutil.git(["cat-file", "--batch"], cwd=repo, text=False,
-                      input="".join(f"{c}\n" for c in commits).encode()).stdout
-    out = []
-    pos = 0
-    for c in commits:
-        nl = raw.index(b"\n", pos)
-        oid, kind, size = raw[pos:nl].split(b" ")
-        if oid.decode() != c or kind != b"commit":
-            raise _Plain(c)
-        body = raw[nl + 1:nl + 1 + int(size)]
-        pos = nl + 1 + int(size) + 1
-        head, _, message = body.partition(b"\n\n")
-        fields = [ln.split(b" ", 1) for ln in head.split(b"\n")]
-        if [f[0] for f in fields] != [b"tree", b"parent", b"author", b"committer"]:
-            raise _Plain(c)
-        out.append((fields[0][1].decode(), fields[1][1].decode(), fields[2][1], message))
-    return out
-
-
 def replay_trees(repo: Path, start: str, olds: list[str], committer: tuple[str, str],
                  config: list[str]) -> list[str | None] | None:
     """Cherry-pick each of ``olds`` in turn onto ``start`` in ``repo`` (a scratch
@@ -99,10 +74,12 @@ def replay_trees(repo: Path, start: str, olds: list[str], committer: tuple[str, 
     if not olds or any(len(c) != 40 for c in [start, *olds]):
         return None
     try:
-        olds_read = _read_commits(repo, olds)
+        olds_read = gitutil.plain_commits(repo, olds)
         where, head_tree = gitutil.out(["rev-parse", "--path-format=absolute", "--git-path",
                                         "objects", f"{start}^{{tree}}"], cwd=repo).split("\n")
-    except (_Plain, ValueError, gitutil.GitError):
+    except (ValueError, gitutil.GitError):
+        return None
+    if olds_read is None:
         return None
     objects = Path(where)
     head = start
@@ -116,7 +93,7 @@ def replay_trees(repo: Path, start: str, olds: list[str], committer: tuple[str, 
     out: list[str | None] = []
     try:
         buf = bytearray()
-        for old, (_, parent, author, message) in zip(olds, olds_read, strict=True):
+        for old, (_, parent, author, _, message) in zip(olds, olds_read, strict=True):
             # a commit with the tree of HEAD whose only parent is the old commit's parent:
             # its merge base with the old commit is that parent, as a cherry-pick's
             helper = _commit(objects, head_tree, parent, helper_who, helper_who, b"")

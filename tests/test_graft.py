@@ -10,7 +10,9 @@ patch record on a big tree).
 * where the small tree could not stand for the full one it says so (None) and the dry run's
   answer is the full tree's: a directory above a new file is a file there, a named path is
   a directory, a patch needs a 3-way merge; a patch that does not apply at all likewise;
-* the dry run without a record on a big tree uses it.
+* the dry run without a record on a big tree uses it;
+* ``gitutil.plain_commits`` (how the graft and the tree replay read commits) takes only
+  plain ones.
 """
 
 from __future__ import annotations
@@ -171,3 +173,34 @@ def test_the_dry_run_without_a_record_on_a_big_tree_grafts(tmp_path, monkeypatch
     seen.clear()
     assert rebasing.rebase(project.settings, "up", onto="v2", dry_run=True).rows == rows
     assert seen == []                   # (a record now: nothing to graft)
+
+
+def test_only_plain_commits_are_read_as_plain(tmp_path):
+    """gitutil.plain_commits (what the graft and the tree replay read old commits with):
+    tree, parent, author, committer and message of a plain commit; None for a root commit,
+    a merge, a commit with an encoding header."""
+    from askbuild import gitutil
+    repo, base = _base(tmp_path)
+    put(repo, "f", "one\n")
+    plain = commit_all(repo, "a plain one\n\nwith a body")
+    got = gitutil.plain_commits(repo, [plain])
+    assert got is not None and len(got) == 1
+    assert got[0].tree == g(repo, "rev-parse", f"{plain}^{{tree}}")
+    assert got[0].parent == base and got[0].message == b"a plain one\n\nwith a body\n"
+    assert got[0].author.startswith(b"Dev <") and got[0].committer.startswith(b"Dev <")
+    g(repo, "checkout", "-q", "-b", "side", base)
+    put(repo, "side.c", "side\n")
+    side = commit_all(repo, "side")
+    g(repo, "merge", "-q", "--no-edit", plain, env={"GIT_AUTHOR_NAME": "m",
+                                                    "GIT_AUTHOR_EMAIL": "m@m",
+                                                    "GIT_COMMITTER_NAME": "m",
+                                                    "GIT_COMMITTER_EMAIL": "m@m"})
+    merge = g(repo, "rev-parse", "HEAD")
+    g(repo, "-c", "i18n.commitEncoding=ISO-8859-1", "commit", "-q", "--allow-empty",
+      "-m", "latin", env={"GIT_AUTHOR_NAME": "m", "GIT_AUTHOR_EMAIL": "m@m",
+                          "GIT_COMMITTER_NAME": "m", "GIT_COMMITTER_EMAIL": "m@m"})
+    latin = g(repo, "rev-parse", "HEAD")
+    assert "encoding ISO-8859-1" in g(repo, "cat-file", "commit", latin)
+    for odd in (base, merge, latin):
+        assert gitutil.plain_commits(repo, [plain, odd]) is None, odd
+    assert gitutil.plain_commits(repo, [plain, side]) is not None

@@ -129,22 +129,9 @@ def _graft(scratch: Path, base: str, made: list[str]) -> list[str] | None:
     ``fast-import``): their ids, or None when a commit is not a plain one."""
     if not made:
         return []
-    raw = gitutil.git(["cat-file", "--batch"], cwd=scratch, text=False,
-                      input="".join(f"{c}\n" for c in made).encode()).stdout
-    heads: list[tuple[bytes, bytes, bytes]] = []
-    pos = 0
-    for c in made:
-        nl = raw.index(b"\n", pos)
-        sha, kind, size = raw[pos:nl].split(b" ")
-        if sha.decode() != c or kind != b"commit":
-            return None
-        body = raw[nl + 1:nl + 1 + int(size)]
-        pos = nl + 1 + int(size) + 1
-        head, _, message = body.partition(b"\n\n")
-        fields = [ln.split(b" ", 1) for ln in head.split(b"\n")]
-        if [f[0] for f in fields] != [b"tree", b"parent", b"author", b"committer"]:
-            return None
-        heads.append((fields[2][1], fields[3][1], message))
+    heads = gitutil.plain_commits(scratch, made)
+    if heads is None:
+        return None
     diffs = gitutil.git(["diff-tree", "--stdin", "--always", "-r", "-z", "--no-renames",
                          "--raw", "--no-abbrev"], cwd=scratch, text=False,
                         input="".join(f"{c}\n" for c in made).encode()).stdout
@@ -152,8 +139,8 @@ def _graft(scratch: Path, base: str, made: list[str]) -> list[str] | None:
     if changes is None:
         return None
     stream = [b"feature done\n"]
-    for i, ((author, committer, message), files) in enumerate(zip(heads, changes,
-                                                                   strict=True)):
+    for i, (commit, files) in enumerate(zip(heads, changes, strict=True)):
+        author, committer, message = commit.author, commit.committer, commit.message
         stream += [b"commit " + GRAFT_REF.encode() + b"\n", f"mark :{i + 1}\n".encode(),
                    b"author " + author + b"\n", b"committer " + committer + b"\n",
                    f"data {len(message)}\n".encode(), message, b"\n"]
