@@ -18,6 +18,7 @@ option, a repeated option, a value that starts with ``-``, ``--``, no verb at al
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -160,6 +161,20 @@ def main(argv: list[str] | None = None) -> None:
             spec.run(None, **kwargs)
     except KeyboardInterrupt:
         sys.exit(1)                 # as Invoke's program does outside a verb's cli.main
+    except BrokenPipeError as e:    # stdout closed early (`./run --list | head -1`)
+        closed_stdout(e)
+
+
+def closed_stdout(e: OSError) -> None:
+    """End the process after a write to a closed stdout: one line on stderr, exit 1 (as the
+    replay of a record does, askbuild/invhook.py), no traceback; stdout is pointed at
+    /dev/null so that the interpreter's own flush at exit does not fail again."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"askbuild: {e.strerror or e}\n")
+        sys.stderr.flush()
+    sys.exit(1)
 
 
 if __name__ == "__main__":

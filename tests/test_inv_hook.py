@@ -162,6 +162,18 @@ def test_list_through_inv_is_replayed_and_a_closed_pipe_ends_it(tmp_path):
     assert "Traceback" not in closed.stderr
 
 
+def test_a_closed_pipe_ends_what_invoke_answers_without_a_traceback(tmp_path):
+    env = dict(os.environ, ASKBUILD_NO_MEMO="1", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    for argv in (["--list"], ["patch", "--help"]):
+        r, w = os.pipe()
+        os.close(r)                                    # nobody reads: a write fails at once
+        closed = subprocess.run([*ASKBUILD, *argv], cwd=ROOT, env=env, stdout=w,
+                                stderr=subprocess.PIPE, text=True)
+        os.close(w)
+        assert closed.returncode == 1, argv
+        assert closed.stderr == "askbuild: Broken pipe\n", argv
+
+
 def test_what_askbuild_does_not_parse_is_answered_by_invoke(project, xdg):
     env = _env(project, xdg)
     plain = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
