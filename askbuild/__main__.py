@@ -19,10 +19,8 @@ option, a repeated option, a value that starts with ``-``, ``--``, no verb at al
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import sys
-from typing import Any
 
 from askbuild import noopmemo
 
@@ -53,9 +51,10 @@ def _flag(name: str) -> str:
     return f"-{main}" if len(main) == 1 else f"--{main}"
 
 
-def _cast(default: Any, value: str) -> Any:
+def _cast(default: object, value: str) -> object:
     """A value as Invoke casts it: to the type of the default (str when there is none);
     ValueError when that fails or the type is not a plain one (then Invoke parses it)."""
+    import inspect  # (not before a record's replay: ~10 ms)
     if default is None or isinstance(default, str) or default is inspect.Parameter.empty:
         return value
     if type(default) in (int, float):
@@ -63,7 +62,7 @@ def _cast(default: Any, value: str) -> Any:
     raise ValueError(f"not a str, int or float default: {default!r}")
 
 
-def parse(names: dict, argv: list[str]) -> tuple[Any, dict[str, Any]] | None:
+def parse(names: dict, argv: list[str]) -> tuple[object, dict[str, object]] | None:
     """``(spec, kwargs)`` for ``argv`` = one known verb and its long options and positional
     arguments, with every keyword argument the Invoke task would receive; None when the argv
     is anything else (Invoke then parses it).  ``names`` is ``Verbs.names()``."""

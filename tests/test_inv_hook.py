@@ -44,6 +44,10 @@ def test_the_venv_runs_the_hook_line_and_other_programs_do_not_import_askbuild()
     plain = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"],
                            capture_output=True, text=True, check=True)
     assert not {m for m in _imported(plain) if m.startswith("askbuild")}
+    # ./run installs askbuild as a path (setuptools' "compat" editable mode): the default
+    # editable install runs an import hook at every start of the venv's Python (~25 ms)
+    assert not {m for m in _imported(plain) if m.startswith("__editable__")}, \
+        "the venv runs setuptools' editable finder at start-up: ./run installs in compat mode"
 
 
 def test_inv_replays_the_record_of_askbuild_without_importing_invoke(project, xdg):
