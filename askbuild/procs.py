@@ -14,13 +14,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import subprocess
 
 _PR_SET_PDEATHSIG = 1
+T = TypeVar("T")
 _REGISTRY: set[subprocess.Popen] = set()
 _LOCK = threading.Lock()
 
@@ -190,3 +191,26 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def in_background(fn: Callable[..., T], *args: object) -> Callable[[], T]:
+    """Start ``fn(*args)`` on a thread (a git query: it runs while this one waits on
+    another); the returned function waits for its value (or raises its error).  Only for
+    quick git queries (``gitutil.QUICK``): another child gets a parent-death signal, which
+    Linux sends when the thread that started it ends."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - raised again by the caller below
+            box["error"] = e
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+    return result

@@ -13,13 +13,10 @@ and lists every failure at the end (:func:`askbuild.errors.summary_error`).
 from __future__ import annotations
 
 import shlex
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from .. import console, gitutil, runlock
+from .. import console, gitutil, procs, runlock
 from ..errors import (
     AskbuildError,
     DirtyTreeError,
@@ -67,8 +64,6 @@ from .worktree import (
     tree_status,
 )
 from .write import finish_pending_series
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -194,7 +189,7 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
                    commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
     # on a big tree, the untracked files (for the journal) are listed while git status runs
-    untracked = _in_background(untracked_paths, tree) if sparse_pays(tree) else None
+    untracked = procs.in_background(untracked_paths, tree) if sparse_pays(tree) else None
     view = read_view(tree, refs)
     base = view.base
     record = tree_state(settings, source.name)
@@ -228,29 +223,6 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         write_json_atomic(settings.patch_record(source.name), record)
     settings.failed_patch_record(source.name).unlink(missing_ok=True)
     return record
-
-
-def _in_background(fn: Callable[..., T], *args: object) -> Callable[[], T]:
-    """Start ``fn(*args)`` on a thread (a git query: it runs while this one waits on
-    another); the returned function waits for its value (or raises its error).  Only for
-    quick git queries (``gitutil.QUICK``): another child gets a parent-death signal, which
-    Linux sends when the thread that started it ends."""
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:  # noqa: BLE001 - raised again by the caller below
-            box["error"] = e
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def result() -> T:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-    return result
 
 
 class _Trees:
