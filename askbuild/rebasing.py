@@ -52,7 +52,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from . import console, fetching, gitutil, runlock, treereplay
+from . import console, fetching, gitutil, procs, runlock, treereplay
 from . import patchqueue as pq
 from .errors import ConfigError, DirtyTreeError, PatchFailed, UserError
 from .fsutil import read_json, write_json_atomic
@@ -638,15 +638,18 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
     olds = [it["old"] for it in queue]
     if not olds:
         return
-    diffs = _per_commit(tree, olds, _DIFF_ARGS)
-    if not BATCH_REPLAY or not all(diffs[o] for o in olds) or len(set(olds)) != len(olds):
-        _dry_replay_per_patch(st, tree, diffs)
-        return
+    batch = BATCH_REPLAY and len(set(olds)) == len(olds)
+    # (the old patches are read while the trees are merged: two processes, two cores)
+    old_diffs = procs.in_background(_per_commit, tree, olds, _DIFF_ARGS)
     start = st.get("start") or _head(tree)
     got = treereplay.replay_trees(
         tree, start, olds, (FIXED_IDENTITY["GIT_COMMITTER_NAME"],
                             FIXED_IDENTITY["GIT_COMMITTER_EMAIL"]),
-        [*pq.REPRO, *_REPLAY_CONFIG]) if TREE_REPLAY else None
+        [*pq.REPRO, *_REPLAY_CONFIG]) if TREE_REPLAY and batch else None
+    diffs = old_diffs()
+    if not batch or not all(diffs[o] for o in olds):
+        _dry_replay_per_patch(st, tree, diffs)      # (the replay's commits are dropped)
+        return
     if got is not None:                 # (every patch picked cleanly or became empty)
         for item, new in zip(queue, got, strict=True):
             if new is None:
@@ -1191,7 +1194,8 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
                                     batch=True, detached_at=old_base)
             if paths is not None:
                 pq.use_sparse_index(scratch)
-            gitutil.git(["checkout", "-q", "--detach", new_base], cwd=scratch)
+            if vendor:                  # (else the replay checks out what it needs)
+                gitutil.git(["checkout", "-q", "--detach", new_base], cwd=scratch)
         st = {"source": src.name, "onto": onto, "new_base": new_base, "old_base": old_base,
               "pos": 0, "queue": _queue_from_record(record), "vendor": []}
         st["start"] = None if vendor else new_base

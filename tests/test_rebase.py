@@ -272,6 +272,29 @@ def test_rebase_of_a_source_with_a_vendor_layer(tmp_path):
     assert "lib 6 LOCAL" in (tree / "src/lib.c").read_text()
 
 
+def test_a_dry_run_without_a_record_puts_the_vendor_layer_onto_the_new_base(tmp_path):
+    """No patch record: the dry run applies the old series again, then the vendor layer onto
+    the NEW base, and answers what the rebase then does, commit for commit."""
+    from patchfixtures import change_line, commit_all
+    from test_patchqueue import vendor_project
+    settings, tree, sdir = vendor_project(tmp_path)
+    lib_work = tmp_path / "lib-work"
+    g(lib_work, "checkout", "-q", "main")
+    change_line(lib_work, "src/lib.c", 18, "lib 18 upstream 1.1")
+    commit_all(lib_work, "lib 1.1", date="2026-05-01T00:00:00Z")
+    g(lib_work, "tag", "v1.1")
+    assert pq.tree_state(settings, "lib") is None
+    dry = rebasing.rebase(settings, "lib", onto="v1.1", dry_run=True)
+    real = rebasing.rebase(settings, "lib", onto="v1.1")
+
+    def rows(report):
+        return [(r["kind"], r["patch"], r["status"], r["commit"]) for r in report.rows]
+    assert [r[:3] for r in rows(dry)] == [
+        ("vendor", "01-a.patch", "applied"), ("vendor", "02-b.patch", "applied"),
+        ("local", "0001-local.patch", "clean")]
+    assert rows(dry) == rows(real)
+
+
 def test_a_new_file_follows_its_directory_rename(tmp_path):
     project = make_project(tmp_path, kinds=["rename", "newfile"])
     report = rebasing.rebase(project.settings, "up", onto="v2")
