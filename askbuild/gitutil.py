@@ -207,6 +207,28 @@ def plain_commits(repo: str | Path, commits: Sequence[str]) -> list[PlainCommit]
     return out
 
 
+def diff_tree_each(repo: str | Path, commits: Sequence[str], args: Sequence[str], *,
+                   sep: bytes = b"\n", config: Sequence[str] = (),
+                   env: dict[str, str] | None = None) -> dict[str, bytes]:
+    """``git [CONFIG] diff-tree --stdin --always ARGS`` for ``commits`` (full ids, each
+    against its parent) in ONE process, split back per commit: git prints each commit's id
+    and ``sep`` (``\\0`` with ``-z``) before its part."""
+    raw = git([*config, "diff-tree", "--stdin", "--always", *args], cwd=repo, text=False,
+              input="".join(f"{c}\n" for c in commits).encode(), env=env).stdout
+    out: dict[str, bytes] = {}
+    pos = 0
+    for i, c in enumerate(commits):
+        head = c.encode() + sep
+        if raw[pos:pos + len(head)] != head:
+            raise GitError(["diff-tree", "--stdin"], 0, "", f"unexpected output at {c}")
+        pos += len(head)
+        nxt = raw.find(sep + commits[i + 1].encode() + sep, pos - 1) \
+            if i + 1 < len(commits) else len(raw) - 1
+        end = nxt + 1 if nxt >= 0 else len(raw)
+        out[c], pos = raw[pos:end], end
+    return out
+
+
 def is_sha(value: str) -> bool:
     return bool(_SHA_RE.match(value or ""))
 

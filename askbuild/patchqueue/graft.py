@@ -132,11 +132,10 @@ def _graft(scratch: Path, base: str, made: list[str]) -> list[str] | None:
     heads = gitutil.plain_commits(scratch, made)
     if heads is None:
         return None
-    diffs = gitutil.git(["diff-tree", "--stdin", "--always", "-r", "-z", "--no-renames",
-                         "--raw", "--no-abbrev"], cwd=scratch, text=False,
-                        input="".join(f"{c}\n" for c in made).encode()).stdout
-    changes = _changes(diffs, made)
-    if changes is None:
+    diffs = gitutil.diff_tree_each(scratch, made, ["-r", "-z", "--no-renames", "--raw",
+                                                   "--no-abbrev"], sep=b"\0")
+    changes = [_changes(diffs[c]) for c in made]
+    if None in changes:
         return None
     stream = [b"feature done\n"]
     for i, (commit, files) in enumerate(zip(heads, changes, strict=True)):
@@ -162,28 +161,24 @@ def _quoted(path: bytes) -> bytes:
     return b'"' + out + b'"'
 
 
-def _changes(raw: bytes, made: list[str]) -> list[list[bytes]] | None:
-    """fast-import's file commands for each of ``made`` from ``diff-tree --raw -z`` (each
-    commit's id, then ``:old new old-id new-id status`` and the path per change)."""
+def _changes(raw: bytes) -> list[bytes] | None:
+    """fast-import's file commands for one commit's ``diff-tree --raw -z`` part (per change
+    ``:old new old-id new-id status`` and the path); None for a change it cannot say."""
     words = raw.split(b"\0")
-    out: list[list[bytes]] = []
+    cmds: list[bytes] = []
     i = 0
-    for c in made:
-        if i >= len(words) or words[i] != c.encode():
+    while i + 1 < len(words) and words[i].startswith(b":"):
+        meta, path = words[i][1:].split(b" "), words[i + 1]
+        i += 2
+        if len(meta) != 5:
             return None
-        i += 1
-        cmds: list[bytes] = []
-        while i + 1 < len(words) and words[i].startswith(b":"):
-            meta, path = words[i][1:].split(b" "), words[i + 1]
-            i += 2
-            if len(meta) != 5:
-                return None
-            _, mode, _, new, status = meta
-            if status == b"D":
-                cmds.append(b"D " + _quoted(path) + b"\n")
-            elif status in (b"A", b"M", b"T"):
-                cmds.append(b"M " + mode + b" " + new + b" " + _quoted(path) + b"\n")
-            else:
-                return None
-        out.append(cmds)
-    return out
+        _, mode, _, new, status = meta
+        if status == b"D":
+            cmds.append(b"D " + _quoted(path) + b"\n")
+        elif status in (b"A", b"M", b"T"):
+            cmds.append(b"M " + mode + b" " + new + b" " + _quoted(path) + b"\n")
+        else:
+            return None
+    if any(words[i:]):
+        return None                     # (more than changes: not diff-tree's raw output)
+    return cmds
