@@ -9,7 +9,8 @@ patch record on a big tree).
   diff beside the mails; and the source tree is untouched, nothing is left behind;
 * where the small tree could not stand for the full one it says so (None) and the dry run's
   answer is the full tree's: a directory above a new file is a file there, a named path is
-  a directory, a patch needs a 3-way merge; a patch that does not apply at all likewise;
+  a directory, a patch needs a 3-way merge, a ``.gitattributes`` above a file makes git am
+  refuse it, a name holds a line break; a patch that does not apply at all likewise;
 * the dry run without a record on a big tree uses it;
 * ``gitutil.plain_commits`` (how the graft and the tree replay read commits) takes only
   plain ones.
@@ -22,9 +23,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from patchfixtures import add_release_v2, commit_all, g, make_long_project, put
+from patchfixtures import DEV, add_release_v2, commit_all, g, make_long_project, put
 
 from askbuild import patchqueue, rebasing
+from askbuild.errors import PatchFailed
 from askbuild.patchqueue import journal
 from askbuild.patchqueue.inputs import PatchInput
 from askbuild.patchqueue.layers import Layer
@@ -32,6 +34,7 @@ from askbuild.patchqueue.layers import Layer
 LAYER = Layer(source="src", kind="local", dir="patches/src")
 ODD = 'odd dir/a "quoted" back\\slash.c'
 LEAD = '"lead quote'
+BREAK = "a line\nbreak.c"
 
 
 def _base(tmp: Path) -> tuple[Path, str]:
@@ -121,10 +124,24 @@ def _file_for_dir(repo: Path) -> None:
     put(repo, "f/inside.c", "x\n")
 
 
-@pytest.mark.parametrize("case", ["file-above", "path-is-a-directory", "three-way"])
+@pytest.mark.parametrize("case", ["file-above", "path-is-a-directory", "three-way",
+                                  "attributes", "line-break"])
 def test_where_the_small_tree_cannot_stand_for_the_full_one_it_says_so(tmp_path, case):
     repo, base = _base(tmp_path)
-    if case == "file-above":            # a new f/inside.c where the base has a file f
+    if case == "attributes":            # a CRLF file that a .gitattributes above says is
+        put(repo, "crlf/in/a.c", b"l1\r\nl2\r\nl3\r\nl4\r\n")   # text: git am refuses it
+        crlf = commit_all(repo, "a CRLF file")      # ("does not match index")
+        inputs = _one_mail(tmp_path, repo, crlf, lambda: put(
+            repo, "crlf/in/a.c", b"l1\r\nL2\r\nl3\r\nl4\r\n"))
+        put(repo, "crlf/.gitattributes", "*.c text\n")
+        g(repo, "add", "--", "crlf/.gitattributes")    # (a.c stays CRLF in the commit)
+        g(repo, "commit", "-q", "-m", "*.c is text", env=DEV)
+        base = g(repo, "rev-parse", "HEAD")
+        with pytest.raises(PatchFailed, match="did not apply"):     # (the full tree's answer)
+            _full_record(repo, base, inputs, tmp_path / "full")
+    elif case == "line-break":          # a name git's batch queries cannot take
+        inputs = _one_mail(tmp_path, repo, base, lambda: put(repo, BREAK, "new\n"))
+    elif case == "file-above":          # a new f/inside.c where the base has a file f
         inputs = _one_mail(tmp_path, repo, base, lambda: _file_for_dir(repo))
     elif case == "path-is-a-directory":  # a new file "untouched" where the base has a dir
         g(repo, "rm", "-q", "-r", "--", "untouched")
@@ -140,7 +157,7 @@ def test_where_the_small_tree_cannot_stand_for_the_full_one_it_says_so(tmp_path,
     with patchqueue.grafted_queue(repo, base, inputs, paths, tmp_path / "work",
                                   source="src") as got:
         assert got is None
-    assert list((tmp_path / "work").iterdir()) == []
+    assert not any((tmp_path / "work").glob("*"))      # (nothing left behind)
 
 
 def _graft_spy(monkeypatch) -> list:
