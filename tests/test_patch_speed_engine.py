@@ -87,3 +87,27 @@ def test_a_users_commit_on_the_patched_branch_stops_the_run(project):
         pq.patch(settings, ["up"])
     assert "my own work" in e.value.message
     assert g(project.tree, "log", "-1", "--format=%s") == "my own work"
+
+
+def test_a_quick_git_query_behind_config_options_is_still_started_the_quick_way(project,
+                                                                               monkeypatch):
+    """A read-only git command is started without a full fork (``procs.popen`` quick) also
+    when ``-c NAME=VALUE`` pairs come first (askbuild's diff and merge settings); a command
+    that changes a tree is not, whatever comes first."""
+    from askbuild import procs
+    seen: list[tuple[str, bool]] = []
+    real = procs.run
+
+    def spy(args, *, quick=False, **kw):
+        seen.append((args[-1], quick))
+        return real(args, quick=quick, **kw)
+    monkeypatch.setattr(procs, "run", spy)
+    tree = project.tree
+    gitutil.git(["rev-parse", "HEAD"], cwd=tree)
+    gitutil.git(["-c", "core.abbrev=12", "rev-parse", "HEAD"], cwd=tree)
+    gitutil.git(["-c", "diff.noprefix=false", "-c", "diff.relative=false", "diff-tree",
+                 "--always", "HEAD"], cwd=tree)
+    gitutil.git(["-c", "advice.detachedHead=false", "checkout", "-q", "--detach", "HEAD"],
+                cwd=tree)
+    gitutil.git(["-c", "rev-parse", "HEAD"], cwd=tree, check=False)    # (-c takes "rev-parse")
+    assert [q for _, q in seen] == [True, True, True, False, False], seen
