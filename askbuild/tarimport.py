@@ -67,6 +67,8 @@ _NO_USER_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull}
 #: Nor the user's attributes file (``$XDG_CONFIG_HOME/git/attributes`` is read even without
 #: a global config): an attribute there could convert what ``git add`` stores.
 _NO_USER_ATTRIBUTES = ["-c", f"core.attributesFile={os.devnull}"]
+#: how :func:`commit_tree` checks the files in (the first is the shipped one)
+METHODS = ("python", "bulk", "plain")
 
 
 def import_message(filename: str, name: str, ref: str, sha256: str) -> str:
@@ -103,6 +105,8 @@ def commit_tree(tree: Path, message: str, *, method: str = "python",
     a ``cache``, the repository starts with the objects of an earlier import of the same
     tarball when there is one (only the files' ids are then computed: nothing is deflated
     again), and keeps its own objects there when there is none."""
+    if method not in METHODS:
+        raise ValueError(f"commit_tree: method {method!r} is none of {', '.join(METHODS)}")
     gitutil.git(["init", "-q", "--", str(tree)], env=_NO_USER_CONFIG)
     cached = cache is not None and cache.take(tree / ".git")
     if not (method == "python" and _checked_in(tree)):

@@ -160,6 +160,14 @@ def test_archive_with_no_files_is_an_empty_commit(tmp_path):
     assert gitutil.out(["ls-tree", "HEAD"], cwd=tree) == ""
 
 
+def test_an_unknown_check_in_method_is_refused_before_anything_is_made(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.c").write_text("a\n")
+    with pytest.raises(ValueError, match="'pyhton' is none of python, bulk, plain"):
+        tarimport.commit_tree(tmp_path / "t", "m", method="pyhton")
+    assert not (tmp_path / "t" / ".git").exists()
+
+
 def test_blobs_are_packed_not_one_file_each(tmp_path):
     """What makes the import cheap: the files' blobs go into one pack (no loose object file
     per file), and the index is complete (``git status`` has nothing to re-read)."""
