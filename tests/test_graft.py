@@ -11,7 +11,8 @@ patch record on a big tree).
   answer is the full tree's: a directory above a new file is a file there, a named path is
   a directory, a patch needs a 3-way merge, a ``.gitattributes`` above a file makes git am
   refuse it, a name holds a line break; a patch that does not apply at all likewise;
-* the dry run without a record on a big tree uses it;
+* the dry run without a record on a big tree uses it (``inv patch --check`` too:
+  tests/test_sparse_scratch.py);
 * ``gitutil.plain_commits`` (how the graft and the tree replay read commits) takes only
   plain ones.
 """

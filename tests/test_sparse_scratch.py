@@ -9,8 +9,10 @@ patches name, and their answers are the ones a full scratch gives.
   new and deleted files, the strip level), None for what git cannot read;
 * the dry run: the sparse answer (clean, conflicts, drops, 3-way merges, a rename followed
   out of the scratch) stands and equals a full scratch's; a patch git apply cannot read sends
-  it to a full scratch; ``inv patch --check``: the sparse answer stands when every patch
-  applied, a failing patch is worked out again in a full scratch (same message);
+  it to a full scratch; ``inv patch --check``: on a big tree the series is applied in a
+  small tree and grafted (the full tree's rows and commits, no scratch tree), in a sparse
+  scratch where that cannot stand, and a failing patch is worked out again in a full
+  scratch (same message);
 * on a big tree ``inv patch`` lists the untracked files (for its journal) while ``git
   status`` runs, and a failed run still puts the tree back without touching the user's; the
   patch stamp lists again only the directories that changed since the previous stamp.
@@ -19,6 +21,7 @@ patches name, and their answers are the ones a full scratch gives.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import subprocess
@@ -128,13 +131,29 @@ def scratches(monkeypatch):
     return made
 
 
-def test_a_small_tree_gets_a_full_scratch(tmp_path, scratches, monkeypatch):
+@pytest.fixture
+def grafts(monkeypatch) -> list:
+    """What each ``grafted_queue`` of ``inv patch --check`` yielded (None, or its record)."""
+    seen: list = []
+    real = patchqueue.grafted_queue
+
+    @contextlib.contextmanager
+    def spy(*a, **kw):
+        with real(*a, **kw) as got:
+            seen.append(None if got is None else got[0])
+            yield got
+    monkeypatch.setattr("askbuild.patchqueue.patching.grafted_queue", spy)
+    return seen
+
+
+def test_a_small_tree_gets_a_full_scratch(tmp_path, scratches, grafts, monkeypatch):
     project = make_long_project(tmp_path, 3)
     monkeypatch.setattr(journal, "SPARSE_FROM", 15)     # README + 10 files + 1 new: 12
-    patchqueue.patch(project.settings, ["up"], check=True)
+    full = patchqueue.patch(project.settings, ["up"], check=True).rows
+    assert scratches == [None] and grafts == []
     monkeypatch.setattr(journal, "SPARSE_FROM", 10)
-    patchqueue.patch(project.settings, ["up"], check=True)
-    assert scratches[0] is None and scratches[1] is not None
+    assert patchqueue.patch(project.settings, ["up"], check=True).rows == full
+    assert scratches == [None] and len(grafts) == 1 and grafts[0] is not None
 
 
 def _full_only(monkeypatch):
@@ -209,12 +228,40 @@ def test_a_patch_git_apply_cannot_read_sends_the_dry_run_to_a_full_scratch(
     assert rebasing.rebase(settings, "up", onto="v2", dry_run=True).rows == rows
 
 
-def test_patch_check_stands_on_the_sparse_scratch_and_falls_back(tmp_path, monkeypatch,
-                                                                 scratches):
+def test_patch_check_stands_on_the_graft_and_falls_back(tmp_path, monkeypatch, scratches,
+                                                        grafts):
+    """On a big tree the check applies the series in a small tree (grafted: the full tree's
+    rows, commit for commit, no scratch tree); where that cannot stand, in a sparse scratch;
+    a failing patch, in a full one."""
     project = make_long_project(tmp_path, 6)
     rows = patchqueue.patch(project.settings, ["up"], check=True).rows
     assert [r["status"] for r in rows] == ["applied"] * 6
-    assert len(scratches) == 1 and scratches[0] is not None
+    assert scratches == [] and len(grafts) == 1 and grafts[0] is not None
+    assert [r["commit"] for r in rows] == [p["commits"][-1] for p in grafts[0]["patches"]]
+    with monkeypatch.context() as m:
+        _full_only(m)
+        assert patchqueue.patch(project.settings, ["up"], check=True).rows == rows
+    # where the small tree cannot stand for the full one (a new file's directory is a file
+    # upstream of the patch): the sparse scratch answers, as the full one would
+    grafts.clear()
+    scratches.clear()
+    m7 = make_long_project(tmp_path / "file-above", 1)
+    g(m7.tree, "rm", "-q", "--", "README")
+    put(m7.tree, "README/inside.c", "x\n")
+    commit_all(m7.tree, "README becomes a directory")
+    mail = g(m7.tree, "format-patch", "--stdout", "-1", "HEAD")
+    g(m7.tree, "checkout", "-q", "-f", "--detach", "HEAD^")
+    (m7.series_dir / "0002-dir.patch").write_text(mail)
+    with open(m7.series_dir / "series", "a") as f:
+        f.write("0002-dir.patch\n")
+    scratches.clear()
+    got = patchqueue.patch(m7.settings, ["up"], check=True).rows
+    assert grafts == [None] and len(scratches) == 1 and scratches[0] is not None
+    with monkeypatch.context() as m:
+        _full_only(m)
+        assert patchqueue.patch(m7.settings, ["up"], check=True).rows == got
+    grafts.clear()
+    scratches.clear()
     # a patch that does not apply: the sparse attempt fails, the full one says why
     (project.series_dir / "0004-change.patch").write_bytes(
         (project.series_dir / "0004-change.patch").read_bytes().replace(b" m4 block 0 line 2",
@@ -222,7 +269,7 @@ def test_patch_check_stands_on_the_sparse_scratch_and_falls_back(tmp_path, monke
     scratches.clear()
     with pytest.raises(PatchFailed) as sparse_first:
         patchqueue.patch(project.settings, ["up"], check=True)
-    assert scratches[0] is not None and scratches[1:] == [None]
+    assert grafts == [None] and scratches[0] is not None and scratches[1:] == [None]
     _full_only(monkeypatch)
     with pytest.raises(PatchFailed) as full_only:
         patchqueue.patch(project.settings, ["up"], check=True)

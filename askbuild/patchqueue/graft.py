@@ -1,4 +1,5 @@
-"""A series' commits on a big tree, made in a small one (the dry run's first pass).
+"""A series' commits on a big tree, made in a small one (the dry run's first pass, and
+``inv patch --check``).
 
 ``inv rebase --dry-run`` without a patch record first needs the commits ``inv patch`` would
 make: the queue applied onto the old base.  ``git am`` on a big tree pays for the whole
@@ -9,7 +10,8 @@ in a small repository whose base holds only the files the patches name (and the
 the real base with ``git fast-import``: the same changes, author, committer and message
 on the full tree.  As ``inv patch`` makes its commits with fixed identities and dates, the
 grafted commits are the very commits ``git am`` on the full tree makes
-(tests/test_sparse_scratch.py compares them).
+(tests/test_graft.py and tests/test_sparse_scratch.py compare them).  ``inv patch --check``
+takes its rows from there too: every patch applied, with the commit it makes on the tree.
 
 The small tree stands for the full one only when the patches cannot see a difference:
 every patch applies as it is (no 3-way merge: that would read trees), no named path is a
@@ -42,13 +44,16 @@ _LITERAL = {"GIT_LITERAL_PATHSPECS": "1"}
 
 @contextlib.contextmanager
 def grafted_queue(tree: Path, base: str, inputs: list[PatchInput], paths: set[str],
-                  parent: Path, *, source: str) -> Iterator[tuple[dict, Path] | None]:
+                  parent: Path, *, source: str, report: Report | None = None
+                  ) -> Iterator[tuple[dict, Path] | None]:
     """Apply ``inputs`` onto ``base`` of ``tree`` in a small scratch repository under
     ``parent`` holding only ``paths`` (:func:`~.apply.touched_paths`), and graft its commits
     onto ``base``: yields (the record :func:`~.apply.apply_queue` returns for ``tree``, the
     object directory holding the new commits, for a sparse scratch to borrow: see
     :func:`~.journal.scratch_worktree`), or None when the small tree cannot stand for the
-    full one (see the module documentation).  The scratch is gone afterwards."""
+    full one (see the module documentation).  ``report``: gets the rows
+    :func:`~.apply.apply_queue` reports for ``tree`` (only when the record is yielded).  The
+    scratch is gone afterwards."""
     if sparse_patterns(paths) is None:      # (the borrowing scratch would be a full one)
         yield None
         return
@@ -57,7 +62,7 @@ def grafted_queue(tree: Path, base: str, inputs: list[PatchInput], paths: set[st
     try:
         try:
             borrowing_repo(tree, scratch)
-            record = _grafted(scratch, base, inputs, paths, source)
+            record = _grafted(scratch, base, inputs, paths, source, report)
         except (PatchFailed, GitError):
             record = None
         yield None if record is None else (record, scratch / ".git" / "objects")
@@ -66,7 +71,7 @@ def grafted_queue(tree: Path, base: str, inputs: list[PatchInput], paths: set[st
 
 
 def _grafted(scratch: Path, base: str, inputs: list[PatchInput], paths: set[str],
-             source: str) -> dict | None:
+             source: str, report: Report | None) -> dict | None:
     small = _small_base(scratch, base, paths)
     if small is None:
         return None
@@ -85,6 +90,8 @@ def _grafted(scratch: Path, base: str, inputs: list[PatchInput], paths: set[str]
     for ly in record["layers"]:
         ly["start"], ly["end"] = ids[ly["start"]], ids[ly["end"]]
     record["base"], record["head"] = base, ids[record["head"]]
+    if report is not None:
+        report.rows += [{**r, "commit": ids.get(r["commit"], r["commit"])} for r in rows.rows]
     return record
 
 

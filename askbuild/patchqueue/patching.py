@@ -32,6 +32,7 @@ from ..report import Report
 from ..settings import Settings
 from ..sources import Source, load_sources, select
 from .apply import PATCH_COLUMNS, apply_queue, touched_paths
+from .graft import grafted_queue
 from .inputs import PatchInput, collect_inputs, source_tree
 from .journal import (
     clean_scratch,
@@ -305,12 +306,19 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
 
 def _check_queue(settings: Settings, src: Source, tree: Path, base: str,
                  inputs: list[PatchInput], report: Report) -> None:
-    """``inv patch --check``: the queue applied in a scratch, on a big tree
-    (:func:`~.journal.sparse_pays`) first a sparse one holding only the files the patches
-    name (:func:`~.apply.touched_paths`); when a patch did not simply apply there, the whole
-    check is done again in a full scratch, whose rows are the ones reported."""
+    """``inv patch --check``: the queue applied in a scratch.  On a big tree
+    (:func:`~.journal.sparse_pays`) first in a small repository holding only the files the
+    patches name (:func:`~.apply.touched_paths`), its commits grafted onto the base
+    (:func:`~.graft.grafted_queue`: the rows and commits of the full tree); when it cannot
+    stand for the full tree, in a sparse scratch of their directories; when a patch did not
+    simply apply there, the whole check is done again in a full scratch, whose rows are the
+    ones reported."""
     paths = touched_paths(tree, inputs) if sparse_pays(tree) else None
     if paths is not None:
+        with grafted_queue(tree, base, inputs, paths, settings.work_dir, source=src.name,
+                           report=report) as grafted:
+            if grafted is not None:
+                return
         mark = len(report.rows)
         try:
             with scratch_worktree(tree, base, settings.work_dir, paths=paths,
