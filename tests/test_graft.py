@@ -161,8 +161,10 @@ def test_where_the_small_tree_cannot_stand_for_the_full_one_it_says_so(tmp_path,
     assert not any((tmp_path / "work").glob("*"))      # (nothing left behind)
 
 
-def _graft_spy(monkeypatch) -> list:
-    """What each grafted_queue of the run yielded (None, or its record)."""
+def graft_spy(monkeypatch, where: str = "askbuild.patchqueue") -> list:
+    """What each grafted_queue of the run yielded (None, or its record); ``where``: the
+    module whose name is replaced (the dry run's; ``inv patch --check`` calls the one of
+    ``askbuild.patchqueue.patching``)."""
     seen: list = []
     real = patchqueue.grafted_queue
 
@@ -171,7 +173,7 @@ def _graft_spy(monkeypatch) -> list:
         with real(*a, **kw) as got:
             seen.append(None if got is None else got[0])
             yield got
-    monkeypatch.setattr(patchqueue, "grafted_queue", spy)
+    monkeypatch.setattr(f"{where}.grafted_queue", spy)
     return seen
 
 
@@ -179,7 +181,7 @@ def test_the_dry_run_without_a_record_on_a_big_tree_grafts(tmp_path, monkeypatch
     monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
     project = make_long_project(tmp_path, 6)
     add_release_v2(project)
-    seen = _graft_spy(monkeypatch)
+    seen = graft_spy(monkeypatch)
     rows = rebasing.rebase(project.settings, "up", onto="v2", dry_run=True).rows
     assert [r["status"] for r in rows] == ["clean"] * 6
     assert len(seen) == 1 and seen[0] is not None

@@ -21,7 +21,6 @@ patches name, and their answers are the ones a full scratch gives.
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 import pytest
 import rebasefixtures as fx
 from patchfixtures import add_release_v2, commit_all, g, make_long_project, put
+from test_graft import graft_spy
 
 from askbuild import patchqueue, rebasing
 from askbuild.errors import PatchFailed
@@ -134,16 +134,7 @@ def scratches(monkeypatch):
 @pytest.fixture
 def grafts(monkeypatch) -> list:
     """What each ``grafted_queue`` of ``inv patch --check`` yielded (None, or its record)."""
-    seen: list = []
-    real = patchqueue.grafted_queue
-
-    @contextlib.contextmanager
-    def spy(*a, **kw):
-        with real(*a, **kw) as got:
-            seen.append(None if got is None else got[0])
-            yield got
-    monkeypatch.setattr("askbuild.patchqueue.patching.grafted_queue", spy)
-    return seen
+    return graft_spy(monkeypatch, "askbuild.patchqueue.patching")
 
 
 def test_a_small_tree_gets_a_full_scratch(tmp_path, scratches, grafts, monkeypatch):
