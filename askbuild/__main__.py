@@ -139,29 +139,38 @@ def hand_over(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        # a command line that does not start with a verb (--list, --help, core options, none)
-        # is Invoke's whatever tasks.py holds: no need to load it twice
-        verb_first = bool(argv) and not argv[0].startswith("-")
-        listing = argv in (["--list"], ["-l"])
-        if noopmemo.replayable(argv) and noopmemo.replay(argv):
-            return                  # a no-op answered from its record (askbuild/noopmemo.py)
-        tasks = load_tasks() if verb_first else None
-        parsed = parse(tasks.VERBS.names(), argv) if tasks is not None else None
-        if parsed is None:
-            if listing and noopmemo.enabled():
-                with noopmemo.Recorder(argv):
-                    return hand_over(argv)
-            return hand_over(argv)
-        spec, kwargs = parsed
-        if spec.memo and noopmemo.enabled():
-            with noopmemo.Recorder(argv):
-                spec.run(None, **kwargs)
-        else:
-            spec.run(None, **kwargs)
+        try:
+            _dispatch(argv)
+        finally:
+            # (a closed stdout is found here, not in the interpreter's own flush at exit,
+            # which would only print "Exception ignored" and exit 120)
+            sys.stdout.flush()
     except KeyboardInterrupt:
         sys.exit(1)                 # as Invoke's program does outside a verb's cli.main
     except BrokenPipeError as e:    # stdout closed early (`./run --list | head -1`)
         closed_stdout(e)
+
+
+def _dispatch(argv: list[str]) -> None:
+    # a command line that does not start with a verb (--list, --help, core options, none)
+    # is Invoke's whatever tasks.py holds: no need to load it twice
+    verb_first = bool(argv) and not argv[0].startswith("-")
+    listing = argv in (["--list"], ["-l"])
+    if noopmemo.replayable(argv) and noopmemo.replay(argv):
+        return                      # a no-op answered from its record (askbuild/noopmemo.py)
+    tasks = load_tasks() if verb_first else None
+    parsed = parse(tasks.VERBS.names(), argv) if tasks is not None else None
+    if parsed is None:
+        if listing and noopmemo.enabled():
+            with noopmemo.Recorder(argv):
+                return hand_over(argv)
+        return hand_over(argv)
+    spec, kwargs = parsed
+    if spec.memo and noopmemo.enabled():
+        with noopmemo.Recorder(argv):
+            spec.run(None, **kwargs)
+    else:
+        spec.run(None, **kwargs)
 
 
 def closed_stdout(e: OSError) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import patchfixtures as pf
+import pytest
 import test_noop_memo
 from test_noop_memo import ASKBUILD, ROOT, _env, _memo_line, _output, _patch, _recorded, _settle
 
@@ -166,8 +167,13 @@ def test_list_through_inv_is_replayed_and_a_closed_pipe_ends_it(tmp_path):
     assert "Traceback" not in closed.stderr
 
 
-def test_a_closed_pipe_ends_what_invoke_answers_without_a_traceback(tmp_path):
-    env = dict(os.environ, ASKBUILD_NO_MEMO="1", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+def test_a_closed_pipe_ends_what_invoke_answers_without_a_traceback(tmp_path, unbuffered):
+    """Buffered (stdout is a pipe: the listing is written at the end) or not."""
+    env = dict(os.environ, ASKBUILD_NO_MEMO="1", XDG_CACHE_HOME=str(tmp_path / "xdg"),
+               PYTHONUNBUFFERED=unbuffered)
+    if not unbuffered:
+        env.pop("PYTHONUNBUFFERED")
     for argv in (["--list"], ["patch", "--help"]):
         r, w = os.pipe()
         os.close(r)                                    # nobody reads: a write fails at once
