@@ -1,6 +1,7 @@
 """Patch queue speed (issue 9 item 4): ``inv patch`` and ``inv rebase --dry-run`` against
 plain ``git am -3`` of the same series onto the same commit, measured in the same run (the
-rounds of the engine and dry-run rows interleaved with their anchor's), for a 5-patch and a
+rounds of every row but the one-git-am-per-patch comparison interleaved with their anchor's),
+for a 5-patch and a
 generated 300-patch series (``--quick``: 5 and 50), the 5 patches also on a 30k-file tree.
 Target: within 1.5x of ``git am -3``.
 
@@ -205,8 +206,10 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str) -> 
             subprocess.run([*entry, *common], env=env, check=True, capture_output=True,
                            cwd=ROOT)
         return run
-    cli_fast = _median(cli(ASKBUILD), rounds, unpatched)
-    cli_inv = _median(cli(INV), rounds, unpatched)
+    # (each CLI paired with its own anchor rounds: a median taken minutes apart from the
+    # anchor's swings with this machine's disk)
+    cli_fast, anchor_fast = _paired(cli(ASKBUILD), unpatched, am_v1, at_v1, rounds)
+    cli_inv, anchor_inv = _paired(cli(INV), unpatched, am_v1, at_v1, rounds)
     patch()                                     # the record the dry run reuses
     dry()                                       # warm: v2 into the cache repository
     dry_git = _git_processes(dry, tmp)
@@ -221,9 +224,9 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str) -> 
              f"{engine_git} git processes"),
         _row(f"inv patch, {what} (engine, one git am per patch)", per_patch, anchor_v1,
              "git am -3", f"apply.BATCH = False, for comparison; {per_patch_git} git processes"),
-        _row(f"askbuild patch, {what} (CLI)", cli_fast, anchor_v1, "git am -3",
+        _row(f"askbuild patch, {what} (CLI)", cli_fast, anchor_fast, "git am -3",
              "python -m askbuild (what ./run runs): includes Python start-up"),
-        _row(f"inv patch, {what} (CLI)", cli_inv, anchor_v1, "git am -3",
+        _row(f"inv patch, {what} (CLI)", cli_inv, anchor_inv, "git am -3",
              "Invoke's binary in the checkout (handed to askbuild before Invoke is imported)"),
         _row(f"inv rebase --dry-run, {what} (engine)", dry_s, anchor_v2, "git am -3 onto v2",
              "after inv patch: its recorded commits replayed as trees (one git merge-tree, "
