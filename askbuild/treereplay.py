@@ -35,6 +35,11 @@ from . import gitutil, procs
 #: kernel's takes tens of milliseconds; a ``merge-tree`` whose answers do not come one by
 #: one (see :func:`_merger`) would otherwise never answer
 MERGE_TIMEOUT = 30.0
+#: how long the first question, the merge of the start with itself, may take: answered at
+#: once where ``stdbuf`` works; where it does not (its preload refused, a stand-in that does
+#: not unbuffer), the answer stays in git's buffer and the sequencer runs after this, not
+#: after :data:`MERGE_TIMEOUT`
+PROBE_TIMEOUT = 5.0
 
 
 def write_object(objects: Path, kind: bytes, body: bytes) -> str:
@@ -93,6 +98,8 @@ def replay_trees(repo: Path, start: str, olds: list[str], committer: tuple[str, 
     out: list[str | None] = []
     try:
         buf = bytearray()
+        if _merge(merger, buf, start, start, timeout=PROBE_TIMEOUT) != head_tree:
+            return None                 # (answers held back, or git failed)
         for old, (_, parent, author, _, message) in zip(olds, olds_read, strict=True):
             # a commit with the tree of HEAD whose only parent is the old commit's parent:
             # its merge base with the old commit is that parent, as a cherry-pick's
@@ -128,10 +135,12 @@ def _merger(repo: Path, config: list[str]) -> subprocess.Popen | None:
                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
-def _merge(merger: subprocess.Popen, buf: bytearray, ours: str, theirs: str) -> str | None:
+def _merge(merger: subprocess.Popen, buf: bytearray, ours: str, theirs: str, *,
+           timeout: float | None = None) -> str | None:
     """Ask ``merger`` for the merge of ``ours`` and ``theirs``: the tree of a clean merge,
-    None for a conflict, a failure or no answer within :data:`MERGE_TIMEOUT`.  A clean
-    answer is ``1 NUL tree NUL NUL``; anything else ends the replay."""
+    None for a conflict, a failure or no answer within ``timeout`` (default
+    :data:`MERGE_TIMEOUT`).  A clean answer is ``1 NUL tree NUL NUL``; anything else ends
+    the replay."""
     assert merger.stdin is not None and merger.stdout is not None
     try:
         merger.stdin.write(f"{ours} {theirs}\n".encode())
@@ -139,7 +148,7 @@ def _merge(merger: subprocess.Popen, buf: bytearray, ours: str, theirs: str) -> 
     except OSError:
         return None
     fd = merger.stdout.fileno()
-    deadline = time.monotonic() + MERGE_TIMEOUT
+    deadline = time.monotonic() + (MERGE_TIMEOUT if timeout is None else timeout)
     while len(buf) < 44:
         if len(buf) >= 2 and buf[:2] != b"1\0":
             return None

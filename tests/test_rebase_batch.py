@@ -14,7 +14,9 @@ patch, no work tree), again with the same rows and commits.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -245,6 +247,20 @@ def test_a_queue_that_picks_cleanly_is_replayed_as_trees(project, monkeypatch, t
     assert git_calls(log, "checkout") == 2
 
 
+@contextlib.contextmanager
+def _fails_after(seconds: int, why: str):
+    """Fail the test (not hang it) when the block is still running after ``seconds``."""
+    def expired(*_):
+        raise AssertionError(why)
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def _fake_stdbuf(tmp: Path, monkeypatch) -> None:
     """A ``stdbuf`` first on PATH that runs the command without unbuffering it: git's
     answers then come only when it ends."""
@@ -260,8 +276,9 @@ def _fake_stdbuf(tmp: Path, monkeypatch) -> None:
 def test_without_answers_one_by_one_the_sequencer_replays(project, monkeypatch, tmp_path,
                                                           how):
     """Without ``stdbuf``, or when ``merge-tree``'s answers do not come one by one (they
-    would come only when it ends), the tree replay gives up within its time limit and the
-    sequencer gives the same rows."""
+    would come only when it ends), the tree replay gives up at its first question, the
+    merge of the start with itself (:data:`treereplay.PROBE_TIMEOUT`), not after a merge's
+    time limit, and the sequencer gives the same rows."""
     _tag_v3(project, tmp_path)
     pq.patch(project.settings, ["up"])
     expected = _dry(project, monkeypatch, batch=True, onto="v3")
@@ -271,8 +288,10 @@ def test_without_answers_one_by_one_the_sequencer_replays(project, monkeypatch, 
                             lambda name, *a, **kw: None if name == "stdbuf" else real(name))
     else:
         _fake_stdbuf(tmp_path, monkeypatch)
-        monkeypatch.setattr(treereplay, "MERGE_TIMEOUT", 0.5)
+        monkeypatch.setattr(treereplay, "PROBE_TIMEOUT", 0.5)
+        monkeypatch.setattr(treereplay, "MERGE_TIMEOUT", 3600.0)
     log = git_logger(tmp_path, monkeypatch)
-    assert _dry(project, monkeypatch, batch=True, onto="v3") == expected
+    with _fails_after(120, "the replay waited for a merge's time limit"):
+        assert _dry(project, monkeypatch, batch=True, onto="v3") == expected
     assert git_calls(log, "rebase") == 2     # rebase -i, --skip past the patch upstream has
     assert git_calls(log, "merge-tree") == (0 if how == "no-stdbuf" else 1)
