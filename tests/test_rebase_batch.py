@@ -164,6 +164,34 @@ def test_the_batched_dry_run_changes_nothing(project, monkeypatch):
     assert not list(project.settings.work_dir.glob("patch-scratch-*"))
 
 
+def _unreachable(tree: Path) -> set[str]:
+    """The objects of ``tree``'s repository nothing reaches (refs, reflogs, index)."""
+    out = g(tree, "fsck", "--unreachable", "--no-progress")
+    return {ln.split()[2] for ln in out.splitlines() if ln.startswith("unreachable ")}
+
+
+@pytest.mark.parametrize("what", ["dry run", "dry run without a record", "patch --check"])
+def test_scratch_work_leaves_no_object_in_the_tree(project, monkeypatch, what):
+    """A small tree's scratch (a full one) is a repository of its own borrowing the tree's
+    objects: the commits and merges of the dry run and of ``inv patch --check`` go with it
+    and never pile up, unreachable, in the tree's repository (askbuild's git calls never
+    prune them: ``gc.auto=0``).  (``--check`` runs on a tree never patched: on a patched one
+    it makes the very commits ``inv patch`` recorded.)"""
+    if what != "patch --check":
+        pq.patch(project.settings, ["up"])
+    if what == "dry run without a record":
+        project.settings.patch_record("up").unlink()
+    tree = project.tree
+    before = _unreachable(tree)
+    if what == "patch --check":
+        assert {r["status"] for r in pq.patch(project.settings, ["up"], check=True).rows} \
+            == {"applied"}
+    else:
+        assert [r[1] for r in _dry(project, monkeypatch, batch=True)] == EXPECTED
+    assert _unreachable(tree) - before == set()
+    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+
+
 def test_the_commits_inv_patch_recorded_are_reused(project, monkeypatch, tmp_path):
     """After ``inv patch`` the dry run replays the recorded commits (no ``git am``), with the
     rows of a dry run that applies the series again; a record whose commits are not in the
@@ -242,8 +270,7 @@ def test_a_queue_that_picks_cleanly_is_replayed_as_trees(project, monkeypatch, t
     assert git_calls(log, "merge-tree") == 1
     assert git_calls(log, "rebase") == git_calls(log, "cherry-pick") \
         == git_calls(log, "commit") == 0
-    # new^ of the 2 moved ones; a sparse scratch had nothing checked out before them (a full
-    # one is made by `worktree add`)
+    # new^ of the 2 moved ones: the scratch had nothing checked out before them
     assert git_calls(log, "checkout") == 2
 
 

@@ -256,49 +256,41 @@ def clean_scratch(settings: Settings) -> None:
 def scratch_worktree(tree: Path, base: str, parent: Path, *,
                      paths: Iterable[str] | None = None, sparse_index: bool = True,
                      borrow: Iterable[Path] = (), checkout: bool = True) -> Iterator[Path]:
-    """A throw-away work tree of ``tree``'s repository at ``base`` (detached HEAD): no branch
-    or file of ``tree`` is touched.  Its name is unique to this run; one left by a killed run
-    goes with :func:`clean_scratch`.
+    """A throw-away work tree of ``tree``'s repository at ``base`` (detached HEAD): no branch,
+    file or object of ``tree`` is touched.  Its name is unique to this run; one left by a
+    killed run goes with :func:`clean_scratch`.
 
-    Without ``paths``, a ``git worktree``: it shares the object store (borrowed cache objects,
-    a shallow cache) and holds every file.  With ``paths`` (the files the work will touch), a
-    sparse scratch: its own repository borrowing ``tree``'s objects (``alternates``, the
-    ``shallow`` list copied), a cone-mode sparse checkout of the directories holding those
-    files (and the files at the top and beside each parent directory), so a kernel's scratch
-    is a few directories, not 80k files.  With ``sparse_index`` its index is sparse too (a
-    few hundred entries: what the sequencer, which knows sparse indexes, wants); without it,
+    The scratch is its own repository borrowing ``tree``'s objects (``alternates``, the
+    ``shallow`` list copied: :func:`borrowing_repo`), so the objects the work writes (the
+    commits of ``git am``, the merges of a dry run) go with it instead of piling up,
+    unreachable, in ``tree``'s object store (where askbuild's git calls, ``gc.auto=0``, would
+    never prune them).  Without ``paths`` it holds every file.  With ``paths`` (the files the
+    work will touch), a cone-mode sparse checkout of the directories holding those files
+    (and the files at the top and beside each parent directory), so a kernel's scratch is a
+    few directories, not 80k files.  With ``sparse_index`` its index is sparse too (a few
+    hundred entries: what the sequencer, which knows sparse indexes, wants); without it,
     full (for ``git am``, which in git 2.39 expands a sparse index on every read: 75 ms a
     patch on 30k files against the few ms of reading a full one); :func:`use_sparse_index`
-    switches on the next index write.  The commits made there are the same (git merges
-    and applies trees, not the work tree), but a file outside the cone is not there:
-    callers check that the work touched none (and redo it in a full scratch otherwise).
-    ``paths`` that no pattern can name (a line break in a name) give a full scratch.
-    ``borrow``: more object directories a sparse scratch borrows from (another scratch's:
-    :func:`~.graft.grafted_queue`).  ``checkout=False``: a sparse scratch with nothing
-    checked out yet (HEAD unborn), for work on objects alone until a checkout is needed."""
+    switches on the next index write.  The commits made there are the same (git merges and
+    applies trees, not the work tree), but a file outside the cone is not there: callers
+    check that the work touched none (and redo it in a full scratch otherwise).  ``paths``
+    that no pattern can name (a line break in a name) give a full scratch.  ``borrow``: more
+    object directories the scratch borrows from (another scratch's:
+    :func:`~.graft.grafted_queue`).  ``checkout=False``: nothing checked out yet (HEAD
+    unborn), for work on objects alone until a checkout is needed."""
     parent.mkdir(parents=True, exist_ok=True)
     patterns = None if paths is None else sparse_patterns(paths)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
-    if patterns is not None:
-        try:
-            _sparse_scratch(tree, scratch, base if checkout else None, patterns, sparse_index,
-                            borrow)
-            yield scratch
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-            if _stale_worktrees(tree):      # (full scratches of killed runs)
-                gitutil.git(["worktree", "prune"], cwd=tree, check=False)
-        return
     try:
-        gitutil.git(["worktree", "add", "-q", "--detach", "--", str(scratch), base], cwd=tree)
+        borrowing_repo(tree, scratch, borrow)
+        if patterns is not None:
+            _sparse_config(scratch, patterns, sparse_index)
+        if checkout:
+            gitutil.git(["checkout", "-q", "--detach", base], cwd=scratch)
         yield scratch
     finally:
-        gone = gitutil.git(["worktree", "remove", "--force", "--", str(scratch)], cwd=tree,
-                           check=False).returncode == 0
         shutil.rmtree(scratch, ignore_errors=True)
-        # remove drops the worktree's metadata itself when it works; prune what it did not,
-        # and what scratch trees of killed runs left (clean_scratch removed their files)
-        if not gone or _stale_worktrees(tree):
+        if _stale_worktrees(tree):      # (what scratch work trees of older versions left)
             gitutil.git(["worktree", "prune"], cwd=tree, check=False)
 
 
@@ -351,7 +343,7 @@ def borrowing_repo(tree: Path, scratch: Path, borrow: Iterable[Path] = ()) -> No
     """Make ``scratch`` (an empty directory) a repository borrowing the objects of ``tree``'s
     (and of the object directories ``borrow``) through ``alternates``, with its ``shallow``
     list: the commits made there stay there."""
-    gitutil.git(["init", "-q", "--", str(scratch)], cwd=scratch.parent)
+    gitutil.git(["init", "-q", "--template=", "--", str(scratch)], cwd=scratch.parent)
     src, gd = git_dir(tree), scratch / ".git"
     (gd / "objects" / "info").mkdir(parents=True, exist_ok=True)
     dirs = [(src / "objects").resolve(), *(Path(b).resolve() for b in borrow)]
@@ -360,13 +352,10 @@ def borrowing_repo(tree: Path, scratch: Path, borrow: Iterable[Path] = ()) -> No
         shutil.copyfile(src / "shallow", gd / "shallow")
 
 
-def _sparse_scratch(tree: Path, scratch: Path, base: str | None, patterns: bytes,
-                    sparse_index: bool, borrow: Iterable[Path]) -> None:
-    """Make ``scratch`` a repository borrowing ``tree``'s objects, at ``base``, with only what
-    ``patterns`` (cone mode) take checked out (:func:`scratch_worktree`).  Git is told no file
-    outside the patterns is there (true of a fresh checkout), so reading the index does not
-    stat every path left out."""
-    borrowing_repo(tree, scratch, borrow)
+def _sparse_config(scratch: Path, patterns: bytes, sparse_index: bool) -> None:
+    """Make the scratch repository ``scratch`` check out only what ``patterns`` (cone mode)
+    take (:func:`scratch_worktree`).  Git is told no file outside the patterns is there (true
+    of a fresh checkout), so reading the index does not stat every path left out."""
     gd = scratch / ".git"
     (gd / "info").mkdir(exist_ok=True)
     (gd / "info" / "sparse-checkout").write_bytes(patterns)
@@ -374,8 +363,6 @@ def _sparse_scratch(tree: Path, scratch: Path, base: str | None, patterns: bytes
         f.write("[core]\n\tsparseCheckout = true\n\tsparseCheckoutCone = true\n"
                 "[sparse]\n\texpectFilesOutsideOfPatterns = true\n")
     use_sparse_index(scratch, sparse_index)
-    if base is not None:
-        gitutil.git(["checkout", "-q", "--detach", base], cwd=scratch)
 
 
 def use_sparse_index(scratch: Path, on: bool = True) -> None:
