@@ -234,3 +234,28 @@ def test_a_failure_to_write_while_checking_in_names_the_source(tmp_path, monkeyp
         _import(tmp_path, MIXED)
     assert err.value.message.startswith("source pkg: cannot check pkg-1.0.tar.gz into git")
     assert "Input/output error" in err.value.message and "writable" in err.value.fix
+
+
+def test_pack_offsets_past_2_gib_use_the_large_offset_table(tmp_path):
+    """A pack entry at 2 GiB or more is named in the index's 64-bit offset table (idx v2):
+    git reads every offset back as written (``git show-index``), and the ids of the index
+    are what askbuild takes as stored.  (The entries are made up: no 2 GiB pack is written.)"""
+    repo = tmp_path / "repo"
+    gitutil.git(["init", "-q", "--", str(repo)], cwd=tmp_path)
+    pack_dir = repo / ".git" / "objects" / "pack"
+    writer = checkin._PackWriter(pack_dir)
+    try:
+        offsets = [12, 0x7FFFFFFF, 0x80000000, 5 * 2**30 + 7, 2**40 + 3]
+        rng = random.Random(7)
+        writer.entries = [(rng.randbytes(20), off, rng.getrandbits(32)) for off in offsets]
+        idx = writer._index(b"\0" * 20)
+    finally:
+        writer.abort()
+    read = gitutil.git(["show-index"], cwd=repo, input=idx).stdout.decode()
+    got = {}
+    for line in read.splitlines():
+        off, sha, crc = line.split()
+        got[bytes.fromhex(sha)] = (int(off), int(crc.strip("()"), 16))
+    assert got == {sha: (off, crc) for sha, off, crc in writer.entries}
+    (pack_dir / "pack-test.idx").write_bytes(idx)
+    assert checkin._stored(repo / ".git") == {sha for sha, _, _ in writer.entries}
