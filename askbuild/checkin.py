@@ -4,10 +4,10 @@ Issue 9 (cold kernel import): ``git add`` of a 1.24 GB, 83k-file kernel tree too
 one core (its collision-detecting SHA-1, deflate, and one file at a time).  Here Python does
 the same work on every core: each file's blob id (``hashlib``'s SHA-1 of ``blob <size>\\0``
 and the bytes, the id git gives the same bytes), each blob not yet stored deflated at level 1
-into ONE pack file with its ``.idx`` (pack format 2, what the bulk check-in wrote before), and
-the index written with every file's stat data, so git sees the work tree as clean without
-reading a file again.  ``git commit`` then makes the trees and the commit from that index
-exactly as after ``git add``: the same tree, the same commit id.
+into ONE pack file with its ``.idx`` (:mod:`askbuild.packfile`; pack format 2, what the bulk
+check-in wrote before), and the index written with every file's stat data, so git sees the
+work tree as clean without reading a file again.  ``git commit`` then makes the trees and the
+commit from that index exactly as after ``git add``: the same tree, the same commit id.
 
 Only what ``git add`` would do to the bytes untouched takes this path.  :func:`check_in`
 returns None, having written nothing, and the caller runs ``git add``, when the tree holds:
@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from . import packfile
 from .fsutil import write_bytes_atomic
 
 #: Attributes (and macro definitions) that make ``git add`` store other bytes than the file's.
@@ -118,140 +119,35 @@ def _entry(data: bytes, known: set[bytes]) -> tuple[bytes, bytes | None]:
     sha = h.digest()
     if sha in known:
         return sha, None
-    return sha, _pack_header(len(data)) + zlib.compress(data, _LEVEL)
+    return sha, packfile.entry(packfile.BLOB, data, _LEVEL)
 
 
-def _pack_header(size: int, kind: int = 3) -> bytes:
-    """A pack entry's type and size header (type 3: blob)."""
-    b = (kind << 4) | (size & 0x0F)
-    size >>= 4
-    out = bytearray()
-    while size:
-        out.append(b | 0x80)
-        b = size & 0x7F
-        size >>= 7
-    out.append(b)
-    return bytes(out)
-
-
-def _stored(git_dir: Path) -> set[bytes]:
-    """Object ids already in the repository's pack files (a cached import's)."""
-    known: set[bytes] = set()
-    for idx in (git_dir / "objects" / "pack").glob("pack-*.idx"):
-        data = idx.read_bytes()
-        if data[:8] != b"\377tOc\0\0\0\2":
-            continue
-        n = struct.unpack(">I", data[8 + 255 * 4:8 + 256 * 4])[0]
-        base = 8 + 256 * 4
-        known.update(data[base + 20 * i:base + 20 * (i + 1)] for i in range(n))
-    return known
-
-
-class _PackWriter:
-    """One pack file and its index, written under temporary names and renamed into place."""
-
-    def __init__(self, pack_dir: Path):
-        self.dir = pack_dir
-        self.tmp = pack_dir / f"tmp_pack_askbuild_{os.getpid()}"
-        self.f = open(self.tmp, "wb")
-        self.f.write(b"PACK" + struct.pack(">II", 2, 0))      # count patched in at the end
-        self.entries: list[tuple[bytes, int, int]] = []          # (id, offset, crc32)
-        self.offset = 12
-
-    def add(self, sha: bytes, entry: bytes) -> None:
-        self.entries.append((sha, self.offset, zlib.crc32(entry)))
-        self.f.write(entry)
-        self.offset += len(entry)
-
-    def add_big(self, full: bytes, size: int, known: set[bytes]) -> bytes:
-        """A file bigger than :data:`_WHOLE`, a chunk at a time: hashed, then (when its blob is
-        new) deflated straight into the pack and hashed again (it must not have changed)."""
-        h = hashlib.sha1(b"blob %d\0" % size)
-        with open(full, "rb") as f:
-            got = 0
-            for c in _chunks(f):
-                h.update(c)
-                got += len(c)
-            sha = h.digest()
-            if got != size:
-                raise _Refuse
-            if sha in known:
-                return sha
-            f.seek(0)
-            z, again = zlib.compressobj(_LEVEL), hashlib.sha1(b"blob %d\0" % size)
-            start = self.offset
-            crc = self._write(_pack_header(size), 0)
-            for c in _chunks(f):
-                again.update(c)
-                crc = self._write(z.compress(c), crc)
-            crc = self._write(z.flush(), crc)
-        if again.digest() != sha:
-            raise _Refuse                       # changed between the two reads
-        self.entries.append((sha, start, crc))
-        return sha
-
-    def _write(self, data: bytes, crc: int) -> int:
-        self.f.write(data)
-        self.offset += len(data)
-        return zlib.crc32(data, crc)
-
-    def finish(self) -> list[Path]:
-        """Close the pack; returns the files written (none when nothing was added)."""
-        self.f.seek(8)
-        self.f.write(struct.pack(">I", len(self.entries)))
-        self.f.close()
-        if not self.entries:
-            self.tmp.unlink()
-            return []
-        h = hashlib.sha1()
-        with open(self.tmp, "rb") as f:
-            for c in _chunks(f):
-                h.update(c)
-        trailer = h.digest()
-        with open(self.tmp, "ab") as f:
-            f.write(trailer)
-            f.flush()
-            os.fsync(f.fileno())
-        pack = self.dir / f"pack-{trailer.hex()}.pack"
-        os.chmod(self.tmp, 0o444)
-        os.rename(self.tmp, pack)
-        idx = pack.with_suffix(".idx")              # (after its pack: git looks for the .idx)
-        try:
-            write_bytes_atomic(idx, self._index(trailer))
-            os.chmod(idx, 0o444)
-        except BaseException:
-            pack.unlink(missing_ok=True)
-            raise
-        return [pack, idx]
-
-    def abort(self) -> None:
-        self.f.close()
-        self.tmp.unlink(missing_ok=True)
-
-    def _index(self, trailer: bytes) -> bytes:
-        entries = sorted(self.entries)
-        fanout = [0] * 256
-        for sha, _, _ in entries:
-            fanout[sha[0]] += 1
-        total, cum = 0, []
-        for n in fanout:
-            total += n
-            cum.append(total)
-        large: list[int] = []
-        offsets = []
-        for _, off, _ in entries:
-            if off < 0x80000000:
-                offsets.append(off)
-            else:
-                offsets.append(0x80000000 | len(large))
-                large.append(off)
-        body = b"".join([
-            b"\377tOc", struct.pack(">I", 2), struct.pack(">256I", *cum),
-            b"".join(sha for sha, _, _ in entries),
-            struct.pack(f">{len(entries)}I", *(crc for _, _, crc in entries)),
-            struct.pack(f">{len(entries)}I", *offsets),
-            struct.pack(f">{len(large)}Q", *large), trailer])
-        return body + hashlib.sha1(body).digest()
+def _add_big(writer: packfile.PackWriter, full: bytes, size: int, known: set[bytes]) -> bytes:
+    """A file bigger than :data:`_WHOLE`, a chunk at a time: hashed, then (when its blob is
+    new) deflated straight into the pack and hashed again (it must not have changed)."""
+    h = hashlib.sha1(b"blob %d\0" % size)
+    with open(full, "rb") as f:
+        got = 0
+        for c in _chunks(f):
+            h.update(c)
+            got += len(c)
+        sha = h.digest()
+        if got != size:
+            raise _Refuse
+        if sha in known:
+            return sha
+        f.seek(0)
+        z, again = zlib.compressobj(_LEVEL), hashlib.sha1(b"blob %d\0" % size)
+        start = writer.offset
+        crc = writer.write(packfile.entry_header(size), 0)
+        for c in _chunks(f):
+            again.update(c)
+            crc = writer.write(z.compress(c), crc)
+        crc = writer.write(z.flush(), crc)
+    if again.digest() != sha:
+        raise _Refuse                           # changed between the two reads
+    writer.entries.append((sha, start, crc))
+    return sha
 
 
 def _index_file(entries: list[tuple[bytes, os.stat_result, bytes]]) -> bytes:
@@ -283,8 +179,8 @@ def check_in(tree: Path, *, workers: int | None = None) -> list[Path] | None:
         files = sorted(_walk(top), key=lambda e: e[0])
     except _Refuse:
         return None
-    known = _stored(git_dir)
-    writer = _PackWriter(git_dir / "objects" / "pack")
+    known = packfile.stored_ids(git_dir)
+    writer = packfile.PackWriter(git_dir / "objects" / "pack")
     written: list[Path] = []
     try:
         ids: list[bytes] = []
@@ -300,7 +196,7 @@ def check_in(tree: Path, *, workers: int | None = None) -> list[Path] | None:
                                 strict=True))
                 for path, st in batch:
                     if path not in done:
-                        ids.append(writer.add_big(os.path.join(top, path), st.st_size, known))
+                        ids.append(_add_big(writer, os.path.join(top, path), st.st_size, known))
                         known.add(ids[-1])
                         continue
                     sha, entry = done[path]

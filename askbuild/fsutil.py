@@ -104,14 +104,17 @@ def discard(path: Path, aside_prefix: str | None = None) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``path`` whole or not at all (a temporary name renamed into place), synced to
+    disk first unless not ``durable``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
         with tmp.open("wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

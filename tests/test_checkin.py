@@ -17,7 +17,7 @@ import pytest
 from test_tarimport import MESSAGE, MIXED, _oracle
 from upstreams import random_bytes, tar_bytes
 
-from askbuild import checkin, gitutil, tarimport
+from askbuild import checkin, gitutil, packfile, tarimport
 from askbuild.errors import NoSpaceError, SourceError
 from askbuild.importcache import ImportCache
 
@@ -239,16 +239,17 @@ def test_a_failure_to_write_while_checking_in_names_the_source(tmp_path, monkeyp
 def test_pack_offsets_past_2_gib_use_the_large_offset_table(tmp_path):
     """A pack entry at 2 GiB or more is named in the index's 64-bit offset table (idx v2):
     git reads every offset back as written (``git show-index``), and the ids of the index
-    are what askbuild takes as stored.  (The entries are made up: no 2 GiB pack is written.)"""
+    are what askbuild takes as stored (askbuild.packfile).  (The entries are made up: no 2 GiB
+    pack is written.)"""
     repo = tmp_path / "repo"
     gitutil.git(["init", "-q", "--", str(repo)], cwd=tmp_path)
     pack_dir = repo / ".git" / "objects" / "pack"
-    writer = checkin._PackWriter(pack_dir)
+    writer = packfile.PackWriter(pack_dir)
     try:
         offsets = [12, 0x7FFFFFFF, 0x80000000, 5 * 2**30 + 7, 2**40 + 3]
         rng = random.Random(7)
         writer.entries = [(rng.randbytes(20), off, rng.getrandbits(32)) for off in offsets]
-        idx = writer._index(b"\0" * 20)
+        idx = writer.index(b"\0" * 20)
     finally:
         writer.abort()
     read = gitutil.git(["show-index"], cwd=repo, input=idx).stdout.decode()
@@ -258,4 +259,4 @@ def test_pack_offsets_past_2_gib_use_the_large_offset_table(tmp_path):
         got[bytes.fromhex(sha)] = (int(off), int(crc.strip("()"), 16))
     assert got == {sha: (off, crc) for sha, off, crc in writer.entries}
     (pack_dir / "pack-test.idx").write_bytes(idx)
-    assert checkin._stored(repo / ".git") == {sha for sha, _, _ in writer.entries}
+    assert packfile.stored_ids(repo / ".git") == {sha for sha, _, _ in writer.entries}
