@@ -322,3 +322,35 @@ def test_without_answers_one_by_one_the_sequencer_replays(project, monkeypatch, 
         assert _dry(project, monkeypatch, batch=True, onto="v3") == expected
     assert git_calls(log, "rebase") == 2     # rebase -i, --skip past the patch upstream has
     assert git_calls(log, "merge-tree") == (0 if how == "no-stdbuf" else 1)
+
+
+def test_the_tree_replay_writes_sound_objects(tmp_path):
+    """The replay's commits (one pack written at the end) and helper commits (loose) pass
+    ``git fsck --strict``; each new commit has its old one's message and author and the tree
+    ``git cherry-pick`` gives; a commit that became empty is None."""
+    repo = tmp_path / "repo"
+    g(tmp_path, "init", "-q", "--", str(repo))
+    put(repo, "a.c", "".join(f"a{i}\n" for i in range(20)))
+    put(repo, "b.c", "b\n")
+    base = commit_all(repo, "base")
+    olds = []
+    for i, (path, text) in enumerate([("a.c", None), ("new/c.c", "c\n"), ("b.c", "b2\n")]):
+        if text is None:
+            put(repo, path, (repo / path).read_text().replace("a3\n", "a3 local\n"))
+        else:
+            put(repo, path, text)
+        olds.append(commit_all(repo, f"local {i}\n\nbody {i}", date=f"2026-01-0{i + 2}T00:00:00Z"))
+    g(repo, "checkout", "-q", "--detach", base)
+    put(repo, "a.c", (repo / "a.c").read_text().replace("a15\n", "a15 upstream\n"))
+    put(repo, "b.c", "b2\n")                    # the third local commit is upstream already
+    onto = commit_all(repo, "upstream", date="2026-02-01T00:00:00Z")
+    got = treereplay.replay_trees(repo, onto, olds, ("askbuild", "askbuild@localhost"), [])
+    assert got is not None and got[2] is None and all(got[:2])
+    g(repo, "fsck", "--strict", "--no-dangling", "--no-progress")
+    for old, new in zip(olds[:2], got[:2]):
+        assert g(repo, "log", "-1", "--format=%B%an%ad", new) \
+            == g(repo, "log", "-1", "--format=%B%an%ad", old)
+    g(repo, "checkout", "-q", "--detach", onto)
+    g(repo, "cherry-pick", "--allow-empty", olds[0], olds[1], env=DEV)
+    assert g(repo, "rev-parse", "HEAD^{tree}") == g(repo, "rev-parse", f"{got[1]}^{{tree}}")
+    assert g(repo, "rev-parse", f"{got[1]}^") == got[0]
