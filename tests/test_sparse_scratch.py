@@ -15,7 +15,9 @@ patches name, and their answers are the ones a full scratch gives.
   scratch (same message);
 * on a big tree ``inv patch`` lists the untracked files (for its journal) while ``git
   status`` runs, and a failed run still puts the tree back without touching the user's; the
-  patch stamp lists again only the directories that changed since the previous stamp.
+  patch stamp lists again only the directories that changed since the previous stamp;
+* on a big tree ``inv patch`` itself grafts (the full tree's rows, record, commits and files)
+  and, when a file is in the way of the checkout, gives ``git am``'s answer on the full tree.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from pathlib import Path
 
 import pytest
 import rebasefixtures as fx
-from patchfixtures import add_release_v2, commit_all, g, make_long_project, put
+from patchfixtures import (
+    add_release_v2,
+    commit_all,
+    g,
+    git_calls,
+    git_logger,
+    make_long_project,
+    put,
+)
 from test_graft import graft_spy
 
 from askbuild import patchqueue, rebasing
@@ -324,3 +334,60 @@ def test_the_stamp_lists_again_only_the_directories_that_changed(tmp_path, monke
         assert "keep/deep/er" in listed
     finally:
         (tree / "u" / "v").chmod(0o755)
+
+
+def _state(project) -> tuple:
+    """What ``inv patch`` leaves: HEAD and the branch, the record, every file's bytes."""
+    tree = project.tree
+    return (g(tree, "rev-parse", "HEAD", "askbuild/patched"), g(tree, "symbolic-ref", "HEAD"),
+            project.settings.patch_record("up").read_text(),
+            {f: (tree / f).read_bytes() for f in _files(tree)})
+
+
+def test_inv_patch_on_a_big_tree_grafts(tmp_path, monkeypatch, grafts):
+    """On a big tree ``inv patch`` applies the series in a small tree, grafts the commits
+    onto the base, brings their objects into the tree's repository and checks the tree out
+    at the last (one ``git am``: the small tree's): the rows, record, HEAD, branch and files
+    of ``git am`` on the full tree, a repository ``git fsck --strict`` passes, nothing
+    untracked; the next run is a no-op."""
+    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    project = make_long_project(tmp_path / "grafted", 6)
+    with monkeypatch.context() as m:
+        log = git_logger(tmp_path, m)
+        rows = patchqueue.patch(project.settings, ["up"]).rows
+    assert len(grafts) == 1 and grafts[0] is not None
+    assert git_calls(log, "am") == 1 and git_calls(log, "checkout") == 1
+    full = make_long_project(tmp_path / "full", 6)
+    with monkeypatch.context() as m:
+        m.setattr(journal, "SPARSE_FROM", 10**9)
+        assert patchqueue.patch(full.settings, ["up"]).rows == rows
+    assert grafts[1:] == []
+    assert [r["status"] for r in rows] == ["applied"] * 6
+    assert _state(project) == _state(full)
+    g(project.tree, "fsck", "--strict", "--no-dangling", "--no-progress")
+    assert g(project.tree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert [r["status"] for r in patchqueue.patch(project.settings, ["up"]).rows] \
+        == ["unchanged"] * 6
+
+
+def test_inv_patch_on_a_big_tree_with_a_file_in_the_way(tmp_path, monkeypatch, grafts):
+    """An untracked file where a patch makes one: the grafted commits are not checked out
+    over it; ``git am`` on the full tree then stops at that patch with the message of a run
+    without the graft, and the tree, the user's file and the record stay as they were."""
+    monkeypatch.setattr(journal, "SPARSE_FROM", 0)
+    messages = []
+    for name, sparse_from in [("grafted", 0), ("full", 10**9)]:
+        project = make_long_project(tmp_path / name, 6)
+        monkeypatch.setattr(journal, "SPARSE_FROM", sparse_from)
+        tree = project.tree
+        before = g(tree, "rev-parse", "HEAD")
+        put(tree, "gen/p0003.txt", "mine\n")                # patch 3 makes this file
+        with pytest.raises(PatchFailed) as e:
+            patchqueue.patch(project.settings, ["up"])
+        messages.append(str(e.value).replace(str(tmp_path / name), "<tmp>"))
+        assert (tree / "gen/p0003.txt").read_text() == "mine\n"
+        assert g(tree, "rev-parse", "HEAD") == before
+        assert g(tree, "status", "--porcelain", "--untracked-files=all") == "?? gen/p0003.txt"
+        assert not project.settings.patch_record("up").exists()
+    assert len(grafts) == 1 and grafts[0] is not None       # (the graft itself stood)
+    assert messages[0] == messages[1] and "0003-change.patch" in messages[0]

@@ -1,5 +1,5 @@
-"""A series' commits on a big tree, made in a small one (the dry run's first pass, and
-``inv patch --check``).
+"""A series' commits on a big tree, made in a small one (``inv patch``, the dry run's first
+pass, and ``inv patch --check``).
 
 ``inv rebase --dry-run`` without a patch record first needs the commits ``inv patch`` would
 make: the queue applied onto the old base.  ``git am`` on a big tree pays for the whole
@@ -12,6 +12,9 @@ on the full tree.  As ``inv patch`` makes its commits with fixed identities and 
 grafted commits are the very commits ``git am`` on the full tree makes
 (tests/test_graft.py and tests/test_sparse_scratch.py compare them).  ``inv patch --check``
 takes its rows from there too: every patch applied, with the commit it makes on the tree.
+``inv patch`` brings the grafted commits into the tree's repository (:func:`bring_in`) and
+checks the tree out at the last one: one index write and the changed files, where ``git am``
+reads, refreshes and writes the whole index twice a patch.
 
 The small tree stands for the full one only when the patches cannot see a difference:
 every patch applies as it is (no 3-way merge: that would read trees), no named path is a
@@ -93,6 +96,17 @@ def _grafted(scratch: Path, base: str, inputs: list[PatchInput], paths: set[str]
     if report is not None:
         report.rows += [{**r, "commit": ids.get(r["commit"], r["commit"])} for r in rows.rows]
     return record
+
+
+def bring_in(scratch: Path, tree: Path, head: str, base: str) -> None:
+    """Copy into ``tree``'s repository the objects the graft made in the scratch repository
+    ``scratch`` (which borrows ``tree``'s objects) for the commits from ``base`` to ``head``:
+    one ``pack-objects`` there (what ``base`` reaches, and what ``tree`` holds already, left
+    out), one ``index-pack`` in ``tree`` (which checks every object it stores)."""
+    pack = gitutil.git(["pack-objects", "--revs", "--local", "--sparse", "--stdout", "-q"],
+                       cwd=scratch, input=f"{head}\n^{base}\n".encode(), text=False).stdout
+    if len(pack) > 12 and int.from_bytes(pack[8:12], "big"):
+        gitutil.git(["index-pack", "--stdin"], cwd=tree, input=pack, text=False)
 
 
 def _ancestors(path: str) -> list[str]:

@@ -32,7 +32,7 @@ from ..report import Report
 from ..settings import Settings
 from ..sources import Source, load_sources, select
 from .apply import PATCH_COLUMNS, apply_queue, touched_paths
-from .graft import grafted_queue
+from .graft import bring_in, grafted_queue
 from .inputs import PatchInput, collect_inputs, source_tree
 from .journal import (
     clean_scratch,
@@ -214,8 +214,11 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
                     prev=_prev(settings, source.name, view),
                     untracked=untracked() if untracked else None):
         settings.patch_record(source.name).unlink(missing_ok=True)
-        record = apply_queue(tree, base, inputs, source=source.name, report=report,
-                             branch=None, settings=settings, detached_at=detached)
+        record = _grafted_onto(settings, source.name, tree, base, inputs, report) \
+            if inputs and sparse_pays(tree) else None
+        if record is None:
+            record = apply_queue(tree, base, inputs, source=source.name, report=report,
+                                 branch=None, settings=settings, detached_at=detached)
         # (= checkout -B PATCHED HEAD: the tree is at the head already; two quick processes)
         gitutil.git(["update-ref", "-m", "askbuild: patch", PATCHED_REF, record["head"]],
                     cwd=tree)
@@ -223,6 +226,31 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         record = layers_with_empty(record, layers)
         write_json_atomic(settings.patch_record(source.name), record)
     settings.failed_patch_record(source.name).unlink(missing_ok=True)
+    return record
+
+
+def _grafted_onto(settings: Settings, name: str, tree: Path, base: str,
+                  inputs: list[PatchInput], report: Report) -> dict | None:
+    """On a big tree, the queue applied in a small one and grafted onto ``base``
+    (:func:`~.graft.grafted_queue`: the commits ``git am`` makes on the full tree), brought
+    into the tree's repository (:func:`~.graft.bring_in`) and checked out: the record
+    :func:`~.apply.apply_queue` would return, its rows in ``report``.  None, with the tree
+    as it was, when the small tree cannot stand for the full one or the checkout is refused
+    (a file in the way: ``git am`` on the full tree then says which)."""
+    paths = touched_paths(tree, inputs)
+    if paths is None:
+        return None
+    rows = Report("patch", "patch", PATCH_COLUMNS)
+    with grafted_queue(tree, base, inputs, paths, settings.work_dir, source=name,
+                       report=rows) as grafted:
+        if grafted is None:
+            return None
+        record, objects = grafted
+        bring_in(objects.parent.parent, tree, record["head"], base)
+    if gitutil.git(["checkout", "-q", "--detach", record["head"]], cwd=tree,
+                   check=False).returncode != 0:
+        return None
+    report.rows += rows.rows
     return record
 
 
