@@ -14,8 +14,8 @@ Only clean picks and picks that became empty are answered here: at the first con
 report quotes.  The objects go into the scratch repository (thrown away after the run; SHA-1
 repositories only: otherwise None as well): each helper commit a loose object, as
 ``merge-tree`` must read it at once, and the new commits, which it never reads, one pack at
-the end (:mod:`askbuild.packfile`): creating a file cost ~0.3 ms on this machine's disk, a
-third of the 300-patch replay when every commit was one).
+the end (:mod:`askbuild.packfile`: a 300-patch dry run took 0.62 s of CPU with a loose file
+for every commit, 0.47 s so).
 """
 
 from __future__ import annotations
