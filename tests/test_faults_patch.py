@@ -200,6 +200,29 @@ def test_kill_9_at_seeded_points_of_a_long_patch_run(tmp_path):
         assert_like_reference(project, ref)
 
 
+def test_kill_9_at_every_point_of_a_grafted_patch_run(tmp_path):
+    """On a tree big enough for ``inv patch`` to graft (the series applied in a small
+    repository, its objects copied into the tree's, the tree checked out at the last
+    commit): killed at each process start and rename of the run (25), then a plain
+    re-run gives the uninterrupted run's tree, branch and record, in a repository
+    ``git fsck --strict`` passes, and no scratch is left."""
+    files = 2000                                        # (journal.SPARSE_FROM)
+    ref_project = make_long_project(tmp_path / "ref", 6, filler=files)
+    count = kill_count(ref_project, "patch")
+    ref = pq.tree_state(ref_project.settings, "up")
+    assert count > 20
+    for k in range(1, count + 1):
+        project = make_long_project(tmp_path / f"k{k}", 6, filler=files)
+        first = killed_at(project, k, "patch")
+        assert first.returncode in (0, -signal.SIGKILL), first.stderr
+        assert wait_no_process_in(project.tree) == []
+        again = run(project, "patch")
+        assert again.returncode == 0, f"killed at point {k} of {count}:\n{again.stderr}"
+        assert_like_reference(project, ref)
+        g(project.tree, "fsck", "--strict", "--no-dangling", "--no-progress")
+        assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+
+
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"),
                                              (signal.SIGINT, 130, "interrupted")])
 def test_sigterm_and_sigint_stop_quickly_and_the_rerun_heals(tmp_path, reference, gate, sig,
