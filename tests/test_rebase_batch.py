@@ -347,7 +347,7 @@ def test_the_tree_replay_writes_sound_objects(tmp_path):
     got = treereplay.replay_trees(repo, onto, olds, ("askbuild", "askbuild@localhost"), [])
     assert got is not None and got[2] is None and all(got[:2])
     g(repo, "fsck", "--strict", "--no-dangling", "--no-progress")
-    for old, new in zip(olds[:2], got[:2]):
+    for old, new in zip(olds[:2], got[:2], strict=True):
         assert g(repo, "log", "-1", "--format=%B%an%ad", new) \
             == g(repo, "log", "-1", "--format=%B%an%ad", old)
     g(repo, "checkout", "-q", "--detach", onto)
