@@ -130,12 +130,25 @@ QUICK = frozenset({"cat-file", "status", "log", "rev-list", "rev-parse", "ls-fil
                    "update-ref", "var", "version", "merge-tree"})
 
 
+#: the options that make ``git apply`` only report (unless ``--apply`` is given too)
+_APPLY_REPORTS = frozenset({"--numstat", "--stat", "--summary", "--check"})
+
+
 def _verb(args: Sequence[str]) -> str:
     """The git command of ``args``, after its leading ``-c NAME=VALUE`` pairs."""
     i = 0
     while i + 1 < len(args) and args[i] == "-c":
         i += 2
     return args[i] if i < len(args) else ""
+
+
+def _quick(args: Sequence[str]) -> bool:
+    """Whether ``args`` is a :data:`QUICK` command, or a ``git apply`` that only reports
+    (``--numstat``, ``--check``... without ``--apply``)."""
+    verb = _verb(args)
+    if verb == "apply":
+        return "--apply" not in args and not _APPLY_REPORTS.isdisjoint(args)
+    return verb in QUICK
 
 
 def git(
@@ -157,7 +170,7 @@ def git(
         text = False
     proc = procs.run(
         cmd, cwd=cwd, env=base_env(env), input=input, capture_output=True, text=text,
-        quick=_verb(args) in QUICK,
+        quick=_quick(args),
         **({} if input is not None else {"stdin": subprocess.DEVNULL}),
     )
     if check and proc.returncode != 0:

@@ -92,9 +92,11 @@ def test_a_users_commit_on_the_patched_branch_stops_the_run(project):
 def test_a_quick_git_query_behind_config_options_is_still_started_the_quick_way(project,
                                                                                monkeypatch):
     """A read-only git command is started without a full fork (``procs.popen`` quick) also
-    when ``-c NAME=VALUE`` pairs come first (askbuild's diff and merge settings); a command
-    that changes a tree is not, whatever comes first."""
+    when ``-c NAME=VALUE`` pairs come first (askbuild's diff and merge settings), and a
+    ``git apply`` that only reports; a command that changes a tree is not, whatever comes
+    first."""
     from askbuild import procs
+    patch = g(project.tree, "format-patch", "--stdout", "-1", "HEAD")
     seen: list[tuple[str, bool]] = []
     real = procs.run
 
@@ -110,4 +112,7 @@ def test_a_quick_git_query_behind_config_options_is_still_started_the_quick_way(
     gitutil.git(["-c", "advice.detachedHead=false", "checkout", "-q", "--detach", "HEAD"],
                 cwd=tree)
     gitutil.git(["-c", "rev-parse", "HEAD"], cwd=tree, check=False)    # (-c takes "rev-parse")
-    assert [q for _, q in seen] == [True, True, True, False, False], seen
+    # git apply: read-only when it only reports, not when it applies
+    for args in (["--numstat", "-z", "-p1"], ["-R", "--check"], ["--numstat", "--apply"]):
+        gitutil.git(["apply", *args, "-"], cwd=tree, input=patch, check=False)
+    assert [q for _, q in seen] == [True, True, True, False, False, True, True, False], seen
