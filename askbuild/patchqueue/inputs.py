@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .. import console, fetching, gitutil
+from .. import console, gitutil
 from .. import series as series_mod
 from ..errors import ConfigError
 from ..gitutil import GitError
@@ -63,6 +63,8 @@ def source_tree(settings: Settings, source: Source, *,
             if refs is not None:
                 refs.update(seen)
             return tree
+    # (imported only to fetch: a patch run of a fetched tree never needs it)
+    from .. import fetching
     return fetching.ensure_source(settings, source)
 
 

@@ -189,8 +189,11 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     for ly in skipped:
         report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
                    commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
-    # on a big tree, the untracked files (for the journal) are listed while git status runs
-    untracked = procs.in_background(untracked_paths, tree) if sparse_pays(tree) else None
+    # on a big tree, the untracked files (for the journal) are listed, and the paths the
+    # patches name read (for the graft), while git status runs
+    big = sparse_pays(tree)
+    untracked = procs.in_background(untracked_paths, tree) if big else None
+    named = procs.in_background(touched_paths, tree, inputs) if big and inputs else None
     view = read_view(tree, refs)
     base = view.base
     record = tree_state(settings, source.name)
@@ -214,8 +217,8 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
                     prev=_prev(settings, source.name, view),
                     untracked=untracked() if untracked else None):
         settings.patch_record(source.name).unlink(missing_ok=True)
-        record = _grafted_onto(settings, source.name, tree, base, inputs, report) \
-            if inputs and sparse_pays(tree) else None
+        record = _grafted_onto(settings, source.name, tree, base, inputs, named(), report) \
+            if named else None
         if record is None:
             record = apply_queue(tree, base, inputs, source=source.name, report=report,
                                  branch=None, settings=settings, detached_at=detached)
@@ -230,14 +233,15 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
 
 
 def _grafted_onto(settings: Settings, name: str, tree: Path, base: str,
-                  inputs: list[PatchInput], report: Report) -> dict | None:
+                  inputs: list[PatchInput], paths: set[str] | None,
+                  report: Report) -> dict | None:
     """On a big tree, the queue applied in a small one and grafted onto ``base``
     (:func:`~.graft.grafted_queue`: the commits ``git am`` makes on the full tree), brought
     into the tree's repository (:func:`~.graft.bring_in`) and checked out: the record
     :func:`~.apply.apply_queue` would return, its rows in ``report``.  None, with the tree
     as it was, when the small tree cannot stand for the full one or the checkout is refused
-    (a file in the way: ``git am`` on the full tree then says which)."""
-    paths = touched_paths(tree, inputs)
+    (a file in the way: ``git am`` on the full tree then says which).  ``paths``: what
+    :func:`~.apply.touched_paths` read of ``inputs``."""
     if paths is None:
         return None
     rows = Report("patch", "patch", PATCH_COLUMNS)
