@@ -104,9 +104,6 @@ _UNREACHABLE = re.compile(
     r"Could not read from remote repository|Repository not found|unable to connect|"
     r"Name or service not known|Temporary failure in name resolution|No route to host",
     re.IGNORECASE)
-# git's words for a full disk.
-_NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|Out of diskspace",
-                       re.IGNORECASE)
 # git's words for a damaged local repository (objects missing or corrupt).
 _DAMAGED = re.compile(
     r"corrupt|bad object|bad tree object|unable to read|missing (?:blob|tree|commit) object|"
@@ -172,7 +169,7 @@ def _git_detail(err: GitError) -> str:
 
 def _git_failure(source: Source, url: str, place: Path, err: GitError) -> Exception:
     """A git failure as the user should see it: a full disk, or the source, URL and cause."""
-    if _NO_SPACE.search(err.stderr):
+    if gitutil.says_no_space(err.stderr):
         return no_space_error(source.name, f"run git {err.args_[0]}", place)
     return SourceError(
         f"source {source.name} ({url}): git {' '.join(err.args_[:2])} failed in {place}: "
@@ -336,7 +333,7 @@ def _network_error(source: Source, url: str, err: GitError) -> NetworkError:
 def _fetch_failure(source: Source, url: str, repo: Path, err: GitError) -> Exception | None:
     """What a failed ``git fetch`` means: a full disk, an unreachable remote, a damaged cache
     (an exception to raise), or ``None``: the remote does not have what was asked."""
-    if _NO_SPACE.search(err.stderr):
+    if gitutil.says_no_space(err.stderr):
         return no_space_error(source.name, f"fetch {url}", repo)
     if _is_unreachable(err):
         return _network_error(source, url, err)

@@ -87,6 +87,17 @@ _ABBREV_RE = re.compile(r"^[0-9a-f]{4,39}$")
 _REF_BAD = re.compile(r"(^-)|(\.\.)|([\x00-\x20~^:?*\[\\])|(@\{)|(^/)|(/$)|(\.lock$)|(^@$)")
 
 
+#: how git says the file system ran full: the errno texts it quotes, and its own words when
+#: it cannot write an index or a pack ("sha1 file '...' write error. Out of diskspace")
+_NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|Out of diskspace",
+                       re.IGNORECASE)
+
+
+def says_no_space(text: str) -> bool:
+    """Whether git's output ``text`` says the file system ran full."""
+    return _NO_SPACE.search(text) is not None
+
+
 class GitError(Exception):
     """A git command failed; ``stderr`` holds git's own words."""
 

@@ -310,6 +310,34 @@ def test_no_space_left_is_said_clearly_and_the_rerun_heals(tmp_path, reference):
         assert_like_reference(project, reference)
 
 
+@pytest.mark.parametrize("leave", [16 << 10, 240 << 10], ids=["at-status", "at-the-graft"])
+def test_no_space_left_in_a_grafted_patch_run_is_said_clearly_and_the_rerun_heals(
+        tmp_path, leave):
+    """A full disk on a tree big enough for ``inv patch`` to graft: where ``git status``
+    writes the index ("Out of diskspace", git's own words), or in the small repository
+    (the series then goes to ``git am`` on the tree, where the disk is full too): one clear
+    message naming it, not a patch "that did not apply"; a plain re-run once there is room
+    gives the uninterrupted run's tree."""
+    files = 2000                                        # (journal.SPARSE_FROM)
+    ref_project = make_long_project(tmp_path / "ref", 6, filler=files)
+    assert run(ref_project, "patch").returncode == 0
+    ref = pq.tree_state(ref_project.settings, "up")
+    work = tmp_path / "work"
+    with faults.tmpfs(work, "48m"):
+        project = make_long_project(work, 6, filler=files)
+        filler = faults.fill(work, leave=leave)
+        proc = run(project, "patch")
+        assert proc.returncode in (1, 2), proc.stderr
+        faults.assert_clean_message(proc)
+        assert "no space left on device" in proc.stderr.lower()
+        assert "refresh the patch" not in proc.stderr and "did not apply" not in proc.stderr
+        filler.unlink()
+        again = run(project, "patch")
+        assert again.returncode == 0, again.stderr
+        assert_like_reference(project, ref)
+        g(project.tree, "fsck", "--strict", "--no-dangling", "--no-progress")
+
+
 # -- inv rebase -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ ASKBUILD_COMMITTER = (f"{FIXED_IDENTITY['GIT_COMMITTER_NAME']} "
 REPRO = ["-c", "commit.gpgSign=false", "-c", "i18n.commitEncoding=UTF-8",
          "-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false",
          "-c", "diff.relative=false", "-c", "mailinfo.scissors=false"]
-NO_SPACE = ("No space left on device", "Disk quota exceeded")
 
 
 def has_base(tree: Path) -> bool:
@@ -154,8 +153,8 @@ class NoSpaceLeft(PatchFailed):
 
 
 def no_space(text: str) -> bool:
-    """Whether git's output says the file system ran full."""
-    return any(n in text for n in NO_SPACE)
+    """Whether git's output says the file system ran full (:func:`gitutil.says_no_space`)."""
+    return gitutil.says_no_space(text)
 
 
 def no_space_error(what: str, where: Path, detail: str = "") -> NoSpaceLeft:
