@@ -391,3 +391,33 @@ def test_inv_patch_on_a_big_tree_with_a_file_in_the_way(tmp_path, monkeypatch, g
         assert not project.settings.patch_record("up").exists()
     assert len(grafts) == 1 and grafts[0] is not None       # (the graft itself stood)
     assert messages[0] == messages[1] and "0003-change.patch" in messages[0]
+
+
+def test_a_full_disk_at_the_grafted_checkout_is_said_as_such(tmp_path, monkeypatch, grafts):
+    """When the checkout of the grafted commits runs out of space, the run stops with the
+    full disk named (not a patch that does not apply, not ``git am`` tried again), and the
+    tree, its branch and the record stay as they were."""
+    from askbuild import gitutil
+    from askbuild.patchqueue import patching
+    from askbuild.patchqueue.worktree import NoSpaceLeft
+    monkeypatch.setattr(journal, "SPARSE_FROM", 0)
+    project = make_long_project(tmp_path, 6)
+    tree = project.tree
+    before = g(tree, "rev-parse", "HEAD")
+    real = gitutil.git
+
+    def full_disk(args, *a, **kw):
+        if args[:1] == ["checkout"] and kw.get("cwd") == tree:
+            return subprocess.CompletedProcess(args, 128, "", "error: unable to write file "
+                                               "lib/m1.c: No space left on device\n")
+        return real(args, *a, **kw)
+    monkeypatch.setattr(patching.gitutil, "git", full_disk)
+    log = git_logger(tmp_path, monkeypatch)
+    with pytest.raises(NoSpaceLeft) as e:
+        patchqueue.patch(project.settings, ["up"])
+    monkeypatch.setattr(patching.gitutil, "git", real)
+    assert "no space left on device" in str(e.value)
+    assert len(grafts) == 1 and grafts[0] is not None and git_calls(log, "am") == 1
+    assert g(tree, "rev-parse", "HEAD") == before
+    assert g(tree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert not project.settings.patch_record("up").exists()

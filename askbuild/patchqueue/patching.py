@@ -60,6 +60,8 @@ from .worktree import (
     TreeStatus,
     base_commit,
     git_errors,
+    no_space,
+    no_space_error,
     operation_in_progress,
     read_refs,
     tree_status,
@@ -251,8 +253,10 @@ def _grafted_onto(settings: Settings, name: str, tree: Path, base: str,
             return None
         record, objects = grafted
         bring_in(objects.parent.parent, tree, record["head"], base)
-    if gitutil.git(["checkout", "-q", "--detach", record["head"]], cwd=tree,
-                   check=False).returncode != 0:
+    done = gitutil.git(["checkout", "-q", "--detach", record["head"]], cwd=tree, check=False)
+    if done.returncode != 0:
+        if no_space(done.stderr):       # (not the patches' fault: the journal undoes it)
+            raise no_space_error(f"patch {name}", tree, done.stderr)
         return None
     report.rows += rows.rows
     return record
