@@ -11,7 +11,8 @@ Rows per series:
   (:data:`askbuild.patchqueue.apply.BATCH`: a run of mails through one ``git am``): the row
   the target is about;
 * the same with ``BATCH = False`` (one ``git am -3`` per patch), for comparison (the shipped
-  value is restored after it);
+  value is restored after it; not on the big trees, where ``inv patch`` applies the series
+  in a small tree and grafts it);
 * the CLI through ``python -m askbuild`` (what ``./run`` runs) and through ``inv`` (Invoke's
   binary, which hands a verb to ``askbuild``: askbuild/invhook.py), run in the checkout:
   they include Python's and the CLI's start-up;
@@ -166,7 +167,7 @@ def _measure_series(n: int, rounds: int, tmp: Path, filler: int = 0) -> list[dic
     project = pf.make_long_project(tmp / f"n{n}-{filler}", n, filler=filler)
     pf.add_release_v2(project)
     what = f"{n} patches" + (f", {filler // 1000}k-file tree" if filler else "")
-    return _measure_project(project, rounds, tmp, what)
+    return _measure_project(project, rounds, tmp, what, per_patch=not filler)
 
 
 def _unpatched(project: pf.Project):
@@ -180,7 +181,11 @@ def _unpatched(project: pf.Project):
     return run
 
 
-def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str) -> list[dict]:
+def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
+                     per_patch: bool = True) -> list[dict]:
+    """The rows of one project; ``per_patch``: also the one-git-am-per-patch comparison
+    (not on a big tree: there ``inv patch`` applies the series in a small one with one
+    ``git am`` either way)."""
     settings = project.settings
     unpatched = _unpatched(project)
     patch = _quiet(lambda: patchqueue.patch(settings, ["up"]))
@@ -190,13 +195,18 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str) -> 
     engine, anchor_v1 = _paired(patch, unpatched, am_v1, at_v1, rounds)
     unpatched()
     engine_git = _git_processes(patch, tmp)
-    try:
-        pq_apply.BATCH = False
-        unpatched()
-        per_patch_git = _git_processes(patch, tmp)
-        per_patch = _median(patch, rounds, unpatched)
-    finally:
-        pq_apply.BATCH = shipped
+    one_by_one = []
+    if per_patch:
+        try:
+            pq_apply.BATCH = False
+            unpatched()
+            per_patch_git = _git_processes(patch, tmp)
+            one_by_one.append(_row(
+                f"inv patch, {what} (engine, one git am per patch)",
+                _median(patch, rounds, unpatched), anchor_v1, "git am -3",
+                f"apply.BATCH = False, for comparison; {per_patch_git} git processes"))
+        finally:
+            pq_apply.BATCH = shipped
     env = _cli_env(project, tmp)
     common = ["patch", "--source", "up", "--work-dir", str(settings.work_dir),
               "--cache-dir", str(settings.cache_dir)]
@@ -220,10 +230,11 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str) -> 
     dry_fresh, anchor_fresh = _paired(dry, unpatched, am_v2, at_v2, rounds)
     return [
         _row(f"inv patch, {what} (engine)", engine, anchor_v1, "git am -3",
-             f"in-process (no Python start-up), as shipped: one git am for the run of mails; "
-             f"{engine_git} git processes"),
-        _row(f"inv patch, {what} (engine, one git am per patch)", per_patch, anchor_v1,
-             "git am -3", f"apply.BATCH = False, for comparison; {per_patch_git} git processes"),
+             "in-process (no Python start-up), as shipped: " + (
+                 "one git am for the run of mails" if per_patch else
+                 "the series applied in a small tree, grafted, brought in, checked out")
+             + f"; {engine_git} git processes"),
+        *one_by_one,
         _row(f"askbuild patch, {what} (CLI)", cli_fast, anchor_fast, "git am -3",
              "python -m askbuild (what ./run runs): includes Python start-up"),
         _row(f"inv patch, {what} (CLI)", cli_inv, anchor_inv, "git am -3",
