@@ -35,13 +35,14 @@ from pathlib import Path
 
 from .. import gitutil
 from ..errors import PatchFailed
-from ..gitutil import FIXED_IDENTITY, GitError
+from ..gitutil import GitError
 from ..report import Report
 from .apply import PATCH_COLUMNS, apply_queue
 from .inputs import PatchInput
 from .journal import SCRATCH_PREFIX, borrowing_repo, sparse_patterns
 
 GRAFT_REF = "refs/askbuild/grafted"
+SMALL_REF = "refs/askbuild/small"
 _LITERAL = {"GIT_LITERAL_PATHSPECS": "1"}
 
 
@@ -116,8 +117,8 @@ def _ancestors(path: str) -> list[str]:
 
 def _small_base(scratch: Path, base: str, paths: set[str]) -> str | None:
     """A commit holding ``base``'s files among ``paths`` and the ``.gitattributes`` above
-    them, checked out in ``scratch``; None when a path is not a file there or a directory
-    above one is not a directory."""
+    them (made by one ``git fast-import``), checked out in ``scratch``; None when a path is
+    not a file there or a directory above one is not a directory."""
     dirs = sorted({a for p in paths for a in _ancestors(p)})
     named = sorted(paths)
     probe = gitutil.git(["cat-file", "--batch-check=%(objecttype)"], cwd=scratch,
@@ -135,11 +136,18 @@ def _small_base(scratch: Path, base: str, paths: set[str]) -> str | None:
                          cwd=scratch, env=_LITERAL, text=False).stdout
     entries = [e for e in listed.split(b"\0")
                if e and os.fsdecode(e.partition(b"\t")[2]) in want]
-    gitutil.git(["update-index", "-z", "--index-info"], cwd=scratch,
-                input=b"".join(e + b"\0" for e in entries))
-    tree = gitutil.out(["write-tree"], cwd=scratch)
-    small = gitutil.out(["commit-tree", "-m", "askbuild: the files the patches name", tree],
-                        cwd=scratch, env=dict(FIXED_IDENTITY))
+    files = []
+    for e in entries:                   # "mode type id\tpath": fast-import's "M mode id path"
+        meta, _, path = e.partition(b"\t")
+        mode, _, oid = meta.split(b" ")
+        files.append(b"M " + mode + b" " + oid + b" " + _quoted(path) + b"\n")
+    message = b"askbuild: the files the patches name\n"
+    marks = scratch / ".git" / "askbuild-small-marks"
+    gitutil.git(["fast-import", "--quiet", f"--export-marks={marks}"], cwd=scratch, text=False,
+                input=b"".join([b"feature done\ncommit " + SMALL_REF.encode() + b"\nmark :1\n",
+                                b"committer askbuild <askbuild@localhost> 0 +0000\n",
+                                b"data %d\n" % len(message), message, *files, b"\ndone\n"]))
+    small = marks.read_text().split()[1]
     gitutil.git(["reset", "-q", "--hard", small], cwd=scratch)
     return small
 
