@@ -294,20 +294,26 @@ def test_two_patch_runs_at_once_serialize_and_agree(tmp_path, reference, gate):
     assert_like_reference(project, reference)
 
 
+def _full_disk_then_room(project: Project, work: Path, leave: int, ref: dict) -> None:
+    """``inv patch`` with ``leave`` bytes left on the file system of ``work``: it fails,
+    saying the disk is full (not that a patch did not apply); once there is room, a plain
+    re-run gives the uninterrupted run's tree."""
+    filler = faults.fill(work, leave=leave)
+    proc = run(project, "patch")
+    assert proc.returncode in (1, 2), proc.stderr
+    faults.assert_clean_message(proc)
+    assert "no space left on device" in proc.stderr.lower()
+    assert "refresh the patch" not in proc.stderr and "did not apply" not in proc.stderr
+    filler.unlink()
+    again = run(project, "patch")
+    assert again.returncode == 0, again.stderr
+    assert_like_reference(project, ref)
+
+
 def test_no_space_left_is_said_clearly_and_the_rerun_heals(tmp_path, reference):
     work = tmp_path / "work"
     with faults.tmpfs(work, "16m"):
-        project = make_long_project(tmp_path, N)
-        filler = faults.fill(work, leave=256 << 10)
-        proc = run(project, "patch")
-        assert proc.returncode in (1, 2), proc.stderr
-        faults.assert_clean_message(proc)
-        assert "no space left on device" in proc.stderr.lower()
-        assert "refresh the patch" not in proc.stderr and "did not apply" not in proc.stderr
-        filler.unlink()
-        again = run(project, "patch")
-        assert again.returncode == 0, again.stderr
-        assert_like_reference(project, reference)
+        _full_disk_then_room(make_long_project(tmp_path, N), work, 256 << 10, reference)
 
 
 @pytest.mark.parametrize("leave", [16 << 10, 240 << 10], ids=["at-status", "at-the-graft"])
@@ -325,16 +331,7 @@ def test_no_space_left_in_a_grafted_patch_run_is_said_clearly_and_the_rerun_heal
     work = tmp_path / "work"
     with faults.tmpfs(work, "48m"):
         project = make_long_project(work, 6, filler=files)
-        filler = faults.fill(work, leave=leave)
-        proc = run(project, "patch")
-        assert proc.returncode in (1, 2), proc.stderr
-        faults.assert_clean_message(proc)
-        assert "no space left on device" in proc.stderr.lower()
-        assert "refresh the patch" not in proc.stderr and "did not apply" not in proc.stderr
-        filler.unlink()
-        again = run(project, "patch")
-        assert again.returncode == 0, again.stderr
-        assert_like_reference(project, ref)
+        _full_disk_then_room(project, work, leave, ref)
         g(project.tree, "fsck", "--strict", "--no-dangling", "--no-progress")
 
 
