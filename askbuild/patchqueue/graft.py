@@ -142,12 +142,9 @@ def _small_base(scratch: Path, base: str, paths: set[str]) -> str | None:
         mode, _, oid = meta.split(b" ")
         files.append(b"M " + mode + b" " + oid + b" " + _quoted(path) + b"\n")
     message = b"askbuild: the files the patches name\n"
-    marks = scratch / ".git" / "askbuild-small-marks"
-    gitutil.git(["fast-import", "--quiet", f"--export-marks={marks}"], cwd=scratch, text=False,
-                input=b"".join([b"feature done\ncommit " + SMALL_REF.encode() + b"\nmark :1\n",
-                                b"committer askbuild <askbuild@localhost> 0 +0000\n",
-                                b"data %d\n" % len(message), message, *files, b"\ndone\n"]))
-    small = marks.read_text().split()[1]
+    small = _fast_import(scratch, [b"commit " + SMALL_REF.encode() + b"\nmark :1\n",
+                                   b"committer askbuild <askbuild@localhost> 0 +0000\n",
+                                   b"data %d\n" % len(message), message, *files, b"\n"])[":1"]
     gitutil.git(["reset", "-q", "--hard", small], cwd=scratch)
     return small
 
@@ -166,7 +163,7 @@ def _graft(scratch: Path, base: str, made: list[str]) -> list[str] | None:
     changes = [_changes(diffs[c]) for c in made]
     if None in changes:
         return None
-    stream = [b"feature done\n"]
+    stream = []
     for i, (commit, files) in enumerate(zip(heads, changes, strict=True)):
         author, committer, message = commit.author, commit.committer, commit.message
         stream += [b"commit " + GRAFT_REF.encode() + b"\n", f"mark :{i + 1}\n".encode(),
@@ -176,12 +173,17 @@ def _graft(scratch: Path, base: str, made: list[str]) -> list[str] | None:
             stream.append(f"from {base}\n".encode())
         stream += files
         stream.append(b"\n")
-    stream.append(b"done\n")
-    marks = scratch / ".git" / "askbuild-graft-marks"
-    gitutil.git(["fast-import", "--quiet", f"--export-marks={marks}"], cwd=scratch,
-                input=b"".join(stream), text=False)
-    ids = dict(ln.split(" ", 1) for ln in marks.read_text().splitlines())
+    ids = _fast_import(scratch, stream)
     return [ids[f":{i + 1}"] for i in range(len(made))]
+
+
+def _fast_import(scratch: Path, stream: list[bytes]) -> dict[str, str]:
+    """Run the ``git fast-import`` commands ``stream`` in ``scratch`` (one process, ended by
+    ``done``): ``{":mark": object id}`` of the marks it set."""
+    marks = scratch / ".git" / "askbuild-marks"
+    gitutil.git(["fast-import", "--quiet", f"--export-marks={marks}"], cwd=scratch, text=False,
+                input=b"".join([b"feature done\n", *stream, b"done\n"]))
+    return dict(ln.split(" ", 1) for ln in marks.read_text().splitlines())
 
 
 def _quoted(path: bytes) -> bytes:
