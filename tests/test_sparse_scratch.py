@@ -37,13 +37,14 @@ from patchfixtures import (
     g,
     git_calls,
     git_logger,
+    logging_git,
     make_long_project,
     put,
 )
 from test_graft import graft_spy
 
 from askbuild import patchqueue, rebasing
-from askbuild.errors import PatchFailed
+from askbuild.errors import DirtyTreeError, PatchFailed
 from askbuild.patchqueue import journal
 from askbuild.patchqueue.inputs import PatchInput
 
@@ -368,6 +369,47 @@ def test_inv_patch_on_a_big_tree_grafts(tmp_path, monkeypatch, grafts):
     assert g(project.tree, "status", "--porcelain", "--untracked-files=all") == ""
     assert [r["status"] for r in patchqueue.patch(project.settings, ["up"]).rows] \
         == ["unchanged"] * 6
+
+
+def test_on_a_big_tree_git_status_runs_while_the_series_is_grafted(tmp_path, monkeypatch,
+                                                                  grafts):
+    """``git status`` of the tree runs while the series is applied in the small repository:
+    here a ``git status`` that may only go on once that ``git am`` has started (within
+    10 s; alone, it fails) and the run still grafts and gives the tree of a plain run."""
+    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    project = make_long_project(tmp_path, 6)
+    mark = tmp_path / "am-started"
+    body = (f'case " $* " in\n  *" am "*) : > "{mark}" ;;\n'
+            f'  *" status "*) i=0; while [ ! -e "{mark}" ] && [ $i -lt 100 ]; do sleep 0.1; '
+            f'i=$((i + 1)); done; [ -e "{mark}" ] || {{ echo "status ran alone" >&2; exit 1; }}'
+            ' ;;\nesac\nexec "$REAL" "$@"\n')
+    path, _ = logging_git(tmp_path, body=body)
+    monkeypatch.setenv("PATH", path)
+    rows = patchqueue.patch(project.settings, ["up"]).rows
+    assert [r["status"] for r in rows] == ["applied"] * 6
+    assert len(grafts) == 1 and grafts[0] is not None
+    assert g(project.tree, "rev-parse", "HEAD") == grafts[0]["head"]
+
+
+def test_a_dirty_big_tree_is_refused_and_keeps_nothing_of_the_graft(tmp_path, monkeypatch,
+                                                                     grafts):
+    """An uncommitted edit in a big tree: ``inv patch`` refuses with the file named, though
+    the series was already grafted in the small repository meanwhile; nothing of the graft
+    reaches the tree (no object in its repository, HEAD, files and record as they were) and
+    no scratch is left."""
+    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    project = make_long_project(tmp_path, 6)
+    tree = project.tree
+    put(tree, "lib/m1.c", "my edit\n")
+    before = (g(tree, "rev-parse", "HEAD"), g(tree, "count-objects", "-v"))
+    with pytest.raises(DirtyTreeError) as e:
+        patchqueue.patch(project.settings, ["up"])
+    assert "uncommitted changes" in str(e.value) and "lib/m1.c" in str(e.value)
+    assert len(grafts) == 1 and grafts[0] is not None       # (it had stood)
+    assert (g(tree, "rev-parse", "HEAD"), g(tree, "count-objects", "-v")) == before
+    assert (tree / "lib/m1.c").read_text() == "my edit\n"
+    assert not project.settings.patch_record("up").exists()
+    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
 
 
 def test_inv_patch_on_a_big_tree_with_a_file_in_the_way(tmp_path, monkeypatch, grafts):

@@ -12,6 +12,7 @@ and lists every failure at the end (:func:`askbuild.errors.summary_error`).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,16 +80,22 @@ class TreeView:
     status: TreeStatus
 
 
-def read_view(tree: Path, refs: dict[str, str | None] | None = None) -> TreeView:
-    """The :class:`TreeView` of ``tree``: ``refs`` (what :func:`~.inputs.source_tree` read of
-    the base tag and ``askbuild/patched`` a moment ago, under the same lock) or one
-    ``cat-file``, and one ``git status``."""
+def read_refs_of(tree: Path, refs: dict[str, str | None] | None = None
+                 ) -> tuple[str, str | None]:
+    """The base commit and ``askbuild/patched`` (None: no such branch) of ``tree``: from
+    ``refs`` (what :func:`~.inputs.source_tree` read of them a moment ago, under the same
+    lock) or one ``cat-file``."""
     if not refs or refs.get(BASE_REF) is None or PATCHED_REF not in refs:
         refs = read_refs(tree, [BASE_REF, PATCHED_REF])
     base = refs[BASE_REF]
     if base is None:        # (what base_commit says of a tree without its base tag)
         base = base_commit(tree)
-    return TreeView(base, refs[PATCHED_REF], tree_status(tree))
+    return base, refs[PATCHED_REF]
+
+
+def read_view(tree: Path, refs: dict[str, str | None] | None = None) -> TreeView:
+    """The :class:`TreeView` of ``tree``: :func:`read_refs_of` and one ``git status``."""
+    return TreeView(*read_refs_of(tree, refs), tree_status(tree))
 
 
 def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
@@ -191,75 +198,94 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     for ly in skipped:
         report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
                    commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
-    # on a big tree, the untracked files (for the journal) are listed, and the paths the
-    # patches name read (for the graft), while git status runs
+    # git status (and on a big tree the listing of the untracked files, for the journal)
+    # runs while a big tree's series is applied in a small repository and grafted, which
+    # touches nothing of the tree (taken only once the tree is found clean)
     big = sparse_pays(tree)
     untracked = procs.in_background(untracked_paths, tree) if big else None
-    named = procs.in_background(touched_paths, tree, inputs) if big and inputs else None
-    view = read_view(tree, refs)
-    base = view.base
+    status = procs.in_background(tree_status, tree)
+    base, patched = read_refs_of(tree, refs)
     record = tree_state(settings, source.name)
-    check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase,
-                view=view)
-    if record is not None and record_done(tree, record, base, inputs, patched=view.patched):
-        _check_out_patched(settings, source.name, tree, record["head"], view)
-        commits = {(p["layer"], p["file"]): p["commits"] for p in record["patches"]}
-        for p in inputs:
-            c = commits.get((p.layer.id, p.name)) or [None]
-            report.add(source=source.name, layer=p.layer.id, kind=p.layer.kind, patch=p.name,
-                       status="unchanged", commit=c[-1], detail="")
-        settings.failed_patch_record(source.name).unlink(missing_ok=True)
-        return record
-    if record is not None and record_matches(record, base, inputs):
-        console.info(f"patch {source.name}: the record {settings.patch_record(source.name)} "
-                     f"does not match branch {PATCHED} of {tree}: applying the series again")
-    console.step(f"patch {source.name}: {len(inputs)} patch(es) onto {base[:12]}")
-    detached = view.status.head if view.status.symref is None else None
-    with journalled(settings, source.name, tree, "patch",
-                    prev=_prev(settings, source.name, view),
-                    untracked=untracked() if untracked else None):
-        settings.patch_record(source.name).unlink(missing_ok=True)
-        record = _grafted_onto(settings, source.name, tree, base, inputs, named(), report) \
-            if named else None
-        if record is None:
-            record = apply_queue(tree, base, inputs, source=source.name, report=report,
-                                 branch=None, settings=settings, detached_at=detached)
-        # (= checkout -B PATCHED HEAD: the tree is at the head already; two quick processes)
-        gitutil.git(["update-ref", "-m", "askbuild: patch", PATCHED_REF, record["head"]],
-                    cwd=tree)
-        gitutil.git(["symbolic-ref", "HEAD", PATCHED_REF], cwd=tree)
-        record = layers_with_empty(record, layers)
-        write_json_atomic(settings.patch_record(source.name), record)
+    done = record is not None and record_done(tree, record, base, inputs, patched=patched)
+    with contextlib.ExitStack() as held:
+        grafted = None if done or not big or not inputs else \
+            _grafted(held, settings, source.name, tree, base, inputs)
+        view = TreeView(base, patched, status())
+        check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase,
+                    view=view)
+        if done:
+            _check_out_patched(settings, source.name, tree, record["head"], view)
+            commits = {(p["layer"], p["file"]): p["commits"] for p in record["patches"]}
+            for p in inputs:
+                c = commits.get((p.layer.id, p.name)) or [None]
+                report.add(source=source.name, layer=p.layer.id, kind=p.layer.kind,
+                           patch=p.name, status="unchanged", commit=c[-1], detail="")
+            settings.failed_patch_record(source.name).unlink(missing_ok=True)
+            return record
+        if record is not None and record_matches(record, base, inputs):
+            console.info(f"patch {source.name}: the record {settings.patch_record(source.name)} "
+                         f"does not match branch {PATCHED} of {tree}: applying the series again")
+        console.step(f"patch {source.name}: {len(inputs)} patch(es) onto {base[:12]}")
+        detached = view.status.head if view.status.symref is None else None
+        with journalled(settings, source.name, tree, "patch",
+                        prev=_prev(settings, source.name, view),
+                        untracked=untracked() if untracked else None):
+            settings.patch_record(source.name).unlink(missing_ok=True)
+            record = _take_graft(source.name, tree, base, grafted, report) if grafted else None
+            if record is None:
+                record = apply_queue(tree, base, inputs, source=source.name, report=report,
+                                     branch=None, settings=settings, detached_at=detached)
+            # (= checkout -B PATCHED HEAD: the tree is at the head already; two quick processes)
+            gitutil.git(["update-ref", "-m", "askbuild: patch", PATCHED_REF, record["head"]],
+                        cwd=tree)
+            gitutil.git(["symbolic-ref", "HEAD", PATCHED_REF], cwd=tree)
+            record = layers_with_empty(record, layers)
+            write_json_atomic(settings.patch_record(source.name), record)
     settings.failed_patch_record(source.name).unlink(missing_ok=True)
     return record
 
 
-def _grafted_onto(settings: Settings, name: str, tree: Path, base: str,
-                  inputs: list[PatchInput], paths: set[str] | None,
-                  report: Report) -> dict | None:
-    """On a big tree, the queue applied in a small one and grafted onto ``base``
-    (:func:`~.graft.grafted_queue`: the commits ``git am`` makes on the full tree), brought
-    into the tree's repository (:func:`~.graft.bring_in`) and checked out: the record
-    :func:`~.apply.apply_queue` would return, its rows in ``report``.  None, with the tree
-    as it was, when the small tree cannot stand for the full one or the checkout is refused
-    (a file in the way: ``git am`` on the full tree then says which).  ``paths``: what
-    :func:`~.apply.touched_paths` read of ``inputs``."""
+@dataclass(frozen=True)
+class _Grafted:
+    """A series applied in a small repository and grafted onto the base (:func:`_grafted`)."""
+    record: dict            # what :func:`~.apply.apply_queue` would return for the tree
+    rows: Report            # its rows
+    scratch: Path           # the small repository (it borrows the tree's objects)
+
+
+def _grafted(held: contextlib.ExitStack, settings: Settings, name: str, tree: Path, base: str,
+             inputs: list[PatchInput]) -> _Grafted | None:
+    """On a big tree, the queue applied in a small repository holding the files the patches
+    name and grafted onto ``base`` (:func:`~.graft.grafted_queue`: the commits ``git am``
+    makes on the full tree), the repository kept until ``held`` closes; None when the small
+    tree cannot stand for the full one.  Nothing of ``tree`` changes."""
+    paths = touched_paths(tree, inputs)
     if paths is None:
         return None
     rows = Report("patch", "patch", PATCH_COLUMNS)
-    with grafted_queue(tree, base, inputs, paths, settings.work_dir, source=name,
-                       report=rows) as grafted:
-        if grafted is None:
-            return None
-        record, objects = grafted
-        bring_in(objects.parent.parent, tree, record["head"], base)
-    done = gitutil.git(["checkout", "-q", "--detach", record["head"]], cwd=tree, check=False)
+    grafted = held.enter_context(grafted_queue(tree, base, inputs, paths, settings.work_dir,
+                                               source=name, report=rows))
+    if grafted is None:
+        return None
+    record, objects = grafted
+    return _Grafted(record, rows, objects.parent.parent)
+
+
+def _take_graft(name: str, tree: Path, base: str, grafted: _Grafted,
+                report: Report) -> dict | None:
+    """Bring ``grafted``'s objects into the tree's repository (:func:`~.graft.bring_in`)
+    and check the tree out at its head: the record :func:`~.apply.apply_queue` would return,
+    its rows in ``report``.  None, with the tree as it was, when the checkout is refused (a
+    file in the way: ``git am`` on the full tree then says which)."""
+    head = grafted.record["head"]
+    bring_in(grafted.scratch, tree, head, base)
+    done = gitutil.git(["checkout", "-q", "--detach", head], cwd=tree, check=False)
     if done.returncode != 0:
         if no_space(done.stderr):       # (not the patches' fault: the journal undoes it)
             raise no_space_error(f"patch {name}", tree, done.stderr)
         return None
-    report.rows += rows.rows
-    return record
+    report.rows += grafted.rows.rows
+    return grafted.record
 
 
 class _Trees:
