@@ -104,11 +104,26 @@ def main() -> None:
     if output is not None:
         _replay(output)
     try:
-        import subprocess  # (its helper gives the interpreter's own flags)
-        flags = subprocess._args_from_interpreter_flags()
-        os.execv(sys.executable, [sys.executable, *flags, "-P", "-m", "askbuild", *argv])
+        os.execv(sys.executable, [sys.executable, *interpreter_flags(), "-P", "-m", "askbuild",
+                                  *argv])
     except Exception:
         return
+
+
+#: the ``sys.flags`` that ``subprocess._args_from_interpreter_flags`` turns into options
+_FLAGS = ("debug", "dont_write_bytecode", "no_site", "verbose", "bytes_warning", "quiet",
+          "optimize", "isolated", "ignore_environment", "no_user_site", "safe_path", "dev_mode")
+
+
+def interpreter_flags() -> list[str]:
+    """The options this interpreter was started with, for the one ``inv`` hands over to:
+    none when it has no flag, warning option or ``-X`` option (the usual ``inv``), else what
+    ``subprocess``'s own helper says (importing ``subprocess``, ~25 ms, only then)."""
+    if not sys.warnoptions and not getattr(sys, "_xoptions", None) \
+            and not any(getattr(sys.flags, f) for f in _FLAGS):
+        return []
+    import subprocess
+    return subprocess._args_from_interpreter_flags()
 
 
 def _replay(output: tuple) -> None:

@@ -51,6 +51,25 @@ def test_the_venv_runs_the_hook_line_and_other_programs_do_not_import_askbuild()
         "the venv runs setuptools' editable finder at start-up: ./run installs in compat mode"
 
 
+@pytest.mark.parametrize("options", [
+    (), ("-B",), ("-O",), ("-OO",), ("-s",), ("-E",), ("-P",), ("-I",), ("-b",), ("-bb",),
+    ("-d",), ("-q",), ("-v",), ("-S",), ("-X", "dev"), ("-W", "error::DeprecationWarning"),
+    ("-X", "utf8"), ("-X", "importtime"), ("-B", "-X", "faulthandler", "-W", "ignore")])
+def test_the_hand_over_keeps_the_interpreter_options(options):
+    """What ``inv`` hands to ``python -m askbuild`` is what ``subprocess``'s own helper
+    says of the interpreter's options, with or without any."""
+    code = ("import subprocess, sys; from askbuild import invhook; "
+            "print(invhook.interpreter_flags() == subprocess._args_from_interpreter_flags(), "
+            "invhook.interpreter_flags())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    if "-I" in options or "-E" in options:
+        code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); " + code
+    out = subprocess.run([sys.executable, *options, "-c", code], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    assert out[0] == "True", out
+    assert (out[1].strip() == "[]") == (options == ()), out
+
+
 def test_inv_replays_the_record_of_askbuild_without_importing_invoke(project, xdg):
     env = _env(project, xdg)
     _patch(project, env)
