@@ -138,15 +138,14 @@ def _add_big(writer: packfile.PackWriter, full: bytes, size: int, known: set[byt
             return sha
         f.seek(0)
         z, again = zlib.compressobj(_LEVEL), hashlib.sha1(b"blob %d\0" % size)
-        start = writer.offset
-        crc = writer.write(packfile.entry_header(size), 0)
+        writer.begin(size)
         for c in _chunks(f):
             again.update(c)
-            crc = writer.write(z.compress(c), crc)
-        crc = writer.write(z.flush(), crc)
+            writer.extend(z.compress(c))
+        writer.extend(z.flush())
     if again.digest() != sha:
         raise _Refuse                           # changed between the two reads
-    writer.entries.append((sha, start, crc))
+    writer.end(sha)
     return sha
 
 

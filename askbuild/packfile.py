@@ -65,6 +65,7 @@ class PackWriter:
         self.f.write(b"PACK" + struct.pack(">II", 2, 0))      # count patched in at the end
         self.entries: list[tuple[bytes, int, int]] = []          # (id, offset, crc32)
         self.offset = 12
+        self._start = self._crc = 0             # (the entry begin() started)
 
     def add(self, sha: bytes, entry: bytes) -> None:
         """Add the object ``sha`` as its pack ``entry`` (:func:`entry`)."""
@@ -72,12 +73,21 @@ class PackWriter:
         self.f.write(entry)
         self.offset += len(entry)
 
-    def write(self, data: bytes, crc: int) -> int:
-        """Write a piece of an entry added a piece at a time; returns the entry's CRC so far
-        (the caller then records the entry in :attr:`entries`)."""
+    def begin(self, size: int, kind: int = BLOB) -> None:
+        """Start an entry of ``size`` bytes of data written a piece at a time: its header
+        now, the deflated data with :meth:`extend`, then :meth:`end`."""
+        self._start, self._crc = self.offset, 0
+        self.extend(entry_header(size, kind))
+
+    def extend(self, data: bytes) -> None:
+        """Write the next piece of the entry :meth:`begin` started."""
         self.f.write(data)
         self.offset += len(data)
-        return zlib.crc32(data, crc)
+        self._crc = zlib.crc32(data, self._crc)
+
+    def end(self, sha: bytes) -> None:
+        """End the entry :meth:`begin` started: it is the object ``sha``."""
+        self.entries.append((sha, self._start, self._crc))
 
     def finish(self, *, durable: bool = True) -> list[Path]:
         """Close the pack; returns the files written (none when nothing was added).
