@@ -369,6 +369,15 @@ def test_inv_patch_on_a_big_tree_grafts(tmp_path, monkeypatch, grafts):
     assert g(project.tree, "status", "--porcelain", "--untracked-files=all") == ""
     assert [r["status"] for r in patchqueue.patch(project.settings, ["up"]).rows] \
         == ["unchanged"] * 6
+    # the record vouches for the tree (the stamp gone, so git is asked): nothing is listed
+    # for a journal, nothing read for a graft
+    project.settings.patch_stamp("up").unlink()
+    with monkeypatch.context() as m:
+        log = git_logger(tmp_path, m)
+        rows = patchqueue.patch(project.settings, ["up"]).rows
+    assert [r["status"] for r in rows] == ["unchanged"] * 6
+    assert git_calls(log, "status") == 1
+    assert [git_calls(log, w) for w in ("ls-files", "apply", "am", "init")] == [0, 0, 0, 0]
 
 
 def test_on_a_big_tree_git_status_runs_while_the_series_is_grafted(tmp_path, monkeypatch,

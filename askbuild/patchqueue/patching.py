@@ -198,18 +198,19 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     for ly in skipped:
         report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
                    commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
-    # git status (and on a big tree the listing of the untracked files, for the journal)
-    # runs while a big tree's series is applied in a small repository and grafted, which
-    # touches nothing of the tree (taken only once the tree is found clean)
-    big = sparse_pays(tree)
-    untracked = procs.in_background(untracked_paths, tree) if big else None
+    # git status (and, when the series is to be applied on a big tree, the listing of the
+    # untracked files, for the journal) runs while the series is applied in a small
+    # repository and grafted, which touches nothing of the tree (taken only once the tree
+    # is found clean)
     status = procs.in_background(tree_status, tree)
     base, patched = read_refs_of(tree, refs)
     record = tree_state(settings, source.name)
     done = record is not None and record_done(tree, record, base, inputs, patched=patched)
+    big = not done and sparse_pays(tree)
+    untracked = procs.in_background(untracked_paths, tree) if big else None
     with contextlib.ExitStack() as held:
-        grafted = None if done or not big or not inputs else \
-            _grafted(held, settings, source.name, tree, base, inputs)
+        grafted = _grafted(held, settings, source.name, tree, base, inputs) \
+            if big and inputs else None
         view = TreeView(base, patched, status())
         check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase,
                     view=view)
