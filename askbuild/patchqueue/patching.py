@@ -198,16 +198,16 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     for ly in skipped:
         report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
                    commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
-    # git status (and, when the series is to be applied on a big tree, the listing of the
-    # untracked files, for the journal) runs while the series is applied in a small
-    # repository and grafted, which touches nothing of the tree (taken only once the tree
-    # is found clean)
+    # git status (and, when the series is to be applied, the listing of the untracked
+    # files, for the journal) runs while the refs are read and, on a big tree, while the
+    # series is applied in a small repository and grafted, which touches nothing of the
+    # tree (taken only once the tree is found clean)
     status = procs.in_background(tree_status, tree)
     base, patched = read_refs_of(tree, refs)
     record = tree_state(settings, source.name)
     done = record is not None and record_done(tree, record, base, inputs, patched=patched)
+    untracked = None if done else procs.in_background(untracked_paths, tree)
     big = not done and sparse_pays(tree)
-    untracked = procs.in_background(untracked_paths, tree) if big else None
     with contextlib.ExitStack() as held:
         grafted = _grafted(held, settings, source.name, tree, base, inputs) \
             if big and inputs else None
@@ -230,7 +230,7 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         detached = view.status.head if view.status.symref is None else None
         with journalled(settings, source.name, tree, "patch",
                         prev=_prev(settings, source.name, view),
-                        untracked=untracked() if untracked else None):
+                        untracked=untracked()):
             settings.patch_record(source.name).unlink(missing_ok=True)
             record = _take_graft(source.name, tree, base, grafted, report) if grafted else None
             if record is None:
