@@ -47,7 +47,6 @@ Every git failure is a :class:`SourceError` naming the source and URL; a full di
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import shlex
@@ -142,7 +141,7 @@ def local_mirror(settings: Settings, source: Source) -> bool:
 def record_lock(settings: Settings, source: Source, **fields: object) -> Source:
     with runlock.cache(settings, "_sources-file"):   # "_": no source can be named so
         write_lock(settings, source.name, **fields)
-    return dataclasses.replace(source, **fields)
+    return source._replace(**fields)
 
 
 def _short(sha: str | None) -> str:

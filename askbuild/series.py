@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from .errors import ConfigError
 
@@ -52,8 +52,7 @@ SERIES_FILE = "series"
 _STRIP_RE = re.compile(r"^-p([0-9]+)$")
 
 
-@dataclass(frozen=True)
-class SeriesEntry:
+class SeriesEntry(NamedTuple):
     """One patch of a series: its file name (relative to the directory) and -pN."""
 
     name: str
@@ -157,8 +156,7 @@ def _kind(raw: str) -> str:
     return "comment" if m else "blank"
 
 
-@dataclass
-class _Unit:
+class _Unit(NamedTuple):
     """An entry line with the comment lines it owns (directly above it in its paragraph)."""
 
     name: str

@@ -37,8 +37,8 @@ import fcntl
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import ConfigError
 from .fsutil import read_toml, stat_sig, write_bytes_atomic
@@ -57,8 +57,7 @@ MAX_STRIP = 16
 PROFILE_KEYS = {"description": str, "publish_examples": bool}
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     name: str
     kind: str            # "git" | "tarball"
     url: str             # as declared, placeholders expanded, mirrors NOT applied

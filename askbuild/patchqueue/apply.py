@@ -12,8 +12,8 @@ import io
 import os
 import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import gitutil
 from ..errors import PatchFailed
@@ -79,8 +79,7 @@ def _ident_env() -> dict[str, str]:
     return dict(FIXED_IDENTITY)
 
 
-@dataclass
-class Applied:
+class Applied(NamedTuple):
     commits: list[str]
     method: str             # "applied" | "3way"
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import shlex
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from .. import console, gitutil
 from .. import series as series_mod
@@ -27,8 +27,7 @@ from .layers import Layer, layers_file
 from .worktree import PATCHED_REF, read_refs, rev
 
 
-@dataclass(frozen=True)
-class PatchInput:
+class PatchInput(NamedTuple):
     layer: Layer
     name: str
     strip: int
@@ -226,8 +225,7 @@ def collect_inputs(settings: Settings, layers: list[Layer], sources: dict[str, S
 COMPETE_MIN_SHARED = 10
 
 
-@dataclass(frozen=True)
-class PatchFiles:
+class PatchFiles(NamedTuple):
     touched: frozenset[str]     # every file the patch changes, creates or deletes
     created: frozenset[str]     # files it creates (``--- /dev/null``)
 

@@ -15,8 +15,8 @@ absent.  Which files a vendor layer selects is :mod:`.inputs`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from .. import series as series_mod
 from ..errors import ConfigError, UserError
@@ -28,8 +28,7 @@ from ..sources import Source, load_sources
 LAYERS_FILE = "patches.toml"
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(NamedTuple):
     source: str                 # the source the patches apply to
     kind: str                   # "vendor" | "local"
     dir: str                    # vendor: inside the provider's tree; local: inside the project

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import console, gitutil, procs, runlock
 from ..errors import (
@@ -70,8 +70,7 @@ from .worktree import (
 from .write import finish_pending_series
 
 
-@dataclass(frozen=True)
-class TreeView:
+class TreeView(NamedTuple):
     """What :func:`patch_source` knows of a work tree before it changes anything: the base,
     ``askbuild/patched``, HEAD and its branch, the changed tracked files (read in two git
     processes: :func:`read_view`)."""
@@ -246,8 +245,7 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     return record
 
 
-@dataclass(frozen=True)
-class _Grafted:
+class _Grafted(NamedTuple):
     """A series applied in a small repository and grafted onto the base (:func:`_grafted`)."""
     record: dict            # what :func:`~.apply.apply_queue` would return for the tree
     rows: Report            # its rows

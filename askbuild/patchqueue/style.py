@@ -22,8 +22,8 @@ diffstat, full ``index`` lines and no signature (stable whatever the user's git 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import gitutil
 from .apply import is_mail
@@ -40,8 +40,7 @@ _GIT_ONLY_HEADERS = re.compile(rb"^(diff --git |index [0-9a-f]+\.\.[0-9a-f]+( 10
                                rb"new file mode 100644$|deleted file mode 100644$)")
 
 
-@dataclass(frozen=True)
-class Style:
+class Style(NamedTuple):
     """How a patch file is written (see the module docstring)."""
 
     mail: bool = True

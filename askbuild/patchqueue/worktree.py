@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import shlex
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import gitutil
 from ..errors import PatchFailed, free_space
@@ -81,8 +81,7 @@ def read_refs(tree: Path, names: Sequence[str]) -> dict[str, str | None]:
     return found
 
 
-@dataclass(frozen=True)
-class TreeStatus:
+class TreeStatus(NamedTuple):
     """Where HEAD is and what is uncommitted (:func:`tree_status`)."""
     head: str | None            # the commit of HEAD (None: no commit yet)
     symref: str | None          # the branch HEAD is on (``refs/heads/...``), None: detached

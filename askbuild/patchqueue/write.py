@@ -12,8 +12,8 @@ import base64
 import hashlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import console, gitutil
 from .. import series as series_mod
@@ -66,8 +66,7 @@ def _subject(tree: Path, commit: str) -> str:
     return gitutil.out(["show", "-s", "--format=%s", commit], cwd=tree)
 
 
-@dataclass
-class SeriesPlan:
+class SeriesPlan(NamedTuple):
     """What exporting changes in a series directory (computed first, then written in one go
     by :func:`commit_series`)."""
 
@@ -101,8 +100,7 @@ def plan_series(directory: Path, tree: Path, commits: list[str],
                       entries)
 
 
-@dataclass
-class _OldSeries:
+class _OldSeries(NamedTuple):
     """The series before the change, and which of its files the new one uses so far."""
 
     directory: Path
