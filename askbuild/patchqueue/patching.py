@@ -72,8 +72,9 @@ from .write import finish_pending_series
 
 class TreeView(NamedTuple):
     """What :func:`patch_source` knows of a work tree before it changes anything: the base,
-    ``askbuild/patched``, HEAD and its branch, the changed tracked files (read in two git
-    processes: :func:`read_view`)."""
+    ``askbuild/patched``, HEAD and its branch, the changed tracked files (two git processes:
+    one ``cat-file`` unless the refs were just read, and one ``git status``, which
+    :func:`patch_source` runs on a thread; :func:`read_view` asks both in turn)."""
     base: str
     patched: str | None
     status: TreeStatus
@@ -171,7 +172,7 @@ def _check_out_patched(settings: Settings, name: str, tree: Path, patched: str,
 
 
 def _prev(settings: Settings, name: str, view: TreeView) -> dict:
-    """The journal's ``prev`` from what :func:`read_view` read (the record read now)."""
+    """The journal's ``prev`` from what ``view`` holds (the record read now)."""
     return position(view.status.head, view.status.symref, view.patched,
                     tree_state(settings, name))
 
