@@ -219,16 +219,23 @@ def plain_commits(repo: str | Path, commits: Sequence[str]) -> list[PlainCommit]
         if len(head) != 3 or head[0].decode() != c or head[1] != b"commit":
             return None
         size = int(head[2])
-        body = raw[nl + 1:nl + 1 + size]
+        commit = plain_commit(raw[nl + 1:nl + 1 + size])
         pos = nl + 1 + size + 1
-        headers, _, message = body.partition(b"\n\n")
-        fields = [ln.split(b" ", 1) for ln in headers.split(b"\n")]
-        if [f[0] for f in fields] != [b"tree", b"parent", b"author", b"committer"] \
-                or any(len(f) != 2 for f in fields):
+        if commit is None:
             return None
-        out.append(PlainCommit(fields[0][1].decode(), fields[1][1].decode(), fields[2][1],
-                               fields[3][1], message))
+        out.append(commit)
     return out
+
+
+def plain_commit(body: bytes) -> PlainCommit | None:
+    """The commit object ``body`` as a :class:`PlainCommit`; None when it is not a plain one."""
+    headers, _, message = body.partition(b"\n\n")
+    fields = [ln.split(b" ", 1) for ln in headers.split(b"\n")]
+    if [f[0] for f in fields] != [b"tree", b"parent", b"author", b"committer"] \
+            or any(len(f) != 2 for f in fields):
+        return None
+    return PlainCommit(fields[0][1].decode(), fields[1][1].decode(), fields[2][1],
+                       fields[3][1], message)
 
 
 def diff_tree_each(repo: str | Path, commits: Sequence[str], args: Sequence[str], *,

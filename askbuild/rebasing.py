@@ -587,6 +587,8 @@ _DIFF_ARGS = ["-p", "--binary", "--full-index", "-M"]       # (as :func:`_old_di
 _NAME_ARGS = ["--name-only", "-r", "--no-renames"]            # (:func:`_names`)
 _REPLAY_CONFIG = ["-c", "merge.directoryRenames=true", "-c", "merge.renames=true"]
 # what a user's rebase configuration must not change in the sequencer's run
+_REPLAY_COMMITTER = (FIXED_IDENTITY["GIT_COMMITTER_NAME"], FIXED_IDENTITY["GIT_COMMITTER_EMAIL"])
+_REPLAY_GIT = [*pq.REPRO, *_REPLAY_CONFIG]      # (the replay's -c options)
 _SEQUENCER_CONFIG = [
     "-c", "rebase.autoSquash=false", "-c", "rebase.autoStash=false",
     "-c", "rebase.updateRefs=false", "-c", "rebase.missingCommitsCheck=ignore",
@@ -594,7 +596,8 @@ _SEQUENCER_CONFIG = [
     "-c", "rebase.forkPoint=false"]
 
 
-def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = None) -> None:
+def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = None,
+                streamed: object = treereplay.UNKNOWN) -> None:
     """The dry run's replay of the whole queue onto HEAD of the scratch ``tree``, never
     stopping (a conflict is reported and dropped), with the same outcomes and commits as
     :func:`_replay` one by one (:func:`_dry_replay_per_patch`), in a constant number of git
@@ -617,7 +620,9 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
     ``git apply --check`` asked, as :func:`_pick` asks it, and the files of the old and new
     commits read (one ``diff-tree`` for all).  An old commit with no change sends the queue
     the per-patch way.  ``old_names``: the files of the old commits, when the caller has
-    read them."""
+    read them.  ``streamed``: the replay as trees made while the old commits were
+    (:meth:`askbuild.treereplay.ReplayAlong.result`) unless it is
+    :data:`~askbuild.treereplay.UNKNOWN`."""
     queue = st["queue"][st["pos"]:]
     olds = [it["old"] for it in queue]
     if not olds:
@@ -626,10 +631,15 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
     # (the old patches are read while the trees are merged: two processes, two cores)
     old_diffs = procs.in_background(_per_commit, tree, olds, _DIFF_ARGS)
     start = st.get("start") or _head(tree)
-    got = treereplay.replay_trees(
-        tree, start, olds, (FIXED_IDENTITY["GIT_COMMITTER_NAME"],
-                            FIXED_IDENTITY["GIT_COMMITTER_EMAIL"]),
-        [*pq.REPRO, *_REPLAY_CONFIG]) if TREE_REPLAY and batch else None
+    if not (TREE_REPLAY and batch):
+        got = None
+    elif streamed is not treereplay.UNKNOWN:
+        got = streamed                  # type: ignore[assignment]
+    else:
+        got = treereplay.replay_trees(tree, start, olds, _REPLAY_COMMITTER, _REPLAY_GIT)
+    # (and the new ones while the old ones are: the tree replay made them all at once)
+    new_diffs_of = procs.in_background(_per_commit, tree, [c for c in got if c], _DIFF_ARGS) \
+        if got and any(got) else None
     diffs = old_diffs()
     if not batch or not all(diffs[o] for o in olds):
         _dry_replay_per_patch(st, tree, diffs)      # (the replay's commits are dropped)
@@ -652,7 +662,7 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
                           fix="run the dry run again; report it if it happens again")
     if not news:
         return
-    new_diffs = _per_commit(tree, news, _DIFF_ARGS)
+    new_diffs = new_diffs_of() if new_diffs_of else _per_commit(tree, news, _DIFF_ARGS)
     same = []
     for item, new in zip(picked, news, strict=True):
         shape = _change_shape(diffs[item["old"]])
@@ -1173,7 +1183,12 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
             tree, new_base if record else old_base, settings.work_dir, paths=paths,
             sparse_index=record is not None, borrow=borrow,
             checkout=record is None or bool(vendor)))
+        along = None
         if record is None:
+            if TREE_REPLAY and BATCH_REPLAY and not vendor:
+                # (each old commit replayed onto the new base as soon as git am made it)
+                along = stack.enter_context(treereplay.ReplayAlong(
+                    scratch, old_base, new_base, _REPLAY_COMMITTER, _REPLAY_GIT))
             record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None,
                                     batch=True, detached_at=old_base)
             if paths is not None:
@@ -1183,6 +1198,8 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
         st = {"source": src.name, "onto": onto, "new_base": new_base, "old_base": old_base,
               "pos": 0, "queue": _queue_from_record(record), "vendor": []}
         st["start"] = None if vendor else new_base
+        streamed = along.result([it["old"] for it in st["queue"]]) if along \
+            else treereplay.UNKNOWN
         try:
             st["vendor"] = _vendor_onto(settings, scratch, vendor, src.name)
         except PatchFailed as e:
@@ -1195,7 +1212,7 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
             old_names = _names(scratch, [it["old"] for it in st["queue"]])
             if any(f not in paths for files in old_names.values() for f in files):
                 raise _NotSparse        # (an old commit touches a file outside the scratch)
-        _dry_replay(st, scratch, old_names)
+        _dry_replay(st, scratch, old_names, streamed)
     return st
 
 

@@ -27,6 +27,7 @@ import select
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -108,6 +109,82 @@ def _commit(tree: str, parent: str, author: bytes, committer: bytes, message: by
         tree.encode(), parent.encode(), author, committer, message)
 
 
+#: the helper commits' author and committer: dated after every commit, so git's merge-base
+#: walk, by date, meets the common parent at once instead of walking the whole history below
+#: it first
+_HELPER_WHO = b"askbuild <askbuild@localhost> 9999999999 +0000"
+
+
+class _Replay:
+    """One replay under way: the ``merge-tree`` process, the commits picked so far (:attr:`out`:
+    per old commit its new one, or None when it became empty) and the tip they make."""
+
+    def __init__(self, repo: Path, start: str, committer: tuple[str, str],
+                 config: list[str]) -> None:
+        self.start = self.head = start
+        self.head_tree = ""
+        self.objects: _Objects | None = None
+        self.who = tuple(x.encode() for x in committer)
+        self.out: list[str | None] = []
+        self.buf = bytearray()
+        self.merger = _merger(repo, config)
+
+    def ready(self, repo: Path) -> bool:
+        """Whether the replay can go on: a SHA-1 repository, the start's tree read, and a
+        merger whose answers come one by one (the merge of the start with itself)."""
+        if self.merger is None or len(self.start) != 40:
+            return False
+        try:
+            where, self.head_tree = gitutil.out(
+                ["rev-parse", "--path-format=absolute", "--git-path", "objects",
+                 f"{self.start}^{{tree}}"], cwd=repo).split("\n")
+        except (ValueError, gitutil.GitError):
+            return False
+        self.objects = _Objects(Path(where))
+        return len(self.head_tree) == 40 and _merge(
+            self.merger, self.buf, self.start, self.start,
+            timeout=PROBE_TIMEOUT) == self.head_tree
+
+    def pick(self, old: str, commit: gitutil.PlainCommit) -> bool:
+        """Cherry-pick ``old`` (read as ``commit``) onto the tip; False when it conflicts,
+        git fails or its author line has no date (the replay is then over)."""
+        assert self.merger is not None and self.objects is not None
+        if len(old) != 40:
+            return False
+        # a commit with the tree of the tip whose only parent is the old commit's parent:
+        # its merge base with the old commit is that parent, as a cherry-pick's
+        helper = self.objects.now(_commit(self.head_tree, commit.parent, _HELPER_WHO,
+                                          _HELPER_WHO, b""))
+        tree = _merge(self.merger, self.buf, helper, old)
+        if tree is None:
+            return False                # (a conflict, or git failed)
+        if tree == self.head_tree:
+            self.out.append(None)
+            return True
+        date = commit.author.rsplit(b" ", 2)
+        if len(date) != 3 or b">" not in date[0]:
+            return False
+        who = b"%s <%s> %s %s" % (*self.who, date[1], date[2])
+        self.head = self.objects.later(_commit(tree, self.head, commit.author, who,
+                                               commit.message))
+        self.head_tree = tree
+        self.out.append(self.head)
+        return True
+
+    def close(self) -> None:
+        """End the merger (again: a no-op)."""
+        if self.merger is not None:
+            _stop(self.merger)
+            self.merger = None
+
+    def finish(self) -> list[str | None]:
+        """End the merger, write the new commits; :attr:`out`."""
+        self.close()
+        if self.objects is not None:
+            self.objects.flush()
+        return self.out
+
+
 def replay_trees(repo: Path, start: str, olds: list[str], committer: tuple[str, str],
                  config: list[str]) -> list[str | None] | None:
     """Cherry-pick each of ``olds`` in turn onto ``start`` in ``repo`` (a scratch
@@ -116,51 +193,169 @@ def replay_trees(repo: Path, start: str, olds: list[str], committer: tuple[str, 
     ``-c`` options of the sequencer's run.  Returns, per old commit, its new commit or None
     when it became empty (already upstream: dropped); None for all of it when a pick
     conflicts, git fails, a commit is not a plain one or the repository is not SHA-1."""
-    if not olds or any(len(c) != 40 for c in [start, *olds]):
+    if not olds or any(len(c) != 40 for c in olds):
         return None
     try:
         olds_read = gitutil.plain_commits(repo, olds)
-        where, head_tree = gitutil.out(["rev-parse", "--path-format=absolute", "--git-path",
-                                        "objects", f"{start}^{{tree}}"], cwd=repo).split("\n")
-    except (ValueError, gitutil.GitError):
+    except gitutil.GitError:
         return None
     if olds_read is None:
         return None
-    objects = _Objects(Path(where))
-    head = start
-    name, email = committer
-    # (dated after every commit: git's merge-base walk, by date, meets the common parent
-    # at once instead of walking the whole history below it first)
-    helper_who = b"askbuild <askbuild@localhost> 9999999999 +0000"
-    merger = _merger(repo, config)
-    if merger is None:
-        return None
-    out: list[str | None] = []
+    replay = _Replay(repo, start, committer, config)
     try:
-        buf = bytearray()
-        if _merge(merger, buf, start, start, timeout=PROBE_TIMEOUT) != head_tree:
-            return None                 # (answers held back, or git failed)
-        for old, (_, parent, author, _, message) in zip(olds, olds_read, strict=True):
-            # a commit with the tree of HEAD whose only parent is the old commit's parent:
-            # its merge base with the old commit is that parent, as a cherry-pick's
-            helper = objects.now(_commit(head_tree, parent, helper_who, helper_who, b""))
-            tree = _merge(merger, buf, helper, old)
-            if tree is None:
-                return None             # (a conflict, or git failed)
-            if tree == head_tree:
-                out.append(None)
-                continue
-            date = author.rsplit(b" ", 2)
-            if len(date) != 3 or b">" not in date[0]:
+        if not replay.ready(repo):
+            return None
+        for old, commit in zip(olds, olds_read, strict=True):
+            if not replay.pick(old, commit):
                 return None
-            who = b"%s <%s> %s %s" % (name.encode(), email.encode(), date[1], date[2])
-            head = objects.later(_commit(tree, head, author, who, message))
-            head_tree = tree
-            out.append(head)
     finally:
-        _stop(merger)
-    objects.flush()
-    return out
+        replay.close()
+    return replay.finish()
+
+
+#: what :meth:`ReplayAlong.result` says when the replay it made does not stand for the queue
+UNKNOWN = object()
+#: how often :class:`ReplayAlong` looks for new commits (seconds): ``git am`` makes one in
+#: a few milliseconds
+FOLLOW_EVERY = 0.002
+
+
+class ReplayAlong:
+    """:func:`replay_trees` of the commits being made in the scratch repository ``repo``
+    (from ``base``, its HEAD now) onto ``start``, WHILE they are made: the rebase dry run
+    without a patch record applies the old series with ``git am`` first, and the replay of
+    each commit (one ``merge-tree`` question) then runs on the other core as soon as the
+    commit is there, not after the whole series.
+
+    A thread follows HEAD's reflog (``logs/HEAD``, which git appends a line to at each move
+    of HEAD; the scratch's config says to keep it) every :data:`FOLLOW_EVERY` seconds: each
+    move from the tip it knows to a new commit is read (one ``cat-file --batch`` for the
+    run) and picked.  Any other move (a reset back, another branch) ends the following: the
+    caller then replays the queue itself.  :meth:`result` says whether what was replayed is
+    the queue's replay.  Used as a context manager: the thread and both git processes end on
+    the way out, whatever happened."""
+
+    def __init__(self, repo: Path, base: str, start: str, committer: tuple[str, str],
+                 config: list[str]) -> None:
+        self.repo, self.base = repo, base
+        self.log = repo / ".git" / "logs" / "HEAD"
+        with open(repo / ".git" / "config", "a", encoding="utf-8") as f:
+            f.write("[core]\n\tlogAllRefUpdates = true\n")
+        try:
+            self.pos = self.log.stat().st_size
+        except FileNotFoundError:
+            self.pos = 0
+        #: the commits seen, in order (each picked, or the last one conflicted)
+        self.seen: list[str] = []
+        self.conflict = False
+        self.broken = False
+        self._done = threading.Event()
+        # (the processes are started here: one started on the thread would get the
+        # parent-death signal when the thread ends)
+        self.replay = _Replay(repo, start, committer, config)
+        self.reader = procs.popen(["git", *gitutil.SAFE_CONFIG, "cat-file", "--batch"],
+                                  quick=True, cwd=repo, env=gitutil.base_env(),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> ReplayAlong:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end()
+        self.replay.close()
+
+    def _end(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.reader.returncode is None:
+            for f in (self.reader.stdin, self.reader.stdout):
+                with contextlib.suppress(OSError):
+                    if f is not None:
+                        f.close()
+            try:
+                self.reader.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                procs.kill_group(self.reader, signal.SIGKILL)
+                self.reader.wait()
+            procs.forget(self.reader)
+
+    def result(self, olds: list[str]) -> list[str | None] | None | object:
+        """Once the last commit of ``olds`` (the queue, as the am's record lists it) is made:
+        :func:`replay_trees` of ``olds`` onto ``start`` (the new commits, or None when a
+        pick conflicted), or :data:`UNKNOWN` when what was followed is not that queue."""
+        self._end()
+        if self.broken:
+            return UNKNOWN
+        if self.conflict:
+            return None if olds[:len(self.seen)] == self.seen else UNKNOWN
+        if not olds or self.seen != olds:
+            return UNKNOWN
+        return self.replay.finish()
+
+    def _follow(self) -> None:
+        try:
+            if not self.replay.ready(self.repo):
+                self.broken = True
+                return
+            head, tail = self.base, b""
+            while True:
+                last = self._done.is_set()
+                tail += self._read()
+                lines = tail.split(b"\n")
+                tail = lines.pop()
+                for line in lines:
+                    old, new = line[:40].decode("ascii", "replace"), \
+                        line[41:81].decode("ascii", "replace")
+                    if new == head:
+                        continue        # (a reset to where HEAD is)
+                    commit = self._commit(new) if old == head else None
+                    if commit is None:
+                        self.broken = True
+                        return
+                    head = new
+                    self.seen.append(new)
+                    if not self.replay.pick(new, commit):
+                        self.conflict = True
+                        return
+                if last:
+                    return
+                self._done.wait(FOLLOW_EVERY)
+        except Exception:               # noqa: BLE001 - the caller replays the queue itself
+            self.broken = True
+
+    def _read(self) -> bytes:
+        """What HEAD's reflog got since the last read."""
+        try:
+            fd = os.open(self.log, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return b""
+        chunks = []
+        try:
+            while chunk := os.pread(fd, 1 << 16, self.pos):
+                chunks.append(chunk)
+                self.pos += len(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
+
+    def _commit(self, sha: str) -> gitutil.PlainCommit | None:
+        """The commit ``sha`` through the run's ``cat-file --batch``; None when it is not a
+        plain commit."""
+        assert self.reader.stdin is not None and self.reader.stdout is not None
+        if not gitutil.is_sha(sha):
+            return None
+        self.reader.stdin.write(f"{sha}\n".encode())
+        self.reader.stdin.flush()
+        head = self.reader.stdout.readline().split(b" ")
+        if len(head) != 3 or head[0].decode() != sha or head[1] != b"commit":
+            return None
+        size = int(head[2])
+        body = self.reader.stdout.read(size + 1)
+        return gitutil.plain_commit(body[:size]) if len(body) == size + 1 else None
 
 
 def _merger(repo: Path, config: list[str]) -> subprocess.Popen | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,135 @@ def test_the_tree_replay_writes_sound_objects(tmp_path):
     g(repo, "cherry-pick", "--allow-empty", olds[0], olds[1], env=DEV)
     assert g(repo, "rev-parse", "HEAD^{tree}") == g(repo, "rev-parse", f"{got[1]}^{{tree}}")
     assert g(repo, "rev-parse", f"{got[1]}^") == got[0]
+
+
+class _Following(treereplay.ReplayAlong):
+    """:class:`treereplay.ReplayAlong` keeping every instance (``made``)."""
+
+    made: list[treereplay.ReplayAlong] = []
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        _Following.made.append(self)
+
+
+def _children() -> list[str]:
+    """The commands of this process's child processes (zombies included)."""
+    me, out = str(os.getpid()), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            if f"\nPPid:\t{me}\n" in status:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                           .decode(errors="replace"))
+    return out
+
+
+@pytest.mark.parametrize("reflogs", ["default", "off in the user's config"])
+def test_without_a_record_each_old_commit_is_replayed_while_the_series_is_applied(
+        project, monkeypatch, tmp_path, reflogs):
+    """Without a patch record the dry run applies the old series first (one ``git am``);
+    each commit it makes is replayed onto the new release as soon as it is made (the
+    follower picks every one of them before the apply returns: the test holds the apply's
+    return until then, and fails after 30 s), with the rows and commits of the dry run that
+    replays recorded commits, one ``merge-tree`` for all, no sequencer.  A user whose git
+    config keeps no reflog changes nothing (the scratch's own config says to keep it)."""
+    _tag_v3(project, tmp_path)
+    pq.patch(project.settings, ["up"])
+    expected = _dry(project, monkeypatch, batch=True, onto="v3")
+    project.settings.patch_record("up").unlink()
+    if reflogs != "default":
+        config = tmp_path / "user.gitconfig"
+        config.write_text("[core]\n\tlogAllRefUpdates = false\n")
+        monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setattr(_Following, "made", [])
+    monkeypatch.setattr(treereplay, "ReplayAlong", _Following)
+    real_apply = pq.apply_queue
+    waited = []
+
+    def apply_then_wait(*args, **kw):
+        record = real_apply(*args, **kw)
+        commits = [c for p in record["patches"] for c in p["commits"]]
+        assert len(_Following.made) == 1, "nothing follows the apply"
+        along = _Following.made[0]
+        deadline = time.monotonic() + 30
+        while along.seen != commits and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waited.append(along.seen == commits)
+        return record
+    monkeypatch.setattr(pq, "apply_queue", apply_then_wait)
+    log = git_logger(tmp_path, monkeypatch)
+    assert _dry(project, monkeypatch, batch=True, onto="v3") == expected
+    assert waited == [True], "the old commits were not replayed while the series was applied"
+    assert git_calls(log, "am") == git_calls(log, "merge-tree") == 1
+    assert git_calls(log, "rebase") == git_calls(log, "cherry-pick") == 0
+    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert _children() == []
+
+
+def test_an_old_series_that_no_longer_applies_stops_the_follower_too(project, monkeypatch):
+    """A patch that does not apply to the old base ends the dry run with the patch named;
+    the replay that followed the apply leaves no process and no scratch behind."""
+    series = project.root / "patches" / "up"
+    bad = series / "0004-patch.patch"
+    bad.write_bytes(bad.read_bytes().replace(b" d line 4\n", b" d line four\n"))
+    with pytest.raises(rebasing.PatchFailed) as exc:
+        _dry(project, monkeypatch, batch=True)
+    assert "patch 4 of 7 of up did not apply: 0004-patch.patch" in exc.value.message
+    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert _children() == []
+
+
+def _following_repo(tmp: Path) -> tuple[Path, str, str]:
+    """A repository at ``base`` (HEAD) and ``onto``, a later release changing a.c's top."""
+    repo = tmp / "repo"
+    g(tmp, "init", "-q", "--", str(repo))
+    put(repo, "a.c", "".join(f"a{i}\n" for i in range(20)))
+    base = commit_all(repo, "base")
+    put(repo, "a.c", (repo / "a.c").read_text().replace("a1\n", "a1 upstream\n"))
+    onto = commit_all(repo, "upstream", date="2026-02-01T00:00:00Z")
+    g(repo, "checkout", "-q", "--detach", base)
+    return repo, base, onto
+
+
+def _local(repo: Path, i: int, old: str, new: str) -> str:
+    put(repo, "a.c", (repo / "a.c").read_text().replace(old, new))
+    return commit_all(repo, f"local {i}", date=f"2026-01-0{i + 2}T00:00:00Z")
+
+
+WHO = ("askbuild", "askbuild@localhost")
+
+
+def test_the_follower_replays_what_replay_trees_replays(tmp_path):
+    """Commits made (by any git command) while :class:`treereplay.ReplayAlong` follows give
+    the new commits :func:`treereplay.replay_trees` gives for them; a commit that conflicts
+    gives None, as there."""
+    repo, base, onto = _following_repo(tmp_path)
+    with treereplay.ReplayAlong(repo, base, onto, WHO, []) as along:
+        olds = [_local(repo, i, f"a{10 + i}\n", f"a{10 + i} local\n") for i in range(3)]
+        got = along.result(olds)
+    assert got == treereplay.replay_trees(repo, onto, olds, WHO, []) and all(got)
+    g(repo, "fsck", "--strict", "--no-dangling", "--no-progress")
+    g(repo, "checkout", "-q", "--detach", base)
+    with treereplay.ReplayAlong(repo, base, onto, WHO, []) as along:
+        olds = [_local(repo, 0, "a5\n", "a5 local\n"), _local(repo, 1, "a1\n", "a1 ours\n")]
+        assert along.result(olds) is None
+    assert treereplay.replay_trees(repo, onto, olds, WHO, []) is None
+
+
+@pytest.mark.parametrize("what", ["reset back", "another queue", "nothing made"])
+def test_what_the_follower_cannot_vouch_for_is_unknown(tmp_path, what):
+    """HEAD moved back (a reset), a queue other than the commits followed, or no commit
+    seen: :data:`treereplay.UNKNOWN`, and the caller replays the queue itself."""
+    repo, base, onto = _following_repo(tmp_path)
+    with treereplay.ReplayAlong(repo, base, onto, WHO, []) as along:
+        if what == "nothing made":
+            olds = []
+        else:
+            first = _local(repo, 0, "a7\n", "a7 x\n")
+            if what == "reset back":
+                g(repo, "reset", "-q", "--hard", base)
+            second = _local(repo, 1, "a9\n", "a9 y\n")
+            olds = [first, second] if what == "reset back" else [second]
+        assert along.result(olds) is treereplay.UNKNOWN
+    assert _children() == []
