@@ -246,6 +246,12 @@ def diff_tree_each(repo: str | Path, commits: Sequence[str], args: Sequence[str]
     and ``sep`` (``\\0`` with ``-z``) before its part."""
     raw = git([*config, "diff-tree", "--stdin", "--always", *args], cwd=repo, text=False,
               input="".join(f"{c}\n" for c in commits).encode(), env=env).stdout
+    return split_diff_tree(raw, commits, sep)
+
+
+def split_diff_tree(raw: bytes, commits: Sequence[str], sep: bytes = b"\n") -> dict[str, bytes]:
+    """The output ``raw`` of ``git diff-tree --stdin --always`` for ``commits``, per commit
+    (:func:`diff_tree_each`)."""
     out: dict[str, bytes] = {}
     pos = 0
     for i, c in enumerate(commits):

@@ -454,9 +454,13 @@ def _per_commit(tree: Path, commits: list[str], args: list[str], *,
     """:func:`askbuild.gitutil.diff_tree_each` in the scratch ``tree`` (askbuild's diff
     settings), reading no index: diff-tree reads one though it only compares commits, and
     in a sparse scratch expands it first (60 ms on 30k files)."""
-    gd = _scratch_git_dir(tree)
     return gitutil.diff_tree_each(tree, commits, args, sep=sep, config=pq.REPRO,
-                                  env={"GIT_INDEX_FILE": str(gd / "askbuild-no-index")})
+                                  env=_no_index(tree))
+
+
+def _no_index(tree: Path) -> dict[str, str]:
+    """The environment of a git call in the scratch ``tree`` that reads no index."""
+    return {"GIT_INDEX_FILE": str(_scratch_git_dir(tree) / "askbuild-no-index")}
 
 
 def _names(tree: Path, commits: list[str]) -> dict[str, list[str]]:
@@ -578,6 +582,11 @@ UPSTREAM_DETAIL = "already upstream (became empty): dropped"
 #: before the sequencer (which it runs instead at the first conflict).
 TREE_REPLAY = True
 
+#: Whether the dry run without a patch record replays each old commit (and reads its patch)
+#: while ``git am`` makes the next ones (:class:`askbuild.treereplay.ReplayAlong`), not
+#: after the whole series.
+REPLAY_ALONG = True
+
 #: Whether the dry run replays the queue with ONE ``git rebase -i`` (the sequencer:
 #: :func:`_dry_replay`) or with one ``cherry-pick`` per patch (:func:`_dry_replay_per_patch`,
 #: the reference the batched replay is tested against: tests/test_rebase_batch.py).
@@ -597,7 +606,9 @@ _SEQUENCER_CONFIG = [
 
 
 def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = None,
-                streamed: object = treereplay.UNKNOWN) -> None:
+                streamed: object = treereplay.UNKNOWN,
+                streamed_diffs: tuple[dict[str, bytes], dict[str, bytes]] | None = None
+                ) -> None:
     """The dry run's replay of the whole queue onto HEAD of the scratch ``tree``, never
     stopping (a conflict is reported and dropped), with the same outcomes and commits as
     :func:`_replay` one by one (:func:`_dry_replay_per_patch`), in a constant number of git
@@ -622,14 +633,16 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
     the per-patch way.  ``old_names``: the files of the old commits, when the caller has
     read them.  ``streamed``: the replay as trees made while the old commits were
     (:meth:`askbuild.treereplay.ReplayAlong.result`) unless it is
-    :data:`~askbuild.treereplay.UNKNOWN`."""
+    :data:`~askbuild.treereplay.UNKNOWN`; ``streamed_diffs``: then the old and the new
+    patches, read as they were made (:meth:`~askbuild.treereplay.ReplayAlong.diffs`)."""
     queue = st["queue"][st["pos"]:]
     olds = [it["old"] for it in queue]
     if not olds:
         return
     batch = BATCH_REPLAY and len(set(olds)) == len(olds)
     # (the old patches are read while the trees are merged: two processes, two cores)
-    old_diffs = procs.in_background(_per_commit, tree, olds, _DIFF_ARGS)
+    old_diffs = procs.in_background(_per_commit, tree, olds, _DIFF_ARGS) \
+        if streamed_diffs is None else lambda: streamed_diffs[0]
     start = st.get("start") or _head(tree)
     if not (TREE_REPLAY and batch):
         got = None
@@ -638,8 +651,9 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
     else:
         got = treereplay.replay_trees(tree, start, olds, _REPLAY_COMMITTER, _REPLAY_GIT)
     # (and the new ones while the old ones are: the tree replay made them all at once)
-    new_diffs_of = procs.in_background(_per_commit, tree, [c for c in got if c], _DIFF_ARGS) \
-        if got and any(got) else None
+    new_diffs_of = None if not (got and any(got)) else \
+        procs.in_background(_per_commit, tree, [c for c in got if c], _DIFF_ARGS) \
+        if streamed_diffs is None else lambda: streamed_diffs[1]
     diffs = old_diffs()
     if not batch or not all(diffs[o] for o in olds):
         _dry_replay_per_patch(st, tree, diffs)      # (the replay's commits are dropped)
@@ -1185,10 +1199,11 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
             checkout=record is None or bool(vendor)))
         along = None
         if record is None:
-            if TREE_REPLAY and BATCH_REPLAY and not vendor:
+            if REPLAY_ALONG and TREE_REPLAY and BATCH_REPLAY and not vendor:
                 # (each old commit replayed onto the new base as soon as git am made it)
                 along = stack.enter_context(treereplay.ReplayAlong(
-                    scratch, old_base, new_base, _REPLAY_COMMITTER, _REPLAY_GIT))
+                    scratch, old_base, new_base, _REPLAY_COMMITTER, _REPLAY_GIT,
+                    diff_args=_DIFF_ARGS, diff_env=_no_index(scratch)))
             record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None,
                                     batch=True, detached_at=old_base)
             if paths is not None:
@@ -1200,6 +1215,7 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
         st["start"] = None if vendor else new_base
         streamed = along.result([it["old"] for it in st["queue"]]) if along \
             else treereplay.UNKNOWN
+        streamed_diffs = along.diffs() if along and streamed else None
         try:
             st["vendor"] = _vendor_onto(settings, scratch, vendor, src.name)
         except PatchFailed as e:
@@ -1212,7 +1228,7 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
             old_names = _names(scratch, [it["old"] for it in st["queue"]])
             if any(f not in paths for files in old_names.values() for f in files):
                 raise _NotSparse        # (an old commit touches a file outside the scratch)
-        _dry_replay(st, scratch, old_names, streamed)
+        _dry_replay(st, scratch, old_names, streamed, streamed_diffs)
     return st
 
 

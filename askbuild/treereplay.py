@@ -16,6 +16,11 @@ repositories only: otherwise None as well): each helper commit a loose object, a
 ``merge-tree`` must read it at once, and the new commits, which it never reads, one pack at
 the end (:mod:`askbuild.packfile`: a 300-patch dry run took 0.62 s of CPU with a loose file
 for every commit, 0.47 s so).
+
+:class:`ReplayAlong` does the same replay while the commits to replay are being made (the
+dry run without a patch record, whose ``git am`` makes them): each is picked as soon as it
+is there, and its patch and its new commit's (loose then, as ``diff-tree`` reads them at
+once) are read meanwhile, so what is left once ``git am`` ends is the last pick.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import zlib
@@ -58,7 +64,8 @@ class _Objects:
     def now(self, body: bytes) -> str:
         """Write the commit ``body`` as a loose object (zlib data named after its SHA-1);
         its id.  Written in place, not renamed into it: the repository is the run's own and
-        nothing reads the object before this returns (a killed run's scratch goes whole)."""
+        nothing reads the object before this returns (a killed run's scratch goes whole;
+        git asks for an object only once it knows its id, from here)."""
         data = b"commit %d\0%s" % (len(body), body)
         oid = hashlib.sha1(data).hexdigest()
         fan = f"{self.top}/{oid[:2]}"
@@ -120,7 +127,8 @@ class _Replay:
     per old commit its new one, or None when it became empty) and the tip they make."""
 
     def __init__(self, repo: Path, start: str, committer: tuple[str, str],
-                 config: list[str]) -> None:
+                 config: list[str], *, loose: bool = False) -> None:
+        self.loose = loose              # (the new commits loose at once, else one pack)
         self.start = self.head = start
         self.head_tree = ""
         self.objects: _Objects | None = None
@@ -165,8 +173,8 @@ class _Replay:
         if len(date) != 3 or b">" not in date[0]:
             return False
         who = b"%s <%s> %s %s" % (*self.who, date[1], date[2])
-        self.head = self.objects.later(_commit(tree, self.head, commit.author, who,
-                                               commit.message))
+        body = _commit(tree, self.head, commit.author, who, commit.message)
+        self.head = self.objects.now(body) if self.loose else self.objects.later(body)
         self.head_tree = tree
         self.out.append(self.head)
         return True
@@ -232,11 +240,16 @@ class ReplayAlong:
     move from the tip it knows to a new commit is read (one ``cat-file --batch`` for the
     run) and picked.  Any other move (a reset back, another branch) ends the following: the
     caller then replays the queue itself.  :meth:`result` says whether what was replayed is
-    the queue's replay.  Used as a context manager: the thread and both git processes end on
-    the way out, whatever happened."""
+    the queue's replay.  With ``diff_args``, two ``git diff-tree --stdin ARGS`` (``diff_env``
+    their environment) are asked for each old commit and each new one as they come:
+    :meth:`diffs`.  Used as a context manager: the thread and every git process end on the
+    way out, whatever happened.  (A 300-patch dry run, one interleaved run of 8 rounds on a
+    busy host: 2.41 s replaying after ``git am``, 2.36 s replaying along, 1.98 s reading the
+    patches along too, against 1.41 s for the ``git am -3`` of the series.)"""
 
     def __init__(self, repo: Path, base: str, start: str, committer: tuple[str, str],
-                 config: list[str]) -> None:
+                 config: list[str], *, diff_args: list[str] | None = None,
+                 diff_env: dict[str, str] | None = None) -> None:
         self.repo, self.base = repo, base
         self.log = repo / ".git" / "logs" / "HEAD"
         with open(repo / ".git" / "config", "a", encoding="utf-8") as f:
@@ -252,7 +265,9 @@ class ReplayAlong:
         self._done = threading.Event()
         # (the processes are started here: one started on the thread would get the
         # parent-death signal when the thread ends)
-        self.replay = _Replay(repo, start, committer, config)
+        self.replay = _Replay(repo, start, committer, config, loose=diff_args is not None)
+        self.differs = [] if diff_args is None else \
+            [_Differ(repo, config, diff_args, diff_env) for _ in ("old", "new")]
         self.reader = procs.popen(["git", *gitutil.SAFE_CONFIG, "cat-file", "--batch"],
                                   quick=True, cwd=repo, env=gitutil.base_env(),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -266,6 +281,8 @@ class ReplayAlong:
     def __exit__(self, *exc: object) -> None:
         self._end()
         self.replay.close()
+        for differ in self.differs:
+            differ.close()
 
     def _end(self) -> None:
         self._done.set()
@@ -296,6 +313,15 @@ class ReplayAlong:
             return UNKNOWN
         return self.replay.finish()
 
+    def diffs(self) -> tuple[dict[str, bytes], dict[str, bytes]] | None:
+        """After :meth:`result` gave the new commits: the ``diff-tree`` (``diff_args``) of
+        each old commit and of each new one, asked as they were made; None when it was not
+        asked or git failed."""
+        if not self.differs or self.conflict or self.broken:
+            return None
+        olds, news = (d.answer() for d in self.differs)
+        return None if olds is None or news is None else (olds, news)
+
     def _follow(self) -> None:
         try:
             if not self.replay.ready(self.repo):
@@ -318,7 +344,12 @@ class ReplayAlong:
                         return
                     head = new
                     self.seen.append(new)
-                    if not self.replay.pick(new, commit):
+                    picked = self.replay.pick(new, commit)
+                    if self.differs:
+                        self.differs[0].ask(new)
+                        if picked and self.replay.out[-1]:
+                            self.differs[1].ask(self.replay.head)
+                    if not picked:
                         self.conflict = True
                         return
                 if last:
@@ -356,6 +387,60 @@ class ReplayAlong:
         size = int(head[2])
         body = self.reader.stdout.read(size + 1)
         return gitutil.plain_commit(body[:size]) if len(body) == size + 1 else None
+
+
+class _Differ:
+    """``git [CONFIG] diff-tree --stdin --always ARGS`` asked commit by commit while they are
+    made; its output, written to an unlinked file meanwhile, read once at the end."""
+
+    def __init__(self, repo: Path, config: list[str], args: list[str],
+                 env: dict[str, str] | None) -> None:
+        self.asked: list[str] = []
+        self.out = tempfile.TemporaryFile(dir=repo / ".git")
+        self.proc: subprocess.Popen | None = procs.popen(
+            ["git", *gitutil.SAFE_CONFIG, *config, "diff-tree", "--stdin", "--always", *args],
+            quick=True, cwd=repo, env=gitutil.base_env(env), stdin=subprocess.PIPE,
+            stdout=self.out, stderr=subprocess.DEVNULL)
+        self.failed = False
+
+    def ask(self, commit: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(f"{commit}\n".encode())
+            self.proc.stdin.flush()
+        except OSError:
+            self.failed = True
+        self.asked.append(commit)
+
+    def answer(self) -> dict[str, bytes] | None:
+        """Each commit asked, its part of the output; None when git failed."""
+        proc = self.proc
+        if proc is None:
+            return None
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        proc.wait()
+        procs.forget(proc)
+        self.proc = None
+        try:
+            if proc.returncode != 0 or self.failed:
+                return None
+            self.out.seek(0)
+            return gitutil.split_diff_tree(self.out.read(), self.asked) if self.asked else {}
+        except gitutil.GitError:
+            return None
+        finally:
+            self.out.close()
+
+    def close(self) -> None:
+        """End git (killed: its answer is not wanted) and drop the output (again: a no-op)."""
+        if self.proc is not None:
+            procs.kill_group(self.proc, signal.SIGKILL)
+            self.proc.wait()
+            procs.forget(self.proc)
+            self.proc = None
+        self.out.close()
 
 
 def _merger(repo: Path, config: list[str]) -> subprocess.Popen | None:

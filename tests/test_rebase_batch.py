@@ -35,8 +35,8 @@ from patchfixtures import (
     write_sources,
 )
 
+from askbuild import gitutil, rebasing, treereplay
 from askbuild import patchqueue as pq
-from askbuild import rebasing, treereplay
 from askbuild.settings import Settings
 
 # (file, 1-based line, new text, subject) of our series, in order
@@ -459,11 +459,17 @@ def test_the_follower_replays_what_replay_trees_replays(tmp_path):
     the new commits :func:`treereplay.replay_trees` gives for them; a commit that conflicts
     gives None, as there."""
     repo, base, onto = _following_repo(tmp_path)
-    with treereplay.ReplayAlong(repo, base, onto, WHO, []) as along:
+    args = ["-p", "--full-index"]
+    with treereplay.ReplayAlong(repo, base, onto, WHO, [], diff_args=args) as along:
         olds = [_local(repo, i, f"a{10 + i}\n", f"a{10 + i} local\n") for i in range(3)]
         got = along.result(olds)
+        diffs = along.diffs()
     assert got == treereplay.replay_trees(repo, onto, olds, WHO, []) and all(got)
     g(repo, "fsck", "--strict", "--no-dangling", "--no-progress")
+    # the patches read along are diff-tree's of the same commits
+    assert diffs == (gitutil.diff_tree_each(repo, olds, args),
+                     gitutil.diff_tree_each(repo, got, args))
+    assert all(b"local\n" in d for part in diffs for d in part.values())
     g(repo, "checkout", "-q", "--detach", base)
     with treereplay.ReplayAlong(repo, base, onto, WHO, []) as along:
         olds = [_local(repo, 0, "a5\n", "a5 local\n"), _local(repo, 1, "a1\n", "a1 ours\n")]
