@@ -272,6 +272,7 @@ class ReplayAlong:
                                   quick=True, cwd=repo, env=gitutil.base_env(),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL)
+        self._log_fd: int | None = None
         self._thread = threading.Thread(target=self._follow, daemon=True)
 
     def __enter__(self) -> ReplayAlong:
@@ -288,6 +289,9 @@ class ReplayAlong:
         self._done.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
         if self.reader.returncode is None:
             for f in (self.reader.stdin, self.reader.stdout):
                 with contextlib.suppress(OSError):
@@ -333,60 +337,73 @@ class ReplayAlong:
                 tail += self._read()
                 lines = tail.split(b"\n")
                 tail = lines.pop()
+                # (the commits of this look, read and their patches asked for in one go:
+                # when the follower lags, it catches up with fewer round trips)
+                fresh: list[str] = []
                 for line in lines:
                     old, new = line[:40].decode("ascii", "replace"), \
                         line[41:81].decode("ascii", "replace")
                     if new == head:
                         continue        # (a reset to where HEAD is)
-                    commit = self._commit(new) if old == head else None
-                    if commit is None:
+                    if old != head or not gitutil.is_sha(new):
                         self.broken = True
-                        return
-                    head = new
-                    self.seen.append(new)
-                    picked = self.replay.pick(new, commit)
-                    if self.differs:
-                        self.differs[0].ask(new)
-                        if picked and self.replay.out[-1]:
-                            self.differs[1].ask(self.replay.head)
-                    if not picked:
+                        break
+                    fresh.append(head := new)
+                commits = self._commits(fresh)
+                if self.differs:
+                    self.differs[0].ask(fresh[:len(commits)])
+                made = []
+                for sha, commit in zip(fresh, commits, strict=False):
+                    self.seen.append(sha)
+                    if not self.replay.pick(sha, commit):
                         self.conflict = True
-                        return
-                if last:
+                        break
+                    if self.replay.out[-1]:
+                        made.append(self.replay.head)
+                if self.differs:
+                    self.differs[1].ask(made)
+                if len(commits) < len(fresh) and not self.conflict:
+                    self.broken = True  # (not a plain commit)
+                if last or self.broken or self.conflict:
                     return
                 self._done.wait(FOLLOW_EVERY)
         except Exception:               # noqa: BLE001 - the caller replays the queue itself
             self.broken = True
 
     def _read(self) -> bytes:
-        """What HEAD's reflog got since the last read."""
-        try:
-            fd = os.open(self.log, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return b""
+        """What HEAD's reflog got since the last read (opened once it is there; git only
+        appends to it)."""
+        if self._log_fd is None:
+            try:
+                self._log_fd = os.open(self.log, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return b""
         chunks = []
-        try:
-            while chunk := os.pread(fd, 1 << 16, self.pos):
-                chunks.append(chunk)
-                self.pos += len(chunk)
-        finally:
-            os.close(fd)
+        while chunk := os.pread(self._log_fd, 1 << 16, self.pos):
+            chunks.append(chunk)
+            self.pos += len(chunk)
         return b"".join(chunks)
 
-    def _commit(self, sha: str) -> gitutil.PlainCommit | None:
-        """The commit ``sha`` through the run's ``cat-file --batch``; None when it is not a
-        plain commit."""
+    def _commits(self, shas: list[str]) -> list[gitutil.PlainCommit]:
+        """The commits ``shas`` through the run's ``cat-file --batch`` (asked in one write),
+        up to the first that is not a plain commit."""
+        if not shas:
+            return []
         assert self.reader.stdin is not None and self.reader.stdout is not None
-        if not gitutil.is_sha(sha):
-            return None
-        self.reader.stdin.write(f"{sha}\n".encode())
+        self.reader.stdin.write("".join(f"{sha}\n" for sha in shas).encode())
         self.reader.stdin.flush()
-        head = self.reader.stdout.readline().split(b" ")
-        if len(head) != 3 or head[0].decode() != sha or head[1] != b"commit":
-            return None
-        size = int(head[2])
-        body = self.reader.stdout.read(size + 1)
-        return gitutil.plain_commit(body[:size]) if len(body) == size + 1 else None
+        out: list[gitutil.PlainCommit] = []
+        for sha in shas:
+            head = self.reader.stdout.readline().split(b" ")
+            if len(head) != 3 or head[0].decode() != sha or head[1] != b"commit":
+                break
+            size = int(head[2])
+            body = self.reader.stdout.read(size + 1)
+            commit = gitutil.plain_commit(body[:size]) if len(body) == size + 1 else None
+            if commit is None:
+                break
+            out.append(commit)
+        return out
 
 
 class _Differ:
@@ -403,14 +420,16 @@ class _Differ:
             stdout=self.out, stderr=subprocess.DEVNULL)
         self.failed = False
 
-    def ask(self, commit: str) -> None:
+    def ask(self, commits: list[str]) -> None:
+        if not commits:
+            return
         assert self.proc is not None and self.proc.stdin is not None
         try:
-            self.proc.stdin.write(f"{commit}\n".encode())
+            self.proc.stdin.write("".join(f"{c}\n" for c in commits).encode())
             self.proc.stdin.flush()
         except OSError:
             self.failed = True
-        self.asked.append(commit)
+        self.asked += commits
 
     def answer(self) -> dict[str, bytes] | None:
         """Each commit asked, its part of the output; None when git failed."""
