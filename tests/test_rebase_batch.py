@@ -368,12 +368,14 @@ class _Following(treereplay.ReplayAlong):
 
 
 def _children() -> list[str]:
-    """The commands of this process's child processes (zombies included)."""
+    """The git processes among this process's children (zombies included; not the servers
+    other tests of the session started)."""
     me, out = str(os.getpid()), []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             status = Path(f"/proc/{pid}/status").read_text()
-            if f"\nPPid:\t{me}\n" in status:
+            if f"\nPPid:\t{me}\n" in status and status.startswith(
+                    ("Name:\tgit", "Name:\tstdbuf")):
                 out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                            .decode(errors="replace"))
     return out
