@@ -1215,7 +1215,7 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
         st["start"] = None if vendor else new_base
         streamed = along.result([it["old"] for it in st["queue"]]) if along \
             else treereplay.UNKNOWN
-        streamed_diffs = along.diffs() if along and streamed else None
+        streamed_diffs = along.diffs() if along else None
         try:
             st["vendor"] = _vendor_onto(settings, scratch, vendor, src.name)
         except PatchFailed as e:

@@ -252,36 +252,44 @@ class ReplayAlong:
                  diff_env: dict[str, str] | None = None) -> None:
         self.repo, self.base = repo, base
         self.log = repo / ".git" / "logs" / "HEAD"
-        with open(repo / ".git" / "config", "a", encoding="utf-8") as f:
-            f.write("[core]\n\tlogAllRefUpdates = true\n")
-        try:
-            self.pos = self.log.stat().st_size
-        except FileNotFoundError:
-            self.pos = 0
+        self.pos = 0
         #: the commits seen, in order (each picked, or the last one conflicted)
         self.seen: list[str] = []
         self.conflict = False
-        self.broken = False
+        self.broken = False             # (nothing followed stands: see result)
+        self.vouched = False            # (result gave the replay of the queue)
         self._done = threading.Event()
-        # (the processes are started here: one started on the thread would get the
-        # parent-death signal when the thread ends)
-        self.replay = _Replay(repo, start, committer, config, loose=diff_args is not None)
-        self.differs = [] if diff_args is None else \
-            [_Differ(repo, config, diff_args, diff_env) for _ in ("old", "new")]
-        self.reader = procs.popen(["git", *gitutil.SAFE_CONFIG, "cat-file", "--batch"],
-                                  quick=True, cwd=repo, env=gitutil.base_env(),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL)
         self._log_fd: int | None = None
         self._thread = threading.Thread(target=self._follow, daemon=True)
+        # (the processes are started here: one started on the thread would get the
+        # parent-death signal when the thread ends)
+        self.differs: list[_Differ] = []
+        self.reader: subprocess.Popen | None = None
+        self.replay: _Replay | None = None
+        try:
+            with open(repo / ".git" / "config", "a", encoding="utf-8") as f:
+                f.write("[core]\n\tlogAllRefUpdates = true\n")
+            with contextlib.suppress(FileNotFoundError):
+                self.pos = self.log.stat().st_size
+            for _ in () if diff_args is None else ("old", "new"):
+                self.differs.append(_Differ(repo, config, diff_args, diff_env))
+            self.reader = procs.popen(["git", *gitutil.SAFE_CONFIG, "cat-file", "--batch"],
+                                      quick=True, cwd=repo, env=gitutil.base_env(),
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL)
+            self.replay = _Replay(repo, start, committer, config, loose=diff_args is not None)
+        except OSError:                 # (a full disk, no process left: nothing follows,
+            self.broken = True          # the caller replays the queue itself)
 
     def __enter__(self) -> ReplayAlong:
-        self._thread.start()
+        if not self.broken:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._end()
-        self.replay.close()
+        if self.replay is not None:
+            self.replay.close()
         for differ in self.differs:
             differ.close()
 
@@ -292,17 +300,18 @@ class ReplayAlong:
         if self._log_fd is not None:
             os.close(self._log_fd)
             self._log_fd = None
-        if self.reader.returncode is None:
-            for f in (self.reader.stdin, self.reader.stdout):
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            for f in (reader.stdin, reader.stdout):
                 with contextlib.suppress(OSError):
                     if f is not None:
                         f.close()
             try:
-                self.reader.wait(timeout=5)
+                reader.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                procs.kill_group(self.reader, signal.SIGKILL)
-                self.reader.wait()
-            procs.forget(self.reader)
+                procs.kill_group(reader, signal.SIGKILL)
+                reader.wait()
+            procs.forget(reader)
 
     def result(self, olds: list[str]) -> list[str | None] | None | object:
         """Once the last commit of ``olds`` (the queue, as the am's record lists it) is made:
@@ -313,22 +322,25 @@ class ReplayAlong:
             return UNKNOWN
         if self.conflict:
             return None if olds[:len(self.seen)] == self.seen else UNKNOWN
-        if not olds or self.seen != olds:
+        if not olds or self.seen != olds or self.replay is None:
             return UNKNOWN
+        self.vouched = True
         return self.replay.finish()
 
     def diffs(self) -> tuple[dict[str, bytes], dict[str, bytes]] | None:
         """After :meth:`result` gave the new commits: the ``diff-tree`` (``diff_args``) of
         each old commit and of each new one, asked as they were made; None when it was not
-        asked or git failed."""
-        if not self.differs or self.conflict or self.broken:
+        asked, git failed, or :meth:`result` did not give the queue's replay."""
+        if not self.differs or not self.vouched:
             return None
         olds, news = (d.answer() for d in self.differs)
         return None if olds is None or news is None else (olds, news)
 
     def _follow(self) -> None:
+        replay = self.replay
+        assert replay is not None
         try:
-            if not self.replay.ready(self.repo):
+            if not replay.ready(self.repo):
                 self.broken = True
                 return
             head, tail = self.base, b""
@@ -355,11 +367,11 @@ class ReplayAlong:
                 made = []
                 for sha, commit in zip(fresh, commits, strict=False):
                     self.seen.append(sha)
-                    if not self.replay.pick(sha, commit):
+                    if not replay.pick(sha, commit):
                         self.conflict = True
                         break
-                    if self.replay.out[-1]:
-                        made.append(self.replay.head)
+                    if replay.out[-1]:
+                        made.append(replay.head)
                 if self.differs:
                     self.differs[1].ask(made)
                 if len(commits) < len(fresh) and not self.conflict:
@@ -389,16 +401,17 @@ class ReplayAlong:
         up to the first that is not a plain commit."""
         if not shas:
             return []
-        assert self.reader.stdin is not None and self.reader.stdout is not None
-        self.reader.stdin.write("".join(f"{sha}\n" for sha in shas).encode())
-        self.reader.stdin.flush()
+        reader = self.reader
+        assert reader is not None and reader.stdin is not None and reader.stdout is not None
+        reader.stdin.write("".join(f"{sha}\n" for sha in shas).encode())
+        reader.stdin.flush()
         out: list[gitutil.PlainCommit] = []
         for sha in shas:
-            head = self.reader.stdout.readline().split(b" ")
+            head = reader.stdout.readline().split(b" ")
             if len(head) != 3 or head[0].decode() != sha or head[1] != b"commit":
                 break
             size = int(head[2])
-            body = self.reader.stdout.read(size + 1)
+            body = reader.stdout.read(size + 1)
             commit = gitutil.plain_commit(body[:size]) if len(body) == size + 1 else None
             if commit is None:
                 break
@@ -413,12 +426,16 @@ class _Differ:
     def __init__(self, repo: Path, config: list[str], args: list[str],
                  env: dict[str, str] | None) -> None:
         self.asked: list[str] = []
-        self.out = tempfile.TemporaryFile(dir=repo / ".git")
-        self.proc: subprocess.Popen | None = procs.popen(
-            ["git", *gitutil.SAFE_CONFIG, *config, "diff-tree", "--stdin", "--always", *args],
-            quick=True, cwd=repo, env=gitutil.base_env(env), stdin=subprocess.PIPE,
-            stdout=self.out, stderr=subprocess.DEVNULL)
         self.failed = False
+        self.out = tempfile.TemporaryFile(dir=repo / ".git")
+        try:
+            self.proc: subprocess.Popen | None = procs.popen(
+                ["git", *gitutil.SAFE_CONFIG, *config, "diff-tree", "--stdin", "--always",
+                 *args], quick=True, cwd=repo, env=gitutil.base_env(env),
+                stdin=subprocess.PIPE, stdout=self.out, stderr=subprocess.DEVNULL)
+        except BaseException:
+            self.out.close()
+            raise
 
     def ask(self, commits: list[str]) -> None:
         if not commits:

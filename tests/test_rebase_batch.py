@@ -484,7 +484,7 @@ def test_what_the_follower_cannot_vouch_for_is_unknown(tmp_path, what):
     """HEAD moved back (a reset), a queue other than the commits followed, or no commit
     seen: :data:`treereplay.UNKNOWN`, and the caller replays the queue itself."""
     repo, base, onto = _following_repo(tmp_path)
-    with treereplay.ReplayAlong(repo, base, onto, WHO, []) as along:
+    with treereplay.ReplayAlong(repo, base, onto, WHO, [], diff_args=["-p"]) as along:
         if what == "nothing made":
             olds = []
         else:
@@ -494,4 +494,26 @@ def test_what_the_follower_cannot_vouch_for_is_unknown(tmp_path, what):
             second = _local(repo, 1, "a9\n", "a9 y\n")
             olds = [first, second] if what == "reset back" else [second]
         assert along.result(olds) is treereplay.UNKNOWN
+        assert along.diffs() is None    # (not the patches of that queue either)
+    assert _children() == []
+
+
+def test_a_follower_that_cannot_start_leaves_the_replay_to_the_dry_run(project, monkeypatch,
+                                                                        tmp_path):
+    """When the follower cannot be set up (here its ``diff-tree``'s output file, as on a
+    full disk), the dry run replays the queue after the apply, with the same rows, and no
+    process of the follower is left."""
+    _tag_v3(project, tmp_path)
+    pq.patch(project.settings, ["up"])
+    expected = _dry(project, monkeypatch, batch=True, onto="v3")
+    project.settings.patch_record("up").unlink()
+
+    class NoRoom(treereplay._Differ):
+        def __init__(self, *args, **kw):
+            raise OSError(28, "No space left on device")
+    monkeypatch.setattr(treereplay, "_Differ", NoRoom)
+    log = git_logger(tmp_path, monkeypatch)
+    assert _dry(project, monkeypatch, batch=True, onto="v3") == expected
+    assert git_calls(log, "merge-tree") == 1 and git_calls(log, "rebase") == 0
+    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
     assert _children() == []
