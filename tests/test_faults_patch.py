@@ -25,6 +25,7 @@ import pytest
 from patchfixtures import (
     DEV,
     Project,
+    add_release_v2,
     change_line,
     commit_all,
     g,
@@ -497,3 +498,71 @@ def test_kill_9_at_seeded_points_of_edit_and_export(tmp_path, edit_reference):
         check_export_after_kill(tmp_path / f"x{k}", k, edit_reference)
     for k in seeded("edit-many", 6, edit_reference["edit_count"]):
         check_edit_after_kill(tmp_path / f"e{k}", k, edit_reference)
+
+
+DRY = ("rebase", "up", "--onto", "v2", "--dry-run", "--json")
+
+
+def _long_v2(tmp: Path) -> Project:
+    """The long series' project with a release v2 (no record: the dry run applies the old
+    series again, and replays it along its ``git am``)."""
+    project = make_long_project(tmp, N)
+    add_release_v2(project)
+    return project
+
+
+def _rows(proc: subprocess.CompletedProcess) -> list[dict]:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["rows"]
+
+
+def _processes_in(top: Path) -> list[str]:
+    """Processes whose working directory lies under ``top``."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if cwd == str(top) or cwd.startswith(f"{top}/"):
+            out.append(f"{pid} {cwd}")
+    return out
+
+
+def _assert_dry_run_left_nothing(project: Project, v1: str) -> None:
+    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert g(project.tree, "rev-parse", "HEAD") == v1
+    assert g(project.tree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert not project.settings.patch_record("up").exists()
+    deadline = time.monotonic() + 10    # (a killed run's quick git queries end at their EOF)
+    while _processes_in(project.root.parent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_in(project.root.parent) == []
+
+
+def test_kill_9_of_a_dry_run_without_a_record_then_a_plain_rerun(tmp_path):
+    """A dry run without a patch record, killed (its whole group) while ``git am`` applies
+    the old series and the follower replays it, and at seeded points of the whole run: the
+    same command again reports the same rows as an uninterrupted run, and nothing of either
+    run is left (no scratch, no process working in the project, the tree as it was)."""
+    reference = _long_v2(tmp_path / "ref")
+    want = _rows(run(reference, *DRY))
+    count = kill_count(_long_v2(tmp_path / "count"), *DRY)
+
+    project = _long_v2(tmp_path / "timed")
+    proc = start(project, *DRY)
+
+    def following() -> bool:
+        logs = list(project.settings.work_dir.glob("patch-scratch-*/.git/logs/HEAD"))
+        return any(len(p.read_bytes().splitlines()) > STOP_AT for p in logs)
+    wait_until(following, proc, "a scratch with commits of the old series")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert _rows(run(project, *DRY)) == want
+    _assert_dry_run_left_nothing(project, project.upstream.v1)
+
+    for k in seeded("dry-run", 3, count):
+        project = _long_v2(tmp_path / f"k{k}")
+        assert killed_at(project, k, *DRY).returncode == -signal.SIGKILL
+        assert _rows(run(project, *DRY)) == want, f"killed at point {k}"
+        _assert_dry_run_left_nothing(project, project.upstream.v1)
