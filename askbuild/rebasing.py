@@ -463,6 +463,14 @@ def _no_index(tree: Path) -> dict[str, str]:
     return {"GIT_INDEX_FILE": str(_scratch_git_dir(tree) / "askbuild-no-index")}
 
 
+def _new_diffs(tree: Path, news: list[str],
+               along: treereplay.ReplayAlong | None) -> dict[str, bytes]:
+    """The patches of the replay's new commits ``news``: asked of the ``diff-tree`` that
+    followed the replay (``along``), else :func:`_per_commit`."""
+    got = along.new_diffs(news) if along is not None else None
+    return got if got is not None else _per_commit(tree, news, _DIFF_ARGS)
+
+
 def _names(tree: Path, commits: list[str]) -> dict[str, list[str]]:
     """The files each of ``commits`` changes against its parent (renames as a deletion and an
     addition), names as they are (``-z``: no quoting): one ``diff-tree``."""
@@ -606,9 +614,7 @@ _SEQUENCER_CONFIG = [
 
 
 def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = None,
-                streamed: object = treereplay.UNKNOWN,
-                streamed_diffs: tuple[dict[str, bytes], dict[str, bytes]] | None = None
-                ) -> None:
+                along: treereplay.ReplayAlong | None = None) -> None:
     """The dry run's replay of the whole queue onto HEAD of the scratch ``tree``, never
     stopping (a conflict is reported and dropped), with the same outcomes and commits as
     :func:`_replay` one by one (:func:`_dry_replay_per_patch`), in a constant number of git
@@ -631,18 +637,19 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
     ``git apply --check`` asked, as :func:`_pick` asks it, and the files of the old and new
     commits read (one ``diff-tree`` for all).  An old commit with no change sends the queue
     the per-patch way.  ``old_names``: the files of the old commits, when the caller has
-    read them.  ``streamed``: the replay as trees made while the old commits were
-    (:meth:`askbuild.treereplay.ReplayAlong.result`) unless it is
-    :data:`~askbuild.treereplay.UNKNOWN`; ``streamed_diffs``: then the old and the new
-    patches, read as they were made (:meth:`~askbuild.treereplay.ReplayAlong.diffs`)."""
+    read them.  ``along``: what followed the ``git am`` that made the old commits
+    (:class:`askbuild.treereplay.ReplayAlong`): its replay and the patches it read stand
+    when it vouches for the queue; the new commits' patches are asked of it in any case."""
     queue = st["queue"][st["pos"]:]
     olds = [it["old"] for it in queue]
     if not olds:
         return
     batch = BATCH_REPLAY and len(set(olds)) == len(olds)
+    streamed = along.result(olds) if along is not None else treereplay.UNKNOWN
+    streamed_olds = along.old_diffs() if along is not None else None
     # (the old patches are read while the trees are merged: two processes, two cores)
     old_diffs = procs.in_background(_per_commit, tree, olds, _DIFF_ARGS) \
-        if streamed_diffs is None else lambda: streamed_diffs[0]
+        if streamed_olds is None else lambda: streamed_olds
     start = st.get("start") or _head(tree)
     if not (TREE_REPLAY and batch):
         got = None
@@ -652,8 +659,7 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
         got = treereplay.replay_trees(tree, start, olds, _REPLAY_COMMITTER, _REPLAY_GIT)
     # (and the new ones while the old ones are: the tree replay made them all at once)
     new_diffs_of = None if not (got and any(got)) else \
-        procs.in_background(_per_commit, tree, [c for c in got if c], _DIFF_ARGS) \
-        if streamed_diffs is None else lambda: streamed_diffs[1]
+        procs.in_background(_new_diffs, tree, [c for c in got if c], along)
     diffs = old_diffs()
     if not batch or not all(diffs[o] for o in olds):
         _dry_replay_per_patch(st, tree, diffs)      # (the replay's commits are dropped)
@@ -676,7 +682,7 @@ def _dry_replay(st: dict, tree: Path, old_names: dict[str, list[str]] | None = N
                           fix="run the dry run again; report it if it happens again")
     if not news:
         return
-    new_diffs = new_diffs_of() if new_diffs_of else _per_commit(tree, news, _DIFF_ARGS)
+    new_diffs = new_diffs_of() if new_diffs_of else _new_diffs(tree, news, along)
     same = []
     for item, new in zip(picked, news, strict=True):
         shape = _change_shape(diffs[item["old"]])
@@ -1213,9 +1219,6 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
         st = {"source": src.name, "onto": onto, "new_base": new_base, "old_base": old_base,
               "pos": 0, "queue": _queue_from_record(record), "vendor": []}
         st["start"] = None if vendor else new_base
-        streamed = along.result([it["old"] for it in st["queue"]]) if along \
-            else treereplay.UNKNOWN
-        streamed_diffs = along.diffs() if along else None
         try:
             st["vendor"] = _vendor_onto(settings, scratch, vendor, src.name)
         except PatchFailed as e:
@@ -1228,7 +1231,7 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
             old_names = _names(scratch, [it["old"] for it in st["queue"]])
             if any(f not in paths for files in old_names.values() for f in files):
                 raise _NotSparse        # (an old commit touches a file outside the scratch)
-        _dry_replay(st, scratch, old_names, streamed, streamed_diffs)
+        _dry_replay(st, scratch, old_names, along)
     return st
 
 

@@ -241,11 +241,14 @@ class ReplayAlong:
     run) and picked.  Any other move (a reset back, another branch) ends the following: the
     caller then replays the queue itself.  :meth:`result` says whether what was replayed is
     the queue's replay.  With ``diff_args``, two ``git diff-tree --stdin ARGS`` (``diff_env``
-    their environment) are asked for each old commit and each new one as they come:
-    :meth:`diffs`.  Used as a context manager: the thread and every git process end on the
-    way out, whatever happened.  (A 300-patch dry run, one interleaved run of 8 rounds on a
-    busy host: 2.41 s replaying after ``git am``, 2.36 s replaying along, 1.98 s reading the
-    patches along too, against 1.41 s for the ``git am -3`` of the series.)"""
+    their environment) are asked for each old commit and each new one as they come
+    (:meth:`old_diffs`, :meth:`new_diffs`; past a conflict the old commits are still
+    followed for their patches, and the caller's own new commits can be asked too: so the
+    queue's patches take two processes whatever happens).  Used as a context manager: the
+    thread and every git process end on the way out, whatever happened.  (A 300-patch dry
+    run, one interleaved run of 8 rounds on a busy host: 2.41 s replaying after ``git am``,
+    2.36 s replaying along, 1.98 s reading the patches along too, against 1.41 s for the
+    ``git am -3`` of the series.)"""
 
     def __init__(self, repo: Path, base: str, start: str, committer: tuple[str, str],
                  config: list[str], *, diff_args: list[str] | None = None,
@@ -318,29 +321,35 @@ class ReplayAlong:
         :func:`replay_trees` of ``olds`` onto ``start`` (the new commits, or None when a
         pick conflicted), or :data:`UNKNOWN` when what was followed is not that queue."""
         self._end()
-        if self.broken:
-            return UNKNOWN
-        if self.conflict:
-            return None if olds[:len(self.seen)] == self.seen else UNKNOWN
-        if not olds or self.seen != olds or self.replay is None:
+        if self.broken or not olds or self.seen != olds or self.replay is None:
             return UNKNOWN
         self.vouched = True
-        return self.replay.finish()
+        return None if self.conflict else self.replay.finish()
 
-    def diffs(self) -> tuple[dict[str, bytes], dict[str, bytes]] | None:
-        """After :meth:`result` gave the new commits: the ``diff-tree`` (``diff_args``) of
-        each old commit and of each new one, asked as they were made; None when it was not
-        asked, git failed, or :meth:`result` did not give the queue's replay."""
-        if not self.differs or not self.vouched:
+    def old_diffs(self) -> dict[str, bytes] | None:
+        """After :meth:`result` vouched for the queue: the ``diff-tree`` (``diff_args``) of
+        each old commit, asked as they were made (past a conflict too); None when it was
+        not asked or git failed."""
+        if not self.vouched or not self.differs:
             return None
-        olds, news = (d.answer() for d in self.differs)
-        return None if olds is None or news is None else (olds, news)
+        return self.differs[0].answer()
+
+    def new_diffs(self, commits: list[str]) -> dict[str, bytes] | None:
+        """The ``diff-tree`` of each of ``commits``, the replay's new commits (made along, or
+        after it by the caller: the sequencer's past a conflict, or :func:`replay_trees`'s),
+        from the process that read the new commits as they were made (those not asked yet
+        are asked now); None when it was not asked or git failed."""
+        if not self.differs or self.differs[1].proc is None:
+            return None
+        differ = self.differs[1]
+        asked = set(differ.asked)
+        differ.ask([c for c in commits if c not in asked])
+        out = differ.answer()
+        return out if out is not None and all(c in out for c in commits) else None
 
     def _follow(self) -> None:
-        replay = self.replay
-        assert replay is not None
         try:
-            if not replay.ready(self.repo):
+            if self.replay is None or not self.replay.ready(self.repo):
                 self.broken = True
                 return
             head, tail = self.base, b""
@@ -361,26 +370,33 @@ class ReplayAlong:
                         self.broken = True
                         break
                     fresh.append(head := new)
-                commits = self._commits(fresh)
+                self.seen += fresh
                 if self.differs:
-                    self.differs[0].ask(fresh[:len(commits)])
-                made = []
-                for sha, commit in zip(fresh, commits, strict=False):
-                    self.seen.append(sha)
-                    if not replay.pick(sha, commit):
-                        self.conflict = True
-                        break
-                    if replay.out[-1]:
-                        made.append(replay.head)
-                if self.differs:
-                    self.differs[1].ask(made)
-                if len(commits) < len(fresh) and not self.conflict:
-                    self.broken = True  # (not a plain commit)
-                if last or self.broken or self.conflict:
+                    self.differs[0].ask(fresh)
+                if not self.conflict:   # (past a conflict, only followed: the old patches)
+                    self._pick(fresh)
+                if last or self.broken:
                     return
                 self._done.wait(FOLLOW_EVERY)
         except Exception:               # noqa: BLE001 - the caller replays the queue itself
             self.broken = True
+
+    def _pick(self, fresh: list[str]) -> None:
+        """Pick the commits ``fresh`` in turn; their new commits' patches asked for."""
+        replay = self.replay
+        assert replay is not None
+        commits = self._commits(fresh)
+        made = []
+        for sha, commit in zip(fresh, commits, strict=False):
+            if not replay.pick(sha, commit):
+                self.conflict = True
+                break
+            if replay.out[-1]:
+                made.append(replay.head)
+        if self.differs:
+            self.differs[1].ask(made)
+        if len(commits) < len(fresh) and not self.conflict:
+            self.broken = True          # (not a plain commit)
 
     def _read(self) -> bytes:
         """What HEAD's reflog got since the last read (opened once it is there; git only

@@ -465,7 +465,7 @@ def test_the_follower_replays_what_replay_trees_replays(tmp_path):
     with treereplay.ReplayAlong(repo, base, onto, WHO, [], diff_args=args) as along:
         olds = [_local(repo, i, f"a{10 + i}\n", f"a{10 + i} local\n") for i in range(3)]
         got = along.result(olds)
-        diffs = along.diffs()
+        diffs = (along.old_diffs(), along.new_diffs(got))
     assert got == treereplay.replay_trees(repo, onto, olds, WHO, []) and all(got)
     g(repo, "fsck", "--strict", "--no-dangling", "--no-progress")
     # the patches read along are diff-tree's of the same commits
@@ -473,9 +473,13 @@ def test_the_follower_replays_what_replay_trees_replays(tmp_path):
                      gitutil.diff_tree_each(repo, got, args))
     assert all(b"local\n" in d for part in diffs for d in part.values())
     g(repo, "checkout", "-q", "--detach", base)
-    with treereplay.ReplayAlong(repo, base, onto, WHO, []) as along:
-        olds = [_local(repo, 0, "a5\n", "a5 local\n"), _local(repo, 1, "a1\n", "a1 ours\n")]
+    with treereplay.ReplayAlong(repo, base, onto, WHO, [], diff_args=args) as along:
+        olds = [_local(repo, 0, "a1\n", "a1 ours\n"), _local(repo, 1, "a5\n", "a5 local\n")]
         assert along.result(olds) is None
+        # past the conflict the old commits were still followed for their patches, and the
+        # caller's own new commits are asked of the same process
+        assert along.old_diffs() == gitutil.diff_tree_each(repo, olds, args)
+        assert along.new_diffs(got) == gitutil.diff_tree_each(repo, got, args)
     assert treereplay.replay_trees(repo, onto, olds, WHO, []) is None
 
 
@@ -494,7 +498,7 @@ def test_what_the_follower_cannot_vouch_for_is_unknown(tmp_path, what):
             second = _local(repo, 1, "a9\n", "a9 y\n")
             olds = [first, second] if what == "reset back" else [second]
         assert along.result(olds) is treereplay.UNKNOWN
-        assert along.diffs() is None    # (not the patches of that queue either)
+        assert along.old_diffs() is None    # (not the patches of that queue either)
     assert _children() == []
 
 
