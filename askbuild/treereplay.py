@@ -305,16 +305,7 @@ class ReplayAlong:
             self._log_fd = None
         reader, self.reader = self.reader, None
         if reader is not None:
-            for f in (reader.stdin, reader.stdout):
-                with contextlib.suppress(OSError):
-                    if f is not None:
-                        f.close()
-            try:
-                reader.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                procs.kill_group(reader, signal.SIGKILL)
-                reader.wait()
-            procs.forget(reader)
+            _stop(reader)
 
     def result(self, olds: list[str]) -> list[str | None] | None | object:
         """Once the last commit of ``olds`` (the queue, as the am's record lists it) is made:
@@ -540,8 +531,8 @@ def _merge(merger: subprocess.Popen, buf: bytearray, ours: str, theirs: str, *,
 
 
 def _stop(merger: subprocess.Popen) -> None:
-    """End ``merger``: its input closed, it ends by itself; killed if it does not (its
-    group: ``stdbuf`` execs git, nothing else runs in it)."""
+    """End ``merger`` (or the follower's ``cat-file``): its input closed, it ends by itself;
+    killed if it does not (its group: ``stdbuf`` execs git, nothing else runs in it)."""
     try:
         for f in (merger.stdin, merger.stdout):
             with contextlib.suppress(OSError):
