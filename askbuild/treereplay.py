@@ -256,7 +256,7 @@ class ReplayAlong:
         self.repo, self.base = repo, base
         self.log = repo / ".git" / "logs" / "HEAD"
         self.pos = 0
-        #: the commits seen, in order (each picked, or the last one conflicted)
+        #: the commits followed, in order (picked up to a conflict, only followed past it)
         self.seen: list[str] = []
         self.conflict = False
         self.broken = False             # (nothing followed stands: see result)
