@@ -42,12 +42,13 @@ shared, so absolute numbers vary, the ratios did not):
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from . import procs
 from .errors import UnsafeInputError
@@ -211,18 +212,24 @@ def plain_commits(repo: str | Path, commits: Sequence[str]) -> list[PlainCommit]
     commit (another header, no parent or several, not a commit)."""
     raw = git(["cat-file", "--batch"], cwd=repo, text=False,
               input="".join(f"{c}\n" for c in commits).encode()).stdout
+    out = read_plain_commits(io.BytesIO(raw), commits)
+    return out if len(out) == len(commits) else None
+
+
+def read_plain_commits(stream: BinaryIO, commits: Sequence[str]) -> list[PlainCommit]:
+    """The answers of ``git cat-file --batch`` to ``commits``, read from its output
+    ``stream``: each a :class:`PlainCommit`, up to the first that is not a plain commit (or
+    not the one asked, or cut short)."""
     out: list[PlainCommit] = []
-    pos = 0
     for c in commits:
-        nl = raw.find(b"\n", pos)
-        head = raw[pos:nl].split(b" ") if nl >= 0 else []
+        head = stream.readline().split(b" ")
         if len(head) != 3 or head[0].decode() != c or head[1] != b"commit":
-            return None
+            break
         size = int(head[2])
-        commit = plain_commit(raw[nl + 1:nl + 1 + size])
-        pos = nl + 1 + size + 1
+        body = stream.read(size + 1)
+        commit = plain_commit(body[:size]) if len(body) == size + 1 else None
         if commit is None:
-            return None
+            break
         out.append(commit)
     return out
 

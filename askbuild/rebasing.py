@@ -1199,17 +1199,19 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
                 borrow.append(objects)
         # (with the old commits at hand and no vendor patch to apply, a sparse scratch is
         # checked out only if the replay needs a work tree: _dry_replay)
+        follow = record is None and REPLAY_ALONG and TREE_REPLAY and BATCH_REPLAY \
+            and not vendor
         scratch = stack.enter_context(pq.scratch_worktree(
             tree, new_base if record else old_base, settings.work_dir, paths=paths,
             sparse_index=record is not None, borrow=borrow,
-            checkout=record is None or bool(vendor)))
+            checkout=record is None or bool(vendor), reflog=follow))
         along = None
         if record is None:
-            if REPLAY_ALONG and TREE_REPLAY and BATCH_REPLAY and not vendor:
+            if follow:
                 # (each old commit replayed onto the new base as soon as git am made it)
                 along = stack.enter_context(treereplay.ReplayAlong(
                     scratch, old_base, new_base, _REPLAY_COMMITTER, _REPLAY_GIT,
-                    diff_args=_DIFF_ARGS, diff_env=_no_index(scratch)))
+                    diff_args=_DIFF_ARGS, diff_config=pq.REPRO, diff_env=_no_index(scratch)))
             record = pq.apply_queue(scratch, old_base, inputs, source=src.name, branch=None,
                                     batch=True, detached_at=old_base)
             if paths is not None:

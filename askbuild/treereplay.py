@@ -236,13 +236,15 @@ class ReplayAlong:
     commit is there, not after the whole series.
 
     A thread follows HEAD's reflog (``logs/HEAD``, which git appends a line to at each move
-    of HEAD; the scratch's config says to keep it) every :data:`FOLLOW_EVERY` seconds: each
-    move from the tip it knows to a new commit is read (one ``cat-file --batch`` for the
-    run) and picked.  Any other move (a reset back, another branch) ends the following: the
-    caller then replays the queue itself.  :meth:`result` says whether what was replayed is
-    the queue's replay.  With ``diff_args``, two ``git diff-tree --stdin ARGS`` (``diff_env``
-    their environment) are asked for each old commit and each new one as they come
-    (:meth:`old_diffs`, :meth:`new_diffs`; past a conflict the old commits are still
+    of HEAD; a scratch keeps it when made with ``reflog=True``:
+    :func:`~askbuild.patchqueue.journal.scratch_worktree`; without a reflog nothing is
+    followed and :meth:`result` says so) every :data:`FOLLOW_EVERY` seconds: each move from
+    the tip it knows to a new commit is read (one ``cat-file --batch`` for the run) and
+    picked.  Any other move (a reset back, another branch) ends the following: the caller
+    then replays the queue itself.  :meth:`result` says whether what was replayed is the
+    queue's replay.  With ``diff_args``, two ``git [DIFF_CONFIG] diff-tree --stdin ARGS``
+    (``diff_env`` their environment) are asked for each old commit and each new one as they
+    come (:meth:`old_diffs`, :meth:`new_diffs`; past a conflict the old commits are still
     followed for their patches, and the caller's own new commits can be asked too: so the
     queue's patches take two processes whatever happens).  Used as a context manager: the
     thread and every git process end on the way out, whatever happened.  (A 300-patch dry
@@ -252,6 +254,7 @@ class ReplayAlong:
 
     def __init__(self, repo: Path, base: str, start: str, committer: tuple[str, str],
                  config: list[str], *, diff_args: list[str] | None = None,
+                 diff_config: list[str] | None = None,
                  diff_env: dict[str, str] | None = None) -> None:
         self.repo, self.base = repo, base
         self.log = repo / ".git" / "logs" / "HEAD"
@@ -270,12 +273,10 @@ class ReplayAlong:
         self.reader: subprocess.Popen | None = None
         self.replay: _Replay | None = None
         try:
-            with open(repo / ".git" / "config", "a", encoding="utf-8") as f:
-                f.write("[core]\n\tlogAllRefUpdates = true\n")
             with contextlib.suppress(FileNotFoundError):
                 self.pos = self.log.stat().st_size
             for _ in () if diff_args is None else ("old", "new"):
-                self.differs.append(_Differ(repo, config, diff_args, diff_env))
+                self.differs.append(_Differ(repo, diff_config or [], diff_args, diff_env))
             self.reader = procs.popen(["git", *gitutil.SAFE_CONFIG, "cat-file", "--batch"],
                                       quick=True, cwd=repo, env=gitutil.base_env(),
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -412,18 +413,7 @@ class ReplayAlong:
         assert reader is not None and reader.stdin is not None and reader.stdout is not None
         reader.stdin.write("".join(f"{sha}\n" for sha in shas).encode())
         reader.stdin.flush()
-        out: list[gitutil.PlainCommit] = []
-        for sha in shas:
-            head = reader.stdout.readline().split(b" ")
-            if len(head) != 3 or head[0].decode() != sha or head[1] != b"commit":
-                break
-            size = int(head[2])
-            body = reader.stdout.read(size + 1)
-            commit = gitutil.plain_commit(body[:size]) if len(body) == size + 1 else None
-            if commit is None:
-                break
-            out.append(commit)
-        return out
+        return gitutil.read_plain_commits(reader.stdout, shas)
 
 
 class _Differ:

@@ -255,7 +255,8 @@ def clean_scratch(settings: Settings) -> None:
 @contextlib.contextmanager
 def scratch_worktree(tree: Path, base: str, parent: Path, *,
                      paths: Iterable[str] | None = None, sparse_index: bool = True,
-                     borrow: Iterable[Path] = (), checkout: bool = True) -> Iterator[Path]:
+                     borrow: Iterable[Path] = (), checkout: bool = True,
+                     reflog: bool = False) -> Iterator[Path]:
     """A throw-away work tree of ``tree``'s repository at ``base`` (detached HEAD): no branch,
     file or object of ``tree`` is touched.  Its name is unique to this run; one left by a
     killed run goes with :func:`clean_scratch`.
@@ -277,12 +278,16 @@ def scratch_worktree(tree: Path, base: str, parent: Path, *,
     that no pattern can name (a line break in a name) give a full scratch.  ``borrow``: more
     object directories the scratch borrows from (another scratch's:
     :func:`~.graft.grafted_queue`).  ``checkout=False``: nothing checked out yet (HEAD
-    unborn), for work on objects alone until a checkout is needed."""
+    unborn), for work on objects alone until a checkout is needed.  ``reflog``: HEAD's moves
+    logged (``logs/HEAD``) whatever the user's ``core.logAllRefUpdates`` says, for a reader
+    that follows them (:class:`~askbuild.treereplay.ReplayAlong`)."""
     parent.mkdir(parents=True, exist_ok=True)
     patterns = None if paths is None else sparse_patterns(paths)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
     try:
         borrowing_repo(tree, scratch, borrow)
+        if reflog:
+            _add_config(scratch, "[core]\n\tlogAllRefUpdates = true\n")
         if patterns is not None:
             _sparse_config(scratch, patterns, sparse_index)
         if checkout:
@@ -359,8 +364,7 @@ def _sparse_config(scratch: Path, patterns: bytes, sparse_index: bool) -> None:
     gd = scratch / ".git"
     (gd / "info").mkdir(exist_ok=True)
     (gd / "info" / "sparse-checkout").write_bytes(patterns)
-    with open(gd / "config", "a", encoding="utf-8") as f:
-        f.write("[core]\n\tsparseCheckout = true\n\tsparseCheckoutCone = true\n"
+    _add_config(scratch, "[core]\n\tsparseCheckout = true\n\tsparseCheckoutCone = true\n"
                 "[sparse]\n\texpectFilesOutsideOfPatterns = true\n")
     use_sparse_index(scratch, sparse_index)
 
@@ -368,8 +372,14 @@ def _sparse_config(scratch: Path, patterns: bytes, sparse_index: bool) -> None:
 def use_sparse_index(scratch: Path, on: bool = True) -> None:
     """Make the index of a sparse ``scratch`` (:func:`scratch_worktree`) sparse (``on``) or
     full from its next write (a checkout) on: the last ``index.sparse`` of its config wins."""
+    _add_config(scratch, f"[index]\n\tsparse = {'true' if on else 'false'}\n")
+
+
+def _add_config(scratch: Path, text: str) -> None:
+    """Append ``text`` (git config lines) to the config of the scratch repository
+    ``scratch``: the last value of a key wins, and the scratch is this run's own."""
     with open(scratch / ".git" / "config", "a", encoding="utf-8") as f:
-        f.write(f"[index]\n\tsparse = {'true' if on else 'false'}\n")
+        f.write(text)
 
 
 def _stale_worktrees(tree: Path) -> bool:
