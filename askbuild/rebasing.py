@@ -1160,27 +1160,44 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
     apply --check`` of an old patch) reads only files the old commits touch.  So the sparse
     answer stands unless an old commit touches a file outside the scratch (git read a patch
     differently), a vendor patch failed, or git failed there: then everything is worked out
-    again in a full scratch, whose answer is the one reported."""
+    again in a full scratch, whose answer is the one reported.
+
+    The scratches are in RAM when there is room (:func:`~askbuild.patchqueue.scratch_home`);
+    when it runs out there, the dry run is done again in the work directory."""
     inputs = pq.collect_inputs(settings, layers, sources, trees={src.name: tree})
     old_base = old_base or pq.base_commit(tree)
     new_base = fetch_onto(settings, src, tree, onto)
     record = _recorded_series(settings, src.name, tree, old_base, inputs)
-    st = None
     paths = pq.touched_paths(tree, inputs) if pq.sparse_pays(tree) else None
-    if paths is not None:
-        with contextlib.suppress(PatchFailed, gitutil.GitError, _NotSparse):
-            st = _dry_attempt(settings, src, tree, onto, inputs, record, old_base, new_base,
-                              paths)
-    if st is None:
-        st = _dry_attempt(settings, src, tree, onto, inputs, record, old_base, new_base, None)
+    args = (settings, src, tree, onto, inputs, record, old_base, new_base, paths)
+    home = pq.scratch_home(settings)
+    try:
+        st = _dry_attempts(*args, home)
+    except Exception as e:
+        if not (home.in_ram and pq.out_of_room(e)):
+            raise
+        st = _dry_attempts(*args, pq.scratch_home(settings, ram=False))
     rep = _report(st, dry_run=True)
     rep.emit(as_json=as_json)
     return rep
 
 
+def _dry_attempts(settings: Settings, src: Source, tree: Path, onto: str,
+                  inputs: list[pq.PatchInput], record: dict | None, old_base: str,
+                  new_base: str, paths: set[str] | None, home: pq.ScratchHome) -> dict:
+    """The state of :func:`_dry_run`, its scratches in ``home``: in a sparse scratch of
+    ``paths`` when that answer stands, else in a full one."""
+    if paths is not None:
+        with contextlib.suppress(PatchFailed, gitutil.GitError, _NotSparse):
+            return _dry_attempt(settings, src, tree, onto, inputs, record, old_base, new_base,
+                                paths, home)
+    return _dry_attempt(settings, src, tree, onto, inputs, record, old_base, new_base, None,
+                        home)
+
+
 def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
                  inputs: list[pq.PatchInput], record: dict | None, old_base: str,
-                 new_base: str, paths: set[str] | None) -> dict:
+                 new_base: str, paths: set[str] | None, home: pq.ScratchHome) -> dict:
     """One try of :func:`_dry_run` in a scratch (``paths``: a sparse one): its state.
 
     Without a record, a sparse try makes the old series' commits in a small tree and grafts
@@ -1193,7 +1210,8 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
         borrow: list[Path] = []
         if record is None and paths is not None:
             grafted = stack.enter_context(pq.grafted_queue(
-                tree, old_base, inputs, paths, settings.work_dir, source=src.name))
+                tree, old_base, inputs, paths, home.parent, source=src.name,
+                prefix=home.prefix))
             if grafted is not None:
                 record, objects = grafted
                 borrow.append(objects)
@@ -1202,8 +1220,8 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
         follow = record is None and REPLAY_ALONG and TREE_REPLAY and BATCH_REPLAY \
             and not vendor
         scratch = stack.enter_context(pq.scratch_worktree(
-            tree, new_base if record else old_base, settings.work_dir, paths=paths,
-            sparse_index=record is not None, borrow=borrow,
+            tree, new_base if record else old_base, home.parent, prefix=home.prefix,
+            paths=paths, sparse_index=record is not None, borrow=borrow,
             checkout=record is None or bool(vendor), reflog=follow))
         along = None
         if record is None:

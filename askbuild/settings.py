@@ -18,7 +18,9 @@ Environment: ``ASKBUILD_CACHE_DIR``, ``ASKBUILD_WORK_DIR``, ``ASKBUILD_PROFILE``
 ``ASKBUILD_MIRRORS`` (space-separated ``PREFIX=REPLACEMENT`` pairs, these win over files),
 ``ASKBUILD_CONFIG``, ``CROSS_COMPILE`` (the cross toolchain prefix, as for the kernel's make),
 ``ASKBUILD_PROJECT_ROOT`` (where ``recipes/`` and ``patches/`` are read
-from; default: this checkout; tests point it at fixture projects).
+from; default: this checkout; tests point it at fixture projects), ``ASKBUILD_RAM_DIR`` (a
+file system in RAM for throw-away scratch repositories, default ``/dev/shm``; empty: none,
+they stay in the work directory: :func:`askbuild.patchqueue.journal.scratch_home`).
 
 Paths are made absolute once, here, and every later step uses them as they are:
 
@@ -66,6 +68,8 @@ DEFAULT_CROSS_COMPILE = "aarch64-linux-gnu-"
 # libraries (/usr/lib/<MULTIARCH>) and the base layer's library directory.  A fact about Debian,
 # not about the toolchain: an ARM toolchain's triplet (aarch64-none-linux-gnu) differs.
 MULTIARCH = "aarch64-linux-gnu"
+#: the file system in RAM (tmpfs) throw-away scratch repositories go to when it has room
+RAM_DIR = Path("/dev/shm")
 # the options of Settings.given that take a value
 VALUE_OPTIONS = ("--work-dir", "--cache-dir", "--profile", "--cross-compile")
 # verbs that accept only some of those options (tasks.py `@verb(common=...)`); every other verb
@@ -343,6 +347,8 @@ class Settings:
     cache_push: bool = False
     ccache_remote: str = ""
     insecure_registries: tuple[str, ...] = ()
+    # a file system in RAM for throw-away scratch repositories (None: the work dir holds them)
+    ram_dir: Path | None = RAM_DIR
     # the options given on the command line that shape the settings, as words (absolute paths):
     # what a printed command must repeat to act on the same work dir, cache and profile
     given: tuple[str, ...] = ()
@@ -531,6 +537,21 @@ class Settings:
         """The default work directory of ``inv rehearse`` (its own layout, as this one)."""
         return self.work_dir / "rehearsal"
 
+    @property
+    def ram_scratch_dir(self) -> Path | None:
+        """This user's directory for throw-away scratch repositories in RAM,
+        ``<ram_dir>/askbuild-<uid>`` (shared by every work dir of the user: a scratch there
+        is named after its work dir, :attr:`scratch_key`); None when ``ram_dir`` is off.
+        Whether it is used: :func:`askbuild.patchqueue.journal.scratch_home`."""
+        return None if self.ram_dir is None else self.ram_dir / f"askbuild-{os.geteuid()}"
+
+    @property
+    def scratch_key(self) -> str:
+        """What names this work directory's scratch repositories in :attr:`ram_scratch_dir`
+        (part of a digest of its path)."""
+        import hashlib
+        return hashlib.sha256(os.fsencode(self.work_dir)).hexdigest()[:16]
+
     # -- the shared cache ----------------------------------------------------------------
     @property
     def git_cache(self) -> Path:
@@ -626,6 +647,7 @@ class Settings:
                                        "ASKBUILD_CCACHE_REMOTE", merged.get("ccache", {}),
                                        check_ccache_remote),
             insecure_registries=_pick_insecure(insecure, merged.get("registry", {})),
+            ram_dir=_ram_dir(),
         )
         if not s.sources_file.is_file():
             profiles = sorted(p.stem for p in (s.recipes_dir / "profiles").glob("*.toml"))
@@ -648,6 +670,23 @@ def _project_root(arg: Path | str | None) -> Path:
                           fix="point it at an askbuild project (the directory holding recipes/)"
                               ", or unset it")
     return root
+
+
+def _ram_dir() -> Path | None:
+    """``ASKBUILD_RAM_DIR``: unset, :data:`RAM_DIR`; empty, None (no scratch in RAM); else
+    that directory, which must exist."""
+    value = os.environ.get("ASKBUILD_RAM_DIR")
+    if value is None:
+        return RAM_DIR
+    if not value:
+        return None
+    path = absolute(value)
+    if not path.is_dir():
+        raise ConfigError(f"ASKBUILD_RAM_DIR: {path} is not a directory (got {value!r})",
+                          fix="point it at a file system in RAM (a tmpfs such as /dev/shm), "
+                              "set it empty to keep scratch repositories in the work "
+                              "directory, or unset it")
+    return path
 
 
 def _merge_config_files(root: Path) -> tuple[dict, dict[str, Path]]:

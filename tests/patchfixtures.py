@@ -183,6 +183,16 @@ def write_sources(root: Path, entries: dict[str, tuple[str, str, str]]) -> None:
     (root / "recipes" / "sources.toml").write_text(text)
 
 
+def left_scratches(settings: Settings) -> list[Path]:
+    """The scratch repositories of ``settings``' work dir there are: in the work dir and in
+    RAM (named after the work dir: ``journal.scratch_home``)."""
+    found = list(settings.work_dir.glob("patch-scratch-*"))
+    ram = settings.ram_scratch_dir
+    if ram is not None and ram.is_dir():
+        found += ram.glob(f"patch-scratch-{settings.scratch_key}-*")
+    return found
+
+
 def make_tree(settings: Settings, name: str, url: str, commit: str) -> Path:
     """A work tree as fetch leaves it: clone, HEAD at ``commit``, tag askbuild/base."""
     tree = settings.src_dir / name

@@ -29,6 +29,7 @@ from patchfixtures import (
     change_line,
     commit_all,
     g,
+    left_scratches,
     make_long_project,
     make_project,
     snapshot,
@@ -221,7 +222,7 @@ def test_kill_9_at_every_point_of_a_grafted_patch_run(tmp_path):
         assert again.returncode == 0, f"killed at point {k} of {count}:\n{again.stderr}"
         assert_like_reference(project, ref)
         g(project.tree, "fsck", "--strict", "--no-dangling", "--no-progress")
-        assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+        assert not left_scratches(project.settings)
 
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"),
@@ -295,12 +296,14 @@ def test_two_patch_runs_at_once_serialize_and_agree(tmp_path, reference, gate):
     assert_like_reference(project, reference)
 
 
-def _full_disk_then_room(project: Project, work: Path, leave: int, ref: dict) -> None:
+def _full_disk_then_room(project: Project, work: Path, leave: int, ref: dict,
+                         more_env: dict | None = None) -> None:
     """``inv patch`` with ``leave`` bytes left on the file system of ``work``: it fails,
     saying the disk is full (not that a patch did not apply); once there is room, a plain
     re-run gives the uninterrupted run's tree."""
     filler = faults.fill(work, leave=leave)
-    proc = run(project, "patch")
+    proc = faults.inv("patch", *common(project), env={**env(project), **(more_env or {})},
+                      timeout=300)
     assert proc.returncode in (1, 2), proc.stderr
     faults.assert_clean_message(proc)
     assert "no space left on device" in proc.stderr.lower()
@@ -324,7 +327,8 @@ def test_no_space_left_in_a_grafted_patch_run_is_said_clearly_and_the_rerun_heal
     writes the index ("Out of diskspace", git's own words), or in the small repository
     (the series then goes to ``git am`` on the tree, where the disk is full too): one clear
     message naming it, not a patch "that did not apply"; a plain re-run once there is room
-    gives the uninterrupted run's tree."""
+    gives the uninterrupted run's tree.  (The small repository is in the work dir here:
+    ``ASKBUILD_RAM_DIR`` empty; in RAM it would have room: tests/test_scratch_home.py.)"""
     files = 2000                                        # (journal.SPARSE_FROM)
     ref_project = make_long_project(tmp_path / "ref", 6, filler=files)
     assert run(ref_project, "patch").returncode == 0
@@ -332,7 +336,7 @@ def test_no_space_left_in_a_grafted_patch_run_is_said_clearly_and_the_rerun_heal
     work = tmp_path / "work"
     with faults.tmpfs(work, "48m"):
         project = make_long_project(work, 6, filler=files)
-        _full_disk_then_room(project, work, leave, ref)
+        _full_disk_then_room(project, work, leave, ref, {"ASKBUILD_RAM_DIR": ""})
         g(project.tree, "fsck", "--strict", "--no-dangling", "--no-progress")
 
 
@@ -530,7 +534,7 @@ def _processes_in(top: Path) -> list[str]:
 
 
 def _assert_dry_run_left_nothing(project: Project, v1: str) -> None:
-    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert not left_scratches(project.settings)
     assert g(project.tree, "rev-parse", "HEAD") == v1
     assert g(project.tree, "status", "--porcelain", "--untracked-files=all") == ""
     assert not project.settings.patch_record("up").exists()
@@ -553,8 +557,9 @@ def test_kill_9_of_a_dry_run_without_a_record_then_a_plain_rerun(tmp_path):
     proc = start(project, *DRY)
 
     def following() -> bool:
-        logs = list(project.settings.work_dir.glob("patch-scratch-*/.git/logs/HEAD"))
-        return any(len(p.read_bytes().splitlines()) > STOP_AT for p in logs)
+        logs = [p / ".git" / "logs" / "HEAD" for p in left_scratches(project.settings)]
+        return any(p.is_file() and len(p.read_bytes().splitlines()) > STOP_AT
+                   for p in logs)
     wait_until(following, proc, "a scratch with commits of the old series")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()

@@ -29,6 +29,7 @@ from patchfixtures import (
     g,
     git_calls,
     git_logger,
+    left_scratches,
     lines,
     make_tree,
     put,
@@ -162,7 +163,7 @@ def test_the_batched_dry_run_changes_nothing(project, monkeypatch):
     assert after == before
     assert g(tree, "status", "--porcelain", "--untracked-files=all") == ""
     assert g(tree, "worktree", "list", "--porcelain").count("worktree ") == 1
-    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert not left_scratches(project.settings)
 
 
 def _unreachable(tree: Path) -> set[str]:
@@ -190,7 +191,7 @@ def test_scratch_work_leaves_no_object_in_the_tree(project, monkeypatch, what):
     else:
         assert [r[1] for r in _dry(project, monkeypatch, batch=True)] == EXPECTED
     assert _unreachable(tree) - before == set()
-    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert not left_scratches(project.settings)
 
 
 def test_the_commits_inv_patch_recorded_are_reused(project, monkeypatch, tmp_path):
@@ -419,7 +420,7 @@ def test_without_a_record_each_old_commit_is_replayed_while_the_series_is_applie
     assert waited == [True], "the old commits were not replayed while the series was applied"
     assert git_calls(log, "am") == git_calls(log, "merge-tree") == 1
     assert git_calls(log, "rebase") == git_calls(log, "cherry-pick") == 0
-    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert not left_scratches(project.settings)
     assert _children() == []
 
 
@@ -432,7 +433,7 @@ def test_an_old_series_that_no_longer_applies_stops_the_follower_too(project, mo
     with pytest.raises(rebasing.PatchFailed) as exc:
         _dry(project, monkeypatch, batch=True)
     assert "patch 4 of 7 of up did not apply: 0004-patch.patch" in exc.value.message
-    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert not left_scratches(project.settings)
     assert _children() == []
 
 
@@ -519,5 +520,5 @@ def test_a_follower_that_cannot_start_leaves_the_replay_to_the_dry_run(project, 
     log = git_logger(tmp_path, monkeypatch)
     assert _dry(project, monkeypatch, batch=True, onto="v3") == expected
     assert git_calls(log, "merge-tree") == 1 and git_calls(log, "rebase") == 0
-    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert not left_scratches(project.settings)
     assert _children() == []

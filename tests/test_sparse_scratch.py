@@ -37,6 +37,7 @@ from patchfixtures import (
     g,
     git_calls,
     git_logger,
+    left_scratches,
     logging_git,
     make_long_project,
     put,
@@ -418,7 +419,7 @@ def test_a_dirty_big_tree_is_refused_and_keeps_nothing_of_the_graft(tmp_path, mo
     assert (g(tree, "rev-parse", "HEAD"), g(tree, "count-objects", "-v")) == before
     assert (tree / "lib/m1.c").read_text() == "my edit\n"
     assert not project.settings.patch_record("up").exists()
-    assert not list(project.settings.work_dir.glob("patch-scratch-*"))
+    assert not left_scratches(project.settings)
 
 
 def test_inv_patch_on_a_big_tree_with_a_file_in_the_way(tmp_path, monkeypatch, grafts):

@@ -40,10 +40,13 @@ from .inputs import (
 )
 from .journal import (
     JOURNAL,
+    ScratchHome,
     clean_scratch,
     clear_stale_locks,
     journalled,
+    out_of_room,
     recover_tree,
+    scratch_home,
     scratch_worktree,
     sparse_pays,
     use_sparse_index,
@@ -57,10 +60,11 @@ from .write import finish_pending_series, format_patch, write_series
 
 __all__ = [
     "JOURNAL", "PATCH_COLUMNS", "REPRO", "Layer", "NoSpaceLeft", "PatchFiles", "PatchInput",
+    "ScratchHome",
     "apply_patch", "apply_queue", "base_commit", "clean_scratch",
     "clear_stale_locks", "collect_inputs", "competing", "edit", "edit_branch", "export",
     "finish_pending_series", "format_patch", "git_dir", "git_errors", "grafted_queue",
-    "journalled", "layers_file",
+    "journalled", "layers_file", "out_of_room", "scratch_home",
     "load_layers", "patch", "patch_files", "patch_source", "patch_state_problem",
     "record_matches", "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",
     "sparse_pays", "touched_paths",

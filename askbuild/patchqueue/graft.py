@@ -39,7 +39,7 @@ from ..gitutil import GitError
 from ..report import Report
 from .apply import PATCH_COLUMNS, apply_queue
 from .inputs import PatchInput
-from .journal import SCRATCH_PREFIX, borrowing_repo, sparse_patterns
+from .journal import SCRATCH_PREFIX, borrowing_repo, out_of_room, sparse_patterns
 
 GRAFT_REF = "refs/askbuild/grafted"
 SMALL_REF = "refs/askbuild/small"
@@ -48,27 +48,30 @@ _LITERAL = {"GIT_LITERAL_PATHSPECS": "1"}
 
 @contextlib.contextmanager
 def grafted_queue(tree: Path, base: str, inputs: list[PatchInput], paths: set[str],
-                  parent: Path, *, source: str, report: Report | None = None
-                  ) -> Iterator[tuple[dict, Path] | None]:
+                  parent: Path, *, source: str, report: Report | None = None,
+                  prefix: str = SCRATCH_PREFIX) -> Iterator[tuple[dict, Path] | None]:
     """Apply ``inputs`` onto ``base`` of ``tree`` in a small scratch repository under
-    ``parent`` holding only ``paths`` (:func:`~.apply.touched_paths`), and graft its commits
-    onto ``base``: yields (the record :func:`~.apply.apply_queue` returns for ``tree``, the
-    object directory holding the new commits, for a sparse scratch to borrow: see
+    ``parent`` (its name starting with ``prefix``: :func:`~.journal.scratch_home`) holding
+    only ``paths`` (:func:`~.apply.touched_paths`), and graft its commits onto ``base``:
+    yields (the record :func:`~.apply.apply_queue` returns for ``tree``, the object
+    directory holding the new commits, for a sparse scratch to borrow: see
     :func:`~.journal.scratch_worktree`), or None when the small tree cannot stand for the
-    full one (see the module documentation).  ``report``: gets the rows
-    :func:`~.apply.apply_queue` reports for ``tree`` (only when the record is yielded).  The
-    scratch is gone afterwards."""
+    full one (see the module documentation) or its file system ran full.  ``report``: gets
+    the rows :func:`~.apply.apply_queue` reports for ``tree`` (only when the record is
+    yielded).  The scratch is gone afterwards."""
     if sparse_patterns(paths) is None:      # (the borrowing scratch would be a full one)
         yield None
         return
     parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
     try:
         try:
             borrowing_repo(tree, scratch)
             record = _grafted(scratch, base, inputs, paths, source, report)
-        except (PatchFailed, GitError):
-            record = None
+        except (PatchFailed, GitError, OSError) as e:
+            if isinstance(e, OSError) and not out_of_room(e):
+                raise
+            record = None               # (the full tree's git am says what it is)
         yield None if record is None else (record, scratch / ".git" / "objects")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -36,10 +36,13 @@ from .apply import PATCH_COLUMNS, apply_queue, touched_paths
 from .graft import bring_in, grafted_queue
 from .inputs import PatchInput, collect_inputs, source_tree
 from .journal import (
+    ScratchHome,
     clean_scratch,
     journalled,
+    out_of_room,
     position,
     recover_tree,
+    scratch_home,
     scratch_worktree,
     sparse_pays,
     untracked_paths,
@@ -263,8 +266,9 @@ def _grafted(held: contextlib.ExitStack, settings: Settings, name: str, tree: Pa
     if paths is None:
         return None
     rows = Report("patch", "patch", PATCH_COLUMNS)
-    grafted = held.enter_context(grafted_queue(tree, base, inputs, paths, settings.work_dir,
-                                               source=name, report=rows))
+    home = scratch_home(settings)
+    grafted = held.enter_context(grafted_queue(tree, base, inputs, paths, home.parent,
+                                               source=name, report=rows, prefix=home.prefix))
     if grafted is None:
         return None
     record, objects = grafted
@@ -374,16 +378,31 @@ def _check_queue(settings: Settings, src: Source, tree: Path, base: str,
     (:func:`~.graft.grafted_queue`: the rows and commits of the full tree); when it cannot
     stand for the full tree, in a sparse scratch of their directories; when a patch did not
     simply apply there, the whole check is done again in a full scratch, whose rows are the
-    ones reported."""
+    ones reported.  The scratches are in RAM when there is room (:func:`~.journal.scratch_home`);
+    when it runs out there, the check is done again in the work directory."""
+    home = scratch_home(settings)
+    mark = len(report.rows)
+    try:
+        _check_in(settings, src, tree, base, inputs, report, home)
+    except Exception as e:
+        if not (home.in_ram and out_of_room(e)):
+            raise
+        del report.rows[mark:]
+        _check_in(settings, src, tree, base, inputs, report, scratch_home(settings, ram=False))
+
+
+def _check_in(settings: Settings, src: Source, tree: Path, base: str,
+              inputs: list[PatchInput], report: Report, home: ScratchHome) -> None:
+    """:func:`_check_queue` with its scratches in ``home``."""
     paths = touched_paths(tree, inputs) if sparse_pays(tree) else None
     if paths is not None:
-        with grafted_queue(tree, base, inputs, paths, settings.work_dir, source=src.name,
-                           report=report) as grafted:
+        with grafted_queue(tree, base, inputs, paths, home.parent, source=src.name,
+                           report=report, prefix=home.prefix) as grafted:
             if grafted is not None:
                 return
         mark = len(report.rows)
         try:
-            with scratch_worktree(tree, base, settings.work_dir, paths=paths,
+            with scratch_worktree(tree, base, home.parent, prefix=home.prefix, paths=paths,
                                   sparse_index=False) as scratch:     # (git am's)
                 apply_queue(scratch, base, inputs, source=src.name, report=report,
                             branch=None, settings=settings, batch=True)
@@ -392,7 +411,7 @@ def _check_queue(settings: Settings, src: Source, tree: Path, base: str,
         except (PatchFailed, GitError):
             pass
         del report.rows[mark:]
-    with scratch_worktree(tree, base, settings.work_dir) as scratch:
+    with scratch_worktree(tree, base, home.parent, prefix=home.prefix) as scratch:
         apply_queue(scratch, base, inputs, source=src.name, report=report, branch=None,
                     settings=settings, batch=True)
 
