@@ -664,12 +664,18 @@ def _project_root(arg: Path | str | None) -> Path:
     value = os.environ.get("ASKBUILD_PROJECT_ROOT")
     if not value:
         return PROJECT_ROOT
-    root = absolute(value)
-    if not root.is_dir():
-        raise ConfigError(f"ASKBUILD_PROJECT_ROOT: {root} is not a directory (got {value!r})",
-                          fix="point it at an askbuild project (the directory holding recipes/)"
-                              ", or unset it")
-    return root
+    return _env_dir("ASKBUILD_PROJECT_ROOT", value,
+                    "point it at an askbuild project (the directory holding recipes/), or "
+                    "unset it")
+
+
+def _env_dir(name: str, value: str, fix: str) -> Path:
+    """The directory the environment variable ``name`` says (``value``), made absolute; a
+    :class:`ConfigError` with ``fix`` when it is not a directory."""
+    path = absolute(value)
+    if not path.is_dir():
+        raise ConfigError(f"{name}: {path} is not a directory (got {value!r})", fix=fix)
+    return path
 
 
 def _ram_dir() -> Path | None:
@@ -680,13 +686,9 @@ def _ram_dir() -> Path | None:
         return RAM_DIR
     if not value:
         return None
-    path = absolute(value)
-    if not path.is_dir():
-        raise ConfigError(f"ASKBUILD_RAM_DIR: {path} is not a directory (got {value!r})",
-                          fix="point it at a file system in RAM (a tmpfs such as /dev/shm), "
-                              "set it empty to keep scratch repositories in the work "
-                              "directory, or unset it")
-    return path
+    return _env_dir("ASKBUILD_RAM_DIR", value,
+                    "point it at a file system in RAM (a tmpfs such as /dev/shm), set it "
+                    "empty to keep scratch repositories in the work directory, or unset it")
 
 
 def _merge_config_files(root: Path) -> tuple[dict, dict[str, Path]]:
