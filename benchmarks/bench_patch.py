@@ -228,6 +228,9 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
     unpatched()
     dry_fresh_git = _git_processes(dry, tmp)
     dry_fresh, anchor_fresh = _paired(dry, unpatched, am_v2, at_v2, rounds)
+    home = patchqueue.scratch_home(settings)
+    where = f"scratch in RAM ({home.parent.parent})" if home.in_ram else \
+        "scratch in the work dir (no room in RAM)"
     return [
         _row(f"inv patch, {what} (engine)", engine, anchor_v1, "git am -3",
              "in-process (no Python start-up), as shipped: " + (
@@ -242,10 +245,11 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
         _row(f"inv rebase --dry-run, {what} (engine)", dry_s, anchor_v2, "git am -3 onto v2",
              "after inv patch: its recorded commits replayed as trees (one git merge-tree, "
              "no work tree; a scratch tree, sparse on a big tree, only for what needs one), "
-             f"fetch of v2 included; {dry_git} git processes"),
+             f"fetch of v2 included; {where}; {dry_git} git processes"),
         _row(f"inv rebase --dry-run, {what} (engine, no patch record)", dry_fresh, anchor_fresh,
              "git am -3 onto v2", "the old series applied again first (one git am; on a big "
-             f"tree in a small one, grafted onto the base); {dry_fresh_git} git processes"),
+             f"tree in a small one, grafted onto the base); {where}; {dry_fresh_git} git "
+             "processes"),
     ]
 
 
