@@ -243,7 +243,17 @@ def checks(settings: Settings) -> list[Check]:
                   "(or set DOCKER_HOST to a Docker/Podman socket)", required=False),
         Check("kernel source (tests)", "Debian linux-source-6.1 for the real kernel test",
               _packages_check(["linux-source-6.1"]), ["linux-source-6.1"], required=False),
+        Check("scratch in RAM", "throw-away repositories of dry runs and checks (optional: "
+              "else in the work dir, slower on a busy disk)", lambda: _ram_scratch(settings),
+              fix="give /dev/shm room (a tmpfs), or set ASKBUILD_RAM_DIR to a tmpfs of yours",
+              required=False),
     ]
+
+
+def _ram_scratch(settings: Settings) -> tuple[bool, str]:
+    from .patchqueue import journal
+    problem = journal.ram_problem(settings)
+    return not problem, problem or str(journal.scratch_home(settings).parent)
 
 
 def run_checks(settings: Settings) -> list[Result]:

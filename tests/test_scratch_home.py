@@ -7,7 +7,8 @@
   short of room;
 * a dry run or an ``inv patch --check`` whose RAM scratch runs full (a real tmpfs, filled) is
   done again in the work dir: the same rows as a run on disk, nothing left in either place;
-* ``ASKBUILD_RAM_DIR``: empty turns RAM off, a missing directory is a clear error;
+* ``ASKBUILD_RAM_DIR``: empty turns RAM off, a missing directory is a clear error; ``inv
+  doctor`` says where the scratches go, or why not in RAM;
 * scratches killed runs left in RAM are removed by the next run of the same work dir, those
   of other work dirs are left alone.
 """
@@ -26,8 +27,8 @@ from patchfixtures import (
     make_long_project,
 )
 
+from askbuild import hostdeps, rebasing
 from askbuild import patchqueue as pq
-from askbuild import rebasing
 from askbuild.errors import ConfigError
 from askbuild.patchqueue import graft, journal, patching
 from askbuild.settings import Settings
@@ -48,6 +49,7 @@ def test_scratches_go_to_ram_named_after_their_work_dir(tmp_path):
     other = journal.scratch_home(two)
     assert other.parent == home.parent and other.prefix != home.prefix
     assert journal.scratch_home(one, ram=False) == (one.work_dir, journal.SCRATCH_PREFIX, False)
+    assert _doctor_line(one) == (True, str(home.parent))
 
 
 @pytest.mark.parametrize("what", ["off", "missing", "a link", "open to others",
@@ -75,6 +77,22 @@ def test_a_ram_dir_that_is_not_safe_or_has_no_room_is_not_used(tmp_path, what):
         assert journal.scratch_home(settings) == (settings.work_dir, journal.SCRATCH_PREFIX,
                                                   False)
         assert list(elsewhere.iterdir()) == []
+        # inv doctor says why
+        ok, detail = _doctor_line(settings)
+        assert not ok and WHY[what] in detail
+
+
+WHY = {"off": "off (ASKBUILD_RAM_DIR is empty)", "missing": "cannot be made",
+       "a link": "not a directory of this user's own", "open to others": "(mode 0700)",
+       "another user's": "not a directory of this user's own", "short of room": "MB free, less "
+       "than 256 MB"}
+
+
+def _doctor_line(settings: Settings) -> tuple[bool, str]:
+    """What ``inv doctor``'s "scratch in RAM" line says: ok, detail."""
+    check, = [c for c in hostdeps.checks(settings) if c.name == "scratch in RAM"]
+    assert not check.required
+    return check.test()
 
 
 def _long(tmp_path, name: str):

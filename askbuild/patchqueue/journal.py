@@ -265,16 +265,32 @@ def scratch_home(settings: Settings, *, ram: bool = True) -> ScratchHome:
     ``/dev/shm`` by default: a scratch's files and objects are written and thrown away within
     the run, and on this machine's disk the loose objects of a 300-patch dry run took 2-5x
     the time they take in RAM while the disk was busy), named after the work directory; in
-    the work directory when ``ram`` is False, ``ram_dir`` is off, or the RAM directory is
-    not there, not this user's own (a real directory, not a link, no access for others: the
-    RAM file system is shared by every user) or has less than :data:`RAM_ROOM` free."""
-    d = settings.ram_scratch_dir if ram else None
-    if d is not None and _own_dir(d, make=True):
-        with contextlib.suppress(OSError):
-            vfs = os.statvfs(d)
-            if vfs.f_bavail * vfs.f_frsize >= RAM_ROOM:
-                return ScratchHome(d, f"{SCRATCH_PREFIX}{settings.scratch_key}-", True)
+    the work directory when ``ram`` is False or :func:`ram_problem` names one."""
+    if ram and not ram_problem(settings):
+        d = settings.ram_scratch_dir
+        assert d is not None
+        return ScratchHome(d, f"{SCRATCH_PREFIX}{settings.scratch_key}-", True)
     return ScratchHome(settings.work_dir, SCRATCH_PREFIX, False)
+
+
+def ram_problem(settings: Settings) -> str:
+    """Why the scratch repositories cannot go to RAM ("" when they can; the directory is
+    made when it is not there): ``ram_dir`` off or not there, the directory not this user's
+    own (a real directory, not a link, no access for others: the RAM file system is shared
+    by every user), or less than :data:`RAM_ROOM` free."""
+    d = settings.ram_scratch_dir
+    if d is None:
+        return "off (ASKBUILD_RAM_DIR is empty)"
+    if not _own_dir(d, make=True):
+        return f"{d} cannot be made, or is not a directory of this user's own (mode 0700)"
+    try:
+        vfs = os.statvfs(d)
+    except OSError as e:
+        return f"{d}: {e.strerror}"
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < RAM_ROOM:
+        return f"{d}: {free >> 20} MB free, less than {RAM_ROOM >> 20} MB"
+    return ""
 
 
 def _own_dir(d: Path, *, make: bool = False) -> bool:
