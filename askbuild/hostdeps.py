@@ -251,9 +251,9 @@ def checks(settings: Settings) -> list[Check]:
 
 
 def _ram_scratch(settings: Settings) -> tuple[bool, str]:
-    from .patchqueue import journal
-    problem = journal.ram_problem(settings)
-    return not problem, problem or str(journal.scratch_home(settings).parent)
+    from .patchqueue import scratch
+    problem = scratch.ram_problem(settings)
+    return not problem, problem or str(scratch.scratch_home(settings).parent)
 
 
 def run_checks(settings: Settings) -> list[Result]:

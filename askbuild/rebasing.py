@@ -1152,7 +1152,7 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
     base), the vendor layers onto the new base, then the replay (:func:`_dry_replay`).
     ``old_base``: the base commit of ``tree`` when the caller has just read it.
 
-    On a big tree (:func:`~askbuild.patchqueue.journal.sparse_pays`) it first runs in a
+    On a big tree (:func:`~askbuild.patchqueue.scratch.sparse_pays`) it first runs in a
     sparse scratch holding only the directories of the files the patches name
     (:func:`~askbuild.patchqueue.apply.touched_paths`): a kernel's scratch is then a few
     directories, not 80k files.  Git merges trees, so the replay's commits, conflicts and

@@ -20,7 +20,7 @@ Environment: ``ASKBUILD_CACHE_DIR``, ``ASKBUILD_WORK_DIR``, ``ASKBUILD_PROFILE``
 ``ASKBUILD_PROJECT_ROOT`` (where ``recipes/`` and ``patches/`` are read
 from; default: this checkout; tests point it at fixture projects), ``ASKBUILD_RAM_DIR`` (a
 file system in RAM for throw-away scratch repositories, default ``/dev/shm``; empty: none,
-they stay in the work directory: :func:`askbuild.patchqueue.journal.scratch_home`).
+they stay in the work directory: :func:`askbuild.patchqueue.scratch.scratch_home`).
 
 Paths are made absolute once, here, and every later step uses them as they are:
 
@@ -542,7 +542,7 @@ class Settings:
         """This user's directory for throw-away scratch repositories in RAM,
         ``<ram_dir>/askbuild-<uid>`` (shared by every work dir of the user: a scratch there
         is named after its work dir, :attr:`scratch_key`); None when ``ram_dir`` is off.
-        Whether it is used: :func:`askbuild.patchqueue.journal.scratch_home`."""
+        Whether it is used: :func:`askbuild.patchqueue.scratch.scratch_home`."""
         return None if self.ram_dir is None else self.ram_dir / f"askbuild-{os.geteuid()}"
 
     @property

@@ -237,7 +237,7 @@ class ReplayAlong:
 
     A thread follows HEAD's reflog (``logs/HEAD``, which git appends a line to at each move
     of HEAD; a scratch keeps it when made with ``reflog=True``:
-    :func:`~askbuild.patchqueue.journal.scratch_worktree`; without a reflog nothing is
+    :func:`~askbuild.patchqueue.scratch.scratch_worktree`; without a reflog nothing is
     followed and :meth:`result` says so) every :data:`FOLLOW_EVERY` seconds: each move from
     the tip it knows to a new commit is read (one ``cat-file --batch`` for the run) and
     picked.  Any other move (a reset back, another branch) ends the following: the caller

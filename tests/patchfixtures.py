@@ -185,7 +185,7 @@ def write_sources(root: Path, entries: dict[str, tuple[str, str, str]]) -> None:
 
 def left_scratches(settings: Settings) -> list[Path]:
     """The scratch repositories of ``settings``' work dir there are: in the work dir and in
-    RAM (named after the work dir: ``journal.scratch_home``)."""
+    RAM (named after the work dir: ``scratch.scratch_home``)."""
     found = list(settings.work_dir.glob("patch-scratch-*"))
     ram = settings.ram_scratch_dir
     if ram is not None and ram.is_dir():

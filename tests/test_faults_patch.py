@@ -208,7 +208,7 @@ def test_kill_9_at_every_point_of_a_grafted_patch_run(tmp_path):
     commit): killed at each process start and rename of the run (25), then a plain
     re-run gives the uninterrupted run's tree, branch and record, in a repository
     ``git fsck --strict`` passes, and no scratch is left."""
-    files = 2000                                        # (journal.SPARSE_FROM)
+    files = 2000                                        # (scratch.SPARSE_FROM)
     ref_project = make_long_project(tmp_path / "ref", 6, filler=files)
     count = kill_count(ref_project, "patch")
     ref = pq.tree_state(ref_project.settings, "up")
@@ -329,7 +329,7 @@ def test_no_space_left_in_a_grafted_patch_run_is_said_clearly_and_the_rerun_heal
     message naming it, not a patch "that did not apply"; a plain re-run once there is room
     gives the uninterrupted run's tree.  (The small repository is in the work dir here:
     ``ASKBUILD_RAM_DIR`` empty; in RAM it would have room: tests/test_scratch_home.py.)"""
-    files = 2000                                        # (journal.SPARSE_FROM)
+    files = 2000                                        # (scratch.SPARSE_FROM)
     ref_project = make_long_project(tmp_path / "ref", 6, filler=files)
     assert run(ref_project, "patch").returncode == 0
     ref = pq.tree_state(ref_project.settings, "up")

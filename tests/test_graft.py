@@ -28,7 +28,7 @@ from patchfixtures import DEV, add_release_v2, commit_all, g, make_long_project,
 
 from askbuild import patchqueue, rebasing
 from askbuild.errors import PatchFailed
-from askbuild.patchqueue import journal
+from askbuild.patchqueue import scratch as pq_scratch
 from askbuild.patchqueue.inputs import PatchInput
 from askbuild.patchqueue.layers import Layer
 
@@ -178,7 +178,7 @@ def graft_spy(monkeypatch, where: str = "askbuild.patchqueue") -> list:
 
 
 def test_the_dry_run_without_a_record_on_a_big_tree_grafts(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)      # (every tree is big)
     project = make_long_project(tmp_path, 6)
     add_release_v2(project)
     seen = graft_spy(monkeypatch)

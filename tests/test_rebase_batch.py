@@ -257,8 +257,8 @@ def test_a_queue_that_picks_cleanly_is_replayed_as_trees(project, monkeypatch, t
     patches whose change moved."""
     _tag_v3(project, tmp_path)
     if sparse:
-        from askbuild.patchqueue import journal
-        monkeypatch.setattr(journal, "SPARSE_FROM", 0)
+        from askbuild.patchqueue import scratch as pq_scratch
+        monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)
     pq.patch(project.settings, ["up"])
     per_patch = _dry(project, monkeypatch, batch=False, onto="v3")
     assert [r[1] for r in per_patch] == ["3way", "clean", "clean", "clean", "upstream",

@@ -1,4 +1,4 @@
-"""Where the throw-away scratch repositories go (``journal.scratch_home``).
+"""Where the throw-away scratch repositories go (``scratch.scratch_home``).
 
 * in RAM (a directory of the user's own, ``<ram_dir>/askbuild-<uid>``, mode 0700), each named
   after its work dir, when that file system has room;
@@ -30,7 +30,7 @@ from patchfixtures import (
 from askbuild import hostdeps, rebasing
 from askbuild import patchqueue as pq
 from askbuild.errors import ConfigError
-from askbuild.patchqueue import graft, journal, patching
+from askbuild.patchqueue import graft, patching, scratch
 from askbuild.settings import Settings
 
 
@@ -43,12 +43,12 @@ def _settings(tmp_path, name: str = "work", ram: str | None = "ram") -> Settings
 
 def test_scratches_go_to_ram_named_after_their_work_dir(tmp_path):
     one, two = _settings(tmp_path, "one"), _settings(tmp_path, "two")
-    home = journal.scratch_home(one)
+    home = scratch.scratch_home(one)
     assert home.in_ram and home.parent == tmp_path / "ram" / f"askbuild-{os.geteuid()}"
     assert stat.S_IMODE(home.parent.stat().st_mode) == 0o700
-    other = journal.scratch_home(two)
+    other = scratch.scratch_home(two)
     assert other.parent == home.parent and other.prefix != home.prefix
-    assert journal.scratch_home(one, ram=False) == (one.work_dir, journal.SCRATCH_PREFIX, False)
+    assert scratch.scratch_home(one, ram=False) == (one.work_dir, scratch.SCRATCH_PREFIX, False)
     assert _doctor_line(one) == (True, str(home.parent))
 
 
@@ -74,7 +74,7 @@ def test_a_ram_dir_that_is_not_safe_or_has_no_room_is_not_used(tmp_path, what):
             os.chown(mine, 65534, 65534)
         elif what == "short of room":                   # (8 MB: less than RAM_ROOM)
             settings.ram_dir = stack.enter_context(faults.tmpfs(tmp_path / "tmpfs", "8m"))
-        assert journal.scratch_home(settings) == (settings.work_dir, journal.SCRATCH_PREFIX,
+        assert scratch.scratch_home(settings) == (settings.work_dir, scratch.SCRATCH_PREFIX,
                                                   False)
         assert list(elsewhere.iterdir()) == []
         # inv doctor says why
@@ -110,7 +110,7 @@ def homes(monkeypatch):
     """The place of each scratch a run made (its parent directory), the small repositories
     of a graft too."""
     made: list = []
-    real, real_graft = journal.scratch_worktree, graft.grafted_queue
+    real, real_graft = scratch.scratch_worktree, graft.grafted_queue
 
     def spy(tree, base, parent, **kw):
         made.append(parent)
@@ -136,7 +136,7 @@ def test_a_ram_scratch_that_runs_full_is_done_again_in_the_work_dir(tmp_path, mo
     the small repository cannot stand for it), with the rows (and patch record) of a run on
     disk, and leaves no scratch anywhere."""
     if verb == "patch, grafted":
-        monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (a big tree: inv patch grafts)
+        monkeypatch.setattr(scratch, "SPARSE_FROM", 0)      # (a big tree: inv patch grafts)
 
     def run(project):
         if verb == "rebase --dry-run":
@@ -150,7 +150,7 @@ def test_a_ram_scratch_that_runs_full_is_done_again_in_the_work_dir(tmp_path, mo
 
     project = _long(tmp_path, "full")
     with faults.tmpfs(tmp_path / "ram", "512k") as ram:
-        monkeypatch.setattr(journal, "RAM_ROOM", 256 << 10)
+        monkeypatch.setattr(scratch, "RAM_ROOM", 256 << 10)
         project.settings.ram_dir = ram
         homes.clear()
         assert _rows(run(project)) == want
@@ -184,9 +184,9 @@ def test_scratches_killed_runs_left_in_ram_go_with_the_next_run(tmp_path, capsys
     project = make_long_project(tmp_path / "p", 3)
     project.settings.ram_dir = tmp_path / "ram"
     project.settings.ram_dir.mkdir()
-    home = journal.scratch_home(project.settings)
+    home = scratch.scratch_home(project.settings)
     ours = home.parent / f"{home.prefix}4242-killed"
-    theirs = home.parent / f"{journal.SCRATCH_PREFIX}0123456789abcdef-4243-live"
+    theirs = home.parent / f"{scratch.SCRATCH_PREFIX}0123456789abcdef-4243-live"
     for d in (ours, theirs):
         (d / ".git").mkdir(parents=True)
     assert left_scratches(project.settings) == [ours]

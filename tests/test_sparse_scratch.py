@@ -46,7 +46,7 @@ from test_graft import graft_spy
 
 from askbuild import patchqueue, rebasing
 from askbuild.errors import DirtyTreeError, PatchFailed
-from askbuild.patchqueue import journal
+from askbuild.patchqueue import scratch as pq_scratch
 from askbuild.patchqueue.inputs import PatchInput
 
 ODD = ["a b/[x]*.c", "#hash", "!bang", "trail ", "back\\slash", "tab\there", "x*y/[1]/f.c"]
@@ -91,7 +91,7 @@ def test_sparse_scratch_holds_only_the_named_files(tmp_path):
 
 def test_a_name_no_pattern_can_say_gives_a_full_scratch(tmp_path):
     repo, base = _repo(tmp_path)
-    assert journal.sparse_patterns(["ok.c", "line\nbreak.c"]) is None
+    assert pq_scratch.sparse_patterns(["ok.c", "line\nbreak.c"]) is None
     with patchqueue.scratch_worktree(repo, base, tmp_path / "work",
                                      paths={"top.c", "line\nbreak.c"}) as scratch:
         assert _files(scratch) == _files(repo)
@@ -131,9 +131,9 @@ def test_touched_paths_are_what_git_reads(tmp_path):
 def scratches(monkeypatch):
     """The ``paths`` each scratch of the run was made with (None: a full one); the fixture
     trees are small, so the sparse scratch is made for every size here."""
-    monkeypatch.setattr(journal, "SPARSE_FROM", 0)
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)
     made: list = []
-    real = journal.scratch_worktree
+    real = pq_scratch.scratch_worktree
 
     def spy(tree, base, parent, *, paths=None, **kw):
         made.append(None if paths is None else set(paths))
@@ -151,10 +151,10 @@ def grafts(monkeypatch) -> list:
 
 def test_a_small_tree_gets_a_full_scratch(tmp_path, scratches, grafts, monkeypatch):
     project = make_long_project(tmp_path, 3)
-    monkeypatch.setattr(journal, "SPARSE_FROM", 15)     # README + 10 files + 1 new: 12
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 15)     # README + 10 files + 1 new: 12
     full = patchqueue.patch(project.settings, ["up"], check=True).rows
     assert scratches == [None] and grafts == []
-    monkeypatch.setattr(journal, "SPARSE_FROM", 10)
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 10)
     assert patchqueue.patch(project.settings, ["up"], check=True).rows == full
     assert scratches == [None] and len(grafts) == 1 and grafts[0] is not None
 
@@ -285,7 +285,7 @@ def test_on_a_big_tree_the_journal_lists_untracked_files_while_git_status_runs(t
     """On a big tree ``inv patch`` lists the untracked files on a thread while ``git status``
     runs: a run that fails half-way still puts the tree back without touching the user's
     untracked files, and removes the ones it made."""
-    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)      # (every tree is big)
     project = make_long_project(tmp_path, 6)
     tree = project.tree
     put(tree, "mine.txt", "my notes\n")
@@ -352,7 +352,7 @@ def test_inv_patch_on_a_big_tree_grafts(tmp_path, monkeypatch, grafts):
     at the last (one ``git am``: the small tree's): the rows, record, HEAD, branch and files
     of ``git am`` on the full tree, a repository ``git fsck --strict`` passes, nothing
     untracked; the next run is a no-op."""
-    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)      # (every tree is big)
     project = make_long_project(tmp_path / "grafted", 6)
     with monkeypatch.context() as m:
         log = git_logger(tmp_path, m)
@@ -361,7 +361,7 @@ def test_inv_patch_on_a_big_tree_grafts(tmp_path, monkeypatch, grafts):
     assert git_calls(log, "am") == 1 and git_calls(log, "checkout") == 1
     full = make_long_project(tmp_path / "full", 6)
     with monkeypatch.context() as m:
-        m.setattr(journal, "SPARSE_FROM", 10**9)
+        m.setattr(pq_scratch, "SPARSE_FROM", 10**9)
         assert patchqueue.patch(full.settings, ["up"]).rows == rows
     assert grafts[1:] == []
     assert [r["status"] for r in rows] == ["applied"] * 6
@@ -386,7 +386,7 @@ def test_on_a_big_tree_git_status_runs_while_the_series_is_grafted(tmp_path, mon
     """``git status`` of the tree runs while the series is applied in the small repository:
     here a ``git status`` that may only go on once that ``git am`` has started (within
     10 s; alone, it fails) and the run still grafts and gives the tree of a plain run."""
-    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)      # (every tree is big)
     project = make_long_project(tmp_path, 6)
     mark = tmp_path / "am-started"
     body = (f'case " $* " in\n  *" am "*) : > "{mark}" ;;\n'
@@ -407,7 +407,7 @@ def test_a_dirty_big_tree_is_refused_and_keeps_nothing_of_the_graft(tmp_path, mo
     the series was already grafted in the small repository meanwhile; nothing of the graft
     reaches the tree (no object in its repository, HEAD, files and record as they were) and
     no scratch is left."""
-    monkeypatch.setattr(journal, "SPARSE_FROM", 0)      # (every tree is big)
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)      # (every tree is big)
     project = make_long_project(tmp_path, 6)
     tree = project.tree
     put(tree, "lib/m1.c", "my edit\n")
@@ -426,11 +426,11 @@ def test_inv_patch_on_a_big_tree_with_a_file_in_the_way(tmp_path, monkeypatch, g
     """An untracked file where a patch makes one: the grafted commits are not checked out
     over it; ``git am`` on the full tree then stops at that patch with the message of a run
     without the graft, and the tree, the user's file and the record stay as they were."""
-    monkeypatch.setattr(journal, "SPARSE_FROM", 0)
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)
     messages = []
     for name, sparse_from in [("grafted", 0), ("full", 10**9)]:
         project = make_long_project(tmp_path / name, 6)
-        monkeypatch.setattr(journal, "SPARSE_FROM", sparse_from)
+        monkeypatch.setattr(pq_scratch, "SPARSE_FROM", sparse_from)
         tree = project.tree
         before = g(tree, "rev-parse", "HEAD")
         put(tree, "gen/p0003.txt", "mine\n")                # patch 3 makes this file
@@ -452,7 +452,7 @@ def test_a_full_disk_at_the_grafted_checkout_is_said_as_such(tmp_path, monkeypat
     from askbuild import gitutil
     from askbuild.patchqueue import patching
     from askbuild.patchqueue.worktree import NoSpaceLeft
-    monkeypatch.setattr(journal, "SPARSE_FROM", 0)
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)
     project = make_long_project(tmp_path, 6)
     tree = project.tree
     before = g(tree, "rev-parse", "HEAD")

@@ -38,23 +38,20 @@ from .inputs import (
     patch_files,
     source_tree,
 )
-from .journal import (
-    JOURNAL,
+from .journal import JOURNAL, clear_stale_locks, journalled, recover_tree
+from .layers import Layer, edit_branch, layers_file, load_layers, resolve_layer
+from .patching import patch, patch_source
+from .record import record_matches, tree_state
+from .scratch import (
     ScratchHome,
     clean_scratch,
-    clear_stale_locks,
-    journalled,
     out_of_room,
     ram_problem,
-    recover_tree,
     scratch_home,
     scratch_worktree,
     sparse_pays,
     use_sparse_index,
 )
-from .layers import Layer, edit_branch, layers_file, load_layers, resolve_layer
-from .patching import patch, patch_source
-from .record import record_matches, tree_state
 from .state import patch_state_problem
 from .worktree import REPRO, NoSpaceLeft, base_commit, git_dir, git_errors
 from .write import finish_pending_series, format_patch, write_series

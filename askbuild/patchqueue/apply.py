@@ -202,7 +202,7 @@ def touched_paths(tree: Path, inputs: list[PatchInput]) -> set[str] | None:
     ``tree``, nothing applied).  None when git cannot read them all (the caller then takes
     the whole tree).  A mail's text is read as it is: a transfer-encoded one names no path
     here, and what ``git am`` then touches outside the set fails the sparse attempt (see
-    :func:`~.journal.scratch_worktree`)."""
+    :func:`~.scratch.scratch_worktree`)."""
     by_strip: dict[int, list[bytes]] = {}
     for p in inputs:
         by_strip.setdefault(p.strip, []).append(p.data if p.data.endswith(b"\n")

@@ -39,7 +39,7 @@ from ..gitutil import GitError
 from ..report import Report
 from .apply import PATCH_COLUMNS, apply_queue
 from .inputs import PatchInput
-from .journal import SCRATCH_PREFIX, borrowing_repo, out_of_room, sparse_patterns
+from .scratch import SCRATCH_PREFIX, borrowing_repo, out_of_room, sparse_patterns
 
 GRAFT_REF = "refs/askbuild/grafted"
 SMALL_REF = "refs/askbuild/small"
@@ -51,11 +51,11 @@ def grafted_queue(tree: Path, base: str, inputs: list[PatchInput], paths: set[st
                   parent: Path, *, source: str, report: Report | None = None,
                   prefix: str = SCRATCH_PREFIX) -> Iterator[tuple[dict, Path] | None]:
     """Apply ``inputs`` onto ``base`` of ``tree`` in a small scratch repository under
-    ``parent`` (its name starting with ``prefix``: :func:`~.journal.scratch_home`) holding
+    ``parent`` (its name starting with ``prefix``: :func:`~.scratch.scratch_home`) holding
     only ``paths`` (:func:`~.apply.touched_paths`), and graft its commits onto ``base``:
     yields (the record :func:`~.apply.apply_queue` returns for ``tree``, the object
     directory holding the new commits, for a sparse scratch to borrow: see
-    :func:`~.journal.scratch_worktree`), or None when the small tree cannot stand for the
+    :func:`~.scratch.scratch_worktree`), or None when the small tree cannot stand for the
     full one (see the module documentation) or its file system ran full.  ``report``: gets
     the rows :func:`~.apply.apply_queue` reports for ``tree`` (only when the record is
     yielded).  The scratch is gone afterwards."""

@@ -35,18 +35,7 @@ from ..sources import Source, load_sources, select
 from .apply import PATCH_COLUMNS, apply_queue, touched_paths
 from .graft import bring_in, grafted_queue
 from .inputs import PatchInput, collect_inputs, source_tree
-from .journal import (
-    ScratchHome,
-    clean_scratch,
-    journalled,
-    out_of_room,
-    position,
-    recover_tree,
-    scratch_home,
-    scratch_worktree,
-    sparse_pays,
-    untracked_paths,
-)
+from .journal import journalled, position, recover_tree, untracked_paths
 from .layers import Layer, load_layers
 from .record import (
     drop_stamp,
@@ -56,6 +45,14 @@ from .record import (
     stamp_current,
     tree_state,
     write_stamp,
+)
+from .scratch import (
+    ScratchHome,
+    clean_scratch,
+    out_of_room,
+    scratch_home,
+    scratch_worktree,
+    sparse_pays,
 )
 from .worktree import (
     ASKBUILD_COMMITTER,
@@ -373,12 +370,12 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
 def _check_queue(settings: Settings, src: Source, tree: Path, base: str,
                  inputs: list[PatchInput], report: Report) -> None:
     """``inv patch --check``: the queue applied in a scratch.  On a big tree
-    (:func:`~.journal.sparse_pays`) first in a small repository holding only the files the
+    (:func:`~.scratch.sparse_pays`) first in a small repository holding only the files the
     patches name (:func:`~.apply.touched_paths`), its commits grafted onto the base
     (:func:`~.graft.grafted_queue`: the rows and commits of the full tree); when it cannot
     stand for the full tree, in a sparse scratch of their directories; when a patch did not
     simply apply there, the whole check is done again in a full scratch, whose rows are the
-    ones reported.  The scratches are in RAM when there is room (:func:`~.journal.scratch_home`);
+    ones reported.  The scratches are in RAM when there is room (:func:`~.scratch.scratch_home`);
     when it runs out there, the check is done again in the work directory."""
     home = scratch_home(settings)
     mark = len(report.rows)
