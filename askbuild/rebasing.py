@@ -1162,21 +1162,15 @@ def _dry_run(settings: Settings, src: Source, tree: Path, onto: str, layers: lis
     differently), a vendor patch failed, or git failed there: then everything is worked out
     again in a full scratch, whose answer is the one reported.
 
-    The scratches are in RAM when there is room (:func:`~askbuild.patchqueue.scratch_home`);
-    when it runs out there, the dry run is done again in the work directory."""
+    The scratches are in RAM when there is room; when it runs out there, the dry run is done
+    again in the work directory (:func:`~askbuild.patchqueue.scratch.in_scratch_home`)."""
     inputs = pq.collect_inputs(settings, layers, sources, trees={src.name: tree})
     old_base = old_base or pq.base_commit(tree)
     new_base = fetch_onto(settings, src, tree, onto)
     record = _recorded_series(settings, src.name, tree, old_base, inputs)
     paths = pq.touched_paths(tree, inputs) if pq.sparse_pays(tree) else None
-    args = (settings, src, tree, onto, inputs, record, old_base, new_base, paths)
-    home = pq.scratch_home(settings)
-    try:
-        st = _dry_attempts(*args, home)
-    except Exception as e:
-        if not (home.in_ram and pq.out_of_room(e)):
-            raise
-        st = _dry_attempts(*args, pq.scratch_home(settings, ram=False))
+    st = pq.in_scratch_home(settings, lambda home: _dry_attempts(
+        settings, src, tree, onto, inputs, record, old_base, new_base, paths, home))
     rep = _report(st, dry_run=True)
     rep.emit(as_json=as_json)
     return rep

@@ -45,7 +45,7 @@ from .record import record_matches, tree_state
 from .scratch import (
     ScratchHome,
     clean_scratch,
-    out_of_room,
+    in_scratch_home,
     ram_problem,
     scratch_home,
     scratch_worktree,
@@ -62,7 +62,7 @@ __all__ = [
     "apply_patch", "apply_queue", "base_commit", "clean_scratch",
     "clear_stale_locks", "collect_inputs", "competing", "edit", "edit_branch", "export",
     "finish_pending_series", "format_patch", "git_dir", "git_errors", "grafted_queue",
-    "journalled", "layers_file", "out_of_room", "ram_problem",
+    "journalled", "layers_file", "in_scratch_home", "ram_problem",
     "scratch_home",
     "load_layers", "patch", "patch_files", "patch_source", "patch_state_problem",
     "record_matches", "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",

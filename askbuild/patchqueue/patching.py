@@ -49,7 +49,7 @@ from .record import (
 from .scratch import (
     ScratchHome,
     clean_scratch,
-    out_of_room,
+    in_scratch_home,
     scratch_home,
     scratch_worktree,
     sparse_pays,
@@ -375,17 +375,14 @@ def _check_queue(settings: Settings, src: Source, tree: Path, base: str,
     (:func:`~.graft.grafted_queue`: the rows and commits of the full tree); when it cannot
     stand for the full tree, in a sparse scratch of their directories; when a patch did not
     simply apply there, the whole check is done again in a full scratch, whose rows are the
-    ones reported.  The scratches are in RAM when there is room (:func:`~.scratch.scratch_home`);
-    when it runs out there, the check is done again in the work directory."""
-    home = scratch_home(settings)
-    mark = len(report.rows)
-    try:
+    ones reported.  The scratches are in RAM when there is room; when it runs out there, the
+    check is done again in the work directory (:func:`~.scratch.in_scratch_home`)."""
+    start = len(report.rows)
+
+    def check_in(home: ScratchHome) -> None:
+        del report.rows[start:]         # (the rows of a try that ran out of room)
         _check_in(settings, src, tree, base, inputs, report, home)
-    except Exception as e:
-        if not (home.in_ram and out_of_room(e)):
-            raise
-        del report.rows[mark:]
-        _check_in(settings, src, tree, base, inputs, report, scratch_home(settings, ram=False))
+    in_scratch_home(settings, check_in)
 
 
 def _check_in(settings: Settings, src: Source, tree: Path, base: str,

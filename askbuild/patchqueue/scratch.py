@@ -12,9 +12,9 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from .. import gitutil
 from ..gitutil import GitError
@@ -22,6 +22,7 @@ from ..settings import Settings
 from .worktree import NoSpaceLeft, git_dir
 
 SCRATCH_PREFIX = "patch-scratch-"
+T = TypeVar("T")
 
 #: the room a file system in RAM must have left for a scratch to go there (a scratch holds
 #: the objects of a series and, of a small tree, its files: a few MB)
@@ -80,6 +81,19 @@ def _own_dir(d: Path, *, make: bool = False) -> bool:
     except OSError:
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def in_scratch_home(settings: Settings, work: Callable[[ScratchHome], T]) -> T:
+    """``work(home)`` with its scratches in :func:`scratch_home`; when that is in RAM and
+    it runs out of room there (:func:`out_of_room`), ``work`` again in the work directory
+    (``work`` starts from scratch each time: the first one's scratches are gone)."""
+    home = scratch_home(settings)
+    try:
+        return work(home)
+    except Exception as e:
+        if not (home.in_ram and out_of_room(e)):
+            raise
+    return work(scratch_home(settings, ram=False))
 
 
 def out_of_room(e: BaseException) -> bool:
