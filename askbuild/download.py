@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import console
 from .errors import (
+    NO_SPACE,
     NetworkError,
     NoSpaceError,
     SourceError,
@@ -47,7 +48,6 @@ BACKOFF = 0.2
 TIMEOUT = 30
 
 
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def no_space_error(what: str, doing: str, path: Path | str) -> NoSpaceError:

@@ -145,12 +145,16 @@ def free_space(path: str | Path | None) -> str:
     return "free space unknown"
 
 
+#: the ``errno`` values of a file system that ran full
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 def os_error_message(e: OSError) -> tuple[str, str]:
     """(message, fix) for an operating-system error, naming the path and the real cause (a full
     disk: the free space there)."""
     where = str(e.filename) if e.filename is not None else None
     what = f"{where}: " if where else ""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in NO_SPACE:
         return (f"{what}no space left on device ({free_space(where)})",
                 "free some space (or point --work-dir / --cache-dir elsewhere), then run the "
                 "same command again: it resumes where it stopped")

@@ -253,7 +253,7 @@ def checks(settings: Settings) -> list[Check]:
 def _ram_scratch(settings: Settings) -> tuple[bool, str]:
     from .patchqueue import scratch
     problem = scratch.ram_problem(settings)
-    return not problem, problem or str(scratch.scratch_home(settings).parent)
+    return not problem, problem or str(settings.ram_scratch_dir)
 
 
 def run_checks(settings: Settings) -> list[Result]:

@@ -7,7 +7,6 @@ removal of those a killed run left (:func:`clean_scratch`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import stat
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from .. import gitutil
+from ..errors import NO_SPACE
 from ..gitutil import GitError
 from ..settings import Settings
 from .worktree import NoSpaceLeft, git_dir
@@ -46,7 +46,7 @@ def scratch_home(settings: Settings, *, ram: bool = True) -> ScratchHome:
     if ram and not ram_problem(settings):
         d = settings.ram_scratch_dir
         assert d is not None
-        return ScratchHome(d, f"{SCRATCH_PREFIX}{settings.scratch_key}-", True)
+        return ScratchHome(d, _ram_prefix(settings), True)
     return ScratchHome(settings.work_dir, SCRATCH_PREFIX, False)
 
 
@@ -68,6 +68,11 @@ def ram_problem(settings: Settings) -> str:
     if free < RAM_ROOM:
         return f"{d}: {free >> 20} MB free, less than {RAM_ROOM >> 20} MB"
     return ""
+
+
+def _ram_prefix(settings: Settings) -> str:
+    """What the names of this work directory's scratches in RAM start with."""
+    return f"{SCRATCH_PREFIX}{settings.scratch_key}-"
 
 
 def _own_dir(d: Path, *, make: bool = False) -> bool:
@@ -102,7 +107,7 @@ def out_of_room(e: BaseException) -> bool:
     if isinstance(e, NoSpaceLeft):
         return True
     if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+        return e.errno in NO_SPACE
     if isinstance(e, GitError):
         return gitutil.says_no_space(f"{e.stderr}\n{e.stdout}")
     return False
@@ -115,7 +120,7 @@ def clean_scratch(settings: Settings) -> None:
     places = [(settings.work_dir, SCRATCH_PREFIX)]
     ram = settings.ram_scratch_dir
     if ram is not None and _own_dir(ram):
-        places.append((ram, f"{SCRATCH_PREFIX}{settings.scratch_key}-"))
+        places.append((ram, _ram_prefix(settings)))
     for parent, prefix in places:
         if parent.is_dir():
             for d in parent.glob(f"{prefix}*"):
