@@ -1207,8 +1207,8 @@ def _dry_attempt(settings: Settings, src: Source, tree: Path, onto: str,
                 tree, old_base, inputs, paths, home.parent, source=src.name,
                 prefix=home.prefix))
             if grafted is not None:
-                record, objects = grafted
-                borrow.append(objects)
+                record = grafted.record
+                borrow.append(grafted.objects)
         # (with the old commits at hand and no vendor patch to apply, a sparse scratch is
         # checked out only if the replay needs a work tree: _dry_replay)
         follow = record is None and REPLAY_ALONG and TREE_REPLAY and BATCH_REPLAY \

@@ -13,6 +13,9 @@ patch record on a big tree).
   refuse it, a name holds a line break; a patch that does not apply at all likewise;
 * the dry run without a record on a big tree uses it (``inv patch --check`` too:
   tests/test_sparse_scratch.py);
+* ``inv patch`` checks out just the files the series changed: the index and the tree of a
+  checkout of the head (a directory emptied is gone, a mode, a link, odd names), the other
+  files left alone;
 * ``gitutil.plain_commits`` (how the graft and the tree replay read commits) takes only
   plain ones.
 """
@@ -24,7 +27,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from patchfixtures import DEV, add_release_v2, commit_all, g, make_long_project, put
+from patchfixtures import (
+    DEV,
+    add_release_v2,
+    commit_all,
+    g,
+    logging_git,
+    make_long_project,
+    put,
+)
 
 from askbuild import patchqueue, rebasing
 from askbuild.errors import PatchFailed
@@ -70,6 +81,7 @@ def _series(tmp: Path, repo: Path, base: str) -> list[PatchInput]:
         ("a binary file", lambda: put(repo, "blob.bin", bytes(reversed(range(256))) * 4)),
         ("odd names", lambda: (put(repo, ODD, "changed\n"), put(repo, ":colon.c", "c\n"),
                                put(repo, LEAD, "d\n"))),
+        ("a directory emptied", lambda: (repo / "untouched/y/z.c").unlink()),
     ]
     for msg, step in steps:
         step()
@@ -98,7 +110,7 @@ def test_the_grafted_commits_are_the_ones_git_am_makes_on_the_full_tree(tmp_path
     with patchqueue.grafted_queue(repo, base, inputs, paths, tmp_path / "work",
                                   source="src") as got:
         assert got is not None
-        record, objects = got
+        record, objects = got.record, got.objects
         assert objects.is_dir() and Path(objects).is_relative_to(tmp_path / "work")
     assert list((tmp_path / "work").iterdir()) == []
     assert g(repo, "for-each-ref") == refs and g(repo, "rev-parse", "HEAD") == base
@@ -107,7 +119,7 @@ def test_the_grafted_commits_are_the_ones_git_am_makes_on_the_full_tree(tmp_path
                           capture_output=True).returncode != 0
     full = _full_record(repo, base, inputs, tmp_path / "work")
     assert record == full
-    assert len(full["patches"]) == 9 and all(len(p["commits"]) == 1 for p in full["patches"])
+    assert len(full["patches"]) == 10 and all(len(p["commits"]) == 1 for p in full["patches"])
 
 
 def _one_mail(tmp: Path, repo: Path, base: str, change) -> list[PatchInput]:
@@ -193,6 +205,66 @@ def test_the_dry_run_without_a_record_on_a_big_tree_grafts(tmp_path, monkeypatch
     seen.clear()
     assert rebasing.rebase(project.settings, "up", onto="v2", dry_run=True).rows == rows
     assert seen == []                   # (a record now: nothing to graft)
+
+
+def _on_disk(repo: Path) -> dict:
+    """Every path of a work tree (``.git`` left out): a directory, a link and its target, or
+    a file's bytes and executable bit."""
+    out: dict = {}
+    for p in sorted(repo.rglob("*")):
+        rel = p.relative_to(repo).as_posix()
+        if rel == ".git" or rel.startswith(".git/"):
+            continue
+        if p.is_symlink():
+            out[rel] = ("link", str(p.readlink()))
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = (p.read_bytes(), bool(p.stat().st_mode & 0o100))
+    return out
+
+
+def test_inv_patch_checks_out_only_the_files_the_series_changed(tmp_path):
+    """What ``inv patch`` does with a graft on a tree at the base: only the files the series
+    changed are checked out, and the index and the tree are those of ``git checkout`` of the
+    head (a new directory, a directory emptied and gone, a file deleted, renamed, made
+    executable, a symbolic link, a binary file, odd names); the files it did not change are
+    not written (same inode and time)."""
+    from askbuild.patchqueue import patching
+    from askbuild.patchqueue.journal import untracked_paths
+    from askbuild.report import Report
+    repo, base = _base(tmp_path)
+    inputs = _series(tmp_path, repo, base)
+    paths = patchqueue.touched_paths(repo, inputs)
+    kept = {f: (repo / f).stat() for f in ("untouched/x.c", "deep/er/.gitattributes")}
+    log = tmp_path / "git.log"
+    with patchqueue.grafted_queue(repo, base, inputs, paths, tmp_path / "work",
+                                  source="src") as got:
+        assert got is not None
+        assert set(got.changes) <= paths and "untouched/y/z.c" in got.changes
+        assert got.changes["untouched/y/z.c"] is False and got.changes["new/dir/a.c"] is True
+        grafted = patching._Grafted(got.record, Report("patch", "patch", []),
+                                    got.objects.parent.parent, got.changes)
+        path, log = logging_git(tmp_path)
+        with pytest.MonkeyPatch.context() as m:
+            m.setenv("PATH", path)
+            record = patching._take_graft("src", repo, base, grafted, Report("p", "p", []),
+                                          at_base=True, others=untracked_paths(repo))
+    assert record is got.record
+    assert "checkout --no-overlay" in log.read_text() and " --detach" not in log.read_text()
+    head = record["head"]
+    g(repo, "update-ref", "--no-deref", "HEAD", head)
+    other = tmp_path / "other"
+    g(tmp_path, "clone", "-q", "--no-checkout", "--", str(repo), str(other))
+    g(other, "checkout", "-q", "--detach", base)
+    g(other, "checkout", "-q", "--detach", head)
+    assert _on_disk(repo) == _on_disk(other)
+    assert not (repo / "untouched/y").exists() and (repo / "new/dir/a.c").is_file()
+    assert g(repo, "ls-files", "-s") == g(other, "ls-files", "-s")
+    assert g(repo, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+    for f, st in kept.items():
+        now = (repo / f).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), f
 
 
 def test_only_plain_commits_are_read_as_plain(tmp_path):

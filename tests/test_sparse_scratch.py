@@ -111,6 +111,8 @@ NEW_AND_GONE = ("diff --git a/top.c b/top.c\ndeleted file mode 100644\n--- a/top
                 "+++ b/fresh.c\n@@ -0,0 +1 @@\n+fresh\n")
 DEEPER = ("diff --git x/src/dir/sub/f.c y/src/dir/sub/f.c\n--- x/src/dir/sub/f.c\n"
           "+++ y/src/dir/sub/f.c\n@@ -1 +1 @@\n-dir/sub/f.c\n+changed\n")
+COPY = ("diff --git x/src/orig.c y/src/copy.c\nsimilarity index 100%\n"
+        "copy from src/orig.c\ncopy to src/copy.c\n")
 
 
 def test_touched_paths_are_what_git_reads(tmp_path):
@@ -120,6 +122,9 @@ def test_touched_paths_are_what_git_reads(tmp_path):
               PatchInput(None, "3.diff", 2, DEEPER.encode())]
     assert patchqueue.touched_paths(repo, inputs) == \
         {"dir/other.c", "moved/other.c", "top.c", "fresh.c", "dir/sub/f.c"}
+    # a copy alone (the only patch of its strip level) names its source too
+    assert patchqueue.touched_paths(repo, [PatchInput(None, "4.diff", 2, COPY.encode())]) \
+        == {"orig.c", "copy.c"}
     assert patchqueue.touched_paths(repo, []) == set()
     assert patchqueue.touched_paths(repo, [PatchInput(None, "x", 1, b"no patch here\n")]) \
         is None
@@ -422,24 +427,31 @@ def test_a_dirty_big_tree_is_refused_and_keeps_nothing_of_the_graft(tmp_path, mo
     assert not left_scratches(project.settings)
 
 
-def test_inv_patch_on_a_big_tree_with_a_file_in_the_way(tmp_path, monkeypatch, grafts):
-    """An untracked file where a patch makes one: the grafted commits are not checked out
-    over it; ``git am`` on the full tree then stops at that patch with the message of a run
-    without the graft, and the tree, the user's file and the record stay as they were."""
+@pytest.mark.parametrize("kind", ["untracked", "ignored", "a directory"])
+def test_inv_patch_on_a_big_tree_with_a_file_in_the_way(tmp_path, monkeypatch, grafts, kind):
+    """An untracked file, an ignored one (which a checkout would overwrite) or an untracked
+    directory where a patch makes a file: the grafted commits are not checked out over it;
+    ``git am`` on the full tree then stops at that patch with the message of a run without
+    the graft, and the tree, the user's file and the record stay as they were."""
     monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)
     messages = []
+    mine = "gen/p0003.txt" + ("/inner.txt" if kind == "a directory" else "")
     for name, sparse_from in [("grafted", 0), ("full", 10**9)]:
         project = make_long_project(tmp_path / name, 6)
         monkeypatch.setattr(pq_scratch, "SPARSE_FROM", sparse_from)
         tree = project.tree
         before = g(tree, "rev-parse", "HEAD")
-        put(tree, "gen/p0003.txt", "mine\n")                # patch 3 makes this file
+        put(tree, mine, "mine\n")                           # patch 3 makes gen/p0003.txt
+        if kind == "ignored":
+            with open(tree / ".git/info/exclude", "a") as f:
+                f.write("p0003.txt\n")
         with pytest.raises(PatchFailed) as e:
             patchqueue.patch(project.settings, ["up"])
         messages.append(str(e.value).replace(str(tmp_path / name), "<tmp>"))
-        assert (tree / "gen/p0003.txt").read_text() == "mine\n"
+        assert (tree / mine).read_text() == "mine\n"
         assert g(tree, "rev-parse", "HEAD") == before
-        assert g(tree, "status", "--porcelain", "--untracked-files=all") == "?? gen/p0003.txt"
+        assert g(tree, "status", "--porcelain", "--untracked-files=all", "--ignored") \
+            == ("!! " if kind == "ignored" else "?? ") + mine
         assert not project.settings.patch_record("up").exists()
     assert len(grafts) == 1 and grafts[0] is not None       # (the graft itself stood)
     assert messages[0] == messages[1] and "0003-change.patch" in messages[0]

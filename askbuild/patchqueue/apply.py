@@ -198,8 +198,10 @@ def _apply_diff(tree: Path, p: PatchInput, before: str) -> tuple[Applied | None,
 def touched_paths(tree: Path, inputs: list[PatchInput]) -> set[str] | None:
     """Every path the patches ``inputs`` name (both sides of a rename or copy), as git's own
     patch parser reads them with each patch's strip level: ``git apply --numstat -z`` says
-    the new side and with ``-R`` the old one (two processes per strip level, run in
-    ``tree``, nothing applied).  None when git cannot read them all (the caller then takes
+    the new side and, when a patch may rename or copy a file (a ``rename from``, ``rename
+    old`` or ``copy from`` line: the only patches whose old side has another name), with
+    ``-R`` the old one (one or two processes per strip level, run in ``tree``, nothing
+    applied).  None when git cannot read them all (the caller then takes
     the whole tree).  A mail's text is read as it is: a transfer-encoded one names no path
     here, and what ``git am`` then touches outside the set fails the sparse attempt (see
     :func:`~.scratch.scratch_worktree`)."""
@@ -209,9 +211,11 @@ def touched_paths(tree: Path, inputs: list[PatchInput]) -> set[str] | None:
                                                  else p.data + b"\n")
     paths: set[str] = set()
     for strip, datas in by_strip.items():
-        for side in ([], ["-R"]):
+        data = b"".join(datas)
+        renames = any(h in data for h in (b"\nrename from ", b"\nrename old ", b"\ncopy from "))
+        for side in ([], ["-R"]) if renames else ([],):
             proc = gitutil.git(["apply", *side, "--numstat", "-z", f"-p{strip}", "-"],
-                               cwd=tree, input=b"".join(datas), check=False)
+                               cwd=tree, input=data, check=False)
             if proc.returncode != 0:
                 return None
             for line in proc.stdout.split(b"\0"):

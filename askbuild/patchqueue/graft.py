@@ -32,6 +32,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import gitutil
 from ..errors import PatchFailed
@@ -46,17 +47,25 @@ SMALL_REF = "refs/askbuild/small"
 _LITERAL = {"GIT_LITERAL_PATHSPECS": "1"}
 
 
+class Grafted(NamedTuple):
+    """What :func:`grafted_queue` yields."""
+    record: dict                # what :func:`~.apply.apply_queue` returns for the tree
+    objects: Path               # the object directory holding the new commits
+    changes: dict[str, bool]    # each path the series changed: whether the head has it
+
+
 @contextlib.contextmanager
 def grafted_queue(tree: Path, base: str, inputs: list[PatchInput], paths: set[str],
                   parent: Path, *, source: str, report: Report | None = None,
-                  prefix: str = SCRATCH_PREFIX) -> Iterator[tuple[dict, Path] | None]:
+                  prefix: str = SCRATCH_PREFIX) -> Iterator[Grafted | None]:
     """Apply ``inputs`` onto ``base`` of ``tree`` in a small scratch repository under
     ``parent`` (its name starting with ``prefix``: :func:`~.scratch.scratch_home`) holding
     only ``paths`` (:func:`~.apply.touched_paths`), and graft its commits onto ``base``:
-    yields (the record :func:`~.apply.apply_queue` returns for ``tree``, the object
-    directory holding the new commits, for a sparse scratch to borrow: see
-    :func:`~.scratch.scratch_worktree`), or None when the small tree cannot stand for the
-    full one (see the module documentation) or its file system ran full.  ``report``: gets
+    yields a :class:`Grafted` (the record :func:`~.apply.apply_queue` returns for ``tree``;
+    the object directory holding the new commits, for a sparse scratch to borrow: see
+    :func:`~.scratch.scratch_worktree`; the paths whose files differ between ``base`` and
+    the head), or None when the small tree cannot stand for the full one (see the module
+    documentation) or its file system ran full.  ``report``: gets
     the rows :func:`~.apply.apply_queue` reports for ``tree`` (only when the record is
     yielded).  The scratch is gone afterwards."""
     if sparse_patterns(paths) is None:      # (the borrowing scratch would be a full one)
@@ -67,28 +76,31 @@ def grafted_queue(tree: Path, base: str, inputs: list[PatchInput], paths: set[st
     try:
         try:
             borrowing_repo(tree, scratch)
-            record = _grafted(scratch, base, inputs, paths, source, report)
+            made = _grafted(scratch, base, inputs, paths, source, report)
         except (PatchFailed, GitError, OSError) as e:
             if isinstance(e, OSError) and not out_of_room(e):
                 raise
-            record = None               # (the full tree's git am says what it is)
-        yield None if record is None else (record, scratch / ".git" / "objects")
+            made = None                 # (the full tree's git am says what it is)
+        yield None if made is None else Grafted(made[0], scratch / ".git" / "objects", made[1])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _grafted(scratch: Path, base: str, inputs: list[PatchInput], paths: set[str],
-             source: str, report: Report | None) -> dict | None:
-    small = _small_base(scratch, base, paths)
-    if small is None:
+             source: str, report: Report | None) -> tuple[dict, dict[str, bool]] | None:
+    """The record and the changed paths of :class:`Grafted`, or None."""
+    found = _small_base(scratch, base, paths)
+    if found is None:
         return None
+    small, in_base = found
     rows = Report("patch", "patch", PATCH_COLUMNS)
     record = apply_queue(scratch, small, inputs, source=source, report=rows, branch=None,
                          batch=True, detached_at=small)
     if any(r["status"] != "applied" for r in rows.rows):
         return None
     made = [c for p in record["patches"] for c in p["commits"]]
-    grafted = _graft(scratch, base, made)
+    last: dict[bytes, bool] = {}
+    grafted = _graft(scratch, base, made, last)
     if grafted is None:
         return None
     ids = {small: base, **dict(zip(made, grafted, strict=True))}
@@ -99,7 +111,8 @@ def _grafted(scratch: Path, base: str, inputs: list[PatchInput], paths: set[str]
     record["base"], record["head"] = base, ids[record["head"]]
     if report is not None:
         report.rows += [{**r, "commit": ids.get(r["commit"], r["commit"])} for r in rows.rows]
-    return record
+    changes = {os.fsdecode(p): there for p, there in last.items()}
+    return record, {p: there for p, there in changes.items() if there or p in in_base}
 
 
 def bring_in(scratch: Path, tree: Path, head: str, base: str) -> None:
@@ -118,10 +131,11 @@ def _ancestors(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def _small_base(scratch: Path, base: str, paths: set[str]) -> str | None:
+def _small_base(scratch: Path, base: str, paths: set[str]) -> tuple[str, set[str]] | None:
     """A commit holding ``base``'s files among ``paths`` and the ``.gitattributes`` above
-    them (made by one ``git fast-import``), checked out in ``scratch``; None when a path is
-    not a file there or a directory above one is not a directory."""
+    them (made by one ``git fast-import``), checked out in ``scratch``, and the paths of
+    those files; None when a path is not a file there or a directory above one is not a
+    directory."""
     dirs = sorted({a for p in paths for a in _ancestors(p)})
     named = sorted(paths)
     probe = gitutil.git(["cat-file", "--batch-check=%(objecttype)"], cwd=scratch,
@@ -139,23 +153,26 @@ def _small_base(scratch: Path, base: str, paths: set[str]) -> str | None:
                          cwd=scratch, env=_LITERAL, text=False).stdout
     entries = [e for e in listed.split(b"\0")
                if e and os.fsdecode(e.partition(b"\t")[2]) in want]
-    files = []
+    files, found = [], set()
     for e in entries:                   # "mode type id\tpath": fast-import's "M mode id path"
         meta, _, path = e.partition(b"\t")
         mode, _, oid = meta.split(b" ")
         files.append(b"M " + mode + b" " + oid + b" " + _quoted(path) + b"\n")
+        found.add(os.fsdecode(path))
     message = b"askbuild: the files the patches name\n"
     small = _fast_import(scratch, [b"commit " + SMALL_REF.encode() + b"\nmark :1\n",
                                    b"committer askbuild <askbuild@localhost> 0 +0000\n",
                                    b"data %d\n" % len(message), message, *files, b"\n"])[":1"]
     gitutil.git(["reset", "-q", "--hard", small], cwd=scratch)
-    return small
+    return small, found
 
 
-def _graft(scratch: Path, base: str, made: list[str]) -> list[str] | None:
+def _graft(scratch: Path, base: str, made: list[str],
+           last: dict[bytes, bool]) -> list[str] | None:
     """``made`` (a chain of commits on the small base) again on ``base``, each with the same
     changes, author, committer and message (one ``cat-file``, one ``diff-tree``, one
-    ``fast-import``): their ids, or None when a commit is not a plain one."""
+    ``fast-import``): their ids, or None when a commit is not a plain one.  ``last`` gets
+    each path a commit changed: whether the last one has it."""
     if not made:
         return []
     heads = gitutil.plain_commits(scratch, made)
@@ -163,7 +180,7 @@ def _graft(scratch: Path, base: str, made: list[str]) -> list[str] | None:
         return None
     diffs = gitutil.diff_tree_each(scratch, made, ["-r", "-z", "--no-renames", "--raw",
                                                    "--no-abbrev"], sep=b"\0")
-    changes = [_changes(diffs[c]) for c in made]
+    changes = [_changes(diffs[c], last) for c in made]
     if None in changes:
         return None
     stream = []
@@ -195,9 +212,10 @@ def _quoted(path: bytes) -> bytes:
     return b'"' + out + b'"'
 
 
-def _changes(raw: bytes) -> list[bytes] | None:
+def _changes(raw: bytes, last: dict[bytes, bool]) -> list[bytes] | None:
     """fast-import's file commands for one commit's ``diff-tree --raw -z`` part (per change
-    ``:old new old-id new-id status`` and the path); None for a change it cannot say."""
+    ``:old new old-id new-id status`` and the path); None for a change it cannot say.
+    ``last`` gets each path changed: whether the commit has it."""
     words = raw.split(b"\0")
     cmds: list[bytes] = []
     i = 0
@@ -213,6 +231,7 @@ def _changes(raw: bytes) -> list[bytes] | None:
             cmds.append(b"M " + mode + b" " + new + b" " + _quoted(path) + b"\n")
         else:
             return None
+        last[path] = status != b"D"
     if any(words[i:]):
         return None                     # (more than changes: not diff-tree's raw output)
     return cmds

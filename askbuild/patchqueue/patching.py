@@ -12,6 +12,7 @@ and lists every failure at the end (:func:`askbuild.errors.summary_error`).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import shlex
 from pathlib import Path
@@ -228,11 +229,13 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
                          f"does not match branch {PATCHED} of {tree}: applying the series again")
         console.step(f"patch {source.name}: {len(inputs)} patch(es) onto {base[:12]}")
         detached = view.status.head if view.status.symref is None else None
+        others = untracked()
         with journalled(settings, source.name, tree, "patch",
-                        prev=_prev(settings, source.name, view),
-                        untracked=untracked()):
+                        prev=_prev(settings, source.name, view), untracked=others):
             settings.patch_record(source.name).unlink(missing_ok=True)
-            record = _take_graft(source.name, tree, base, grafted, report) if grafted else None
+            record = _take_graft(source.name, tree, base, grafted, report,
+                                 at_base=view.status.head == base, others=others) \
+                if grafted else None
             if record is None:
                 record = apply_queue(tree, base, inputs, source=source.name, report=report,
                                      branch=None, settings=settings, detached_at=detached)
@@ -251,6 +254,7 @@ class _Grafted(NamedTuple):
     record: dict            # what :func:`~.apply.apply_queue` would return for the tree
     rows: Report            # its rows
     scratch: Path           # the small repository (it borrows the tree's objects)
+    changes: dict[str, bool]    # the paths it changed: whether the head has them
 
 
 def _grafted(held: contextlib.ExitStack, settings: Settings, name: str, tree: Path, base: str,
@@ -268,25 +272,70 @@ def _grafted(held: contextlib.ExitStack, settings: Settings, name: str, tree: Pa
                                                source=name, report=rows, prefix=home.prefix))
     if grafted is None:
         return None
-    record, objects = grafted
-    return _Grafted(record, rows, objects.parent.parent)
+    return _Grafted(grafted.record, rows, grafted.objects.parent.parent, grafted.changes)
 
 
-def _take_graft(name: str, tree: Path, base: str, grafted: _Grafted,
-                report: Report) -> dict | None:
+def _take_graft(name: str, tree: Path, base: str, grafted: _Grafted, report: Report, *,
+                at_base: bool, others: list[str]) -> dict | None:
     """Bring ``grafted``'s objects into the tree's repository (:func:`~.graft.bring_in`)
     and check the tree out at its head: the record :func:`~.apply.apply_queue` would return,
     its rows in ``report``.  None, with the tree as it was, when the checkout is refused (a
-    file in the way: ``git am`` on the full tree then says which)."""
+    file in the way: ``git am`` on the full tree then says which); a checkout that fails
+    otherwise raises (the journal puts the tree back).
+
+    A file the series makes where the tree has an untracked or ignored path (``others``,
+    :func:`~.journal.untracked_paths`) is refused before anything is checked out (a checkout
+    would overwrite an ignored file, where ``git am`` refuses).  ``at_base``: the clean
+    tree's HEAD is ``base``, so only the files the series changed differ from the head:
+    just they are checked out, and HEAD moves after, with ``askbuild/patched``.  On 30k
+    files that takes 20 ms, where a checkout of the head, which reads both trees whole and
+    refreshes the whole index, takes 50 ms."""
+    if _in_the_way(grafted.changes, others):
+        return None
     head = grafted.record["head"]
     bring_in(grafted.scratch, tree, head, base)
-    done = gitutil.git(["checkout", "-q", "--detach", head], cwd=tree, check=False)
-    if done.returncode != 0:
+    if at_base:
+        done = _check_out_paths(tree, head, sorted(grafted.changes))
+    else:
+        done = gitutil.git(["checkout", "-q", "--detach", head], cwd=tree, check=False)
+    if done is not None and done.returncode != 0:
         if no_space(done.stderr):       # (not the patches' fault: the journal undoes it)
             raise no_space_error(f"patch {name}", tree, done.stderr)
+        if at_base:                     # (nothing was in the way: git says what failed)
+            raise GitError(["checkout", "--no-overlay", head], done.returncode, done.stdout,
+                           done.stderr)
         return None
     report.rows += grafted.rows.rows
     return grafted.record
+
+
+def _in_the_way(changes: dict[str, bool], others: list[str]) -> bool:
+    """Whether a file the head has (``changes``) would meet an untracked path (``others``,
+    a directory as ``dir/``): the same path, one above it or one below it."""
+    made = [p for p, there in changes.items() if there]
+    if not made or not others:
+        return False
+    names = sorted(o.rstrip("/") for o in others)
+    taken = set(names)
+    for p in made:
+        parts = p.split("/")
+        if any("/".join(parts[:i]) in taken for i in range(1, len(parts) + 1)):
+            return True
+        i = bisect.bisect_left(names, p + "/")
+        if i < len(names) and names[i].startswith(p + "/"):
+            return True
+    return False
+
+
+def _check_out_paths(tree: Path, head: str, paths: list[str]):
+    """``paths`` (files of the clean tree that differ from ``head``) as ``head`` has them, in
+    the index and the tree, a path ``head`` lacks removed (``git checkout --no-overlay``,
+    the paths read literally from its input): the process, None when there is no path."""
+    if not paths:
+        return None
+    return gitutil.git(["checkout", "--no-overlay", "-q", head, "--pathspec-from-file=-",
+                        "--pathspec-file-nul"], cwd=tree, check=False,
+                       input="\0".join(paths), env={"GIT_LITERAL_PATHSPECS": "1"})
 
 
 class _Trees:
