@@ -23,6 +23,7 @@ patches name, and their answers are the ones a full scratch gives.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -343,6 +344,43 @@ def test_the_stamp_lists_again_only_the_directories_that_changed(tmp_path, monke
         (tree / "u" / "v").chmod(0o755)
 
 
+@pytest.mark.parametrize("when", ["before the run's changes", "after them"])
+def test_the_stamps_walk_during_a_run_reads_again_what_the_run_changed(tmp_path, when):
+    """The directories of the next stamp, walked on a thread while ``inv patch`` grafts
+    (record.TreeWalk): with the directories above the paths the run changed read again, a
+    walk of every directory, whether the walk came before those changes or after (a new
+    directory, one made empty and removed as a checkout does, a new file); a directory
+    someone else changed meanwhile keeps the signature the walk read, which the next run
+    finds changed."""
+    import threading
+
+    from askbuild.patchqueue import record
+    tree = tmp_path / "t"
+    for rel in ["a/b/c/f", "a/b/g", "x/y/z/f", "keep/deep/er/f", "u/v/f"]:
+        put(tree, rel, "x\n")
+    first = record._tree_dirs(tree)
+    go = threading.Event()
+    walk = record.TreeWalk(tree, None, go.wait)
+    if when == "before the run's changes":
+        go.set()
+        walk._walked()
+    put(tree, "a/b/new.txt", "y\n")
+    put(tree, "c/new/deep/f", "z\n")
+    (tree / "x/y/z/f").unlink()
+    for d in ("x/y/z", "x/y"):
+        (tree / d).rmdir()
+    put(tree, "u/v/someone-else.txt", "w\n")          # (not the run's)
+    go.set()
+    got = walk.dirs(["a/b/new.txt", "c/new/deep/f", "x/y/z/f"])
+    fresh = record._tree_dirs(tree)
+    if when == "after them":
+        assert got == fresh
+    else:
+        assert got == {**fresh, "u/v": first["u/v"]} and first["u/v"] != fresh["u/v"]
+    assert "c/new/deep" in got and "x/y" not in got and "x/y/z" not in got
+    assert walk.taken_ns <= time.time_ns()
+
+
 def _state(project) -> tuple:
     """What ``inv patch`` leaves: HEAD and the branch, the record, every file's bytes."""
     tree = project.tree
@@ -373,6 +411,10 @@ def test_inv_patch_on_a_big_tree_grafts(tmp_path, monkeypatch, grafts):
     assert _state(project) == _state(full)
     g(project.tree, "fsck", "--strict", "--no-dangling", "--no-progress")
     assert g(project.tree, "status", "--porcelain", "--untracked-files=all") == ""
+    # the stamp's directories (walked while the series was grafted): those of the tree now
+    from askbuild.patchqueue import record as pq_record
+    stamp = json.loads(project.settings.patch_stamp("up").read_text())
+    assert stamp["dirs"] == pq_record._tree_dirs(project.tree)
     assert [r["status"] for r in patchqueue.patch(project.settings, ["up"]).rows] \
         == ["unchanged"] * 6
     # the record vouches for the tree (the stamp gone, so git is asked): nothing is listed

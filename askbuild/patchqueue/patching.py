@@ -39,6 +39,7 @@ from .inputs import PatchInput, collect_inputs, source_tree
 from .journal import journalled, position, recover_tree, untracked_paths
 from .layers import Layer, load_layers
 from .record import (
+    TreeWalk,
     drop_stamp,
     layers_with_empty,
     record_done,
@@ -181,7 +182,9 @@ def _prev(settings: Settings, name: str, view: TreeView) -> dict:
 def patch_source(settings: Settings, source: Source, *, sources: dict[str, Source],
                  layers: list[Layer], report: Report, tree: Path | None = None,
                  ignore_rebase: bool = False, trees: dict[str, Path] | None = None,
-                 refs: dict[str, str | None] | None = None) -> dict:
+                 refs: dict[str, str | None] | None = None,
+                 walked: list[tuple[dict, int]] | None = None,
+                 stamp_before: dict | None = None) -> dict:
     """Bring one source's work tree to base + its series (no-op when the record shows it is
     there already).  The series is applied on a detached HEAD under a run journal;
     ``askbuild/patched`` and the record move only when every patch applied.  When a patch
@@ -189,7 +192,9 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     one does that first (:func:`recover_tree`).  ``trees``: work trees already made (vendor
     providers).  ``refs``: what :func:`~.inputs.source_tree` read of ``tree`` just now (it
     saves a git process).  Success removes the failure note
-    (:meth:`Settings.failed_patch_record`)."""
+    (:meth:`Settings.failed_patch_record`).  ``walked``: gets the tree's directories for
+    the next stamp and when their reading began, when the run read them meanwhile (a
+    graft: :class:`~.record.TreeWalk`; ``stamp_before``: the stamp it replaces)."""
     if tree is None:
         refs = {}
         tree = source_tree(settings, source, refs=refs)
@@ -209,6 +214,10 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     done = record is not None and record_done(tree, record, base, inputs, patched=patched)
     untracked = None if done else procs.in_background(untracked_paths, tree)
     big = not done and sparse_pays(tree)
+    # (the stamp's walk of the tree's directories, once git has walked it, while the
+    # series is grafted)
+    walk = TreeWalk(tree, stamp_before, lambda: (status(), untracked())) \
+        if walked is not None and big and inputs else None
     with contextlib.ExitStack() as held:
         grafted = _grafted(held, settings, source.name, tree, base, inputs) \
             if big and inputs else None
@@ -233,9 +242,12 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         with journalled(settings, source.name, tree, "patch",
                         prev=_prev(settings, source.name, view), untracked=others):
             settings.patch_record(source.name).unlink(missing_ok=True)
-            record = _take_graft(source.name, tree, base, grafted, report,
-                                 at_base=view.status.head == base, others=others) \
-                if grafted else None
+            at_base = view.status.head == base
+            record = _take_graft(source.name, tree, base, grafted, report, at_base=at_base,
+                                 others=others) if grafted else None
+            if record is not None and at_base and walk is not None:
+                with contextlib.suppress(OSError):
+                    walked.append((walk.dirs(grafted.changes), walk.taken_ns))
             if record is None:
                 record = apply_queue(tree, base, inputs, source=source.name, report=report,
                                      branch=None, settings=settings, detached_at=detached)
@@ -399,17 +411,20 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
         before = None
         if not check:
             before = read_json(settings.patch_stamp(src.name))
+            before = before if isinstance(before, dict) else None
             drop_stamp(settings, src.name)
             recover_tree(settings, src.name)
         refs: dict[str, str | None] = {}
         tree = trees.get(src.name, refs)
         if not check:
             mark = len(report.rows)
+            walked: list[tuple[dict, int]] = []
             patch_source(settings, src, sources=sources, layers=layers, report=report,
-                         tree=tree, trees=trees.made, refs=refs)
+                         tree=tree, trees=trees.made, refs=refs, walked=walked,
+                         stamp_before=before)
             if not any(r.get("status") == "skipped" for r in report.rows[mark:]):
-                write_stamp(settings, src.name, layers, sources,
-                            before=before if isinstance(before, dict) else None)
+                write_stamp(settings, src.name, layers, sources, before=before,
+                            walked=walked[0] if walked else None)
             return
         inputs = collect_inputs(settings, layers, sources, trees={**trees.made})
         base = base_commit(tree)

@@ -8,11 +8,13 @@ exactly its commits between base and head.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import struct
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .. import gitutil
@@ -231,6 +233,61 @@ def _tree_dirs(tree: Path, before: dict | None = None,
     return out
 
 
+class TreeWalk:
+    """The directories of a work tree for its next stamp (:func:`take_stamp`), walked
+    (:func:`_tree_dirs`) on a thread while a run goes on, once ``wait`` returns (the git
+    processes that read the whole tree first: two walks at once only slow each other).
+    :meth:`dirs` reads again the directories the run changed.  A directory someone else
+    changes after it was read keeps its old signature in the stamp, which the next run
+    then finds changed: it looks again (with git).  ``before``: the stamp it replaces."""
+
+    def __init__(self, tree: Path, before: dict | None,
+                 wait: Callable[[], object] | None = None) -> None:
+        from .. import procs
+        self.tree = tree
+        self.taken_ns = time.time_ns()      # (before anything is read: see RACY_NS)
+        prev, prev_ns = (before or {}).get("dirs"), (before or {}).get("taken_ns")
+
+        def walk() -> dict:
+            if wait is not None:
+                with contextlib.suppress(Exception):    # (the run itself says what failed)
+                    wait()
+            return _tree_dirs(tree, prev if isinstance(prev, dict) else None,
+                              prev_ns if isinstance(prev_ns, int) else 0)
+        self._walked = procs.in_background(walk)
+
+    def dirs(self, changed: Iterable[str]) -> dict[str, list[int] | None]:
+        """The walk, once done, with every directory above a path in ``changed`` (the
+        paths the run wrote or removed, and so the only directories it changed) read again:
+        its signature, then its entries (a new directory below it walked whole; one that
+        is gone leaves with what was below it)."""
+        out = dict(self._walked())
+        top = os.fspath(self.tree)
+        above = {"."}
+        for p in changed:
+            parts = p.split("/")
+            above.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        for rel in sorted(above, key=lambda r: (r != ".", r.count("/"), r)):
+            path = top if rel == "." else f"{top}/{rel}"
+            sig = stat_sig(path)
+            if sig is None:
+                for k in [k for k in out if k == rel or k.startswith(f"{rel}/")]:
+                    del out[k]
+                continue
+            out[rel] = sig
+            try:
+                with os.scandir(path) as it:
+                    kids = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue
+            for name in kids:
+                kid = name if rel == "." else f"{rel}/{name}"
+                if kid not in out and kid != ".git":
+                    out.update({kid if k == "." else f"{kid}/{k}": v
+                                for k, v in _tree_dirs(Path(f"{top}/{kid}")).items()})
+        return out
+
+
 _M32 = 0xFFFFFFFF
 _NS = 10**9
 _REG = {0o100644: False, 0o100755: True}
@@ -347,20 +404,27 @@ def stamp_current(settings: Settings, name: str, layers: list[Layer],
 
 def take_stamp(settings: Settings, name: str, layers: list[Layer],
                sources: dict[str, Source], *, untracked: bool | None = None,
-               before: dict | None = None) -> dict | None:
+               before: dict | None = None,
+               walked: tuple[dict, int] | None = None) -> dict | None:
     """What a stamp of ``name`` would say now (None when only git can tell: a packed ref, a
     lock file...).  ``untracked``: False when the full check this stamp stands for saw no
     untracked file, None when it did not look.  ``before``: the previous stamp (its
-    directories are listed again only where they changed: :func:`_tree_dirs`)."""
+    directories are listed again only where they changed: :func:`_tree_dirs`).
+    ``walked``: the tree's directories and when their reading began, when the run read
+    them already (:class:`TreeWalk`)."""
     record = tree_state(settings, name)
     try:
         facts = _stamp_facts(settings, name, layers, sources, record) if record else None
         if facts is None:
             return None
-        taken_ns = time.time_ns()
-        prev, prev_ns = (before or {}).get("dirs"), (before or {}).get("taken_ns")
-        dirs = _tree_dirs(settings.source_tree(name), prev if isinstance(prev, dict) else None,
-                          prev_ns if isinstance(prev_ns, int) else 0)
+        if walked is not None:
+            dirs, taken_ns = walked
+        else:
+            taken_ns = time.time_ns()
+            prev, prev_ns = (before or {}).get("dirs"), (before or {}).get("taken_ns")
+            dirs = _tree_dirs(settings.source_tree(name),
+                              prev if isinstance(prev, dict) else None,
+                              prev_ns if isinstance(prev_ns, int) else 0)
     except OSError:
         return None
     return {"schema": PATCH_STAMP_SCHEMA, "facts": facts, "dirs": dirs, "untracked": untracked,
@@ -378,11 +442,11 @@ def save_stamp(settings: Settings, name: str, stamp: dict | None) -> None:
 
 def write_stamp(settings: Settings, name: str, layers: list[Layer],
                 sources: dict[str, Source], *, untracked: bool | None = None,
-                before: dict | None = None) -> None:
+                before: dict | None = None, walked: tuple[dict, int] | None = None) -> None:
     """Stamp ``name`` as it is now, right after a full check found its tree done
-    (``before``: the stamp it replaces, as :func:`take_stamp` takes it)."""
+    (``before``, ``walked``: as :func:`take_stamp` takes them)."""
     save_stamp(settings, name, take_stamp(settings, name, layers, sources,
-                                          untracked=untracked, before=before))
+                                          untracked=untracked, before=before, walked=walked))
 
 
 def drop_stamp(settings: Settings, name: str) -> None:
