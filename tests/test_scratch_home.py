@@ -10,7 +10,9 @@
 * ``ASKBUILD_RAM_DIR``: empty turns RAM off, a missing directory is a clear error; ``inv
   doctor`` says where the scratches go, or why not in RAM;
 * scratches killed runs left in RAM are removed by the next run of the same work dir, those
-  of other work dirs are left alone.
+  of other work dirs are left alone;
+* a scratch repository is made without a git process (``scratch.init_repo``): the files and
+  the config ``git init --template=`` makes, and a repository git works in.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import subprocess
 
 import faults
 import pytest
@@ -193,3 +196,30 @@ def test_scratches_killed_runs_left_in_ram_go_with_the_next_run(tmp_path, capsys
     assert patching.patch(project.settings, ["up"]).ok
     assert left_scratches(project.settings) == [] and theirs.is_dir()
     capsys.readouterr()
+
+
+def test_a_scratch_repository_is_the_one_git_init_makes(tmp_path):
+    """``scratch.init_repo`` makes what ``git init --template=`` makes in a directory beside
+    it (the same files, HEAD and config, with git's probes of the file system), and git
+    takes it as a repository: a commit made there is read back."""
+    def git(repo, *args) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    ours, gits = tmp_path / "ours", tmp_path / "gits"
+    ours.mkdir()
+    scratch.init_repo(ours)
+    git(tmp_path, "init", "-q", "--template=", "--", str(gits))
+
+    def made(repo) -> list:
+        gd = repo / ".git"
+        return sorted((p.relative_to(gd).as_posix(), p.is_dir()) for p in gd.rglob("*"))
+    assert made(ours) == made(gits)
+    assert (ours / ".git/HEAD").read_text() == (gits / ".git/HEAD").read_text()
+    assert git(ours, "config", "--local", "--list") == git(gits, "config", "--local", "--list")
+    assert (ours / ".git/config").stat().st_mode == (gits / ".git/config").stat().st_mode
+    (ours / "f.c").write_text("x\n")
+    git(ours, "add", "--", "f.c")
+    git(ours, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", "one")
+    assert git(ours, "show", "HEAD:f.c") == "x\n"
+    git(ours, "fsck", "--strict", "--no-progress")
