@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,9 +103,11 @@ def read_view(tree: Path, refs: dict[str, str | None] | None = None) -> TreeView
 
 def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
                 base: str | None = None, *, ignore_rebase: bool = False,
-                view: TreeView | None = None) -> None:
+                view: TreeView | None = None,
+                foreign: Callable[[], list[str]] | None = None) -> None:
     """Refuse (DirtyTreeError) when rebuilding ``tree`` would lose user work.  ``view``:
-    the tree as :func:`read_view` just read it (else it is read here)."""
+    the tree as :func:`read_view` just read it (else it is read here).  ``foreign``: the
+    answer of :func:`_foreign_commits` for them, when it was asked on a thread."""
     t = shlex.quote(str(tree))
     rebase_state = settings.rebase_state(name)
     if rebase_state.exists() and not ignore_rebase:
@@ -128,7 +131,8 @@ def check_clean(settings: Settings, name: str, tree: Path, record: dict | None,
                 f"`{settings.command('patches.edit', 'SERIES')}`, commit, "
                 f"`{settings.command('patches.export', 'SERIES')}`); "
                 f"or discard them: `git -C {t} reset --hard`")
-    foreign = _foreign_commits(tree, record, base or view.base, view.patched)
+    foreign = foreign() if foreign is not None \
+        else _foreign_commits(tree, record, base or view.base, view.patched)
     edit = settings.command("patches.edit", "SERIES")
     if foreign:
         back = (record or {}).get("head") or base or BASE_TAG
@@ -205,7 +209,8 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
         report.add(source=source.name, layer=ly.id, kind=ly.kind, patch="", status="skipped",
                    commit=None, detail=f"{ly.dir}/ absent in {ly.provider} (optional)")
     # git status (and, when the series is to be applied, the listing of the untracked
-    # files, for the journal) runs while the refs are read and, on a big tree, while the
+    # files, for the journal, and the log of commits on the patched branch that askbuild
+    # did not make) runs while the refs are read and, on a big tree, while the
     # series is applied in a small repository and grafted, which touches nothing of the
     # tree (taken only once the tree is found clean)
     status = procs.in_background(tree_status, tree)
@@ -213,6 +218,8 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     record = tree_state(settings, source.name)
     done = record is not None and record_done(tree, record, base, inputs, patched=patched)
     untracked = None if done else procs.in_background(untracked_paths, tree)
+    foreign = None if done else procs.in_background(_foreign_commits, tree, record, base,
+                                                    patched)
     big = not done and sparse_pays(tree)
     # (the stamp's walk of the tree's directories, once git has walked it, while the
     # series is grafted)
@@ -223,7 +230,7 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
             if big and inputs else None
         view = TreeView(base, patched, status())
         check_clean(settings, source.name, tree, record, base, ignore_rebase=ignore_rebase,
-                    view=view)
+                    view=view, foreign=foreign)
         if done:
             _check_out_patched(settings, source.name, tree, record["head"], view)
             commits = {(p["layer"], p["file"]): p["commits"] for p in record["patches"]}
