@@ -172,7 +172,8 @@ def git(
     check: bool = True,
     text: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run ``git <SAFE_CONFIG> args`` and return the completed process.
+    """Run ``git <SAFE_CONFIG> args`` and return the completed process (text: UTF-8, a byte
+    that is not read as ``os.fsdecode`` reads it, so paths make the round trip).
 
     Raises :class:`GitError` when ``check`` and git fails.
     """
@@ -183,6 +184,9 @@ def git(
     proc = procs.run(
         cmd, cwd=cwd, env=base_env(env), input=input, capture_output=True, text=text,
         quick=_quick(args),
+        # (a path is bytes to git: one that is not UTF-8 goes both ways as os.fsdecode and
+        # os.fsencode have it)
+        **({"errors": "surrogateescape"} if text else {}),
         **({} if input is not None else {"stdin": subprocess.DEVNULL}),
     )
     if check and proc.returncode != 0:

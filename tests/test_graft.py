@@ -267,6 +267,37 @@ def test_inv_patch_checks_out_only_the_files_the_series_changed(tmp_path):
         assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), f
 
 
+def test_a_name_that_is_not_utf8_is_grafted_and_checked_out(tmp_path):
+    """A patch changing a file whose name is not UTF-8 (bytes to git): the small tree stands
+    for the full one (the commits of ``git am`` on the full tree) and ``inv patch``'s
+    checkout of the changed paths writes that very file, where the name used to end the
+    run with a traceback."""
+    import os
+
+    from askbuild.patchqueue import patching
+    from askbuild.patchqueue.journal import untracked_paths
+    from askbuild.report import Report
+    repo, base = _base(tmp_path)
+    name = os.fsdecode(b"latin/caf\xe9.c")
+    put(repo, name, "one\n")
+    base = commit_all(repo, "a latin-1 name")
+    inputs = _one_mail(tmp_path, repo, base, lambda: put(repo, name, "two\n"))
+    paths = patchqueue.touched_paths(repo, inputs)
+    assert paths == {name}
+    with patchqueue.grafted_queue(repo, base, inputs, paths, tmp_path / "work",
+                                  source="src") as got:
+        assert got is not None and got.changes == {name: True}
+        assert got.record == _full_record(repo, base, inputs, tmp_path / "full")
+        grafted = patching._Grafted(got.record, Report("patch", "patch", []),
+                                    got.objects.parent.parent, got.changes)
+        record = patching._take_graft("src", repo, base, grafted, Report("p", "p", []),
+                                      at_base=True, others=untracked_paths(repo))
+    assert record is got.record
+    assert (repo / name).read_text() == "two\n"
+    g(repo, "update-ref", "--no-deref", "HEAD", record["head"])
+    assert g(repo, "status", "--porcelain", "--untracked-files=all") == ""
+
+
 def test_only_plain_commits_are_read_as_plain(tmp_path):
     """gitutil.plain_commits (what the graft and the tree replay read old commits with):
     tree, parent, author, committer and message of a plain commit; None for a root commit,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -352,9 +353,13 @@ def _check_out_paths(tree: Path, head: str, paths: list[str]):
     the paths read literally from its input): the process, None when there is no path."""
     if not paths:
         return None
-    return gitutil.git(["checkout", "--no-overlay", "-q", head, "--pathspec-from-file=-",
+    done = gitutil.git(["checkout", "--no-overlay", "-q", head, "--pathspec-from-file=-",
                         "--pathspec-file-nul"], cwd=tree, check=False,
-                       input="\0".join(paths), env={"GIT_LITERAL_PATHSPECS": "1"})
+                       input=b"\0".join(os.fsencode(p) for p in paths),   # (any bytes)
+                       env={"GIT_LITERAL_PATHSPECS": "1"})
+    done.stdout, done.stderr = (v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                                for v in (done.stdout, done.stderr))
+    return done
 
 
 class _Trees:
