@@ -124,6 +124,13 @@ def write_json_atomic(path: Path, data: object, *, indent: int = 2) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=indent, sort_keys=True) + "\n").encode())
 
 
+def dirs_above(path: str) -> list[str]:
+    """The directories above the relative ``/``-separated ``path``, outermost first
+    (``a/b/c``: ``a``, ``a/b``)."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def stat_sig(path: str | Path) -> list[int] | None:
     """``[size, mtime_ns, ctime_ns, inode]`` of ``path`` (not followed), None when absent: what
     the no-op stamps compare.  ``ctime`` moves on every write, even one that restores size and

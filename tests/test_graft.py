@@ -243,8 +243,7 @@ def test_inv_patch_checks_out_only_the_files_the_series_changed(tmp_path):
         assert got is not None
         assert set(got.changes) <= paths and "untouched/y/z.c" in got.changes
         assert got.changes["untouched/y/z.c"] is False and got.changes["new/dir/a.c"] is True
-        grafted = patching._Grafted(got.record, Report("patch", "patch", []),
-                                    got.objects.parent.parent, got.changes)
+        grafted = patching._Grafted(got, Report("patch", "patch", []))
         path, log = logging_git(tmp_path)
         with pytest.MonkeyPatch.context() as m:
             m.setenv("PATH", path)
@@ -288,8 +287,7 @@ def test_a_name_that_is_not_utf8_is_grafted_and_checked_out(tmp_path):
                                   source="src") as got:
         assert got is not None and got.changes == {name: True}
         assert got.record == _full_record(repo, base, inputs, tmp_path / "full")
-        grafted = patching._Grafted(got.record, Report("patch", "patch", []),
-                                    got.objects.parent.parent, got.changes)
+        grafted = patching._Grafted(got, Report("patch", "patch", []))
         record = patching._take_graft("src", repo, base, grafted, Report("p", "p", []),
                                       at_base=True, others=untracked_paths(repo))
     assert record is got.record

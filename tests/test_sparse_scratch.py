@@ -379,6 +379,8 @@ def test_the_stamps_walk_during_a_run_reads_again_what_the_run_changed(tmp_path,
         assert got == {**fresh, "u/v": first["u/v"]} and first["u/v"] != fresh["u/v"]
     assert "c/new/deep" in got and "x/y" not in got and "x/y/z" not in got
     assert walk.taken_ns <= time.time_ns()
+    # a run whose changes will not be known (HEAD not at the base) makes no walk
+    assert record.TreeWalk(tree, None, lambda: False).dirs(["a/b/new.txt"]) is None
 
 
 def _state(project) -> tuple:
@@ -497,6 +499,39 @@ def test_inv_patch_on_a_big_tree_with_a_file_in_the_way(tmp_path, monkeypatch, g
         assert not project.settings.patch_record("up").exists()
     assert len(grafts) == 1 and grafts[0] is not None       # (the graft itself stood)
     assert messages[0] == messages[1] and "0003-change.patch" in messages[0]
+
+
+def test_another_failure_of_the_grafted_checkout_is_said_and_undone(tmp_path, monkeypatch,
+                                                                   grafts):
+    """When the checkout of the files the grafted series changed fails for another reason
+    (here: a file it may not write), the run stops with git's words and the source named,
+    not a patch that does not apply and not ``git am`` tried again; the journal puts the
+    tree, its branch and the record back as they were."""
+    from askbuild import gitutil
+    from askbuild.patchqueue import patching
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)
+    project = make_long_project(tmp_path, 6)
+    tree = project.tree
+    before = g(tree, "rev-parse", "HEAD")
+    real = gitutil.git
+
+    def denied(args, *a, **kw):
+        if args[:2] == ["checkout", "--no-overlay"] and kw.get("cwd") == tree:
+            real(args, *a, **kw)        # (it did write: the journal must undo it)
+            return subprocess.CompletedProcess(args, 1, "", "error: unable to create file "
+                                               "lib/m1.c: Permission denied\n")
+        return real(args, *a, **kw)
+    monkeypatch.setattr(patching.gitutil, "git", denied)
+    log = git_logger(tmp_path, monkeypatch)
+    with pytest.raises(PatchFailed) as e:
+        patchqueue.patch(project.settings, ["up"])
+    monkeypatch.setattr(patching.gitutil, "git", real)
+    assert "Permission denied" in str(e.value) and "up" in str(e.value)
+    assert "did not apply" not in str(e.value)
+    assert len(grafts) == 1 and grafts[0] is not None and git_calls(log, "am") == 1
+    assert g(tree, "rev-parse", "HEAD") == before
+    assert g(tree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert not project.settings.patch_record("up").exists()
 
 
 def test_a_full_disk_at_the_grafted_checkout_is_said_as_such(tmp_path, monkeypatch, grafts):

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 from .. import gitutil
 from ..errors import PatchFailed
+from ..fsutil import dirs_above
 from ..gitutil import GitError
 from ..report import Report
 from .apply import PATCH_COLUMNS, apply_queue
@@ -126,17 +127,12 @@ def bring_in(scratch: Path, tree: Path, head: str, base: str) -> None:
         gitutil.git(["index-pack", "--stdin"], cwd=tree, input=pack, text=False)
 
 
-def _ancestors(path: str) -> list[str]:
-    parts = path.split("/")[:-1]
-    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
 def _small_base(scratch: Path, base: str, paths: set[str]) -> tuple[str, set[str]] | None:
     """A commit holding ``base``'s files among ``paths`` and the ``.gitattributes`` above
     them (made by one ``git fast-import``), checked out in ``scratch``, and the paths of
     those files; None when a path is not a file there or a directory above one is not a
     directory."""
-    dirs = sorted({a for p in paths for a in _ancestors(p)})
+    dirs = sorted({a for p in paths for a in dirs_above(p)})
     named = sorted(paths)
     probe = gitutil.git(["cat-file", "--batch-check=%(objecttype)"], cwd=scratch,
                         input="".join(f"{base}:{p}\n" for p in [*named, *dirs]))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -29,14 +28,14 @@ from ..errors import (
     SourceError,
     summary_error,
 )
-from ..fsutil import read_json, write_json_atomic
+from ..fsutil import dirs_above, read_json, write_json_atomic
 from ..gitutil import GitError
 from ..refs import BASE_REF, BASE_TAG, PATCHED
 from ..report import Report
 from ..settings import Settings
 from ..sources import Source, load_sources, select
 from .apply import PATCH_COLUMNS, apply_queue, touched_paths
-from .graft import bring_in, grafted_queue
+from .graft import Grafted, bring_in, grafted_queue
 from .inputs import PatchInput, collect_inputs, source_tree
 from .journal import journalled, position, recover_tree, untracked_paths
 from .layers import Layer, load_layers
@@ -223,8 +222,9 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
                                                     patched)
     big = not done and sparse_pays(tree)
     # (the stamp's walk of the tree's directories, once git has walked it, while the
-    # series is grafted)
-    walk = TreeWalk(tree, stamp_before, lambda: (status(), untracked())) \
+    # series is grafted; only when HEAD is the base: else the run's changes are not known)
+    walk = TreeWalk(tree, stamp_before,
+                    lambda: status().head == base and untracked() is not None) \
         if walked is not None and big and inputs else None
     with contextlib.ExitStack() as held:
         grafted = _grafted(held, settings, source.name, tree, base, inputs) \
@@ -255,7 +255,9 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
                                  others=others) if grafted else None
             if record is not None and at_base and walk is not None:
                 with contextlib.suppress(OSError):
-                    walked.append((walk.dirs(grafted.changes), walk.taken_ns))
+                    dirs = walk.dirs(grafted.graft.changes)
+                    if dirs is not None:
+                        walked.append((dirs, walk.taken_ns))
             if record is None:
                 record = apply_queue(tree, base, inputs, source=source.name, report=report,
                                      branch=None, settings=settings, detached_at=detached)
@@ -270,11 +272,11 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
 
 
 class _Grafted(NamedTuple):
-    """A series applied in a small repository and grafted onto the base (:func:`_grafted`)."""
-    record: dict            # what :func:`~.apply.apply_queue` would return for the tree
-    rows: Report            # its rows
-    scratch: Path           # the small repository (it borrows the tree's objects)
-    changes: dict[str, bool]    # the paths it changed: whether the head has them
+    """A series applied in a small repository and grafted onto the base (:func:`_grafted`):
+    what :func:`~.graft.grafted_queue` yielded (the small repository, which borrows the
+    tree's objects, is its object directory's) and the rows it reported."""
+    graft: Grafted
+    rows: Report
 
 
 def _grafted(held: contextlib.ExitStack, settings: Settings, name: str, tree: Path, base: str,
@@ -292,7 +294,7 @@ def _grafted(held: contextlib.ExitStack, settings: Settings, name: str, tree: Pa
                                                source=name, report=rows, prefix=home.prefix))
     if grafted is None:
         return None
-    return _Grafted(grafted.record, rows, grafted.objects.parent.parent, grafted.changes)
+    return _Grafted(grafted, rows)
 
 
 def _take_graft(name: str, tree: Path, base: str, grafted: _Grafted, report: Report, *,
@@ -310,12 +312,13 @@ def _take_graft(name: str, tree: Path, base: str, grafted: _Grafted, report: Rep
     just they are checked out, and HEAD moves after, with ``askbuild/patched``.  On 30k
     files that takes 20 ms, where a checkout of the head, which reads both trees whole and
     refreshes the whole index, takes 50 ms."""
-    if _in_the_way(grafted.changes, others):
+    graft = grafted.graft
+    if _in_the_way(graft.changes, others):
         return None
-    head = grafted.record["head"]
-    bring_in(grafted.scratch, tree, head, base)
+    head = graft.record["head"]
+    bring_in(graft.objects.parent.parent, tree, head, base)
     if at_base:
-        done = _check_out_paths(tree, head, sorted(grafted.changes))
+        done = _check_out_paths(tree, head, sorted(graft.changes))
     else:
         done = gitutil.git(["checkout", "-q", "--detach", head], cwd=tree, check=False)
     if done is not None and done.returncode != 0:
@@ -326,7 +329,7 @@ def _take_graft(name: str, tree: Path, base: str, grafted: _Grafted, report: Rep
                            done.stderr)
         return None
     report.rows += grafted.rows.rows
-    return grafted.record
+    return graft.record
 
 
 def _in_the_way(changes: dict[str, bool], others: list[str]) -> bool:
@@ -338,8 +341,7 @@ def _in_the_way(changes: dict[str, bool], others: list[str]) -> bool:
     names = sorted(o.rstrip("/") for o in others)
     taken = set(names)
     for p in made:
-        parts = p.split("/")
-        if any("/".join(parts[:i]) in taken for i in range(1, len(parts) + 1)):
+        if p in taken or any(d in taken for d in dirs_above(p)):
             return True
         i = bisect.bisect_left(names, p + "/")
         if i < len(names) and names[i].startswith(p + "/"):
@@ -353,13 +355,9 @@ def _check_out_paths(tree: Path, head: str, paths: list[str]):
     the paths read literally from its input): the process, None when there is no path."""
     if not paths:
         return None
-    done = gitutil.git(["checkout", "--no-overlay", "-q", head, "--pathspec-from-file=-",
-                        "--pathspec-file-nul"], cwd=tree, check=False,
-                       input=b"\0".join(os.fsencode(p) for p in paths),   # (any bytes)
+    return gitutil.git(["checkout", "--no-overlay", "-q", head, "--pathspec-from-file=-",
+                        "--pathspec-file-nul"], cwd=tree, check=False, input="\0".join(paths),
                        env={"GIT_LITERAL_PATHSPECS": "1"})
-    done.stdout, done.stderr = (v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                                for v in (done.stdout, done.stderr))
-    return done
 
 
 class _Trees:

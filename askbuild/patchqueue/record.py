@@ -8,7 +8,6 @@ exactly its commits between base and head.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from .. import gitutil
 from ..errors import UserError
-from ..fsutil import read_json, stat_sig, write_json_atomic
+from ..fsutil import dirs_above, read_json, stat_sig, write_json_atomic
 from ..refs import BASE_REF, PATCHED
 from ..settings import Settings
 from ..sources import Source
@@ -235,8 +234,9 @@ def _tree_dirs(tree: Path, before: dict | None = None,
 
 class TreeWalk:
     """The directories of a work tree for its next stamp (:func:`take_stamp`), walked
-    (:func:`_tree_dirs`) on a thread while a run goes on, once ``wait`` returns (the git
-    processes that read the whole tree first: two walks at once only slow each other).
+    (:func:`_tree_dirs`) on a thread while a run goes on, once ``wait`` returns true (the
+    git processes that read the whole tree first: two walks at once only slow each other;
+    false or an error: the walk would not be used, none is made).
     :meth:`dirs` reads again the directories the run changed.  A directory someone else
     changes after it was read keeps its old signature in the stamp, which the next run
     then finds changed: it looks again (with git).  ``before``: the stamp it replaces."""
@@ -248,25 +248,27 @@ class TreeWalk:
         self.taken_ns = time.time_ns()      # (before anything is read: see RACY_NS)
         prev, prev_ns = (before or {}).get("dirs"), (before or {}).get("taken_ns")
 
-        def walk() -> dict:
-            if wait is not None:
-                with contextlib.suppress(Exception):    # (the run itself says what failed)
-                    wait()
+        def walk() -> dict | None:
+            try:
+                if wait is not None and not wait():
+                    return None
+            except Exception:       # noqa: BLE001 - the run itself says what failed
+                return None
             return _tree_dirs(tree, prev if isinstance(prev, dict) else None,
                               prev_ns if isinstance(prev_ns, int) else 0)
         self._walked = procs.in_background(walk)
 
-    def dirs(self, changed: Iterable[str]) -> dict[str, list[int] | None]:
+    def dirs(self, changed: Iterable[str]) -> dict[str, list[int] | None] | None:
         """The walk, once done, with every directory above a path in ``changed`` (the
         paths the run wrote or removed, and so the only directories it changed) read again:
         its signature, then its entries (a new directory below it walked whole; one that
-        is gone leaves with what was below it)."""
-        out = dict(self._walked())
+        is gone leaves with what was below it).  None when no walk was made."""
+        walked = self._walked()
+        if walked is None:
+            return None
+        out = dict(walked)
         top = os.fspath(self.tree)
-        above = {"."}
-        for p in changed:
-            parts = p.split("/")
-            above.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        above = {".", *(d for p in changed for d in dirs_above(p))}
         for rel in sorted(above, key=lambda r: (r != ".", r.count("/"), r)):
             path = top if rel == "." else f"{top}/{rel}"
             sig = stat_sig(path)

@@ -17,6 +17,7 @@ from typing import NamedTuple, TypeVar
 
 from .. import gitutil
 from ..errors import NO_SPACE
+from ..fsutil import dirs_above
 from ..gitutil import GitError
 from ..settings import Settings
 from .worktree import NoSpaceLeft, git_dir
@@ -205,19 +206,13 @@ def sparse_patterns(paths: Iterable[str]) -> bytes | None:
         if d:
             dirs.add(d)
     # directories taken whole, none inside another; their ancestors, own files only
-    whole = {d for d in dirs if not any(d.startswith(f"{a}/") for a in _ancestors(d) & dirs)}
-    parents = {a for d in whole for a in _ancestors(d)}
+    whole = {d for d in dirs if not any(a in dirs for a in dirs_above(d))}
+    parents = {a for d in whole for a in dirs_above(d)}
     lines = ["/*", "!/*/"]
     for d in sorted(whole | parents):
         e = "".join("\\" + c if c in "\\*?[" else c for c in d)
         lines += [f"/{e}/", f"!/{e}/*/"] if d in parents else [f"/{e}/"]
     return "".join(f"{ln}\n" for ln in lines).encode("utf-8", "surrogateescape")
-
-
-def _ancestors(d: str) -> set[str]:
-    """The proper ancestor directories of the directory ``d`` (``a/b/c``: ``a``, ``a/b``)."""
-    parts = d.split("/")
-    return {"/".join(parts[:i]) for i in range(1, len(parts))}
 
 
 def borrowing_repo(tree: Path, scratch: Path, borrow: Iterable[Path] = ()) -> None:
