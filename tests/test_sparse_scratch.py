@@ -501,64 +501,57 @@ def test_inv_patch_on_a_big_tree_with_a_file_in_the_way(tmp_path, monkeypatch, g
     assert messages[0] == messages[1] and "0003-change.patch" in messages[0]
 
 
+def _failing_grafted_checkout(tmp_path, monkeypatch, grafts, error, code: int, stderr: str,
+                              *, writes: bool) -> str:
+    """``inv patch`` on a big tree whose checkout of the grafted commits fails with git's
+    ``code`` and ``stderr`` (after it wrote, when ``writes``): it raises ``error`` (its
+    message returned) after one ``git am`` (the small tree's, none tried again on the full
+    tree), and the tree, its branch and the record are as they were."""
+    from askbuild import gitutil
+    from askbuild.patchqueue import patching
+    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)
+    project = make_long_project(tmp_path, 6)
+    tree = project.tree
+    before = g(tree, "rev-parse", "HEAD")
+    real = gitutil.git
+
+    def failing(args, *a, **kw):
+        if args[:1] == ["checkout"] and kw.get("cwd") == tree:
+            if writes:
+                real(args, *a, **kw)    # (it did write: the journal must undo it)
+            return subprocess.CompletedProcess(args, code, "", stderr)
+        return real(args, *a, **kw)
+    monkeypatch.setattr(patching.gitutil, "git", failing)
+    log = git_logger(tmp_path, monkeypatch)
+    with pytest.raises(error) as e:
+        patchqueue.patch(project.settings, ["up"])
+    monkeypatch.setattr(patching.gitutil, "git", real)
+    assert len(grafts) == 1 and grafts[0] is not None and git_calls(log, "am") == 1
+    assert g(tree, "rev-parse", "HEAD") == before
+    assert g(tree, "status", "--porcelain", "--untracked-files=all") == ""
+    assert not project.settings.patch_record("up").exists()
+    return str(e.value)
+
+
 def test_another_failure_of_the_grafted_checkout_is_said_and_undone(tmp_path, monkeypatch,
                                                                    grafts):
     """When the checkout of the files the grafted series changed fails for another reason
     (here: a file it may not write), the run stops with git's words and the source named,
     not a patch that does not apply and not ``git am`` tried again; the journal puts the
     tree, its branch and the record back as they were."""
-    from askbuild import gitutil
-    from askbuild.patchqueue import patching
-    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)
-    project = make_long_project(tmp_path, 6)
-    tree = project.tree
-    before = g(tree, "rev-parse", "HEAD")
-    real = gitutil.git
-
-    def denied(args, *a, **kw):
-        if args[:2] == ["checkout", "--no-overlay"] and kw.get("cwd") == tree:
-            real(args, *a, **kw)        # (it did write: the journal must undo it)
-            return subprocess.CompletedProcess(args, 1, "", "error: unable to create file "
-                                               "lib/m1.c: Permission denied\n")
-        return real(args, *a, **kw)
-    monkeypatch.setattr(patching.gitutil, "git", denied)
-    log = git_logger(tmp_path, monkeypatch)
-    with pytest.raises(PatchFailed) as e:
-        patchqueue.patch(project.settings, ["up"])
-    monkeypatch.setattr(patching.gitutil, "git", real)
-    assert "Permission denied" in str(e.value) and "up" in str(e.value)
-    assert "did not apply" not in str(e.value)
-    assert len(grafts) == 1 and grafts[0] is not None and git_calls(log, "am") == 1
-    assert g(tree, "rev-parse", "HEAD") == before
-    assert g(tree, "status", "--porcelain", "--untracked-files=all") == ""
-    assert not project.settings.patch_record("up").exists()
+    message = _failing_grafted_checkout(
+        tmp_path, monkeypatch, grafts, PatchFailed, 1,
+        "error: unable to create file lib/m1.c: Permission denied\n", writes=True)
+    assert "Permission denied" in message and "up" in message
+    assert "did not apply" not in message
 
 
 def test_a_full_disk_at_the_grafted_checkout_is_said_as_such(tmp_path, monkeypatch, grafts):
     """When the checkout of the grafted commits runs out of space, the run stops with the
     full disk named (not a patch that does not apply, not ``git am`` tried again), and the
     tree, its branch and the record stay as they were."""
-    from askbuild import gitutil
-    from askbuild.patchqueue import patching
     from askbuild.patchqueue.worktree import NoSpaceLeft
-    monkeypatch.setattr(pq_scratch, "SPARSE_FROM", 0)
-    project = make_long_project(tmp_path, 6)
-    tree = project.tree
-    before = g(tree, "rev-parse", "HEAD")
-    real = gitutil.git
-
-    def full_disk(args, *a, **kw):
-        if args[:1] == ["checkout"] and kw.get("cwd") == tree:
-            return subprocess.CompletedProcess(args, 128, "", "error: unable to write file "
-                                               "lib/m1.c: No space left on device\n")
-        return real(args, *a, **kw)
-    monkeypatch.setattr(patching.gitutil, "git", full_disk)
-    log = git_logger(tmp_path, monkeypatch)
-    with pytest.raises(NoSpaceLeft) as e:
-        patchqueue.patch(project.settings, ["up"])
-    monkeypatch.setattr(patching.gitutil, "git", real)
-    assert "no space left on device" in str(e.value)
-    assert len(grafts) == 1 and grafts[0] is not None and git_calls(log, "am") == 1
-    assert g(tree, "rev-parse", "HEAD") == before
-    assert g(tree, "status", "--porcelain", "--untracked-files=all") == ""
-    assert not project.settings.patch_record("up").exists()
+    message = _failing_grafted_checkout(
+        tmp_path, monkeypatch, grafts, NoSpaceLeft, 128,
+        "error: unable to write file lib/m1.c: No space left on device\n", writes=False)
+    assert "no space left on device" in message
