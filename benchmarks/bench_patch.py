@@ -16,6 +16,9 @@ Rows per series:
 * the CLI through ``python -m askbuild`` (what ``./run`` runs) and through ``inv`` (Invoke's
   binary, which hands a verb to ``askbuild``: askbuild/invhook.py), run in the checkout:
   they include Python's and the CLI's start-up;
+* the floor of any CLI in Python: ``python -c pass`` followed by the anchor's own ``git am
+  -3``, against ``git am -3`` (not askbuild: where its ratio is over the target, on a tree
+  where ``git am`` takes less than twice Python's start-up, no CLI in Python can meet it);
 * the dry run (``rebasing.rebase(dry_run=True)`` in-process) onto ``v2`` after ``inv patch``
   (its recorded commits are reused), and without a patch record (the old series is applied
   again first), each interleaved with its anchor.
@@ -220,6 +223,11 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
     # anchor's swings with this machine's disk)
     cli_fast, anchor_fast = _paired(cli(ASKBUILD), unpatched, am_v1, at_v1, rounds)
     cli_inv, anchor_inv = _paired(cli(INV), unpatched, am_v1, at_v1, rounds)
+
+    def floor() -> None:                        # the least a CLI in Python can take
+        subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+        am_v1()
+    floor_s, anchor_floor = _paired(floor, at_v1, am_v1, at_v1, rounds)
     patch()                                     # the record the dry run reuses
     dry()                                       # warm: v2 into the cache repository
     dry_git = _git_processes(dry, tmp)
@@ -242,6 +250,9 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
              "python -m askbuild (what ./run runs): includes Python start-up"),
         _row(f"inv patch, {what} (CLI)", cli_inv, anchor_inv, "git am -3",
              "Invoke's binary in the checkout (handed to askbuild before Invoke is imported)"),
+        _row(f"floor of any Python CLI, {what}", floor_s, anchor_floor, "git am -3",
+             "not askbuild: `python -c pass` then the anchor's own `git am -3`, the least a "
+             "CLI in Python can take; where this misses the target, no Python CLI meets it"),
         _row(f"inv rebase --dry-run, {what} (engine)", dry_s, anchor_v2, "git am -3 onto v2",
              "after inv patch: its recorded commits replayed as trees (one git merge-tree, "
              "no work tree; a scratch tree, sparse on a big tree, only for what needs one), "
