@@ -385,6 +385,10 @@ def _stream_extract(tar: str, archive: Path, tmp: Path, *, strip_components: int
                             if not _canonical(m.name):
                                 raise _NotCanonical(m.name)
                             yield m
+                            # (the reader keeps every member it read, for a random access
+                            # this stream never makes: 83k of them were 40 MB for the
+                            # kernel; it reads on once its list is shorter than its count)
+                            tf.members.clear()
                     for m in iter_checked(members(), archive,
                                           strip_components=strip_components, what=what):
                         names.update(_prefixes(_parts(m.name)))

@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 from . import packfile
 from .fsutil import write_bytes_atomic
@@ -43,8 +44,10 @@ from .fsutil import write_bytes_atomic
 #: Attributes (and macro definitions) that make ``git add`` store other bytes than the file's.
 _CONVERTS = re.compile(rb"\b(?:text|eol|crlf|ident|filter|working-tree-encoding)\b|\[attr\]")
 _CHUNK = 1 << 20
-#: Files up to this size are read whole; bigger ones a chunk at a time, twice when new.
-_WHOLE = 64 << 20
+#: Files up to this size are read whole; bigger ones a chunk at a time, twice when new (each
+#: worker holds one whole file: at 64 MB, the kernel's 10 headers of 8-24 MB made the
+#: check-in's peak RSS 113-126 MB, at 8 MB it is 93 MB, in the same time)
+_WHOLE = 8 << 20
 #: Files hashed and deflated per batch (bounds the memory of deflated blobs in flight).
 _BATCH = 1024
 _LEVEL = 1                          # what ``core.compression=1`` gave the bulk check-in
@@ -62,7 +65,28 @@ def _special(name: bytes, is_link: bool) -> bool:
             or (is_link and low.startswith(b".gitmodules")))
 
 
-def _walk(top: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
+class _File(NamedTuple):
+    """A file or symlink to check in, in little memory (83k of them for the kernel: an
+    ``os.stat_result`` each took 0.7 kB, more than half the check-in's peak)."""
+    path: bytes                 # relative to the tree
+    link: bool
+    size: int
+    stat: bytes                 # its index entry's stat fields, packed (:func:`_stat_fields`)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _stat_fields(st: os.stat_result) -> bytes:
+    """The stat part of an index entry (ctime, mtime, dev, ino, mode, uid, gid, size), as
+    git writes it: 32-bit big-endian fields."""
+    ct, mt = st.st_ctime_ns, st.st_mtime_ns
+    return struct.pack(">10I", (ct // 10**9) & _M32, ct % 10**9, (mt // 10**9) & _M32,
+                       mt % 10**9, st.st_dev & _M32, st.st_ino & _M32, _git_mode(st),
+                       st.st_uid & _M32, st.st_gid & _M32, st.st_size & _M32)
+
+
+def _walk(top: bytes) -> Iterator[_File]:
     """Every file and symlink under ``top`` (paths relative to it), without the top ``.git``."""
     stack = [b""]
     while stack:
@@ -84,7 +108,7 @@ def _walk(top: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
                         with open(e.path, "rb") as f:
                             if _CONVERTS.search(f.read()):
                                 raise _Refuse
-                    yield path, st
+                    yield _File(path, stat.S_ISLNK(st.st_mode), st.st_size, _stat_fields(st))
                 else:
                     raise _Refuse
 
@@ -95,16 +119,15 @@ def _git_mode(st: os.stat_result) -> int:
     return 0o100755 if st.st_mode & stat.S_IXUSR else 0o100644
 
 
-def _blob(top: bytes, path: bytes, st: os.stat_result, known: set[bytes]
-          ) -> tuple[bytes, bytes | None]:
+def _blob(top: bytes, file: _File, known: set[bytes]) -> tuple[bytes, bytes | None]:
     """(blob id, its pack entry: header and deflated bytes, or None when already stored) of a
     symlink or a file of up to :data:`_WHOLE` bytes."""
-    full = os.path.join(top, path)
-    if stat.S_ISLNK(st.st_mode):
+    full = os.path.join(top, file.path)
+    if file.link:
         return _entry(os.readlink(full), known)
     with open(full, "rb") as f:
         data = f.read()
-    if len(data) != st.st_size:
+    if len(data) != file.size:
         raise _Refuse                           # changed since the walk: let git add answer
     return _entry(data, known)
 
@@ -149,19 +172,19 @@ def _add_big(writer: packfile.PackWriter, full: bytes, size: int, known: set[byt
     return sha
 
 
-def _index_file(entries: list[tuple[bytes, os.stat_result, bytes]]) -> bytes:
-    """A version 2 git index of ``entries`` (path, stat, blob id), sorted as git sorts them."""
-    parts = [b"DIRC", struct.pack(">II", 2, len(entries))]
-    m = 0xFFFFFFFF
-    for path, st, sha in entries:
-        ct, mt = st.st_ctime_ns, st.st_mtime_ns
-        parts.append(struct.pack(
-            ">10I20sH", (ct // 10**9) & m, ct % 10**9, (mt // 10**9) & m, mt % 10**9,
-            st.st_dev & m, st.st_ino & m, _git_mode(st), st.st_uid & m, st.st_gid & m,
-            st.st_size & m, sha, min(len(path), 0xFFF)))
-        parts.append(path + b"\0" * (8 - (62 + len(path)) % 8))
-    body = b"".join(parts)
-    return body + hashlib.sha1(body).digest()
+def _index_file(files: list[_File], ids: list[bytes]) -> bytearray:
+    """A version 2 git index of ``files`` (sorted as git sorts them) with their blob ids,
+    built in one buffer."""
+    out = bytearray(b"DIRC")
+    out += struct.pack(">II", 2, len(files))
+    for f, sha in zip(files, ids, strict=True):
+        out += f.stat
+        out += sha
+        out += struct.pack(">H", min(len(f.path), 0xFFF))
+        out += f.path
+        out += b"\0" * (8 - (62 + len(f.path)) % 8)
+    out += hashlib.sha1(out).digest()
+    return out
 
 
 def check_in(tree: Path, *, workers: int | None = None) -> list[Path] | None:
@@ -175,7 +198,7 @@ def check_in(tree: Path, *, workers: int | None = None) -> list[Path] | None:
     if re.search(r"^\s*(?:filemode|symlinks)\s*=\s*false", config, re.M):
         return None
     try:
-        files = sorted(_walk(top), key=lambda e: e[0])
+        files = sorted(_walk(top))                  # (by path: no two have the same)
     except _Refuse:
         return None
     known = packfile.stored_ids(git_dir)
@@ -187,25 +210,24 @@ def check_in(tree: Path, *, workers: int | None = None) -> list[Path] | None:
         with ThreadPoolExecutor(workers) as pool:
             for i in range(0, len(files), _BATCH):
                 batch = files[i:i + _BATCH]
-                small = [e for e in batch if stat.S_ISLNK(e[1].st_mode) or e[1].st_size <= _WHOLE]
+                small = [f for f in batch if f.link or f.size <= _WHOLE]
                 n = -(-len(small) // workers)           # one task per worker and batch
-                parts = pool.map(lambda part: [_blob(top, p, st, known) for p, st in part],
+                parts = pool.map(lambda part: [_blob(top, f, known) for f in part],
                                  [small[k:k + n] for k in range(0, len(small), n)])
-                done = dict(zip((e[0] for e in small), (r for part in parts for r in part),
+                done = dict(zip((f.path for f in small), (r for part in parts for r in part),
                                 strict=True))
-                for path, st in batch:
-                    if path not in done:
-                        ids.append(_add_big(writer, os.path.join(top, path), st.st_size, known))
+                for f in batch:
+                    if f.path not in done:
+                        ids.append(_add_big(writer, os.path.join(top, f.path), f.size, known))
                         known.add(ids[-1])
                         continue
-                    sha, entry = done[path]
+                    sha, entry = done[f.path]
                     ids.append(sha)
                     if entry is not None and sha not in known:
                         known.add(sha)
                         writer.add(sha, entry)
         written = writer.finish()
-        write_bytes_atomic(git_dir / "index", _index_file(
-            [(p, st, sha) for (p, st), sha in zip(files, ids, strict=True)]))
+        write_bytes_atomic(git_dir / "index", _index_file(files, ids))
     except BaseException as e:
         writer.abort()
         for p in written:

@@ -120,7 +120,7 @@ def test_a_wrong_check_in_is_caught_by_git_and_redone_by_git_add(tmp_path, git_c
     (``ls-files --others``, ``diff-files``) sends the import to ``git add``: still the right
     commit, and the pack of the failed attempt is gone."""
     real = checkin._index_file
-    monkeypatch.setattr(checkin, "_index_file", lambda entries: real(entries[1:]))
+    monkeypatch.setattr(checkin, "_index_file", lambda files, ids: real(files[1:], ids[1:]))
     commit, tree = _import(tmp_path, MIXED)
     assert git_calls.count("add") == 1
     assert commit == _oracle(tmp_path / "pkg-1.0.tar.gz", tmp_path / "old", 1)
@@ -200,10 +200,10 @@ def test_a_file_changed_while_checked_in_is_left_to_git_add(tmp_path, monkeypatc
     real = checkin._walk
 
     def walk(top):
-        for path, st in real(top):
-            if path == b"b":
+        for f in real(top):
+            if f.path == b"b":
                 (tree / "b").write_text("b, longer now\n")
-            yield path, st
+            yield f
     monkeypatch.setattr(checkin, "_walk", walk)
     assert checkin.check_in(tree) is None
     assert _packs(tree) == [] and not (tree / ".git" / "index").exists()
