@@ -44,6 +44,7 @@ from askbuild.building.engine import make_plan  # noqa: E402
 from askbuild.building.runner import Steps, base_env  # noqa: E402
 from askbuild.settings import Settings  # noqa: E402
 from benchmarks import KERNEL, kernel_wanted, settle_disk  # noqa: E402
+from benchmarks.own_rss import peak_rss_mb, rss_row  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -72,11 +73,13 @@ def _cold(tmp: Path, jobs: int) -> tuple[float, float, float, str, float, list[s
     return wall, cpu, alone[longest], longest, chain_s, chain
 
 
-def _example_cold(tmp: Path, jobs: int) -> tuple[float, float, dict[str, float], dict]:
+def _example_cold(tmp: Path, jobs: int
+                  ) -> tuple[float, float, dict[str, float], dict, dict[str, float]]:
     """The example profile's cold build through the CLI, as a user runs it: (wall s, CPU s of
     askbuild and every process it waited for, each component's time alone at full -j, its
-    dependencies).  A copy of the project, so recording the unlocked kernel's sha256 never edits
-    the checkout."""
+    dependencies, askbuild's own peak RSS in MB of the cold fetch, which imports the kernel
+    tarball, and of the cold build).  A copy of the project, so recording the unlocked
+    kernel's sha256 never edits the checkout."""
     project = copy_project(tmp / "project")
     s = Settings(project_root=project, work_dir=tmp / "work", cache_dir=tmp / "cache",
                  jobs=jobs, profile="example")
@@ -86,17 +89,15 @@ def _example_cold(tmp: Path, jobs: int) -> tuple[float, float, dict[str, float],
     common = ["--profile", "example", "--work-dir", str(s.work_dir),
               "--cache-dir", str(s.cache_dir)]
 
-    def askbuild(verb: str, *extra: str) -> None:
-        proc = subprocess.run([sys.executable, "-m", "askbuild", verb, *common, *extra],
-                              cwd=ROOT, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"askbuild {verb} failed:\n{proc.stderr[-3000:]}")
+    def askbuild(verb: str, *extra: str) -> float:
+        """``askbuild VERB`` (in a Python that then reports its own peak RSS, in MB)."""
+        return peak_rss_mb([verb, *common, *extra], env=env)
 
-    askbuild("fetch")
+    rss = {"fetch": askbuild("fetch")}
     askbuild("patch")
     _quiet(tmp)
     cpu0, t0 = _children_cpu(), time.perf_counter()
-    askbuild("build", "--jobs", str(jobs))
+    rss["build"] = askbuild("build", "--jobs", str(jobs))
     wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     names = list(json.loads(s.build_manifest.read_text())["components"])
     alone: dict[str, float] = {}
@@ -107,7 +108,7 @@ def _example_cold(tmp: Path, jobs: int) -> tuple[float, float, dict[str, float],
         askbuild("build", "--jobs", str(jobs), "--component", name)
         alone[name] = json.loads(s.build_manifest.read_text())["components"][name]["duration_s"]
     depends = {n: r.depends for n, r in recipes.load(s).recipes.items() if n in alone}
-    return wall, cpu, alone, depends
+    return wall, cpu, alone, depends, rss
 
 
 def _quiet(path: Path) -> None:
@@ -139,13 +140,17 @@ def _bound_rows(what: str, wall: float, cpu: float, jobs: int, longest: tuple[st
 
 
 def _example_rows(tmp: Path, jobs: int) -> list[dict]:
-    wall, cpu, alone, depends = _example_cold(tmp, jobs)
+    wall, cpu, alone, depends, rss = _example_cold(tmp, jobs)
     longest = max(alone, key=alone.__getitem__)
     note = "one round; alone: " + ", ".join(
         f"{n} {t:.1f}s" for n, t in sorted(alone.items(), key=lambda kv: -kv[1]))
-    return _bound_rows("cold example build, kernel included (`build --profile example`)", wall,
-                       cpu, jobs, (longest, alone[longest]), _longest_chain(depends, alone),
-                       note)
+    return [*_bound_rows("cold example build, kernel included (`build --profile example`)",
+                         wall, cpu, jobs, (longest, alone[longest]),
+                         _longest_chain(depends, alone), note),
+            rss_row("peak RSS, askbuild fetch --profile example (cold)", rss["fetch"],
+                    "askbuild's own process; the kernel tarball imported"),
+            rss_row("peak RSS, askbuild build --profile example (cold, kernel included)",
+                    rss["build"], "askbuild's own process, not make or the compilers")]
 
 
 def _longest_chain(depends: dict[str, list[str]], alone: dict[str, float]

@@ -25,8 +25,13 @@ sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "tests")) if p not in sys.path
 import imagefixtures as fx  # noqa: E402
 
 from askbuild import console, imaging  # noqa: E402
+from benchmarks.own_rss import peak_rss_mb, rss_row  # noqa: E402
 
 DOCKERFILE = "FROM scratch\nADD base.tar /\nCOPY staging/ /\n"
+#: the image rebuild in a Python of its own, for its peak RSS (benchmarks/own_rss.py)
+RSS_RUN = ("import sys; from pathlib import Path; sys.path[:0] = {paths!r}; "
+           "import imagefixtures as fx; from askbuild import imaging; "
+           "imaging.image(fx.settings_for(Path({work!r})), tag='bench', load=False)")
 
 
 def _touch_binary(staging: Path, n: int) -> None:
@@ -70,6 +75,9 @@ def measure(args) -> list[dict]:
             t0 = time.perf_counter()
             imaging.image(settings, tag="bench", load=False)
             ours.append(time.perf_counter() - t0)
+        _touch_binary(settings.staging_dir, args.rounds)
+        rss = peak_rss_mb(["-c", RSS_RUN.format(paths=[str(ROOT), str(ROOT / "tests")],
+                                                work=str(work))])
         row = {"measure": "image rebuild, one binary changed (archive, --no-load)",
                "askbuild_s": statistics.median(ours), "anchor": "docker build (legacy builder)",
                "anchor_s": None, "ratio": None, "target": "<= 1x", "met": False, "notes": ""}
@@ -99,6 +107,8 @@ def measure(args) -> list[dict]:
         elif not row["notes"]:
             row["notes"] = "no Docker engine: anchor not measured"
         rows.append(row)
+    rows.append(rss_row("peak RSS, image rebuild, one binary changed", rss,
+                        "askbuild's own process writing the archive"))
     return rows
 
 

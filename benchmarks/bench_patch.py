@@ -69,6 +69,7 @@ from askbuild import patchqueue, rebasing, tarimport  # noqa: E402
 from askbuild.patchqueue import apply as pq_apply  # noqa: E402
 from askbuild.settings import Settings  # noqa: E402
 from benchmarks import KERNEL, kernel_wanted, settle_disk  # noqa: E402
+from benchmarks.own_rss import peak_rss_mb, rss_row  # noqa: E402
 
 TARGET = 1.5
 #: the files of the big tree the 5-patch series also runs on (``--quick``: 5k): a real tree's
@@ -166,11 +167,12 @@ def _cli_env(project: pf.Project, tmp: Path) -> dict:
     return env
 
 
-def _measure_series(n: int, rounds: int, tmp: Path, filler: int = 0) -> list[dict]:
+def _measure_series(n: int, rounds: int, tmp: Path, filler: int = 0, *,
+                    rss: bool = False) -> list[dict]:
     project = pf.make_long_project(tmp / f"n{n}-{filler}", n, filler=filler)
     pf.add_release_v2(project)
     what = f"{n} patches" + (f", {filler // 1000}k-file tree" if filler else "")
-    return _measure_project(project, rounds, tmp, what, per_patch=not filler)
+    return _measure_project(project, rounds, tmp, what, per_patch=not filler, rss=rss)
 
 
 def _unpatched(project: pf.Project):
@@ -185,10 +187,10 @@ def _unpatched(project: pf.Project):
 
 
 def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
-                     per_patch: bool = True) -> list[dict]:
+                     per_patch: bool = True, rss: bool = False) -> list[dict]:
     """The rows of one project; ``per_patch``: also the one-git-am-per-patch comparison
     (not on a big tree: there ``inv patch`` applies the series in a small one with one
-    ``git am`` either way)."""
+    ``git am`` either way); ``rss``: also askbuild's own peak RSS applying the series."""
     settings = project.settings
     unpatched = _unpatched(project)
     patch = _quiet(lambda: patchqueue.patch(settings, ["up"]))
@@ -228,6 +230,12 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
         subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
         am_v1()
     floor_s, anchor_floor = _paired(floor, at_v1, am_v1, at_v1, rounds)
+    if rss:
+        unpatched()
+        rss_rows = [rss_row(f"peak RSS, askbuild patch, {what}", peak_rss_mb(common, env=env),
+                            "askbuild's own process applying the series, from the base")]
+    else:
+        rss_rows = []
     patch()                                     # the record the dry run reuses
     dry()                                       # warm: v2 into the cache repository
     dry_git = _git_processes(dry, tmp)
@@ -261,6 +269,7 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
              "git am -3 onto v2", "the old series applied again first (one git am; on a big "
              f"tree in a small one, grafted onto the base); {where}; {dry_fresh_git} git "
              "processes"),
+        *rss_rows,
     ]
 
 
@@ -365,8 +374,9 @@ def measure(args) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="askbuild-bench-patch-"))
     try:
         rows: list[dict] = []
+        longest = max(n for n, _ in sizes)
         for n, filler in sizes:
-            rows += _measure_series(n, args.rounds, tmp, filler)
+            rows += _measure_series(n, args.rounds, tmp, filler, rss=n == longest)
         if kernel_wanted(args):
             rows += _measure_kernel(min(args.rounds, 3), tmp)
         return rows
