@@ -67,7 +67,7 @@ def _special(name: bytes, is_link: bool) -> bool:
 
 class _File(NamedTuple):
     """A file or symlink to check in, in little memory (83k of them for the kernel: an
-    ``os.stat_result`` each took 0.7 kB, more than half the check-in's peak)."""
+    ``os.stat_result`` each took 0.64 kB, 50 MB of the check-in's 156 MB peak)."""
     path: bytes                 # relative to the tree
     link: bool
     size: int
