@@ -187,7 +187,9 @@ def _noop_rows(verb: str, env: dict, rounds: int, anchor: float) -> dict[str, di
 
 
 def _rss_mb(cmd: list[str], env: dict) -> float:
-    """Peak RSS of ``cmd`` (the largest process of one run), in MB."""
+    """Peak RSS of ``cmd`` (the largest process of one run), in MB: an upper bound, since
+    Linux also counts the memory this small probe had when it started ``cmd``
+    (benchmarks/own_rss.py; ``inv`` cannot run inside that one)."""
     probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
              "capture_output=True); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
