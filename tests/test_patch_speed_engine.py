@@ -42,10 +42,10 @@ def project(tmp_path) -> Project:
 def test_a_repatch_asks_each_question_once_and_gives_the_first_runs_result(project, tmp_path,
                                                                            monkeypatch):
     """Without its record, the tree is patched again with 2 full git processes (checkout of
-    the base, am) and 7 quick ones (refs, status, the foreign-commit log, the journal's
-    untracked list, rev-list; branch and HEAD set after the series applied) and ends exactly
-    as the first run left it.  ``git status`` and the untracked list run on threads while
-    the main one reads the log."""
+    the base, am) and 6 quick ones (refs, status, the foreign-commit log, the journal's
+    untracked list; branch and HEAD set after the series applied; the am's commits are read
+    from HEAD's reflog, no rev-list) and ends exactly as the first run left it.
+    ``git status`` and the untracked list run on threads while the main one reads the log."""
     settings = project.settings
     pq.patch(settings, ["up"])
     first = pq.tree_state(settings, "up")
@@ -56,8 +56,8 @@ def test_a_repatch_asks_each_question_once_and_gives_the_first_runs_result(proje
     words = _words(log)
     # (status and the untracked list run on threads while the log is read: any order)
     assert words[:1] == ["cat-file"] and sorted(words[1:4]) == ["log", "ls-files", "status"] \
-        and words[4:] == ["checkout", "am", "rev-list", "update-ref", "symbolic-ref"], words
-    assert {"cat-file", "status", "log", "ls-files", "rev-list", "update-ref",
+        and words[4:] == ["checkout", "am", "update-ref", "symbolic-ref"], words
+    assert {"cat-file", "status", "log", "ls-files", "update-ref",
             "symbolic-ref"} <= gitutil.QUICK and not {"checkout", "am"} & gitutil.QUICK
     assert pq.tree_state(settings, "up") == first
     assert g(project.tree, "symbolic-ref", "HEAD") == "refs/heads/askbuild/patched"

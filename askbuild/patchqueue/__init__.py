@@ -13,6 +13,7 @@ importing only the ones above it in this list:
   how a vendor layer selects its patches, competing patches.
 * :mod:`.record`: the patch record ``state/patch-<name>.json`` and when it vouches for a tree.
 * :mod:`.journal`: crash safety: the run journal, :func:`recover_tree`, scratch work trees.
+* :mod:`.reflog`: the commits a ``git am`` made, read from HEAD's reflog (no process).
 * :mod:`.apply`: one patch as commit(s) (:func:`apply_patch`), a run of mails with one
   ``git am`` (:func:`~.apply.apply_run`), a whole queue (:func:`apply_queue`).
 * :mod:`.style`: a patch file's own format (mail headers, diffstat, index abbreviation,

@@ -23,6 +23,7 @@ from ..report import Report
 from ..settings import Settings
 from .inputs import PatchInput
 from .record import STATE_SCHEMA
+from .reflog import am_commits
 from .worktree import REPRO, NoSpaceLeft, git_errors, no_space, no_space_error
 
 PATCH_COLUMNS = ["source", "layer", "patch", "status", "commit", "detail"]
@@ -283,7 +284,8 @@ def _run_at(inputs: list[PatchInput], i: int) -> list[PatchInput]:
 
 def apply_run(tree: Path, run: list[PatchInput], before: str, what: str) -> list[Applied]:
     """Apply the single mails ``run`` onto ``before`` (the HEAD of ``tree``) with ONE
-    ``git am --no-3way``, and read the commits with one ``rev-list``: one :class:`Applied`
+    ``git am --no-3way``, and read the commits from HEAD's reflog (:func:`~.reflog.am_commits`;
+    ``rev-list`` when it cannot say): one :class:`Applied`
     ("applied", one commit) per leading patch that applies as it is, exactly the commit
     ``git am --3way`` of that patch alone makes (am tries the plain apply first and falls back
     to the 3-way merge only when it fails).  The am stops at the first patch that does not
@@ -297,7 +299,8 @@ def apply_run(tree: Path, run: list[PatchInput], before: str, what: str) -> list
         gitutil.git(["reset", "-q", "--hard"], cwd=tree, check=False)
         if no_space(out):
             raise no_space_error(what, tree, "\n".join(git_error_lines(out)) or out)
-    commits = gitutil.out(["rev-list", "--reverse", f"{before}..HEAD", "--"], cwd=tree).split()
+    commits = am_commits(tree, before, len(run)) if ok else \
+        gitutil.out(["rev-list", "--reverse", f"{before}..HEAD", "--"], cwd=tree).split()
     if len(commits) > len(run) or (ok and len(commits) != len(run)):
         # (not one commit per mail: never guess which commit is whose)
         gitutil.git(["reset", "-q", "--hard", before], cwd=tree)
