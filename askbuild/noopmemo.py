@@ -32,12 +32,13 @@ entries).  Anything else is simply not recorded: the next run does the work.
 A build that changes nothing leaves its manifest as it is (askbuild/manifest.py), so a no-op
 ``build`` is recorded too.  ``askbuild --list`` is recorded the same way.
 
-Records live in ``<user cache>/askbuild/noop/`` (``$XDG_CACHE_HOME`` or ``~/.cache``), one file
+Records live in ``<user cache>/askbuild/noop/`` (:func:`askbuild.xdg.user_dir`), one file
 per key, written atomically; ``ASKBUILD_NO_MEMO=1`` turns both recording and replay off.  With
 ``ASKBUILD_MEMO_DEBUG=1`` a run says on stderr whether it replayed, recorded, or why not.
 
 This module imports nothing beyond the interpreter's built-ins (``os``, ``sys``, ``marshal``,
-``zlib``), so that a replay costs a few milliseconds over ``python -c pass``.
+``zlib``) and :mod:`askbuild.xdg` (``os`` only), so that a replay costs a few milliseconds over
+``python -c pass``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ import os
 import sys
 import time
 import zlib
+
+from . import xdg
 
 VERSION = 1
 # a witness changed this shortly before the run is not trusted: a second change within the
@@ -93,10 +96,7 @@ def _debug(message: str) -> None:
 
 
 def memo_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(base):
-        base = os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "askbuild", "noop")
+    return os.path.join(xdg.user_dir("cache"), "noop")
 
 
 def _terminal(fd: int) -> tuple:

@@ -32,7 +32,6 @@ row failed: everything the mirrors provide must fetch, patch and build.
 
 from __future__ import annotations
 
-import dataclasses
 import graphlib
 import os
 import re
@@ -78,9 +77,9 @@ def mirror_path(source: Source, mirror_dir: Path) -> Path | None:
 def rehearsal_settings(settings: Settings, mirror_dir: Path, work_dir: Path) -> Settings:
     """The rehearsal's own settings: default profile, the project copy in ``work_dir``, the
     user's cache, only the rehearsal mirrors, never offline or locked."""
-    return dataclasses.replace(settings, project_root=work_dir / "project", work_dir=work_dir,
-                               profile="default", mirrors=mirror_map(mirror_dir),
-                               offline=False, locked=False)
+    return settings.replace(project_root=work_dir / "project", work_dir=work_dir,
+                            profile="default", mirrors=mirror_map(mirror_dir),
+                            offline=False, locked=False)
 
 
 def _mirror_dir(value: str | os.PathLike | None) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import console
@@ -27,18 +26,24 @@ STYLES = {
 }
 
 
-@dataclass
 class Report:
     """``kind``: "patch", "patch-check", "rebase", "build"; ``rows``: dicts, ``columns``: the
-    keys shown in the table (JSON carries every key of every row)."""
+    keys shown in the table (JSON carries every key of every row).  (A plain class: see
+    :class:`askbuild.settings.Settings` on ``dataclasses``.)"""
 
-    kind: str
-    title: str
-    columns: list[str]
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    subject: dict[str, Any] = field(default_factory=dict)
-    ok: bool = True
-    messages: list[str] = field(default_factory=list)
+    def __init__(self, kind: str, title: str, columns: list[str], *,
+                 rows: list[dict[str, Any]] | None = None,
+                 subject: dict[str, Any] | None = None, ok: bool = True,
+                 messages: list[str] | None = None) -> None:
+        self.kind, self.title, self.columns = kind, title, columns
+        self.rows: list[dict[str, Any]] = [] if rows is None else rows
+        self.subject: dict[str, Any] = {} if subject is None else subject
+        self.ok = ok
+        self.messages: list[str] = [] if messages is None else messages
+
+    def __repr__(self) -> str:
+        return (f"Report({self.kind!r}, {self.title!r}, {len(self.rows)} rows, "
+                f"ok={self.ok!r})")
 
     def add(self, **row: Any) -> dict[str, Any]:
         self.rows.append(row)

@@ -3,7 +3,8 @@
 Resolution order for every setting: explicit argument (CLI option) > environment variable >
 config file > default.
 
-Config files (TOML), later ones win: ``~/.config/askbuild/config.toml`` (platformdirs),
+Config files (TOML), later ones win: ``~/.config/askbuild/config.toml`` (``$XDG_CONFIG_HOME``:
+:mod:`askbuild.xdg`),
 ``<project>/askbuild.toml``, then the file named by ``ASKBUILD_CONFIG`` (which must exist).
 Keys::
 
@@ -42,11 +43,9 @@ import os
 import re
 import shlex
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import platformdirs
-
+from . import xdg
 from .errors import ConfigError
 from .fsutil import read_toml
 from .urls import check_url, redact
@@ -228,7 +227,7 @@ def _read_config(path: Path, *, required: bool = False) -> dict:
 
 def config_files(project_root: Path = PROJECT_ROOT) -> list[Path]:
     files = [
-        Path(platformdirs.user_config_dir("askbuild")) / "config.toml",
+        Path(xdg.user_dir("config")) / "config.toml",
         project_root / "askbuild.toml",
     ]
     if os.environ.get("ASKBUILD_CONFIG"):
@@ -326,37 +325,66 @@ def check_dir_path(path: Path, where: str) -> Path:
 
 # -- the settings ------------------------------------------------------------------------------
 
-@dataclass
 class Settings:
     """Everything a run needs to know about locations and policy.  ``project_root``,
-    ``cache_dir`` and ``work_dir`` are always absolute (made so at construction)."""
+    ``cache_dir`` and ``work_dir`` are always absolute (made so at construction).  (A plain
+    class, not a dataclass: ``dataclasses`` imports ``inspect``, some 10 ms of every verb's
+    start.)"""
 
-    project_root: Path = PROJECT_ROOT
-    cache_dir: Path = field(default_factory=lambda: Path(platformdirs.user_cache_dir("askbuild")))
-    work_dir: Path = PROJECT_ROOT / "build"
-    profile: str = "default"
-    mirrors: dict[str, str] = field(default_factory=dict)
-    offline: bool = False
-    locked: bool = False
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
-    debug: bool = False
-    cross_compile: str = DEFAULT_CROSS_COMPILE
-    # beyond this machine (docs/fleet.md): the shared build cache, whether this run uploads to
-    # it, ccache's remote storage, registries allowed over plain HTTP
-    cache_remote: str = ""
-    cache_push: bool = False
-    ccache_remote: str = ""
-    insecure_registries: tuple[str, ...] = ()
-    # a file system in RAM for throw-away scratch repositories (None: the work dir holds them)
-    ram_dir: Path | None = RAM_DIR
-    # the options given on the command line that shape the settings, as words (absolute paths):
-    # what a printed command must repeat to act on the same work dir, cache and profile
-    given: tuple[str, ...] = ()
+    #: the settings, in order (equality, :meth:`replace`, the representation)
+    FIELDS = ("project_root", "cache_dir", "work_dir", "profile", "mirrors", "offline",
+              "locked", "jobs", "debug", "cross_compile", "cache_remote", "cache_push",
+              "ccache_remote", "insecure_registries", "ram_dir", "given")
 
-    def __post_init__(self) -> None:
-        self.project_root = absolute(self.project_root)
-        self.cache_dir = absolute(self.cache_dir)
-        self.work_dir = absolute(self.work_dir)
+    def __init__(self, *, project_root: Path = PROJECT_ROOT, cache_dir: Path | None = None,
+                 work_dir: Path = PROJECT_ROOT / "build", profile: str = "default",
+                 mirrors: dict[str, str] | None = None, offline: bool = False,
+                 locked: bool = False, jobs: int | None = None, debug: bool = False,
+                 cross_compile: str = DEFAULT_CROSS_COMPILE, cache_remote: str = "",
+                 cache_push: bool = False, ccache_remote: str = "",
+                 insecure_registries: tuple[str, ...] = (), ram_dir: Path | None = RAM_DIR,
+                 given: tuple[str, ...] = ()) -> None:
+        self.project_root = absolute(project_root)
+        self.cache_dir = absolute(Path(xdg.user_dir("cache")) if cache_dir is None
+                                  else cache_dir)
+        self.work_dir = absolute(work_dir)
+        self.profile = profile
+        self.mirrors = {} if mirrors is None else mirrors
+        self.offline = offline
+        self.locked = locked
+        self.jobs = (os.cpu_count() or 1) if jobs is None else jobs
+        self.debug = debug
+        self.cross_compile = cross_compile
+        # beyond this machine (docs/fleet.md): the shared build cache, whether this run
+        # uploads to it, ccache's remote storage, registries allowed over plain HTTP
+        self.cache_remote = cache_remote
+        self.cache_push = cache_push
+        self.ccache_remote = ccache_remote
+        self.insecure_registries = insecure_registries
+        # a file system in RAM for throw-away scratch repositories (None: the work dir
+        # holds them)
+        self.ram_dir = ram_dir
+        # the options given on the command line that shape the settings, as words (absolute
+        # paths): what a printed command must repeat to act on the same work dir, cache and
+        # profile
+        self.given = given
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with ``changes`` (setting names), made as the constructor makes one."""
+        unknown = set(changes) - set(self.FIELDS)
+        if unknown:
+            raise TypeError(f"not a setting: {', '.join(sorted(unknown))}")
+        return type(self)(**{**{f: getattr(self, f) for f in self.FIELDS}, **changes})
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.FIELDS)
+
+    __hash__ = None     # (mutable, compared by value)
+
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{f}={getattr(self, f)!r}' for f in self.FIELDS)})"
 
     def command(self, verb: str, *words: str, without: tuple[str, ...] = ()) -> str:
         """A command line to print in a message: ``inv VERB WORDS...`` plus the options this run
@@ -623,7 +651,7 @@ class Settings:
         if os.environ.get("ASKBUILD_MIRRORS"):
             mirrors.update(parse_mirror_env(os.environ["ASKBUILD_MIRRORS"]))
         cache = _pick_dir(cache_dir, "--cache-dir", "ASKBUILD_CACHE_DIR", "cache_dir", merged,
-                          origin, Path(platformdirs.user_cache_dir("askbuild")))
+                          origin, Path(xdg.user_dir("cache")))
         work = _pick_dir(work_dir, "--work-dir", "ASKBUILD_WORK_DIR", "work_dir", merged,
                          origin, root / "build")
         s = cls(

@@ -105,3 +105,41 @@ def test_printed_commands_only_carry_options_their_verb_accepts(tmp_path, monkey
         if verb == "rehearse":
             accepted -= {"--work-dir"}       # its own --work-dir is the rehearsal's
         assert words == accepted, verb
+
+
+# -- the user's homes and the settings as values -----------------------------------------------
+
+def test_the_user_homes_follow_the_xdg_rules(tmp_path, monkeypatch):
+    """The config file and the default cache under ``$XDG_CONFIG_HOME`` / ``$XDG_CACHE_HOME``
+    when absolute; a relative (or empty) one is ignored, as the XDG rules say: ``~/.config``,
+    ``~/.cache``."""
+    from askbuild.settings import config_files
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("ASKBUILD_CACHE_DIR", raising=False)
+    monkeypatch.delenv("ASKBUILD_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert config_files(ROOT)[0] == tmp_path / "cfg" / "askbuild" / "config.toml"
+    assert Settings.load(project_root=ROOT).cache_dir == tmp_path / "cache" / "askbuild"
+    assert Settings().cache_dir == tmp_path / "cache" / "askbuild"
+    for value in ("relative/dir", ""):
+        monkeypatch.setenv("XDG_CONFIG_HOME", value)
+        monkeypatch.setenv("XDG_CACHE_HOME", value)
+        assert config_files(ROOT)[0] == home / ".config" / "askbuild" / "config.toml"
+        assert Settings.load(project_root=ROOT).cache_dir == home / ".cache" / "askbuild"
+
+
+def test_settings_compare_and_copy_by_value(tmp_path):
+    a = Settings(project_root=ROOT, work_dir=tmp_path / "w", cache_dir=tmp_path / "c", jobs=3)
+    b = Settings(project_root=ROOT, work_dir=tmp_path / "w", cache_dir=tmp_path / "c", jobs=3)
+    assert a == b and a is not b
+    c = a.replace(work_dir="rel", offline=True)
+    assert c.work_dir == Path.cwd() / "rel"          # made absolute, as the constructor does
+    assert (c.offline, c.jobs, c.cache_dir) == (True, 3, tmp_path / "c")
+    assert c != a and a.work_dir == tmp_path / "w"  # the original unchanged
+    assert "jobs=3" in repr(a)
+    with pytest.raises(TypeError, match="not a setting: nope"):
+        a.replace(nope=1)
+    with pytest.raises(TypeError):
+        hash(a)

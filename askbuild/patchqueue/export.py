@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import gitutil, runlock
 from .. import series as series_mod
@@ -63,8 +63,7 @@ def _export(settings: Settings, layer: Layer, tree: Path) -> Report:
     return report
 
 
-@dataclass
-class _From:
+class _From(NamedTuple):
     """What is exported: the commits ``start..head``, and the series entries they came from."""
 
     branch: str                     # the edit branch of the layer
