@@ -54,8 +54,8 @@ def _flag(name: str) -> str:
 def _cast(default: object, value: str) -> object:
     """A value as Invoke casts it: to the type of the default (str when there is none);
     ValueError when that fails or the type is not a plain one (then Invoke parses it)."""
-    import inspect  # (not before a record's replay: ~10 ms)
-    if default is None or isinstance(default, str) or default is inspect.Parameter.empty:
+    from askbuild.verbs import EMPTY
+    if default is None or isinstance(default, str) or default is EMPTY:
         return value
     if type(default) in (int, float):
         return type(default)(value)

@@ -202,7 +202,9 @@ PROBE = """
 import json, sys
 from askbuild.__main__ import main
 main(sys.argv[1:])
-heavy = ("invoke", "docker", "rich", "requests", "tomlkit", "elftools", "yaml", "tarfile")
+heavy = ["invoke", "docker", "rich", "requests", "tomlkit", "elftools", "yaml", "tarfile"]
+if sys.argv[1:2] == ["patch"]:
+    heavy += ["dataclasses", "inspect", "platformdirs"]
 print(json.dumps(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr)
 """
 
@@ -221,3 +223,40 @@ def test_a_noop_fetch_imports_no_heavy_module(project, git_upstream):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
     assert "source g:" in proc.stdout + proc.stderr
+
+
+def test_a_verbs_parameters_are_what_inspect_says(verbs):
+    """The parameters read from each verb body's code object: inspect's, in order, with the
+    same defaults (``inspect`` is not imported on the way to a verb)."""
+    import inspect
+
+    from askbuild.verbs import EMPTY, own_parameters
+    for name, spec in verbs.names().items():
+        params = list(inspect.signature(spec.body).parameters.values())[1:]
+        want = {p.name: EMPTY if p.default is inspect.Parameter.empty else p.default
+                for p in params}
+        assert list(own_parameters(spec.body).items()) == list(want.items()), name
+
+    def odd(c, a, b=1, *, k, m="x"):
+        pass
+    assert own_parameters(odd) == {"a": EMPTY, "b": 1, "k": EMPTY, "m": "x"}
+    for bad in (lambda c, *args: None, lambda c, **kw: None):
+        with pytest.raises(TypeError, match="no \\*args"):
+            own_parameters(bad)
+
+
+def test_a_patch_run_imports_no_heavy_module_nor_inspect(tmp_path):
+    """``askbuild patch`` applying a series imports none of the heavy modules, nor
+    ``dataclasses`` / ``inspect`` (some 10 ms of every start: the verb table reads a verb's
+    parameters from its code, the settings and reports are plain classes) nor
+    ``platformdirs`` (the XDG homes are read directly)."""
+    from patchfixtures import make_long_project
+    project = make_long_project(tmp_path / "p", 3)
+    args = ["patch", "--source", "up", "--work-dir", str(project.settings.work_dir),
+            "--cache-dir", str(project.settings.cache_dir)]
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True,
+                          env=_env(ASKBUILD_PROJECT_ROOT=str(project.root)), text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "summary: 3 applied" in proc.stdout + proc.stderr
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
