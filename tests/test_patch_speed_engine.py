@@ -13,25 +13,38 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from patchfixtures import DEV, Project, commit_all, g, git_logger, make_project
+from patchfixtures import (
+    DEV,
+    Project,
+    add_release_v2,
+    commit_all,
+    g,
+    git_logger,
+    logging_git,
+    make_long_project,
+    make_project,
+    write_sources,
+)
 
 from askbuild import gitutil
 from askbuild import patchqueue as pq
 from askbuild.errors import DirtyTreeError
 
 
+def _word(line: str) -> str:
+    """The git subcommand of one logged call (after the ``-c`` options; "" when none)."""
+    args = iter(line.split())
+    for a in args:
+        if a == "-c":
+            next(args, None)
+        elif not a.startswith("-"):
+            return a
+    return ""
+
+
 def _words(log: Path) -> list[str]:
-    """The git subcommand of each logged call (after the ``-c`` options)."""
-    out = []
-    for ln in log.read_text().splitlines():
-        args = iter(ln.split())
-        for a in args:
-            if a == "-c":
-                next(args, None)
-            elif not a.startswith("-"):
-                out.append(a)
-                break
-    return out
+    """The git subcommand of each logged call."""
+    return [w for w in map(_word, log.read_text().splitlines()) if w]
 
 
 @pytest.fixture
@@ -45,7 +58,8 @@ def test_a_repatch_asks_each_question_once_and_gives_the_first_runs_result(proje
     the base, am) and 6 quick ones (refs, status, the foreign-commit log, the journal's
     untracked list; branch and HEAD set after the series applied; the am's commits are read
     from HEAD's reflog, no rev-list) and ends exactly as the first run left it.
-    ``git status`` and the untracked list run on threads while the main one reads the log."""
+    ``git status`` runs on a thread from before the refs are read, the untracked list on
+    another while the main one reads the log."""
     settings = project.settings
     pq.patch(settings, ["up"])
     first = pq.tree_state(settings, "up")
@@ -54,8 +68,10 @@ def test_a_repatch_asks_each_question_once_and_gives_the_first_runs_result(proje
     log = git_logger(tmp_path, monkeypatch)
     pq.patch(settings, ["up"])
     words = _words(log)
-    # (status and the untracked list run on threads while the log is read: any order)
-    assert words[:1] == ["cat-file"] and sorted(words[1:4]) == ["log", "ls-files", "status"] \
+    # (status and the untracked list run on threads: any order; the log and the untracked
+    # list need the refs)
+    assert sorted(words[:4]) == ["cat-file", "log", "ls-files", "status"] \
+        and words.index("cat-file") < min(words.index("log"), words.index("ls-files")) \
         and words[4:] == ["checkout", "am", "update-ref", "symbolic-ref"], words
     assert {"cat-file", "status", "log", "ls-files", "update-ref",
             "symbolic-ref"} <= gitutil.QUICK and not {"checkout", "am"} & gitutil.QUICK
@@ -118,3 +134,30 @@ def test_a_quick_git_query_behind_config_options_is_still_started_the_quick_way(
     for args in (["--numstat", "-z", "-p1"], ["-R", "--check"], ["--numstat", "--apply"]):
         gitutil.git(["apply", *args, "-"], cwd=tree, input=patch, check=False)
     assert [q for _, q in seen] == [True, True, True, False, False, True, True, False], seen
+
+
+def test_a_tree_fetched_again_first_waits_for_its_early_status(tmp_path, monkeypatch):
+    """``git status`` starts before the refs say whether the tree sits on its locked base;
+    when it does not (the lock moved to v2) the fetch that changes the tree waits for that
+    status to end, and the run patches v2."""
+    project = make_long_project(tmp_path / "p", 3)
+    add_release_v2(project)
+    settings = project.settings
+    pq.patch(settings, ["up"])
+    v2 = g(project.upstream.bare, "rev-parse", "v2^{commit}")
+    write_sources(project.root, {"up": (project.upstream.url, "v2", v2)})
+    path, log = logging_git(tmp_path, body='case " $* " in *" status "*)\n'
+                            '  sleep 0.5; "$REAL" "$@"; rc=$?; echo STATUS-DONE >> "$LOG"\n'
+                            '  exit $rc;;\nesac\nexec "$REAL" "$@"\n')
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setenv("LOG", str(log))
+    pq.patch(settings, ["up"])
+    lines = log.read_text().splitlines()
+    first = next(i for i, ln in enumerate(lines) if " status " in f" {ln} ")
+    done = lines.index("STATUS-DONE")
+    during = [_word(ln) for ln in lines[first + 1:done]]
+    assert set(during) <= {"cat-file"}, lines            # nothing that changes the tree
+    assert any(_word(ln) in ("fetch", "checkout") for ln in lines[done:]), lines
+    record = pq.tree_state(settings, "up")
+    assert record["base"] == v2 and len(record["patches"]) == 3
+

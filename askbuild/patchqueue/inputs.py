@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shlex
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -47,11 +48,13 @@ class PatchInput(NamedTuple):
 
 
 def source_tree(settings: Settings, source: Source, *,
-                refs: dict[str, str | None] | None = None) -> Path:
+                refs: dict[str, str | None] | None = None,
+                before_fetch: Callable[[], object] | None = None) -> Path:
     """The work tree of ``source`` at its locked base (via ``fetching.ensure_source`` unless a
     git tree already sits on its locked commit).  ``refs``: filled, when that was answered
     from the tree as it is, with what :func:`~.worktree.read_refs` says of the base tag,
-    ``askbuild/patched`` and ``HEAD`` (one git process for the three)."""
+    ``askbuild/patched`` and ``HEAD`` (one git process for the three).  ``before_fetch``:
+    called before a fetch changes the tree (to wait for a query of it still running)."""
     tree = settings.source_tree(source.name)
     if source.kind == "git" and source.commit and (tree / ".git").exists():
         try:
@@ -62,6 +65,8 @@ def source_tree(settings: Settings, source: Source, *,
             if refs is not None:
                 refs.update(seen)
             return tree
+    if before_fetch is not None:
+        before_fetch()
     # (imported only to fetch: a patch run of a fetched tree never needs it)
     from .. import fetching
     return fetching.ensure_source(settings, source)

@@ -188,7 +188,8 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
                  ignore_rebase: bool = False, trees: dict[str, Path] | None = None,
                  refs: dict[str, str | None] | None = None,
                  walked: list[tuple[dict, int]] | None = None,
-                 stamp_before: dict | None = None) -> dict:
+                 stamp_before: dict | None = None,
+                 status: Callable[[], TreeStatus] | None = None) -> dict:
     """Bring one source's work tree to base + its series (no-op when the record shows it is
     there already).  The series is applied on a detached HEAD under a run journal;
     ``askbuild/patched`` and the record move only when every patch applied.  When a patch
@@ -198,7 +199,9 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     saves a git process).  Success removes the failure note
     (:meth:`Settings.failed_patch_record`).  ``walked``: gets the tree's directories for
     the next stamp and when their reading began, when the run read them meanwhile (a
-    graft: :class:`~.record.TreeWalk`; ``stamp_before``: the stamp it replaces)."""
+    graft: :class:`~.record.TreeWalk`; ``stamp_before``: the stamp it replaces).
+    ``status``: :func:`~.worktree.tree_status` of ``tree`` started on a thread by the caller
+    (before the refs were read), else it is started here."""
     if tree is None:
         refs = {}
         tree = source_tree(settings, source, refs=refs)
@@ -213,7 +216,7 @@ def patch_source(settings: Settings, source: Source, *, sources: dict[str, Sourc
     # did not make) runs while the refs are read and, on a big tree, while the
     # series is applied in a small repository and grafted, which touches nothing of the
     # tree (taken only once the tree is found clean)
-    status = procs.in_background(tree_status, tree)
+    status = status or procs.in_background(tree_status, tree)
     base, patched = read_refs_of(tree, refs)
     record = tree_state(settings, source.name)
     done = record is not None and record_done(tree, record, base, inputs, patched=patched)
@@ -369,14 +372,17 @@ class _Trees:
         self.made: dict[str, Path] = {}
         self.broken: dict[str, str] = {}
 
-    def get(self, name: str, refs: dict[str, str | None] | None = None) -> Path:
+    def get(self, name: str, refs: dict[str, str | None] | None = None,
+            before_fetch: Callable[[], object] | None = None) -> Path:
         """The work tree of ``name``; ``refs`` filled as :func:`~.inputs.source_tree` fills
-        it when the tree was looked at now (not when an earlier call made it)."""
+        it when the tree was looked at now (not when an earlier call made it);
+        ``before_fetch`` as there."""
         if name in self.broken:
             raise SourceError(f"source {name}: {self.broken[name]}")
         if name not in self.made:
             try:
-                self.made[name] = source_tree(self.settings, self.sources[name], refs=refs)
+                self.made[name] = source_tree(self.settings, self.sources[name], refs=refs,
+                                              before_fetch=before_fetch)
             except AskbuildError as e:
                 self.broken[name] = e.headline
                 raise
@@ -425,13 +431,27 @@ def _patch_one(settings: Settings, src: Source, layers: list[Layer], trees: _Tre
             drop_stamp(settings, src.name)
             recover_tree(settings, src.name)
         refs: dict[str, str | None] = {}
-        tree = trees.get(src.name, refs)
+        # (git status of a tree that is there runs while its refs are read; a fetch, which
+        # changes the tree, waits for it and its answer is not used)
+        path = settings.source_tree(src.name)
+        status = procs.in_background(tree_status, path) \
+            if not check and src.name not in trees.made and (path / ".git").is_dir() else None
+        fetched = False
+
+        def before_fetch() -> None:
+            nonlocal fetched
+            fetched = True
+            if status is not None:
+                with contextlib.suppress(GitError):
+                    status()
+        tree = trees.get(src.name, refs, before_fetch=before_fetch)
         if not check:
             mark = len(report.rows)
             walked: list[tuple[dict, int]] = []
             patch_source(settings, src, sources=sources, layers=layers, report=report,
                          tree=tree, trees=trees.made, refs=refs, walked=walked,
-                         stamp_before=before)
+                         stamp_before=before,
+                         status=None if fetched or tree != path else status)
             if not any(r.get("status") == "skipped" for r in report.rows[mark:]):
                 write_stamp(settings, src.name, layers, sources, before=before,
                             walked=walked[0] if walked else None)
