@@ -8,7 +8,9 @@ Every ``benchmarks/bench_<topic>.py`` module provides ``measure(args) -> list[di
 per row::
 
     {"measure": str, "askbuild_s": float, "anchor": str, "anchor_s": float,
-     "ratio": float, "target": str, "met": bool, "notes": str}
+     "ratio": float, "target": str, "met": bool | None, "notes": str}
+
+(``met`` None: a row shown for comparison, not askbuild as shipped; it has no target.)
 
 Times are medians of ``--rounds`` runs, each measured in the same run as its anchor.  Run it on
 a quiet machine: the numbers are only comparable within one run (docs/benchmarks.md).
@@ -62,6 +64,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def fmt(value: object) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, bool):
         return "yes" if value else "**no**"
     if isinstance(value, float):
@@ -115,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     print(table(rows))
-    print(f"\n{sum(r['met'] for r in rows)} of {len(rows)} targets met; rows in {args.json}"
+    targets = [r for r in rows if r["met"] is not None]
+    shown = len(rows) - len(targets)
+    print(f"\n{sum(r['met'] for r in targets)} of {len(targets)} targets met"
+          + (f" ({shown} comparison row(s) besides)" if shown else "") + f"; rows in {args.json}"
           + (f"; FAILED to run: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

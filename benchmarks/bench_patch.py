@@ -131,11 +131,15 @@ def _paired(fn, before, anchor, anchor_before, rounds: int) -> tuple[float, floa
     return statistics.median(mine), statistics.median(theirs)
 
 
-def _row(measure: str, s: float, a: float, anchor: str, notes: str) -> dict:
+def _row(measure: str, s: float, a: float, anchor: str, notes: str, *,
+         comparison: bool = False) -> dict:
+    """A row against the 1.5x target; ``comparison``: a row that is not askbuild as shipped
+    (one git am per patch, the floor of any Python CLI), shown beside them, no target."""
     ratio = s / a if a else 0.0
     return {"measure": measure, "askbuild_s": round(s, 4), "anchor": anchor,
-            "anchor_s": round(a, 4), "ratio": round(ratio, 2), "target": f"<= {TARGET}x",
-            "met": bool(a) and ratio <= TARGET, "notes": notes}
+            "anchor_s": round(a, 4), "ratio": round(ratio, 2),
+            "target": "none (comparison)" if comparison else f"<= {TARGET}x",
+            "met": None if comparison else bool(a) and ratio <= TARGET, "notes": notes}
 
 
 @contextlib.contextmanager
@@ -209,7 +213,8 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
             one_by_one.append(_row(
                 f"inv patch, {what} (engine, one git am per patch)",
                 _median(patch, rounds, unpatched), anchor_v1, "git am -3",
-                f"apply.BATCH = False, for comparison; {per_patch_git} git processes"))
+                f"apply.BATCH = False, for comparison; {per_patch_git} git processes",
+                comparison=True))
         finally:
             pq_apply.BATCH = shipped
     env = _cli_env(project, tmp)
@@ -260,7 +265,8 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
              "Invoke's binary in the checkout (handed to askbuild before Invoke is imported)"),
         _row(f"floor of any Python CLI, {what}", floor_s, anchor_floor, "git am -3",
              "not askbuild: `python -c pass` then the anchor's own `git am -3`, the least a "
-             "CLI in Python can take; where this misses the target, no Python CLI meets it"),
+             "CLI in Python can take; where its ratio is over 1.5x, no Python CLI meets the "
+             "target", comparison=True),
         _row(f"inv rebase --dry-run, {what} (engine)", dry_s, anchor_v2, "git am -3 onto v2",
              "after inv patch: its recorded commits replayed as trees (one git merge-tree, "
              "no work tree; a scratch tree, sparse on a big tree, only for what needs one), "
@@ -394,9 +400,9 @@ def main() -> None:
     if args.quick:
         args.rounds = min(args.rounds, 3)
     for r in measure(args):
+        met = "comparison" if r["met"] is None else "met" if r["met"] else "NOT met"
         print(f"{r['measure']:58} {r['askbuild_s']:8.3f}s  {r['anchor']:18} "
-              f"{r['anchor_s']:8.3f}s  {r['ratio']:5.2f}x  {'met' if r['met'] else 'NOT met'}"
-              f"  ({r['notes']})")
+              f"{r['anchor_s']:8.3f}s  {r['ratio']:5.2f}x  {met}  ({r['notes']})")
 
 
 if __name__ == "__main__":
