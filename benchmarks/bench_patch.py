@@ -23,7 +23,8 @@ Rows per series:
   (its recorded commits are reused), and without a patch record (the old series is applied
   again first), each interleaved with its anchor.
 
-With ``--kernel`` the 5-patch rows (engine and dry runs) run once more on Debian's kernel
+With ``--kernel`` the 5-patch rows (engine, the CLI through ``python -m askbuild``, and dry
+runs) run once more on Debian's kernel
 tarball imported by askbuild (~80k files; a one-line change each in the network core, the
 FMan and DPAA drivers and ``netdevice.h``), 3 rounds, the disk settled before each.
 
@@ -171,6 +172,19 @@ def _cli_env(project: pf.Project, tmp: Path) -> dict:
     return env
 
 
+def _patch_argv(settings: Settings) -> list[str]:
+    """``patch`` of source ``up`` in ``settings``' work and cache dirs, as a command line."""
+    return ["patch", "--source", "up", "--work-dir", str(settings.work_dir),
+            "--cache-dir", str(settings.cache_dir)]
+
+
+def _cli(entry: list[str], argv: list[str], env: dict):
+    """A round of ``entry argv`` (the CLI), run in the checkout."""
+    def run() -> None:
+        subprocess.run([*entry, *argv], env=env, check=True, capture_output=True, cwd=ROOT)
+    return run
+
+
 def _measure_series(n: int, rounds: int, tmp: Path, filler: int = 0, *,
                     rss: bool = False) -> list[dict]:
     project = pf.make_long_project(tmp / f"n{n}-{filler}", n, filler=filler)
@@ -218,18 +232,12 @@ def _measure_project(project: pf.Project, rounds: int, tmp: Path, what: str, *,
         finally:
             pq_apply.BATCH = shipped
     env = _cli_env(project, tmp)
-    common = ["patch", "--source", "up", "--work-dir", str(settings.work_dir),
-              "--cache-dir", str(settings.cache_dir)]
-
-    def cli(entry: list[str]):
-        def run() -> None:
-            subprocess.run([*entry, *common], env=env, check=True, capture_output=True,
-                           cwd=ROOT)
-        return run
+    common = _patch_argv(settings)
     # (each CLI paired with its own anchor rounds: a median taken minutes apart from the
     # anchor's swings with this machine's disk)
-    cli_fast, anchor_fast = _paired(cli(ASKBUILD), unpatched, am_v1, at_v1, rounds)
-    cli_inv, anchor_inv = _paired(cli(INV), unpatched, am_v1, at_v1, rounds)
+    cli_fast, anchor_fast = _paired(_cli(ASKBUILD, common, env), unpatched, am_v1, at_v1,
+                                    rounds)
+    cli_inv, anchor_inv = _paired(_cli(INV, common, env), unpatched, am_v1, at_v1, rounds)
 
     def floor() -> None:                        # the least a CLI in Python can take
         subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
@@ -357,6 +365,8 @@ def _measure_kernel(rounds: int, tmp: Path) -> list[dict]:
     engine, anchor_v1 = _paired(patch, settled(unpatched), am_v1, settled(at_v1), rounds)
     unpatched()
     engine_git = _git_processes(patch, tmp)
+    cli = _cli(ASKBUILD, _patch_argv(settings), _cli_env(project, tmp))
+    cli_s, anchor_cli = _paired(cli, settled(unpatched), am_v1, settled(at_v1), rounds)
     dry()                                       # warm: v2 into the cache repository
     dry_git = _git_processes(dry, tmp)
     dry_s, anchor_v2 = _paired(dry, settled(None), am_v2, settled(at_v2), rounds)
@@ -367,6 +377,8 @@ def _measure_kernel(rounds: int, tmp: Path) -> list[dict]:
     return [
         _row(f"inv patch, {what} (engine)", engine, anchor_v1, "git am -3",
              f"in-process, as shipped; Debian's {KERNEL.name}; {engine_git} git processes"),
+        _row(f"askbuild patch, {what} (CLI)", cli_s, anchor_cli, "git am -3",
+             "python -m askbuild (what ./run runs): includes Python start-up"),
         _row(f"inv rebase --dry-run, {what} (engine)", dry_s, anchor_v2, "git am -3 onto v2",
              f"after inv patch: replayed as trees; {dry_git} git processes"),
         _row(f"inv rebase --dry-run, {what} (engine, no patch record)", fresh, anchor_v2b,
