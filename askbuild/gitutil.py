@@ -139,7 +139,7 @@ def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 #: way (:func:`askbuild.procs.popen` ``quick``).
 QUICK = frozenset({"cat-file", "status", "log", "rev-list", "rev-parse", "ls-files", "ls-tree",
                    "symbolic-ref", "show-ref", "for-each-ref", "merge-base", "diff-tree",
-                   "update-ref", "var", "version", "merge-tree"})
+                   "update-ref", "var", "version", "merge-tree", "diff-files"})
 
 
 #: the options that make ``git apply`` only report (unless ``--apply`` is given too)

@@ -369,11 +369,37 @@ def _read_index(tree: Path) -> list[tuple[bytes, tuple, bytes, bool]] | None:
     return out if pos == end else None
 
 
+#: from this many index entries on, ``git diff-files`` checks them (see :func:`index_clean`)
+GIT_CHECKS_FROM = 10_000
+
+
+def _index_entries(tree: Path) -> int | None:
+    """How many entries ``tree``'s index holds (its header), None when it is no index."""
+    try:
+        with open(tree / ".git" / "index", "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    return struct.unpack(">I", head[8:12])[0] if len(head) == 12 and head[:4] == b"DIRC" \
+        else None
+
+
 def index_clean(tree: Path) -> bool:
-    """Whether every entry of ``tree``'s index still matches its file as git compares them
-    (:func:`_read_index`, :func:`_entries_unchanged`); False whenever git must look.  Cost:
-    one ``lstat`` per tracked file, like ``git status`` (measured on 30k files: about git's
-    time, without its process start)."""
+    """Whether every entry of ``tree``'s index still matches its file as git compares them;
+    False whenever git must look.  Up to :data:`GIT_CHECKS_FROM` entries, read here
+    (:func:`_read_index`, :func:`_entries_unchanged`: one ``lstat`` per tracked file and no
+    process, ~7 us a file); from there on by one ``git diff-files --quiet``, which reads the
+    index in C and ``lstat``s on several threads (~1 us a file: on the kernel's 79k files
+    0.07 s, where the walk here takes 0.53 s).  git then answers as the full check's own
+    ``git status`` does: an entry marked assume-unchanged or skip-worktree is not looked at
+    (the reader here refuses such an index), and ctimes compare by the second (Debian's git
+    is built without USE_NSEC: a same-size edit that puts the old mtime back, in the second
+    the index was written, is seen by the reader here only)."""
+    count = _index_entries(tree)
+    if count is None:
+        return False
+    if count >= GIT_CHECKS_FROM:
+        return gitutil.git(["diff-files", "--quiet"], cwd=tree, check=False).returncode == 0
     entries = _read_index(tree)
     return entries is not None and _entries_unchanged(os.fsencode(tree) + b"/", entries)
 
