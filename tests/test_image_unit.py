@@ -154,13 +154,22 @@ def test_elfcheck_accepts_resolvable_and_names_binary_and_library():
 
 
 @pytest.mark.skipif(not shutil.which("dpkg"), reason="needs dpkg")
-def test_sonames_map_to_debian_packages():
+def test_sonames_map_to_debian_packages(monkeypatch):
+    """Every library looked up with ONE dpkg -S (a library dpkg does not know, and one the
+    host lacks, are missing; the others mapped by their path)."""
+    from askbuild import procs
+    calls = []
+    real = procs.run
+    monkeypatch.setattr(procs, "run", lambda cmd, **kw: calls.append(cmd) or real(cmd, **kw))
+    orphan = baselayer.host_library("libc.so.6").parent / "libaskbuild-orphan-test.so.7"
+    monkeypatch.setattr(baselayer, "host_library", lambda so, real=baselayer.host_library:
+                        orphan if so == orphan.name else real(so))
     found, missing = baselayer.packages_for_sonames(
-        {"libcli.so.1.10", "libc.so.6", "libxml2.so.2", "libdoesnotexist.so.9"})
-    assert found["libcli.so.1.10"] == "libcli1.10"
-    assert found["libc.so.6"] == "libc6"
-    assert found["libxml2.so.2"] == "libxml2"
-    assert missing == ["libdoesnotexist.so.9"]
+        {"libcli.so.1.10", "libc.so.6", "libxml2.so.2", "libdoesnotexist.so.9", orphan.name})
+    assert found == {"libcli.so.1.10": "libcli1.10", "libc.so.6": "libc6",
+                     "libxml2.so.2": "libxml2"}
+    assert missing == ["libaskbuild-orphan-test.so.7", "libdoesnotexist.so.9"]
+    assert [c[:2] for c in calls] == [["dpkg", "-S"]]
 
 
 def test_package_names_are_validated():
