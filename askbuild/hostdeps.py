@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from . import console, toolchain
+from . import console, dockerhost, toolchain
 from .errors import MissingToolError
 from .settings import DEFAULT_CROSS_COMPILE, Settings
 
@@ -106,6 +106,8 @@ def _binfmt() -> tuple[bool, str]:
 
 
 def _docker() -> tuple[bool, str]:
+    if dockerhost.no_engine_socket():
+        return False, f"no engine at {dockerhost.engine_host()} (no such socket)"
     try:
         import docker
         client = docker.from_env(timeout=5)
@@ -113,8 +115,7 @@ def _docker() -> tuple[bool, str]:
         client.close()
         return True, f"engine {info.get('Version', '?')} API {info.get('ApiVersion', '?')}"
     except Exception as e:  # noqa: BLE001 - any failure means "not reachable"
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        return False, f"no engine at {host} ({type(e).__name__})"
+        return False, f"no engine at {dockerhost.engine_host()} ({type(e).__name__})"
 
 
 # Every external program askbuild, its recipes and its tests run, with the Debian package that

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import console, imaging
+from . import console, dockerhost, imaging
 from .errors import ImageError, UserError
 from .fsutil import read_json, write_json_atomic
 from .settings import Settings
@@ -277,9 +277,9 @@ def _remake(settings: Settings | None, tag: str) -> str:
 def engine_id(client) -> str:
     """The engine's own ID (``docker info``), else its address."""
     try:
-        return str(client.info().get("ID") or imaging.engine_host())
+        return str(client.info().get("ID") or dockerhost.engine_host())
     except Exception:  # noqa: BLE001 - an engine without info: its address names it
-        return imaging.engine_host()
+        return dockerhost.engine_host()
 
 
 def _remember_pass(settings: Settings, client, image_id: str) -> None:
@@ -317,7 +317,7 @@ def test(settings: Settings, tag: str = imaging.DEFAULT_TAG) -> TestReport:
     ref = f"{conf['repository']}:{tag}"
     client = imaging.docker_client()
     if client is None:
-        raise UserError(f"no Docker engine reachable at {imaging.engine_host()}: cannot run "
+        raise UserError(f"no Docker engine reachable at {dockerhost.engine_host()}: cannot run "
                         f"{ref}",
                         fix="start one (dockerd --iptables=false --bridge=none "
                             "--storage-driver=vfs &) or set DOCKER_HOST, then "
@@ -327,7 +327,7 @@ def test(settings: Settings, tag: str = imaging.DEFAULT_TAG) -> TestReport:
         try:
             img = client.images.get(ref)
         except docker.errors.ImageNotFound as e:
-            raise ImageError(f"{ref} is not loaded in the engine at {imaging.engine_host()}",
+            raise ImageError(f"{ref} is not loaded in the engine at {dockerhost.engine_host()}",
                              fix=f"run `{settings.command('image', *imaging.tag_words(tag))}` "
                                  "first") from e
         labels = (img.attrs.get("Config") or {}).get("Labels") or {}

@@ -44,7 +44,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import baselayer, console, elfcheck, oci, runlock
+from . import baselayer, console, dockerhost, elfcheck, oci, runlock
 from .errors import ConfigError, ImageError, UserError
 from .fsutil import read_json, read_toml, sha256_file, stat_sig, write_json_atomic
 from .gitutil import GitError
@@ -586,9 +586,13 @@ def needed_sonames(entries: dict[str, oci.Entry]) -> tuple[set[str], dict[str, d
 # -- loading ----------------------------------------------------------------------------------
 
 def docker_client(timeout: int = 900):
-    """A connected Docker SDK client, or None when no engine answers within 10 s.
+    """A connected Docker SDK client, or None when no engine answers within 10 s (or its
+    socket is not there: :func:`~askbuild.dockerhost.no_engine_socket`, without importing
+    the SDK).
 
     ``timeout`` then applies to every request (loading ~100 MB into a vfs engine is slow)."""
+    if dockerhost.no_engine_socket():
+        return None
     try:
         import docker
         client = docker.from_env(timeout=10)
@@ -599,16 +603,12 @@ def docker_client(timeout: int = 900):
     return client
 
 
-def engine_host() -> str:
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-
-
 def load_archive(client, archive: Path, ref: str, image_id: str) -> None:
     with open(archive, "rb") as f:
         try:
             client.images.load(f)
         except Exception as e:  # noqa: BLE001 - the engine's words go into the message
-            raise ImageError(f"the engine at {engine_host()} refused {archive}: {e}",
+            raise ImageError(f"the engine at {dockerhost.engine_host()} refused {archive}: {e}",
                              fix=f"check the engine's log; run `docker load -i "
                                  f"{shlex.quote(str(archive))}` to see the same error") from e
     img = client.images.get(ref)
@@ -623,7 +623,8 @@ def load_archive(client, archive: Path, ref: str, image_id: str) -> None:
 def load_instructions(archive: Path, ref: str) -> str:
     a = shlex.quote(str(archive))
     return "\n".join([
-        f"no Docker engine reachable at {engine_host()}: the image archive is the result",
+        f"no Docker engine reachable at {dockerhost.engine_host()}: the image archive is the "
+        "result",
         f"  archive: {a}",
         "  load it with one of:",
         f"    docker load -i {a}",
@@ -861,7 +862,7 @@ def load_image(dest: Path, ref: str, image_id: str) -> bool:
         console.info(load_instructions(dest, ref))
         return False
     try:
-        console.step(f"load {ref} into the engine at {engine_host()}")
+        console.step(f"load {ref} into the engine at {dockerhost.engine_host()}")
         load_archive(client, dest, ref, image_id)
         console.info(f"loaded {ref} ({image_id}), Architecture arm64")
         return True

@@ -41,7 +41,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import console, imagetest, imaging, manifests, runlock
+from . import console, dockerhost, imagetest, imaging, manifests, runlock
 from .errors import ImageError, UserError
 from .settings import Settings
 
@@ -260,7 +260,7 @@ def run_container(scratch: _Scratch, kwargs: dict):
         c = scratch.client.containers.create(**args)
     except docker.errors.APIError as e:
         scratch.pending = None
-        raise RehearsalError(f"the engine at {imaging.engine_host()} could not create a "
+        raise RehearsalError(f"the engine at {dockerhost.engine_host()} could not create a "
                              f"container of {args['image']}: {e.explanation or e}",
                              fix="check the engine's log") from e
     scratch.containers.append(c)
@@ -474,7 +474,7 @@ def _check_engine_image(scratch: _Scratch, settings: Settings,
         img = client.images.get(facts.ref)
     except docker.errors.ImageNotFound as e:
         raise RehearsalError(f"{facts.ref} is not loaded in the engine at "
-                             f"{imaging.engine_host()}", fix=f"run `{again}`") from e
+                             f"{dockerhost.engine_host()}", fix=f"run `{again}`") from e
     if img.id != facts.image_id:
         raise RehearsalError(f"{facts.ref} in the engine is {img.id}, but the last `inv image` "
                              f"built {facts.image_id}", fix=f"run `{again}` to load it")
@@ -494,7 +494,7 @@ def rehearse(settings: Settings, *, tag: str = imaging.DEFAULT_TAG,
     check, and an :class:`ImageError` naming every failed check."""
     client = imaging.docker_client()
     if client is None:
-        raise UserError(f"no Docker engine reachable at {imaging.engine_host()}: cannot "
+        raise UserError(f"no Docker engine reachable at {dockerhost.engine_host()}: cannot "
                         "rehearse the manifests",
                         fix="start one (dockerd --iptables=false --bridge=none "
                             "--storage-driver=vfs &) or set DOCKER_HOST")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from . import console, runlock
+from . import console, dockerhost, runlock
 from .settings import Settings
 
 DEFAULT_TAG = "dev"     # = imaging.DEFAULT_TAG (not imported here: imaging is heavy)
@@ -39,7 +39,7 @@ def run_all(settings: Settings, *, tag: str = DEFAULT_TAG, load: bool = True,
     elif not retest and imagetest.already_passed(settings, result.ref, result.image_id):
         console.info(f"image test skipped: {result.ref} ({result.image_id}) already passed "
                      f"`{settings.command('image.test', *test_words)}` in the engine at "
-                     f"{imaging.engine_host()} (`{settings.command('all', '--retest')}` "
+                     f"{dockerhost.engine_host()} (`{settings.command('all', '--retest')}` "
                      "runs it again)")
     else:
         console.step("image test")
