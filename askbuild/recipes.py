@@ -109,10 +109,12 @@ class RecipeSet:
     directory: Path
 
     def order(self, names: Iterable[str] | None = None) -> list[str]:
-        """Names (and all their dependencies) in a dependency-respecting order."""
+        """Names (and all their dependencies) in a dependency-respecting order, the same in
+        every process (the graph is given sorted: a set's order changes with the string hash
+        seed, and the build manifest records this order)."""
         wanted = self.closure(names)
-        ts = graphlib.TopologicalSorter({n: [d for d in self.recipes[n].depends]
-                                         for n in wanted})
+        ts = graphlib.TopologicalSorter({n: sorted(self.recipes[n].depends)
+                                         for n in sorted(wanted)})
         return list(ts.static_order())
 
     def closure(self, names: Iterable[str] | None = None) -> set[str]:

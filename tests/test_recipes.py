@@ -3,6 +3,9 @@ mistake (file and key named)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -59,6 +62,18 @@ def test_real_recipes_load_and_cover_every_component():
     assert rs.closure(["cmm"]) == {"cmm", "libfci", "libnetfilter_conntrack", "libnfnetlink"}
     assert rs.dependents("cdx") == {"fci"}
     assert rs.dependents("libnfnetlink") == {"libnetfilter_conntrack", "cmm"}
+
+
+def test_the_build_order_is_the_same_in_every_process():
+    """The order (which the build manifest records) does not follow the string hash seed:
+    with it, every new process wrote another manifest, and the image, whose no-op answer
+    watches the manifest, was made again after every no-op build."""
+    code = ("from askbuild import recipes; from askbuild.settings import Settings; "
+            "rs = recipes.load(Settings()); print(rs.order(), rs.order(['cmm']))")
+    outs = {subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                           text=True, cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed}
+                           ).stdout for seed in ("1", "2", "3", "4")}
+    assert len(outs) == 1, outs
 
 
 def test_recipe_digest_changes_only_with_the_recipe_and_used_vars():
