@@ -76,13 +76,24 @@ def test_example_profile_runs_the_whole_pipeline(tmp_path, engine):
         # image.test ran as the last step and passed.
         assert "image test" in proc.stderr
 
-        # Nothing changed: a second main job rebuilds nothing and gives the same image.
+        # Nothing changed: a second main job rebuilds nothing and gives the same image, whose
+        # test it does not run again.
         again = inv("all", "--profile", "example", "--tag", tag, "--work-dir", str(work),
                     "--cache-dir", str(cache), "--locked", env=env)
         assert again.returncode == 0, again.stderr[-6000:]
         manifest2 = json.loads((work / "build-manifest.json").read_text())
         assert {c["status"] for c in manifest2["components"].values()} == {"cached"}
+        assert "image test skipped" in again.stderr
         assert docker_engine.images.get(f"localhost/monok8s/cmm:{tag}").id == image.id
+        # A third one (the second said "cached" where the first said "built") leaves the
+        # manifest as it is and does not make the image again.
+        written = (work / "build-manifest.json").read_bytes()
+        third = inv("all", "--profile", "example", "--tag", tag, "--work-dir", str(work),
+                    "--cache-dir", str(cache), "--locked", env=env)
+        assert third.returncode == 0, third.stderr[-6000:]
+        assert (work / "build-manifest.json").read_bytes() == written
+        assert f"image localhost/monok8s/cmm:{tag} unchanged" in third.stderr
+        assert "image test skipped" in third.stderr
 
         # The Kubernetes objects of this build are schema-valid and their pod spec runs: the
         # init container picks the node's DPA set, cmm stays in the foreground (issue 11).
