@@ -292,3 +292,28 @@ def test_replaced_archive_is_hashed_again(imaged):
     assert imaging.read_record(s) is None         # stat changed: hashed, and it differs
     again = _rebuilt(s, first)                     # and the image is made again
     assert again.archive_sha256 == first.archive_sha256
+
+
+def test_the_main_job_checks_each_tree_once(patched, monkeypatch):
+    """Within ``one_check_per_run`` (the main job's patch and build steps) a tree found as its
+    stamp says is not walked again while its stamp, record and index files stay the same; a
+    change of the series is still seen (the stamp's facts, which also watch the index and
+    refs); outside it every call walks the tree."""
+    from askbuild.patchqueue import record
+    from askbuild.sources import load_sources
+    s = patched.s
+    sources = load_sources(s)
+    layers = patchqueue.load_layers(s, sources)["up"]
+    walks = []
+    real = record.index_clean
+    monkeypatch.setattr(record, "index_clean", lambda t: walks.append(t) or real(t))
+
+    def current() -> bool:
+        return record.stamp_current(s, "up", layers, sources) is not None
+    assert current() and current() and len(walks) == 2             # no run: every call
+    with patchqueue.one_check_per_run():
+        assert current() and current() and current() and len(walks) == 3
+        p = patched.series / "0001-clean.patch"
+        p.write_bytes(p.read_bytes() + b"\n")
+        assert not current()                                       # the series changed
+    assert len(walks) == 3

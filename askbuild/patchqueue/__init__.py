@@ -42,7 +42,7 @@ from .inputs import (
 from .journal import JOURNAL, clear_stale_locks, journalled, recover_tree
 from .layers import Layer, edit_branch, layers_file, load_layers, resolve_layer
 from .patching import patch, patch_source
-from .record import record_matches, tree_state
+from .record import one_check_per_run, record_matches, tree_state
 from .scratch import (
     ScratchHome,
     clean_scratch,
@@ -65,7 +65,8 @@ __all__ = [
     "finish_pending_series", "format_patch", "git_dir", "git_errors", "grafted_queue",
     "journalled", "layers_file", "in_scratch_home", "ram_problem",
     "scratch_home",
-    "load_layers", "patch", "patch_files", "patch_source", "patch_state_problem",
+    "load_layers", "one_check_per_run", "patch", "patch_files", "patch_source",
+    "patch_state_problem",
     "record_matches", "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",
     "sparse_pays", "touched_paths",
     "tree_state", "unexported_edits", "use_sparse_index", "write_series",

@@ -8,12 +8,14 @@ exactly its commits between base and head.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from .. import gitutil
@@ -404,6 +406,26 @@ def index_clean(tree: Path) -> bool:
     return entries is not None and _entries_unchanged(os.fsencode(tree) + b"/", entries)
 
 
+#: the trees a run found as their stamps say (:func:`one_check_per_run`): work tree -> the
+#: stat signatures of its stamp, record and index then
+_CHECKED: ContextVar[dict[str, tuple] | None] = ContextVar("askbuild_stamps_checked",
+                                                           default=None)
+
+
+@contextlib.contextmanager
+def one_check_per_run() -> Iterator[None]:
+    """Within the block (the main job: its patch step, then its build step asking again),
+    a tree :func:`stamp_current` found as its stamp says is not walked again while its
+    stamp, record and index files stay the very same: one check of each tree per run, as
+    one verb makes it (on the kernel one ``git diff-files`` and a walk of 5k directories
+    less).  Its series, lock and the stamp's facts are still compared every time."""
+    token = _CHECKED.set({})
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
 def stamp_current(settings: Settings, name: str, layers: list[Layer],
                   sources: dict[str, Source], *, untracked: bool = False) -> dict | None:
     """The patch record of ``name`` when its stamp proves, with stats and no git process,
@@ -419,14 +441,23 @@ def stamp_current(settings: Settings, name: str, layers: list[Layer],
         facts = _stamp_facts(settings, name, layers, sources, record)
     except OSError:
         return None
+    if facts is None or facts != stamp.get("facts"):
+        return None
     tree = settings.source_tree(name)
-    if facts is None or facts != stamp.get("facts") or not index_clean(tree):
+    checked = _CHECKED.get()
+    files = (stat_sig(settings.patch_stamp(name)), stat_sig(settings.patch_record(name)),
+             stat_sig(tree / ".git" / "index")) if checked is not None else None
+    if checked is not None and None not in files and checked.get(str(tree)) == files:
+        return record
+    if not index_clean(tree):
         return None
     dirs = stamp.get("dirs") or {}
     top = os.fspath(tree)
     if not dirs or any(stat_sig(top if d == "." else f"{top}/{d}") != sig
                        for d, sig in dirs.items()):
         return None
+    if checked is not None:
+        checked[str(tree)] = files
     return record
 
 
