@@ -62,8 +62,10 @@ def own_parameters(body: Callable) -> dict[str, Any]:
     """The parameters of the plain function ``body`` after its first (the context), in
     order, each with its default (:data:`EMPTY`: none): what ``inspect.signature`` says of
     them, read from the code object (``inspect`` costs some 5 ms of every verb's start)."""
+    if not isinstance(body, type(own_parameters)):
+        raise TypeError(f"verb {body!r}: a verb is a plain function")
     code = body.__code__
-    if code.co_flags & 0x0C or not isinstance(body, type(own_parameters)):
+    if code.co_flags & 0x0C:        # CO_VARARGS | CO_VARKEYWORDS
         raise TypeError(f"verb {body.__name__}: no *args / **kwargs in a verb's signature")
     names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
     positional = names[:code.co_argcount]

@@ -243,6 +243,8 @@ def test_a_verbs_parameters_are_what_inspect_says(verbs):
     for bad in (lambda c, *args: None, lambda c, **kw: None):
         with pytest.raises(TypeError, match="no \\*args"):
             own_parameters(bad)
+    with pytest.raises(TypeError, match="a plain function"):
+        own_parameters(print)
 
 
 def test_a_patch_run_imports_no_heavy_module_nor_inspect(tmp_path):
