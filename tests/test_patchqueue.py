@@ -745,6 +745,28 @@ def test_patch_state_problem_follows_the_lock_and_the_last_patch_run(project):
     assert problem(project).startswith("source up has no lock entry")
 
 
+def test_patch_state_problems_reads_the_sources_once_and_answers_each_source(project,
+                                                                            monkeypatch):
+    """The build asks for all its trees at once: the sources file (on the example profile
+    also the check of the published upstreams) and the layers are read once, and each
+    source gets the answer it gets alone."""
+    from askbuild.patchqueue import state
+    run_patch(project)
+    alone = {n: pq.patch_state_problem(project.settings, n) for n in ("up", "nope")}
+    loads = []
+    real = state.load_sources
+    monkeypatch.setattr(state, "load_sources", lambda s: loads.append(1) or real(s))
+    both = pq.patch_state_problems(project.settings, ["up", "nope"])
+    assert both == alone == {"up": None, "nope": f"no source named 'nope' in "
+                                                 f"{project.settings.sources_file}"}
+    assert len(loads) == 1
+    project.settings.sources_file.write_text("[up\n")          # unreadable: each says so
+    got = pq.patch_state_problems(project.settings, ["up", "nope"])
+    assert set(got) == {"up", "nope"}
+    assert all(v.startswith(f"source {n}: {project.settings.sources_file}") for n, v in
+               got.items())
+
+
 def test_patch_state_problem_ignores_a_stale_failure_note_and_sees_interrupted_runs(project):
     run_patch(project)
     f = project.series_dir / "0001-clean.patch"

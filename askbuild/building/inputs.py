@@ -2,7 +2,7 @@
 
 Missing trees are made here (fetch + patch, each source on its own); a tree of a declared source
 counts only when it is exactly the current patch series on the current lock
-(:func:`askbuild.patchqueue.patch_state_problem`).  A component whose inputs are not there fails
+(:func:`askbuild.patchqueue.patch_state_problems`).  A component whose inputs are not there fails
 alone with :class:`MissingInputs`, naming where they come from.
 """
 
@@ -80,10 +80,8 @@ def _check_patch_states(settings: Settings, names: list[str], why: dict[str, str
     on the current lock: never build what the tree happens to hold (nor uncommitted edits,
     which the build would silently ignore)."""
     declared = _declared_sources(settings)
-    for n in names:
-        if n not in declared or not is_tree(settings.source_tree(n)):
-            continue
-        problem = patchqueue.patch_state_problem(settings, n)
+    checked = [n for n in names if n in declared and is_tree(settings.source_tree(n))]
+    for n, problem in patchqueue.patch_state_problems(settings, checked).items():
         if problem:
             why[n] = (f"its work tree is not the current patch series on the current lock: "
                       f"{problem} (run `{settings.command('patch', '--source', n)}`)")

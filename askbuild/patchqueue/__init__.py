@@ -1,7 +1,7 @@
 """The patch queue: layered patch series applied as one git commit per patch.
 
 The verbs: :func:`patch` (``inv patch``), :func:`edit` (``inv patches.edit``), :func:`export`
-(``inv patches.export``); the build asks :func:`patch_state_problem` and :func:`tree_state`;
+(``inv patches.export``); the build asks :func:`patch_state_problems` and :func:`tree_state`;
 the rebase (:mod:`askbuild.rebasing`) reuses the pieces below.  One module per concern, each
 importing only the ones above it in this list:
 
@@ -53,7 +53,7 @@ from .scratch import (
     sparse_pays,
     use_sparse_index,
 )
-from .state import patch_state_problem
+from .state import patch_state_problem, patch_state_problems
 from .worktree import REPRO, NoSpaceLeft, base_commit, git_dir, git_errors
 from .write import finish_pending_series, format_patch, write_series
 
@@ -66,7 +66,7 @@ __all__ = [
     "journalled", "layers_file", "in_scratch_home", "ram_problem",
     "scratch_home",
     "load_layers", "one_check_per_run", "patch", "patch_files", "patch_source",
-    "patch_state_problem",
+    "patch_state_problem", "patch_state_problems",
     "record_matches", "recover_tree", "resolve_layer", "scratch_worktree", "source_tree",
     "sparse_pays", "touched_paths",
     "tree_state", "unexported_edits", "use_sparse_index", "write_series",

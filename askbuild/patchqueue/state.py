@@ -29,7 +29,12 @@ from .worktree import (
 
 
 def patch_state_problem(settings: Settings, name: str) -> str | None:
-    """One line saying why ``<work>/src/<name>`` is not exactly what ``inv patch`` makes from
+    """:func:`patch_state_problems` of one source."""
+    return patch_state_problems(settings, [name])[name]
+
+
+def patch_state_problems(settings: Settings, names: list[str]) -> dict[str, str | None]:
+    """{name: one line saying why ``<work>/src/<name>`` is not exactly what ``inv patch`` makes from
     the current series on the current lock, or None when it is.
 
     Checked, in this order (the first problem found is the answer): the work tree exists; no
@@ -39,7 +44,9 @@ def patch_state_problem(settings: Settings, name: str) -> str | None:
     recorded ones; ``askbuild/patched`` is what the record vouches for; HEAD is at the patched
     head; no git operation is in progress; no uncommitted edits or untracked files (the build
     reads committed files only).  When the tree is not the current series and the last
-    ``inv patch`` of the source failed, that failure is the answer.
+    ``inv patch`` of the source failed, that failure is the answer.  The sources file and the
+    layers are read once for all ``names`` (loading the example profile's sources checks its
+    published upstreams, which reads the whole example tree).
 
     Cheap: no git process at all when the patch stamp (:func:`~.record.stamp_current`, the
     same one a no-op ``inv patch`` answers from) proves that nothing changed since a full
@@ -49,7 +56,20 @@ def patch_state_problem(settings: Settings, name: str) -> str | None:
     tree current).  Never raises for a bad state: an unreadable file or a git failure is a
     problem line too."""
     try:
-        return _state_problem(settings, name)
+        sources = load_sources(settings)
+    except AskbuildError as e:
+        return {n: f"source {n}: {e.headline}" for n in names}
+    try:
+        layers: dict[str, list[Layer]] | None = load_layers(settings, sources)
+    except AskbuildError:
+        layers = None               # (the full check names the problem in its turn)
+    return {n: _one_problem(settings, n, sources, layers) for n in names}
+
+
+def _one_problem(settings: Settings, name: str, sources: dict[str, Source],
+                 layers: dict[str, list[Layer]] | None) -> str | None:
+    try:
+        return _state_problem(settings, name, sources, layers)
     except AskbuildError as e:
         return f"source {name}: {e.headline}"
     except GitError as e:
@@ -99,15 +119,13 @@ def _series_changes(record: dict, inputs: list[PatchInput]) -> str:
     return "" if order_old == list(new) else "the order of the patches"
 
 
-def _state_problem(settings: Settings, name: str) -> str | None:
-    """:func:`patch_state_problem` in phases: the tree, the series, the checkout."""
-    sources = load_sources(settings)
+def _state_problem(settings: Settings, name: str, sources: dict[str, Source],
+                   all_layers: dict[str, list[Layer]] | None) -> str | None:
+    """:func:`patch_state_problems` of one source in phases: the tree, the series, the
+    checkout."""
     if name not in sources:
         return f"no source named {name!r} in {settings.sources_file}"
-    try:
-        layers = load_layers(settings, sources).get(name, [])
-    except AskbuildError:
-        layers = None               # (the full check below names the problem in its turn)
+    layers = None if all_layers is None else all_layers.get(name, [])
     if layers is not None and stamp_current(settings, name, layers, sources, untracked=True):
         return None
     stamp = take_stamp(settings, name, layers, sources, untracked=False,
