@@ -258,3 +258,49 @@ def test_a_kernel_taken_from_the_remote_serves_a_module_built_locally(tmp_path, 
     assert (b.out_tree("kernel") / "build/include/config/kernel.release").read_text().strip() \
         == rel
     assert (b.out_tree("kernel") / "build/.config").is_file()
+
+
+def test_downloads_start_ahead_of_the_dag_and_what_nobody_takes_is_removed(tmp_path, reg,
+                                                                          step_log,
+                                                                          monkeypatch):
+    """B's download of app starts while libx, which app depends on, is still being
+    downloaded: a skopeo first on PATH holds libx's copy until app's has started (without the
+    downloads started ahead, app's would only start once libx is installed, and the copy of
+    libx says it waited in vain).  Nothing of the downloads is left in the work dir; a
+    download started ahead that no component takes is removed when the build ends."""
+    project = fault_project(tmp_path / "proj", RECIPES)
+    a = machine(tmp_path, "a", project, url(reg), push=True)
+    building.build(a, [])
+    keys = {n: c["key"] for n, c in components(a).items()}
+    real = shutil.which("skopeo")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wrap = tmp_path / "wrap-bin"
+    wrap.mkdir()
+    libx_tag = remote.tag_for("libx", keys["libx"])
+    (wrap / "skopeo").write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *"{libx_tag}"*)\n'
+        "  i=0\n"
+        f"  while [ ! -e '{marks}/app' ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done\n"
+        f"  [ -e '{marks}/app' ] || touch '{marks}/libx-waited-in-vain' ;;\n"
+        f"  *:app-*) touch '{marks}/app' ;;\n"
+        "esac\n"
+        f'exec "{real}" "$@"\n')
+    (wrap / "skopeo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrap}:{__import__('os').environ['PATH']}")
+    step_log.write_text("")
+    b = machine(tmp_path, "b", project, url(reg))
+    building.build(b, [])
+    assert sorted(p.name for p in marks.iterdir()) == ["app"]
+    assert step_log.read_text() == ""
+    assert {n: c["origin"] for n, c in components(b).items()} == {"libx": "remote",
+                                                                  "app": "remote"}
+    assert not list(b.out_dir.glob(".remote-*"))
+
+    from askbuild.building.prefetch import Prefetch
+    c = machine(tmp_path, "c", project, url(reg))
+    ahead = Prefetch(remote.RemoteCache(c), [("libx", keys["libx"]), ("app", keys["app"])])
+    assert ahead.take("libx", keys["libx"]).config["component"] == "libx"
+    ahead.close(wait=True)
+    assert not list(c.out_dir.glob(".remote-*"))

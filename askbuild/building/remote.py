@@ -332,6 +332,29 @@ def _bytes_io(data: bytes):
 
 # -- the remote --------------------------------------------------------------------------------
 
+@dataclass
+class Downloaded:
+    """An artifact :meth:`RemoteCache.download` copied into a scratch directory of its own
+    (``<out>/.remote-<pid>-<random>``, removed by :meth:`discard`; one a killed run left is
+    removed by the next run's :meth:`RemoteCache._scratch`)."""
+
+    location: str        # oci://HOST/REPO:TAG
+    scratch: Path
+
+    @property
+    def layout(self) -> Path:
+        return self.scratch / "l"
+
+    def discard(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _refuse(name: str, key: str, location: str, why: str) -> None:
+    console.warn(f"refusing the shared build cache's artifact of {name} (key {key}) "
+                 f"at {location}: {why}; building {name} locally")
+
+
+
 class RemoteCache:
     """``settings.cache_remote`` for one build: lookups, uploads, and the one warning when it
     cannot be reached (then it is not asked again in this run)."""
@@ -379,26 +402,46 @@ class RemoteCache:
     def take(self, name: str, key: str) -> Pulled | None:
         """The verified artifact of ``name``/``key``, or None (absent, refused with a
         warning, or the remote is down)."""
+        return self.verify(self.download(name, key), name, key)
+
+    def download(self, name: str, key: str) -> Downloaded | None:
+        """The artifact of ``name``/``key`` copied into a new scratch layout (not verified
+        yet: :meth:`verify`, which removes the scratch), or None: absent, refused with a
+        warning (a blob skopeo found tampered), or the remote is down."""
         if self.down is not None:
             return None
-        with self._layout(name, key) as (tag, loc, layout):
-            try:
-                try:
-                    self.client.copy(self.repo.with_tag(tag).docker(), f"oci:{layout}:{tag}",
-                                     what=f"take {name} from {loc}", src_remote=True)
-                except RegistryError as e:
-                    if e.kind == "absent":
-                        return None
-                    if e.kind == "tampered":
-                        raise Unusable(e.message) from None
-                    self._unreachable(e)
-                    return None
-                digest, config, layer = verify_layout(layout, name=name, key=key)
-                return Pulled(loc, digest, config, layer)
-            except Unusable as e:
-                console.warn(f"refusing the shared build cache's artifact of {name} (key {key}) "
-                             f"at {loc}: {e}; building {name} locally")
-                return None
+        tag = tag_for(name, key)
+        loc = self.location(tag)
+        scratch = self._scratch()
+        done = Downloaded(loc, scratch)
+        try:
+            self.client.copy(self.repo.with_tag(tag).docker(), f"oci:{done.layout}:{tag}",
+                             what=f"take {name} from {loc}", src_remote=True)
+        except RegistryError as e:
+            done.discard()
+            if e.kind == "tampered":
+                _refuse(name, key, loc, e.message)
+            elif e.kind != "absent":
+                self._unreachable(e)
+            return None
+        except BaseException:
+            done.discard()
+            raise
+        return done
+
+    def verify(self, done: Downloaded | None, name: str, key: str) -> Pulled | None:
+        """The artifact :meth:`download` put in ``done``, checked (:func:`verify_layout`),
+        or None (refused with a warning); the scratch is removed either way."""
+        if done is None:
+            return None
+        try:
+            digest, config, layer = verify_layout(done.layout, name=name, key=key)
+            return Pulled(done.location, digest, config, layer)
+        except Unusable as e:
+            _refuse(name, key, done.location, str(e))
+            return None
+        finally:
+            done.discard()
 
     def has(self, name: str, key: str) -> bool | None:
         """Whether the remote holds ``name``/``key`` (None when it cannot be asked)."""

@@ -9,6 +9,8 @@ The budget is one GNU make jobserver (:mod:`.jobserver`): a component starts whe
 token and gives it back however it ends; its makes take the other free tokens job by job.  Of the
 ready components the one with the longest expected path to the end of the build starts first
 (:func:`expected_costs`: the durations of the previous build, a kernel first on a cold build).
+With a shared build cache the downloads of the components this run may have to make start with
+the run, in that order (:mod:`.prefetch`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..settings import Settings
 from .component import Components
 from .jobserver import JobServer
 from .keys import Plan
+from .prefetch import Prefetch
 from .records import read_record, restage, trusted_record, up_to_date
 from .runner import Cancelled, Steps
 
@@ -153,6 +156,7 @@ class Build:
         self.cost = expected_costs(settings, plan)
         self.order = {n: i for i, n in enumerate(plan.names)}
         self.jobserver: JobServer | None = None
+        self.prefetch: Prefetch | None = None
 
     def stop(self) -> None:
         """Start nothing new and stop every running step (:meth:`Steps.stop`)."""
@@ -174,14 +178,31 @@ class Build:
                                      thread_name_prefix="askbuild-build")
         self.jobserver = self.components.jobserver = JobServer(self.settings.jobs)
         try:
+            self.prefetch = self._prefetch()
             self._schedule(pool, rep)
         except BaseException:
             self.stop()
             pool.shutdown(wait=False, cancel_futures=True)
             self.jobserver.close()
+            if self.prefetch is not None:
+                self.prefetch.close(wait=False)
             raise
         pool.shutdown(wait=True)
         self.jobserver.close()
+        if self.prefetch is not None:
+            self.prefetch.close(wait=not self.steps.cancel.is_set())
+
+    def _prefetch(self) -> Prefetch | None:
+        """With a shared build cache, the downloads of every component this run may have to
+        make (not blocked, not up to date), started now, the longest chain first
+        (:mod:`.prefetch`)."""
+        if self.remote is None or self.remote.down is not None:
+            return None
+        wanted = [(n, self.plan.keys[n]) for n in
+                  sorted(self.plan.names, key=lambda n: (-self.cost[n], self.order[n]))
+                  if n not in self.plan.blocked and n in self.plan.keys
+                  and not up_to_date(trusted_record(self.settings, n), self.plan.keys[n])]
+        return Prefetch(self.remote, wanted) if wanted else None
 
     # -- outcomes ---------------------------------------------------------------------
     def _fail(self, n: str, rep: Reporter, error: Exception, *, log: Path | None) -> None:
@@ -255,7 +276,9 @@ class Build:
         if self.remote is None:
             return None
         from .remote import Unusable  # (only with a remote cache)
-        pulled = self.remote.take(name, self.plan.keys[name])
+        key = self.plan.keys[name]
+        pulled = self.prefetch.take(name, key) if self.prefetch is not None else \
+            self.remote.take(name, key)
         if pulled is None:
             return None
         try:
