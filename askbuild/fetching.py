@@ -686,11 +686,13 @@ def recorded_ref(ref: str, sha: str) -> str:
 
 
 def remote_ref(settings: Settings, source: Source, ref: str) -> str | None:
-    """What ``ref`` points at upstream (peeled), by ``git ls-remote``; ``None`` if absent."""
+    """What ``ref`` points at upstream (peeled), by ``git ls-remote``; ``None`` if absent.
+    (``ls-remote`` lists an annotated tag's peeled line ``refs/tags/T^{}`` only when asked
+    for ``T^{}`` too.)"""
     check_ref(ref, what=f"source {source.name} ref")
     url = remote_url(settings, source)
     try:
-        listing = gitutil.out(["ls-remote", "--", url, ref])
+        listing = gitutil.out(["ls-remote", "--", url, ref, f"{ref}^{{}}"])
     except GitError as e:
         raise _network_error(source, url, e) from e
     refs: dict[str, str] = {}

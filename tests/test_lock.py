@@ -44,6 +44,20 @@ def test_lock_resolves_only_unlocked_sources(project, two, capsys):
     assert "alpha" in err and "now points at" in err and "pin kept" in err
 
 
+def test_an_annotated_tag_that_did_not_move_is_reported_unchanged(project, two, capsys):
+    """``ls-remote`` lists an annotated tag as the tag object and, peeled, the commit: the
+    commit is what the pin is compared with."""
+    a, b = two
+    assert a._git("cat-file", "-t", "refs/tags/v1") == "tag"
+    lock(project.settings(), [])
+    capsys.readouterr()
+    lock(project.settings(), [])
+    err = capsys.readouterr().err
+    assert f"alpha: locked at {a.rev('v1')} = v1 (unchanged)" in err
+    assert f"beta: locked at {b.rev('v1')} = v1 (unchanged)" in err
+    assert "now points at" not in err
+
+
 def test_update_moves_only_named_pins_and_prints_the_log(project, two, capsys):
     a, b = two
     old = a.rev("v1")
