@@ -480,6 +480,32 @@ def _remember(repo: Path, ref: str, sha: str) -> None:
     gitutil.git(["update-ref", f"{SEEN_PREFIX}{ref}", sha], cwd=repo, check=False)
 
 
+def _seen_unchanged(repo: Path, url: str, ref: str) -> str | None:
+    """The commit remembered for the tag or branch ``ref`` at its last fetch
+    (``refs.SEEN_PREFIX``) when upstream's ``ref`` still names it and the cache still holds
+    it complete: then ONE ``git ls-remote`` stands for the fetch and the checks and
+    bookkeeping after it, which would find and write the same.  None (the fetch decides, and
+    says what went wrong) for a ref never fetched, one that moved, a name upstream has both
+    as a tag and a branch (or as ``refs/<ref>``), or a failing ``ls-remote``."""
+    seen = gitutil.out(["rev-parse", "-q", "--verify", f"{SEEN_PREFIX}{ref}^{{commit}}"],
+                       cwd=repo, check=False)
+    if not is_sha(seen):
+        return None
+    proc = gitutil.git(["ls-remote", "--", url, ref, f"{ref}^{{}}"], check=False)
+    if proc.returncode != 0:
+        return None
+    names: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        sha, _, name = line.partition("\t")
+        names[name] = sha
+    found = [n for n in (f"refs/{ref}", f"refs/tags/{ref}", f"refs/heads/{ref}") if n in names]
+    if len(found) != 1 or found[0] == f"refs/{ref}":
+        return None
+    name = found[0]
+    target = names.get(f"{name}^{{}}", names[name])      # (an annotated tag: peeled)
+    return seen if target == seen and has_commit(repo, seen) else None
+
+
 def _remembered(repo: Path, ref: str) -> str | None:
     """The complete commit ``ref`` pointed at on the last online contact: as resolved by name
     (``SEEN_PREFIX``), else as an upstream tag or branch (``UPSTREAM_PREFIX``); ``None``."""
@@ -660,6 +686,10 @@ def fetch_ref(settings: Settings, source: Source, ref: str) -> str:
     with runlock.cache(settings, source.name), _git_errors(source, url, repo):
         _tidy_cache(settings, source)
         _init_cache(repo)
+        sha = _seen_unchanged(repo, url, ref)
+        if sha is not None:
+            _sync_shallow(settings, source)
+            return sha
         try:
             sha = _fetch_ref_once(source, repo, url, ref)
         except _Damaged as e:

@@ -126,6 +126,32 @@ def test_fetch_ref_brings_a_ref_without_moving_the_pin(project, upstream, widget
     assert _base(offline) == v1
 
 
+def test_a_ref_upstream_did_not_move_is_checked_by_ls_remote_not_fetched_again(
+        project, upstream, widget, tmp_path, monkeypatch):
+    """Once fetched, a tag (annotated: peeled) or branch that still names the same commit
+    upstream costs one ``git ls-remote``, no fetch; a branch that moved is fetched; so is a
+    remembered commit the cache no longer holds complete."""
+    from patchfixtures import git_calls, git_logger
+    src = _source(widget)
+    v2 = upstream.rev("v2.0")
+    assert fetching.fetch_ref(widget, src, "v2.0") == v2
+    assert fetching.fetch_ref(widget, src, "next") == upstream.rev("next")
+    log = git_logger(tmp_path, monkeypatch)
+    assert fetching.fetch_ref(widget, src, "v2.0") == v2
+    assert fetching.fetch_ref(widget, src, "next") == upstream.rev("next")
+    assert git_calls(log, "fetch") == 0 and git_calls(log, "ls-remote") == 2
+    moved = upstream.commit({"main.c": "int later;\n"}, "next moves on")
+    upstream._git("update-ref", "refs/heads/next", moved)
+    assert fetching.fetch_ref(widget, src, "next") == moved
+    assert git_calls(log, "fetch") == 1
+    repo = fetching.cache_repo(widget, src)
+    blob = _git(repo, "rev-parse", f"{moved}:main.c")
+    (repo / "objects" / blob[:2] / blob[2:]).unlink()     # the cache lost a blob of it
+    assert fetching.fetch_ref(widget, src, "next") == moved
+    assert git_calls(log, "fetch") > 1              # (the damaged cache is rebuilt, as ever)
+    assert fetching.has_commit(repo, moved)
+
+
 def test_fetch_ref_needs_exactly_one_git_source(project, upstream, widget, http_server):
     project.add_git("gadget", upstream.url, "v1.0", upstream.rev("v1.0"))
     project.add_tarball("blob", http_server.url("blob-1.0.tar.gz"))
