@@ -12,7 +12,8 @@ Cache (``settings.cache_dir``, shared by all work dirs, checkouts and profiles):
   fetches only send what is new.  An incomplete commit is fetched again, a damaged repository
   is rebuilt (one line says so): it is a cache.
 * Other refs (:func:`fetch_ref`: ``--onto``, ``inv fetch --ref``, ``inv lock``): a tag or
-  branch is fetched shallow and remembered as ``refs/askbuild/seen/<ref>``; an abbreviated
+  branch is fetched shallow and remembered as ``refs/askbuild/seen/<ref>`` (once it is, a
+  ``git ls-remote`` that finds it unmoved stands for the fetch); an abbreviated
   SHA (4+ hex, when no tag or branch has that name) is looked up among the cache's commits and
   upstream's branch and tag tips, and when that cannot settle it, in the whole history of
   every upstream branch and tag (fetched once into ``refs/askbuild/upstream/``).  ``--offline``
