@@ -304,3 +304,5 @@ def test_downloads_start_ahead_of_the_dag_and_what_nobody_takes_is_removed(tmp_p
     assert ahead.take("libx", keys["libx"]).config["component"] == "libx"
     ahead.close(wait=True)
     assert not list(c.out_dir.glob(".remote-*"))
+    assert ahead.take("app", keys["app"]) is None       # closed: nothing new is downloaded
+    assert not list(c.out_dir.glob(".remote-*"))

@@ -40,6 +40,7 @@ class Prefetch:
                  workers: int = WORKERS) -> None:
         self.remote = remote
         self.keys = dict(wanted)
+        self.closed = False
         self.pool = cf.ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted))),
                                           thread_name_prefix="askbuild-prefetch")
         self.futures: dict[str, cf.Future[Downloaded | None]] = {
@@ -47,17 +48,25 @@ class Prefetch:
 
     def take(self, name: str, key: str) -> Pulled | None:
         """What :meth:`.remote.RemoteCache.take` answers for ``name``/``key``, from the
-        download started ahead (waiting for it to finish) when there is one."""
+        download started ahead (waiting for it to finish) when there is one; None once
+        closed (the build is stopping: nothing new is downloaded)."""
+        if self.closed:
+            return None
         fut = self.futures.pop(name, None)
         if fut is None or self.keys.get(name) != key:
             if fut is not None:
                 fut.add_done_callback(_discard)
             return self.remote.take(name, key)
-        return self.remote.verify(fut.result(), name, key)
+        try:
+            done = fut.result()
+        except cf.CancelledError:           # (closed meanwhile)
+            return None
+        return self.remote.verify(done, name, key)
 
     def close(self, *, wait: bool) -> None:
         """Start nothing more; remove the downloads nobody took (``wait``: after the running
         ones finished; else each as it finishes)."""
+        self.closed = True
         self.pool.shutdown(wait=wait, cancel_futures=True)
         for fut in self.futures.values():
             fut.add_done_callback(_discard)    # (runs at once for a finished one)
