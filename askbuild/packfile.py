@@ -20,7 +20,7 @@ from pathlib import Path
 from .fsutil import write_bytes_atomic
 
 #: pack entry types
-COMMIT, BLOB = 1, 3
+COMMIT, TREE, BLOB = 1, 2, 3
 _CHUNK = 1 << 20
 
 

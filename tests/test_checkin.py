@@ -68,18 +68,28 @@ def test_mixed_archive_is_checked_in_without_git_add(tmp_path, git_calls):
     entries = [*MIXED, ("file", "pkg-1.0/big.bin", BIG),
                ("file", "pkg-1.0/.gitattributes", "*.c diff=cpp\n"),      # diff: no conversion
                ("file", "pkg-1.0/.github/workflow", "on: push\n"),
-               ("file", "pkg-1.0/same-as-readme", "hello\n")]            # one blob, twice
+               ("file", "pkg-1.0/same-as-readme", "hello\n"),           # one blob, twice
+               # a tree orders a directory as if its name ended in "/": x.c, x-y, x/, x0
+               ("file", "pkg-1.0/x0", "0\n"), ("file", "pkg-1.0/x/inner", "in\n"),
+               ("file", "pkg-1.0/x.c", "c\n"), ("file", "pkg-1.0/x-y", "y\n"),
+               ("dir", "pkg-1.0/x/empty")]
     commit, tree = _import(tmp_path, entries)
     assert "add" not in git_calls
     assert commit == _oracle(tmp_path / "pkg-1.0.tar.gz", tmp_path / "old", 1)
     _git_ok(tree)
-    # one pack holding every blob once, a loose object only for the trees and the commit
+    # one pack holding every blob and tree once (the trees git commit made of the index were
+    # there already): the commit is the only loose object
     assert len([p for p in _packs(tree) if p.endswith(".pack")]) == 1
     counts = dict(line.split(": ") for line in
                   gitutil.out(["count-objects", "-v"], cwd=tree).splitlines())
     blobs = {e.split()[1] for e in gitutil.out(["ls-files", "-s", "-z"], cwd=tree).split("\0")
              if e}
-    assert int(counts["in-pack"]) == len(blobs)
+    trees = {gitutil.out(["rev-parse", "HEAD^{tree}"], cwd=tree)} | {
+        line.split()[2] for line in gitutil.out(["ls-tree", "-r", "-t", "HEAD"],
+                                                 cwd=tree).splitlines()
+        if line.split()[1] == "tree"}
+    assert int(counts["in-pack"]) == len(blobs) + len(trees)
+    assert int(counts["count"]) == 1
     assert gitutil.git(["cat-file", "blob", "HEAD:big.bin"], cwd=tree, text=False).stdout == BIG
 
 
@@ -183,7 +193,7 @@ def test_big_files_go_a_chunk_at_a_time(tmp_path, monkeypatch, git_calls):
                        text=False).stdout == BIG
     counts = dict(line.split(": ") for line in
                   gitutil.out(["count-objects", "-v"], cwd=tree).splitlines())
-    assert int(counts["in-pack"]) == 2
+    assert int(counts["in-pack"]) == 2 + 2       # big.bin's and small's blobs; the two trees
     git_calls.clear()                           # (the oracle ran git add)
     again, b = _import(tmp_path, entries, "b", cache)
     assert again == commit and _packs(b) == _packs(tree) and "add" not in git_calls
