@@ -7,7 +7,8 @@ and the bytes, the id git gives the same bytes), each blob not yet stored deflat
 into ONE pack file with its ``.idx`` (:mod:`askbuild.packfile`; pack format 2, what the bulk
 check-in wrote before), and the index written with every file's stat data, so git sees the
 work tree as clean without reading a file again.  ``git commit`` then makes the trees and the
-commit from that index exactly as after ``git add``: the same tree, the same commit id.
+commit from that index exactly as after ``git add``: the same tree, the same commit id (the
+trees it makes are in the pack already, built here the same way: it writes the commit alone).
 
 Only what ``git add`` would do to the bytes untouched takes this path.  :func:`check_in`
 returns None, having written nothing, and the caller runs ``git add``, when the tree holds:
