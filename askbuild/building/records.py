@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import console
 from ..errors import ConfigError
-from ..fsutil import read_json
+from ..fsutil import read_json, stat_sig
 from ..settings import Settings
 from .staging import OutsideStaging, copy_tree, in_staging, stage_file
 
@@ -45,16 +45,26 @@ def record_problem(settings: Settings, rec: dict) -> str | None:
     return None
 
 
+#: the untrusted records already warned about: (path, stat signature)
+_WARNED: set[tuple[str, str]] = set()
+
+
 def trusted_record(settings: Settings, name: str) -> dict | None:
     """The done record of ``name`` when it can be trusted; a damaged or tampered one is
-    ignored with a warning (the component is rebuilt; nothing it names is touched)."""
+    ignored with a warning, once per record file as it is (a build asks about a record more
+    than once: the manifest's no-op check, the shared build cache's downloads, the DAG),
+    and the component is rebuilt; nothing it names is touched."""
     rec = read_record(settings, name)
     if rec is None:
         return None
     problem = record_problem(settings, rec)
     if problem:
-        console.warn(f"ignoring {settings.build_record(name)}: {problem}; {name} is rebuilt "
-                     "and nothing that record names is written or deleted")
+        path = settings.build_record(name)
+        seen = (str(path), repr(stat_sig(path)))
+        if seen not in _WARNED:
+            _WARNED.add(seen)
+            console.warn(f"ignoring {path}: {problem}; {name} is rebuilt and nothing that "
+                         "record names is written or deleted")
         return None
     return rec
 
