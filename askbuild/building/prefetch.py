@@ -21,7 +21,7 @@ import concurrent.futures as cf
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .remote import Downloaded, Pulled, RemoteCache
+    from .remote import Layout, Pulled, RemoteCache
 
 #: Downloads at once: each is a skopeo process, mostly waiting on the network.
 WORKERS = 3
@@ -43,7 +43,7 @@ class Prefetch:
         self.closed = False
         self.pool = cf.ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted))),
                                           thread_name_prefix="askbuild-prefetch")
-        self.futures: dict[str, cf.Future[Downloaded | None]] = {
+        self.futures: dict[str, cf.Future[Layout | None]] = {
             name: self.pool.submit(remote.download, name, key) for name, key in wanted}
 
     def take(self, name: str, key: str) -> Pulled | None:

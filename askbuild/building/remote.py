@@ -333,11 +333,13 @@ def _bytes_io(data: bytes):
 # -- the remote --------------------------------------------------------------------------------
 
 @dataclass
-class Downloaded:
-    """An artifact :meth:`RemoteCache.download` copied into a scratch directory of its own
-    (``<out>/.remote-<pid>-<random>``, removed by :meth:`discard`; one a killed run left is
-    removed by the next run's :meth:`RemoteCache._scratch`)."""
+class Layout:
+    """The OCI layout of one artifact (``tag``, at ``location`` in the remote) in a scratch
+    directory of its own (``<out>/.remote-<pid>-<random>``, removed by :meth:`discard`; one a
+    killed run left is removed by the next run's :meth:`RemoteCache._scratch`): what
+    :meth:`RemoteCache.download` fills, what :meth:`RemoteCache.put` writes and uploads."""
 
+    tag: str
     location: str        # oci://HOST/REPO:TAG
     scratch: Path
 
@@ -352,7 +354,6 @@ class Downloaded:
 def _refuse(name: str, key: str, location: str, why: str) -> None:
     console.warn(f"refusing the shared build cache's artifact of {name} (key {key}) "
                  f"at {location}: {why}; building {name} locally")
-
 
 
 class RemoteCache:
@@ -389,38 +390,31 @@ class RemoteCache:
                              f"{e.message}; building locally"
                              + (f" (fix: {e.fix})" if e.fix else ""))
 
-    @contextlib.contextmanager
-    def _layout(self, name: str, key: str):
-        """(tag, location, scratch layout dir) of ``name``/``key``; the scratch goes after."""
+    def _layout(self, name: str, key: str) -> Layout:
+        """A new scratch layout for ``name``/``key`` (the caller discards it)."""
         tag = tag_for(name, key)
-        scratch = self._scratch()
-        try:
-            yield tag, self.location(tag), scratch / "l"
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        return Layout(tag, self.location(tag), self._scratch())
 
     def take(self, name: str, key: str) -> Pulled | None:
         """The verified artifact of ``name``/``key``, or None (absent, refused with a
         warning, or the remote is down)."""
         return self.verify(self.download(name, key), name, key)
 
-    def download(self, name: str, key: str) -> Downloaded | None:
+    def download(self, name: str, key: str) -> Layout | None:
         """The artifact of ``name``/``key`` copied into a new scratch layout (not verified
         yet: :meth:`verify`, which removes the scratch), or None: absent, refused with a
         warning (a blob skopeo found tampered), or the remote is down."""
         if self.down is not None:
             return None
-        tag = tag_for(name, key)
-        loc = self.location(tag)
-        scratch = self._scratch()
-        done = Downloaded(loc, scratch)
+        done = self._layout(name, key)
         try:
-            self.client.copy(self.repo.with_tag(tag).docker(), f"oci:{done.layout}:{tag}",
-                             what=f"take {name} from {loc}", src_remote=True)
+            self.client.copy(self.repo.with_tag(done.tag).docker(),
+                             f"oci:{done.layout}:{done.tag}",
+                             what=f"take {name} from {done.location}", src_remote=True)
         except RegistryError as e:
             done.discard()
             if e.kind == "tampered":
-                _refuse(name, key, loc, e.message)
+                _refuse(name, key, done.location, e.message)
             elif e.kind != "absent":
                 self._unreachable(e)
             return None
@@ -429,7 +423,7 @@ class RemoteCache:
             raise
         return done
 
-    def verify(self, done: Downloaded | None, name: str, key: str) -> Pulled | None:
+    def verify(self, done: Layout | None, name: str, key: str) -> Pulled | None:
         """The artifact :meth:`download` put in ``done``, checked (:func:`verify_layout`),
         or None (refused with a warning); the scratch is removed either way."""
         if done is None:
@@ -459,7 +453,9 @@ class RemoteCache:
         said why)."""
         if self.down is not None:
             return None
-        with self._layout(name, key) as (tag, loc, layout):
+        out = self._layout(name, key)
+        tag, loc, layout = out.tag, out.location, out.layout
+        try:
             try:
                 digest = write_layout(layout, name=name, key=key, tag=tag, entries=entries)
                 self.client.copy(f"oci:{layout}:{tag}", self.repo.with_tag(tag).docker(),
@@ -474,3 +470,5 @@ class RemoteCache:
                     with self.lock:
                         self.down = self.down or e.message
                 return None
+        finally:
+            out.discard()
