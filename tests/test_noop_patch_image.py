@@ -296,9 +296,9 @@ def test_replaced_archive_is_hashed_again(imaged):
 
 def test_the_main_job_checks_each_tree_once(patched, monkeypatch):
     """Within ``one_check_per_run`` (the main job's patch and build steps) a tree found as its
-    stamp says is not walked again while its stamp, record and index files stay the same; a
-    change of the series is still seen (the stamp's facts, which also watch the index and
-    refs); outside it every call walks the tree."""
+    stamp says is not walked again while its stamp file stays the same; a change of the
+    index, the record or the series is still seen (the stamp's facts, compared first, watch
+    them and the refs); outside it every call walks the tree."""
     from askbuild.patchqueue import record
     from askbuild.sources import load_sources
     s = patched.s
@@ -313,6 +313,11 @@ def test_the_main_job_checks_each_tree_once(patched, monkeypatch):
     assert current() and current() and len(walks) == 2             # no run: every call
     with patchqueue.one_check_per_run():
         assert current() and current() and current() and len(walks) == 3
+        for f in (s.source_tree("up") / ".git" / "index", s.patch_record("up")):
+            st = f.stat()
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+            assert not current()                                   # git's index, the record
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
         p = patched.series / "0001-clean.patch"
         p.write_bytes(p.read_bytes() + b"\n")
         assert not current()                                       # the series changed

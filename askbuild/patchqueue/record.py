@@ -334,13 +334,19 @@ def _blob_id(path: bytes, link: bool) -> bytes | None:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).digest()
 
 
+def _index(tree: Path) -> Path:
+    """``tree``'s index file (its ``.git`` a directory: :func:`_stamp_facts` vouches for no
+    other layout)."""
+    return tree / ".git" / "index"
+
+
 def _read_index(tree: Path) -> list[tuple[bytes, tuple, bytes, bool]] | None:
     """The entries of ``tree``'s index (format 2 or 3, sha1) as ``(path, stat fields, blob
     id, racy)`` (racy: modified in or after the second the index was written, so only the
     content can tell), or None when it holds anything this reader does not vouch for:
     assume-unchanged, skip-worktree or intent-to-add entries, a conflict, an extension that
     changes the entries (split index, sparse directories), another version."""
-    index = tree / ".git" / "index"
+    index = _index(tree)
     try:
         data = index.read_bytes()
         index_mtime_s = os.stat(index).st_mtime_ns // _NS
@@ -378,7 +384,7 @@ GIT_CHECKS_FROM = 10_000
 def _index_entries(tree: Path) -> int | None:
     """How many entries ``tree``'s index holds (its header), None when it is no index."""
     try:
-        with open(tree / ".git" / "index", "rb") as f:
+        with open(_index(tree), "rb") as f:
             head = f.read(12)
     except OSError:
         return None
@@ -407,7 +413,7 @@ def index_clean(tree: Path) -> bool:
 
 
 #: the trees a run found as their stamps say (:func:`one_check_per_run`): work tree -> the
-#: stat signatures of its stamp, record and index then
+#: stat signature of its stamp then (the stamp's facts hold those of its record and index)
 _CHECKED: ContextVar[dict[str, tuple] | None] = ContextVar("askbuild_stamps_checked",
                                                            default=None)
 
@@ -416,7 +422,8 @@ _CHECKED: ContextVar[dict[str, tuple] | None] = ContextVar("askbuild_stamps_chec
 def one_check_per_run() -> Iterator[None]:
     """Within the block (the main job: its patch step, then its build step asking again),
     a tree :func:`stamp_current` found as its stamp says is not walked again while its
-    stamp, record and index files stay the very same: one check of each tree per run, as
+    stamp file stays the very same (its facts, compared first, hold the record's and the
+    index's signatures): one check of each tree per run, as
     one verb makes it (on the kernel one ``git diff-files`` and a walk of 5k directories
     less).  Its series, lock and the stamp's facts are still compared every time."""
     token = _CHECKED.set({})
@@ -445,9 +452,8 @@ def stamp_current(settings: Settings, name: str, layers: list[Layer],
         return None
     tree = settings.source_tree(name)
     checked = _CHECKED.get()
-    files = (stat_sig(settings.patch_stamp(name)), stat_sig(settings.patch_record(name)),
-             stat_sig(tree / ".git" / "index")) if checked is not None else None
-    if checked is not None and None not in files and checked.get(str(tree)) == files:
+    seen = stat_sig(settings.patch_stamp(name)) if checked is not None else None
+    if seen is not None and checked.get(str(tree)) == seen:
         return record
     if not index_clean(tree):
         return None
@@ -456,8 +462,8 @@ def stamp_current(settings: Settings, name: str, layers: list[Layer],
     if not dirs or any(stat_sig(top if d == "." else f"{top}/{d}") != sig
                        for d, sig in dirs.items()):
         return None
-    if checked is not None:
-        checked[str(tree)] = files
+    if seen is not None:
+        checked[str(tree)] = seen
     return record
 
 
