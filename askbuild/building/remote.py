@@ -456,19 +456,18 @@ class RemoteCache:
         out = self._layout(name, key)
         tag, loc, layout = out.tag, out.location, out.layout
         try:
-            try:
-                digest = write_layout(layout, name=name, key=key, tag=tag, entries=entries)
-                self.client.copy(f"oci:{layout}:{tag}", self.repo.with_tag(tag).docker(),
-                                 what=f"upload {name} to {loc}", dest_remote=True, retries=1)
-                return digest
-            except (RegistryError, OSError, AskbuildError) as e:
-                msg = e.message if isinstance(e, AskbuildError) else str(e)
-                console.warn(f"could not upload {name} (key {key}) to {loc}: {msg}; the local "
-                             "build is unaffected")
-                if isinstance(e, RegistryError) and e.kind in ("unreachable", "auth",
-                                                                "plain-http", "tls"):
-                    with self.lock:
-                        self.down = self.down or e.message
-                return None
+            digest = write_layout(layout, name=name, key=key, tag=tag, entries=entries)
+            self.client.copy(f"oci:{layout}:{tag}", self.repo.with_tag(tag).docker(),
+                             what=f"upload {name} to {loc}", dest_remote=True, retries=1)
+            return digest
+        except (RegistryError, OSError, AskbuildError) as e:
+            msg = e.message if isinstance(e, AskbuildError) else str(e)
+            console.warn(f"could not upload {name} (key {key}) to {loc}: {msg}; the local "
+                         "build is unaffected")
+            if isinstance(e, RegistryError) and e.kind in ("unreachable", "auth",
+                                                            "plain-http", "tls"):
+                with self.lock:
+                    self.down = self.down or e.message
+            return None
         finally:
             out.discard()
