@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("CI", "true")
 
 from registryfixtures import Registry  # noqa: E402
-from test_fleet import USERSPACE, run_fleet  # noqa: E402
+from test_fleet import build_on_b, run_fleet  # noqa: E402
 
 
 def _b_again(r: dict, reg: Registry) -> float:
@@ -39,8 +39,7 @@ def _b_again(r: dict, reg: Registry) -> float:
     b = r["b"]
     for record in (b.work / "state").glob("build-*.json"):
         record.unlink()
-    b.ok("build", "--component", USERSPACE, "--offline", "--locked", "--cache-remote",
-         f"oci://{reg.address}/askbuild/cache", extra_env={"ASKBUILD_MIRRORS": r["line"]})
+    build_on_b(b, reg, r["line"])
     man = b.manifest()
     taken = {c["origin"] for c in man["components"].values()}
     if taken != {"remote"}:

@@ -37,6 +37,13 @@ def mirrors_line(stdout: str) -> str:
     return m.group(1)
 
 
+def build_on_b(b: Machine, reg: Registry, line: str) -> subprocess.CompletedProcess:
+    """Machine B's build: offline, through the mirror ``line``, every component from the
+    shared build cache ``reg``."""
+    return b.ok("build", "--component", USERSPACE, "--offline", "--locked", "--cache-remote",
+                f"oci://{reg.address}/askbuild/cache", extra_env={"ASKBUILD_MIRRORS": line})
+
+
 def run_fleet(tmp, reg: Registry) -> dict:
     """Machine A then machine B; returns what each did (and their wall times)."""
     cache = f"oci://{reg.address}/askbuild/cache"
@@ -58,8 +65,7 @@ def run_fleet(tmp, reg: Registry) -> dict:
     b.ok("patch", "--offline", "--locked", extra_env=mirrors)
     b_sources = time.monotonic() - t0
     t1 = time.monotonic()
-    b.ok("build", "--component", USERSPACE, "--offline", "--locked", "--cache-remote", cache,
-         extra_env=mirrors)
+    build_on_b(b, reg, line)
     b_build = time.monotonic() - t1
     # (the Debian base layer comes from the Debian mirror, as on A: not --offline)
     b.ok("image", "--partial", "--no-load", "--tag", "fleet", extra_env=mirrors)
